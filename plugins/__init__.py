@@ -1,0 +1,1 @@
+"""Built-in surgery plugins, one folder per method (installed as ``surgery.plugins``)."""

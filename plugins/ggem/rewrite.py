@@ -1,0 +1,34 @@
+"""Wire GGeM in front of the classifier, and take it out again."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from surgery.anatomy import Anatomy
+from surgery.method import Rewrite
+from surgery.plugins.ggem.config import GGeMConfig
+from surgery.plugins.ggem.layers import GGeMPooler, GGeMReadout, GroupGeM
+
+
+def apply(model: nn.Module, config: GGeMConfig, anatomy: Anatomy) -> Rewrite:
+    """Replace the cls read-out (ViT/DeiT: the final norm) or the pooler (Swin) with GGeM."""
+    width = anatomy.readout_width(model.config)
+    groups = config.groups or anatomy.readout_heads(model.config)
+    if width % groups:
+        divisors = [d for d in range(1, width + 1) if width % d == 0]
+        raise config.invalid("groups", groups, f"a divisor of the feature width {width}: {divisors}")
+    norm_name, norm = anatomy.one(model, "final_norm")
+    reference = next(norm.parameters())
+    pool = GroupGeM(width, groups, config.p_init, config.eps, config.learn_p).to(reference.device, reference.dtype)
+    if anatomy.readout == "cls":
+        name, original, new = norm_name, norm, GGeMReadout(norm, pool, anatomy.prefix_tokens)
+    else:
+        name, original = anatomy.one(model, "pooler")
+        new = GGeMPooler(pool)
+    model.set_submodule(name, new)
+    return Rewrite(targets=[name], undo=original)
+
+
+def revert(model: nn.Module, rewrite: Rewrite) -> None:
+    """Put the original final norm or pooler back."""
+    model.set_submodule(rewrite.targets[0], rewrite.undo)

@@ -1,0 +1,255 @@
+"""plan / apply / revert / history: validation before mutation, and an atomic apply.
+
+``apply`` first validates every step (plugin names, options, architecture, roles, conflicts and
+plugin vetoes), then rehearses the whole sequence on a copy of the model whose tensors live on the
+meta device (no memory, no compute). Only then does it touch the model, and if a step still fails,
+the model is restored to exactly what it was: same modules, same parameter objects, same values.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Union
+
+import torch
+import transformers
+from torch import nn
+
+from surgery._version import __version__
+from surgery.anatomy import Anatomy
+from surgery.config import SurgeryConfig
+from surgery.errors import ApplyError, ConfigError, IncompatibleStepsError, RevertError, SurgeryError, UnsupportedModelError
+from surgery.history import HISTORY_ATTR, AppliedStep, get_history, set_history
+from surgery.manager import Host, get_host
+from surgery.method import Rewrite, SurgeryMethod
+from surgery.snapshot import ModelSnapshot
+
+Spec = Union[str, tuple[str, Mapping[str, Any]], SurgeryConfig]
+
+
+@dataclasses.dataclass
+class PlannedStep:
+    """One validated step: the method, its options and the modules it will rewrite."""
+
+    method: SurgeryMethod
+    config: SurgeryConfig
+    targets: list[str] = dataclasses.field(default_factory=list)
+
+    def describe(self) -> str:
+        options = " ".join(f"{k}={v}" for k, v in self.config.to_dict().items())
+        head = f"{self.method.name} {self.method.version} ({self.method.package})"
+        lines = [f"{head}  {options}".rstrip()]
+        lines.append(f"   rewrites: {', '.join(self.targets) or '(nothing)'}")
+        lines.append(f"   reversible: {'yes' if self.method.reversible else 'no'}")
+        return "\n".join(lines)
+
+
+@dataclasses.dataclass
+class Plan:
+    """What ``apply`` would do to a model; ``str(plan)`` is the human-readable dry run."""
+
+    model_class: str
+    model_type: str
+    steps: list[PlannedStep]
+
+    def __str__(self) -> str:
+        lines = [f"plan for {self.model_class} ({self.model_type}): {len(self.steps)} step(s)"]
+        for index, step in enumerate(self.steps, 1):
+            lines.append(f"{index}. {step.describe()}")
+        return "\n".join(lines)
+
+
+def resolve_specs(specs: Spec | Sequence[Spec], host: Host | None = None) -> list[PlannedStep]:
+    """Turn names, ``(name, options)`` pairs and config objects into validated steps."""
+    host = host or get_host()
+    if isinstance(specs, (str, SurgeryConfig)) or (isinstance(specs, tuple) and len(specs) == 2 and isinstance(specs[1], Mapping)):
+        specs = [specs]  # a single spec
+    steps = []
+    for spec in specs:
+        if isinstance(spec, str):
+            method, options = host.method(spec), None
+        elif isinstance(spec, SurgeryConfig):
+            method, options = _method_for_config(spec, host), spec
+        elif isinstance(spec, (tuple, list)) and len(spec) == 2 and isinstance(spec[0], str) and isinstance(spec[1], (Mapping, SurgeryConfig)):
+            method, options = host.method(spec[0]), spec[1]
+        else:
+            raise ConfigError(
+                f"cannot read the step {spec!r}; write a plugin name, a (name, options) pair or a plugin config object."
+            )
+        steps.append(PlannedStep(method, method.make_config(options)))
+    return steps
+
+
+def plan(model: nn.Module, specs: Spec | Sequence[Spec]) -> Plan:
+    """Validate ``specs`` against ``model`` and rehearse them; the model is not changed."""
+    host = get_host()
+    steps = resolve_specs(specs, host)
+    anatomy = _validate(model, steps, host)
+    _rehearse(model, steps, anatomy)
+    return Plan(type(model).__name__, anatomy.model_type, steps)
+
+
+def apply(model: nn.Module, specs: Spec | Sequence[Spec]) -> nn.Module:
+    """Rewrite ``model`` in place with every step of ``specs`` and return it.
+
+    Nothing mutates until all steps are validated and rehearsed; if a step fails anyway, the model
+    is restored exactly and an :class:`ApplyError` naming the plugin is raised.
+    """
+    host = get_host()
+    planned = plan(model, specs).steps
+    anatomy = host.anatomy(model.config.model_type)
+    snapshot = ModelSnapshot(model)
+    history = get_history(model)
+    current = None
+    try:
+        for current in planned:
+            rewrite = current.method.apply(model, current.config, anatomy)
+            step = _record(current, rewrite)
+            history.append(step)
+            set_history(model, history)
+            host.pm.hook.surgery_step_applied(model=model, step=step)
+    except Exception as error:
+        snapshot.restore()
+        raise ApplyError(
+            f"{current.method.name} failed while rewriting {type(model).__name__}: {type(error).__name__}: {error}. "
+            "The model was restored to its state before apply."
+        ) from error
+    return model
+
+
+def replay(model: nn.Module, step_dicts: Iterable[dict[str, Any]], host: Host | None = None) -> None:
+    """Rebuild the structure a saved recipe describes (no data, no calibration; any device)."""
+    host = host or get_host()
+    anatomy = host.anatomy(model.config.model_type, type(model).__name__)
+    history = []
+    for data in step_dicts:
+        method = host.method(data["plugin"])
+        config = method.make_config(data.get("options") or {})
+        rewrite = method.apply(model, config, anatomy)
+        history.append(_record(PlannedStep(method, config), rewrite, data.get("versions")))
+    set_history(model, history)
+
+
+def history(model: nn.Module) -> list[AppliedStep]:
+    """The steps applied to ``model``, oldest first."""
+    return get_history(model)
+
+
+def revert(model: nn.Module, steps: int | None = None) -> nn.Module:
+    """Undo the last ``steps`` steps (all by default), newest first; atomic like ``apply``."""
+    host = get_host()
+    applied = get_history(model)
+    count = len(applied) if steps is None else steps
+    if not 0 <= count <= len(applied):
+        raise RevertError(f"cannot revert {count} step(s): the model has {len(applied)}.")
+    undo = applied[len(applied) - count:]
+    for step in undo:
+        if not host.method(step.plugin).reversible:
+            raise RevertError(f"{step.plugin}: this step cannot be undone (the plugin has no revert).")
+    snapshot = ModelSnapshot(model)
+    try:
+        for step in reversed(undo):
+            host.method(step.plugin).revert(model, Rewrite(step.targets, step.undo))
+            applied.pop()
+            set_history(model, applied)
+    except Exception as error:
+        snapshot.restore()
+        raise RevertError(f"{step.plugin} failed to revert: {type(error).__name__}: {error}. The model was restored.") from error
+    return model
+
+
+# -- validation -------------------------------------------------------------------------------
+def _validate(model: nn.Module, steps: list[PlannedStep], host: Host) -> Anatomy:
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(config, "model_type"):
+        raise UnsupportedModelError(f"{type(model).__name__} is not a transformers model (it has no config.model_type).")
+    anatomy = host.anatomy(config.model_type, type(model).__name__)
+    for step in steps:
+        if anatomy.model_type not in step.method.model_types:
+            raise UnsupportedModelError(
+                f"{step.method.name} does not support model_type '{anatomy.model_type}' "
+                f"({type(model).__name__}); supported: {', '.join(step.method.model_types)}."
+            )
+        anatomy.check(model, step.method.roles)
+    reasons = _conflicts(steps, get_history(model), host)
+    for answer in host.pm.hook.surgery_veto(model=model, steps=steps, history=get_history(model)):
+        reasons.extend(answer or [])
+    if reasons:
+        raise IncompatibleStepsError("these steps cannot be applied together:\n  - " + "\n  - ".join(reasons))
+    return anatomy
+
+
+def _conflicts(steps: list[PlannedStep], applied: list[AppliedStep], host: Host) -> list[str]:
+    """Reasons from the methods' declared conflicts (either side may declare) and repeats."""
+    earlier = [host.methods.get(s.plugin) for s in applied]
+    reasons = []
+    for step in steps:
+        new = step.method
+        for old in earlier:
+            if old is None:
+                continue
+            if old.name == new.name and not new.repeatable:
+                reasons.append(f"{new.name} is already applied (it can appear once per model).")
+            reason = new.conflicts.get(old.name) or old.conflicts.get(new.name)
+            if reason:
+                reasons.append(f"{new.name} conflicts with {old.name}: {reason}")
+        earlier.append(new)
+    return reasons
+
+
+def _rehearse(model: nn.Module, steps: list[PlannedStep], anatomy: Anatomy) -> None:
+    """Run the steps on a meta-device copy to find their targets and catch failures early."""
+    rehearsal = _meta_copy(model)
+    for step in steps:
+        try:
+            step.targets = list(step.method.apply(rehearsal, step.config, anatomy).targets)
+        except SurgeryError:
+            raise
+        except Exception as error:
+            raise ApplyError(
+                f"{step.method.name} failed on {type(model).__name__} during the dry run: "
+                f"{type(error).__name__}: {error}. The model was not changed."
+            ) from error
+
+
+def _meta_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of the module tree whose parameters and buffers are on the meta device."""
+    memo: dict[int, Any] = {}
+    for module in model.modules():
+        for tensor in list(module._parameters.values()) + list(module._buffers.values()):
+            if tensor is None or id(tensor) in memo:
+                continue
+            meta = tensor.detach().to("meta")
+            memo[id(tensor)] = nn.Parameter(meta, requires_grad=tensor.requires_grad) if isinstance(tensor, nn.Parameter) else meta
+    saved = model.__dict__.pop(HISTORY_ATTR, None)  # undo records may hold real tensors
+    try:
+        return copy.deepcopy(model, memo)
+    finally:
+        if saved is not None:
+            model.__dict__[HISTORY_ATTR] = saved
+
+
+def _method_for_config(config: SurgeryConfig, host: Host) -> SurgeryMethod:
+    for method in host.methods.values():
+        if type(config) is method.config_class:
+            return method
+    return host.method(config.plugin or type(config).__name__)
+
+
+def _record(step: PlannedStep, rewrite: Rewrite, versions: dict[str, str] | None = None) -> AppliedStep:
+    return AppliedStep(
+        plugin=step.method.name,
+        options=step.config.to_dict(),
+        plugin_version=step.method.version,
+        package=step.method.package,
+        targets=list(rewrite.targets),
+        versions=dict(versions) if versions else library_versions(),
+        config=step.config,
+        undo=rewrite.undo,
+    )
+
+
+def library_versions() -> dict[str, str]:
+    return {"surgery": __version__, "torch": torch.__version__, "transformers": transformers.__version__}

@@ -1,0 +1,49 @@
+"""The steps applied to a model: kept on the model in memory and mirrored into its config's recipe."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from torch import nn
+
+from surgery.config import SurgeryConfig
+
+HISTORY_ATTR = "_surgery_history"
+
+
+@dataclasses.dataclass
+class AppliedStep:
+    """One applied step. Everything but ``config`` and ``undo`` is written to the recipe."""
+
+    plugin: str
+    options: dict[str, Any]
+    plugin_version: str
+    package: str
+    targets: list[str]
+    versions: dict[str, str]
+    config: SurgeryConfig | None = dataclasses.field(default=None, repr=False, compare=False)
+    undo: Any = dataclasses.field(default=None, repr=False, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "plugin": self.plugin,
+            "plugin_version": self.plugin_version,
+            "package": self.package,
+            "options": dict(self.options),
+            "targets": list(self.targets),
+            "versions": dict(self.versions),
+        }
+
+
+def get_history(model: nn.Module) -> list[AppliedStep]:
+    """The steps applied to ``model``, oldest first (a copy of the list)."""
+    return list(getattr(model, HISTORY_ATTR, []))
+
+
+def set_history(model: nn.Module, steps: list[AppliedStep]) -> None:
+    """Record ``steps`` on the model and write the matching recipe into ``model.config``."""
+    from surgery.recipe import write_recipe
+
+    object.__setattr__(model, HISTORY_ATTR, list(steps))
+    write_recipe(model.config, [s.to_dict() for s in steps])

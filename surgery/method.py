@@ -1,0 +1,75 @@
+"""What a plugin registers: a :class:`SurgeryMethod`, and the :class:`Rewrite` its ``apply`` returns."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from torch import nn
+
+from surgery.anatomy import Anatomy
+from surgery.config import SurgeryConfig
+
+
+@dataclasses.dataclass
+class Rewrite:
+    """What one ``apply`` changed: the module names it rewrote and what ``revert`` needs to undo it.
+
+    ``undo`` lives in memory only (for example the original modules); it is never serialized.
+    """
+
+    targets: list[str]
+    undo: Any = None
+
+
+@dataclasses.dataclass(frozen=True)
+class SurgeryMethod:
+    """One surgery method, as a plugin registers it from ``surgery_register_methods``.
+
+    Attributes:
+        name: the name users write in specs and recipes (``"ggem"``).
+        summary: one line for ``surgery list``.
+        config_class: the :class:`SurgeryConfig` subclass holding its options.
+        model_types: the ``config.model_type`` values it supports.
+        roles: the anatomy roles it needs (checked before anything mutates).
+        apply: ``apply(model, config, anatomy) -> Rewrite``. It must only change structure that the
+            recipe can replay without data: it runs again, on the meta device, inside
+            ``from_pretrained`` before the weights load.
+        revert: ``revert(model, rewrite)`` undoing ``apply``, or None when the step is one-way.
+        conflicts: other method names mapped to the reason they cannot be combined with this one.
+        repeatable: whether the method may appear twice in one model's history.
+        version: the plugin's version, written into recipes.
+        paper, reference: citation and the official code the implementation follows.
+        package: the distribution that provides it (filled in by the plugin manager).
+    """
+
+    name: str
+    summary: str
+    config_class: type[SurgeryConfig]
+    model_types: tuple[str, ...]
+    apply: Callable[[nn.Module, SurgeryConfig, Anatomy], Rewrite]
+    revert: Callable[[nn.Module, Rewrite], None] | None = None
+    roles: tuple[str, ...] = ()
+    conflicts: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    repeatable: bool = False
+    version: str = "0.1.0"
+    paper: str = ""
+    reference: str = ""
+    package: str = ""
+
+    @property
+    def reversible(self) -> bool:
+        return self.revert is not None
+
+    def make_config(self, options: SurgeryConfig | Mapping[str, Any] | None = None) -> SurgeryConfig:
+        """A validated config from a config object, a dict of options, or None for the defaults."""
+        if isinstance(options, SurgeryConfig):
+            if not isinstance(options, self.config_class):
+                from surgery.errors import ConfigError
+
+                raise ConfigError(
+                    f"{self.name}: expected a {self.config_class.__name__}, got {type(options).__name__}."
+                )
+            return options
+        return self.config_class.from_dict(dict(options or {}))
