@@ -1,0 +1,220 @@
+"""The ``surgery`` command line: list, plan, apply, inspect, demo-model and demo.
+
+Bad input prints one ``surgery: error: ...`` message and exits with status 2; ``--traceback``
+shows the Python traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+EXIT_BAD_INPUT = 2
+EXIT_FAILURE = 1
+
+
+def parse_plugin_spec(text: str) -> tuple[str, dict[str, str]]:
+    """``NAME[:k=v,...]`` to ``(name, {k: v})``; commas inside brackets belong to the value."""
+    from surgery.errors import ConfigError
+
+    name, _, rest = text.partition(":")
+    options: dict[str, str] = {}
+    for item in _split_top_level(rest):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--plugin {text!r}: write options as NAME:key=value,key=value (got {item!r}).")
+        options[key.strip()] = value.strip()
+    if not name.strip():
+        raise ConfigError(f"--plugin {text!r}: the plugin name is missing.")
+    return name.strip(), options
+
+
+def _split_top_level(text: str) -> list[str]:
+    items, depth, current = [], 0, ""
+    for char in text:
+        depth += char in "[({"
+        depth -= char in "])}"
+        if char == "," and depth == 0:
+            items.append(current)
+            current = ""
+        else:
+            current += char
+    if current.strip():
+        items.append(current)
+    return [item for item in items if item.strip()]
+
+
+def _specs(texts: list[str]) -> list[Any]:
+    import surgery
+
+    specs = []
+    for text in texts:
+        name, options = parse_plugin_spec(text)
+        method = surgery.get_host().method(name)
+        specs.append(method.config_class.from_strings(options))
+    return specs
+
+
+# -- commands ---------------------------------------------------------------------------------
+def cmd_list(args: argparse.Namespace) -> int:
+    import surgery
+
+    host = surgery.get_host()
+    methods = surgery.list_methods()
+    if args.json:
+        print(json.dumps([_method_json(m) for m in methods], indent=2))
+    else:
+        rows = [("name", "summary", "architectures", "package")]
+        rows += [(m.name, m.summary, ", ".join(m.model_types), f"{m.package} {m.version}") for m in methods]
+        widths = [max(len(r[i]) for r in rows) for i in range(3)]
+        for row in rows:
+            print("  ".join(cell.ljust(widths[i]) if i < 3 else cell for i, cell in enumerate(row)))
+    for problem in host.problems:
+        print(f"surgery: warning: {problem}", file=sys.stderr)
+    return 0
+
+
+def _method_json(method: Any) -> dict[str, Any]:
+    return {
+        "name": method.name,
+        "summary": method.summary,
+        "model_types": list(method.model_types),
+        "package": method.package,
+        "version": method.version,
+        "reversible": method.reversible,
+        "paper": method.paper,
+        "options": [{"name": n, "type": t, "default": d} for n, t, d in method.config_class.describe_options()],
+    }
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    import surgery
+
+    model = surgery.load(args.model)
+    print(surgery.plan(model, _specs(args.plugin)))
+    return 0
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    import surgery
+
+    model = surgery.load(args.model)
+    specs = _specs(args.plugin)
+    print(surgery.plan(model, specs))
+    surgery.apply(model, specs)
+    save_model(model, args.output, source=args.model)
+    print(f"saved the rewritten model to {args.output}")
+    return 0
+
+
+def save_model(model: Any, output: str | Path, source: str | Path | None = None) -> None:
+    """Save weights + recipe, and the source's image processor when it has one."""
+    from transformers import AutoImageProcessor
+
+    model.save_pretrained(output, safe_serialization=True)
+    if source is not None:
+        try:
+            AutoImageProcessor.from_pretrained(source, use_fast=False).save_pretrained(output)
+        except (OSError, ValueError):
+            print(f"surgery: note: {source} has no image processor; none was saved", file=sys.stderr)
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from transformers import AutoConfig
+
+    from surgery.recipe import read_steps
+
+    config = AutoConfig.from_pretrained(args.model, trust_remote_code=False)
+    steps = read_steps(config)
+    if args.json:
+        print(json.dumps({"model_type": config.model_type, "steps": steps}, indent=2))
+        return 0
+    print(f"{args.model}: {config.model_type}, {len(steps)} surgery step(s)")
+    for index, step in enumerate(steps, 1):
+        options = " ".join(f"{k}={v}" for k, v in (step.get("options") or {}).items())
+        print(f"{index}. {step['plugin']} {step.get('plugin_version', '?')} ({step.get('package', '?')})  {options}")
+        print(f"   rewrites: {', '.join(step.get('targets') or []) or '(nothing)'}")
+        versions = step.get("versions") or {}
+        print("   saved with: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+    return 0
+
+
+def cmd_demo_model(args: argparse.Namespace) -> int:
+    from surgery.demo_model import EVAL_FILE, default_model
+
+    folder = default_model(args.arch, rebuild=args.rebuild)
+    results = json.loads((folder / EVAL_FILE).read_text())
+    print(f"{folder}  ({args.arch}, test accuracy {results['accuracy']:.2%} on {results['split']})")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from surgery.demo import run_demo
+
+    return run_demo(arch=args.arch, output=Path(args.output), plugins=args.plugin or ["ggem"], specs=_specs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="surgery", description="Model surgery for Hugging Face vision transformers.")
+    parser.add_argument("--traceback", action="store_true", help="show the Python traceback on errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("list", help="list installed surgery plugins")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_list)
+
+    plugin_help = "a plugin and its options, NAME[:key=value,...]; repeat for several steps"
+    p = sub.add_parser("plan", help="show what apply would change (nothing is written)")
+    p.add_argument("model", help="a local model folder or a Hub id")
+    p.add_argument("--plugin", "-p", action="append", required=True, help=plugin_help)
+    p.set_defaults(run=cmd_plan)
+
+    p = sub.add_parser("apply", help="rewrite a model and save it with its recipe")
+    p.add_argument("model", help="a local model folder or a Hub id")
+    p.add_argument("--plugin", "-p", action="append", required=True, help=plugin_help)
+    p.add_argument("--output", "-o", required=True, help="folder to save the rewritten model to")
+    p.set_defaults(run=cmd_apply)
+
+    p = sub.add_parser("inspect", help="print the surgery recipe of a saved model")
+    p.add_argument("model", help="a local model folder or a Hub id")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_inspect)
+
+    from surgery.zoo import ARCHITECTURES
+
+    p = sub.add_parser("demo-model", help="build (once) and show the built-in digits model")
+    p.add_argument("--arch", default="vit", choices=ARCHITECTURES)
+    p.add_argument("--rebuild", action="store_true", help="train it again even if it is cached")
+    p.set_defaults(run=cmd_demo_model)
+
+    p = sub.add_parser("demo", help="the main job end to end on the built-in digits model")
+    p.add_argument("--arch", default="vit", choices=ARCHITECTURES)
+    p.add_argument("--plugin", "-p", action="append", help=plugin_help + " (default: ggem)")
+    p.add_argument("--output", "-o", default="out/demo", help="folder for the rewritten model (default: out/demo)")
+    p.set_defaults(run=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except Exception as error:  # one clear line unless --traceback
+        if args.traceback:
+            raise
+        from surgery.errors import SurgeryError
+
+        bad_input = isinstance(error, (SurgeryError, OSError, FileNotFoundError))
+        text = str(error).strip() or type(error).__name__
+        kind = "error" if bad_input else f"unexpected {type(error).__name__}"
+        print(f"surgery: {kind}: {text}", file=sys.stderr)
+        if not bad_input:
+            print("surgery: run again with --traceback for details", file=sys.stderr)
+        return EXIT_BAD_INPUT if bad_input else EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

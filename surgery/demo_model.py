@@ -1,0 +1,93 @@
+"""The built-in default model: a small ViT trained on scikit-learn's digits, built once and cached.
+
+``build_digits_model`` trains any architecture of :mod:`surgery.zoo` on the digits (8x8 upsampled
+to 32x32 RGB, patch 4: 64 patch tokens plus cls) and saves a normal transformers folder with its
+image processor and ``eval_results.json`` (test accuracy). ``default_model`` returns the cached
+folder, building it on first use (about a minute and a half on 2 CPU cores).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from surgery.data import LABELS, digits_split, encode
+from surgery.evaluation import accuracy
+from surgery.zoo import build_model, image_processor
+
+EVAL_FILE = "eval_results.json"
+DEFAULT_ARCH = "vit"
+DEFAULT_EPOCHS = {"vit": 30, "deit": 30, "deit-distilled": 30, "swin": 30}
+
+
+def cache_dir() -> Path:
+    """``$SURGERY_HOME`` or ``~/.cache/surgery``."""
+    return Path(os.environ.get("SURGERY_HOME") or Path.home() / ".cache" / "surgery")
+
+
+def default_model(arch: str = DEFAULT_ARCH, rebuild: bool = False, progress: bool = True) -> Path:
+    """The folder of the cached digits model for ``arch``, trained now if it is not there yet."""
+    folder = cache_dir() / "models" / f"digits-{arch}"
+    if rebuild or not (folder / EVAL_FILE).exists():
+        build_digits_model(folder, arch=arch, progress=progress)
+    return folder
+
+
+def build_digits_model(out_dir: str | Path, arch: str = DEFAULT_ARCH, size: str = "demo", epochs: int | None = None,
+                       seed: int = 0, progress: bool = True, train_limit: int | None = None) -> dict[str, Any]:
+    """Train an ``arch`` classifier on the digits, save it to ``out_dir``, return its eval results.
+
+    ``train_limit`` trains on the first N training images only (for quick tests).
+    """
+    out_dir = Path(out_dir)
+    processor = image_processor(32)
+    train_split, test_split = digits_split(seed=0)
+    x_train, y_train = encode(train_split, processor)
+    x_test, y_test = encode(test_split, processor)
+    if train_limit:
+        x_train, y_train = x_train[:train_limit], y_train[:train_limit]
+    model = build_model(arch, size, image_size=32, seed=seed, labels=LABELS)
+    epochs = epochs or DEFAULT_EPOCHS[arch]
+    started = time.perf_counter()
+    train_classifier(model, x_train, y_train, epochs=epochs, seed=seed, progress=progress)
+    results = {
+        "accuracy": accuracy(model, x_test, y_test),
+        "dataset": "sklearn digits (8x8 upsampled to 32x32 RGB)",
+        "split": f"stratified 80/20, seed 0: {len(y_train)} train / {len(y_test)} test",
+        "architecture": arch,
+        "epochs": epochs,
+        "train_seconds": round(time.perf_counter() - started, 1),
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    processor.save_pretrained(out_dir)
+    (out_dir / EVAL_FILE).write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+def train_classifier(model: nn.Module, pixel_values: torch.Tensor, labels: torch.Tensor, epochs: int,
+                     batch_size: int = 32, lr: float = 3e-3, seed: int = 0, progress: bool = True) -> None:
+    """Cross-entropy training with AdamW and a one-cycle schedule (the recipe that reaches >95%)."""
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
+    steps_per_epoch = -(-len(labels) // batch_size)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=epochs * steps_per_epoch)
+    model.train()
+    bar = tqdm(range(epochs), desc="training digits model", unit="epoch", disable=not progress)
+    for _ in bar:
+        order = torch.randperm(len(labels), generator=generator)
+        for batch in order.split(batch_size):
+            loss = nn.functional.cross_entropy(model(pixel_values=pixel_values[batch]).logits, labels[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    model.eval()

@@ -1,0 +1,87 @@
+"""Model configs and builders for ViT, DeiT (plain and distilled) and Swin on small images.
+
+``demo`` is the size of the built-in default model (64 patch tokens of a 32x32 image, patch 4);
+``tiny`` is what tests use. Models are built from configs, never downloaded.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from PIL import Image
+from transformers import (
+    DeiTConfig,
+    DeiTForImageClassification,
+    DeiTForImageClassificationWithTeacher,
+    PretrainedConfig,
+    PreTrainedModel,
+    SwinConfig,
+    SwinForImageClassification,
+    ViTConfig,
+    ViTForImageClassification,
+    ViTImageProcessor,
+)
+
+from surgery.errors import ConfigError, did_you_mean
+
+ARCHITECTURES = ("vit", "deit", "deit-distilled", "swin")
+SIZES = ("tiny", "demo")
+
+_VIT_SIZES = {
+    "tiny": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64),
+    "demo": dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128),
+}
+_SWIN_SIZES = {
+    "tiny": dict(embed_dim=16, depths=[1, 1], num_heads=[2, 4], window_size=4),
+    "demo": dict(embed_dim=32, depths=[2, 2], num_heads=[2, 4], window_size=4),
+}
+_CLASSES = {
+    "vit": (ViTConfig, ViTForImageClassification),
+    "deit": (DeiTConfig, DeiTForImageClassification),
+    "deit-distilled": (DeiTConfig, DeiTForImageClassificationWithTeacher),
+    "swin": (SwinConfig, SwinForImageClassification),
+}
+
+
+def _check(arch: str, size: str) -> None:
+    if arch not in ARCHITECTURES:
+        raise ConfigError(f"unknown architecture '{arch}'; choose from {', '.join(ARCHITECTURES)}." + did_you_mean(arch, ARCHITECTURES))
+    if size not in SIZES:
+        raise ConfigError(f"unknown size '{size}'; choose from {', '.join(SIZES)}." + did_you_mean(size, SIZES))
+
+
+def model_config(arch: str = "vit", size: str = "demo", image_size: int = 32, labels: list[str] | None = None, **overrides: Any) -> PretrainedConfig:
+    """The config of an ``arch`` model of ``size`` for ``image_size`` RGB images, patch 4."""
+    _check(arch, size)
+    labels = labels or [str(i) for i in range(10)]
+    common = dict(
+        image_size=image_size,
+        patch_size=4,
+        num_channels=3,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+    )
+    shape = _SWIN_SIZES[size] if arch == "swin" else _VIT_SIZES[size]
+    config_class, _ = _CLASSES[arch]
+    return config_class(**{**common, **shape, **overrides})
+
+
+def build_model(arch: str = "vit", size: str = "demo", image_size: int = 32, seed: int | None = 0, **overrides: Any) -> PreTrainedModel:
+    """A randomly initialised classifier (deterministic for a given ``seed``), in eval mode."""
+    import torch
+
+    config = model_config(arch, size, image_size, **overrides)
+    if seed is not None:
+        torch.manual_seed(seed)
+    return _CLASSES[arch][1](config).eval()
+
+
+def image_processor(image_size: int = 32) -> ViTImageProcessor:
+    """Resize to ``image_size`` (bilinear), scale to [0, 1], normalise to [-1, 1]."""
+    return ViTImageProcessor(
+        size={"height": image_size, "width": image_size},
+        resample=Image.Resampling.BILINEAR,
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
+    )
