@@ -153,13 +153,20 @@ class Host:
         )
 
 
-def build_host(entry_points: Iterable[importlib.metadata.EntryPoint] | None = None, builtins: bool = True) -> Host:
-    """A fresh host: the built-ins, then the installed (or given) entry points."""
+def build_host(
+    entry_points: Iterable[importlib.metadata.EntryPoint] | None = None,
+    builtins: bool = True,
+    extra: Iterable[tuple[str, Any, str]] = (),
+) -> Host:
+    """A fresh host: the built-ins, the installed (or given) entry points, then ``extra``
+    ``(name, plugin, distribution)`` triples (for embedding and tests)."""
     host = Host()
     if builtins:
         for name, module in BUILTIN_PLUGINS.items():
             host.load_plugin(name, module, SELF_DISTRIBUTION)
     host.load_entry_points(entry_points)
+    for name, plugin, distribution in extra:
+        host.load_plugin(name, plugin, distribution)
     host.collect()
     return host
 

@@ -1,0 +1,48 @@
+"""Shared fixtures: tiny models from configs, and a fresh plugin host per test that needs one."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import pytest
+import torch
+
+from surgery.manager import Host, build_host, set_host
+from surgery.zoo import build_model
+
+ARCHS = ["vit", "deit", "deit-distilled", "swin"]
+
+
+def tiny(arch: str, seed: int = 0, **overrides):
+    return build_model(arch, "tiny", image_size=32, seed=seed, **overrides)
+
+
+def images(batch: int = 3, size: int = 32, seed: int = 1) -> torch.Tensor:
+    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def state_values(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def module_tree(model: torch.nn.Module) -> list[tuple[str, int, type]]:
+    return [(name, id(module), type(module)) for name, module in model.named_modules()]
+
+
+@pytest.fixture
+def host_with():
+    """``host_with(*plugins)``: make a host with the built-ins plus the given plugin objects current."""
+    previous = []
+
+    def make(*plugins) -> Host:
+        extra = [(getattr(p, "__name__", f"test_plugin_{i}"), p, "test-package") for i, p in enumerate(plugins)]
+        host = build_host(entry_points=[], extra=extra)
+        previous.append(set_host(host))
+        return host
+
+    yield make
+    if previous:
+        set_host(previous[0])
