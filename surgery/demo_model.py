@@ -41,18 +41,13 @@ def default_model(arch: str = DEFAULT_ARCH, rebuild: bool = False, progress: boo
 
 
 def build_digits_model(out_dir: str | Path, arch: str = DEFAULT_ARCH, size: str = "demo", epochs: int | None = None,
-                       seed: int = 0, progress: bool = True, train_limit: int | None = None) -> dict[str, Any]:
-    """Train an ``arch`` classifier on the digits, save it to ``out_dir``, return its eval results.
-
-    ``train_limit`` trains on the first N training images only (for quick tests).
-    """
+                       seed: int = 0, progress: bool = True) -> dict[str, Any]:
+    """Train an ``arch`` classifier on the digits, save it to ``out_dir``, return its eval results."""
     out_dir = Path(out_dir)
     processor = image_processor(32)
     train_split, test_split = digits_split(seed=0)
     x_train, y_train = encode(train_split, processor)
     x_test, y_test = encode(test_split, processor)
-    if train_limit:
-        x_train, y_train = x_train[:train_limit], y_train[:train_limit]
     model = build_model(arch, size, image_size=32, seed=seed, labels=LABELS)
     epochs = epochs or DEFAULT_EPOCHS[arch]
     started = time.perf_counter()

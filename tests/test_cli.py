@@ -1,0 +1,107 @@
+"""The command line: list, plan, apply, inspect; bad input gives one line and exit status 2."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import surgery
+from surgery.cli import main, parse_plugin_spec
+from surgery.errors import ConfigError
+from surgery.zoo import image_processor
+
+from conftest import images, tiny
+
+
+@pytest.fixture
+def model_dir(tmp_path):
+    folder = tmp_path / "model"
+    tiny("vit").save_pretrained(folder)
+    image_processor(32).save_pretrained(folder)
+    return folder
+
+
+def test_list(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split() == ["name", "summary", "architectures", "package"]
+    assert "ggem" in out and "vit, deit, swin" in out and "surgery 0.1.0" in out
+
+
+def test_list_json_describes_options(capsys):
+    assert main(["list", "--json"]) == 0
+    (ggem,) = [m for m in json.loads(capsys.readouterr().out) if m["name"] == "ggem"]
+    assert {"name": "p_init", "type": "float", "default": 3.0} in ggem["options"]
+    assert ggem["reversible"] is True
+
+
+def test_plan_writes_nothing(model_dir, capsys):
+    before = sorted(p.name for p in model_dir.iterdir())
+    assert main(["plan", str(model_dir), "--plugin", "ggem:groups=2"]) == 0
+    out = capsys.readouterr().out
+    assert "1. ggem 0.1.0 (surgery)  groups=2" in out and "rewrites: vit.layernorm" in out
+    assert sorted(p.name for p in model_dir.iterdir()) == before
+
+
+def test_apply_then_inspect(model_dir, tmp_path, capsys):
+    out_dir = tmp_path / "out"
+    assert main(["apply", str(model_dir), "-p", "ggem:p_init=2,learn_p=false", "-o", str(out_dir)]) == 0
+    assert (out_dir / "preprocessor_config.json").exists()
+    model = surgery.load(out_dir)
+    assert surgery.history(model)[0].options == {"groups": None, "p_init": 2.0, "eps": 1e-6, "learn_p": False}
+    x = images()
+    source = surgery.apply(surgery.load(model_dir), [("ggem", {"p_init": 2.0, "learn_p": False})])
+    assert torch.equal(model(pixel_values=x).logits, source(pixel_values=x).logits)
+    capsys.readouterr()
+    assert main(["inspect", str(out_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "vit, 1 surgery step(s)" in out and "1. ggem 0.1.0 (surgery)  " in out
+    assert "p_init=2.0" in out and "learn_p=False" in out and "rewrites: vit.layernorm" in out
+    assert main(["inspect", str(out_dir), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["steps"][0]["plugin"] == "ggem"
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["apply", "{model}", "-p", "gem", "-o", "{tmp}/x"], r"no surgery plugin named 'gem'.*Did you mean 'ggem'\?"),
+        (["apply", "{model}", "-p", "ggem:p_init=-2", "-o", "{tmp}/x"], r"ggem: option 'p_init' got -2.0; allowed: a number > 0"),
+        (["apply", "{model}", "-p", "ggem:pinit=2", "-o", "{tmp}/x"], r"unknown option 'pinit'.*Did you mean 'p_init'\?"),
+        (["apply", "{model}", "-p", "ggem:p_init", "-o", "{tmp}/x"], r"write options as NAME:key=value"),
+        (["plan", "{tmp}/does-not-exist", "-p", "ggem"], r"does-not-exist"),
+        (["inspect", "{tmp}/does-not-exist"], r"does-not-exist"),
+    ],
+)
+def test_bad_input_is_one_clear_line(model_dir, tmp_path, capsys, argv, message):
+    import re
+
+    argv = [a.format(model=model_dir, tmp=tmp_path) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("surgery: error: ") and "Traceback" not in err
+    assert re.search(message, err), err
+    assert not (tmp_path / "x").exists()
+
+
+def test_traceback_flag_reraises(model_dir):
+    with pytest.raises(surgery.UnknownPluginError):
+        main(["--traceback", "plan", str(model_dir), "-p", "gem"])
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("ggem", ("ggem", {})),
+        ("ggem:groups=4,p_init=2.5", ("ggem", {"groups": "4", "p_init": "2.5"})),
+        ("drop_layers:layers=[1,2],x=y", ("drop_layers", {"layers": "[1,2]", "x": "y"})),
+    ],
+)
+def test_parse_plugin_spec(text, expected):
+    assert parse_plugin_spec(text) == expected
+
+
+def test_parse_plugin_spec_without_name():
+    with pytest.raises(ConfigError, match=r"the plugin name is missing"):
+        parse_plugin_spec(":a=1")

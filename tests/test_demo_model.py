@@ -1,0 +1,64 @@
+"""The built-in default model builder and the model zoo."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoImageProcessor
+
+import surgery
+from surgery.data import digits_split, encode
+from surgery.demo_model import EVAL_FILE, build_digits_model, default_model
+from surgery.errors import ConfigError
+from surgery.evaluation import accuracy
+from surgery.zoo import ARCHITECTURES, build_model, image_processor
+
+from conftest import images
+
+
+def test_digits_split_is_stratified_and_fixed():
+    train, test = digits_split()
+    assert (len(train), len(test)) == (1437, 360)
+    assert sorted(set(test.labels.tolist())) == list(range(10))
+    assert test.images[0].size == (8, 8) and test.images[0].mode == "RGB"
+    pixels, labels = encode(test, image_processor(32))
+    assert pixels.shape == (360, 3, 32, 32) and float(pixels.min()) >= -1.0 and float(pixels.max()) <= 1.0
+    assert torch.equal(labels, torch.as_tensor(digits_split()[1].labels))
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_builder_makes_every_architecture(arch):
+    model = build_model(arch, "tiny")
+    assert model.config.model_type == arch.split("-")[0]
+    assert model(pixel_values=images()).logits.shape == (3, 10)
+    assert surgery.get_host().anatomy(model.config.model_type)
+
+
+def test_builder_rejects_unknown_names():
+    with pytest.raises(ConfigError, match=r"unknown architecture 'vitt'.*Did you mean 'vit'\?"):
+        build_model("vitt")
+    with pytest.raises(ConfigError, match=r"unknown size 'big'"):
+        build_model("vit", "big")
+
+
+def test_build_digits_model_trains_saves_and_reports(tmp_path):
+    results = build_digits_model(tmp_path, arch="vit", size="tiny", epochs=8, progress=False)
+    saved = json.loads((tmp_path / EVAL_FILE).read_text())
+    assert saved == results and saved["architecture"] == "vit" and "1437 train / 360 test" in saved["split"]
+    assert saved["accuracy"] > 0.4  # chance is 0.1; the full default recipe reaches ~96%
+    assert (tmp_path / "model.safetensors").exists()
+    model = surgery.load(tmp_path)
+    processor = AutoImageProcessor.from_pretrained(tmp_path, use_fast=False)
+    pixels, labels = encode(digits_split()[1], processor)
+    assert accuracy(model, pixels, labels) == pytest.approx(saved["accuracy"])
+    assert model.config.id2label[3] == "3"
+
+
+def test_default_model_is_cached(tmp_path, monkeypatch):
+    folder = tmp_path / "models" / "digits-vit"
+    folder.mkdir(parents=True)
+    (folder / EVAL_FILE).write_text(json.dumps({"accuracy": 0.97}))
+    monkeypatch.setenv("SURGERY_HOME", str(tmp_path))
+    assert default_model("vit") == folder  # found in the cache: nothing is trained

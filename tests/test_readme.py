@@ -1,0 +1,32 @@
+"""The README's quick start stays true: two set-up commands, and CI runs the test one verbatim."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from surgery.cli import build_parser
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def quick_start_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    return [line for line in block.splitlines() if line.strip()]
+
+
+def test_quick_start_has_two_commands_and_ci_runs_the_test_one():
+    run_demo, run_tests = quick_start_commands()
+    assert run_demo.endswith(".venv/bin/surgery demo") and "pip install -q -e ." in run_demo
+    assert run_tests.endswith("python -m pytest -q")
+    ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()[-1]
+    assert ci == run_tests
+
+
+def test_every_documented_command_exists():
+    parser = build_parser()
+    commands = set(parser._subparsers._group_actions[0].choices)
+    documented = set(re.findall(r"^surgery ([a-z-]+)", (ROOT / "README.md").read_text(), re.M))
+    assert documented <= commands, documented - commands
