@@ -9,6 +9,7 @@ Roles are glob patterns over ``model.named_modules()`` names, where ``*`` matche
 (``vit.encoder.layer.*.attention.attention``). Known roles:
 
 ============== ===========================================================================
+encoder        the module that runs the blocks in sequence
 block          one transformer block (ViT layer, Swin block)
 attention      the self-attention core (query/key/value projections and the softmax)
 attn_output    the attention output projection
@@ -95,6 +96,7 @@ def _vit_like(model_type: str, backbone: str, prefix_tokens: int, classifiers: t
     return Anatomy(
         model_type=model_type,
         roles={
+            "encoder": (f"{backbone}.encoder",),
             "block": (block,),
             "attention": (f"{block}.attention.attention",),
             "attn_output": (f"{block}.attention.output.dense",),
@@ -116,6 +118,7 @@ def _swin() -> Anatomy:
     return Anatomy(
         model_type="swin",
         roles={
+            "encoder": ("swin.encoder",),
             "block": (block,),
             "attention": (f"{block}.attention.self",),
             "attn_output": (f"{block}.attention.output.dense",),

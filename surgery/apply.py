@@ -168,9 +168,11 @@ def _validate(model: nn.Module, steps: list[PlannedStep], host: Host) -> Anatomy
     anatomy = host.anatomy(config.model_type, type(model).__name__)
     for step in steps:
         if anatomy.model_type not in step.method.model_types:
+            reason = step.method.refused_model_types.get(anatomy.model_type)
             raise UnsupportedModelError(
                 f"{step.method.name} does not support model_type '{anatomy.model_type}' "
                 f"({type(model).__name__}); supported: {', '.join(step.method.model_types)}."
+                + (f" Why: {reason}." if reason else "")
             )
         anatomy.check(model, step.method.roles)
     reasons = _conflicts(steps, get_history(model), host)

@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "surgery"
 SELF_DISTRIBUTION = "surgery"
-BUILTIN_PLUGINS = {"ggem": "surgery.plugins.ggem"}
+BUILTIN_PLUGINS = {"ggem": "surgery.plugins.ggem", "token_merge": "surgery.plugins.token_merge"}
 
 
 @dataclasses.dataclass(frozen=True)

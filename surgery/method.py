@@ -32,6 +32,7 @@ class SurgeryMethod:
         summary: one line for ``surgery list``.
         config_class: the :class:`SurgeryConfig` subclass holding its options.
         model_types: the ``config.model_type`` values it supports.
+        refused_model_types: model types it refuses on purpose, each with the reason.
         roles: the anatomy roles it needs (checked before anything mutates).
         apply: ``apply(model, config, anatomy) -> Rewrite``. It must only change structure that the
             recipe can replay without data: it runs again, on the meta device, inside
@@ -51,6 +52,7 @@ class SurgeryMethod:
     apply: Callable[[nn.Module, SurgeryConfig, Anatomy], Rewrite]
     revert: Callable[[nn.Module, Rewrite], None] | None = None
     roles: tuple[str, ...] = ()
+    refused_model_types: Mapping[str, str] = dataclasses.field(default_factory=dict)
     conflicts: Mapping[str, str] = dataclasses.field(default_factory=dict)
     repeatable: bool = False
     version: str = "0.1.0"

@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from surgery.manager import build_host
+from surgery.manager import BUILTIN_PLUGINS, build_host
 
 GOOD = """
 import dataclasses, typing
@@ -78,7 +78,7 @@ def test_a_third_party_plugin_is_discovered_with_its_distribution(site):
     fake_distribution(site, "surgery-noop", "surgery_noop_plugin", GOOD)
     host = build_host(entry_points=entry_points(site))
     assert host.methods["noop"].package == "surgery-noop"
-    assert set(host.methods) == {"ggem", "noop"}
+    assert set(host.methods) == set(BUILTIN_PLUGINS) | {"noop"}
 
 
 def test_broken_plugins_are_reported_and_do_not_break_the_others(site):
@@ -86,7 +86,7 @@ def test_broken_plugins_are_reported_and_do_not_break_the_others(site):
     for index, (dist, (source, _)) in enumerate(BROKEN.items()):
         fake_distribution(site, f"surgery-{dist}", f"broken_plugin_{index}", source)
     host = build_host(entry_points=entry_points(site))
-    assert set(host.methods) == {"ggem", "noop"}
+    assert set(host.methods) == set(BUILTIN_PLUGINS) | {"noop"}
     assert host.methods["ggem"].package == "surgery"
     reported = {p.distribution: str(p) for p in host.problems}
     assert set(reported) == {f"surgery-{d}" for d in BROKEN}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from surgery.tokens import TokenSizes
+
 
 class GroupGeM(nn.Module):
     """Group Generalized Mean pooling over tokens (Ko et al., 2022, arXiv 2212.04114).
@@ -45,17 +47,21 @@ class GGeMReadout(nn.Module):
 
     The pooled feature is written into the prefix token slot(s) the classifier reads (cls, and
     DeiT's distillation token), so the model's own ``forward`` feeds it to the head unchanged.
-    ``last_hidden_state[:, :prefix_tokens]`` therefore holds the pooled feature.
+    ``last_hidden_state[:, :prefix_tokens]`` therefore holds the pooled feature. When token merging
+    ran, each token is weighted by the number of patches it stands for (``token_sizes``).
     """
 
-    def __init__(self, norm: nn.Module, pool: GroupGeM, prefix_tokens: int):
+    def __init__(self, norm: nn.Module, pool: GroupGeM, prefix_tokens: int, token_sizes: TokenSizes | None = None):
         super().__init__()
         self.norm, self.pool, self.prefix_tokens = norm, pool, prefix_tokens
+        self.token_sizes = token_sizes
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         hidden = self.norm(hidden)
         patches = hidden[:, self.prefix_tokens:]
-        pooled = self.pool(patches).unsqueeze(1).expand(-1, self.prefix_tokens, -1)
+        sizes = self.token_sizes.for_tokens(hidden) if self.token_sizes is not None else None
+        weights = None if sizes is None else sizes[:, self.prefix_tokens:]
+        pooled = self.pool(patches, weights).unsqueeze(1).expand(-1, self.prefix_tokens, -1)
         return torch.cat([pooled, patches], dim=1)
 
     def extra_repr(self) -> str:

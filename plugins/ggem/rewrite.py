@@ -6,6 +6,7 @@ from torch import nn
 
 from surgery.anatomy import Anatomy
 from surgery.method import Rewrite
+from surgery.tokens import token_sizes
 from surgery.plugins.ggem.config import GGeMConfig
 from surgery.plugins.ggem.layers import GGeMPooler, GGeMReadout, GroupGeM
 
@@ -21,7 +22,7 @@ def apply(model: nn.Module, config: GGeMConfig, anatomy: Anatomy) -> Rewrite:
     reference = next(norm.parameters())
     pool = GroupGeM(width, groups, config.p_init, config.eps, config.learn_p).to(reference.device, reference.dtype)
     if anatomy.readout == "cls":
-        name, original, new = norm_name, norm, GGeMReadout(norm, pool, anatomy.prefix_tokens)
+        name, original, new = norm_name, norm, GGeMReadout(norm, pool, anatomy.prefix_tokens, token_sizes(model))
     else:
         name, original = anatomy.one(model, "pooler")
         new = GGeMPooler(pool)

@@ -1,0 +1,40 @@
+"""``token_merge``: ToMe, bipartite soft token merging for ViT and DeiT, training-free.
+
+Bolya, Fu, Dai, Zhang, Feichtenhofer, Hoffman. "Token Merging: Your ViT But Faster". ICLR 2023,
+arXiv 2210.09461; official code facebookresearch/ToMe (``tome/merge.py``, ``tome/patch/timm.py``).
+No new parameters; exactly reversible. Deviations are listed in ``merge.py``.
+"""
+
+from __future__ import annotations
+
+from surgery.hookspecs import hookimpl
+from surgery.method import SurgeryMethod
+from surgery.plugins.token_merge import rewrite
+from surgery.plugins.token_merge.config import ToMeConfig
+
+_NOT_WITH_LINEAR_ATTENTION = (
+    "token merging needs softmax attention over an unstructured token set (its metric is the keys and "
+    "proportional attention biases the softmax logits); the linear attentions have neither"
+)
+
+METHOD = SurgeryMethod(
+    name="token_merge",
+    summary="ToMe: merge r similar tokens per block (bipartite soft matching), training-free",
+    config_class=ToMeConfig,
+    model_types=("vit", "deit"),
+    refused_model_types={
+        "swin": "Swin attends within fixed windows and merges patches on a fixed grid; merged tokens have no grid position"
+    },
+    apply=rewrite.apply,
+    revert=rewrite.revert,
+    roles=("encoder", "block", "attention"),
+    conflicts={"agent_attention": _NOT_WITH_LINEAR_ATTENTION, "castling": _NOT_WITH_LINEAR_ATTENTION},
+    version="0.1.0",
+    paper="https://arxiv.org/abs/2210.09461",
+    reference="https://github.com/facebookresearch/ToMe (af95e4b)",
+)
+
+
+@hookimpl
+def surgery_register_methods() -> list[SurgeryMethod]:
+    return [METHOD]

@@ -1,0 +1,76 @@
+"""Bipartite soft matching and size-weighted merging (Bolya et al., ICLR 2023, ``tome/merge.py``).
+
+Follows the official computation: cosine similarity of the metric (keys averaged over heads),
+alternating split into A (even positions) and B (odd positions), the cls token (A[0]) never
+merges and DeiT's distillation token (B[0]) never receives a merge, each A token's best B partner,
+the r best edges merged from A into B. The output is [unmerged A tokens, sorted by position when a
+cls token is present, then all B tokens]; with a distillation token: [cls, dist, rest of A, rest of
+B]. Deviations, both exact in value: ties between equal edge scores are broken by position (stable
+sort) where the official code leaves the order to the sort kernel, and sums use ``scatter_add``
+instead of ``scatter_reduce(sum)`` so that every exporter handles them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+
+@dataclasses.dataclass
+class Matching:
+    """Which tokens of A stay (``keep``), which merge (``src``) into which B token (``dst``)."""
+
+    keep: torch.Tensor  # (B, |A| - r, 1)
+    src: torch.Tensor  # (B, r, 1)
+    dst: torch.Tensor  # (B, r, 1)
+    distill_token: bool
+
+    @property
+    def r(self) -> int:
+        return self.src.shape[1]
+
+    def merge_sum(self, x: torch.Tensor) -> torch.Tensor:
+        """Merge ``x`` (B, N, C), summing what lands on each B token."""
+        a, b = x[:, ::2], x[:, 1::2]
+        batch, _, channels = x.shape
+        kept = a.gather(1, self.keep.expand(batch, self.keep.shape[1], channels))
+        moved = a.gather(1, self.src.expand(batch, self.r, channels))
+        b = b.scatter_add(1, self.dst.expand(batch, self.r, channels), moved)
+        if self.distill_token:
+            return torch.cat([kept[:, :1], b[:, :1], kept[:, 1:], b[:, 1:]], dim=1)
+        return torch.cat([kept, b], dim=1)
+
+
+def bipartite_soft_matching(metric: torch.Tensor, r: int, class_token: bool, distill_token: bool) -> Matching | None:
+    """Match ``metric`` (B, N, C) and return the merge of ``r`` tokens, or None when r caps to 0.
+
+    r is capped at what the layer can merge: (N - protected tokens) // 2.
+    """
+    protected = int(class_token) + int(distill_token)
+    r = min(r, (metric.shape[1] - protected) // 2)
+    if r <= 0:
+        return None
+    with torch.no_grad():
+        unit = metric / metric.norm(dim=-1, keepdim=True)
+        scores = unit[:, ::2] @ unit[:, 1::2].transpose(1, 2)
+        if class_token:
+            scores[:, 0, :] = -torch.inf
+        if distill_token:
+            scores[:, :, 0] = -torch.inf
+        best_score, best_partner = scores.max(dim=-1)
+        order = best_score.argsort(dim=-1, descending=True, stable=True).unsqueeze(-1)
+        keep, src = order[:, r:], order[:, :r]
+        dst = best_partner.unsqueeze(-1).gather(1, src)
+        if class_token:
+            keep = keep.sort(dim=1).values
+    return Matching(keep, src, dst, distill_token)
+
+
+def merge_weighted(matching: Matching, x: torch.Tensor, size: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Size-weighted average merge of ``x``; returns the merged tokens and their new sizes."""
+    if size is None:
+        size = x.new_ones(x.shape[0], x.shape[1], 1)
+    merged = matching.merge_sum(x * size)
+    size = matching.merge_sum(size)
+    return merged / size, size
