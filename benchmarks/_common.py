@@ -1,0 +1,70 @@
+"""Shared benchmark helpers: environment report, side-by-side timing, FLOPs, markdown tables."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def environment() -> str:
+    """One markdown line per fact about the machine and libraries."""
+    import transformers
+
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines() if line.startswith("Model name"))
+    except (StopIteration, OSError):
+        cpu = platform.processor() or "unknown"
+    facts = {
+        "cpu": cpu,
+        "cores (os.cpu_count)": os.cpu_count(),
+        "torch threads": torch.get_num_threads(),
+        "torch CPU capability": torch.backends.cpu.get_cpu_capability(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
+    return "\n".join(f"- {k}: {v}" for k, v in facts.items())
+
+
+def time_side_by_side(runs: dict[str, Callable[[], object]], repeats: int = 5, warmup: int = 2) -> dict[str, float]:
+    """Median seconds of each callable; each repeat runs every callable once, in turn (shared noise)."""
+    for _ in range(warmup):
+        for run in runs.values():
+            run()
+    samples: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def count_flops(run: Callable[[], object]) -> int:
+    with FlopCounterMode(display=False) as counter:
+        run()
+    return counter.get_total_flops()
+
+
+def markdown_table(header: list[str], rows: list[list[object]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_report(name: str, title: str, body: str) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.md"
+    path.write_text(f"# {title}\n\n{body}\n\n## Environment\n\n{environment()}\n")
+    print(path.read_text())
+    return path
