@@ -26,7 +26,12 @@ logger = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "surgery"
 SELF_DISTRIBUTION = "surgery"
-BUILTIN_PLUGINS = {"ggem": "surgery.plugins.ggem", "token_merge": "surgery.plugins.token_merge"}
+BUILTIN_PLUGINS = {
+    "ggem": "surgery.plugins.ggem",
+    "token_merge": "surgery.plugins.token_merge",
+    "agent_attention": "surgery.plugins.agent_attention",
+    "castling": "surgery.plugins.castling",
+}
 
 
 @dataclasses.dataclass(frozen=True)

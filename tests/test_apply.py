@@ -18,6 +18,8 @@ from conftest import ARCHS, images, module_tree, state_values, tiny
 # (spec, architectures): every built-in plugin with the architectures it supports
 CASES = [(("ggem", {"p_init": 2.5}), arch) for arch in ARCHS]
 CASES += [(("token_merge", {"r": 6}), arch) for arch in ("vit", "deit", "deit-distilled")]
+CASES += [(("agent_attention", {"agents": 4, "init": "paper"}), arch) for arch in ARCHS]
+CASES += [(("castling", {"init": "paper", "kernel_size": 3}), arch) for arch in ARCHS]
 IDS = [f"{spec[0]}-{arch}" for spec, arch in CASES]
 
 
@@ -57,6 +59,14 @@ def test_revert_restores_the_original_exactly(spec, arch):
     assert all(torch.equal(values[k], v) for k, v in model.state_dict().items())
     assert torch.equal(model(pixel_values=x).logits, logits)
     assert surgery.history(model) == [] and not hasattr(model.config, "quantization_config")
+
+
+@pytest.mark.parametrize("spec, arch", CASES, ids=IDS)
+def test_new_modules_follow_the_training_mode(spec, arch):
+    model = surgery.apply(tiny(arch).eval(), [spec])
+    assert not any(m.training for m in model.modules())
+    model = surgery.apply(tiny(arch).train(), [spec])
+    assert all(m.training for m in model.modules())
 
 
 def test_spec_forms_are_equivalent():

@@ -21,8 +21,8 @@ def _saved(tmp_path, spec, arch):
     model = surgery.apply(tiny(arch), [spec])
     with torch.no_grad():  # make the new parameters differ from their init
         for name, parameter in model.named_parameters():
-            if name.endswith(".p"):
-                parameter.add_(torch.linspace(-0.5, 0.5, parameter.numel()))
+            if name.endswith((".p", "_bias")) or "dwc" in name or "dconv" in name:
+                parameter.add_(torch.linspace(-0.5, 0.5, parameter.numel()).reshape(parameter.shape))
     model.save_pretrained(tmp_path)
     return model
 

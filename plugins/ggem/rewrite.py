@@ -26,7 +26,7 @@ def apply(model: nn.Module, config: GGeMConfig, anatomy: Anatomy) -> Rewrite:
     else:
         name, original = anatomy.one(model, "pooler")
         new = GGeMPooler(pool)
-    model.set_submodule(name, new)
+    model.set_submodule(name, new.train(original.training))
     return Rewrite(targets=[name], undo=original)
 
 

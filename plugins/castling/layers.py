@@ -1,0 +1,70 @@
+"""Linear-angular attention (You, Xiong, Dai, Wu, Zhang, Fan, Vajda, Lin; CVPR 2023, arXiv 2211.10526).
+
+Follows ``LinAngularAttention`` in GATECH-EIC/Castling-ViT (c7b75c1, the authors' miniature core):
+with q and k L2-normalised per head, ``x = 0.5 v + (1/pi) q (k^T v)`` (the linear term of the
+angular kernel 1 - arccos(q.k)/pi, computed right to left, so linear in tokens), then ``x`` is
+L2-normalised per head and a depthwise conv along the token sequence on V (one k-tap kernel per
+head, shared over the head's channels) is added. In training, an auxiliary masked softmax branch
+``(P * (P > threshold)) v`` with ``P = softmax(q k^T / sqrt(d))`` on the unnormalised q, k is added
+with weight ``aux_weight``; its mean row mass is kept in ``aux_penalty`` for the sparsity
+regulariser. At inference the branch is dropped, so the cost stays linear.
+
+Deviations: prefix tokens (cls, distillation) are left out of the sequence conv, as the reference
+notes DeiT-style use needs; the regularisation schedule is not in the released code, so the
+branch weight and the L1 penalty are exposed for the recovery loop to drive to zero.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from surgery.attention import Style
+
+
+class LinearAngularAttention(nn.Module):
+    """Drop-in replacement for a ViT/DeiT/Swin self-attention core (query/key/value reused)."""
+
+    def __init__(self, query: nn.Linear, key: nn.Linear, value: nn.Linear, num_heads: int, prefix_tokens: int,
+                 style: Style, kernel_size: int = 9, sparse_reg: bool = True, sparse_threshold: float = 0.02,
+                 aux_weight: float = 1.0, init: str = "zero"):
+        super().__init__()
+        self.query, self.key, self.value = query, key, value
+        self.num_heads, self.head_dim = num_heads, query.out_features // num_heads
+        self.prefix_tokens, self.style = prefix_tokens, style
+        self.sparse_reg, self.sparse_threshold, self.aux_weight = sparse_reg, sparse_threshold, aux_weight
+        self.dconv = nn.Conv2d(num_heads, num_heads, (kernel_size, 1), padding=(kernel_size // 2, 0), groups=num_heads,
+                               bias=False, device=query.weight.device, dtype=query.weight.dtype)
+        if init == "zero":
+            with torch.no_grad():
+                self.dconv.weight.zero_()
+        self.aux_penalty: torch.Tensor | None = None
+
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
+        context = self.attend(hidden_states)
+        return (context, None) if self.style == "vit" else (context,)
+
+    def attend(self, x: torch.Tensor) -> torch.Tensor:
+        batch, tokens, channels = x.shape
+        split = lambda t: t.reshape(batch, tokens, self.num_heads, self.head_dim).transpose(1, 2)  # noqa: E731
+        q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
+        q_unit, k_unit = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+        out = 0.5 * v + (1.0 / math.pi) * torch.matmul(q_unit, torch.matmul(k_unit.transpose(-1, -2), v))
+        self.aux_penalty = None
+        if self.training and self.sparse_reg and self.aux_weight > 0:
+            probs = torch.softmax(torch.matmul(q, k.transpose(-1, -2)) * self.head_dim ** -0.5, dim=-1)
+            sparse = probs * (probs > self.sparse_threshold)
+            out = out + self.aux_weight * torch.matmul(sparse, v)
+            self.aux_penalty = sparse.sum(dim=-1).mean()
+        out = F.normalize(out, dim=-1)
+        prefix = self.prefix_tokens
+        conv = self.dconv(v[:, :, prefix:])
+        out = torch.cat([out[:, :, :prefix], out[:, :, prefix:] + conv], dim=2)
+        return out.transpose(1, 2).reshape(batch, tokens, channels)
+
+    def extra_repr(self) -> str:
+        return (f"heads={self.num_heads}, kernel={self.dconv.kernel_size[0]}, prefix_tokens={self.prefix_tokens}, "
+                f"sparse_reg={self.sparse_reg} (threshold={self.sparse_threshold}, weight={self.aux_weight}, training only)")
