@@ -11,7 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+
+from surgery.flops import count_flops  # noqa: F401  (re-exported; counts CPU SDPA too)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -48,12 +49,6 @@ def time_side_by_side(runs: dict[str, Callable[[], object]], repeats: int = 5, w
             run()
             samples[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) for name, values in samples.items()}
-
-
-def count_flops(run: Callable[[], object]) -> int:
-    with FlopCounterMode(display=False) as counter:
-        run()
-    return counter.get_total_flops()
 
 
 def markdown_table(header: list[str], rows: list[list[object]]) -> str:

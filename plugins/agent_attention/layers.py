@@ -108,13 +108,14 @@ class AgentAttention(nn.Module):
         agents = split(torch.matmul(pool, q[:, prefix:]))
         q, k, v_heads = split(q), split(k), split(v)
         scale = dim ** -0.5
-        agent_attn = self._softmax(torch.matmul(agents * scale, k.transpose(-1, -2)) + self._agent_to_key_bias(height, width))
+        to_keys, to_agents = self._biases(height, width)
+        agent_attn = self._softmax(torch.matmul(agents * scale, k.transpose(-1, -2)) + to_keys)
         agent_v = torch.matmul(agent_attn, v_heads)
-        query_attn = self._softmax(torch.matmul(q * scale, agents.transpose(-1, -2)) + self._query_to_agent_bias(height, width))
+        query_attn = self._softmax(torch.matmul(q * scale, agents.transpose(-1, -2)) + to_agents)
         out = torch.matmul(query_attn, agent_v).transpose(1, 2).reshape(batch, tokens, channels)
         patches_v = v[:, prefix:].reshape(batch, height, width, channels).permute(0, 3, 1, 2)
-        conv = self.dwc(patches_v).permute(0, 2, 3, 1).reshape(batch, height * width, channels)
-        return torch.cat([out[:, :prefix], out[:, prefix:] + conv], dim=1)
+        out[:, prefix:] += self.dwc(patches_v).permute(0, 2, 3, 1).reshape(batch, height * width, channels)
+        return out
 
     def _softmax(self, scores: torch.Tensor) -> torch.Tensor:
         return F.dropout(scores.softmax(dim=-1), p=self.dropout, training=self.training)
@@ -124,6 +125,26 @@ class AgentAttention(nn.Module):
         if side * side != patches:
             raise ValueError(f"agent_attention: {patches} patch tokens do not form a square grid; non-square inputs are not supported.")
         return side, side
+
+    def _biases(self, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both position biases for a ``height`` x ``width`` grid.
+
+        Without autograd they depend only on the parameters and the grid, so they are cached and
+        recomputed when a bias parameter is replaced or changed in place (its version moves).
+        """
+        if torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling():
+            return self._agent_to_key_bias(height, width), self._query_to_agent_bias(height, width)
+        stamp = tuple((id(p), p._version) for p in self._bias_parameters())
+        key = (height, width, self.an_bias.device, self.an_bias.dtype)
+        cached = self.__dict__.setdefault("_bias_cache", {}).get(key)
+        if cached is None or cached[0] != stamp:
+            cached = (stamp, self._agent_to_key_bias(height, width), self._query_to_agent_bias(height, width))
+            self._bias_cache[key] = cached
+        return cached[1], cached[2]
+
+    def _bias_parameters(self) -> list[torch.Tensor]:
+        names = ("an_bias", "na_bias", "ah_bias", "aw_bias", "ha_bias", "wa_bias", "ac_bias", "ca_bias")
+        return [p for p in (getattr(self, n) for n in names) if p is not None]
 
     def _agent_to_key_bias(self, height: int, width: int) -> torch.Tensor:
         """(1, H, a, prefix + h*w): table bias + axis biases, and the prefix-key column(s)."""

@@ -61,8 +61,7 @@ class LinearAngularAttention(nn.Module):
             self.aux_penalty = sparse.sum(dim=-1).mean()
         out = F.normalize(out, dim=-1)
         prefix = self.prefix_tokens
-        conv = self.dconv(v[:, :, prefix:])
-        out = torch.cat([out[:, :, :prefix], out[:, :, prefix:] + conv], dim=2)
+        out[:, :, prefix:] += self.dconv(v[:, :, prefix:])
         return out.transpose(1, 2).reshape(batch, tokens, channels)
 
     def extra_repr(self) -> str:
