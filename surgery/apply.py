@@ -106,7 +106,7 @@ def apply(model: nn.Module, specs: Spec | Sequence[Spec]) -> nn.Module:
     try:
         for current in planned:
             rewrite = current.method.apply(model, current.config, anatomy)
-            step = _record(current, rewrite)
+            step = _record(current, rewrite, base_model=getattr(model.config, "_name_or_path", None) or None)
             history.append(step)
             set_history(model, history)
             host.pm.hook.surgery_step_applied(model=model, step=step)
@@ -128,7 +128,7 @@ def replay(model: nn.Module, step_dicts: Iterable[dict[str, Any]], host: Host | 
         method = host.method(data["plugin"])
         config = method.make_config(data.get("options") or {})
         rewrite = method.apply(model, config, anatomy)
-        history.append(_record(PlannedStep(method, config), rewrite, data.get("versions")))
+        history.append(_record(PlannedStep(method, config), rewrite, data.get("versions"), data.get("base_model")))
     set_history(model, history)
 
 
@@ -240,8 +240,10 @@ def _method_for_config(config: SurgeryConfig, host: Host) -> SurgeryMethod:
     return host.method(config.plugin or type(config).__name__)
 
 
-def _record(step: PlannedStep, rewrite: Rewrite, versions: dict[str, str] | None = None) -> AppliedStep:
+def _record(step: PlannedStep, rewrite: Rewrite, versions: dict[str, str] | None = None,
+            base_model: str | None = None) -> AppliedStep:
     return AppliedStep(
+        base_model=base_model,
         plugin=step.method.name,
         options=step.config.to_dict(),
         plugin_version=step.method.version,

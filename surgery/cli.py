@@ -142,6 +142,25 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_card(args: argparse.Namespace) -> int:
+    from surgery.cards import card
+
+    path = card(args.model, results=args.results, model_id=args.model_id, base_model=args.base_model,
+                license=args.license, datasets=args.dataset, measure=not args.no_measure)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from surgery.hub import push
+
+    if not (Path(args.model) / "README.md").exists():
+        print(f"surgery: note: {args.model} has no README.md; run `surgery card {args.model}` first for a model card", file=sys.stderr)
+    url = push(args.model, args.repo_id, private=args.private, token=args.token, new=args.new)
+    print(f"pushed {args.model} to {args.repo_id}: {url}")
+    return 0
+
+
 def cmd_demo_model(args: argparse.Namespace) -> int:
     from surgery.demo_model import EVAL_FILE, default_model
 
@@ -182,6 +201,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="a local model folder or a Hub id")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_inspect)
+
+    p = sub.add_parser("card", help="write README.md (model card) for a saved rewritten model")
+    p.add_argument("model", help="a saved model folder")
+    p.add_argument("--results", help="JSON file of figures: accuracy, accuracy_before, latency_ms_before, dataset ...")
+    p.add_argument("--model-id", help="the repository id the card refers to (default: the folder name)")
+    p.add_argument("--base-model", help="the Hub id of the model before surgery")
+    p.add_argument("--license", default="apache-2.0")
+    p.add_argument("--dataset", action="append", help="Hub dataset id(s) for the metadata")
+    p.add_argument("--no-measure", action="store_true", help="do not load the model to measure FLOPs and latency")
+    p.set_defaults(run=cmd_card)
+
+    p = sub.add_parser("push", help="upload a model folder to the Hugging Face Hub")
+    p.add_argument("model", help="a saved model folder")
+    p.add_argument("repo_id", help="namespace/name on the Hub")
+    p.add_argument("--private", action="store_true", help="create the repository as private")
+    p.add_argument("--token", help="a Hugging Face token with write access (default: HF_TOKEN or the stored login)")
+    p.add_argument("--new", action="store_true", help="fail if the repository already exists")
+    p.set_defaults(run=cmd_push)
 
     from surgery.zoo import ARCHITECTURES
 

@@ -22,11 +22,13 @@ class AppliedStep:
     package: str
     targets: list[str]
     versions: dict[str, str]
+    base_model: str | None = None
     config: SurgeryConfig | None = dataclasses.field(default=None, repr=False, compare=False)
     undo: Any = dataclasses.field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        source = {"base_model": self.base_model} if self.base_model else {}
+        return {**source,
             "plugin": self.plugin,
             "plugin_version": self.plugin_version,
             "package": self.package,

@@ -64,3 +64,12 @@ def surgery_step_applied(model: nn.Module, step: AppliedStep) -> None:
 
     The model must not be changed here; an exception aborts ``apply`` and restores the model.
     """
+
+
+@hookspec
+def surgery_card_sections(folder: str, steps: list[dict]) -> list[str]:
+    """Return extra markdown sections for the model card of the saved model in ``folder``.
+
+    Called by ``surgery card`` with the recipe's step dicts; each string is one section (start it
+    with a ``##`` heading). Sections go inside the generated block, after the built-in ones.
+    """

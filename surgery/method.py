@@ -42,6 +42,8 @@ class SurgeryMethod:
         repeatable: whether the method may appear twice in one model's history.
         version: the plugin's version, written into recipes.
         paper, reference: citation and the official code the implementation follows.
+        card_template: a Jinja2 file rendering this method's section of the model card (it gets
+            ``step``); None uses the generic section.
         package: the distribution that provides it (filled in by the plugin manager).
     """
 
@@ -58,6 +60,7 @@ class SurgeryMethod:
     version: str = "0.1.0"
     paper: str = ""
     reference: str = ""
+    card_template: str | None = None
     package: str = ""
 
     @property

@@ -8,6 +8,8 @@ Needs fine-tuning: the paper trains from scratch; no training-free number is pub
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from surgery.attention import overlapping_attention_swaps
 from surgery.hookspecs import hookimpl
 from surgery.method import SurgeryMethod
@@ -23,6 +25,7 @@ METHOD = SurgeryMethod(
     revert=rewrite.revert,
     roles=("block", "attention"),
     version="0.1.0",
+    card_template=str(Path(__file__).with_name("card.md.j2")),
     paper="https://arxiv.org/abs/2312.08874",
     reference="https://github.com/LeapLabTHU/Agent-Attention (207ce3e)",
 )

@@ -8,6 +8,8 @@ weights; new: a depthwise sequence conv per block (heads x kernel weights). Need
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from surgery.hookspecs import hookimpl
 from surgery.method import SurgeryMethod
 from surgery.plugins.castling import rewrite
@@ -22,6 +24,7 @@ METHOD = SurgeryMethod(
     revert=rewrite.revert,
     roles=("block", "attention"),
     version="0.1.0",
+    card_template=str(Path(__file__).with_name("card.md.j2")),
     paper="https://arxiv.org/abs/2211.10526",
     reference="https://github.com/GATECH-EIC/Castling-ViT (c7b75c1, unofficial miniature core)",
 )

@@ -7,6 +7,8 @@ New parameters: one p per group. Not training-free: the head was trained on othe
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from surgery.hookspecs import hookimpl
 from surgery.method import SurgeryMethod
 from surgery.plugins.ggem import rewrite
@@ -21,6 +23,7 @@ METHOD = SurgeryMethod(
     revert=rewrite.revert,
     roles=("final_norm", "classifier"),
     version="0.1.0",
+    card_template=str(Path(__file__).with_name("card.md.j2")),
     paper="https://arxiv.org/abs/2212.04114",
     reference="no official code; formula from the paper's abstract and the GeM convention",
 )

@@ -7,6 +7,8 @@ No new parameters; exactly reversible. Deviations are listed in ``merge.py``.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from surgery.hookspecs import hookimpl
 from surgery.method import SurgeryMethod
 from surgery.plugins.token_merge import rewrite
@@ -30,6 +32,7 @@ METHOD = SurgeryMethod(
     roles=("encoder", "block", "attention"),
     conflicts={"agent_attention": _NOT_WITH_LINEAR_ATTENTION, "castling": _NOT_WITH_LINEAR_ATTENTION},
     version="0.1.0",
+    card_template=str(Path(__file__).with_name("card.md.j2")),
     paper="https://arxiv.org/abs/2210.09461",
     reference="https://github.com/facebookresearch/ToMe (af95e4b)",
 )

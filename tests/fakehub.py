@@ -1,0 +1,124 @@
+"""A small stand-in for the Hub's HTTP API on loopback: repo creation, pre-upload and commit.
+
+Like the real Hub, answers carry public ``https://huggingface.co/...`` URLs (huggingface_hub parses
+them against its default endpoint).
+
+Enough of the endpoints ``HfApi.create_repo`` and ``HfApi.upload_folder`` call to store uploaded
+files on disk, so tests can check what arrives byte for byte. Unknown routes answer 404 and are
+recorded in ``unknown`` so a test fails with the route that is missing.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+
+PUBLIC = "https://huggingface.co"
+
+
+class FakeHub:
+    def __init__(self, store: Path, token: str = "hf_test_token"):
+        self.store, self.token = Path(store), token
+        self.unknown: list[str] = []
+        self.commits: list[dict] = []
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def __enter__(self) -> FakeHub:
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def repo(self, repo_id: str) -> Path:
+        return self.store / repo_id
+
+    def _handler(self):
+        hub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:
+                pass
+
+            def _reply(self, status: int, body: dict | list | None = None, headers: dict | None = None) -> None:
+                data = json.dumps(body if body is not None else {}).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                for key, value in (headers or {}).items():
+                    self.send_header(key, value)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _body(self) -> bytes:
+                return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+            def _authorized(self) -> bool:
+                if self.headers.get("Authorization") == f"Bearer {hub.token}":
+                    return True
+                self._reply(401, {"error": "Invalid credentials"})
+                return False
+
+            def do_POST(self) -> None:
+                path = unquote(urlparse(self.path).path)
+                body = self._body()
+                if not self._authorized():
+                    return
+                if path == "/api/repos/create":
+                    request = json.loads(body)
+                    repo_id = f"{request.get('organization') or 'user'}/{request['name']}" if "/" not in request["name"] else request["name"]
+                    folder = hub.repo(repo_id)
+                    if folder.exists():
+                        return self._reply(409, {"error": "You already created this model repo", "url": f"{PUBLIC}/{repo_id}"})
+                    folder.mkdir(parents=True)
+                    (folder / ".private").write_text(str(bool(request.get("private"))))
+                    return self._reply(200, {"url": f"{PUBLIC}/{repo_id}", "name": repo_id})
+                if path == "/api/validate-yaml":
+                    return self._reply(200, {"errors": [], "warnings": []})
+                match = re.fullmatch(r"/api/models/(.+)/preupload/([^/]+)", path)
+                if match:
+                    files = json.loads(body)["files"]
+                    return self._reply(200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]})
+                match = re.fullmatch(r"/api/models/(.+)/commit/([^/]+)", path)
+                if match:
+                    return self._commit(match.group(1), body)
+                hub.unknown.append(f"POST {path}")
+                return self._reply(404, {"error": f"no route POST {path}"})
+
+            def _commit(self, repo_id: str, body: bytes) -> None:
+                folder = hub.repo(repo_id)
+                if not folder.is_dir():
+                    return self._reply(404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"})
+                summary, paths = None, []
+                for line in body.decode().splitlines():
+                    if not line.strip():
+                        continue
+                    item = json.loads(line)
+                    if item["key"] == "header":
+                        summary = item["value"].get("summary")
+                    elif item["key"] == "file":
+                        target = folder / item["value"]["path"]
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        target.write_bytes(base64.b64decode(item["value"]["content"]))
+                        paths.append(item["value"]["path"])
+                oid = hashlib.sha1(f"{repo_id}{len(hub.commits)}".encode()).hexdigest()
+                hub.commits.append({"repo": repo_id, "summary": summary, "files": paths})
+                return self._reply(200, {"commitUrl": f"{PUBLIC}/{repo_id}/commit/{oid}", "commitOid": oid, "success": True})
+
+            def do_GET(self) -> None:
+                path = unquote(urlparse(self.path).path)
+                hub.unknown.append(f"GET {path}")
+                self._reply(404, {"error": f"no route GET {path}"})
+
+        return Handler

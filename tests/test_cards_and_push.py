@@ -1,0 +1,160 @@
+"""Model cards from hub_cards/ templates, and a real upload to a Hub stand-in on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+from huggingface_hub import ModelCard
+
+import surgery
+from surgery.cards import BEGIN, END, PLOT_FILE, card
+from surgery.cli import main
+from surgery.hub import PushError, push
+
+from conftest import tiny
+from fakehub import FakeHub
+
+TOKEN = "hf_test_token"
+
+
+@pytest.fixture
+def online(monkeypatch):
+    """The tests run with HF_HUB_OFFLINE=1; uploads to the loopback stand-in need it off."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import reset_sessions
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    reset_sessions()
+    yield
+    monkeypatch.undo()
+    reset_sessions()
+
+
+@pytest.fixture
+def saved(tmp_path):
+    folder = tmp_path / "vit-tome-ggem"
+    model = tiny("vit")
+    model.config._name_or_path = "google/vit-base-patch16-224"
+    surgery.apply(model, [("token_merge", {"r": 4}), ("ggem", {"groups": 2})]).save_pretrained(folder)
+    return folder
+
+
+RESULTS = {"accuracy": 0.9528, "accuracy_before": 0.9639, "latency_ms_before": 2.0, "latency_ms": 1.1, "dataset": "sklearn digits"}
+
+
+def test_card_metadata_sections_and_figures(saved):
+    path = card(saved, results=RESULTS, model_id="me/vit-tome-ggem")
+    parsed = ModelCard.load(path)
+    data = parsed.data.to_dict()
+    assert data["library_name"] == "transformers" and data["pipeline_tag"] == "image-classification"
+    assert data["license"] == "apache-2.0" and data["base_model"] == "google/vit-base-patch16-224"
+    assert {"surgery", "token_merge", "ggem", "vit"} <= set(data["tags"])
+    (result,) = parsed.data.eval_results
+    assert (result.metric_type, result.metric_value, result.dataset_name) == ("accuracy", 0.9528, "sklearn digits")
+    text = parsed.text
+    assert "### token_merge: ToMe token merging" in text and "### ggem: Group Generalized Mean pooling" in text
+    assert "channels are split into 2 groups" in text
+    assert "| accuracy | 96.39% | 95.28% |" in text and "| latency per image | 2.00 ms | 1.10 ms |" in text
+    assert "| parameters | - |" in text and "| GFLOPs per image | - |" in text
+    assert f"![accuracy and latency before and after surgery]({PLOT_FILE})" in text
+    assert (saved / PLOT_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert 'surgery.load("me/vit-tome-ggem")' in text and "AutoModelForImageClassification.from_pretrained(\"me/vit-tome-ggem\")" in text
+    assert "None in this repository (PyTorch safetensors only)." in text
+
+
+def test_card_lists_exported_formats_and_skips_plot_without_figures(saved):
+    (saved / "onnx").mkdir()
+    (saved / "onnx" / "model.onnx").write_bytes(b"onnx")
+    text = card(saved, measure=False).read_text()
+    assert "- ONNX: `onnx/model.onnx` (optimum.onnxruntime.ORTModelForImageClassification)" in text
+    assert "![" not in text and not (saved / PLOT_FILE).exists()
+    assert "| parameters | 0.0" in text  # counted from the safetensors header without loading
+
+
+def test_regenerating_keeps_the_users_text(saved):
+    path = card(saved, measure=False)
+    original = path.read_text()
+    header_end = original.index(BEGIN)
+    edited = original[:header_end] + "Intro written by me.\n\n" + original[header_end:] + "\n## My notes\nKeep this.\n"
+    path.write_text(edited)
+    again = card(saved, results=RESULTS, measure=False).read_text()
+    assert "Intro written by me." in again and again.index("Intro written by me.") < again.index(BEGIN)
+    assert again.rstrip().endswith("## My notes\nKeep this.")
+    assert again.count(BEGIN) == 1 and again.count(END) == 1 and "| accuracy | 96.39% | 95.28% |" in again
+
+
+class CardSection:
+    @surgery.hookimpl
+    def surgery_card_sections(self, folder, steps):
+        return [f"## Deployment notes\n\nTested with {len(steps)} step(s) from {os.path.basename(folder)}."]
+
+
+def test_plugins_add_card_sections(saved, host_with):
+    host_with(CardSection())
+    text = card(saved, measure=False).read_text()
+    assert "## Deployment notes\n\nTested with 2 step(s) from vit-tome-ggem." in text
+    assert text.index("## Deployment notes") < text.index(END)
+
+
+def test_card_cli(saved, capsys, tmp_path):
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps(RESULTS))
+    assert main(["card", str(saved), "--results", str(results), "--no-measure", "--model-id", "me/x"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    assert main(["card", str(tmp_path / "missing")]) == 2
+    assert "is not a saved model folder (no config.json)" in capsys.readouterr().err
+
+
+def test_push_uploads_every_file_byte_for_byte(saved, tmp_path, online):
+    card(saved, results=RESULTS, model_id="me/vit-tome-ggem", measure=False)
+    with FakeHub(tmp_path / "hub", token=TOKEN) as hub:
+        url = push(saved, "me/vit-tome-ggem", token=TOKEN, endpoint=hub.url, private=True)
+        assert hub.unknown == []
+        remote = hub.repo("me/vit-tome-ggem")
+        local_files = sorted(p.relative_to(saved).as_posix() for p in saved.rglob("*") if p.is_file())
+        assert sorted(hub.commits[0]["files"]) == local_files
+        for name in local_files:
+            assert (remote / name).read_bytes() == (saved / name).read_bytes(), name
+        assert (remote / ".private").read_text() == "True"
+        assert url.startswith("https://huggingface.co/me/vit-tome-ggem/commit/")
+        assert ModelCard.load(remote / "README.md").data.to_dict()["tags"][0] == "surgery"
+        reloaded = surgery.load(remote)
+        assert [s.plugin for s in surgery.history(reloaded)] == ["token_merge", "ggem"]
+        push(saved, "me/vit-tome-ggem", token=TOKEN, endpoint=hub.url)  # updating an existing repo works
+        with pytest.raises(PushError, match=r"the repository me/vit-tome-ggem already exists \(drop --new"):
+            push(saved, "me/vit-tome-ggem", token=TOKEN, endpoint=hub.url, new=True)
+        with pytest.raises(PushError, match=r"refused the token .* \(HTTP 401\)"):
+            push(saved, "me/other", token="hf_wrong", endpoint=hub.url)
+
+
+def test_push_cli_through_hf_endpoint(saved, tmp_path):
+    with FakeHub(tmp_path / "hub", token=TOKEN) as hub:
+        env = dict(os.environ, HF_ENDPOINT=hub.url, HF_TOKEN=TOKEN, HF_HUB_DISABLE_UPDATE_CHECK="1", HF_HUB_OFFLINE="0")
+        result = subprocess.run([sys.executable, "-m", "surgery.cli", "push", str(saved), "org/model"], capture_output=True, text=True, env=env)
+        assert result.returncode == 0, result.stderr
+        assert "run `surgery card" in result.stderr  # no README.md yet: a note, not an error
+        assert (hub.repo("org/model") / "model.safetensors").read_bytes() == (saved / "model.safetensors").read_bytes()
+
+
+def test_push_errors_are_one_line(saved, capsys, monkeypatch, online):
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_HOME", str(saved.parent / "empty-hf-home"))
+    assert main(["push", str(saved), "me/x"]) == 2
+    assert capsys.readouterr().err.strip().endswith("no Hugging Face token: pass --token, set HF_TOKEN, or run `hf auth login`.")
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    assert main(["push", str(saved), "me/x", "--token", TOKEN]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot reach the Hub at http://127.0.0.1:{port}: the network is down" in err and "Traceback" not in err
+
+
+def test_push_refuses_offline_mode(saved):
+    with pytest.raises(PushError, match=r"offline mode is on \(HF_HUB_OFFLINE=1\)"):
+        push(saved, "me/x", token=TOKEN)
