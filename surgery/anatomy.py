@@ -12,6 +12,8 @@ Roles are glob patterns over ``model.named_modules()`` names, where ``*`` matche
 encoder        the module that runs the blocks in sequence
 block          one transformer block (ViT layer, Swin block)
 attention      the self-attention core (query/key/value projections and the softmax)
+query, key,    the query, key and value projections of the attention core
+value
 attn_output    the attention output projection
 mlp_in         the first MLP linear
 mlp_out        the second MLP linear
@@ -99,6 +101,9 @@ def _vit_like(model_type: str, backbone: str, prefix_tokens: int, classifiers: t
             "encoder": (f"{backbone}.encoder",),
             "block": (block,),
             "attention": (f"{block}.attention.attention",),
+            "query": (f"{block}.attention.attention.query",),
+            "key": (f"{block}.attention.attention.key",),
+            "value": (f"{block}.attention.attention.value",),
             "attn_output": (f"{block}.attention.output.dense",),
             "mlp_in": (f"{block}.intermediate.dense",),
             "mlp_out": (f"{block}.output.dense",),
@@ -121,6 +126,9 @@ def _swin() -> Anatomy:
             "encoder": ("swin.encoder",),
             "block": (block,),
             "attention": (f"{block}.attention.self",),
+            "query": (f"{block}.attention.self.query",),
+            "key": (f"{block}.attention.self.key",),
+            "value": (f"{block}.attention.self.value",),
             "attn_output": (f"{block}.attention.output.dense",),
             "mlp_in": (f"{block}.intermediate.dense",),
             "mlp_out": (f"{block}.output.dense",),

@@ -49,3 +49,15 @@ def set_history(model: nn.Module, steps: list[AppliedStep]) -> None:
 
     object.__setattr__(model, HISTORY_ATTR, list(steps))
     write_recipe(model.config, [s.to_dict() for s in steps])
+    attach_quantizer(model)
+
+
+def attach_quantizer(model: nn.Module) -> None:
+    """Give a rewritten model the quantizer ``from_pretrained`` would give it, so that
+    ``save_pretrained`` stores packed weights; remove it when no step is left."""
+    from surgery.integration import SurgeryQuantizer
+
+    if getattr(model.config, "quantization_config", None) is not None:
+        model.__dict__["hf_quantizer"] = SurgeryQuantizer(model.config.quantization_config, pre_quantized=True)
+    else:
+        model.__dict__.pop("hf_quantizer", None)

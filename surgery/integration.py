@@ -13,6 +13,7 @@ from typing import Any
 from transformers.quantizers.auto import AUTO_QUANTIZER_MAPPING, register_quantizer
 from transformers.quantizers.base import HfQuantizer
 
+from surgery.packing import packed_away_keys, packed_state_dict, unpack_all
 from surgery.recipe import QUANT_METHOD, read_steps
 
 
@@ -33,7 +34,15 @@ class SurgeryQuantizer(HfQuantizer):
         replay(model, read_steps(model.config))
 
     def _process_model_after_weight_loading(self, model, **kwargs: Any) -> None:
-        return None
+        unpack_all(model)
+
+    def get_state_dict_and_metadata(self, model, safe_serialization=False):
+        """Called by ``save_pretrained``: packed weights where a module stores fewer bits."""
+        return packed_state_dict(model), {}
+
+    def update_missing_keys(self, model, missing_keys: list[str], prefix: str) -> list[str]:
+        packed = packed_away_keys(model)
+        return [key for key in missing_keys if key not in packed]
 
     def is_serializable(self, safe_serialization=None) -> bool:
         return True

@@ -31,6 +31,7 @@ BUILTIN_PLUGINS = {
     "token_merge": "surgery.plugins.token_merge",
     "agent_attention": "surgery.plugins.agent_attention",
     "castling": "surgery.plugins.castling",
+    "bivit": "surgery.plugins.bivit",
 }
 
 

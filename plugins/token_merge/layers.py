@@ -68,13 +68,3 @@ class ToMeEncoder:
             hidden_states, size = layer(hidden_states, None, size=size)
         self.tome_sizes.sizes = size
         return BaseModelOutput(last_hidden_state=hidden_states)
-
-
-_SWAPPED: dict[tuple[type, type], type] = {}
-
-
-def swapped_class(mixin: type, base: type) -> type:
-    """``ToMe<base>``: ``mixin``'s methods over ``base`` (one class per pair, created once)."""
-    if (mixin, base) not in _SWAPPED:
-        _SWAPPED[(mixin, base)] = type(f"ToMe{base.__name__}", (mixin, base), {"tome_original_class": base})
-    return _SWAPPED[(mixin, base)]

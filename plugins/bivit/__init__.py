@@ -1,0 +1,69 @@
+"""``bivit``: BiViT binarization of ViT, DeiT and Swin blocks (1-bit weights, optional 1-bit activations).
+
+He, Lou, Zhuang, Zhang, Ni, Liu. "BiViT: Extremely Compressed Binary Vision Transformers".
+ICCV 2023, arXiv 2211.07091; reference code ThisisBillhe/BiViT (6b34303, the SAB core only).
+New parameters: one learnable scale per output channel of every binary Linear. Not training-free:
+recover with distillation; cross-layer binarization applies ``parts="attention"`` first, recovers,
+then ``parts="mlp"``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from surgery.hookspecs import hookimpl
+from surgery.method import SurgeryMethod
+from surgery.plugins.bivit import rewrite
+from surgery.plugins.bivit.config import BiViTConfig
+
+SOFTMAX_REWRITERS = {
+    "agent_attention": "agent attention has no single softmax map to binarize",
+    "castling": "linear-angular attention has no softmax map to binarize",
+    "token_merge": "token merging runs its own attention forward, which would bypass the binary one",
+}
+
+METHOD = SurgeryMethod(
+    name="bivit",
+    summary="BiViT: 1-bit weights (alpha*sign), sign activations and softmax-aware binary attention",
+    config_class=BiViTConfig,
+    model_types=("vit", "deit", "swin"),
+    apply=rewrite.apply,
+    revert=rewrite.revert,
+    roles=("attention", "query", "key", "value", "attn_output", "mlp_in", "mlp_out"),
+    repeatable=True,
+    version="0.1.0",
+    paper="https://arxiv.org/abs/2211.07091",
+    reference="https://github.com/ThisisBillhe/BiViT (6b34303)",
+    card_template=str(Path(__file__).with_name("card.md.j2")),
+)
+
+
+@hookimpl
+def surgery_register_methods() -> list[SurgeryMethod]:
+    return [METHOD]
+
+
+def _parts(options: dict) -> set[str]:
+    parts = options.get("parts", "all")
+    return {"attention", "mlp"} if parts == "all" else {parts}
+
+
+@hookimpl
+def surgery_veto(model, steps, history) -> list[str]:
+    """Each part is binarized once; binary attention does not stack with attention rewrites."""
+    done: set[str] = set()
+    earlier: list[str] = []
+    reasons = []
+    for plugin, options in [(s.plugin, s.options) for s in history] + [(s.method.name, s.config.to_dict()) for s in steps]:
+        if plugin == "bivit":
+            parts = _parts(options)
+            for part in sorted(parts & done):
+                reasons.append(f"bivit already binarized the {part} of this model (cross-layer binarization: 'attention' then 'mlp').")
+            if "attention" in parts and options.get("activations", "binary") == "binary":
+                reasons += [f"bivit binary attention cannot follow {other}: {SOFTMAX_REWRITERS[other]}; use parts='mlp' or activations='full'."
+                            for other in earlier if other in SOFTMAX_REWRITERS]
+            done |= parts
+        elif plugin in SOFTMAX_REWRITERS and "attention" in done:
+            reasons.append(f"{plugin} cannot follow bivit's attention binarization: it would replace or bypass the binary attention.")
+        earlier.append(plugin)
+    return reasons

@@ -1,0 +1,44 @@
+"""Binarizers with straight-through estimators, as in ThisisBillhe/BiViT ``utils_quant.py`` (6b34303).
+
+- ``sign_ste``: sign in the forward pass; the gradient passes where |x| <= 1 and is zero elsewhere
+  (clipped STE, BinaryQuantizer). Deviation: sign(0) is +1 (the reference's torch.sign gives 0),
+  so every value has a 1-bit code.
+- ``binary_weight``: alpha * sign(W - mean_row(W)), the STE above on W - mean (BinaryLinear_adapscaling).
+- ``softmax_binarize``: softmax-aware binarization (SAB, SoftmaxBinaryQuantizer): 1 where
+  P >= ratio * max_row(P), else 0, with no rescaling; the gradient is the softmax's own
+  (``B.detach() - P.detach() + P``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class _SignSTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        return grad * (x.abs() <= 1).to(grad.dtype)
+
+
+def sign_ste(x: torch.Tensor) -> torch.Tensor:
+    """+1/-1 with the clipped straight-through gradient."""
+    if torch.jit.is_tracing() or not torch.is_grad_enabled():
+        return torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x))
+    return _SignSTE.apply(x)
+
+
+def binary_weight(weight: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """alpha (out, 1) * sign(W - mean over each output row)."""
+    return alpha * sign_ste(weight - weight.mean(dim=1, keepdim=True))
+
+
+def softmax_binarize(probs: torch.Tensor, ratio: float) -> torch.Tensor:
+    """{0, 1}: probabilities at or above ``ratio`` times their row maximum; softmax gradient."""
+    mask = (probs >= ratio * probs.amax(dim=-1, keepdim=True)).to(probs.dtype)
+    return mask.detach() - probs.detach() + probs

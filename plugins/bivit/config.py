@@ -1,0 +1,39 @@
+"""Options of BiViT binarization, with the reference code's defaults."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar, Literal
+
+from surgery.config import SurgeryConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class BiViTConfig(SurgeryConfig):
+    """BiViT (He et al., ICCV 2023).
+
+    Attributes:
+        parts: which parts of every block to binarize: "all", "attention" (query/key/value/output
+            projections and, with binary activations, q, k, v and the attention probabilities) or
+            "mlp". Cross-layer binarization applies "attention", recovers, then "mlp".
+        activations: "binary" (W1A1: linear inputs and q/k/v signs, softmax-aware binarization of
+            the attention probabilities) or "full" (W1A32: weights only).
+        softmax_ratio: SAB keeps the probabilities at or above this fraction of their row's
+            maximum (0.25 in the reference code).
+        learnable_alpha: learnable per-output-channel weight scales initialised from mean|W| (the
+            paper's parameterized weight scales); False recomputes mean|W| (XNOR-Net style).
+        pack: store the binarized weights bit-packed in the checkpoint (1 bit each plus the scales);
+            False keeps the float latent weights, to go on training from the checkpoint.
+    """
+
+    plugin: ClassVar[str] = "bivit"
+
+    parts: Literal["all", "attention", "mlp"] = "all"
+    activations: Literal["binary", "full"] = "binary"
+    softmax_ratio: float = 0.25
+    learnable_alpha: bool = True
+    pack: bool = True
+
+    def validate(self) -> None:
+        if not 0.0 < self.softmax_ratio <= 1.0:
+            raise self.invalid("softmax_ratio", self.softmax_ratio, "a number in (0, 1]")

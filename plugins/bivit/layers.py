@@ -1,0 +1,102 @@
+"""BiViT layers: a binary Linear, and a binary attention core swapped in by class."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from surgery.packing import pack_bits, unpack_bits
+from surgery.plugins.bivit.binarize import binary_weight, sign_ste, softmax_binarize
+
+
+class BinaryLinear(nn.Linear):
+    """``alpha * sign(W - mean)`` weights (BinaryLinear_adapscaling), optional sign(x) inputs.
+
+    Reuses the original Linear's weight and bias parameters (the float weight is the latent weight
+    of quantization-aware training). ``alpha`` (out, 1) starts at mean|W| per output row, from the
+    uncentred W as in the reference code. The bias stays full precision and is added after the
+    binary product. With ``pack``, checkpoints store one bit per weight (``weight_bits``) plus
+    ``alpha`` and the bias; a packed checkpoint reloads the signs only (W = +-1), which gives the
+    same outputs but no latent weights to train further.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, binarize_input: bool = True,
+                 learnable_alpha: bool = True, pack: bool = True, device=None, dtype=None):
+        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        self.binarize_input, self.pack = binarize_input, pack
+        self.alpha = nn.Parameter(torch.ones(out_features, 1, device=device, dtype=dtype), requires_grad=learnable_alpha)
+        self.register_buffer("weight_bits", torch.zeros(out_features, -(-in_features // 8), dtype=torch.uint8, device=device), persistent=pack)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, binarize_input: bool, learnable_alpha: bool, pack: bool) -> BinaryLinear:
+        new = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, binarize_input=binarize_input,
+                  learnable_alpha=learnable_alpha, pack=pack, device=linear.weight.device, dtype=linear.weight.dtype)
+        new.weight, new.bias = linear.weight, linear.bias
+        with torch.no_grad():
+            new.alpha.copy_(linear.weight.abs().mean(dim=1, keepdim=True))
+        return new.train(linear.training)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        alpha = self.alpha if self.alpha.requires_grad else self.weight.abs().mean(dim=1, keepdim=True).detach()
+        inputs = sign_ste(x) if self.binarize_input else x
+        return F.linear(inputs, binary_weight(self.weight, alpha), self.bias)
+
+    # -- packed checkpoints (see surgery.packing) --------------------------------------------------
+    def surgery_pack(self, prefix: str, state: dict[str, torch.Tensor]) -> None:
+        if not self.pack:
+            return
+        weight = state.pop(prefix + "weight")
+        state[prefix + "weight_bits"] = pack_bits(weight - weight.mean(dim=1, keepdim=True) >= 0)
+
+    def surgery_packed_away(self, prefix: str) -> list[str]:
+        return [prefix + "weight"] if self.pack else []
+
+    def surgery_unpack(self) -> None:
+        if self.pack and self.weight.is_meta:
+            bits = unpack_bits(self.weight_bits, self.in_features)
+            signs = torch.where(bits, 1.0, -1.0).to(device=self.weight_bits.device, dtype=self.alpha.dtype)
+            self.weight = nn.Parameter(signs)
+
+    def extra_repr(self) -> str:
+        kind = "W1A1" if self.binarize_input else "W1A32"
+        return f"{super().extra_repr()}, {kind}, learnable_alpha={self.alpha.requires_grad}, packed={self.pack}"
+
+
+class BinaryAttention:
+    """Self-attention with sign(q), sign(k), sign(v) and softmax-aware binary probabilities (SAB).
+
+    Mixed into the original class (ViT/DeiT or Swin self-attention), whose parameters stay in
+    place; Swin keeps its relative position bias and shifted-window mask.
+    """
+
+    bivit_ratio: float = 0.25
+    bivit_style: str = "vit"
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask=None, *args, **kwargs):
+        if self.bivit_style == "vit":
+            attention_mask = None  # ViT passes head_mask here; heads are not masked
+        batch, tokens, _ = hidden_states.shape
+        heads, dim = self.num_attention_heads, self.attention_head_size
+        split = lambda t: sign_ste(t).view(batch, tokens, heads, dim).transpose(1, 2)  # noqa: E731
+        q, k, v = split(self.query(hidden_states)), split(self.key(hidden_states)), split(self.value(hidden_states))
+        scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(dim)
+        if self.bivit_style == "swin":
+            scores = scores + self._swin_position_bias()
+            if attention_mask is not None:
+                windows = attention_mask.shape[0]
+                scores = scores.view(batch // windows, windows, heads, tokens, tokens) + attention_mask[None, :, None]
+                scores = scores.view(batch, heads, tokens, tokens)
+        probs = softmax_binarize(scores.softmax(dim=-1), self.bivit_ratio)
+        context = torch.matmul(probs, v).transpose(1, 2).reshape(batch, tokens, heads * dim)
+        return (context, None) if self.bivit_style == "vit" else (context,)
+
+    def _swin_position_bias(self) -> torch.Tensor:
+        size = self.window_size[0] * self.window_size[1]
+        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)].view(size, size, -1)
+        return bias.permute(2, 0, 1).unsqueeze(0)
+
+    def extra_repr(self) -> str:
+        return f"binary q/k/v, SAB ratio={self.bivit_ratio}"
