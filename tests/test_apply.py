@@ -20,7 +20,9 @@ CASES = [(("ggem", {"p_init": 2.5}), arch) for arch in ARCHS]
 CASES += [(("token_merge", {"r": 6}), arch) for arch in ("vit", "deit", "deit-distilled")]
 CASES += [(("agent_attention", {"agents": 4, "init": "paper"}), arch) for arch in ARCHS]
 CASES += [(("castling", {"init": "paper", "kernel_size": 3}), arch) for arch in ARCHS]
-IDS = [f"{spec[0]}-{arch}" for spec, arch in CASES]
+CASES += [(("bivit", {"softmax_ratio": 0.3}), arch) for arch in ARCHS]
+CASES += [(("bivit", {"activations": "full", "pack": False}), arch) for arch in ("vit", "swin")]
+IDS = [f"{spec[0]}-{'-'.join(f'{k}={v}' for k, v in spec[1].items())}-{arch}" for spec, arch in CASES]
 
 
 @pytest.mark.parametrize("spec, arch", CASES, ids=IDS)

@@ -1,0 +1,193 @@
+"""BiViT: binarizers and STE gradients against float64 references, packing, layers, recipes, sizes."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+
+import surgery
+from surgery.errors import ConfigError, IncompatibleStepsError
+from surgery.packing import pack_bits, unpack_bits
+from surgery.plugins.bivit.binarize import binary_weight, sign_ste, softmax_binarize
+from surgery.plugins.bivit.layers import BinaryAttention, BinaryLinear
+
+from conftest import ARCHS, images, tiny
+
+
+def rng(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def test_sign_ste_forward_and_clipped_gradient():
+    x = torch.tensor([-2.0, -1.0, -0.3, 0.0, 0.4, 1.0, 1.5], dtype=torch.float64, requires_grad=True)
+    y = sign_ste(x)
+    np.testing.assert_array_equal(y.detach().numpy(), [-1, -1, -1, 1, 1, 1, 1])
+    y.backward(torch.arange(1.0, 8.0, dtype=torch.float64))
+    np.testing.assert_array_equal(x.grad.numpy(), [0, 2, 3, 4, 5, 6, 0])  # passes where |x| <= 1
+
+
+def test_binary_weight_forward_and_gradients():
+    w = torch.randn(4, 6, generator=rng(), dtype=torch.float64, requires_grad=True)
+    alpha = torch.rand(4, 1, generator=rng(1), dtype=torch.float64, requires_grad=True)
+    out = binary_weight(w, alpha)
+    centred = w.detach().numpy() - w.detach().numpy().mean(1, keepdims=True)
+    signs = np.where(centred >= 0, 1.0, -1.0)
+    np.testing.assert_allclose(out.detach().numpy(), alpha.detach().numpy() * signs, rtol=0, atol=0)
+    upstream = torch.randn(4, 6, generator=rng(2), dtype=torch.float64)
+    out.backward(upstream)
+    np.testing.assert_allclose(alpha.grad.numpy(), (upstream.numpy() * signs).sum(1, keepdims=True), rtol=1e-12)
+    # d/dW through sign(W - mean(W)): STE on the centred weight, then the mean's Jacobian
+    g_centred = upstream.numpy() * alpha.detach().numpy() * (np.abs(centred) <= 1)
+    want = g_centred - g_centred.mean(1, keepdims=True)
+    np.testing.assert_allclose(w.grad.numpy(), want, rtol=1e-12, atol=1e-12)
+
+
+def test_softmax_binarize_threshold_and_softmax_gradient():
+    scores = torch.randn(2, 3, 5, generator=rng(), dtype=torch.float64, requires_grad=True)
+    probs = scores.softmax(-1)
+    out = softmax_binarize(probs, 0.25)
+    p = probs.detach().numpy()
+    np.testing.assert_array_equal(out.detach().numpy(), (p >= 0.25 * p.max(-1, keepdims=True)).astype(float))
+    upstream = torch.randn(2, 3, 5, generator=rng(3), dtype=torch.float64)
+    (grad,) = torch.autograd.grad(out, scores, upstream)
+    (want,) = torch.autograd.grad(scores.softmax(-1), scores, upstream)  # the softmax's own gradient
+    torch.testing.assert_close(grad, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("cols", [1, 7, 8, 13, 64])
+def test_bit_packing_round_trip(cols):
+    bits = torch.rand(5, cols, generator=rng(cols)) > 0.5
+    packed = pack_bits(bits)
+    assert packed.dtype == torch.uint8 and packed.shape == (5, math.ceil(cols / 8))
+    assert torch.equal(unpack_bits(packed, cols), bits)
+
+
+@pytest.mark.parametrize("binarize_input", [True, False], ids=["W1A1", "W1A32"])
+def test_binary_linear_matches_reference(binarize_input):
+    linear = torch.nn.Linear(6, 4).double()
+    layer = BinaryLinear.from_linear(linear, binarize_input, learnable_alpha=True, pack=True)
+    assert layer.weight is linear.weight and layer.bias is linear.bias
+    w = linear.weight.detach().numpy()
+    np.testing.assert_allclose(layer.alpha.detach().numpy()[:, 0], np.abs(w).mean(1))
+    x = torch.randn(3, 6, generator=rng(), dtype=torch.float64)
+    xb = np.where(x.numpy() >= 0, 1.0, -1.0) if binarize_input else x.numpy()
+    wb = np.abs(w).mean(1, keepdims=True) * np.where(w - w.mean(1, keepdims=True) >= 0, 1.0, -1.0)
+    want = xb @ wb.T + linear.bias.detach().numpy()
+    np.testing.assert_allclose(layer(x).detach().numpy(), want, rtol=1e-12, atol=1e-12)
+
+
+def attention_reference(core, x, mask=None, swin=False):
+    """sign(q) sign(k)^T / sqrt(d) (+ Swin bias and mask), softmax, SAB 0/1 map, times sign(v)."""
+    b, n, c = x.shape
+    heads, d = core.num_attention_heads, core.attention_head_size
+    proj = lambda layer: np.where(layer(x).detach().numpy() >= 0, 1.0, -1.0).reshape(b, n, heads, d).transpose(0, 2, 1, 3)  # noqa: E731
+    q, k, v = proj(core.query), proj(core.key), proj(core.value)
+    scores = q @ k.transpose(0, 1, 3, 2) / math.sqrt(d)
+    if swin:
+        table = core.relative_position_bias_table.detach().numpy()
+        index = core.relative_position_index.numpy().reshape(-1)
+        scores = scores + table[index].reshape(n, n, heads).transpose(2, 0, 1)[None]
+        if mask is not None:
+            windows = mask.shape[0]
+            scores = (scores.reshape(b // windows, windows, heads, n, n) + mask.numpy()[None, :, None]).reshape(b, heads, n, n)
+    p = np.exp(scores - scores.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    keep = (p >= core.bivit_ratio * p.max(-1, keepdims=True)).astype(float)
+    return (keep @ v).transpose(0, 2, 1, 3).reshape(b, n, c)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_binary_attention_matches_reference(arch):
+    model = surgery.apply(tiny(arch).double(), [("bivit", {"softmax_ratio": 0.3})])
+    swin = arch == "swin"
+    for _, core in surgery.get_host().anatomy(model.config.model_type).find(model, "attention"):
+        assert isinstance(core, BinaryAttention)
+        n = core.window_size[0] * core.window_size[1] if swin else 65 + (arch.startswith("deit"))
+        x = torch.randn(4, n, core.query.in_features, generator=rng(), dtype=torch.float64)
+        mask = torch.where(torch.rand(2, n, n, generator=rng(5)) > 0.7, -100.0, 0.0).double() if swin else None
+        with torch.no_grad():
+            got = core(x, mask)[0].numpy()
+        np.testing.assert_allclose(got, attention_reference(core, x, mask, swin), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_gradients_reach_latent_weights_and_scales(arch):
+    model = surgery.apply(tiny(arch), "bivit").train()
+    model.base_model(pixel_values=images()).last_hidden_state.pow(2).mean().backward()
+    binary = [m for m in model.modules() if isinstance(m, BinaryLinear)]
+    assert binary and all(m.weight.grad is not None and m.alpha.grad is not None for m in binary)
+    assert sum(float(m.alpha.grad.abs().sum()) for m in binary) > 0
+
+
+@pytest.mark.parametrize(
+    "options, binary_linears, binary_cores",
+    [({}, 6, 1), ({"parts": "attention"}, 4, 1), ({"parts": "mlp"}, 2, 0), ({"activations": "full"}, 6, 0)],
+)
+def test_parts_and_activations_choose_what_is_binarized(options, binary_linears, binary_cores):
+    model = surgery.apply(tiny("vit"), [("bivit", options)])
+    block = model.vit.encoder.layer[0]
+    assert sum(isinstance(m, BinaryLinear) for m in block.modules()) == binary_linears
+    assert sum(isinstance(m, BinaryAttention) for m in block.modules()) == binary_cores
+    assert all(m.binarize_input == (options.get("activations", "binary") == "binary") for m in block.modules() if isinstance(m, BinaryLinear))
+    assert not isinstance(model.classifier, BinaryLinear) and not isinstance(model.vit.embeddings.patch_embeddings.projection, BinaryLinear)
+
+
+def test_cross_layer_binarization_in_two_steps(tmp_path):
+    model = surgery.apply(tiny("vit"), [("bivit", {"parts": "attention", "pack": False})])
+    model.save_pretrained(tmp_path / "stage1")
+    stage1 = surgery.load(tmp_path / "stage1")  # float latent weights kept: training can go on
+    surgery.apply(stage1, [("bivit", {"parts": "mlp"})])
+    assert [s.options["parts"] for s in surgery.history(stage1)] == ["attention", "mlp"]
+    with pytest.raises(IncompatibleStepsError, match=r"bivit already binarized the mlp of this model"):
+        surgery.apply(stage1, [("bivit", {"parts": "all"})])
+
+
+def test_attention_rewrites_and_binary_attention_are_refused_together():
+    with pytest.raises(IncompatibleStepsError, match=r"bivit binary attention cannot follow agent_attention: agent attention has no single softmax"):
+        surgery.plan(tiny("vit"), [("agent_attention", {"agents": 4}), "bivit"])
+    with pytest.raises(IncompatibleStepsError, match=r"token_merge cannot follow bivit's attention binarization"):
+        surgery.plan(tiny("vit"), ["bivit", "token_merge"])
+    surgery.apply(tiny("vit"), [("agent_attention", {"agents": 4}), ("bivit", {"parts": "mlp"})])  # composes
+
+
+def test_packed_checkpoint_is_smaller_and_reloads_exactly(tmp_path):
+    config = dict(hidden_size=768, num_attention_heads=12, intermediate_size=3072, num_hidden_layers=1)
+    fp32 = tiny("vit", **config)
+    fp32.save_pretrained(tmp_path / "fp32")
+    binary = surgery.apply(tiny("vit", **config), "bivit")
+    binary.save_pretrained(tmp_path / "binary")
+    x = images(batch=2)
+    assert torch.equal(surgery.load(tmp_path / "binary")(pixel_values=x).logits, binary(pixel_values=x).logits)
+
+    def linear_bytes(folder, prefix):
+        with safe_open(str(folder / "model.safetensors"), framework="pt") as f:
+            return sum(f.get_tensor(k).numel() * f.get_tensor(k).element_size() for k in f.keys() if k.startswith(prefix))
+
+    layer = "vit.encoder.layer.0.intermediate.dense."
+    ratio = linear_bytes(tmp_path / "fp32", layer) / linear_bytes(tmp_path / "binary", layer)
+    assert ratio >= 28, ratio  # 1 bit per weight + fp32 scale and bias per output channel
+    with safe_open(str(tmp_path / "binary" / "model.safetensors"), framework="pt") as f:
+        assert f.get_tensor(layer + "weight_bits").dtype == torch.uint8 and layer + "weight" not in f.keys()
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        ({"parts": "mpl"}, r"bivit: option 'parts' got 'mpl'.*Did you mean 'mlp'\?"),
+        ({"activations": "binary1"}, r"option 'activations' got 'binary1'"),
+        ({"softmax_ratio": 0}, r"bivit: option 'softmax_ratio' got 0.0; allowed: a number in \(0, 1\]"),
+    ],
+)
+def test_invalid_options(options, match):
+    with pytest.raises(ConfigError, match=match):
+        surgery.plan(tiny("vit"), [("bivit", options)])
+
+
+def test_print_shows_what_is_binary():
+    text = str(surgery.apply(tiny("swin"), "bivit"))
+    assert "(self): BinarySwinSelfAttention(" in text and "binary q/k/v, SAB ratio=0.25" in text
+    assert "W1A1, learnable_alpha=True, packed=True" in text
