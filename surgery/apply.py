@@ -91,14 +91,22 @@ def plan(model: nn.Module, specs: Spec | Sequence[Spec]) -> Plan:
     return Plan(type(model).__name__, anatomy.model_type, steps)
 
 
-def apply(model: nn.Module, specs: Spec | Sequence[Spec]) -> nn.Module:
+def apply(model: nn.Module, specs: Spec | Sequence[Spec], calibration: Iterable[Any] | None = None) -> nn.Module:
     """Rewrite ``model`` in place with every step of ``specs`` and return it.
 
+    ``calibration``: batches of ``pixel_values`` (tensors or dicts with that key) for steps that fit
+    values on data (``quantize``); they are observed after every step was applied.
     Nothing mutates until all steps are validated and rehearsed; if a step fails anyway, the model
     is restored exactly and an :class:`ApplyError` naming the plugin is raised.
     """
     host = get_host()
     planned = plan(model, specs).steps
+    for step in planned:
+        if step.method.needs_data is not None and step.method.needs_data(step.config) and calibration is None:
+            raise ConfigError(
+                f"{step.method.name} needs calibration data: surgery.apply(model, specs, calibration=batches), "
+                "where batches yields pixel_values (the CLI: --calibration digits or an image folder)."
+            )
     anatomy = host.anatomy(model.config.model_type)
     snapshot = ModelSnapshot(model)
     history = get_history(model)
@@ -110,6 +118,12 @@ def apply(model: nn.Module, specs: Spec | Sequence[Spec]) -> nn.Module:
             history.append(step)
             set_history(model, history)
             host.pm.hook.surgery_step_applied(model=model, step=step)
+        for current, step in zip(planned, history[len(history) - len(planned):]):
+            if current.method.calibrate is not None and calibration is not None:
+                current.method.calibrate(model, current.config, Rewrite(step.targets, step.undo), calibration)
+    except SurgeryError:
+        snapshot.restore()
+        raise
     except Exception as error:
         snapshot.restore()
         raise ApplyError(

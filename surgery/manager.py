@@ -32,6 +32,7 @@ BUILTIN_PLUGINS = {
     "agent_attention": "surgery.plugins.agent_attention",
     "castling": "surgery.plugins.castling",
     "bivit": "surgery.plugins.bivit",
+    "quantize": "surgery.plugins.quantize",
 }
 
 

@@ -38,6 +38,11 @@ class SurgeryMethod:
             recipe can replay without data: it runs again, on the meta device, inside
             ``from_pretrained`` before the weights load.
         revert: ``revert(model, rewrite)`` undoing ``apply``, or None when the step is one-way.
+        calibrate: ``calibrate(model, config, rewrite, batches)`` fitting data-dependent values
+            (e.g. quantization scales) after every step was applied; never called on reload, where
+            those values come from the checkpoint.
+        needs_data: ``needs_data(config) -> bool``; when true, ``apply`` refuses to start without
+            calibration data.
         conflicts: other method names mapped to the reason they cannot be combined with this one.
         repeatable: whether the method may appear twice in one model's history.
         version: the plugin's version, written into recipes.
@@ -53,6 +58,8 @@ class SurgeryMethod:
     model_types: tuple[str, ...]
     apply: Callable[[nn.Module, SurgeryConfig, Anatomy], Rewrite]
     revert: Callable[[nn.Module, Rewrite], None] | None = None
+    calibrate: Callable[[nn.Module, SurgeryConfig, Rewrite, Any], None] | None = None
+    needs_data: Callable[[SurgeryConfig], bool] | None = None
     roles: tuple[str, ...] = ()
     refused_model_types: Mapping[str, str] = dataclasses.field(default_factory=dict)
     conflicts: Mapping[str, str] = dataclasses.field(default_factory=dict)

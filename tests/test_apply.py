@@ -22,6 +22,7 @@ CASES += [(("agent_attention", {"agents": 4, "init": "paper"}), arch) for arch i
 CASES += [(("castling", {"init": "paper", "kernel_size": 3}), arch) for arch in ARCHS]
 CASES += [(("bivit", {"softmax_ratio": 0.3}), arch) for arch in ARCHS]
 CASES += [(("bivit", {"activations": "full", "pack": False}), arch) for arch in ("vit", "swin")]
+CASES += [(("quantize", {"activations": "none"}), arch) for arch in ARCHS]
 IDS = [f"{spec[0]}-{'-'.join(f'{k}={v}' for k, v in spec[1].items())}-{arch}" for spec, arch in CASES]
 
 

@@ -1,0 +1,31 @@
+"""Options of int8 quantization."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar, Literal
+
+from surgery.config import SurgeryConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantizeConfig(SurgeryConfig):
+    """Int8 quantization of the blocks' linear layers.
+
+    Attributes:
+        activations: "int8" (static: the input of every quantized linear gets a per-tensor uint8
+            scale and zero point calibrated on real data) or "none" (weight-only int8).
+        observer: torch observer for activations: "histogram" (HistogramObserver, minimises the
+            quantization error; default) or "minmax" (MinMaxObserver).
+        calibration_batches: at most this many batches of the calibration data are observed.
+    """
+
+    plugin: ClassVar[str] = "quantize"
+
+    activations: Literal["int8", "none"] = "int8"
+    observer: Literal["histogram", "minmax"] = "histogram"
+    calibration_batches: int = 8
+
+    def validate(self) -> None:
+        if self.calibration_batches < 1:
+            raise self.invalid("calibration_batches", self.calibration_batches, "an integer >= 1")

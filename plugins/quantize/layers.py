@@ -1,0 +1,99 @@
+"""An int8 Linear built from torch's fake-quant modules and observers (torch.ao.quantization).
+
+Weights: int8, symmetric, one scale per output channel (``PerChannelMinMaxObserver``, the ONNX int8 range
+[-128, 127]). Activations: the input is fake-quantized to uint8 with one scale and zero point per
+tensor, observed on calibration data (``HistogramObserver`` or ``MinMaxObserver``). In PyTorch the
+arithmetic is simulated in float (``torch.fake_quantize_*``); exported to ONNX, each fake-quant
+becomes a QuantizeLinear/DequantizeLinear pair that ONNX Runtime and OpenVINO execute in int8.
+Checkpoints store the weights as int8 with their scales.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.ao.quantization import FakeQuantize, HistogramObserver, MinMaxObserver, PerChannelMinMaxObserver
+
+OBSERVERS = {"histogram": HistogramObserver, "minmax": MinMaxObserver}
+
+
+def weight_fake_quant(channels: int) -> FakeQuantize:
+    """Per-channel symmetric int8; buffers sized for ``channels`` up front, so that a checkpoint
+    loads into a freshly built module without resizing."""
+    quant = FakeQuantize(observer=PerChannelMinMaxObserver, quant_min=-128, quant_max=127, dtype=torch.qint8,
+                         qscheme=torch.per_channel_symmetric, ch_axis=0)
+    quant.scale = torch.ones(channels)
+    quant.zero_point = torch.zeros(channels, dtype=torch.int32)
+    quant.activation_post_process.min_val = torch.full((channels,), float("inf"))
+    quant.activation_post_process.max_val = torch.full((channels,), float("-inf"))
+    return quant
+
+
+def input_fake_quant(observer: str) -> FakeQuantize:
+    return FakeQuantize(observer=OBSERVERS[observer], quant_min=0, quant_max=255, dtype=torch.quint8,
+                        qscheme=torch.per_tensor_affine, reduce_range=False)
+
+
+class QuantLinear(nn.Linear):
+    """A Linear whose weight (and, unless weight-only, input) is quantized to int8."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, activations: str = "int8",
+                 observer: str = "histogram", device=None, dtype=None):
+        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        self.activations = activations
+        self.weight_quant = weight_fake_quant(out_features).to(device)
+        self.input_quant = input_fake_quant(observer).to(device) if activations == "int8" else None
+        self.register_buffer("weight_int8", torch.zeros(out_features, in_features, dtype=torch.int8, device=device))
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, activations: str, observer: str) -> QuantLinear:
+        new = cls(linear.in_features, linear.out_features, linear.bias is not None, activations, observer,
+                  device=linear.weight.device, dtype=linear.weight.dtype)
+        new.weight, new.bias = linear.weight, linear.bias
+        if not linear.weight.is_meta:
+            with torch.no_grad():
+                new.weight_quant(linear.weight.detach())  # observe the weights: per-channel scales
+                new.weight_int8.copy_(new.int8_weight(linear.weight))
+        new.weight_quant.disable_observer()
+        if new.input_quant is not None:
+            new.input_quant.disable_fake_quant()  # observe only, until calibrated
+        return new.train(linear.training)
+
+    def start_calibration(self) -> None:
+        if self.input_quant is not None:
+            self.input_quant.enable_observer()
+            self.input_quant.disable_fake_quant()
+
+    def finish_calibration(self) -> None:
+        if self.input_quant is not None:
+            self.input_quant.disable_observer()
+            self.input_quant.enable_fake_quant()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_quant is not None:
+            x = self.input_quant(x)
+        return nn.functional.linear(x, self.weight_quant(self.weight), self.bias)
+
+    # -- int8 checkpoints (see surgery.packing) -----------------------------------------------------
+    def int8_weight(self, weight: torch.Tensor) -> torch.Tensor:
+        """The int8 codes of ``weight``, taken from torch's own fake-quant so that rounding ties
+        go the same way as in ``forward``."""
+        scale = self.weight_quant.scale.to(weight.device)
+        with torch.no_grad():
+            on_grid = self.weight_quant(weight.detach())
+        return torch.clamp(torch.round(on_grid / scale[:, None]), -128, 127).to(torch.int8)
+
+    def surgery_pack(self, prefix: str, state: dict[str, torch.Tensor]) -> None:
+        state[prefix + "weight_int8"] = self.int8_weight(state.pop(prefix + "weight"))
+
+    def surgery_packed_away(self, prefix: str) -> list[str]:
+        return [prefix + "weight"]
+
+    def surgery_unpack(self) -> None:
+        if self.weight.is_meta:
+            scale = self.weight_quant.scale
+            self.weight = nn.Parameter(self.weight_int8.to(scale.dtype) * scale[:, None])
+
+    def extra_repr(self) -> str:
+        mode = "W8A8 (static)" if self.input_quant is not None else "W8 (weight-only)"
+        return f"{super().extra_repr()}, {mode}"

@@ -1,0 +1,62 @@
+"""Replace the blocks' linear layers with int8 ones, calibrate their inputs, and undo it.
+
+The patch embedding and the classifier stay in float, as is usual for ViT post-training
+quantization.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from surgery.anatomy import Anatomy
+from surgery.method import Rewrite
+from surgery.plugins.quantize.config import QuantizeConfig
+from surgery.plugins.quantize.layers import QuantLinear
+
+LINEAR_ROLES = ("query", "key", "value", "attn_output", "mlp_in", "mlp_out")
+
+
+def apply(model: nn.Module, config: QuantizeConfig, anatomy: Anatomy) -> Rewrite:
+    replaced = []
+    for role in LINEAR_ROLES:
+        for name, old in anatomy.find(model, role):
+            if type(old) is not nn.Linear:
+                raise config.invalid("(model)", f"{name} is a {type(old).__name__}", "plain nn.Linear layers (apply quantize before bivit, not after)")
+            model.set_submodule(name, QuantLinear.from_linear(old, config.activations, config.observer))
+            replaced.append((name, old))
+    return Rewrite(targets=[name for name, _ in replaced], undo=replaced)
+
+
+def revert(model: nn.Module, rewrite: Rewrite) -> None:
+    for name, old in rewrite.undo:
+        model.set_submodule(name, old)
+
+
+def needs_data(config: QuantizeConfig) -> bool:
+    return config.activations == "int8"
+
+
+def calibrate(model: nn.Module, config: QuantizeConfig, rewrite: Rewrite, batches: Iterable[Any]) -> None:
+    """Observe the inputs of every int8 linear on up to ``calibration_batches`` batches."""
+    layers = [model.get_submodule(name) for name in rewrite.targets]
+    for layer in layers:
+        layer.start_calibration()
+    was_training = model.training
+    model.eval()
+    seen = 0
+    with torch.no_grad():
+        for batch in batches:
+            if seen >= config.calibration_batches:
+                break
+            pixel_values = batch["pixel_values"] if isinstance(batch, Mapping) else batch
+            model(pixel_values=pixel_values)
+            seen += 1
+    model.train(was_training)
+    if not seen:
+        raise config.invalid("calibration", "an empty iterable", "at least one batch of pixel_values")
+    for layer in layers:
+        layer.finish_calibration()

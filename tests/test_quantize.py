@@ -1,0 +1,128 @@
+"""int8 quantization: observers and fake-quant against float64 formulas, checkpoints, digits accuracy,
+and exports that ONNX Runtime and OpenVINO execute in int8."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from safetensors import safe_open
+
+import surgery
+from surgery.data import digits_split, encode
+from surgery.demo_model import build_digits_model
+from surgery.errors import ConfigError, IncompatibleStepsError
+from surgery.evaluation import accuracy, predict_logits
+from surgery.export import export, run_onnx, run_openvino
+from surgery.plugins.quantize.layers import QuantLinear
+
+from conftest import ARCHS, images, tiny
+
+
+def batches(count=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(8, 3, 32, 32, generator=g) for _ in range(count)]
+
+
+def test_static_int8_needs_calibration_data_and_weight_only_does_not():
+    model = tiny("vit")
+    with pytest.raises(ConfigError, match=r"quantize needs calibration data: surgery.apply\(model, specs, calibration=batches\)"):
+        surgery.apply(model, "quantize")
+    assert surgery.history(model) == []
+    surgery.apply(model, [("quantize", {"activations": "none"})])
+    with pytest.raises(ConfigError, match=r"option 'calibration' got 'an empty iterable'"):
+        surgery.apply(tiny("vit"), "quantize", calibration=[])
+
+
+def test_quant_linear_matches_the_int8_formulas():
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(16, 8)
+    layer = QuantLinear.from_linear(linear, "int8", "minmax")
+    calibration = torch.randn(64, 16) * 2 + 0.5
+    layer.start_calibration()
+    layer(calibration)
+    layer.finish_calibration()
+    w = linear.weight.detach().double().numpy()
+    w_scale = np.abs(w).max(1) / 127.5  # symmetric int8 over [-128, 127]
+    np.testing.assert_allclose(layer.weight_quant.scale.double().numpy(), w_scale, rtol=1e-6)
+    scale32 = layer.weight_quant.scale.numpy()  # torch rounds w * (1 / scale) in float32
+    codes = np.clip(np.round(linear.weight.detach().numpy() * (np.float32(1) / scale32)[:, None]), -128, 127)
+    w_hat = codes.astype(np.float64) * scale32.astype(np.float64)[:, None]
+    assert np.all(np.abs(w - w_hat) <= w_scale[:, None] / 2 + 1e-9)  # within half a step
+    lo, hi = min(float(calibration.min()), 0.0), max(float(calibration.max()), 0.0)
+    scale = (hi - lo) / 255
+    zero_point = int(np.clip(round(-lo / scale), 0, 255))
+    np.testing.assert_allclose(float(layer.input_quant.scale), scale, rtol=1e-6)
+    assert int(layer.input_quant.zero_point) == zero_point
+    x = torch.randn(5, 16)
+    x_hat = (np.clip(np.round(x.double().numpy() / scale) + zero_point, 0, 255) - zero_point) * scale
+    assert np.all(np.abs(x.double().numpy() - x_hat) <= scale / 2 + 1e-6)
+    want = x_hat @ w_hat.T + linear.bias.detach().double().numpy()
+    np.testing.assert_allclose(layer(x).detach().double().numpy(), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_int8_checkpoint_reloads_exactly(arch, tmp_path):
+    model = surgery.apply(tiny(arch), "quantize", calibration=batches())
+    model.save_pretrained(tmp_path)
+    x = images()
+    assert torch.equal(surgery.load(tmp_path)(pixel_values=x).logits, model(pixel_values=x).logits)
+    with safe_open(str(tmp_path / "model.safetensors"), framework="pt") as f:
+        keys = list(f.keys())
+        int8 = [k for k in keys if k.endswith("weight_int8")]
+        assert int8 and all(f.get_tensor(k).dtype == torch.int8 for k in int8)
+        assert not any(k.replace("weight_int8", "weight") in keys for k in int8)
+
+
+def test_quantize_after_bivit_is_refused():
+    with pytest.raises(IncompatibleStepsError, match=r"quantize conflicts with bivit"):
+        surgery.plan(tiny("vit"), ["bivit", "quantize"])
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("digits")
+    build_digits_model(folder, arch="vit", size="tiny", epochs=16, progress=False)
+    processor = surgery.zoo.image_processor(32)
+    train, test = digits_split()
+    return folder, encode(train, processor)[0], *encode(test, processor)
+
+
+def test_int8_digits_accuracy_within_half_a_point(digits):
+    folder, train_pixels, pixels, labels = digits
+    fp32 = accuracy(surgery.load(folder), pixels, labels)
+    model = surgery.apply(surgery.load(folder), "quantize", calibration=train_pixels[:256].split(32))
+    assert abs(accuracy(model, pixels, labels) - fp32) <= 0.005
+
+
+def test_onnx_export_runs_int8_in_onnx_runtime_and_openvino(digits, tmp_path):
+    import onnxruntime as ort
+
+    folder, train_pixels, pixels, labels = digits
+    model = surgery.apply(surgery.load(folder), "quantize", calibration=train_pixels[:256].split(32))
+    result = export(model, tmp_path / "onnx", to="onnx", source=folder)
+    assert result.max_abs_diff < 1e-2 and (tmp_path / "onnx" / "preprocessor_config.json").exists()
+    ops = Counter(node.op_type for node in onnx.load(result.path).graph.node)
+    assert ops["QuantizeLinear"] >= 24 and ops["DequantizeLinear"] >= 24
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(result.path), options, providers=["CPUExecutionProvider"])
+    optimized = Counter(node.op_type for node in onnx.load(tmp_path / "optimized.onnx").graph.node)
+    assert optimized["MatMulIntegerToFloat"] + optimized["QLinearMatMul"] == 12  # every int8 linear, integer kernels
+    torch_predictions = predict_logits(model, pixels).argmax(-1).numpy()
+    ort_predictions = run_onnx(result.path, pixels.numpy()).argmax(-1)
+    assert (ort_predictions == torch_predictions).mean() >= 0.99
+
+    ov_result = export(model, tmp_path / "openvino", to="openvino", source=folder)
+    assert ov_result.max_abs_diff < 5e-2  # int8 kernels round differently; the class agreement below is the check
+    ov_predictions = run_openvino(ov_result.path, pixels.numpy()).argmax(-1)
+    assert (ov_predictions == torch_predictions).mean() >= 0.99
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(str(ov_result.path), "CPU")
+    precisions = {op.get_rt_info()["runtimePrecision"].astype(str) for op in compiled.get_runtime_model().get_ordered_ops()
+                  if "runtimePrecision" in op.get_rt_info()}
+    assert {"i8", "u8"} & precisions  # OpenVINO runs int8 kernels
