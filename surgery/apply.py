@@ -105,7 +105,7 @@ def apply(model: nn.Module, specs: Spec | Sequence[Spec], calibration: Iterable[
         if step.method.needs_data is not None and step.method.needs_data(step.config) and calibration is None:
             raise ConfigError(
                 f"{step.method.name} needs calibration data: surgery.apply(model, specs, calibration=batches), "
-                "where batches yields pixel_values (the CLI: --calibration digits or an image folder)."
+                "where batches yields pixel_values (on the command line: --calibration digits)."
             )
     anatomy = host.anatomy(model.config.model_type)
     snapshot = ModelSnapshot(model)

@@ -104,10 +104,24 @@ def cmd_apply(args: argparse.Namespace) -> int:
     model = surgery.load(args.model)
     specs = _specs(args.plugin)
     print(surgery.plan(model, specs))
-    surgery.apply(model, specs)
+    surgery.apply(model, specs, calibration=_calibration(args.calibration, args.model))
     save_model(model, args.output, source=args.model)
     print(f"saved the rewritten model to {args.output}")
     return 0
+
+
+def _calibration(name: str | None, model: str) -> Any:
+    """Batches of pixel_values for steps that calibrate: the built-in digits training split, through
+    the model's own image processor."""
+    if name is None:
+        return None
+    from transformers import AutoImageProcessor
+
+    from surgery.data import digits_split, encode
+
+    processor = AutoImageProcessor.from_pretrained(model, use_fast=False)
+    pixels, _ = encode(digits_split()[0], processor)
+    return pixels.split(32)
 
 
 def save_model(model: Any, output: str | Path, source: str | Path | None = None) -> None:
@@ -195,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="a local model folder or a Hub id")
     p.add_argument("--plugin", "-p", action="append", required=True, help=plugin_help)
     p.add_argument("--output", "-o", required=True, help="folder to save the rewritten model to")
+    p.add_argument("--calibration", choices=["digits"], help="data for steps that calibrate (quantize): the built-in digits")
     p.set_defaults(run=cmd_apply)
 
     p = sub.add_parser("inspect", help="print the surgery recipe of a saved model")

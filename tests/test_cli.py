@@ -105,3 +105,12 @@ def test_parse_plugin_spec(text, expected):
 def test_parse_plugin_spec_without_name():
     with pytest.raises(ConfigError, match=r"the plugin name is missing"):
         parse_plugin_spec(":a=1")
+
+
+def test_apply_with_calibration(model_dir, tmp_path, capsys):
+    assert main(["apply", str(model_dir), "-p", "quantize:calibration_batches=2", "-o", str(tmp_path / "q")]) == 2
+    assert "quantize needs calibration data" in capsys.readouterr().err
+    assert main(["apply", str(model_dir), "-p", "quantize:calibration_batches=2", "--calibration", "digits", "-o", str(tmp_path / "q")]) == 0
+    model = surgery.load(tmp_path / "q")
+    layer = model.vit.encoder.layer[0].intermediate.dense
+    assert float(layer.input_quant.scale) != 1.0 and int(layer.input_quant.observer_enabled) == 0  # calibrated
