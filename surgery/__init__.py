@@ -7,7 +7,7 @@
     model = surgery.load("out/")                   # strict reload, replays the recipe
 """
 
-from surgery import integration as _integration  # registers the recipe with transformers' from_pretrained
+from surgery import integration as _integration  # noqa: F401  (registers the recipe with from_pretrained)
 from surgery._version import __version__
 from surgery.anatomy import Anatomy
 from surgery.apply import Plan, PlannedStep, apply, history, plan, revert

@@ -48,8 +48,10 @@ def agent_reference(m: AgentAttention, x: torch.Tensor) -> torch.Tensor:
     table2 = F.interpolate(m.na_bias, size=(h, w), mode="bilinear", align_corners=False).reshape(heads, a, h * w).transpose(1, 2)
     agent_bias = table2 + (m.ha_bias + m.wa_bias).reshape(heads, h * w, a)
     if prefix:
-        pos = torch.cat([m.ac_bias[0], pos], dim=-1)
-        agent_bias = torch.cat([m.ca_bias[0], agent_bias], dim=-2)
+        ac = m.ac_bias[0] if m.ac_bias is not None else torch.zeros(heads, a, prefix, dtype=x.dtype)
+        ca = m.ca_bias[0] if m.ca_bias is not None else torch.zeros(heads, prefix, a, dtype=x.dtype)
+        pos = torch.cat([ac, pos], dim=-1)
+        agent_bias = torch.cat([ca, agent_bias], dim=-2)
     scale = d ** -0.5
     agent_attn = _softmax(torch.einsum("bahd,bnhd->bhan", a4 * scale, k4) + pos)
     agent_v = torch.einsum("bhan,bnhd->bhad", agent_attn, v4)
@@ -108,6 +110,29 @@ def test_agent_attention_matches_reference(arch, agents):
         x = _tokens(module, arch)
         with torch.no_grad():
             torch.testing.assert_close(module.attend(x), agent_reference(module, x), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("options", [{"prefix_bias": False}, {"bias_size": None}, {"bias_size": 3}])
+def test_agent_attention_bias_options_match_reference(options):
+    _, modules = _replaced("deit-distilled", ("agent_attention", {"agents": 4, **options}), AgentAttention)
+    for module in modules:
+        assert (module.ac_bias is None) == (options.get("prefix_bias") is False)
+        table = options.get("bias_size", 7) or 8  # None: tables at the 8x8 grid
+        assert tuple(module.an_bias.shape[-2:]) == (table, table)
+        _randomize(module, AGENT_BIASES)
+        x = _tokens(module, "deit-distilled")
+        with torch.no_grad():
+            torch.testing.assert_close(module.attend(x), agent_reference(module, x), rtol=1e-10, atol=1e-10)
+
+
+def test_castling_without_sparse_reg_has_no_auxiliary_branch():
+    _, modules = _replaced("vit", ("castling", {"sparse_reg": False}), LinearAngularAttention)
+    module = modules[0].train()
+    x = _tokens(module, "vit")
+    with torch.no_grad():
+        got = module.attend(x).numpy()
+    np.testing.assert_allclose(got, castling_reference(module, x, training=False), rtol=1e-10, atol=1e-10)
+    assert module.aux_penalty is None
 
 
 @pytest.mark.parametrize("arch", ARCHS)

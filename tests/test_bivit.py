@@ -66,6 +66,18 @@ def test_bit_packing_round_trip(cols):
     assert torch.equal(unpack_bits(packed, cols), bits)
 
 
+def test_fixed_alpha_is_recomputed_mean_abs_weight():
+    linear = torch.nn.Linear(6, 4).double()
+    layer = BinaryLinear.from_linear(linear, binarize_input=False, learnable_alpha=False, pack=True)
+    assert not layer.alpha.requires_grad
+    with torch.no_grad():
+        linear.weight.mul_(2.0)  # XNOR-style: the scale follows the weights
+    w = linear.weight.detach().numpy()
+    x = torch.randn(3, 6, generator=rng(), dtype=torch.float64)
+    wb = np.abs(w).mean(1, keepdims=True) * np.where(w - w.mean(1, keepdims=True) >= 0, 1.0, -1.0)
+    np.testing.assert_allclose(layer(x).detach().numpy(), x.numpy() @ wb.T + linear.bias.detach().numpy(), rtol=1e-12)
+
+
 @pytest.mark.parametrize("binarize_input", [True, False], ids=["W1A1", "W1A32"])
 def test_binary_linear_matches_reference(binarize_input):
     linear = torch.nn.Linear(6, 4).double()

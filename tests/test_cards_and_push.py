@@ -104,8 +104,11 @@ def test_plugins_add_card_sections(saved, host_with):
 def test_card_cli(saved, capsys, tmp_path):
     results = tmp_path / "results.json"
     results.write_text(json.dumps(RESULTS))
-    assert main(["card", str(saved), "--results", str(results), "--no-measure", "--model-id", "me/x"]) == 0
+    assert main(["card", str(saved), "--results", str(results), "--no-measure", "--model-id", "me/x",
+                 "--license", "mit", "--dataset", "ylecun/mnist", "--base-model", "facebook/deit-tiny-patch16-224"]) == 0
     assert "wrote" in capsys.readouterr().out
+    data = ModelCard.load(saved / "README.md").data.to_dict()
+    assert (data["license"], data["datasets"], data["base_model"]) == ("mit", ["ylecun/mnist"], "facebook/deit-tiny-patch16-224")
     assert main(["card", str(tmp_path / "missing")]) == 2
     assert "is not a saved model folder (no config.json)" in capsys.readouterr().err
 

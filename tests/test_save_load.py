@@ -13,7 +13,7 @@ import surgery
 from surgery.errors import RecipeError
 from surgery.recipe import FORMAT_VERSION
 
-from conftest import ARCHS, images, tiny
+from conftest import images, tiny
 from test_apply import CASES, IDS
 
 
