@@ -5,9 +5,9 @@ alternating split into A (even positions) and B (odd positions), the cls token (
 merges and DeiT's distillation token (B[0]) never receives a merge, each A token's best B partner,
 the r best edges merged from A into B. The output is [unmerged A tokens, sorted by position when a
 cls token is present, then all B tokens]; with a distillation token: [cls, dist, rest of A, rest of
-B]. Deviations, both exact in value: ties between equal edge scores are broken by position (stable
-sort) where the official code leaves the order to the sort kernel, and sums use ``scatter_add``
-instead of ``scatter_reduce(sum)`` so that every exporter handles them.
+B]. Deviation, exact in value: sums use ``scatter_add`` instead of ``scatter_reduce(sum)`` so that
+every exporter handles them. As in the official code, the order of exactly equal edge scores is
+left to the sort kernel (a plain argsort, which the ONNX exporter supports).
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def bipartite_soft_matching(metric: torch.Tensor, r: int, class_token: bool, dis
         if distill_token:
             scores[:, :, 0] = -torch.inf
         best_score, best_partner = scores.max(dim=-1)
-        order = best_score.argsort(dim=-1, descending=True, stable=True).unsqueeze(-1)
+        order = best_score.argsort(dim=-1, descending=True).unsqueeze(-1)
         keep, src = order[:, r:], order[:, :r]
         dst = best_partner.unsqueeze(-1).gather(1, src)
         if class_token:
