@@ -156,6 +156,19 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    import surgery
+    from surgery.export import export
+
+    model = surgery.load(args.model)
+    if args.int8 and not any(step.plugin == "quantize" for step in surgery.history(model)):
+        surgery.apply(model, "quantize", calibration=_calibration(args.calibration, args.model))
+    result = export(model, args.output, to=args.to, source=args.model)
+    kind = "int8" if result.quantized else "fp32"
+    print(f"exported {kind} {args.to} to {result.path}; max |logit difference| vs PyTorch: {result.max_abs_diff:.2e}")
+    return 0
+
+
 def cmd_card(args: argparse.Namespace) -> int:
     from surgery.cards import card
 
@@ -216,6 +229,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="a local model folder or a Hub id")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_inspect)
+
+    p = sub.add_parser("export", help="export a saved model with Optimum to ONNX or OpenVINO, checked against PyTorch")
+    p.add_argument("model", help="a saved model folder or a Hub id")
+    p.add_argument("--to", required=True, choices=["onnx", "openvino"])
+    p.add_argument("--int8", action="store_true", help="add an int8 `quantize` step first (needs --calibration)")
+    p.add_argument("--calibration", choices=["digits"], help="calibration data for --int8: the built-in digits")
+    p.add_argument("--output", "-o", required=True, help="folder for the exported model")
+    p.set_defaults(run=cmd_export)
 
     p = sub.add_parser("card", help="write README.md (model card) for a saved rewritten model")
     p.add_argument("model", help="a saved model folder")

@@ -1,13 +1,23 @@
 """Export a rewritten model with Optimum to ONNX and OpenVINO, and check it against PyTorch.
 
 Who does what: Optimum's ``onnx_export_from_model`` (optimum-onnx; torch.onnx's TorchScript
-exporter underneath) writes ``model.onnx`` from the live model, with dynamic batch and image size
-axes; torch's fake-quant modules become QuantizeLinear/DequantizeLinear pairs. OpenVINO's
-``convert_model`` turns that ONNX file into IR (``openvino_model.xml``/``.bin``), which
-``optimum.intel.OVModelForImageClassification`` loads; Q/DQ pairs become FakeQuantize nodes that
+exporter underneath) writes ``model.onnx`` from the live model, with a dynamic batch axis; torch's
+fake-quant modules become QuantizeLinear/DequantizeLinear pairs. OpenVINO's ``convert_model`` turns
+that ONNX file into IR (``openvino_model.xml``/``.bin``); Q/DQ pairs become FakeQuantize nodes that
 OpenVINO's CPU plugin runs in int8. ONNX Runtime executes the QDQ graph with integer kernels
-(``MatMulIntegerToFloat``). Every export is run on the same random inputs as the PyTorch model and
-the largest absolute logit difference is reported.
+(``MatMulIntegerToFloat``).
+
+The folder is ready for ``optimum.onnxruntime.ORTModelForImageClassification`` or
+``optimum.intel.OVModelForImageClassification`` without surgery installed: ``config.json`` without
+the recipe (kept beside it as ``surgery_recipe.json``), the image processor, and
+``export_report.json``. Every export is run on the same random inputs as the PyTorch model (a batch
+size other than the one traced, to exercise the dynamic axis); the largest absolute logit
+difference is reported and must stay within :data:`TOLERANCE` for float models. Quantized models are
+checked by the caller on real data (class agreement), since int8 kernels round differently.
+
+Fixed at export time: the image size (the config's; transformers traces position embeddings at
+that size) and everything decided from shapes in Python, such as token merging's per-block r and
+token counts. Only the batch size is dynamic.
 """
 
 from __future__ import annotations
@@ -22,8 +32,17 @@ import numpy as np
 import torch
 
 from surgery.errors import SurgeryError
+from surgery.history import get_history
+from surgery.manager import get_host
 
 REPORT = "export_report.json"
+RECIPE = "surgery_recipe.json"
+FORMATS = ("onnx", "openvino")
+TOLERANCE = {"onnx": 1e-4, "openvino": 1e-3}
+
+
+class ExportError(SurgeryError):
+    """The model cannot be exported, or the export does not match PyTorch."""
 
 
 @dataclasses.dataclass
@@ -31,36 +50,59 @@ class ExportResult:
     path: Path
     format: str
     max_abs_diff: float
+    quantized: bool
 
 
 def export(model: Any, output: str | Path, to: Literal["onnx", "openvino"] = "onnx", source: str | Path | None = None,
-           batch: int = 2, seed: int = 0) -> ExportResult:
-    """Export ``model`` (a model or a saved folder) to ``output`` and check it on random inputs."""
+           batch: int = 3, seed: int = 0, check: bool = True) -> ExportResult:
+    """Export ``model`` (a model or a saved folder) to ``output`` and compare it with PyTorch.
+
+    Raises :class:`ExportError` before exporting when a step cannot be exported to ``to``, and after
+    exporting when a float model differs by more than :data:`TOLERANCE` (unless ``check`` is False).
+    """
     from surgery.loading import load
 
+    if to not in FORMATS:
+        raise ExportError(f"export: 'to' got {to!r}; allowed: {', '.join(FORMATS)}.")
     if isinstance(model, (str, Path)):
         source, model = Path(model), load(model)
+    refuse_unexportable(model, to)
     output = Path(output)
-    if to not in ("onnx", "openvino"):
-        raise SurgeryError(f"export: 'to' got {to!r}; allowed: 'onnx', 'openvino'.")
     model.eval()
     onnx_dir = output if to == "onnx" else output / "_onnx"
     _export_onnx(model, onnx_dir)
     if to == "openvino":
         path = _onnx_to_openvino(onnx_dir / "model.onnx", output)
         shutil.rmtree(onnx_dir)
-        model.config.save_pretrained(output)
     else:
         path = onnx_dir / "model.onnx"
-    _copy_processor(source, output)
+    _write_deployable_config(model, output, source)
     pixels = _inputs(model, batch, seed)
     with torch.inference_mode():
         expected = model(pixel_values=pixels).logits.numpy()
     got = run_onnx(path, pixels.numpy()) if to == "onnx" else run_openvino(path, pixels.numpy())
-    result = ExportResult(path, to, float(np.abs(got - expected).max()))
-    (output / REPORT).write_text(json.dumps({"format": to, "file": path.name, "max_abs_diff": result.max_abs_diff,
-                                             "inputs": list(pixels.shape)}, indent=2) + "\n")
+    quantized = any(step.plugin == "quantize" for step in get_history(model))
+    result = ExportResult(path, to, float(np.abs(got - expected).max()), quantized)
+    (output / REPORT).write_text(json.dumps({
+        "format": to, "file": path.name, "max_abs_diff": result.max_abs_diff, "inputs": list(pixels.shape),
+        "tolerance": None if quantized else TOLERANCE[to], "steps": [s.plugin for s in get_history(model)],
+    }, indent=2) + "\n")
+    if check and not quantized and result.max_abs_diff > TOLERANCE[to]:
+        raise ExportError(f"the {to} export differs from PyTorch by {result.max_abs_diff:.2e} (allowed {TOLERANCE[to]:.0e}); "
+                          f"see {output / REPORT}.")
     return result
+
+
+def refuse_unexportable(model: Any, to: str) -> None:
+    """One error naming every step that declares it cannot be exported to ``to``, and why."""
+    reasons = []
+    for step in get_history(model):
+        method = get_host().methods.get(step.plugin)
+        reason = method.export_refusal(to, step.options) if method is not None else None
+        if reason:
+            reasons.append(f"{step.plugin}: {reason}")
+    if reasons:
+        raise ExportError(f"cannot export to {to}:\n  - " + "\n  - ".join(reasons))
 
 
 def _export_onnx(model, folder: Path) -> None:
@@ -76,6 +118,17 @@ def _onnx_to_openvino(onnx_path: Path, folder: Path) -> Path:
     path = folder / "openvino_model.xml"
     ov.save_model(ov.convert_model(str(onnx_path)), str(path))
     return path
+
+
+def _write_deployable_config(model, output: Path, source: str | Path | None) -> None:
+    """config.json without the recipe (the graph needs no replay), the recipe beside it, the processor."""
+    config = model.config.to_dict()
+    recipe = config.pop("quantization_config", None)
+    (output / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    if recipe is not None:
+        (output / RECIPE).write_text(json.dumps(recipe, indent=2) + "\n")
+    if source is not None and (Path(source) / "preprocessor_config.json").exists():
+        shutil.copy(Path(source) / "preprocessor_config.json", output / "preprocessor_config.json")
 
 
 def run_onnx(path: Path, pixels: np.ndarray) -> np.ndarray:
@@ -97,8 +150,3 @@ def run_openvino(path: Path, pixels: np.ndarray, precision: str = "f32") -> np.n
 def _inputs(model, batch: int, seed: int) -> torch.Tensor:
     size = model.config.image_size if isinstance(model.config.image_size, int) else model.config.image_size[0]
     return torch.randn(batch, model.config.num_channels, size, size, generator=torch.Generator().manual_seed(seed))
-
-
-def _copy_processor(source: str | Path | None, output: Path) -> None:
-    if source is not None and (Path(source) / "preprocessor_config.json").exists():
-        shutil.copy(Path(source) / "preprocessor_config.json", output / "preprocessor_config.json")

@@ -44,6 +44,8 @@ class SurgeryMethod:
         needs_data: ``needs_data(config) -> bool``; when true, ``apply`` refuses to start without
             calibration data.
         conflicts: other method names mapped to the reason they cannot be combined with this one.
+        refuse_export: ``refuse_export(format, options) -> reason or None`` for the export formats
+            ("onnx", "openvino") a step cannot go to; checked before exporting.
         repeatable: whether the method may appear twice in one model's history.
         version: the plugin's version, written into recipes.
         paper, reference: citation and the official code the implementation follows.
@@ -63,6 +65,7 @@ class SurgeryMethod:
     roles: tuple[str, ...] = ()
     refused_model_types: Mapping[str, str] = dataclasses.field(default_factory=dict)
     conflicts: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    refuse_export: Callable[[str, Mapping[str, Any]], str | None] | None = None
     repeatable: bool = False
     version: str = "0.1.0"
     paper: str = ""
@@ -73,6 +76,10 @@ class SurgeryMethod:
     @property
     def reversible(self) -> bool:
         return self.revert is not None
+
+    def export_refusal(self, to: str, options: Mapping[str, Any]) -> str | None:
+        """Why a step with ``options`` cannot be exported to ``to``, or None when it can."""
+        return self.refuse_export(to, options) if self.refuse_export is not None else None
 
     def make_config(self, options: SurgeryConfig | Mapping[str, Any] | None = None) -> SurgeryConfig:
         """A validated config from a config object, a dict of options, or None for the defaults."""

@@ -46,3 +46,17 @@ def host_with():
     yield make
     if previous:
         set_host(previous[0])
+
+
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory):
+    """A tiny ViT trained briefly on the digits (16 epochs, ~15 s): (folder, train pixels, test pixels, labels)."""
+    from surgery.data import digits_split, encode
+    from surgery.demo_model import build_digits_model
+    from surgery.zoo import image_processor
+
+    folder = tmp_path_factory.mktemp("digits")
+    build_digits_model(folder, arch="vit", size="tiny", epochs=16, progress=False)
+    processor = image_processor(32)
+    train, test = digits_split()
+    return folder, encode(train, processor)[0], *encode(test, processor)

@@ -12,8 +12,6 @@ import torch
 from safetensors import safe_open
 
 import surgery
-from surgery.data import digits_split, encode
-from surgery.demo_model import build_digits_model
 from surgery.errors import ConfigError, IncompatibleStepsError
 from surgery.evaluation import accuracy, predict_logits
 from surgery.export import export, run_onnx, run_openvino
@@ -80,15 +78,6 @@ def test_int8_checkpoint_reloads_exactly(arch, tmp_path):
 def test_quantize_after_bivit_is_refused():
     with pytest.raises(IncompatibleStepsError, match=r"quantize conflicts with bivit"):
         surgery.plan(tiny("vit"), ["bivit", "quantize"])
-
-
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("digits")
-    build_digits_model(folder, arch="vit", size="tiny", epochs=16, progress=False)
-    processor = surgery.zoo.image_processor(32)
-    train, test = digits_split()
-    return folder, encode(train, processor)[0], *encode(test, processor)
 
 
 def test_int8_digits_accuracy_within_half_a_point(digits):

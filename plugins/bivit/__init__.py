@@ -22,6 +22,14 @@ SOFTMAX_REWRITERS = {
     "token_merge": "token merging runs its own attention forward, which would bypass the binary one",
 }
 
+def refuse_export(to: str, options: dict) -> str | None:
+    if to == "openvino" and options.get("activations", "binary") == "binary":
+        return ("1-bit activations (sign of every linear input) flip on the small rounding differences of OpenVINO's "
+                "CPU kernels, so outputs drift far beyond the 1e-3 check; export W1A1 to ONNX, or use activations='full' "
+                "(W1A32) for OpenVINO")
+    return None
+
+
 METHOD = SurgeryMethod(
     name="bivit",
     summary="BiViT: 1-bit weights (alpha*sign), sign activations and softmax-aware binary attention",
@@ -31,6 +39,7 @@ METHOD = SurgeryMethod(
     revert=rewrite.revert,
     roles=("attention", "query", "key", "value", "attn_output", "mlp_in", "mlp_out"),
     repeatable=True,
+    refuse_export=refuse_export,
     version="0.1.0",
     paper="https://arxiv.org/abs/2211.07091",
     reference="https://github.com/ThisisBillhe/BiViT (6b34303)",

@@ -1,0 +1,134 @@
+"""Every plugin, alone and in the combinations users try, exports to ONNX and OpenVINO and matches
+PyTorch, or is refused up front with its reason."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import surgery
+from surgery.cli import main
+from surgery.evaluation import predict_logits
+from surgery.export import RECIPE, REPORT, ExportError, export, run_onnx, run_openvino
+from surgery.zoo import image_processor
+
+from conftest import images, tiny
+
+AGENT = ("agent_attention", {"agents": 4})
+TOME = ("token_merge", {"r": 8})
+W1A32 = ("bivit", {"activations": "full"})
+FP32 = {
+    "ggem": ["ggem"],
+    "token_merge": [TOME],
+    "agent_attention": [AGENT],
+    "castling": ["castling"],
+    "bivit-W1A1": ["bivit"],
+    "bivit-W1A32": [W1A32],
+    "token_merge+ggem": [TOME, "ggem"],
+    "agent_attention+bivit-mlp": [AGENT, ("bivit", {"parts": "mlp"})],
+    "castling+ggem+bivit-W1A32": ["castling", "ggem", W1A32],
+}
+REFUSED = {("bivit-W1A1", "openvino"), ("agent_attention+bivit-mlp", "openvino")}
+CASES = [
+    (name, arch, to)
+    for name in FP32
+    for arch in ("vit", "deit-distilled", "swin")
+    for to in ("onnx", "openvino")
+    if not (arch == "swin" and "token_merge" in name)
+]
+
+
+@pytest.mark.parametrize("name, arch, to", CASES, ids=[f"{n}-{a}-{t}" for n, a, t in CASES])
+def test_fp32_exports_match_pytorch_or_are_refused(name, arch, to, tmp_path):
+    model = surgery.apply(tiny(arch), FP32[name])
+    if (name, to) in REFUSED:
+        with pytest.raises(ExportError, match=r"cannot export to openvino:\n  - bivit: 1-bit activations .* export W1A1 to ONNX"):
+            export(model, tmp_path, to=to)
+        assert not any(tmp_path.iterdir())  # refused before writing anything
+        return
+    result = export(model, tmp_path, to=to)  # raises if beyond 1e-4 (ONNX) / 1e-3 (OpenVINO)
+    report = json.loads((tmp_path / REPORT).read_text())
+    assert report["inputs"][0] == 3 and report["max_abs_diff"] == result.max_abs_diff  # batch 3, traced with 2
+    x = images(batch=5)
+    run = run_onnx if to == "onnx" else run_openvino
+    got = run(result.path, x.numpy())
+    np.testing.assert_allclose(got, model(pixel_values=x).logits.detach().numpy(), atol=1e-4 if to == "onnx" else 1e-3, rtol=0)
+
+
+INT8 = {
+    "quantize": ["quantize"],
+    "ggem+quantize": ["ggem", "quantize"],
+    "token_merge+quantize": [("token_merge", {"r": 4}), "quantize"],
+    "agent_attention+quantize": [("agent_attention", {"agents": 16}), "quantize"],
+    "castling+quantize": ["castling", "quantize"],
+}
+
+
+@pytest.mark.parametrize("name", INT8)
+@pytest.mark.parametrize("to", ["onnx", "openvino"])
+def test_int8_exports_agree_with_pytorch_on_the_digits(digits, name, to, tmp_path):
+    folder, train_pixels, pixels, _ = digits
+    model = surgery.apply(surgery.load(folder), INT8[name], calibration=train_pixels[:256].split(32))
+    result = export(model, tmp_path, to=to, source=folder)
+    assert result.quantized
+    run = run_onnx if to == "onnx" else run_openvino
+    exported = run(result.path, pixels.numpy()).argmax(-1)
+    agreement = (exported == predict_logits(model, pixels).argmax(-1).numpy()).mean()
+    assert agreement >= 0.99, agreement
+
+
+@pytest.mark.parametrize("to, runtime", [("onnx", "optimum.onnxruntime.ORTModelForImageClassification"),
+                                         ("openvino", "optimum.intel.OVModelForImageClassification")])
+def test_exported_folders_load_in_optimum_without_surgery(to, runtime, tmp_path):
+    source = tmp_path / "model"
+    surgery.apply(tiny("vit"), [TOME, "ggem"]).save_pretrained(source)
+    image_processor(32).save_pretrained(source)
+    result = export(source, tmp_path / "out", to=to)
+    assert json.loads((tmp_path / "out" / RECIPE).read_text())["steps"][0]["plugin"] == "token_merge"
+    assert "quantization_config" not in json.loads((tmp_path / "out" / "config.json").read_text())
+    x = images(batch=2)
+    np.save(tmp_path / "x.npy", x.numpy())
+    module, cls = runtime.rsplit(".", 1)
+    extra = ', ov_config={"INFERENCE_PRECISION_HINT": "f32"}' if to == "openvino" else ""
+    script = (
+        f"import sys, numpy, torch; from {module} import {cls}; from transformers import AutoImageProcessor\n"
+        f"m = {cls}.from_pretrained(r'{tmp_path / 'out'}'{extra})\n"
+        f"AutoImageProcessor.from_pretrained(r'{tmp_path / 'out'}')\n"
+        f"numpy.save(r'{tmp_path / 'y.npy'}', m(pixel_values=torch.from_numpy(numpy.load(r'{tmp_path / 'x.npy'}'))).logits.numpy())\n"
+        "assert 'surgery' not in sys.modules\n"
+    )
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    run = run_onnx if to == "onnx" else run_openvino
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), run(result.path, x.numpy()), atol=1e-5, rtol=0)
+
+
+def test_export_cli(tmp_path, capsys, digits):
+    folder = digits[0]
+    assert main(["export", str(folder), "--to", "onnx", "-o", str(tmp_path / "fp32")]) == 0
+    assert "exported fp32 onnx" in capsys.readouterr().out
+    assert main(["export", str(folder), "--to", "openvino", "--int8", "-o", str(tmp_path / "int8")]) == 2
+    assert "quantize needs calibration data" in capsys.readouterr().err
+    assert main(["export", str(folder), "--to", "openvino", "--int8", "--calibration", "digits", "-o", str(tmp_path / "int8")]) == 0
+    assert "exported int8 openvino" in capsys.readouterr().out
+    assert (tmp_path / "int8" / "openvino_model.xml").exists() and (tmp_path / "int8" / "preprocessor_config.json").exists()
+
+
+def test_a_mismatch_beyond_tolerance_is_an_error(tmp_path, monkeypatch):
+    import surgery.export as exporting
+
+    monkeypatch.setattr(exporting, "run_onnx", lambda path, pixels: np.zeros((pixels.shape[0], 10), dtype=np.float32))
+    with pytest.raises(ExportError, match=r"the onnx export differs from PyTorch by .* \(allowed 1e-04\)"):
+        export(tiny("vit"), tmp_path, to="onnx")
+
+
+def test_unknown_format():
+    with pytest.raises(ExportError, match=r"'to' got 'tflite'; allowed: onnx, openvino"):
+        export(tiny("vit"), "unused", to="tflite")
