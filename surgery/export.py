@@ -7,6 +7,12 @@ that ONNX file into IR (``openvino_model.xml``/``.bin``); Q/DQ pairs become Fake
 OpenVINO's CPU plugin runs in int8. ONNX Runtime executes the QDQ graph with integer kernels
 (``MatMulIntegerToFloat``).
 
+Why not optimum-intel's ``export_from_model`` for OpenVINO: on live rewritten models it fails
+(transformers 4.57.6, optimum-intel 1.27): OpenVINO's PyTorch frontend refuses the unknown
+``quantization_config`` method, its trace sanity check rejects Agent Attention, and saving the
+config fails on a torch dtype. Converting the checked ONNX graph gives the same IR format, which
+``OVModelForImageClassification`` loads (tested).
+
 The folder is ready for ``optimum.onnxruntime.ORTModelForImageClassification`` or
 ``optimum.intel.OVModelForImageClassification`` without surgery installed: ``config.json`` without
 the recipe (kept beside it as ``surgery_recipe.json``), the image processor, and
