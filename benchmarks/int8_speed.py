@@ -26,7 +26,7 @@ from transformers import AutoImageProcessor, ViTConfig, ViTForImageClassificatio
 import surgery
 from surgery.data import digits_split, encode
 from surgery.demo_model import default_model
-from surgery.export import export
+from surgery.exporting import export
 
 from _common import markdown_table, time_side_by_side, write_report
 

@@ -5,6 +5,8 @@
     surgery.apply(model, [("ggem", {"p_init": 3})])  # in place
     model.save_pretrained("out/")                  # weights + recipe in config.json
     model = surgery.load("out/")                   # strict reload, replays the recipe
+    surgery.export(model, "out/onnx", to="onnx")   # Optimum export, checked against PyTorch
+    surgery.card("out/")                           # README.md model card; surgery.push("out/", "me/x")
 """
 
 from surgery import integration as _integration  # noqa: F401  (registers the recipe with from_pretrained)
@@ -29,6 +31,27 @@ from surgery.manager import get_host
 from surgery.method import Rewrite, SurgeryMethod
 
 
+def export(model, output, to="onnx", **kwargs):
+    """Export with Optimum and check against PyTorch; see :func:`surgery.exporting.export`."""
+    from surgery.exporting import export as _export
+
+    return _export(model, output, to=to, **kwargs)
+
+
+def card(folder, results=None, **kwargs):
+    """Write the model card README.md; see :func:`surgery.cards.card`."""
+    from surgery.cards import card as _card
+
+    return _card(folder, results=results, **kwargs)
+
+
+def push(folder, repo_id, **kwargs):
+    """Upload a model folder to the Hub; see :func:`surgery.hub.push`."""
+    from surgery.hub import push as _push
+
+    return _push(folder, repo_id, **kwargs)
+
+
 def list_methods() -> list[SurgeryMethod]:
     """Every installed surgery method, sorted by name."""
     return sorted(get_host().methods.values(), key=lambda m: m.name)
@@ -37,6 +60,6 @@ def list_methods() -> list[SurgeryMethod]:
 __all__ = [
     "Anatomy", "AppliedStep", "ApplyError", "ConfigError", "IncompatibleStepsError", "Plan", "PlannedStep",
     "RecipeError", "RevertError", "Rewrite", "SurgeryConfig", "SurgeryError", "SurgeryMethod",
-    "UnknownPluginError", "UnsupportedModelError", "__version__", "apply", "get_host", "history", "hookimpl",
-    "list_methods", "load", "plan", "revert",
+    "UnknownPluginError", "UnsupportedModelError", "__version__", "apply", "card", "export", "get_host", "history",
+    "hookimpl", "list_methods", "load", "plan", "push", "revert",
 ]

@@ -158,7 +158,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     import surgery
-    from surgery.export import export
+    from surgery.exporting import export
 
     model = surgery.load(args.model)
     if args.int8 and not any(step.plugin == "quantize" for step in surgery.history(model)):

@@ -15,7 +15,7 @@ import torch
 import surgery
 from surgery.cli import main
 from surgery.evaluation import predict_logits
-from surgery.export import RECIPE, REPORT, ExportError, export, run_onnx, run_openvino
+from surgery.exporting import RECIPE, REPORT, ExportError, export, run_onnx, run_openvino
 from surgery.zoo import image_processor
 
 from conftest import images, tiny
@@ -122,7 +122,7 @@ def test_export_cli(tmp_path, capsys, digits):
 
 
 def test_a_mismatch_beyond_tolerance_is_an_error(tmp_path, monkeypatch):
-    import surgery.export as exporting
+    import surgery.exporting as exporting
 
     monkeypatch.setattr(exporting, "run_onnx", lambda path, pixels: np.zeros((pixels.shape[0], 10), dtype=np.float32))
     with pytest.raises(ExportError, match=r"the onnx export differs from PyTorch by .* \(allowed 1e-04\)"):
@@ -132,3 +132,8 @@ def test_a_mismatch_beyond_tolerance_is_an_error(tmp_path, monkeypatch):
 def test_unknown_format():
     with pytest.raises(ExportError, match=r"'to' got 'tflite'; allowed: onnx, openvino"):
         export(tiny("vit"), "unused", to="tflite")
+
+
+def test_top_level_api(tmp_path):
+    result = surgery.export(surgery.apply(tiny("vit"), "ggem"), tmp_path, to="onnx")
+    assert result.path.name == "model.onnx" and callable(surgery.card) and callable(surgery.push)
