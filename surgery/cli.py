@@ -169,6 +169,26 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    import surgery
+    from surgery.measure import checkpoint_figures, record, runtime_figures
+
+    figures = {**checkpoint_figures(args.model), **runtime_figures(surgery.load(args.model), repeats=args.repeats)}
+    path = record(args.model, figures)
+    print(json.dumps(figures, indent=2))
+    print(f"recorded in {path}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from surgery.measure import digits_accuracy, record
+
+    figures = digits_accuracy(args.model)
+    path = record(args.model, figures)
+    print(f"accuracy {figures['accuracy']:.2%} on {figures['dataset']}; recorded in {path}")
+    return 0
+
+
 def cmd_card(args: argparse.Namespace) -> int:
     from surgery.cards import card
 
@@ -237,6 +257,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration", choices=["digits"], help="calibration data for --int8: the built-in digits")
     p.add_argument("--output", "-o", required=True, help="folder for the exported model")
     p.set_defaults(run=cmd_export)
+
+    p = sub.add_parser("bench", help="parameters, checkpoint size, FLOPs and latency of a saved model (JSON)")
+    p.add_argument("model", help="a saved model folder")
+    p.add_argument("--repeats", type=int, default=10, help="timed runs after one warm-up (median reported)")
+    p.set_defaults(run=cmd_bench)
+
+    p = sub.add_parser("eval", help="accuracy of a saved model (JSON)")
+    p.add_argument("model", help="a saved model folder with its image processor")
+    p.add_argument("--data", required=True, choices=["digits"], help="the evaluation set: the built-in digits test split")
+    p.set_defaults(run=cmd_eval)
 
     p = sub.add_parser("card", help="write README.md (model card) for a saved rewritten model")
     p.add_argument("model", help="a saved model folder")

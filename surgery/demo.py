@@ -18,11 +18,12 @@ import torch
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 import surgery
-from surgery.cards import RESULTS_FILE, card
+from surgery.cards import card
 from surgery.cli import save_model
 from surgery.data import digits_split, encode
 from surgery.demo_model import default_model
 from surgery.evaluation import accuracy, predict_logits
+from surgery.measure import record, runtime_figures
 
 
 def run_demo(arch: str, output: Path, plugins: list[str], specs: Callable[[list[str]], list[Any]]) -> int:
@@ -57,14 +58,13 @@ def run_demo(arch: str, output: Path, plugins: list[str], specs: Callable[[list[
     else:
         print("[5/5] a step is one-way; revert skipped")
 
-    figures = {
+    record(output, {
         "accuracy": after,
         "accuracy_before": before,
-        "latency_ms": _latency_ms(model, pixel_values[:1]),
-        "latency_ms_before": _latency_ms(surgery.load(folder), pixel_values[:1]),
+        "latency_ms": runtime_figures(model)["latency_ms"],
+        "latency_ms_before": runtime_figures(surgery.load(folder))["latency_ms"],
         "dataset": "sklearn digits, 360 test images (stratified 20%, seed 0)",
-    }
-    (Path(output) / RESULTS_FILE).write_text(json.dumps(figures, indent=2) + "\n")
+    })
     print(f"      model card: {card(output, model_id=Path(output).name)}")
     results = {
         "model": str(folder),
@@ -80,18 +80,3 @@ def run_demo(arch: str, output: Path, plugins: list[str], specs: Callable[[list[
     print("demo " + ("passed" if ok else "FAILED") + f"; results in {Path(output) / 'demo_results.json'}")
     return 0 if ok else 1
 
-
-def _latency_ms(model, pixels: torch.Tensor, repeats: int = 20) -> float:
-    """Median latency of one image, after a warm-up call."""
-    import statistics
-    import time
-
-    model.eval()
-    with torch.inference_mode():
-        model(pixel_values=pixels)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            model(pixel_values=pixels)
-            times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000

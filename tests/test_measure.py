@@ -1,0 +1,39 @@
+"""surgery bench / surgery eval: figures of a saved model, merged into surgery_results.json."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import surgery
+from surgery.cli import main
+from surgery.evaluation import accuracy
+from surgery.measure import RESULTS_FILE, checkpoint_figures, record
+
+from conftest import tiny
+
+
+def test_checkpoint_figures_count_every_saved_tensor(tmp_path):
+    model = surgery.apply(tiny("vit"), "ggem")
+    model.save_pretrained(tmp_path)
+    figures = checkpoint_figures(tmp_path)
+    assert figures["parameters"] == sum(t.numel() for t in model.state_dict().values())
+    assert figures["checkpoint_mb"] == pytest.approx((tmp_path / "model.safetensors").stat().st_size / 1e6)
+
+
+def test_bench_and_eval_record_figures_for_the_card(digits, tmp_path, capsys):
+    folder, _, pixels, labels = digits
+    out = tmp_path / "model"
+    surgery.apply(surgery.load(folder), "ggem").save_pretrained(out)
+    (out / "preprocessor_config.json").write_text((folder / "preprocessor_config.json").read_text())
+    record(out, {"accuracy_before": 0.5})
+    assert main(["bench", str(out), "--repeats", "3"]) == 0
+    assert main(["eval", str(out), "--data", "digits"]) == 0
+    figures = json.loads((out / RESULTS_FILE).read_text())
+    assert figures["accuracy_before"] == 0.5  # kept
+    assert figures["gflops"] > 0 and figures["latency_ms"] > 0 and figures["parameters"] > 0
+    assert figures["accuracy"] == pytest.approx(accuracy(surgery.load(out), pixels, labels))
+    assert "accuracy" in capsys.readouterr().out
+    text = surgery.card(out, measure=False).read_text()
+    assert f"| accuracy | 50.00% | {figures['accuracy']:.2%} |" in text
