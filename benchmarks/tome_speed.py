@@ -4,7 +4,7 @@ Throughput of the token-merged model against the unmodified one, measured side b
 (medians over repeats after warm-up), beside the FLOPs ratio (torch.utils.flop_counter), and the
 share of the run spent in matching and merging (torch.profiler, region ``token_merge::merge``).
 
-    python benchmarks/tome_speed.py [--repeats 5] [--r 0 4 8 12 16]
+    python benchmarks/tome_speed.py [--repeats 9] [--r 0 4 8 12 16]
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def merge_share(model, x) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--r", type=int, nargs="+", default=[0, 4, 8, 12, 16])
     args = parser.parse_args()
