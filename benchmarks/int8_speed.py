@@ -21,10 +21,10 @@ import numpy as np
 import onnxruntime as ort
 import openvino as ov
 import torch
-from transformers import AutoImageProcessor, ViTConfig, ViTForImageClassification
+from transformers import ViTConfig, ViTForImageClassification
 
 import surgery
-from surgery.data import digits_split, encode
+from surgery.data import digits_for
 from surgery.demo_model import default_model
 from surgery.exporting import export
 
@@ -82,10 +82,8 @@ def main() -> None:
                     speed_rows.append([runtime, name.split(" ", 1)[1], f"{value * 1000:.0f}", f"{base / value:.2f}x"])
 
         folder = default_model("vit")
-        processor = AutoImageProcessor.from_pretrained(folder, use_fast=False)
-        train, test = digits_split()
-        train_pixels = encode(train, processor)[0]
-        pixels, labels = encode(test, processor)
+        train_pixels = digits_for(folder, "train")[0]
+        pixels, labels = digits_for(folder)
         digits_files = three_variants(lambda: surgery.load(folder), train_pixels[:256].split(32), tmp / "digits")
         accuracy_rows = []
         for name, path in digits_files.items():

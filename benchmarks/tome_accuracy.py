@@ -9,10 +9,9 @@ relative to the sequence: r = 8 removes an eighth of the tokens in each block.
 from __future__ import annotations
 
 import torch
-from transformers import AutoImageProcessor
 
 import surgery
-from surgery.data import digits_split, encode
+from surgery.data import digits_for
 from surgery.demo_model import default_model
 from surgery.evaluation import accuracy, predict_logits
 from surgery.plugins.token_merge.config import ToMeConfig
@@ -25,8 +24,7 @@ CONFIGS = [ToMeConfig(r=r) for r in (2, 4, 8, 12, 16, 20, 24)] + [ToMeConfig(r=r
 
 def main() -> None:
     folder = default_model("vit")
-    processor = AutoImageProcessor.from_pretrained(folder, use_fast=False)
-    pixels, labels = encode(digits_split()[1], processor)
+    pixels, labels = digits_for(folder)
     baseline = surgery.load(folder)
     base_predictions = predict_logits(baseline, pixels).argmax(-1)
     base_accuracy = accuracy(baseline, pixels, labels)

@@ -89,7 +89,7 @@ def card(folder: str | Path, results: dict[str, Any] | str | Path | None = None,
         library_name="transformers",
         pipeline_tag="image-classification",
         tags=["surgery", "image-classification", config.model_type] + [s["plugin"] for s in steps],
-        base_model=base_model if base_model and _is_hub_id(base_model) and not Path(base_model).exists() else None,
+        base_model=_hub_model(base_model),
         datasets=datasets or ([dataset] if dataset and _is_hub_dataset(dataset) else None),
         model_name=model_id,
         eval_results=_eval_results(figures, dataset) or None,
@@ -128,7 +128,7 @@ def _render_step(step: dict[str, Any]) -> str:
 
 
 def _intro(config, base_model: str | None, steps: list[dict[str, Any]]) -> str:
-    if base_model and _is_hub_id(base_model) and not Path(base_model).exists():
+    if _hub_model(base_model):
         source = f"[{base_model}](https://huggingface.co/{base_model}), a"
     else:
         source = f"`{base_model}`, a" if base_model else "A"
@@ -206,6 +206,11 @@ def _keep_user_text(existing: str | None, generated: str) -> str:
     after = rest.split(END, 1)[1]
     header, new_rest = generated.split(BEGIN, 1)
     return header + before.lstrip("\n") + BEGIN + new_rest.rstrip("\n") + after
+
+
+def _hub_model(name: str | None) -> str | None:
+    """``name`` when it is a Hub model id (not a local folder), else None."""
+    return name if name and _is_hub_id(name) and not Path(name).exists() else None
 
 
 def _is_hub_id(name: str) -> bool:

@@ -115,13 +115,9 @@ def _calibration(name: str | None, model: str) -> Any:
     the model's own image processor."""
     if name is None:
         return None
-    from transformers import AutoImageProcessor
+    from surgery.data import digits_for
 
-    from surgery.data import digits_split, encode
-
-    processor = AutoImageProcessor.from_pretrained(model, use_fast=False)
-    pixels, _ = encode(digits_split()[0], processor)
-    return pixels.split(32)
+    return digits_for(model, "train")[0].split(32)
 
 
 def save_model(model: Any, output: str | Path, source: str | Path | None = None) -> None:

@@ -52,3 +52,12 @@ def encode(split: Split, processor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(pixel_values, labels)`` tensors through the model's image processor."""
     pixel_values = processor(images=split.images, return_tensors="pt")["pixel_values"]
     return pixel_values, torch.as_tensor(split.labels)
+
+
+def digits_for(model_folder, split: str = "test") -> tuple[torch.Tensor, torch.Tensor]:
+    """The digits ``split`` ("train" or "test") through the image processor saved in ``model_folder``."""
+    from transformers import AutoImageProcessor
+
+    processor = AutoImageProcessor.from_pretrained(model_folder, use_fast=False)
+    train, test = digits_split()
+    return encode(train if split == "train" else test, processor)

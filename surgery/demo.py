@@ -15,14 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoImageProcessor, AutoModelForImageClassification
+from transformers import AutoModelForImageClassification
 
 import surgery
 from surgery.cards import card
 from surgery.cli import save_model
-from surgery.data import digits_split, encode
+from surgery.data import digits_for
 from surgery.demo_model import default_model
-from surgery.evaluation import accuracy, predict_logits
+from surgery.evaluation import predict_logits, top1
 from surgery.measure import record, runtime_figures
 
 
@@ -30,20 +30,19 @@ def run_demo(arch: str, output: Path, plugins: list[str], specs: Callable[[list[
     folder = default_model(arch)
     print(f"[1/5] default model: {folder}")
     model = surgery.load(folder)
-    processor = AutoImageProcessor.from_pretrained(folder, use_fast=False)
-    pixel_values, labels = encode(digits_split(seed=0)[1], processor)
+    pixel_values, labels = digits_for(folder)
     baseline_logits = predict_logits(model, pixel_values)
-    before = accuracy(model, pixel_values, labels)
+    before = top1(baseline_logits, labels)
     print(f"      test accuracy {before:.2%} on {len(labels)} digits")
 
     steps = specs(plugins)
     print("[2/5] " + str(surgery.plan(model, steps)).replace("\n", "\n      "))
     surgery.apply(model, steps)
-    after = accuracy(model, pixel_values, labels)
+    saved_logits = predict_logits(model, pixel_values)
+    after = top1(saved_logits, labels)
     print(f"[3/5] applied; test accuracy right after surgery (no training): {after:.2%}")
 
     save_model(model, output, source=folder)
-    saved_logits = predict_logits(model, pixel_values)
     via_load = predict_logits(surgery.load(output), pixel_values)
     plain = AutoModelForImageClassification.from_pretrained(output)
     via_plain = predict_logits(plain, pixel_values)

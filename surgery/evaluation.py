@@ -19,5 +19,9 @@ def predict_logits(model: nn.Module, pixel_values: torch.Tensor, batch_size: int
 
 def accuracy(model: nn.Module, pixel_values: torch.Tensor, labels: torch.Tensor, batch_size: int = 256) -> float:
     """Top-1 accuracy in [0, 1]."""
-    predictions = predict_logits(model, pixel_values, batch_size).argmax(-1)
-    return float((predictions == labels).float().mean())
+    return top1(predict_logits(model, pixel_values, batch_size), labels)
+
+
+def top1(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Top-1 accuracy in [0, 1] of logits already computed."""
+    return float((logits.argmax(-1) == labels).float().mean())

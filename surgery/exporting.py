@@ -40,6 +40,7 @@ import torch
 from surgery.errors import SurgeryError
 from surgery.history import get_history
 from surgery.manager import get_host
+from surgery.measure import image_side
 
 REPORT = "export_report.json"
 RECIPE = "surgery_recipe.json"
@@ -154,5 +155,5 @@ def run_openvino(path: Path, pixels: np.ndarray, precision: str = "f32") -> np.n
 
 
 def _inputs(model, batch: int, seed: int) -> torch.Tensor:
-    size = model.config.image_size if isinstance(model.config.image_size, int) else model.config.image_size[0]
+    size = image_side(model.config)
     return torch.randn(batch, model.config.num_channels, size, size, generator=torch.Generator().manual_seed(seed))

@@ -17,6 +17,11 @@ import torch
 RESULTS_FILE = "surgery_results.json"
 
 
+def image_side(config) -> int:
+    """The (square) input size of a transformers vision config, whose ``image_size`` is an int or a pair."""
+    return config.image_size if isinstance(config.image_size, int) else config.image_size[0]
+
+
 def checkpoint_figures(folder: str | Path) -> dict[str, float]:
     """Parameters (read from the safetensors headers, no loading) and checkpoint size in MB."""
     from safetensors import safe_open
@@ -40,7 +45,7 @@ def runtime_figures(model: torch.nn.Module, repeats: int = 10) -> dict[str, Any]
     from surgery.flops import count_flops
 
     config = model.config
-    size = config.image_size if isinstance(config.image_size, int) else config.image_size[0]
+    size = image_side(config)
     pixels = torch.randn(1, config.num_channels, size, size)
     model.eval()
     with torch.inference_mode():
@@ -60,14 +65,11 @@ def runtime_figures(model: torch.nn.Module, repeats: int = 10) -> dict[str, Any]
 
 def digits_accuracy(folder: str | Path) -> dict[str, Any]:
     """Top-1 accuracy on the built-in digits test split, through the folder's image processor."""
-    from transformers import AutoImageProcessor
-
-    from surgery.data import digits_split, encode
+    from surgery.data import digits_for
     from surgery.evaluation import accuracy
     from surgery.loading import load
 
-    processor = AutoImageProcessor.from_pretrained(folder, use_fast=False)
-    pixels, labels = encode(digits_split()[1], processor)
+    pixels, labels = digits_for(folder)
     return {"accuracy": accuracy(load(folder), pixels, labels), "dataset": f"sklearn digits, {len(labels)} test images (stratified 20%, seed 0)"}
 
 
