@@ -64,6 +64,8 @@ def card(folder: str | Path, results: dict[str, Any] | str | Path | None = None,
     figures = {**checkpoint_figures(folder), **(runtime_figures(load(folder)) if measure else {}), **_results(folder, results)}
     base_model = base_model or figures.pop("base_model", None) or next((s["base_model"] for s in steps if s.get("base_model")), None)
     dataset = figures.pop("dataset", None)
+    recovery = figures.pop("recovery", None)
+    figures.pop("accuracy_after_surgery", None)
     model_id = model_id or folder.resolve().name
     plot = _plot(folder, figures)
     context = {
@@ -76,6 +78,7 @@ def card(folder: str | Path, results: dict[str, Any] | str | Path | None = None,
         "has_before": any(f"{key}_before" in figures for key, _, _ in _FIGURES),
         "measured_on": figures.pop("measured_on", None),
         "dataset": dataset,
+        "recovery": recovery,
         "plot": plot and PLOT_FILE,
         "plot_title": "accuracy and latency before and after surgery",
         "model_id": model_id,

@@ -177,12 +177,69 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from surgery.measure import digits_accuracy, record
+    from surgery.measure import dataset_accuracy, record
 
-    figures = digits_accuracy(args.model)
+    figures = dataset_accuracy(args.model, args.data, args.split)
     path = record(args.model, figures)
     print(f"accuracy {figures['accuracy']:.2%} on {figures['dataset']}; recorded in {path}")
     return 0
+
+
+def cmd_recover(args: argparse.Namespace) -> int:
+    from accelerate import PartialState
+    from transformers import AutoImageProcessor
+
+    import surgery
+    from surgery.imagesets import load_images
+    from surgery.measure import describe_data, record
+    from surgery.recover import RecoveryConfig, recover
+
+    config = RecoveryConfig.from_strings({k: v for k, v in _recovery_options(args).items() if v is not None})
+    model = surgery.load(args.model)
+    teacher_source = args.teacher or _base_model(model, args.model)
+    teacher = surgery.load(teacher_source)
+    processor = AutoImageProcessor.from_pretrained(args.model, use_fast=False)
+    train = load_images(args.data, args.train_split)
+    evaluation = load_images(args.data, args.eval_split) if args.eval_split != "none" else None
+    checkpoints = Path(args.checkpoint_dir or Path(args.output) / "checkpoints")
+    result = recover(model, teacher, train, evaluation, config, processor=processor, checkpoint_dir=checkpoints,
+                     resume=args.resume)
+    if not PartialState().is_main_process:
+        return 0
+    save_model(model, args.output, source=args.model)
+    summary = {k: v for k, v in result.to_dict().items() if k != "history"}
+    (Path(args.output) / "recovery_log.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    if result.accuracy is not None:
+        record(args.output, {
+            "accuracy": result.accuracy,
+            "accuracy_before": result.teacher_accuracy,
+            "accuracy_after_surgery": result.accuracy_before,
+            "dataset": describe_data(args.data, args.eval_split, len(evaluation)),
+            "recovery": {**summary, "teacher": str(teacher_source), "data": args.data},
+        })
+    figures = ", ".join(f"{label} {value:.2%}" for label, value in (
+        ("teacher", result.teacher_accuracy), ("after surgery", result.accuracy_before), ("recovered", result.accuracy))
+        if value is not None)
+    print(f"recovered {args.model} in {result.seconds:.0f} s ({figures}); saved to {args.output}")
+    return 0
+
+
+def _base_model(model: Any, folder: str) -> str:
+    """The model the surgery started from, as recorded in the recipe."""
+    import surgery
+
+    source = next((step.base_model for step in surgery.history(model) if step.base_model), None)
+    if source is None:
+        from surgery.errors import SurgeryError
+
+        raise SurgeryError(f"{folder} records no base model to distil from; pass --teacher (the original model's folder or Hub id)")
+    return source
+
+
+def _recovery_options(args: argparse.Namespace) -> dict[str, str | None]:
+    from surgery.recover import RecoveryConfig
+
+    return {name: getattr(args, name) for name, _, _ in RecoveryConfig.describe_options()}
 
 
 def cmd_card(args: argparse.Namespace) -> int:
@@ -259,10 +316,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=10, help="timed runs after one warm-up (median reported)")
     p.set_defaults(run=cmd_bench)
 
+    data_help = "'digits' (built in), a local imagefolder (<dir>/<split>/<class>/<image>) or a Hub dataset id"
     p = sub.add_parser("eval", help="accuracy of a saved model (JSON)")
     p.add_argument("model", help="a saved model folder with its image processor")
-    p.add_argument("--data", required=True, choices=["digits"], help="the evaluation set: the built-in digits test split")
+    p.add_argument("--data", required=True, help=data_help)
+    p.add_argument("--split", default="test", help="the split to evaluate on (default: test)")
     p.set_defaults(run=cmd_eval)
+
+    p = sub.add_parser("recover", help="fine-tune a rewritten model with distillation from its original (accelerate)",
+                       description="Runs on one CPU or GPU as is, and on several with `accelerate launch -m surgery.cli recover ...`.")
+    p.add_argument("model", help="a saved rewritten model folder")
+    p.add_argument("--data", required=True, help=data_help)
+    p.add_argument("--output", "-o", required=True, help="folder for the recovered model")
+    p.add_argument("--teacher", help="the original model (default: the base model recorded in the recipe)")
+    p.add_argument("--train-split", default="train")
+    p.add_argument("--eval-split", default="test", help="evaluated before and after every epoch; 'none' to skip")
+    p.add_argument("--checkpoint-dir", help="epoch checkpoints (default: OUTPUT/checkpoints)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --checkpoint-dir")
+    from surgery.recover import RecoveryConfig
+
+    for name, kind, default in RecoveryConfig.describe_options():
+        metavar = "{" + ",".join(x.strip("' ") for x in kind.split("|")) + "}" if "|" in kind else kind.upper()
+        p.add_argument("--" + name.replace("_", "-"), dest=name, metavar=metavar,
+                       help=f"{kind}, default {default}")
+    p.set_defaults(run=cmd_recover)
 
     p = sub.add_parser("card", help="write README.md (model card) for a saved rewritten model")
     p.add_argument("model", help="a saved model folder")

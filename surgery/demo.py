@@ -23,7 +23,7 @@ from surgery.cli import save_model
 from surgery.data import digits_for
 from surgery.demo_model import default_model
 from surgery.evaluation import predict_logits, top1
-from surgery.measure import record, runtime_figures
+from surgery.measure import DIGITS_DESCRIPTION, record, runtime_figures
 
 
 def run_demo(arch: str, output: Path, plugins: list[str], specs: Callable[[list[str]], list[Any]]) -> int:
@@ -62,7 +62,7 @@ def run_demo(arch: str, output: Path, plugins: list[str], specs: Callable[[list[
         "accuracy_before": before,
         "latency_ms": runtime_figures(model)["latency_ms"],
         "latency_ms_before": runtime_figures(surgery.load(folder))["latency_ms"],
-        "dataset": "sklearn digits, 360 test images (stratified 20%, seed 0)",
+        "dataset": DIGITS_DESCRIPTION,
     })
     print(f"      model card: {card(output, model_id=Path(output).name)}")
     results = {

@@ -1,6 +1,9 @@
-"""Batched inference and accuracy on tensors."""
+"""Batched inference and accuracy: on tensors, and over a DataLoader through the ``evaluate`` metric."""
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
@@ -25,3 +28,25 @@ def accuracy(model: nn.Module, pixel_values: torch.Tensor, labels: torch.Tensor,
 def top1(logits: torch.Tensor, labels: torch.Tensor) -> float:
     """Top-1 accuracy in [0, 1] of logits already computed."""
     return float((logits.argmax(-1) == labels).float().mean())
+
+
+@torch.no_grad()
+def loader_accuracy(model: nn.Module, loader: Iterable[dict[str, torch.Tensor]],
+                    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+                    gather: Callable = lambda pair: pair) -> float:
+    """Top-1 accuracy over batches of ``{"pixel_values", "labels"}`` with surgery's offline ``evaluate``
+    accuracy metric. ``autocast`` and ``gather`` come from accelerate when several processes share the data."""
+    from surgery.metrics import load_metric
+
+    metric = load_metric("accuracy")
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in loader:
+            with autocast():
+                logits = model(pixel_values=batch["pixel_values"]).logits
+            predictions, references = gather((logits.argmax(-1), batch["labels"]))
+            metric.add_batch(predictions=predictions.cpu(), references=references.cpu())
+    finally:
+        model.train(was_training)
+    return float(metric.compute()["accuracy"])

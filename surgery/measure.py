@@ -1,4 +1,4 @@
-"""Figures of a saved model: parameters, checkpoint size, FLOPs, latency, accuracy on the digits.
+"""Figures of a saved model: parameters, checkpoint size, FLOPs, latency, accuracy on a dataset.
 
 ``surgery bench`` and ``surgery eval`` merge them into ``surgery_results.json`` in the model
 folder, which ``surgery card`` reads.
@@ -63,14 +63,28 @@ def runtime_figures(model: torch.nn.Module, repeats: int = 10) -> dict[str, Any]
     }
 
 
-def digits_accuracy(folder: str | Path) -> dict[str, Any]:
-    """Top-1 accuracy on the built-in digits test split, through the folder's image processor."""
-    from surgery.data import digits_for
-    from surgery.evaluation import accuracy
+DIGITS_DESCRIPTION = "sklearn digits, 360 test images (stratified 20%, seed 0)"
+
+
+def describe_data(source: str, split: str, count: int) -> str:
+    """How the accuracy figure was measured, for the card."""
+    return DIGITS_DESCRIPTION if (source, split) == ("digits", "test") else f"{source}, split '{split}', {count} images"
+
+
+def dataset_accuracy(folder: str | Path, source: str = "digits", split: str = "test", batch_size: int = 256) -> dict[str, Any]:
+    """Top-1 accuracy of the saved model on ``split`` of ``source`` ("digits", an imagefolder or a Hub
+    dataset id), through the folder's image processor and the ``evaluate`` accuracy metric."""
+    from transformers import AutoImageProcessor
+
+    from surgery.evaluation import loader_accuracy
+    from surgery.imagesets import batches, load_images
     from surgery.loading import load
 
-    pixels, labels = digits_for(folder)
-    return {"accuracy": accuracy(load(folder), pixels, labels), "dataset": f"sklearn digits, {len(labels)} test images (stratified 20%, seed 0)"}
+    model = load(folder)
+    data = load_images(source, split)
+    processor = AutoImageProcessor.from_pretrained(folder, use_fast=False)
+    accuracy = loader_accuracy(model, batches(data, model.config, processor, batch_size))
+    return {"accuracy": accuracy, "dataset": describe_data(source, split, len(data))}
 
 
 def record(folder: str | Path, figures: dict[str, Any]) -> Path:

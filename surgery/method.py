@@ -46,6 +46,9 @@ class SurgeryMethod:
         conflicts: other method names mapped to the reason they cannot be combined with this one.
         refuse_export: ``refuse_export(format, options) -> reason or None`` for the export formats
             ("onnx", "openvino") a step cannot go to; checked before exporting.
+        training: ``training(model, config, targets, anatomy) -> TrainingHooks`` for methods with
+            training-only behaviour (auxiliary losses, staged schedules) that
+            :func:`surgery.recover` drives; None when plain fine-tuning is all it needs.
         repeatable: whether the method may appear twice in one model's history.
         version: the plugin's version, written into recipes.
         paper, reference: citation and the official code the implementation follows.
@@ -66,6 +69,7 @@ class SurgeryMethod:
     refused_model_types: Mapping[str, str] = dataclasses.field(default_factory=dict)
     conflicts: Mapping[str, str] = dataclasses.field(default_factory=dict)
     refuse_export: Callable[[str, Mapping[str, Any]], str | None] | None = None
+    training: Callable[[nn.Module, SurgeryConfig, list[str], Anatomy], Any] | None = None
     repeatable: bool = False
     version: str = "0.1.0"
     paper: str = ""

@@ -114,3 +114,34 @@ def test_apply_with_calibration(model_dir, tmp_path, capsys):
     model = surgery.load(tmp_path / "q")
     layer = model.vit.encoder.layer[0].intermediate.dense
     assert float(layer.input_quant.scale) != 1.0 and int(layer.input_quant.observer_enabled) == 0  # calibrated
+
+
+def test_recover_trains_saves_records_and_resumes(digits, tmp_path, capsys):
+    folder = digits[0]
+    rewritten, recovered = tmp_path / "ggem", tmp_path / "recovered"
+    assert main(["apply", str(folder), "-p", "ggem", "-o", str(rewritten)]) == 0
+    assert main(["recover", str(rewritten), "--data", "digits", "-o", str(recovered), "--epochs", "1",
+                 "--warmup-epochs", "1", "--lr", "1e-3"]) == 0
+    assert "recovered" in capsys.readouterr().out
+    log = json.loads((recovered / "recovery_log.json").read_text())
+    figures = json.loads((recovered / "surgery_results.json").read_text())
+    assert [r["stage"] for r in log["history"]] == ["new parameters", "all parameters"]
+    assert figures["accuracy"] == log["accuracy"] and figures["accuracy_after_surgery"] == log["accuracy_before"]
+    assert figures["recovery"]["teacher"] == str(folder)  # the base model recorded in the recipe
+    reloaded = surgery.load(recovered)
+    assert [s.plugin for s in surgery.history(reloaded)] == ["ggem"]
+    text = surgery.card(recovered, measure=False).read_text()
+    assert "## Recovery" in text and f"| after recovery | {log['accuracy'] * 100:.2f} % |" in text
+
+    assert main(["recover", str(rewritten), "--data", "digits", "-o", str(recovered), "--epochs", "2",
+                 "--warmup-epochs", "1", "--resume", "--eval-split", "none"]) == 0
+    log = json.loads((recovered / "recovery_log.json").read_text())
+    assert [r["epoch"] for r in log["history"]] == [3] and log["resumed_from"].endswith("epoch-2")
+
+
+def test_recover_without_a_recorded_base_model_asks_for_a_teacher(model_dir, tmp_path, capsys):
+    model = surgery.load(model_dir)
+    model.config._name_or_path = ""
+    surgery.apply(model, "ggem").save_pretrained(tmp_path / "m")
+    assert main(["recover", str(tmp_path / "m"), "--data", "digits", "-o", str(tmp_path / "o")]) == 2
+    assert "--teacher" in capsys.readouterr().err

@@ -37,3 +37,19 @@ def test_bench_and_eval_record_figures_for_the_card(digits, tmp_path, capsys):
     assert "accuracy" in capsys.readouterr().out
     text = surgery.card(out, measure=False).read_text()
     assert f"| accuracy | 50.00% | {figures['accuracy']:.2%} |" in text
+
+
+def test_eval_on_an_imagefolder_matches_the_tensor_path(digits, tmp_path):
+    from surgery.data import digits_split
+
+    folder, _, pixels, labels = digits
+    _, test = digits_split()
+    for index in range(30):
+        target = tmp_path / "data" / "test" / str(test.labels[index])
+        target.mkdir(parents=True, exist_ok=True)
+        test.images[index].save(target / f"{index}.png")
+    assert main(["eval", str(folder), "--data", str(tmp_path / "data"), "--split", "test"]) == 0
+    figures = json.loads((folder / RESULTS_FILE).read_text())
+    assert figures["accuracy"] == pytest.approx(accuracy(surgery.load(folder), pixels[:30], labels[:30]))
+    assert figures["dataset"] == f"{tmp_path / 'data'}, split 'test', 30 images"
+    (folder / RESULTS_FILE).unlink()

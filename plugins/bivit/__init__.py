@@ -13,7 +13,7 @@ from pathlib import Path
 
 from surgery.hookspecs import hookimpl
 from surgery.method import SurgeryMethod
-from surgery.plugins.bivit import rewrite
+from surgery.plugins.bivit import rewrite, training
 from surgery.plugins.bivit.config import BiViTConfig
 
 SOFTMAX_REWRITERS = {
@@ -37,6 +37,7 @@ METHOD = SurgeryMethod(
     model_types=("vit", "deit", "swin"),
     apply=rewrite.apply,
     revert=rewrite.revert,
+    training=training.training,
     roles=("attention", "query", "key", "value", "attn_output", "mlp_in", "mlp_out"),
     repeatable=True,
     refuse_export=refuse_export,

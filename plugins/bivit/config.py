@@ -22,6 +22,10 @@ class BiViTConfig(SurgeryConfig):
             maximum (0.25 in the reference code).
         learnable_alpha: learnable per-output-channel weight scales initialised from mean|W| (the
             paper's parameterized weight scales); False recomputes mean|W| (XNOR-Net style).
+        staged: with ``parts="all"``, :func:`surgery.recover` runs the MLP linears in full precision
+            for the first ``stage_split`` of the run, then binary: cross-layer binarization within
+            one recovery (attention first, then MLP). False trains everything binary from the start.
+        stage_split: the fraction of the recovery run spent in the first stage (0.5).
         pack: store the binarized weights bit-packed in the checkpoint (1 bit each plus the scales);
             False keeps the float latent weights, to go on training from the checkpoint.
     """
@@ -32,8 +36,12 @@ class BiViTConfig(SurgeryConfig):
     activations: Literal["binary", "full"] = "binary"
     softmax_ratio: float = 0.25
     learnable_alpha: bool = True
+    staged: bool = True
+    stage_split: float = 0.5
     pack: bool = True
 
     def validate(self) -> None:
         if not 0.0 < self.softmax_ratio <= 1.0:
             raise self.invalid("softmax_ratio", self.softmax_ratio, "a number in (0, 1]")
+        if not 0.0 <= self.stage_split < 1.0:
+            raise self.invalid("stage_split", self.stage_split, "a fraction of the run in [0, 1)")

@@ -27,6 +27,7 @@ class BinaryLinear(nn.Linear):
                  learnable_alpha: bool = True, pack: bool = True, device=None, dtype=None):
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self.binarize_input, self.pack = binarize_input, pack
+        self.binarize = True  # training-time switch for staged recovery (plugins/bivit/training.py); never saved
         self.alpha = nn.Parameter(torch.ones(out_features, 1, device=device, dtype=dtype), requires_grad=learnable_alpha)
         self.register_buffer("weight_bits", torch.zeros(out_features, -(-in_features // 8), dtype=torch.uint8, device=device), persistent=pack)
 
@@ -40,6 +41,8 @@ class BinaryLinear(nn.Linear):
         return new.train(linear.training)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.binarize:
+            return F.linear(x, self.weight, self.bias)
         alpha = self.alpha if self.alpha.requires_grad else self.weight.abs().mean(dim=1, keepdim=True).detach()
         inputs = sign_ste(x) if self.binarize_input else x
         return F.linear(inputs, binary_weight(self.weight, alpha), self.bias)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from surgery.hookspecs import hookimpl
 from surgery.method import SurgeryMethod
-from surgery.plugins.castling import rewrite
+from surgery.plugins.castling import rewrite, training
 from surgery.plugins.castling.config import CastlingConfig
 
 METHOD = SurgeryMethod(
@@ -22,6 +22,7 @@ METHOD = SurgeryMethod(
     model_types=("vit", "deit", "swin"),
     apply=rewrite.apply,
     revert=rewrite.revert,
+    training=training.training,
     roles=("block", "attention"),
     version="0.1.0",
     card_template=str(Path(__file__).with_name("card.md.j2")),

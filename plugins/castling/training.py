@@ -1,0 +1,47 @@
+"""Castling's training-only part under :func:`surgery.recover`: the auxiliary masked softmax branch.
+
+The paper trains with the branch and regularizes its masks "to gradually become zeros", so that
+inference runs linear-angular attention and the conv alone; the schedule is not in the released
+code. Here its weight falls linearly from ``aux_weight`` to 0 at ``aux_decay`` of the run, and an
+optional penalty (``aux_penalty``) on the branch's kept probability mass joins the loss.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from surgery.anatomy import Anatomy
+from surgery.plugins.castling.config import CastlingConfig
+from surgery.plugins.castling.layers import LinearAngularAttention
+from surgery.training import TrainingHooks
+
+
+class AuxiliaryBranchSchedule(TrainingHooks):
+    def __init__(self, layers: list[LinearAngularAttention], config: CastlingConfig):
+        self.layers, self.config = layers, config
+
+    def weight_at(self, progress: float) -> float:
+        return self.config.aux_weight * max(0.0, 1.0 - progress / self.config.aux_decay)
+
+    def schedule(self, progress: float) -> None:
+        for layer in self.layers:
+            layer.aux_weight = self.weight_at(progress)
+
+    def loss(self) -> torch.Tensor | None:
+        penalties = [layer.aux_penalty for layer in self.layers if layer.aux_penalty is not None]
+        if self.config.aux_penalty == 0 or not penalties:
+            return None
+        return self.config.aux_penalty * torch.stack(penalties).mean()
+
+    def describe(self, progress: float) -> dict[str, float]:
+        return {"castling_aux_weight": self.weight_at(progress)}
+
+    def finish(self) -> None:
+        for layer in self.layers:
+            layer.aux_weight, layer.aux_penalty = self.config.aux_weight, None
+
+
+def training(model: nn.Module, config: CastlingConfig, targets: list[str], anatomy: Anatomy) -> AuxiliaryBranchSchedule:
+    layers = [model.get_submodule(name) for name in targets]
+    return AuxiliaryBranchSchedule([m for m in layers if isinstance(m, LinearAngularAttention)], config)
