@@ -273,7 +273,8 @@ def cmd_demo_model(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from surgery.demo import run_demo
 
-    return run_demo(arch=args.arch, output=Path(args.output), plugins=args.plugin or ["ggem"], specs=_specs)
+    return run_demo(arch=args.arch, output=Path(args.output), plugins=args.plugin or ["ggem"], specs=_specs,
+                    recovery_epochs=args.recover_epochs)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -370,6 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", default="vit", choices=ARCHITECTURES)
     p.add_argument("--plugin", "-p", action="append", help=plugin_help + " (default: ggem)")
     p.add_argument("--output", "-o", default="out/demo", help="folder for the rewritten model (default: out/demo)")
+    p.add_argument("--recover-epochs", type=int, help="epochs of recovery after the warm-up stage (default: 15)")
     p.set_defaults(run=cmd_demo)
     return parser
 

@@ -147,7 +147,7 @@ def feature_loss(student: tuple[torch.Tensor, ...], teacher: tuple[torch.Tensor,
 def random_shift(pixel_values: torch.Tensor, fraction: float) -> torch.Tensor:
     """Each image translated by up to ``fraction`` of its side, edges replicated (torch's global RNG,
     which accelerate checkpoints, so a resumed run draws the same shifts)."""
-    pad = int(round(fraction * pixel_values.shape[-1]))
+    pad = round(fraction * pixel_values.shape[-1])
     if pad == 0:
         return pixel_values
     padded = F.pad(pixel_values, (pad, pad, pad, pad), mode="replicate")

@@ -5,13 +5,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import tiny
 from PIL import Image
 
 from surgery.data import digits_split
 from surgery.errors import SurgeryError
-from surgery.imagesets import batches, columns, digits_dataset, label_mapping, load_images
+from surgery.imagesets import (
+    batches,
+    columns,
+    digits_dataset,
+    label_mapping,
+    load_images,
+)
 from surgery.metrics import load_metric
-from conftest import tiny
 
 
 def write_imagefolder(root, classes=("cat", "dog"), per_class=3, splits=("train", "test")):

@@ -9,6 +9,7 @@ import math
 
 import pytest
 import torch
+from conftest import images, tiny
 
 import surgery
 from surgery.errors import ConfigError, SurgeryError
@@ -23,7 +24,6 @@ from surgery.recover import (
     resolve_precision,
     step_hooks,
 )
-from conftest import images, tiny
 
 
 def noisy_data(count: int = 24, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
