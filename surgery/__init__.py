@@ -3,6 +3,7 @@
     import surgery
     surgery.plan(model, ["ggem"])                  # dry run
     surgery.apply(model, [("ggem", {"p_init": 3})])  # in place
+    surgery.recover(model, teacher, train, eval)   # distillation fine-tune (accelerate)
     model.save_pretrained("out/")                  # weights + recipe in config.json
     model = surgery.load("out/")                   # strict reload, replays the recipe
     surgery.export(model, "out/onnx", to="onnx")   # Optimum export, checked against PyTorch
@@ -29,6 +30,8 @@ from surgery.hookspecs import hookimpl
 from surgery.loading import load
 from surgery.manager import get_host
 from surgery.method import Rewrite, SurgeryMethod
+from surgery.recover import RecoveryConfig, RecoveryResult, recover
+from surgery.training import TrainingHooks
 
 
 def export(model, output, to="onnx", **kwargs):
@@ -59,7 +62,7 @@ def list_methods() -> list[SurgeryMethod]:
 
 __all__ = [
     "Anatomy", "AppliedStep", "ApplyError", "ConfigError", "IncompatibleStepsError", "Plan", "PlannedStep",
-    "RecipeError", "RevertError", "Rewrite", "SurgeryConfig", "SurgeryError", "SurgeryMethod",
+    "RecipeError", "RecoveryConfig", "RecoveryResult", "RevertError", "Rewrite", "SurgeryConfig", "SurgeryError", "SurgeryMethod",
     "UnknownPluginError", "UnsupportedModelError", "__version__", "apply", "card", "export", "get_host", "history",
-    "hookimpl", "list_methods", "load", "plan", "push", "revert",
+    "hookimpl", "list_methods", "load", "plan", "push", "recover", "revert", "TrainingHooks",
 ]

@@ -30,3 +30,21 @@ def count_flops(run: Callable[[], object]) -> int:
     with FlopCounterMode(display=False) as counter:
         run()
     return counter.get_total_flops()
+
+
+def model_flops(model: torch.nn.Module, pixel_values: torch.Tensor) -> int:
+    """FLOPs of one eval-mode forward of ``model`` on ``pixel_values``.
+
+    Parameters are frozen while counting: the counter's module tracker hooks the autograd graph of
+    every module input that requires grad, which fails when a parameter is itself a module's input
+    (the int8 weight fake-quant) under inference mode.
+    """
+    frozen = [p for p in model.parameters() if p.requires_grad]
+    try:
+        for parameter in frozen:
+            parameter.requires_grad_(False)
+        with torch.inference_mode():
+            return count_flops(lambda: model(pixel_values=pixel_values))
+    finally:
+        for parameter in frozen:
+            parameter.requires_grad_(True)

@@ -42,14 +42,14 @@ def checkpoint_figures(folder: str | Path) -> dict[str, float]:
 
 def runtime_figures(model: torch.nn.Module, repeats: int = 10) -> dict[str, Any]:
     """GFLOPs and median latency of one image at the model's image size (CPU, eval mode)."""
-    from surgery.flops import count_flops
+    from surgery.flops import model_flops
 
     config = model.config
     size = image_side(config)
     pixels = torch.randn(1, config.num_channels, size, size)
     model.eval()
+    flops = model_flops(model, pixels)
     with torch.inference_mode():
-        flops = count_flops(lambda: model(pixel_values=pixels))
         model(pixel_values=pixels)
         times = []
         for _ in range(repeats):

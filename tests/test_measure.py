@@ -53,3 +53,18 @@ def test_eval_on_an_imagefolder_matches_the_tensor_path(digits, tmp_path):
     assert figures["accuracy"] == pytest.approx(accuracy(surgery.load(folder), pixels[:30], labels[:30]))
     assert figures["dataset"] == f"{tmp_path / 'data'}, split 'test', 30 images"
     (folder / RESULTS_FILE).unlink()
+
+
+@pytest.mark.parametrize("steps", [[], ["quantize"], ["bivit"], [("token_merge", {"r": 4})]])
+def test_runtime_figures_count_flops_of_every_kind_of_model(steps):
+    from surgery.flops import model_flops
+    from surgery.measure import runtime_figures
+
+    from conftest import images
+
+    model = tiny("vit")
+    calibration = [images(4)] if steps == ["quantize"] else None
+    surgery.apply(model, steps, calibration=calibration)
+    figures = runtime_figures(model, repeats=2)
+    assert figures["gflops"] * 1e9 == model_flops(model, images(1)) > 0
+    assert all(p.requires_grad for p in model.parameters() if p.is_floating_point())
