@@ -44,6 +44,7 @@ RECIPES = {
     "token_merge": {**BASE, "epochs": 10},
     "agent_attention": {**BASE, "warmup_epochs": 2, "shift": 0.125},
     "castling": {**BASE, "epochs": 20, "warmup_epochs": 2, "lr": 1e-3},
+    "castling_no_aux": {**BASE, "epochs": 20, "warmup_epochs": 2},
     "bivit_w1a32": {**BASE, "epochs": 20},
     "bivit_w1a1": {**BASE, "epochs": 30, "lr": 1e-3},
 }
@@ -85,6 +86,8 @@ ROWS = [
     Row("agent_attention", ["agent_attention"], RECIPES["agent_attention"], target="recovered >= original",
         check=at_least_original),
     Row("castling", ["castling"], RECIPES["castling"], target="recovered within 1 pt", check=within(1)),
+    Row("castling, no auxiliary branch", [("castling", {"sparse_reg": False})], RECIPES["castling_no_aux"],
+        target="(ablation) within 1 pt", check=within(1)),
     Row("int8 (quantize)", [], None, quantize=True, target="within 0.5 pt", check=within(0.5, after="surgery")),
     Row("bivit W1A32", [("bivit", {"activations": "full"})], RECIPES["bivit_w1a32"], target="recovered within 1 pt",
         check=within(1)),

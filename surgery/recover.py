@@ -335,11 +335,16 @@ def make_accelerator(config: RecoveryConfig):
     """
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, PartialState
-    from accelerate.utils import DataLoaderConfiguration, set_seed
+    from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, set_seed
 
     set_seed(config.seed)
-    options = dict(mixed_precision=resolve_precision(config.mixed_precision),
-                   dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed))
+    # Some parameters get no gradient in some steps (bivit's first stage leaves the MLP scales
+    # unused), which DDP accepts only when told to look for unused parameters.
+    options = {
+        "mixed_precision": resolve_precision(config.mixed_precision),
+        "dataloader_config": DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed),
+        "kwargs_handlers": [DistributedDataParallelKwargs(find_unused_parameters=True)],
+    }
     try:
         return Accelerator(**options)
     except ValueError as error:
