@@ -116,6 +116,8 @@ class RecoveryResult:
     accuracy_before: float | None = None
     accuracy: float | None = None
     resumed_from: str | None = None
+    processes: int = 1
+    mixed_precision: str = "no"
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -287,7 +289,8 @@ def recover(model: nn.Module, teacher: nn.Module | None, train, eval=None, confi
     new_factor, original_factor = lr_factors(config, steps_per_epoch)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, [new_factor if g["new"] else original_factor for g in optimizer.param_groups])
-    result = RecoveryResult(config=config.to_dict(), new_parameters=sorted(new))
+    result = RecoveryResult(config=config.to_dict(), new_parameters=sorted(new), processes=accelerator.num_processes,
+                            mixed_precision=str(accelerator.mixed_precision))
 
     hooks = step_hooks(model)
     state = RunState()
@@ -341,6 +344,7 @@ def make_accelerator(config: RecoveryConfig):
     # Some parameters get no gradient in some steps (bivit's first stage leaves the MLP scales
     # unused), which DDP accepts only when told to look for unused parameters.
     options = {
+        "cpu": not has_accelerator(),  # lets torchrun's CPU processes form a gloo group (MULTI_CPU)
         "mixed_precision": resolve_precision(config.mixed_precision),
         "dataloader_config": DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed),
         "kwargs_handlers": [DistributedDataParallelKwargs(find_unused_parameters=True)],
@@ -352,6 +356,12 @@ def make_accelerator(config: RecoveryConfig):
             raise SurgeryError(f"recover: {error}") from error
         AcceleratorState._reset_state(reset_partial_state=True)
         return Accelerator(**options)
+
+
+def has_accelerator() -> bool:
+    """Whether torch sees a GPU-like device (CUDA/ROCm, Apple MPS, Intel XPU)."""
+    xpu = getattr(torch, "xpu", None)
+    return torch.cuda.is_available() or torch.backends.mps.is_available() or bool(xpu and xpu.is_available())
 
 
 def resolve_precision(choice: str) -> str | None:
@@ -417,7 +427,8 @@ def _train_epoch(student, teacher, loader, optimizer, schedule, hooks, config: R
         for key, value in terms.items():
             totals[key] = totals.get(key, 0.0) + float(value.detach())
         bar.set_postfix(loss=f"{float(terms['loss'].detach()):.4f}")
-    record: dict[str, Any] = {"epoch": epoch + 1, "stage": "new parameters" if warmup else "all parameters"}
+    record: dict[str, Any] = {"epoch": epoch + 1, "stage": "new parameters" if warmup else "all parameters",
+                              "steps": steps}
     record.update({key: value / steps for key, value in totals.items()})
     for hook in hooks:
         record.update(hook.describe((epoch + 1) / config.total_epochs))

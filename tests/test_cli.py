@@ -145,3 +145,23 @@ def test_recover_without_a_recorded_base_model_asks_for_a_teacher(model_dir, tmp
     surgery.apply(model, "ggem").save_pretrained(tmp_path / "m")
     assert main(["recover", str(tmp_path / "m"), "--data", "digits", "-o", str(tmp_path / "o")]) == 2
     assert "--teacher" in capsys.readouterr().err
+
+
+def test_recover_runs_data_parallel_under_torchrun(digits, tmp_path):
+    """Two CPU processes (gloo): each takes half of every epoch's batches; the main process saves."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    folder = digits[0]
+    rewritten, recovered = tmp_path / "ggem", tmp_path / "recovered"
+    assert main(["apply", str(folder), "-p", "ggem", "-o", str(rewritten)]) == 0
+    torchrun = Path(sys.executable).with_name("torchrun")
+    command = [str(torchrun), "--nproc_per_node", "2", "-m", "surgery.cli", "recover", str(rewritten), "--data", "digits",
+               "-o", str(recovered), "--epochs", "1", "--eval-split", "none"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    log = json.loads((recovered / "recovery_log.json").read_text())
+    assert log["processes"] == 2 and log["history"][0]["steps"] == 23  # ceil(1437 / 32 / 2)
+    surgery.load(recovered)
