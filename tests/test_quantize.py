@@ -115,3 +115,17 @@ def test_onnx_export_runs_int8_in_onnx_runtime_and_openvino(digits, tmp_path):
     precisions = {op.get_rt_info()["runtimePrecision"].astype(str) for op in compiled.get_runtime_model().get_ordered_ops()
                   if "runtimePrecision" in op.get_rt_info()}
     assert {"i8", "u8"} & precisions  # OpenVINO runs int8 kernels
+
+
+def test_int8_checkpoint_leaves_out_calibration_statistics(tmp_path):
+    model = surgery.apply(tiny("vit"), "quantize", calibration=batches())
+    model.save_pretrained(tmp_path)
+    with safe_open(str(tmp_path / "model.safetensors"), framework="pt") as f:
+        keys = list(f.keys())
+    assert not any(".activation_post_process." in k for k in keys)
+    assert any(k.endswith("input_quant.scale") for k in keys) and any(k.endswith("weight_quant.scale") for k in keys)
+    reloaded = surgery.load(tmp_path)
+    observers = [m.input_quant.activation_post_process for m in reloaded.modules() if type(m).__name__ == "QuantLinear"]
+    assert observers and all(float(o.min_val) == float("inf") and float(o.histogram.sum()) == 0 for o in observers)
+    assert not any(t.is_meta for t in reloaded.state_dict().values())
+    reloaded.save_pretrained(tmp_path / "again")  # and saves again

@@ -5,7 +5,8 @@ Weights: int8, symmetric, one scale per output channel (``PerChannelMinMaxObserv
 tensor, observed on calibration data (``HistogramObserver`` or ``MinMaxObserver``). In PyTorch the
 arithmetic is simulated in float (``torch.fake_quantize_*``); exported to ONNX, each fake-quant
 becomes a QuantizeLinear/DequantizeLinear pair that ONNX Runtime and OpenVINO execute in int8.
-Checkpoints store the weights as int8 with their scales.
+Checkpoints store the weights as int8 with their scales and zero points; the observers' calibration
+statistics (a 2048-bin histogram per layer) are left out, and come back empty on reload.
 """
 
 from __future__ import annotations
@@ -32,6 +33,15 @@ def weight_fake_quant(channels: int) -> FakeQuantize:
 def input_fake_quant(observer: str) -> FakeQuantize:
     return FakeQuantize(observer=OBSERVERS[observer], quant_min=0, quant_max=255, dtype=torch.quint8,
                         qscheme=torch.per_tensor_affine, reduce_range=False)
+
+
+def reset_observer(observer: nn.Module, device: torch.device) -> None:
+    """Give an observer whose statistics were not saved (still on the meta device) its initial
+    state: min +inf, max -inf, an empty histogram, so that calibrating again starts afresh."""
+    initial = {"min_val": float("inf"), "max_val": float("-inf"), "histogram": 0.0}
+    for name, buffer in list(observer.named_buffers(recurse=False)):
+        if buffer.is_meta:
+            setattr(observer, name, torch.full(buffer.shape, initial.get(name, 0.0), dtype=buffer.dtype, device=device))
 
 
 class QuantLinear(nn.Linear):
@@ -85,14 +95,22 @@ class QuantLinear(nn.Linear):
 
     def surgery_pack(self, prefix: str, state: dict[str, torch.Tensor]) -> None:
         state[prefix + "weight_int8"] = self.int8_weight(state.pop(prefix + "weight"))
+        for key in self._observer_keys():  # calibration-only statistics; scales and zero points stay
+            state.pop(prefix + key, None)
 
     def surgery_packed_away(self, prefix: str) -> list[str]:
-        return [prefix + "weight"]
+        return [prefix + "weight"] + [prefix + key for key in self._observer_keys()]
 
     def surgery_unpack(self) -> None:
+        scale = self.weight_quant.scale
         if self.weight.is_meta:
-            scale = self.weight_quant.scale
             self.weight = nn.Parameter(self.weight_int8.to(scale.dtype) * scale[:, None])
+        for quant in (self.weight_quant, self.input_quant):
+            if quant is not None:
+                reset_observer(quant.activation_post_process, scale.device)
+
+    def _observer_keys(self) -> list[str]:
+        return [key for key in self.state_dict(keep_vars=True) if ".activation_post_process." in key]
 
     def extra_repr(self) -> str:
         mode = "W8A8 (static)" if self.input_quant is not None else "W8 (weight-only)"
