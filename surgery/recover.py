@@ -179,6 +179,15 @@ def _trainable(parameter: torch.Tensor) -> bool:
     return parameter.requires_grad and parameter.is_floating_point()
 
 
+def optimizer_and_schedule(model: nn.Module, new: set[str], config: RecoveryConfig, steps_per_epoch: int):
+    """AdamW over the parameter groups, and the per-group learning-rate schedule."""
+    groups = [dict(g, lr=config.lr) for g in parameter_groups(model, new, config) if g["params"]]
+    optimizer = torch.optim.AdamW(groups, lr=config.lr)
+    new_factor, original_factor = lr_factors(config, steps_per_epoch)
+    factors = [new_factor if g["new"] else original_factor for g in optimizer.param_groups]
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factors)
+
+
 def lr_factors(config: RecoveryConfig, steps_per_epoch: int):
     """Learning-rate multipliers per group kind: new parameters run at ``warmup_lr / lr`` in the
     warm-up stage, original ones at 0 (AdamW scales its decay by the rate too, so they stay exactly
@@ -264,7 +273,8 @@ def recover(model: nn.Module, teacher: nn.Module | None, train, eval=None, confi
     ``{"pixel_values", "labels"}``. ``teacher=None`` trains on the labels alone (``distill_weight``
     and ``feature_weight`` must be 0). Options are :class:`RecoveryConfig` fields, given as
     ``config`` or keywords. ``resume=True`` continues from the newest checkpoint in
-    ``checkpoint_dir``; a path continues from that checkpoint.
+    ``checkpoint_dir``; a path continues from that checkpoint. ``progress`` shows a tqdm bar per
+    epoch (main process only); ``accelerator`` replaces the one built from ``config``.
     """
     from surgery.imagesets import batches
 
@@ -283,19 +293,14 @@ def recover(model: nn.Module, teacher: nn.Module | None, train, eval=None, confi
                            "teacher), and this model has none; set warmup_epochs=0")
     train_loader = batches(train, model.config, processor, config.batch_size, shuffle=True, seed=config.seed)
     eval_loader = batches(eval, model.config, processor, 256) if eval is not None else None
-    steps_per_epoch = len(train_loader)
-    groups = parameter_groups(model, new, config)
-    optimizer = torch.optim.AdamW([dict(g, lr=config.lr) for g in groups if g["params"]], lr=config.lr)
-    new_factor, original_factor = lr_factors(config, steps_per_epoch)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, [new_factor if g["new"] else original_factor for g in optimizer.param_groups])
+    optimizer, schedule = optimizer_and_schedule(model, new, config, len(train_loader))
     result = RecoveryResult(config=config.to_dict(), new_parameters=sorted(new), processes=accelerator.num_processes,
                             mixed_precision=str(accelerator.mixed_precision))
 
     hooks = step_hooks(model)
     state = RunState()
     forward_before = vars(model).get("forward")
-    prepared = accelerator.prepare(model, optimizer, train_loader, schedule, *([eval_loader] if eval_loader else []))
+    prepared = accelerator.prepare(model, optimizer, train_loader, schedule, *([eval_loader] if eval_loader is not None else []))
     student, optimizer, train_loader, schedule = prepared[:4]
     eval_loader = prepared[4] if eval_loader is not None else None
     accelerator.register_for_checkpointing(state)

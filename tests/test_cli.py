@@ -160,7 +160,7 @@ def test_recover_runs_data_parallel_under_torchrun(digits, tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
     command = [str(torchrun), "--nproc_per_node", "2", "-m", "surgery.cli", "recover", str(rewritten), "--data", "digits",
                "-o", str(recovered), "--epochs", "1", "--eval-split", "none"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     log = json.loads((recovered / "recovery_log.json").read_text())
     assert log["processes"] == 2 and log["history"][0]["steps"] == 23  # ceil(1437 / 32 / 2)

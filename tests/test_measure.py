@@ -11,7 +11,7 @@ from surgery.cli import main
 from surgery.evaluation import accuracy
 from surgery.measure import RESULTS_FILE, checkpoint_figures, record
 
-from conftest import tiny
+from conftest import images, tiny
 
 
 def test_checkpoint_figures_count_every_saved_tensor(tmp_path):
@@ -59,8 +59,6 @@ def test_eval_on_an_imagefolder_matches_the_tensor_path(digits, tmp_path):
 def test_runtime_figures_count_flops_of_every_kind_of_model(steps):
     from surgery.flops import model_flops
     from surgery.measure import runtime_figures
-
-    from conftest import images
 
     model = tiny("vit")
     calibration = [images(4)] if steps == ["quantize"] else None

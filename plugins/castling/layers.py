@@ -25,6 +25,12 @@ from torch import nn
 from surgery.attention import Style
 
 
+# The reference divides by the plain L2 norm (NaN for an all-zero vector). F.normalize's default
+# eps (1e-12) keeps the forward finite but lets the gradient at a zero vector reach 1e12; 1e-6
+# bounds it at 1e6. Vectors with a norm above 1e-6 are unchanged.
+NORM_EPS = 1e-6
+
+
 class LinearAngularAttention(nn.Module):
     """Drop-in replacement for a ViT/DeiT/Swin self-attention core (query/key/value reused)."""
 
@@ -51,7 +57,7 @@ class LinearAngularAttention(nn.Module):
         batch, tokens, channels = x.shape
         split = lambda t: t.reshape(batch, tokens, self.num_heads, self.head_dim).transpose(1, 2)  # noqa: E731
         q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
-        q_unit, k_unit = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+        q_unit, k_unit = F.normalize(q, dim=-1, eps=NORM_EPS), F.normalize(k, dim=-1, eps=NORM_EPS)
         out = 0.5 * v + (1.0 / math.pi) * torch.matmul(q_unit, torch.matmul(k_unit.transpose(-1, -2), v))
         self.aux_penalty = None
         if self.training and self.sparse_reg and self.aux_weight > 0:
@@ -59,7 +65,7 @@ class LinearAngularAttention(nn.Module):
             sparse = probs * (probs > self.sparse_threshold)
             out = out + self.aux_weight * torch.matmul(sparse, v)
             self.aux_penalty = sparse.sum(dim=-1).mean()
-        out = F.normalize(out, dim=-1)
+        out = F.normalize(out, dim=-1, eps=NORM_EPS)
         prefix = self.prefix_tokens
         out[:, :, prefix:] += self.dconv(v[:, :, prefix:])
         return out.transpose(1, 2).reshape(batch, tokens, channels)
