@@ -207,16 +207,10 @@ def cmd_recover(args: argparse.Namespace) -> int:
     if not PartialState().is_main_process:
         return 0
     save_model(model, args.output, source=args.model)
-    summary = {k: v for k, v in result.to_dict().items() if k != "history"}
     (Path(args.output) / "recovery_log.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
     if result.accuracy is not None:
-        record(args.output, {
-            "accuracy": result.accuracy,
-            "accuracy_before": result.teacher_accuracy,
-            "accuracy_after_surgery": result.accuracy_before,
-            "dataset": describe_data(args.data, args.eval_split, len(evaluation)),
-            "recovery": {**summary, "teacher": str(teacher_source), "data": args.data},
-        })
+        dataset = describe_data(args.data, args.eval_split, len(evaluation))
+        record(args.output, result.figures(str(teacher_source), args.data, dataset))
     figures = ", ".join(f"{label} {value:.2%}" for label, value in (
         ("teacher", result.teacher_accuracy), ("after surgery", result.accuracy_before), ("recovered", result.accuracy))
         if value is not None)

@@ -74,14 +74,10 @@ def run_demo(arch: str, output: Path, plugins: list[str], specs: Callable[[list[
     print(f"[6/6] saved to {output}; reload identical: surgery.load {exact_load}, from_pretrained {exact_plain}")
 
     record(output, {
+        **result.figures(str(folder), "digits", DIGITS_DESCRIPTION),
         "accuracy": recovered,
-        "accuracy_before": before,
-        "accuracy_after_surgery": after,
         "latency_ms": runtime_figures(model)["latency_ms"],
         "latency_ms_before": runtime_figures(teacher)["latency_ms"],
-        "dataset": DIGITS_DESCRIPTION,
-        "recovery": {**{k: v for k, v in result.to_dict().items() if k != "history"}, "teacher": str(folder),
-                     "data": "digits"},
     })
     print(f"      model card: {card(output, model_id=Path(output).name)}")
     results = {

@@ -123,6 +123,18 @@ class RecoveryResult:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def figures(self, teacher: str, data: str, dataset: str) -> dict[str, Any]:
+        """The figures a model card shows (``surgery.card(folder, results=...)``, or merged into
+        ``surgery_results.json``): accuracy before surgery, right after it, after recovery, and how."""
+        summary = {k: v for k, v in self.to_dict().items() if k != "history"}
+        return {
+            "accuracy": self.accuracy,
+            "accuracy_before": self.teacher_accuracy,
+            "accuracy_after_surgery": self.accuracy_before,
+            "dataset": dataset,
+            "recovery": {**summary, "teacher": teacher, "data": data},
+        }
+
 
 # -- losses ------------------------------------------------------------------------------------
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, temperature: float,
