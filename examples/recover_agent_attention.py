@@ -23,13 +23,13 @@ def main(output: str = "out/agent-attention-recovered") -> None:
     model = surgery.apply(surgery.load(original), ["agent_attention"])
     result = surgery.recover(
         model, teacher, load_images("digits", "train"), load_images("digits", "test"),
-        processor=AutoImageProcessor.from_pretrained(original), epochs=15, warmup_epochs=2, shift=0.125,
+        processor=AutoImageProcessor.from_pretrained(original, use_fast=False), epochs=15, warmup_epochs=2, shift=0.125,
         checkpoint_dir=f"{output}/checkpoints",
     )
     print(f"teacher {result.teacher_accuracy:.2%}, right after surgery {result.accuracy_before:.2%}, "
           f"after recovery {result.accuracy:.2%} ({result.seconds:.0f} s)")
     model.save_pretrained(output)
-    AutoImageProcessor.from_pretrained(original).save_pretrained(output)
+    AutoImageProcessor.from_pretrained(original, use_fast=False).save_pretrained(output)
     surgery.card(output, results=result.figures(teacher=str(original), data="digits", dataset="sklearn digits, 360 test images"))
     print(f"saved to {output}, with its model card")
 
