@@ -26,6 +26,7 @@ from transformers import AutoImageProcessor
 
 import surgery
 from surgery.data import digits_for
+from surgery.demo import DEMO_RECOVERY
 from surgery.demo_model import default_model
 from surgery.evaluation import accuracy
 from surgery.imagesets import digits_dataset
@@ -40,7 +41,7 @@ from _common import RESULTS, markdown_table, time_side_by_side, write_report
 # separate validation split: read the recovered numbers as tuned). Shared defaults, then per method.
 BASE = {"epochs": 15, "lr": 5e-4, "distill_weight": 0.5, "temperature": 2.0}
 RECIPES = {
-    "ggem": {**BASE, "warmup_epochs": 2, "shift": 0.125},
+    "ggem": {**BASE, **DEMO_RECOVERY},  # the recipe `surgery demo` uses: 2 warm-up epochs, shift 0.125
     "token_merge": {**BASE, "epochs": 10},
     "agent_attention": {**BASE, "warmup_epochs": 2, "shift": 0.125},
     "castling": {**BASE, "epochs": 20, "warmup_epochs": 2, "lr": 1e-3},
@@ -58,10 +59,6 @@ class Row:
     quantize: bool = False  # an int8 `quantize` step after recovery
     target: str = ""  # what the issue asks, checked by `check`
     check: Any = None  # (original, after surgery, after recovery, flops ratio) -> bool
-
-    @property
-    def label(self) -> str:
-        return self.name
 
 
 def at_least_original(o, s, r, f):

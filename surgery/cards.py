@@ -65,7 +65,6 @@ def card(folder: str | Path, results: dict[str, Any] | str | Path | None = None,
     base_model = base_model or figures.pop("base_model", None) or next((s["base_model"] for s in steps if s.get("base_model")), None)
     dataset = figures.pop("dataset", None)
     recovery = figures.pop("recovery", None)
-    figures.pop("accuracy_after_surgery", None)
     model_id = model_id or folder.resolve().name
     plot = _plot(folder, figures)
     context = {

@@ -75,7 +75,6 @@ def run_demo(arch: str, output: Path, plugins: list[str], specs: Callable[[list[
 
     record(output, {
         **result.figures(str(folder), "digits", DIGITS_DESCRIPTION),
-        "accuracy": recovered,
         "latency_ms": runtime_figures(model)["latency_ms"],
         "latency_ms_before": runtime_figures(teacher)["latency_ms"],
     })

@@ -3,21 +3,28 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 from torch import nn
 
 
-@torch.inference_mode()
-def predict_logits(model: nn.Module, pixel_values: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """Logits of ``model`` (in eval mode) for every image, computed in batches."""
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode for the block, then back in the mode it was in."""
     was_training = model.training
     model.eval()
     try:
-        return torch.cat([model(pixel_values=chunk).logits for chunk in pixel_values.split(batch_size)])
+        yield model
     finally:
         model.train(was_training)
+
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, pixel_values: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Logits of ``model`` (in eval mode) for every image, computed in batches."""
+    with eval_mode(model):
+        return torch.cat([model(pixel_values=chunk).logits for chunk in pixel_values.split(batch_size)])
 
 
 def accuracy(model: nn.Module, pixel_values: torch.Tensor, labels: torch.Tensor, batch_size: int = 256) -> float:
@@ -39,14 +46,10 @@ def loader_accuracy(model: nn.Module, loader: Iterable[dict[str, torch.Tensor]],
     from surgery.metrics import load_metric
 
     metric = load_metric("accuracy")
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         for batch in loader:
             with autocast():
                 logits = model(pixel_values=batch["pixel_values"]).logits
             predictions, references = gather((logits.argmax(-1), batch["labels"]))
             metric.add_batch(predictions=predictions.cpu(), references=references.cpu())
-    finally:
-        model.train(was_training)
     return float(metric.compute()["accuracy"])

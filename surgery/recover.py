@@ -230,11 +230,11 @@ def step_hooks(model: nn.Module) -> list[TrainingHooks]:
     from surgery.manager import get_host
 
     host = get_host()
+    anatomy = host.anatomy(model.config.model_type, type(model).__name__)
     hooks = []
     for step in history(model):
         method = host.method(step.plugin)
         if method.training is not None:
-            anatomy = host.anatomy(model.config.model_type, type(model).__name__)
             hooks.append(method.training(model, step.config, list(step.targets), anatomy))
     return hooks
 

@@ -8,12 +8,12 @@ two-call form (``parts="attention"``, recover, ``parts="mlp"``, recover) remains
 
 from __future__ import annotations
 
-from surgery.plugins.bivit.config import BiViTConfig
-from surgery.plugins.bivit.layers import BinaryLinear
-from surgery.plugins.bivit.rewrite import MLP_LINEARS
 from torch import nn
 
 from surgery.anatomy import Anatomy
+from surgery.plugins.bivit.config import BiViTConfig
+from surgery.plugins.bivit.layers import BinaryLinear
+from surgery.plugins.bivit.rewrite import MLP_LINEARS
 from surgery.training import TrainingHooks
 
 

@@ -9,11 +9,11 @@ optional penalty (``aux_penalty``) on the branch's kept probability mass joins t
 from __future__ import annotations
 
 import torch
-from surgery.plugins.castling.config import CastlingConfig
-from surgery.plugins.castling.layers import LinearAngularAttention
 from torch import nn
 
 from surgery.anatomy import Anatomy
+from surgery.plugins.castling.config import CastlingConfig
+from surgery.plugins.castling.layers import LinearAngularAttention
 from surgery.training import TrainingHooks
 
 

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from surgery.anatomy import Anatomy
+from surgery.evaluation import eval_mode
 from surgery.method import Rewrite
 from surgery.plugins.quantize.config import QuantizeConfig
 from surgery.plugins.quantize.layers import QuantLinear
@@ -45,17 +46,14 @@ def calibrate(model: nn.Module, config: QuantizeConfig, rewrite: Rewrite, batche
     layers = [model.get_submodule(name) for name in rewrite.targets]
     for layer in layers:
         layer.start_calibration()
-    was_training = model.training
-    model.eval()
     seen = 0
-    with torch.no_grad():
+    with torch.no_grad(), eval_mode(model):
         for batch in batches:
             if seen >= config.calibration_batches:
                 break
             pixel_values = batch["pixel_values"] if isinstance(batch, Mapping) else batch
             model(pixel_values=pixel_values)
             seen += 1
-    model.train(was_training)
     if not seen:
         raise config.invalid("calibration", "an empty iterable", "at least one batch of pixel_values")
     for layer in layers:
