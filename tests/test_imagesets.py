@@ -83,6 +83,15 @@ def test_tensor_pairs_batch_without_a_processor():
         batches(digits_dataset("test"), tiny("vit").config)
 
 
+def test_mismatched_tensors_and_datasets_without_columns_are_refused():
+    from datasets import Dataset
+
+    with pytest.raises(SurgeryError, match="5 images but 4 labels"):
+        batches((torch.randn(5, 3, 32, 32), torch.arange(4)), tiny("vit").config)
+    with pytest.raises(SurgeryError, match="needs an image column and a label column"):
+        columns(Dataset.from_dict({"text": ["a"], "score": [1.0]}))
+
+
 def test_missing_local_folder_or_hub_dataset_is_one_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")

@@ -87,11 +87,35 @@ def test_learning_rate_schedule_has_a_warmup_stage_then_warmup_and_cosine():
     assert original(119) == pytest.approx(0.5 * (1 + math.cos(math.pi * 89 / 90)))
 
 
-@pytest.mark.parametrize("options,field", [({"epochs": 0}, "epochs"), ({"distill_weight": 1.5}, "distill_weight"),
-                                           ({"mixed_precision": "fp8"}, "mixed_precision"), ({"temperature": 0}, "temperature")])
+@pytest.mark.parametrize("options,field", [
+    ({"epochs": 0}, "epochs"), ({"warmup_epochs": -1}, "warmup_epochs"), ({"distill_weight": 1.5}, "distill_weight"),
+    ({"mixed_precision": "fp8"}, "mixed_precision"), ({"temperature": 0}, "temperature"), ({"lr": 0}, "lr"),
+    ({"warmup_lr": -1e-3}, "warmup_lr"), ({"weight_decay": -0.1}, "weight_decay"), ({"feature_weight": -1}, "feature_weight"),
+    ({"schedule_warmup": 1.2}, "schedule_warmup"), ({"max_grad_norm": -1}, "max_grad_norm"), ({"shift": 0.5}, "shift"),
+    ({"batch_size": 0}, "batch_size"), ({"keep_checkpoints": 0}, "keep_checkpoints"),
+])
 def test_bad_recovery_options_name_the_field(options, field):
     with pytest.raises(ConfigError, match=field):
         RecoveryConfig(**options)
+
+
+@pytest.mark.parametrize("plugin,options,field", [
+    ("castling", {"aux_decay": 0.0}, "aux_decay"), ("castling", {"aux_penalty": -1.0}, "aux_penalty"),
+    ("bivit", {"stage_split": 1.0}, "stage_split"),
+])
+def test_bad_plugin_training_options_name_the_field(plugin, options, field):
+    with pytest.raises(ConfigError, match=field):
+        surgery.plan(tiny("vit"), [(plugin, options)])
+
+
+def test_options_come_either_as_a_config_or_as_keywords(tmp_path):
+    student, teacher = pair(steps=("ggem",))
+    with pytest.raises(SurgeryError, match="not both"):
+        recover(student, teacher, noisy_data(), config=RecoveryConfig(), epochs=2, progress=False)
+    with pytest.raises(SurgeryError, match="needs checkpoint_dir"):
+        recover(student, teacher, noisy_data(), resume=True, progress=False)
+    with pytest.raises(SurgeryError, match="does not exist"):
+        recover(student, teacher, noisy_data(), resume=tmp_path / "epoch-9", progress=False)
 
 
 def test_unknown_recovery_option_suggests_the_nearest():
