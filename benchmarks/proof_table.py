@@ -111,7 +111,7 @@ def run_row(row: Row, folder: Path, data: dict[str, Any], out: Path) -> tuple[di
         if row.quantize:
             surgery.apply(final, "quantize", calibration=calibration)
         recovered = accuracy(final, pixels, labels)
-    final.save_pretrained(out, safe_serialization=True)
+    final.save_pretrained(out)
     flops = model_flops(final, pixels[:1])
     return {
         "name": row.name, "steps": [s.to_dict() for s in surgery.history(final)], "recipe": row.recipe,
@@ -138,7 +138,7 @@ def main() -> None:
     original = surgery.load(folder)
     base = {"accuracy": accuracy(original, pixels, labels)}
     with tempfile.TemporaryDirectory() as tmp:
-        original.save_pretrained(Path(tmp) / "original", safe_serialization=True)
+        original.save_pretrained(Path(tmp) / "original")
         base["checkpoint_mb"] = checkpoint_figures(Path(tmp) / "original")["checkpoint_mb"]
         base["gflops"] = model_flops(original, pixels[:1]) / 1e9
         rows, models = [], {"original": original}

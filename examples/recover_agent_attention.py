@@ -28,8 +28,7 @@ def main(output: str = "out/agent-attention-recovered") -> None:
     )
     print(f"teacher {result.teacher_accuracy:.2%}, right after surgery {result.accuracy_before:.2%}, "
           f"after recovery {result.accuracy:.2%} ({result.seconds:.0f} s)")
-    model.save_pretrained(output)
-    AutoImageProcessor.from_pretrained(original, use_fast=False).save_pretrained(output)
+    surgery.save(model, output, processor=AutoImageProcessor.from_pretrained(original, use_fast=False))  # atomic
     surgery.card(output, results=result.figures(teacher=str(original), data="digits", dataset="sklearn digits, 360 test images"))
     print(f"saved to {output}, with its model card")
 

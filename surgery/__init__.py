@@ -4,7 +4,8 @@
     surgery.plan(model, ["ggem"])                  # dry run
     surgery.apply(model, [("ggem", {"p_init": 3})])  # in place
     surgery.recover(model, teacher, train, eval)   # distillation fine-tune (accelerate)
-    model.save_pretrained("out/")                  # weights + recipe in config.json
+    model.save_pretrained("out/")                  # weights + recipe in config.json (atomic)
+    surgery.save(model, "out/", processor=proc)    # the same, with the image processor in one step
     model = surgery.load("out/")                   # strict reload, replays the recipe
     surgery.export(model, "out/onnx", to="onnx")   # Optimum export, checked against PyTorch
     surgery.card("out/")                           # README.md model card; surgery.push("out/", "me/x")
@@ -31,6 +32,7 @@ from surgery.loading import load
 from surgery.manager import get_host
 from surgery.method import Rewrite, SurgeryMethod
 from surgery.recover import RecoveryConfig, RecoveryResult, recover
+from surgery.saving import save
 from surgery.training import TrainingHooks
 
 
@@ -64,5 +66,5 @@ __all__ = [
     "Anatomy", "AppliedStep", "ApplyError", "ConfigError", "IncompatibleStepsError", "Plan", "PlannedStep",
     "RecipeError", "RecoveryConfig", "RecoveryResult", "RevertError", "Rewrite", "SurgeryConfig", "SurgeryError", "SurgeryMethod",
     "UnknownPluginError", "UnsupportedModelError", "__version__", "apply", "card", "export", "get_host", "history",
-    "hookimpl", "list_methods", "load", "plan", "push", "recover", "revert", "TrainingHooks",
+    "hookimpl", "list_methods", "load", "plan", "push", "recover", "revert", "save", "TrainingHooks",
 ]

@@ -64,6 +64,11 @@ class Plan:
 def resolve_specs(specs: Spec | Sequence[Spec], host: Host | None = None) -> list[PlannedStep]:
     """Turn names, ``(name, options)`` pairs and config objects into validated steps."""
     host = host or get_host()
+    if isinstance(specs, Mapping):
+        raise ConfigError(
+            f"steps must be a list, got a dict ({', '.join(repr(k) for k in list(specs)[:3])}): a dict has no order "
+            "and its options would be lost; write [(\"name\", {options}), ...]."
+        )
     if isinstance(specs, (str, SurgeryConfig)) or (isinstance(specs, tuple) and len(specs) == 2 and isinstance(specs[1], Mapping)):
         specs = [specs]  # a single spec
     steps = []
@@ -136,13 +141,16 @@ def apply(model: nn.Module, specs: Spec | Sequence[Spec], calibration: Iterable[
 def replay(model: nn.Module, step_dicts: Iterable[dict[str, Any]], host: Host | None = None) -> None:
     """Rebuild the structure a saved recipe describes (no data, no calibration; any device)."""
     host = host or get_host()
-    anatomy = host.anatomy(model.config.model_type, type(model).__name__)
-    history = []
+    step_dicts = list(step_dicts)
+    planned = []
     for data in step_dicts:
         method = host.method(data["plugin"])
-        config = method.make_config(data.get("options") or {})
-        rewrite = method.apply(model, config, anatomy)
-        history.append(_record(PlannedStep(method, config), rewrite, data.get("versions"), data.get("base_model")))
+        planned.append(PlannedStep(method, method.config_class.from_recipe(data.get("options", {}))))
+    anatomy = _validate(model, planned, host)  # the same checks as apply: architecture, roles, conflicts, vetoes
+    history = []
+    for step, data in zip(planned, step_dicts):
+        rewrite = step.method.apply(model, step.config, anatomy)
+        history.append(_record(step, rewrite, data.get("versions"), data.get("base_model")))
     set_history(model, history)
 
 

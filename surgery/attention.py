@@ -35,9 +35,9 @@ def select_layers(option, count: int, default: list[int], config, field: str = "
             raise config.invalid(field, option, f"a number of leading blocks from 1 to {count}")
         return list(range(option))
     bad = [i for i in option if not 0 <= i < count]
-    if bad or not option:
-        raise config.invalid(field, list(option), f"distinct block indices from 0 to {count - 1}")
-    return sorted(set(option))
+    if bad or not option or len(set(option)) != len(option):
+        raise config.invalid(field, list(option), f"distinct block indices from 0 to {count - 1}, each once")
+    return sorted(option)
 
 
 def stage_of(block: nn.Module, blocks: list[nn.Module]) -> int:

@@ -11,6 +11,7 @@ whatever the user wrote outside them is kept when the card is generated again.
 from __future__ import annotations
 
 import json
+import math
 import re
 from importlib import resources
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any
 import jinja2
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from surgery.errors import SurgeryError
+from surgery.errors import SurgeryError, clean_text
 from surgery.loading import load
 from surgery.manager import get_host
 from surgery.measure import RESULTS_FILE, checkpoint_figures, runtime_figures
@@ -65,6 +66,8 @@ def card(folder: str | Path, results: dict[str, Any] | str | Path | None = None,
     base_model = base_model or figures.pop("base_model", None) or next((s["base_model"] for s in steps if s.get("base_model")), None)
     dataset = figures.pop("dataset", None)
     recovery = figures.pop("recovery", None)
+    if isinstance(recovery, dict) and recovery.get("teacher") and not _hub_model(recovery["teacher"]):
+        recovery = dict(recovery, teacher=f"{Path(recovery['teacher']).name} (a local model)")
     model_id = model_id or folder.resolve().name
     plot = _plot(folder, figures)
     context = {
@@ -132,8 +135,8 @@ def _render_step(step: dict[str, Any]) -> str:
 def _intro(config, base_model: str | None, steps: list[dict[str, Any]]) -> str:
     if _hub_model(base_model):
         source = f"[{base_model}](https://huggingface.co/{base_model}), a"
-    else:
-        source = f"`{base_model}`, a" if base_model else "A"
+    else:  # a local folder: its name only, never a path of the machine it was made on
+        source = f"`{Path(base_model).name}` (a local model), a" if base_model else "A"
     names = ", ".join(f"`{s['plugin']}`" for s in steps) or "no steps"
     return (f"{source} {config.model_type} image classifier rewritten with [surgery](https://pypi.org/project/surgery/) "
             f"({names}). The weights are safetensors; the recipe in `config.json` rebuilds the architecture on load.")
@@ -145,10 +148,29 @@ def _results(folder: Path, results: dict[str, Any] | str | Path | None) -> dict[
         return json.loads(default.read_text()) if default.exists() else {}
     if isinstance(results, (str, Path)):
         try:
-            return json.loads(Path(results).read_text())
-        except (OSError, json.JSONDecodeError) as error:
+            results = json.loads(Path(results).read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
             raise SurgeryError(f"cannot read results from {results}: {error}") from error
-    return dict(results)
+    return check_figures(results)
+
+
+NUMERIC = ("accuracy", "accuracy_before", "accuracy_after_surgery", "latency_ms", "latency_ms_before", "gflops",
+           "gflops_before", "parameters", "parameters_before", "checkpoint_mb", "checkpoint_mb_before")
+
+
+def check_figures(figures: Any) -> dict[str, Any]:
+    """Results must be a JSON object whose figures are finite numbers (accuracies in [0, 1])."""
+    if not isinstance(figures, dict):
+        raise SurgeryError(f"card: results must be a JSON object of figures, got {type(figures).__name__}.")
+    for key in NUMERIC:
+        value = figures.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise SurgeryError(f"card: results field '{key}' must be a finite number, got {clean_text(repr(value))}.")
+        if key.startswith("accuracy") and not 0 <= value <= 1:
+            raise SurgeryError(f"card: results field '{key}' is a fraction in [0, 1], got {value}.")
+    return dict(figures)
 
 
 def _figure_rows(figures: dict[str, Any]) -> list[dict[str, str]]:

@@ -26,6 +26,8 @@ def parse_plugin_spec(text: str) -> tuple[str, dict[str, str]]:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--plugin {text!r}: write options as NAME:key=value,key=value (got {item!r}).")
+        if key.strip() in options:
+            raise ConfigError(f"--plugin {text!r}: option '{key.strip()}' is given twice; give each option once.")
         options[key.strip()] = value.strip()
     if not name.strip():
         raise ConfigError(f"--plugin {text!r}: the plugin name is missing.")
@@ -121,15 +123,18 @@ def _calibration(name: str | None, model: str) -> Any:
 
 
 def save_model(model: Any, output: str | Path, source: str | Path | None = None) -> None:
-    """Save weights + recipe, and the source's image processor when it has one."""
+    """Save weights + recipe, and the source's image processor when it has one, in one atomic step."""
     from transformers import AutoImageProcessor
 
-    model.save_pretrained(output, safe_serialization=True)
+    from surgery.saving import save
+
+    processor = None
     if source is not None:
         try:
-            AutoImageProcessor.from_pretrained(source, use_fast=False).save_pretrained(output)
+            processor = AutoImageProcessor.from_pretrained(source, use_fast=False)
         except (OSError, ValueError):
             print(f"surgery: note: {source} has no image processor; none was saved", file=sys.stderr)
+    save(model, output, processor=processor)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -159,7 +164,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     model = surgery.load(args.model)
     if args.int8 and not any(step.plugin == "quantize" for step in surgery.history(model)):
         surgery.apply(model, "quantize", calibration=_calibration(args.calibration, args.model))
-    result = export(model, args.output, to=args.to, source=args.model)
+    result = export(model, args.output, to=args.to, source=args.model, overwrite=args.overwrite)
     kind = "int8" if result.quantized else "fp32"
     print(f"exported {kind} {args.to} to {result.path}; max |logit difference| vs PyTorch: {result.max_abs_diff:.2e}")
     return 0
@@ -169,6 +174,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     import surgery
     from surgery.measure import checkpoint_figures, record, runtime_figures
 
+    if args.repeats < 1:
+        from surgery.errors import SurgeryError
+
+        raise SurgeryError(f"bench: --repeats got {args.repeats}; allowed: an integer >= 1.")
     figures = {**checkpoint_figures(args.model), **runtime_figures(surgery.load(args.model), repeats=args.repeats)}
     path = record(args.model, figures)
     print(json.dumps(figures, indent=2))
@@ -246,8 +255,13 @@ def cmd_card(args: argparse.Namespace) -> int:
 
 
 def cmd_push(args: argparse.Namespace) -> int:
-    from surgery.hub import push
+    from surgery.hub import publishable_files, push
 
+    if Path(args.model).is_dir():
+        skipped = publishable_files(args.model)[1]
+        if skipped:
+            shown = ", ".join(skipped[:8]) + (f" and {len(skipped) - 8} more" if len(skipped) > 8 else "")
+            print(f"surgery: note: not uploading {shown} (not files of the model)", file=sys.stderr)
     if not (Path(args.model) / "README.md").exists():
         print(f"surgery: note: {args.model} has no README.md; run `surgery card {args.model}` first for a model card", file=sys.stderr)
     url = push(args.model, args.repo_id, private=args.private, token=args.token, new=args.new)
@@ -303,7 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", required=True, choices=["onnx", "openvino"])
     p.add_argument("--int8", action="store_true", help="add an int8 `quantize` step first (needs --calibration)")
     p.add_argument("--calibration", choices=["digits"], help="calibration data for --int8: the built-in digits")
-    p.add_argument("--output", "-o", required=True, help="folder for the exported model")
+    p.add_argument("--output", "-o", required=True, help="folder for the exported model (not the model's own folder)")
+    p.add_argument("--overwrite", action="store_true", help="export into a folder that holds other files")
     p.set_defaults(run=cmd_export)
 
     p = sub.add_parser("bench", help="parameters, checkpoint size, FLOPs and latency of a saved model (JSON)")
@@ -370,9 +385,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_model_argument(model: str) -> None:
+    """A local path must be a saved model folder; anything else must look like a Hub id."""
+    from surgery.errors import SurgeryError
+
+    path = Path(model)
+    if path.exists():
+        if not path.is_dir() or not (path / "config.json").is_file():
+            raise SurgeryError(f"{model} is not a saved model folder (no config.json).")
+    elif model.startswith((".", "/", "~")) or model.count("/") > 1 or "\\" in model:
+        raise SurgeryError(f"{model}: no such model folder (and not a Hub id, namespace/name).")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "model", None) is not None and args.command not in ("card", "push"):
+            check_model_argument(args.model)
+        output = getattr(args, "output", None)
+        if output is not None and Path(output).exists() and not Path(output).is_dir():
+            from surgery.errors import SurgeryError
+
+            raise SurgeryError(f"cannot save to {output}: it is a file, not a folder.")
         return args.run(args)
     except Exception as error:  # one clear line unless --traceback
         if args.traceback:

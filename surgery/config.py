@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from typing import Any, ClassVar, Literal, Union
@@ -22,6 +23,9 @@ class SurgeryConfig:
     """Options of one surgery step. Subclasses are frozen dataclasses with paper defaults."""
 
     plugin: ClassVar[str] = ""
+    # option values that recipes saved before an option existed were made with (a new option's
+    # default can change the result; a saved recipe must reload as it was saved)
+    legacy_defaults: ClassVar[dict[str, Any]] = {}
 
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))
@@ -58,6 +62,14 @@ class SurgeryConfig:
                     + did_you_mean(key, names)
                 )
         return cls(**options)
+
+    @classmethod
+    def from_recipe(cls, options: Any) -> SurgeryConfig:
+        """Build from a saved recipe step's options: absent options take their legacy value."""
+        if not isinstance(options, dict):
+            raise ConfigError(f"{cls.plugin or cls.__name__}: a recipe step's options must be a JSON object, "
+                              f"got {type(options).__name__}.")
+        return cls.from_dict({**cls.legacy_defaults, **options})
 
     @classmethod
     def from_strings(cls, options: dict[str, str]) -> SurgeryConfig:
@@ -106,7 +118,7 @@ def _check_type(config: SurgeryConfig, name: str, value: Any, annotation: Any) -
     """Return ``value`` (coerced where lossless: int to float, list to tuple) or raise."""
     ok, coerced = _matches(value, annotation)
     if not ok:
-        error = config.invalid(name, value, _type_name(annotation))
+        error = config.invalid(name, value, "a finite number" if annotation is float else _type_name(annotation))
         if isinstance(value, str):
             error.args = (error.args[0] + did_you_mean(value, _literal_values(annotation)),)
         raise error
@@ -146,8 +158,8 @@ def _matches(value: Any, annotation: Any) -> tuple[bool, Any]:
         return isinstance(value, bool), value
     if annotation is int:
         return isinstance(value, int) and not isinstance(value, bool), value
-    if annotation is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if annotation is float:  # finite numbers only: NaN and inf are never a meaningful option
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             return False, value
         return True, float(value)
     if isinstance(annotation, type):

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from surgery.data import LABELS, digits_split, encode
 from surgery.evaluation import accuracy
+from surgery.saving import save
 from surgery.zoo import build_model, image_processor
 
 EVAL_FILE = "eval_results.json"
@@ -60,9 +61,7 @@ def build_digits_model(out_dir: str | Path, arch: str = DEFAULT_ARCH, size: str 
         "epochs": epochs,
         "train_seconds": round(time.perf_counter() - started, 1),
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir, safe_serialization=True)
-    processor.save_pretrained(out_dir)
+    save(model, out_dir, processor=processor)
     (out_dir / EVAL_FILE).write_text(json.dumps(results, indent=2) + "\n")
     return results
 

@@ -18,6 +18,13 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
     return f" Did you mean '{match}'?" if match else ""
 
 
+def clean_text(value: object, limit: int = 100) -> str:
+    """Text read from a checkpoint, fit to quote in one line: control characters (newlines that
+    could forge output lines) become spaces, and it is cut to ``limit`` characters."""
+    text = "".join(" " if not ch.isprintable() else ch for ch in str(value))
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 class SurgeryError(Exception):
     """Base class for every error surgery raises on bad input; the CLI prints its message alone."""
 

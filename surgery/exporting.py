@@ -30,7 +30,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
@@ -46,6 +48,8 @@ REPORT = "export_report.json"
 RECIPE = "surgery_recipe.json"
 FORMATS = ("onnx", "openvino")
 TOLERANCE = {"onnx": 1e-4, "openvino": 1e-3}
+EXPORT_FILES = ("model.onnx", "model.onnx_data", "openvino_model.xml", "openvino_model.bin", "config.json",
+                "preprocessor_config.json", REPORT, RECIPE)
 
 
 class ExportError(SurgeryError):
@@ -61,11 +65,14 @@ class ExportResult:
 
 
 def export(model: Any, output: str | Path, to: Literal["onnx", "openvino"] = "onnx", source: str | Path | None = None,
-           batch: int = 3, seed: int = 0, check: bool = True) -> ExportResult:
+           batch: int = 3, seed: int = 0, check: bool = True, overwrite: bool = False) -> ExportResult:
     """Export ``model`` (a model or a saved folder) to ``output`` and compare it with PyTorch.
 
-    Raises :class:`ExportError` before exporting when a step cannot be exported to ``to``, and after
-    exporting when a float model differs by more than :data:`TOLERANCE` (unless ``check`` is False).
+    Raises :class:`ExportError` before exporting when a step cannot be exported to ``to``, when
+    ``output`` is the model's own folder, or when it holds files an export did not write (unless
+    ``overwrite``); and after exporting when the outputs are not finite or a float model differs by
+    more than :data:`TOLERANCE` (unless ``check`` is False). The export is built in a temporary
+    folder beside ``output`` and moved in only when complete.
     """
     from surgery.loading import load
 
@@ -73,31 +80,76 @@ def export(model: Any, output: str | Path, to: Literal["onnx", "openvino"] = "on
         raise ExportError(f"export: 'to' got {to!r}; allowed: {', '.join(FORMATS)}.")
     if isinstance(model, (str, Path)):
         source, model = Path(model), load(model)
-    refuse_unexportable(model, to)
     output = Path(output)
+    check_output(output, model, source, overwrite)
+    refuse_unexportable(model, to)
     model.eval()
-    onnx_dir = output if to == "onnx" else output / "_onnx"
-    _export_onnx(model, onnx_dir)
-    if to == "openvino":
-        path = _onnx_to_openvino(onnx_dir / "model.onnx", output)
-        shutil.rmtree(onnx_dir)
-    else:
-        path = onnx_dir / "model.onnx"
-    _write_deployable_config(model, output, source)
-    pixels = _inputs(model, batch, seed)
-    with torch.inference_mode():
-        expected = model(pixel_values=pixels).logits.numpy()
-    got = run_onnx(path, pixels.numpy()) if to == "onnx" else run_openvino(path, pixels.numpy())
-    quantized = any(step.plugin == "quantize" for step in get_history(model))
-    result = ExportResult(path, to, float(np.abs(got - expected).max()), quantized)
-    (output / REPORT).write_text(json.dumps({
-        "format": to, "file": path.name, "max_abs_diff": result.max_abs_diff, "inputs": list(pixels.shape),
-        "tolerance": None if quantized else TOLERANCE[to], "steps": [s.plugin for s in get_history(model)],
-    }, indent=2) + "\n")
+    output.absolute().parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{output.name}.export-", dir=output.absolute().parent) as tmp:
+        stage = Path(tmp) / "out"
+        _export_onnx(model, stage if to == "onnx" else Path(tmp) / "onnx")
+        if to == "openvino":
+            path = _onnx_to_openvino(Path(tmp) / "onnx" / "model.onnx", stage)
+        else:
+            path = stage / "model.onnx"
+        _write_deployable_config(model, stage, source)
+        pixels = _inputs(model, batch, seed)
+        with torch.inference_mode():
+            expected = model(pixel_values=pixels).logits.numpy()
+        got = run_onnx(path, pixels.numpy()) if to == "onnx" else run_openvino(path, pixels.numpy())
+        quantized = any(step.plugin == "quantize" for step in get_history(model))
+        finite = bool(np.isfinite(got).all() and np.isfinite(expected).all())
+        difference = float(np.abs(got - expected).max()) if finite else float("nan")
+        (stage / REPORT).write_text(json.dumps({
+            "format": to, "file": path.name, "max_abs_diff": difference if finite else None, "finite": finite,
+            "inputs": list(pixels.shape), "tolerance": None if quantized else TOLERANCE[to],
+            "steps": [s.plugin for s in get_history(model)], "cpu": cpu_description(),
+        }, indent=2, allow_nan=False) + "\n")
+        _move_into(stage, output)
+    result = ExportResult(output / path.name, to, difference, quantized)
+    if check and not finite:
+        raise ExportError(f"the {to} export gives non-finite logits (NaN or inf) where PyTorch gives "
+                          f"{'finite' if np.isfinite(expected).all() else 'non-finite'} ones; see {output / REPORT}.")
     if check and not quantized and result.max_abs_diff > TOLERANCE[to]:
         raise ExportError(f"the {to} export differs from PyTorch by {result.max_abs_diff:.2e} (allowed {TOLERANCE[to]:.0e}); "
                           f"see {output / REPORT}.")
     return result
+
+
+def check_output(output: Path, model: Any, source: str | Path | None, overwrite: bool) -> None:
+    """Refuse to export into the model's own folder, or over files an export did not write."""
+    own = [Path(p).resolve() for p in (source, getattr(model.config, "_name_or_path", None)) if p and Path(p).is_dir()]
+    if output.exists() and not output.is_dir():
+        raise ExportError(f"export: the output {output} is a file, not a folder.")
+    if output.resolve() in own or (output / "model.safetensors").exists():
+        raise ExportError(f"export: the output {output} is a model folder; export into another folder "
+                          "(its config.json would lose the recipe).")
+    if output.is_dir() and not overwrite:
+        strangers = sorted(p.name for p in output.iterdir() if p.name not in EXPORT_FILES)
+        if strangers:
+            raise ExportError(f"export: {output} holds files an export did not write ({', '.join(strangers[:5])}); "
+                              "choose an empty folder or pass overwrite=True (--overwrite).")
+
+
+def _move_into(stage: Path, output: Path) -> None:
+    output.mkdir(parents=True, exist_ok=True)
+    for stale in EXPORT_FILES:  # files of an earlier export that this one does not write
+        if (output / stale).is_file() and not (stage / stale).exists():
+            (output / stale).unlink()
+    for path in stage.iterdir():
+        os.replace(path, output / path.name)
+
+
+def cpu_description() -> dict[str, str]:
+    """The instruction set torch uses and the CPU flags that decide int8 kernels (VNNI, AMX)."""
+    flags = set()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            flags = set(next((line.split(":", 1)[1].split() for line in handle if line.startswith("flags")), []))
+    except OSError:
+        pass
+    int8 = [f for f in ("avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
+    return {"torch_capability": torch.backends.cpu.get_cpu_capability(), "int8_flags": ", ".join(int8) or "none"}
 
 
 def refuse_unexportable(model: Any, to: str) -> None:
@@ -112,14 +164,25 @@ def refuse_unexportable(model: Any, to: str) -> None:
         raise ExportError(f"cannot export to {to}:\n  - " + "\n  - ".join(reasons))
 
 
+def _needs(module: str):
+    """Import an export dependency, or say which extra installs it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        raise ExportError(f"export needs {module.split('.')[0]}, which is not installed: "
+                          'pip install "surgery[export]"') from error
+
+
 def _export_onnx(model, folder: Path) -> None:
-    from optimum.exporters.onnx import onnx_export_from_model
+    onnx_export_from_model = _needs("optimum.exporters.onnx").onnx_export_from_model
 
     onnx_export_from_model(model, output=folder, task="image-classification", do_validation=False)
 
 
 def _onnx_to_openvino(onnx_path: Path, folder: Path) -> Path:
-    import openvino as ov
+    ov = _needs("openvino")
 
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "openvino_model.xml"
@@ -139,7 +202,7 @@ def _write_deployable_config(model, output: Path, source: str | Path | None) -> 
 
 
 def run_onnx(path: Path, pixels: np.ndarray) -> np.ndarray:
-    import onnxruntime as ort
+    ort = _needs("onnxruntime")
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return session.run(None, {"pixel_values": pixels})[0]
@@ -148,7 +211,7 @@ def run_onnx(path: Path, pixels: np.ndarray) -> np.ndarray:
 def run_openvino(path: Path, pixels: np.ndarray, precision: str = "f32") -> np.ndarray:
     """Run IR on the CPU; ``precision`` is the inference precision hint (the default on CPUs with
     bf16 support is bf16, so f32 is asked for when comparing with PyTorch)."""
-    import openvino as ov
+    ov = _needs("openvino")
 
     compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": precision})
     return compiled(pixels)[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import types
 from typing import Any
 
 from torch import nn
@@ -54,10 +55,14 @@ def set_history(model: nn.Module, steps: list[AppliedStep]) -> None:
 
 def attach_quantizer(model: nn.Module) -> None:
     """Give a rewritten model the quantizer ``from_pretrained`` would give it, so that
-    ``save_pretrained`` stores packed weights; remove it when no step is left."""
+    ``save_pretrained`` stores packed weights, and an atomic ``save_pretrained``
+    (:mod:`surgery.saving`); remove both when no step is left."""
     from surgery.integration import SurgeryQuantizer
+    from surgery.saving import atomic_save_pretrained
 
     if getattr(model.config, "quantization_config", None) is not None:
         model.__dict__["hf_quantizer"] = SurgeryQuantizer(model.config.quantization_config, pre_quantized=True)
+        model.__dict__["save_pretrained"] = types.MethodType(atomic_save_pretrained, model)
     else:
         model.__dict__.pop("hf_quantizer", None)
+        model.__dict__.pop("save_pretrained", None)

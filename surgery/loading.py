@@ -8,15 +8,21 @@ No code from the checkpoint is ever executed (``trust_remote_code=False``) and n
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 from typing import Any
 
 from transformers import AutoConfig, AutoModelForImageClassification, PreTrainedModel
 
-from surgery.errors import RecipeError
+from surgery.errors import RecipeError, clean_text
 from surgery.history import get_history
+from surgery.integration import check_digest
 from surgery.manager import get_host
 from surgery.recipe import read_steps
+
+SAFE_WEIGHTS = "model.safetensors"
+SAFE_WEIGHTS_INDEX = "model.safetensors.index.json"
 
 
 def load(pretrained: str | os.PathLike[str], model_class: Any = None, **kwargs: Any) -> PreTrainedModel:
@@ -25,13 +31,16 @@ def load(pretrained: str | os.PathLike[str], model_class: Any = None, **kwargs: 
     ``model_class`` defaults to ``AutoModelForImageClassification``; other keyword arguments
     (``revision``, ``token``, ``cache_dir``, ``dtype`` ...) go to ``from_pretrained``.
     """
-    for refused in ("trust_remote_code", "use_safetensors"):
-        if kwargs.pop(refused, None):
-            raise RecipeError(f"surgery.load does not accept {refused}=True: it never runs checkpoint code or reads pickles.")
+    if kwargs.pop("trust_remote_code", None):
+        raise RecipeError("surgery.load does not accept trust_remote_code=True: it never runs checkpoint code or reads pickles.")
+    if kwargs.pop("use_safetensors", True) is not True:
+        raise RecipeError("surgery.load does not accept use_safetensors=False: it never runs checkpoint code or reads pickles.")
     hub_kwargs = {k: kwargs[k] for k in ("revision", "token", "cache_dir", "local_files_only") if k in kwargs}
     config = AutoConfig.from_pretrained(pretrained, trust_remote_code=False, **hub_kwargs)
     steps = read_steps(config)
     check_plugins_installed(steps)
+    weights = check_weight_files(pretrained, **hub_kwargs)
+    weights_folder = Path(weights).parent
     model_class = model_class or AutoModelForImageClassification
     model, info = model_class.from_pretrained(
         pretrained,
@@ -42,6 +51,7 @@ def load(pretrained: str | os.PathLike[str], model_class: Any = None, **kwargs: 
         **kwargs,
     )
     _check_loading_info(pretrained, info)
+    check_digest(config, Path(weights_folder), Path(weights))
     if len(get_history(model)) != len(steps):
         raise RecipeError(
             f"{pretrained}: the recipe has {len(steps)} step(s) but {len(get_history(model))} were replayed; "
@@ -50,22 +60,94 @@ def load(pretrained: str | os.PathLike[str], model_class: Any = None, **kwargs: 
     return model
 
 
+def check_weight_files(pretrained: str | os.PathLike[str], **hub_kwargs: Any) -> str:
+    """Refuse weights that are not safetensors files of the model's own folder: an index that names a
+    pickle (``.bin``) or a path outside the folder, a shard that links out of it, or no weights at all."""
+    from transformers.utils import cached_file
+
+    def resolve(name: str) -> str | None:
+        return cached_file(pretrained, name, _raise_exceptions_for_missing_entries=False,
+                           _raise_exceptions_for_connection_errors=False, **hub_kwargs)
+
+    local = Path(pretrained).is_dir()
+    index = resolve(SAFE_WEIGHTS_INDEX)
+    if index is not None:
+        try:
+            weight_map = json.loads(Path(index).read_text()).get("weight_map")
+        except (ValueError, AttributeError) as error:
+            raise RecipeError(f"{pretrained}: {SAFE_WEIGHTS_INDEX} is not a valid index ({error}).") from error
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise RecipeError(f"{pretrained}: {SAFE_WEIGHTS_INDEX} has no weight_map.")
+        shards = sorted({str(v) for v in weight_map.values()})
+        for shard in shards:
+            if not shard.endswith(".safetensors") or Path(shard).name != shard or shard in (".", ".."):
+                raise RecipeError(f"{pretrained}: {SAFE_WEIGHTS_INDEX} names the weights file {shard[:200]!r}; surgery "
+                                  "loads only .safetensors files inside the model folder (never pickles, never other folders).")
+    elif resolve(SAFE_WEIGHTS) is not None:
+        shards = [SAFE_WEIGHTS]
+    else:
+        raise RecipeError(f"{pretrained}: no {SAFE_WEIGHTS} or {SAFE_WEIGHTS_INDEX}; surgery loads weights only from "
+                          "safetensors (it never reads pickled .bin weights).")
+    if local:
+        root = Path(pretrained).resolve()
+        for shard in shards:
+            if root not in (root / shard).resolve().parents:
+                raise RecipeError(f"{pretrained}: the weights file {shard} links outside the model folder; refusing it.")
+            check_readable(root / shard)
+    return resolve(shards[0])
+
+
+def check_readable(path: Path) -> None:
+    """A safetensors file whose header parses and whose size matches it (a truncated file fails)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            handle.keys()
+    except Exception as error:  # safetensors raises its own error type
+        raise RecipeError(f"{path} is not a readable safetensors file (truncated or corrupt): "
+                          f"{str(error).splitlines()[0][:200]}") from error
+
+
 def check_plugins_installed(steps: list[dict[str, Any]]) -> None:
-    """Raise one error naming every plugin of the recipe that is not installed, and its package."""
+    """Raise one error naming every plugin of the recipe that is not installed, and its package;
+    compare the saved plugin versions with the installed ones (:func:`check_plugin_version`)."""
     host = get_host()
     missing = []
     for index, step in enumerate(steps, 1):
+        plugin = clean_text(step["plugin"])
         if step["plugin"] not in host.methods:
-            package = step.get("package") or "the package that provides it"
-            version = f" {step['plugin_version']}" if step.get("plugin_version") else ""
+            package = clean_text(step.get("package") or "the package that provides it")
+            version = f" {clean_text(step['plugin_version'])}" if step.get("plugin_version") else ""
             missing.append(
-                f"step {index} uses plugin '{step['plugin']}'{version} from package '{package}', which is not "
+                f"step {index} uses plugin '{plugin}'{version} from package '{package}', which is not "
                 f"installed: pip install {package}"
             )
+        elif step.get("plugin_version"):
+            check_plugin_version(index, host.methods[step["plugin"]], step["plugin_version"])
     if missing:
         problems = [str(p) for p in host.problems]
         detail = ("\n  installed plugins that failed to load:\n  - " + "\n  - ".join(problems)) if problems else ""
         raise RecipeError("cannot replay the saved recipe:\n  - " + "\n  - ".join(missing) + detail)
+
+
+def check_plugin_version(index: int, method: Any, saved: str) -> None:
+    """A step saved by a newer major version of its plugin is refused (its options or weights may
+    mean something else); one saved by a newer minor or patch version loads with a warning."""
+    import warnings
+
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        saved_version, installed = Version(saved), Version(method.version)
+    except InvalidVersion as error:
+        raise RecipeError(f"recipe step {index}: plugin_version {clean_text(saved)!r} is not a version number.") from error
+    if saved_version.major > installed.major:
+        raise RecipeError(f"recipe step {index} was saved by {method.name} {saved_version}, and {method.package} "
+                          f"installs {method.name} {installed}: upgrade it (pip install -U {method.package}).")
+    if saved_version > installed:
+        warnings.warn(f"recipe step {index} was saved by {method.name} {saved_version}, newer than the installed "
+                      f"{installed}; it loads, but upgrading {method.package} is safer.", stacklevel=3)
 
 
 def _check_loading_info(source: Any, info: dict[str, Any]) -> None:

@@ -31,12 +31,18 @@ def checkpoint_figures(folder: str | Path) -> dict[str, float]:
         return {}
     parameters = 0
     for file in files:
-        with safe_open(str(file), framework="pt") as handle:
-            for name in handle.keys():
-                count = 1
-                for dim in handle.get_slice(name).get_shape():
-                    count *= dim
-                parameters += count
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                for name in handle.keys():
+                    count = 1
+                    for dim in handle.get_slice(name).get_shape():
+                        count *= dim
+                    parameters += count
+        except Exception as error:  # safetensors raises its own error type for a bad header
+            from surgery.errors import SurgeryError
+
+            raise SurgeryError(f"{file} is not a readable safetensors file (truncated or corrupt): "
+                               f"{str(error).splitlines()[0][:200]}") from error
     return {"parameters": parameters, "checkpoint_mb": sum(f.stat().st_size for f in files) / 1e6}
 
 

@@ -8,9 +8,10 @@ With ``warmup_epochs``, the parameters the surgery added (those the teacher does
 alone first, then everything trains with AdamW, a linear warm-up and a cosine decay.
 
 accelerate runs the same code on one CPU, one GPU or many machines (``accelerate launch``), with
-mixed precision where the hardware has it. Checkpoints (``checkpoint_dir/epoch-N``) are
-accelerate states: weights as safetensors, optimizer, scheduler and random states; ``resume``
-continues from the newest one with the same data order as an uninterrupted run.
+mixed precision where the hardware has it. Checkpoints (``checkpoint_dir/epoch-N``) hold only
+safetensors and JSON that surgery wrote (:mod:`surgery.recovery_state`: weights, optimizer,
+schedule and random states, with a manifest of hashes); ``resume`` continues from the newest one
+with the same data order as an uninterrupted run, and refuses any file it did not write.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from tqdm.auto import tqdm
 
 from surgery.config import SurgeryConfig
 from surgery.errors import SurgeryError
+from surgery.recovery_state import load_checkpoint, save_checkpoint
 from surgery.training import TrainingHooks
 
 CHECKPOINT = re.compile(r"^epoch-(\d+)$")
@@ -240,19 +242,6 @@ def step_hooks(model: nn.Module) -> list[TrainingHooks]:
 
 
 # -- checkpoints -----------------------------------------------------------------------------------
-class RunState:
-    """The epoch counter, saved with each accelerate checkpoint."""
-
-    def __init__(self) -> None:
-        self.epoch = 0
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.epoch = int(state["epoch"])
-
-
 def latest_checkpoint(folder: str | Path) -> Path | None:
     """The ``epoch-N`` folder with the highest N under ``folder``, or None."""
     folder = Path(folder)
@@ -310,30 +299,30 @@ def recover(model: nn.Module, teacher: nn.Module | None, train, eval=None, confi
                             mixed_precision=str(accelerator.mixed_precision))
 
     hooks = step_hooks(model)
-    state = RunState()
+    start_epoch = 0
     forward_before = vars(model).get("forward")
     prepared = accelerator.prepare(model, optimizer, train_loader, schedule, *([eval_loader] if eval_loader is not None else []))
     student, optimizer, train_loader, schedule = prepared[:4]
     eval_loader = prepared[4] if eval_loader is not None else None
-    accelerator.register_for_checkpointing(state)
     if teacher is not None:
         teacher = teacher.to(accelerator.device).eval().requires_grad_(False)
     if resume:
-        result.resumed_from = str(_resume(accelerator, resume, checkpoint_dir))
+        path = _resume_path(resume, checkpoint_dir)
+        start_epoch = load_checkpoint(accelerator, student, optimizer, schedule, path)
+        result.resumed_from = str(path)
     try:
-        if eval_loader is not None and state.epoch == 0:
+        if eval_loader is not None and start_epoch == 0:
             result.accuracy_before = evaluate_accuracy(student, eval_loader, accelerator)
             if teacher is not None:
                 result.teacher_accuracy = evaluate_accuracy(teacher, eval_loader, accelerator)
-        for epoch in range(state.epoch, config.total_epochs):
+        for epoch in range(start_epoch, config.total_epochs):
             record = _train_epoch(student, teacher, train_loader, optimizer, schedule, hooks, config, accelerator,
                                   epoch, progress)
-            state.epoch = epoch + 1
             if eval_loader is not None:
                 record["accuracy"] = evaluate_accuracy(student, eval_loader, accelerator)
             result.history.append(record)
             if checkpoint_dir is not None:
-                accelerator.save_state(str(Path(checkpoint_dir) / f"epoch-{state.epoch}"))
+                save_checkpoint(accelerator, student, optimizer, schedule, epoch + 1, Path(checkpoint_dir))
                 if accelerator.is_main_process:
                     _prune(Path(checkpoint_dir), config.keep_checkpoints)
     finally:
@@ -404,7 +393,7 @@ def _unwrap(accelerator, student: nn.Module, model: nn.Module, forward_before) -
         model.forward = forward_before
 
 
-def _resume(accelerator, resume: bool | str | Path, checkpoint_dir: str | Path | None) -> Path:
+def _resume_path(resume: bool | str | Path, checkpoint_dir: str | Path | None) -> Path:
     if resume is True:
         if checkpoint_dir is None:
             raise SurgeryError("recover: resume=True needs checkpoint_dir (where the epoch-N checkpoints are)")
@@ -415,7 +404,6 @@ def _resume(accelerator, resume: bool | str | Path, checkpoint_dir: str | Path |
         path = Path(resume)
         if not path.is_dir():
             raise SurgeryError(f"recover: the checkpoint {path} does not exist")
-    accelerator.load_state(str(path))
     return path
 
 

@@ -1,4 +1,5 @@
-"""A small stand-in for the Hub's HTTP API on loopback: repo creation, pre-upload and commit.
+"""A small stand-in for the Hub's HTTP API on loopback: repo creation, pre-upload, commit, and the
+read routes a download takes (model info, ``resolve`` with HEAD and GET).
 
 Like the real Hub, answers carry public ``https://huggingface.co/...`` URLs (huggingface_hub parses
 them against its default endpoint).
@@ -42,6 +43,11 @@ class FakeHub:
     def repo(self, repo_id: str) -> Path:
         return self.store / repo_id
 
+    def head(self, repo_id: str) -> str:
+        """The newest commit of ``repo_id`` (40 hex digits, as the Hub's X-Repo-Commit)."""
+        ours = [c for c in self.commits if c["repo"] == repo_id]
+        return ours[-1]["oid"] if ours else "0" * 40
+
     def _handler(self):
         hub = self
 
@@ -59,7 +65,8 @@ class FakeHub:
                 for key, value in (headers or {}).items():
                     self.send_header(key, value)
                 self.end_headers()
-                self.wfile.write(data)
+                if self.command != "HEAD":
+                    self.wfile.write(data)
 
             def _body(self) -> bytes:
                 return self.rfile.read(int(self.headers.get("Content-Length") or 0))
@@ -113,12 +120,46 @@ class FakeHub:
                         target.write_bytes(base64.b64decode(item["value"]["content"]))
                         paths.append(item["value"]["path"])
                 oid = hashlib.sha1(f"{repo_id}{len(hub.commits)}".encode()).hexdigest()
-                hub.commits.append({"repo": repo_id, "summary": summary, "files": paths})
+                hub.commits.append({"repo": repo_id, "summary": summary, "files": paths, "oid": oid})
                 return self._reply(200, {"commitUrl": f"{PUBLIC}/{repo_id}/commit/{oid}", "commitOid": oid, "success": True})
 
-            def do_GET(self) -> None:
+            def _send_file(self, file: Path, repo_id: str, head: bool) -> None:
+                data = file.read_bytes()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/octet-stream")
+                self.send_header("Content-Length", str(len(data)))
+                self.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
+                self.send_header("X-Repo-Commit", hub.head(repo_id))
+                self.end_headers()
+                if not head:
+                    self.wfile.write(data)
+
+            def do_HEAD(self) -> None:
+                self.do_GET(head=True)
+
+            def do_GET(self, head: bool = False) -> None:
                 path = unquote(urlparse(self.path).path)
-                hub.unknown.append(f"GET {path}")
+                match = re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)
+                if match:
+                    repo_id, _, name = match.groups()
+                    file = hub.repo(repo_id) / name
+                    if not hub.repo(repo_id).is_dir():
+                        return self._reply(404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"})
+                    if not file.is_file() or file.name == ".private":
+                        return self._reply(404, {"error": "Entry not found"}, {"X-Error-Code": "EntryNotFound",
+                                                                             "X-Repo-Commit": hub.head(repo_id)})
+                    return self._send_file(file, repo_id, head)
+                match = re.fullmatch(r"/api/models/([^/]+/[^/]+?)(?:/revision/([^/]+))?", path)
+                if match:
+                    repo_id = match.group(1)
+                    folder = hub.repo(repo_id)
+                    if not folder.is_dir():
+                        return self._reply(404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"})
+                    siblings = [{"rfilename": p.relative_to(folder).as_posix()} for p in sorted(folder.rglob("*"))
+                                if p.is_file() and p.name != ".private"]
+                    return self._reply(200, {"id": repo_id, "modelId": repo_id, "sha": hub.head(repo_id),
+                                             "private": False, "siblings": siblings, "tags": []})
+                hub.unknown.append(f"{'HEAD' if head else 'GET'} {path}")
                 self._reply(404, {"error": f"no route GET {path}"})
 
         return Handler

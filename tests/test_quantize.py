@@ -129,3 +129,53 @@ def test_int8_checkpoint_leaves_out_calibration_statistics(tmp_path):
     assert observers and all(float(o.min_val) == float("inf") and float(o.histogram.sum()) == 0 for o in observers)
     assert not any(t.is_meta for t in reloaded.state_dict().values())
     reloaded.save_pretrained(tmp_path / "again")  # and saves again
+
+
+# -- the scheme every x86 int8 kernel computes exactly ---------------------------------------------
+def test_activations_use_7_bit_codes_by_default_and_weights_sit_on_their_grid():
+    model = surgery.apply(tiny("vit"), "quantize", calibration=batches())
+    layers = [m for m in model.modules() if isinstance(m, QuantLinear)]
+    assert layers and all(m.activation_bits == 7 and m.input_quant.quant_max == 127 for m in layers)
+    for layer in layers:  # on the grid: ONNX's w / scale and torch's w * (1 / scale) give the same codes
+        scale = layer.weight_quant.scale[:, None]
+        assert torch.equal(layer.weight.detach(), layer.weight_int8.float() * scale)
+        assert torch.equal(torch.round(layer.weight.detach() / scale), layer.weight_int8.float())
+
+
+def test_quantize_keeps_the_original_weights_for_revert():
+    model = tiny("vit")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    surgery.revert(surgery.apply(model, "quantize", calibration=batches()))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_recipe_saved_before_activation_bits_existed_reloads_with_8_bits(tmp_path):
+    import json
+
+    model = surgery.apply(tiny("vit"), [("quantize", {"activation_bits": 8})], calibration=batches())
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["quantization_config"]["steps"][0]["options"]["activation_bits"]  # as the first release wrote it
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(tmp_path / "model.safetensors")  # and without the recipe digest, as it wrote them
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    reloaded = surgery.load(tmp_path)
+    assert surgery.history(reloaded)[0].options["activation_bits"] == 8
+    x = images()
+    assert torch.equal(reloaded(pixel_values=x).logits, model(pixel_values=x).logits)
+
+
+def test_the_int8_onnx_export_is_exact_and_records_the_cpu(digits, tmp_path):
+    import json
+
+    import torch.backends.cpu
+
+    folder, train_pixels, pixels, labels = digits
+    model = surgery.apply(surgery.load(folder), "quantize", calibration=train_pixels[:256].split(32))
+    result = export(model, tmp_path / "onnx", to="onnx", source=folder)
+    report = json.loads((tmp_path / "onnx" / "export_report.json").read_text())
+    assert report["cpu"]["torch_capability"] == torch.backends.cpu.get_cpu_capability()
+    got, want = run_onnx(result.path, pixels.numpy()), predict_logits(model, pixels).numpy()
+    assert result.max_abs_diff < 1e-4 and np.abs(got - want).max() < 1e-3, (report["cpu"], np.abs(got - want).max())

@@ -15,7 +15,9 @@ class AgentAttentionConfig(SurgeryConfig):
 
     Attributes:
         agents: agent tokens per block, a perfect square. None (default) uses the paper's choice:
-            ViT/DeiT 49, or 81 from width 768 (DeiT-B); Swin 9, 16, 49, 49 by stage.
+            ViT/DeiT 49, or 81 from width 768 (DeiT-B); Swin 9, 16, 49, 49 by stage; capped at the
+            largest square that fits the block's patch grid. An explicit count above the grid's
+            patch count is refused.
         layers: which blocks get agent attention: "default" (the paper's: every block, DeiT-B only
             the first 4, Swin every stage but the last), "all", k (the first k), or block indices.
         init: "zero" (default) starts every new bias and the depthwise conv at zero, so each block

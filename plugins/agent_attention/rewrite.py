@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from torch import nn
 
 from surgery.anatomy import Anatomy
@@ -31,13 +33,16 @@ def apply(model: nn.Module, config: AgentAttentionConfig, anatomy: Anatomy) -> R
         block = blocks[index]
         if style == "swin":
             grid = tuple(block.input_resolution)
-            agents = config.agents or SWIN_AGENTS_BY_STAGE[min(stage_of(block, blocks), 3)]
+            agents = config.agents or min(SWIN_AGENTS_BY_STAGE[min(stage_of(block, blocks), 3)], _largest_square(grid))
             undo.append((name, old, block, (block.window_size, block.shift_size)))
             block.window_size, block.shift_size = GLOBAL_WINDOW, 0
         else:
             grid = _patch_grid(model.config)
-            agents = config.agents or (81 if model.config.hidden_size >= 768 else 49)
+            agents = config.agents or min(81 if model.config.hidden_size >= 768 else 49, _largest_square(grid))
             undo.append((name, old, block, None))
+        if agents > grid[0] * grid[1]:
+            raise config.invalid("agents", agents, f"at most the {grid[0] * grid[1]} patches of block {index}'s "
+                                 f"{grid[0]}x{grid[1]} grid (agents pool the patches)")
         new = AgentAttention(
             old.query, old.key, old.value, heads_of(old), agents, grid, anatomy.prefix_tokens, style,
             bias_size=config.bias_size, prefix_bias=config.prefix_bias, init=config.init, dropout=_dropout(old),
@@ -73,3 +78,9 @@ def _dropout(attention: nn.Module) -> float:
     if hasattr(attention, "dropout_prob"):
         return float(attention.dropout_prob)
     return float(getattr(getattr(attention, "dropout", None), "p", 0.0))
+
+
+def _largest_square(grid: tuple[int, int]) -> int:
+    """The paper's default agent counts are capped at the largest square that fits the patch grid
+    (a tiny model's 8x8 grid cannot pool into 81 agents); an explicit ``agents`` is never changed."""
+    return math.isqrt(grid[0] * grid[1]) ** 2

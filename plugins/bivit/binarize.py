@@ -1,7 +1,8 @@
 """Binarizers with straight-through estimators, as in ThisisBillhe/BiViT ``utils_quant.py`` (6b34303).
 
-- ``sign_ste``: sign in the forward pass; the gradient passes where |x| <= 1 and is zero elsewhere
-  (clipped STE, BinaryQuantizer). Deviation: sign(0) is +1 (the reference's torch.sign gives 0),
+- ``sign_ste``: sign in the forward pass; the gradient passes where |x| < 1 and is zero where
+  x >= 1 or x <= -1, as BinaryQuantizer's backward (``input.ge(1)``/``input.le(-1)`` zeroed): the
+  boundary matters in W1A1 attention, where integer-valued inputs sit exactly on +-1. Deviation: sign(0) is +1 (the reference's torch.sign gives 0),
   so every value has a 1-bit code.
 - ``binary_weight``: alpha * sign(W - mean_row(W)), the STE above on W - mean (BinaryLinear_adapscaling).
 - ``softmax_binarize``: softmax-aware binarization (SAB, SoftmaxBinaryQuantizer): 1 where
@@ -23,7 +24,7 @@ class _SignSTE(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         (x,) = ctx.saved_tensors
-        return grad * (x.abs() <= 1).to(grad.dtype)
+        return grad * (x.abs() < 1).to(grad.dtype)
 
 
 def sign_ste(x: torch.Tensor) -> torch.Tensor:

@@ -26,8 +26,9 @@ class BinaryLinear(nn.Linear):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, binarize_input: bool = True,
                  learnable_alpha: bool = True, pack: bool = True, device=None, dtype=None):
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
-        self.binarize_input, self.pack = binarize_input, pack
+        self.binarize_input, self.pack, self.learnable_alpha = binarize_input, pack, learnable_alpha
         self.binarize = True  # training-time switch for staged recovery (plugins/bivit/training.py); never saved
+        self.from_packed = False  # rebuilt from 1-bit signs: no latent weights, the saved alpha is the scale
         self.alpha = nn.Parameter(torch.ones(out_features, 1, device=device, dtype=dtype), requires_grad=learnable_alpha)
         self.register_buffer("weight_bits", torch.zeros(out_features, -(-in_features // 8), dtype=torch.uint8, device=device), persistent=pack)
 
@@ -43,7 +44,10 @@ class BinaryLinear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.binarize:
             return F.linear(x, self.weight, self.bias)
-        alpha = self.alpha if self.alpha.requires_grad else self.weight.abs().mean(dim=1, keepdim=True).detach()
+        # the scale is configuration (learnable_alpha), never a gradient flag: a frozen model
+        # (requires_grad_(False), PEFT) computes exactly what it computed while training
+        fixed = not self.learnable_alpha and not self.from_packed
+        alpha = self.weight.abs().mean(dim=1, keepdim=True).detach() if fixed else self.alpha
         inputs = sign_ste(x) if self.binarize_input else x
         return F.linear(inputs, binary_weight(self.weight, alpha), self.bias)
 
@@ -53,6 +57,8 @@ class BinaryLinear(nn.Linear):
             return
         weight = state.pop(prefix + "weight")
         state[prefix + "weight_bits"] = pack_bits(weight - weight.mean(dim=1, keepdim=True) >= 0)
+        if not self.learnable_alpha and not self.from_packed:  # the scale in use is mean|W|, which the signs lose
+            state[prefix + "alpha"] = weight.abs().mean(dim=1, keepdim=True).to(state[prefix + "alpha"].dtype)
 
     def surgery_packed_away(self, prefix: str) -> list[str]:
         return [prefix + "weight"] if self.pack else []
@@ -62,10 +68,11 @@ class BinaryLinear(nn.Linear):
             bits = unpack_bits(self.weight_bits, self.in_features)
             signs = torch.where(bits, 1.0, -1.0).to(device=self.weight_bits.device, dtype=self.alpha.dtype)
             self.weight = nn.Parameter(signs)
+            self.from_packed = True
 
     def extra_repr(self) -> str:
         kind = "W1A1" if self.binarize_input else "W1A32"
-        return f"{super().extra_repr()}, {kind}, learnable_alpha={self.alpha.requires_grad}, packed={self.pack}"
+        return f"{super().extra_repr()}, {kind}, learnable_alpha={self.learnable_alpha}, packed={self.pack}"
 
 
 class BinaryAttention:

@@ -19,16 +19,22 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from surgery.attention import Style
 
 
-# The reference divides by the plain L2 norm (NaN for an all-zero vector). F.normalize's default
-# eps (1e-12) keeps the forward finite but lets the gradient at a zero vector reach 1e12; 1e-6
-# bounds it at 1e6. Vectors with a norm above 1e-6 are unchanged.
+# The reference divides by the plain L2 norm (NaN for an all-zero vector). F.normalize keeps the
+# forward finite, but its backward at a zero vector is 0 * (x / 0) = NaN (the norm's gradient), as in
+# a freshly initialised DeiT whose cls/distillation tokens are zero. ``unit`` computes the same
+# x / max(|x|, eps) through the squared norm, whose gradient (2x) is finite everywhere; eps 1e-6
+# bounds the gradient at 1e6. Vectors with a norm above 1e-6 are unchanged.
 NORM_EPS = 1e-6
+
+
+def unit(x: torch.Tensor, eps: float = NORM_EPS) -> torch.Tensor:
+    """``x / max(||x||, eps)`` along the last axis, with a finite gradient at x = 0."""
+    return x * torch.rsqrt(torch.clamp_min(x.pow(2).sum(dim=-1, keepdim=True), eps * eps))
 
 
 class LinearAngularAttention(nn.Module):
@@ -57,7 +63,7 @@ class LinearAngularAttention(nn.Module):
         batch, tokens, channels = x.shape
         split = lambda t: t.reshape(batch, tokens, self.num_heads, self.head_dim).transpose(1, 2)  # noqa: E731
         q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
-        q_unit, k_unit = F.normalize(q, dim=-1, eps=NORM_EPS), F.normalize(k, dim=-1, eps=NORM_EPS)
+        q_unit, k_unit = unit(q), unit(k)
         out = 0.5 * v + (1.0 / math.pi) * torch.matmul(q_unit, torch.matmul(k_unit.transpose(-1, -2), v))
         self.aux_penalty = None
         if self.training and self.sparse_reg and self.aux_weight > 0:
@@ -65,7 +71,7 @@ class LinearAngularAttention(nn.Module):
             sparse = probs * (probs > self.sparse_threshold)
             out = out + self.aux_weight * torch.matmul(sparse, v)
             self.aux_penalty = sparse.sum(dim=-1).mean()
-        out = F.normalize(out, dim=-1, eps=NORM_EPS)
+        out = unit(out)
         prefix = self.prefix_tokens
         out[:, :, prefix:] += self.dconv(v[:, :, prefix:])
         return out.transpose(1, 2).reshape(batch, tokens, channels)

@@ -22,9 +22,14 @@ def chosen_blocks(model: nn.Module, config: CastlingConfig, anatomy: Anatomy) ->
 
 def apply(model: nn.Module, config: CastlingConfig, anatomy: Anatomy) -> Rewrite:
     attentions = anatomy.find(model, "attention")
+    blocks = [module for _, module in anatomy.find(model, "block")]
     undo = []
     for index in chosen_blocks(model, config, anatomy):
         name, old = attentions[index]
+        tokens = _sequence_length(model.config, blocks[index], style_of(anatomy))
+        if config.kernel_size > 2 * tokens - 1:
+            raise config.invalid("kernel_size", config.kernel_size, f"an odd integer up to {2 * tokens - 1} (block "
+                                 f"{index} convolves a sequence of {tokens} tokens; longer kernels never touch one)")
         new = LinearAngularAttention(
             old.query, old.key, old.value, heads_of(old), anatomy.prefix_tokens, style_of(anatomy),
             kernel_size=config.kernel_size, sparse_reg=config.sparse_reg, sparse_threshold=config.sparse_threshold,
@@ -38,3 +43,13 @@ def apply(model: nn.Module, config: CastlingConfig, anatomy: Anatomy) -> Rewrite
 def revert(model: nn.Module, rewrite: Rewrite) -> None:
     for name, old in rewrite.undo:
         model.set_submodule(name, old)
+
+
+def _sequence_length(config, block: nn.Module, style: str) -> int:
+    """Tokens the depthwise conv runs over: the patches of the image (ViT/DeiT) or of a window (Swin)."""
+    if style == "swin":
+        window = getattr(block, "window_size", config.window_size)
+        return int(window) ** 2 if isinstance(window, int) else int(window[0]) * int(window[1])
+    image = config.image_size if isinstance(config.image_size, (tuple, list)) else (config.image_size,) * 2
+    patch = config.patch_size if isinstance(config.patch_size, (tuple, list)) else (config.patch_size,) * 2
+    return (image[0] // patch[0]) * (image[1] // patch[1])

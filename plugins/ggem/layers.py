@@ -27,6 +27,7 @@ class GroupGeM(nn.Module):
             raise ValueError(f"channels ({channels}) must be divisible by groups ({groups})")
         self.channels, self.groups, self.eps = channels, groups, eps
         self.p = nn.Parameter(torch.full((groups,), float(p_init)), requires_grad=learn_p)
+        self.learn_p = learn_p
 
     def forward(self, tokens: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
         """``tokens`` (B, N, C) to (B, C)."""
@@ -39,7 +40,7 @@ class GroupGeM(nn.Module):
         return mean.pow(1.0 / p)
 
     def extra_repr(self) -> str:
-        return f"channels={self.channels}, groups={self.groups}, eps={self.eps}, learn_p={self.p.requires_grad}"
+        return f"channels={self.channels}, groups={self.groups}, eps={self.eps}, learn_p={self.learn_p}"
 
 
 class GGeMReadout(nn.Module):

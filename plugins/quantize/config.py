@@ -18,13 +18,19 @@ class QuantizeConfig(SurgeryConfig):
         observer: torch observer for activations: "histogram" (HistogramObserver, minimises the
             quantization error; default) or "minmax" (MinMaxObserver).
         calibration_batches: at most this many batches of the calibration data are observed.
+        activation_bits: range of the uint8 activation codes: 7 ([0, 127], the default) is computed
+            exactly by every x86 int8 kernel; 8 ([0, 255]) saturates in the u8 x s8 instruction of
+            CPUs without VNNI (AVX2, AVX-512 without VNNI), so ONNX Runtime's results drift there.
+            Recipes saved before this option existed used 8 and reload with 8.
     """
 
     plugin: ClassVar[str] = "quantize"
+    legacy_defaults: ClassVar[dict] = {"activation_bits": 8}
 
     activations: Literal["int8", "none"] = "int8"
     observer: Literal["histogram", "minmax"] = "histogram"
     calibration_batches: int = 8
+    activation_bits: Literal[7, 8] = 7
 
     def validate(self) -> None:
         if self.calibration_batches < 1:

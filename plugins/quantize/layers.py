@@ -30,8 +30,10 @@ def weight_fake_quant(channels: int) -> FakeQuantize:
     return quant
 
 
-def input_fake_quant(observer: str) -> FakeQuantize:
-    return FakeQuantize(observer=OBSERVERS[observer], quant_min=0, quant_max=255, dtype=torch.quint8,
+def input_fake_quant(observer: str, bits: int = 8) -> FakeQuantize:
+    """uint8 codes over [0, 2**bits - 1]: 7 bits keep u8 x s8 products of x86 CPUs without VNNI
+    from saturating (VPMADDUBSW adds two products into int16: 2 x 127 x 128 fits, 2 x 255 x 128 does not)."""
+    return FakeQuantize(observer=OBSERVERS[observer], quant_min=0, quant_max=2**bits - 1, dtype=torch.quint8,
                         qscheme=torch.per_tensor_affine, reduce_range=False)
 
 
@@ -48,22 +50,29 @@ class QuantLinear(nn.Linear):
     """A Linear whose weight (and, unless weight-only, input) is quantized to int8."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, activations: str = "int8",
-                 observer: str = "histogram", device=None, dtype=None):
+                 observer: str = "histogram", device=None, dtype=None, activation_bits: int = 8):
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self.activations = activations
+        self.activation_bits = activation_bits
         self.weight_quant = weight_fake_quant(out_features).to(device)
-        self.input_quant = input_fake_quant(observer).to(device) if activations == "int8" else None
+        self.input_quant = input_fake_quant(observer, activation_bits).to(device) if activations == "int8" else None
         self.register_buffer("weight_int8", torch.zeros(out_features, in_features, dtype=torch.int8, device=device))
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, activations: str, observer: str) -> QuantLinear:
+    def from_linear(cls, linear: nn.Linear, activations: str, observer: str, activation_bits: int = 8) -> QuantLinear:
         new = cls(linear.in_features, linear.out_features, linear.bias is not None, activations, observer,
-                  device=linear.weight.device, dtype=linear.weight.dtype)
+                  device=linear.weight.device, dtype=linear.weight.dtype, activation_bits=activation_bits)
         new.weight, new.bias = linear.weight, linear.bias
         if not linear.weight.is_meta:
             with torch.no_grad():
                 new.weight_quant(linear.weight.detach())  # observe the weights: per-channel scales
                 new.weight_int8.copy_(new.int8_weight(linear.weight))
+            # The float weight moves onto its int8 grid (a new parameter; the original linear keeps
+            # its own for revert). torch rounds w * (1/scale), ONNX's QuantizeLinear w / scale: off the
+            # grid the two disagree on a few weights; on it, both give the same codes. The model's
+            # outputs do not change, and it equals what its checkpoint reloads.
+            new.weight = nn.Parameter(new.weight_int8.to(linear.weight.dtype) * new.weight_quant.scale[:, None],
+                                      requires_grad=linear.weight.requires_grad)
         new.weight_quant.disable_observer()
         if new.input_quant is not None:
             new.input_quant.disable_fake_quant()  # observe only, until calibrated
@@ -113,5 +122,5 @@ class QuantLinear(nn.Linear):
         return [key for key in self.state_dict(keep_vars=True) if ".activation_post_process." in key]
 
     def extra_repr(self) -> str:
-        mode = "W8A8 (static)" if self.input_quant is not None else "W8 (weight-only)"
+        mode = f"W8A8 (static, {self.activation_bits}-bit range)" if self.input_quant is not None else "W8 (weight-only)"
         return f"{super().extra_repr()}, {mode}"

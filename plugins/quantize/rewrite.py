@@ -27,7 +27,7 @@ def apply(model: nn.Module, config: QuantizeConfig, anatomy: Anatomy) -> Rewrite
         for name, old in anatomy.find(model, role):
             if type(old) is not nn.Linear:
                 raise config.invalid("(model)", f"{name} is a {type(old).__name__}", "plain nn.Linear layers (apply quantize before bivit, not after)")
-            model.set_submodule(name, QuantLinear.from_linear(old, config.activations, config.observer))
+            model.set_submodule(name, QuantLinear.from_linear(old, config.activations, config.observer, config.activation_bits))
             replaced.append((name, old))
     return Rewrite(targets=[name for name, _ in replaced], undo=replaced)
 

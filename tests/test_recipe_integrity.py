@@ -1,0 +1,166 @@
+"""No silently wrong model: both load paths (``surgery.load`` and plain ``from_pretrained``) run the
+same checks on the recipe, and transformers without surgery refuses a surgery checkpoint loudly."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import pytest
+import torch
+from conftest import images, tiny
+from transformers import AutoModelForImageClassification, ViTForImageClassification
+
+import surgery
+from surgery.errors import IncompatibleStepsError, RecipeError
+from surgery.integration import BASE_TYPE_KEY, MARKER
+
+
+@pytest.fixture
+def saved(tmp_path):
+    model = surgery.apply(tiny("vit"), [("token_merge", {"r": 2}), "ggem"])
+    model.save_pretrained(tmp_path / "m")
+    return tmp_path / "m"
+
+
+def edit(folder, change):
+    path = folder / "config.json"
+    config = json.loads(path.read_text())
+    change(config)
+    path.write_text(json.dumps(config))
+
+
+def loaders(folder):
+    return {"surgery.load": lambda: surgery.load(folder),
+            "AutoModel.from_pretrained": lambda: AutoModelForImageClassification.from_pretrained(folder),
+            "ViTForImageClassification.from_pretrained": lambda: ViTForImageClassification.from_pretrained(folder)}
+
+
+def recipe(config):
+    return config["quantization_config"]
+
+
+TAMPERED = {
+    "steps missing": (lambda c: recipe(c).pop("steps"), r"'steps' must be a list, got None"),
+    "steps empty": (lambda c: recipe(c).update(steps=[]), "the recipe has no steps"),
+    "format_version text": (lambda c: recipe(c).update(format_version="1"), "format_version must be an integer"),
+    "format_version bool": (lambda c: recipe(c).update(format_version=True), "format_version must be an integer"),
+    "format_version newer": (lambda c: recipe(c).update(format_version=99), "reads up to 1. Upgrade surgery"),
+    "step not an object": (lambda c: recipe(c)["steps"].append("ggem"), "recipe step 3 lacks plugin, options"),
+    "targets wrong type": (lambda c: recipe(c)["steps"][0].update(targets="vit"), "'targets' must be a list of strings"),
+    "options wrong type": (lambda c: recipe(c)["steps"][0].update(options=[1]), "'options' must be a JSON object"),
+    "unknown step field": (lambda c: recipe(c)["steps"][0].update(code="x"), "unknown field 'code'"),
+    "step listed twice": (lambda c: recipe(c)["steps"].append(recipe(c)["steps"][1]), "ggem is already applied"),
+    "step dropped": (lambda c: recipe(c)["steps"].pop(0), "not the one these weights were saved with"),
+    "options changed": (lambda c: recipe(c)["steps"][0]["options"].update(r=3), "not the one these weights were saved with"),
+    "step injected": (lambda c: recipe(c)["steps"].insert(0, dict(recipe(c)["steps"][0], options={"r": 1})),
+                      "token_merge is already applied"),
+}
+
+
+@pytest.mark.parametrize("case", list(TAMPERED))
+def test_a_tampered_recipe_is_refused_on_every_load_path(saved, case):
+    change, message = TAMPERED[case]
+    edit(saved, change)
+    for name, load in loaders(saved).items():
+        with pytest.raises((RecipeError, IncompatibleStepsError), match=message):
+            load()
+
+
+@pytest.mark.parametrize("value", [{}, [], {"quant_method": "gptq-or-anything"}])
+def test_a_replaced_quantization_config_is_refused_by_the_marker(saved, value):
+    edit(saved, lambda c: c.update(quantization_config=value))
+    for name in ("surgery.load", "AutoModel.from_pretrained"):
+        with pytest.raises(RecipeError, match="marked as a surgery checkpoint, but its quantization_config is not"):
+            loaders(saved)[name]()
+
+
+def test_weights_missing_for_an_injected_step_are_an_error_in_plain_from_pretrained(saved):
+    edit(saved, lambda c: recipe(c)["steps"].append({"plugin": "bivit", "options": {"parts": "mlp"}}))
+    for load in loaders(saved).values():
+        with pytest.raises(RecipeError, match="lacks weights that its recipe's model needs"):
+            load()
+
+
+def test_replay_runs_the_conflict_checks_of_apply(tmp_path):
+    model = surgery.apply(tiny("vit"), [("agent_attention", {"agents": 4})])
+    model.save_pretrained(tmp_path / "m")
+    edit(tmp_path / "m", lambda c: recipe(c)["steps"].append({"plugin": "castling", "options": {}}))
+    for load in loaders(tmp_path / "m").values():
+        with pytest.raises(IncompatibleStepsError, match="castling conflicts with agent_attention|cannot be applied together"):
+            load()
+
+
+def test_saved_config_is_marked_and_both_paths_give_the_saved_model(saved):
+    data = json.loads((saved / "config.json").read_text())
+    assert (data["model_type"], data[BASE_TYPE_KEY]) == (MARKER, "vit")
+    expected = surgery.load(saved)(pixel_values=images()).logits
+    for load in loaders(saved).values():
+        model = load()
+        assert model.config.model_type == "vit" and BASE_TYPE_KEY not in vars(model.config)
+        assert torch.equal(model(pixel_values=images()).logits, expected)
+    surgery.revert(model)
+    model.save_pretrained(saved.parent / "plain")  # no recipe left: an ordinary transformers folder
+    assert json.loads((saved.parent / "plain" / "config.json").read_text())["model_type"] == "vit"
+
+
+def test_plugin_versions_newer_major_refused_newer_minor_warned(saved):
+    edit(saved, lambda c: recipe(c)["steps"][1].update(plugin_version="9.0.0"))
+    with pytest.raises(RecipeError, match=r"saved by ggem 9.0.0, and surgery installs ggem .*upgrade it"):
+        surgery.load(saved)
+    installed = surgery.get_host().method("ggem").version
+    major, minor = installed.split(".")[:2]
+    edit(saved, lambda c: recipe(c)["steps"][1].update(plugin_version=f"{major}.{int(minor) + 1}.0"))
+    for load in loaders(saved).values():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            load()
+        assert any("newer than the installed" in str(w.message) for w in caught)
+    edit(saved, lambda c: recipe(c)["steps"][1].update(plugin_version="not-a-version"))
+    with pytest.raises(RecipeError, match="is not a version number"):
+        surgery.load(saved)
+
+
+def test_text_quoted_from_a_recipe_cannot_forge_output_lines(saved, capsys):
+    from surgery.cli import main
+
+    def forge(config):
+        recipe(config)["steps"][0].update(plugin="gone", package="evil\nsurgery: ok: all good")
+
+    edit(saved, forge)
+    assert main(["apply", str(saved), "-p", "ggem", "-o", str(saved.parent / "x")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[0].startswith("surgery: error:") and all(line.startswith("  - ") for line in lines[1:])
+    assert lines[-1].endswith("pip install evil surgery: ok: all good")  # the newline became a space
+
+
+WITHOUT_SURGERY = textwrap.dedent("""
+    import sys
+    from transformers import AutoConfig, AutoModelForImageClassification, pipeline
+    for name, call in (("AutoConfig", lambda: AutoConfig.from_pretrained(sys.argv[1])),
+                       ("AutoModel", lambda: AutoModelForImageClassification.from_pretrained(sys.argv[1])),
+                       ("pipeline", lambda: pipeline("image-classification", model=sys.argv[1]))):
+        try:
+            call()
+            print(name, "LOADED")
+        except Exception as error:
+            print(name, type(error).__name__, str(error).splitlines()[0])
+    assert "surgery" not in sys.modules
+""")
+
+
+def test_transformers_without_surgery_refuses_a_surgery_checkpoint_and_names_the_package(saved, tmp_path):
+    from surgery.zoo import image_processor
+
+    image_processor(32).save_pretrained(saved)
+    script = tmp_path / "plain.py"
+    script.write_text(WITHOUT_SURGERY)
+    result = subprocess.run([sys.executable, str(script), str(saved)], capture_output=True, text=True, timeout=300,
+                            env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 3 and not any("LOADED" in line for line in lines), lines
+    assert all("pip install surgery" in line for line in lines), lines
