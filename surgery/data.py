@@ -37,15 +37,27 @@ def digits_images() -> tuple[list[Image.Image], np.ndarray]:
     return images, digits.target.astype(np.int64)
 
 
-def digits_split(test_fraction: float = 0.2, seed: int = 0) -> tuple[Split, Split]:
-    """A stratified train/test split (1437/360 by default), the same for every seed-0 caller."""
+SPLITS = ("train", "validation", "test")
+
+
+def digits_splits(seed: int = 0) -> dict[str, Split]:
+    """Stratified train / validation / test splits (1149 / 288 / 360), the same for every seed-0
+    caller: 20 % of the digits for test, then 20 % of the rest for validation. Models train on
+    "train"; choices (recovery recipes, epochs) are made on "validation"; "test" is reported."""
     from sklearn.model_selection import train_test_split
 
     images, labels = digits_images()
     index = np.arange(len(labels))
-    train_idx, test_idx = train_test_split(index, test_size=test_fraction, stratify=labels, random_state=seed)
+    rest, test = train_test_split(index, test_size=0.2, stratify=labels, random_state=seed)
+    train, validation = train_test_split(rest, test_size=0.2, stratify=labels[rest], random_state=seed)
     pick = lambda ids: Split([images[i] for i in ids], labels[ids])  # noqa: E731
-    return pick(train_idx), pick(test_idx)
+    return {"train": pick(train), "validation": pick(validation), "test": pick(test)}
+
+
+def digits_split(seed: int = 0) -> tuple[Split, Split]:
+    """The train and test splits of :func:`digits_splits` (1149 / 360)."""
+    splits = digits_splits(seed)
+    return splits["train"], splits["test"]
 
 
 def encode(split: Split, processor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,9 +67,10 @@ def encode(split: Split, processor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def digits_for(model_folder, split: str = "test") -> tuple[torch.Tensor, torch.Tensor]:
-    """The digits ``split`` ("train" or "test") through the image processor saved in ``model_folder``."""
+    """The digits ``split`` ("train", "validation" or "test") through the image processor saved in ``model_folder``."""
     from transformers import AutoImageProcessor
 
+    if split not in SPLITS:
+        raise ValueError(f"the built-in digits have the splits {', '.join(SPLITS)}, not {split!r}")
     processor = AutoImageProcessor.from_pretrained(model_folder, use_fast=False)
-    train, test = digits_split()
-    return encode(train if split == "train" else test, processor)
+    return encode(digits_splits()[split], processor)

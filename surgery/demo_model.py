@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,8 @@ from surgery.saving import save
 from surgery.zoo import build_model, image_processor
 
 EVAL_FILE = "eval_results.json"
+SHIPPED = Path(__file__).parent / "assets"
+SHIPPED_FILES = ("config.json", "model.safetensors", "preprocessor_config.json", EVAL_FILE)
 DEFAULT_ARCH = "vit"
 DEFAULT_EPOCHS = {"vit": 30, "deit": 30, "deit-distilled": 30, "swin": 30}
 
@@ -34,9 +38,23 @@ def cache_dir() -> Path:
 
 
 def default_model(arch: str = DEFAULT_ARCH, rebuild: bool = False, progress: bool = True) -> Path:
-    """The folder of the cached digits model for ``arch``, trained now if it is not there yet."""
+    """The folder of the cached digits model for ``arch``.
+
+    The default ViT ships with the package (``surgery/assets/digits-vit``, 0.6 MB, trained by
+    :func:`build_digits_model` with its defaults), so every machine starts from the same weights:
+    training results differ between CPUs (AVX2, AVX-512, AMX round differently). Other
+    architectures, and ``rebuild=True``, train here (about a minute on 2 cores).
+    """
     folder = cache_dir() / "models" / f"digits-{arch}"
-    if rebuild or not (folder / EVAL_FILE).exists():
+    shipped = SHIPPED / f"digits-{arch}"
+    if not rebuild and not (folder / EVAL_FILE).exists() and (shipped / EVAL_FILE).exists():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        for name in SHIPPED_FILES:
+            shutil.copyfile(shipped / name, staging / name)
+        shutil.rmtree(folder, ignore_errors=True)
+        staging.rename(folder)
+    elif rebuild or not (folder / EVAL_FILE).exists():
         build_digits_model(folder, arch=arch, progress=progress)
     return folder
 
@@ -56,7 +74,7 @@ def build_digits_model(out_dir: str | Path, arch: str = DEFAULT_ARCH, size: str 
     results = {
         "accuracy": accuracy(model, x_test, y_test),
         "dataset": "sklearn digits (8x8 upsampled to 32x32 RGB)",
-        "split": f"stratified 80/20, seed 0: {len(y_train)} train / {len(y_test)} test",
+        "split": f"stratified, seed 0: {len(y_train)} train / 288 validation / {len(y_test)} test",
         "architecture": arch,
         "epochs": epochs,
         "train_seconds": round(time.perf_counter() - started, 1),

@@ -23,14 +23,14 @@ LABEL_COLUMNS = ("label", "labels", "fine_label")
 
 
 def digits_dataset(split: str = "test"):
-    """The built-in digits split ("train": 1437 images, "test": 360) as a ``datasets.Dataset``."""
+    """The built-in digits split ("train": 1149 images, "validation": 288, "test": 360) as a ``datasets.Dataset``."""
     import datasets
 
-    from surgery.data import LABELS, digits_split
+    from surgery.data import LABELS, SPLITS, digits_splits
 
-    if split not in ("train", "test"):
-        raise SurgeryError(f"the built-in digits have the splits 'train' and 'test', not '{split}'")
-    chosen = dict(zip(("train", "test"), digits_split()))[split]
+    if split not in SPLITS:
+        raise SurgeryError(f"the built-in digits have the splits 'train', 'validation' and 'test', not '{split}'")
+    chosen = digits_splits()[split]
     features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=LABELS)})
     return datasets.Dataset.from_dict({"image": chosen.images, "label": chosen.labels.tolist()}, features=features)
 

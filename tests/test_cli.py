@@ -163,5 +163,5 @@ def test_recover_runs_data_parallel_under_torchrun(digits, tmp_path):
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     log = json.loads((recovered / "recovery_log.json").read_text())
-    assert log["processes"] == 2 and log["history"][0]["steps"] == 23  # ceil(1437 / 32 / 2)
+    assert log["processes"] == 2 and log["history"][0]["steps"] == 18  # ceil(1149 / 32 / 2)
     surgery.load(recovered)

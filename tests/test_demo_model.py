@@ -20,7 +20,7 @@ from conftest import images
 
 def test_digits_split_is_stratified_and_fixed():
     train, test = digits_split()
-    assert (len(train), len(test)) == (1437, 360)
+    assert (len(train), len(test)) == (1149, 360)
     assert sorted(set(test.labels.tolist())) == list(range(10))
     assert test.images[0].size == (8, 8) and test.images[0].mode == "RGB"
     pixels, labels = encode(test, image_processor(32))
@@ -46,8 +46,8 @@ def test_builder_rejects_unknown_names():
 def test_build_digits_model_trains_saves_and_reports(tmp_path):
     results = build_digits_model(tmp_path, arch="vit", size="tiny", epochs=8, progress=False)
     saved = json.loads((tmp_path / EVAL_FILE).read_text())
-    assert saved == results and saved["architecture"] == "vit" and "1437 train / 360 test" in saved["split"]
-    assert saved["accuracy"] > 0.4  # chance is 0.1; the full default recipe reaches ~96%
+    assert saved == results and saved["architecture"] == "vit" and "1149 train / 288 validation / 360 test" in saved["split"]
+    assert saved["accuracy"] > 0.4  # chance is 0.1; the full default recipe reaches ~95%
     assert (tmp_path / "model.safetensors").exists()
     model = surgery.load(tmp_path)
     processor = AutoImageProcessor.from_pretrained(tmp_path, use_fast=False)
@@ -62,3 +62,19 @@ def test_default_model_is_cached(tmp_path, monkeypatch):
     (folder / EVAL_FILE).write_text(json.dumps({"accuracy": 0.97}))
     monkeypatch.setenv("SURGERY_HOME", str(tmp_path))
     assert default_model("vit") == folder  # found in the cache: nothing is trained
+
+
+def test_the_default_vit_ships_and_gives_its_recorded_accuracy(tmp_path, monkeypatch):
+    from surgery.data import digits_for
+    from surgery.demo_model import SHIPPED
+
+    monkeypatch.setenv("SURGERY_HOME", str(tmp_path))
+    folder = default_model("vit")  # copied from the package, not trained
+    assert folder == tmp_path / "models" / "digits-vit"
+    for name in ("config.json", "model.safetensors", "preprocessor_config.json", EVAL_FILE):
+        assert (folder / name).read_bytes() == (SHIPPED / "digits-vit" / name).read_bytes()
+    recorded = json.loads((folder / EVAL_FILE).read_text())
+    pixels, labels = digits_for(folder, "test")
+    assert accuracy(surgery.load(folder), pixels, labels) == pytest.approx(recorded["accuracy"])
+    assert recorded["epochs"] == 30 and "1149 train" in recorded["split"]
+    assert [p.name for p in folder.parent.iterdir() if p.name.startswith(".")] == []

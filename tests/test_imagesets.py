@@ -8,7 +8,7 @@ import torch
 from conftest import tiny
 from PIL import Image
 
-from surgery.data import digits_split
+from surgery.data import digits_images, digits_split
 from surgery.errors import SurgeryError
 from surgery.imagesets import (
     batches,
@@ -32,8 +32,15 @@ def write_imagefolder(root, classes=("cat", "dog"), per_class=3, splits=("train"
 
 
 def test_digits_dataset_is_the_same_split_as_the_tensors():
+    from surgery.data import digits_splits
+
+    splits = digits_splits()
+    assert [len(splits[s]) for s in ("train", "validation", "test")] == [1149, 288, 360]
+    counts = sum(np.bincount(splits[s].labels, minlength=10) for s in splits)
+    assert counts.tolist() == np.bincount(digits_images()[1], minlength=10).tolist()  # a partition of all 1797
     train, test = digits_split()
-    for split, expected in (("train", train), ("test", test)):
+    assert len(train) == 1149 and test.labels.tolist() == splits["test"].labels.tolist()
+    for split, expected in (("train", train), ("validation", splits["validation"]), ("test", test)):
         data = digits_dataset(split)
         assert len(data) == len(expected) and columns(data) == ("image", "label")
         assert data["label"] == expected.labels.tolist()
@@ -41,8 +48,8 @@ def test_digits_dataset_is_the_same_split_as_the_tensors():
 
 
 def test_unknown_split_names_the_ones_there(tmp_path):
-    with pytest.raises(SurgeryError, match="'train' and 'test'"):
-        digits_dataset("validation")
+    with pytest.raises(SurgeryError, match="'train', 'validation' and 'test'"):
+        digits_dataset("dev")
     write_imagefolder(tmp_path)
     with pytest.raises(SurgeryError, match="Did you mean 'test'"):
         load_images(str(tmp_path), "tset")
