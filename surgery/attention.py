@@ -24,6 +24,13 @@ def heads_of(attention: nn.Module) -> int:
     return attention.num_attention_heads
 
 
+def patch_grid(config) -> tuple[int, int]:
+    """Rows and columns of patches at the config's image size (``image_size``/``patch_size``: int or pair)."""
+    image = config.image_size if isinstance(config.image_size, (tuple, list)) else (config.image_size,) * 2
+    patch = config.patch_size if isinstance(config.patch_size, (tuple, list)) else (config.patch_size,) * 2
+    return image[0] // patch[0], image[1] // patch[1]
+
+
 def select_layers(option, count: int, default: list[int], config, field: str = "layers") -> list[int]:
     """Block indices chosen by ``option``: "default", "all", an int k (the first k) or explicit indices."""
     if option == "default":

@@ -47,6 +47,8 @@ def default_model(arch: str = DEFAULT_ARCH, rebuild: bool = False, progress: boo
     """
     folder = cache_dir() / "models" / f"digits-{arch}"
     shipped = SHIPPED / f"digits-{arch}"
+    if (folder / EVAL_FILE).exists() and _stale(folder):
+        shutil.rmtree(folder)
     if not rebuild and not (folder / EVAL_FILE).exists() and (shipped / EVAL_FILE).exists():
         folder.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
@@ -57,6 +59,16 @@ def default_model(arch: str = DEFAULT_ARCH, rebuild: bool = False, progress: boo
     elif rebuild or not (folder / EVAL_FILE).exists():
         build_digits_model(folder, arch=arch, progress=progress)
     return folder
+
+
+def _stale(folder: Path) -> bool:
+    """A cached model trained before the train/validation/test split (on the 1437 digits that now
+    include the validation split) is replaced."""
+    try:
+        cached = json.loads((folder / EVAL_FILE).read_text())
+    except (OSError, ValueError):
+        return True
+    return "validation" not in str(cached.get("split", "validation"))
 
 
 def build_digits_model(out_dir: str | Path, arch: str = DEFAULT_ARCH, size: str = "demo", epochs: int | None = None,

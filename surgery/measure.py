@@ -70,11 +70,14 @@ def runtime_figures(model: torch.nn.Module, repeats: int = 10) -> dict[str, Any]
 
 
 DIGITS_DESCRIPTION = "sklearn digits, 360 test images (stratified 20%, seed 0)"
+DIGITS_VALIDATION = "sklearn digits, 288 validation images (stratified, seed 0)"
 
 
 def describe_data(source: str, split: str, count: int) -> str:
     """How the accuracy figure was measured, for the card."""
-    return DIGITS_DESCRIPTION if (source, split) == ("digits", "test") else f"{source}, split '{split}', {count} images"
+    if source == "digits" and split in ("test", "validation"):
+        return DIGITS_DESCRIPTION if split == "test" else DIGITS_VALIDATION
+    return f"{source}, split '{split}', {count} images"
 
 
 def dataset_accuracy(folder: str | Path, source: str = "digits", split: str = "test", batch_size: int = 256) -> dict[str, Any]:

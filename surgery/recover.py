@@ -134,7 +134,7 @@ class RecoveryResult:
             "accuracy_before": self.teacher_accuracy,
             "accuracy_after_surgery": self.accuracy_before,
             "dataset": dataset,
-            "recovery": {**summary, "teacher": teacher, "data": data},
+            "recovery": {**summary, "teacher": teacher, "data": data, "evaluated_on": dataset},
         }
 
 

@@ -161,3 +161,16 @@ def test_push_errors_are_one_line(saved, capsys, monkeypatch, online):
 def test_push_refuses_offline_mode(saved):
     with pytest.raises(PushError, match=r"offline mode is on \(HF_HUB_OFFLINE=1\)"):
         push(saved, "me/x", token=TOKEN)
+
+
+def test_a_local_base_is_named_portably_and_the_card_says_how_to_install(tmp_path):
+    base = tmp_path / "secret" / "place" / "my-vit"
+    tiny("vit").save_pretrained(base)
+    model = surgery.load(base)
+    surgery.apply(model, ["ggem"]).save_pretrained(tmp_path / "out")
+    from surgery.recover import RecoveryConfig, RecoveryResult
+
+    result = RecoveryResult(config=RecoveryConfig().to_dict(), new_parameters=[], accuracy=0.9)
+    text = card(tmp_path / "out", measure=False, results=result.figures(str(base), "digits", "digits")).read_text()
+    assert str(tmp_path) not in text and "`my-vit` (a local model)" in text
+    assert "pip install surgery" in text

@@ -7,7 +7,7 @@ import math
 from torch import nn
 
 from surgery.anatomy import Anatomy
-from surgery.attention import heads_of, select_layers, stage_of, style_of
+from surgery.attention import heads_of, patch_grid, select_layers, stage_of, style_of
 from surgery.method import Rewrite
 from surgery.plugins.agent_attention.config import AgentAttentionConfig
 from surgery.plugins.agent_attention.layers import AgentAttention
@@ -37,7 +37,7 @@ def apply(model: nn.Module, config: AgentAttentionConfig, anatomy: Anatomy) -> R
             undo.append((name, old, block, (block.window_size, block.shift_size)))
             block.window_size, block.shift_size = GLOBAL_WINDOW, 0
         else:
-            grid = _patch_grid(model.config)
+            grid = patch_grid(model.config)
             agents = config.agents or min(81 if model.config.hidden_size >= 768 else 49, _largest_square(grid))
             undo.append((name, old, block, None))
         if agents > grid[0] * grid[1]:
@@ -66,12 +66,6 @@ def _default_layers(model: nn.Module, blocks: list[nn.Module], style: str) -> li
     if model.config.hidden_size >= 768:
         return list(range(min(4, len(blocks))))
     return list(range(len(blocks)))
-
-
-def _patch_grid(config) -> tuple[int, int]:
-    image = config.image_size if isinstance(config.image_size, (tuple, list)) else (config.image_size,) * 2
-    patch = config.patch_size if isinstance(config.patch_size, (tuple, list)) else (config.patch_size,) * 2
-    return image[0] // patch[0], image[1] // patch[1]
 
 
 def _dropout(attention: nn.Module) -> float:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from torch import nn
 
 from surgery.anatomy import Anatomy
-from surgery.attention import heads_of, select_layers, style_of
+from surgery.attention import heads_of, patch_grid, select_layers, style_of
 from surgery.method import Rewrite
 from surgery.plugins.castling.config import CastlingConfig
 from surgery.plugins.castling.layers import LinearAngularAttention
@@ -50,6 +50,5 @@ def _sequence_length(config, block: nn.Module, style: str) -> int:
     if style == "swin":
         window = getattr(block, "window_size", config.window_size)
         return int(window) ** 2 if isinstance(window, int) else int(window[0]) * int(window[1])
-    image = config.image_size if isinstance(config.image_size, (tuple, list)) else (config.image_size,) * 2
-    patch = config.patch_size if isinstance(config.patch_size, (tuple, list)) else (config.patch_size,) * 2
-    return (image[0] // patch[0]) * (image[1] // patch[1])
+    rows, columns = patch_grid(config)
+    return rows * columns
