@@ -30,7 +30,7 @@ from surgery.measure import DIGITS_DESCRIPTION, DIGITS_VALIDATION, record, runti
 from surgery.recover import recover
 
 # The recovery recipe for ggem; benchmarks/proof_table.py starts from it and chose lr 1e-3 on the validation split.
-DEMO_RECOVERY = {"epochs": 15, "warmup_epochs": 2, "lr": 1e-3, "shift": 0.125}  # lr chosen on validation (proof table)
+DEMO_RECOVERY = {"epochs": 15, "warmup_epochs": 2, "lr": 1e-3, "shift": 0.125}
 
 
 def run_demo(arch: str, output: Path, plugins: list[str], specs: Callable[[list[str]], list[Any]],

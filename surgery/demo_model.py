@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from surgery.data import LABELS, digits_split, encode
+from surgery.data import LABELS, digits_splits, encode
 from surgery.evaluation import accuracy
 from surgery.saving import save
 from surgery.zoo import build_model, image_processor
@@ -76,9 +76,9 @@ def build_digits_model(out_dir: str | Path, arch: str = DEFAULT_ARCH, size: str 
     """Train an ``arch`` classifier on the digits, save it to ``out_dir``, return its eval results."""
     out_dir = Path(out_dir)
     processor = image_processor(32)
-    train_split, test_split = digits_split(seed=0)
-    x_train, y_train = encode(train_split, processor)
-    x_test, y_test = encode(test_split, processor)
+    splits = digits_splits(seed=0)
+    x_train, y_train = encode(splits["train"], processor)
+    x_test, y_test = encode(splits["test"], processor)
     model = build_model(arch, size, image_size=32, seed=seed, labels=LABELS)
     epochs = epochs or DEFAULT_EPOCHS[arch]
     started = time.perf_counter()
@@ -86,7 +86,7 @@ def build_digits_model(out_dir: str | Path, arch: str = DEFAULT_ARCH, size: str 
     results = {
         "accuracy": accuracy(model, x_test, y_test),
         "dataset": "sklearn digits (8x8 upsampled to 32x32 RGB)",
-        "split": f"stratified, seed 0: {len(y_train)} train / 288 validation / {len(y_test)} test",
+        "split": f"stratified, seed 0: {len(y_train)} train / {len(splits['validation'])} validation / {len(y_test)} test",
         "architecture": arch,
         "epochs": epochs,
         "train_seconds": round(time.perf_counter() - started, 1),

@@ -40,11 +40,8 @@ def push(folder: str | Path, repo_id: str, *, private: bool = False, token: str 
 
     import requests
     from huggingface_hub import HfApi, constants
-    from huggingface_hub.errors import HfHubHTTPError
-    from huggingface_hub.utils import get_token
-
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError
+    from huggingface_hub.utils import get_token, validate_repo_id
 
     folder = Path(folder)
     if not (folder / "config.json").exists():

@@ -101,8 +101,9 @@ class SurgeryQuantizer(HfQuantizer):
     def _process_model_after_weight_loading(self, model, **kwargs: Any) -> None:
         unpack_all(model)
         source = getattr(model.config, "_name_or_path", None)
-        if source and Path(source).is_dir():
-            check_digest(model.config, Path(source))
+        weights = _local_weights(Path(source)) if source and Path(source).is_dir() else None
+        if weights is not None:
+            check_digest(model.config, weights)
 
     def get_state_dict_and_metadata(self, model, safe_serialization=False):
         """Called by ``save_pretrained``: packed weights where a module stores fewer bits, and the
@@ -126,22 +127,26 @@ class SurgeryQuantizer(HfQuantizer):
         return True
 
 
-def check_digest(config: Any, folder: Path, weights: Path | None = None) -> None:
-    """Refuse weights saved with another recipe than the one in ``config`` (checkpoints saved before
-    surgery recorded the digest carry none, and pass)."""
+def check_digest(config: Any, weights: Path) -> None:
+    """Refuse weights (a safetensors file) saved with another recipe than the one in ``config``
+    (checkpoints saved before surgery recorded the digest carry none, and pass)."""
     from safetensors import safe_open
 
-    path = weights or folder / "model.safetensors"
-    if not path.is_file():
-        index = folder / "model.safetensors.index.json"
-        if not index.is_file():
-            return
-        path = folder / sorted(set(json.loads(index.read_text())["weight_map"].values()))[0]
-    with safe_open(str(path), framework="pt") as handle:
+    with safe_open(str(weights), framework="pt") as handle:
         saved = (handle.metadata() or {}).get(DIGEST_KEY)
     if saved is not None and read_recipe_dict(config) is not None and saved != recipe_digest(read_steps(config)):
-        raise RecipeError(f"{folder}: the recipe in config.json is not the one these weights were saved with "
+        raise RecipeError(f"{weights.parent}: the recipe in config.json is not the one these weights were saved with "
                           "(its SHA-256 differs from the weights' metadata): edited recipe or mixed folder.")
+
+
+def _local_weights(folder: Path) -> Path | None:
+    """The (first) safetensors file of a local model folder, or None."""
+    if (folder / "model.safetensors").is_file():
+        return folder / "model.safetensors"
+    index = folder / "model.safetensors.index.json"
+    if not index.is_file():
+        return None
+    return folder / sorted(set(json.loads(index.read_text())["weight_map"].values()))[0]
 
 
 if QUANT_METHOD not in AUTO_QUANTIZER_MAPPING:  # importable twice (reloads) without error

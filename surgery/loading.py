@@ -38,9 +38,8 @@ def load(pretrained: str | os.PathLike[str], model_class: Any = None, **kwargs: 
     hub_kwargs = {k: kwargs[k] for k in ("revision", "token", "cache_dir", "local_files_only") if k in kwargs}
     config = AutoConfig.from_pretrained(pretrained, trust_remote_code=False, **hub_kwargs)
     steps = read_steps(config)
-    check_plugins_installed(steps)
+    check_plugins_installed(steps, versions=False)  # before any download; versions are checked at replay
     weights = check_weight_files(pretrained, **hub_kwargs)
-    weights_folder = Path(weights).parent
     model_class = model_class or AutoModelForImageClassification
     model, info = model_class.from_pretrained(
         pretrained,
@@ -51,7 +50,8 @@ def load(pretrained: str | os.PathLike[str], model_class: Any = None, **kwargs: 
         **kwargs,
     )
     _check_loading_info(pretrained, info)
-    check_digest(config, Path(weights_folder), Path(weights))
+    if not Path(pretrained).is_dir():  # a local folder was checked by the quantizer after loading
+        check_digest(config, Path(weights))
     if len(get_history(model)) != len(steps):
         raise RecipeError(
             f"{pretrained}: the recipe has {len(steps)} step(s) but {len(get_history(model))} were replayed; "
@@ -109,9 +109,9 @@ def check_readable(path: Path) -> None:
                           f"{str(error).splitlines()[0][:200]}") from error
 
 
-def check_plugins_installed(steps: list[dict[str, Any]]) -> None:
+def check_plugins_installed(steps: list[dict[str, Any]], versions: bool = True) -> None:
     """Raise one error naming every plugin of the recipe that is not installed, and its package;
-    compare the saved plugin versions with the installed ones (:func:`check_plugin_version`)."""
+    with ``versions``, compare the saved plugin versions with the installed ones (:func:`check_plugin_version`)."""
     host = get_host()
     missing = []
     for index, step in enumerate(steps, 1):
@@ -123,7 +123,7 @@ def check_plugins_installed(steps: list[dict[str, Any]]) -> None:
                 f"step {index} uses plugin '{plugin}'{version} from package '{package}', which is not "
                 f"installed: pip install {package}"
             )
-        elif step.get("plugin_version"):
+        elif versions and step.get("plugin_version"):
             check_plugin_version(index, host.methods[step["plugin"]], step["plugin_version"])
     if missing:
         problems = [str(p) for p in host.problems]

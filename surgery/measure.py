@@ -29,20 +29,17 @@ def checkpoint_figures(folder: str | Path) -> dict[str, float]:
     files = sorted(Path(folder).glob("*.safetensors"))
     if not files:
         return {}
+    from surgery.loading import check_readable
+
     parameters = 0
     for file in files:
-        try:
-            with safe_open(str(file), framework="pt") as handle:
-                for name in handle.keys():
-                    count = 1
-                    for dim in handle.get_slice(name).get_shape():
-                        count *= dim
-                    parameters += count
-        except Exception as error:  # safetensors raises its own error type for a bad header
-            from surgery.errors import SurgeryError
-
-            raise SurgeryError(f"{file} is not a readable safetensors file (truncated or corrupt): "
-                               f"{str(error).splitlines()[0][:200]}") from error
+        check_readable(file)
+        with safe_open(str(file), framework="pt") as handle:
+            for name in handle.keys():
+                count = 1
+                for dim in handle.get_slice(name).get_shape():
+                    count *= dim
+                parameters += count
     return {"parameters": parameters, "checkpoint_mb": sum(f.stat().st_size for f in files) / 1e6}
 
 

@@ -22,7 +22,7 @@ from typing import Any
 from transformers.quantizers.auto import AUTO_QUANTIZATION_CONFIG_MAPPING, register_quantization_config
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
-from surgery.errors import RecipeError
+from surgery.errors import RecipeError, clean_text
 
 QUANT_METHOD = "surgery"
 FORMAT_VERSION = 1
@@ -133,7 +133,6 @@ def recipe_digest(steps: list[dict[str, Any]]) -> str:
     return hashlib.sha256(json.dumps(built, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def _shown(value: Any, limit: int = 120) -> str:
-    """``repr`` of a value read from a checkpoint, on one line and cut: recipe text never forges output lines."""
-    text = repr(value).replace("\n", "\\n").replace("\r", "\\r")
-    return text if len(text) <= limit else text[:limit] + "..."
+def _shown(value: Any) -> str:
+    """``repr`` of a value read from a checkpoint, on one line and cut (:func:`clean_text`)."""
+    return clean_text(repr(value), limit=120)
