@@ -78,3 +78,10 @@ def test_the_default_vit_ships_and_gives_its_recorded_accuracy(tmp_path, monkeyp
     assert accuracy(surgery.load(folder), pixels, labels) == pytest.approx(recorded["accuracy"])
     assert recorded["epochs"] == 30 and "1149 train" in recorded["split"]
     assert [p.name for p in folder.parent.iterdir() if p.name.startswith(".")] == []
+
+
+def test_digits_for_names_the_splits_there(tmp_path):
+    from surgery.data import digits_for
+
+    with pytest.raises(ValueError, match=r"the built-in digits have the splits train, validation, test, not 'dev'"):
+        digits_for(tmp_path, "dev")

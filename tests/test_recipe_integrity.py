@@ -164,3 +164,13 @@ def test_transformers_without_surgery_refuses_a_surgery_checkpoint_and_names_the
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 3 and not any("LOADED" in line for line in lines), lines
     assert all("pip install surgery" in line for line in lines), lines
+
+
+def test_a_marked_config_with_an_unknown_base_type_or_the_wrong_class_is_refused(saved):
+    from transformers import DeiTForImageClassification
+
+    with pytest.raises(RecipeError, match=r"this surgery checkpoint is a 'vit' model; it cannot load into DeiTConfig"):
+        DeiTForImageClassification.from_pretrained(saved)
+    edit(saved, lambda c: c.update({BASE_TYPE_KEY: "no-such-type"}))
+    with pytest.raises(RecipeError, match=r"its surgery_base_model_type is 'no-such-type', not a model type"):
+        AutoModelForImageClassification.from_pretrained(saved)
