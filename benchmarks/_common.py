@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from surgery.flops import count_flops  # noqa: F401  (re-exported; counts CPU SDPA too)
+from surgery.evaluation.flops import count_flops  # noqa: F401  (re-exported; counts CPU SDPA too)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -24,9 +24,9 @@ import torch
 from transformers import ViTConfig, ViTForImageClassification
 
 import surgery
-from surgery.data import digits_for
-from surgery.demo_model import default_model
-from surgery.exporting import export
+from surgery.data.digits import digits_for
+from surgery.demo.model import default_model
+from surgery.publish.export import export
 
 from _common import markdown_table, time_side_by_side, write_report
 

@@ -29,15 +29,15 @@ import torch
 from transformers import AutoImageProcessor
 
 import surgery
-from surgery.data import digits_for
-from surgery.demo import DEMO_RECOVERY
-from surgery.demo_model import default_model
-from surgery.evaluation import accuracy
-from surgery.imagesets import digits_dataset
-from surgery.measure import checkpoint_figures
-from surgery.recover import recover
+from surgery.data.digits import digits_for
+from surgery.demo.run import DEMO_RECOVERY
+from surgery.demo.model import default_model
+from surgery.evaluation.accuracy import accuracy
+from surgery.data.imagesets import digits_dataset
+from surgery.evaluation.measure import checkpoint_figures
+from surgery.recovery import recover
 
-from surgery.flops import model_flops
+from surgery.evaluation.flops import model_flops
 
 from _common import RESULTS, markdown_table, time_side_by_side, write_report
 

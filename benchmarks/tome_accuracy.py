@@ -11,11 +11,11 @@ from __future__ import annotations
 import torch
 
 import surgery
-from surgery.data import digits_for
-from surgery.demo_model import default_model
-from surgery.evaluation import accuracy, predict_logits
+from surgery.data.digits import digits_for
+from surgery.demo.model import default_model
+from surgery.evaluation.accuracy import accuracy, predict_logits
 from surgery.plugins.token_merge.config import ToMeConfig
-from surgery.tokens import token_sizes
+from surgery.toolkit.tokens import token_sizes
 
 from _common import count_flops, markdown_table, write_report
 

@@ -17,7 +17,7 @@ from transformers import ViTConfig, ViTForImageClassification
 
 import surgery
 from surgery.plugins.token_merge.layers import MERGE_REGION
-from surgery.tokens import token_sizes
+from surgery.toolkit.tokens import token_sizes
 
 from _common import count_flops, markdown_table, time_side_by_side, write_report
 

@@ -13,8 +13,8 @@ import sys
 from transformers import AutoImageProcessor
 
 import surgery
-from surgery.demo_model import default_model
-from surgery.imagesets import load_images
+from surgery.demo.model import default_model
+from surgery.data.imagesets import load_images
 
 
 def main(output: str = "out/agent-attention-recovered") -> None:

@@ -11,48 +11,52 @@
     surgery.card("out/")                           # README.md model card; surgery.push("out/", "me/x")
 """
 
-from surgery import integration as _integration  # noqa: F401  (registers the recipe with from_pretrained)
+from surgery.checkpoint import attach as _attach  # noqa: F401  (keeps every rewritten model's recipe in its config)
+from surgery.checkpoint import integration as _integration  # noqa: F401  (registers the recipe with from_pretrained)
 from surgery._version import __version__
-from surgery.anatomy import Anatomy
-from surgery.apply import Plan, PlannedStep, apply, history, plan, revert
-from surgery.config import SurgeryConfig
+from surgery.core.anatomy import Anatomy
+from surgery.core.apply import Plan, PlannedStep, apply, history, plan, revert
+from surgery.core.options import SurgeryConfig
 from surgery.errors import (
     ApplyError,
+    CheckpointError,
     ConfigError,
+    ExportError,
     IncompatibleStepsError,
+    PushError,
     RecipeError,
     RevertError,
     SurgeryError,
     UnknownPluginError,
     UnsupportedModelError,
 )
-from surgery.history import AppliedStep
-from surgery.hookspecs import hookimpl
-from surgery.loading import load
-from surgery.manager import get_host
-from surgery.method import Rewrite, SurgeryMethod
-from surgery.recover import RecoveryConfig, RecoveryResult, recover
-from surgery.saving import save
-from surgery.training import TrainingHooks
+from surgery.core.history import AppliedStep
+from surgery.core.hookspecs import hookimpl
+from surgery.checkpoint.loading import load
+from surgery.core.host import get_host
+from surgery.core.method import Rewrite, SurgeryMethod
+from surgery.recovery import RecoveryConfig, RecoveryResult, recover
+from surgery.checkpoint.saving import save
+from surgery.toolkit.training import TrainingHooks
 
 
 def export(model, output, to="onnx", **kwargs):
     """Export with Optimum and check against PyTorch; see :func:`surgery.exporting.export`."""
-    from surgery.exporting import export as _export
+    from surgery.publish.export import export as _export
 
     return _export(model, output, to=to, **kwargs)
 
 
 def card(folder, results=None, **kwargs):
     """Write the model card README.md; see :func:`surgery.cards.card`."""
-    from surgery.cards import card as _card
+    from surgery.publish.cards import card as _card
 
     return _card(folder, results=results, **kwargs)
 
 
 def push(folder, repo_id, **kwargs):
     """Upload a model folder to the Hub; see :func:`surgery.hub.push`."""
-    from surgery.hub import push as _push
+    from surgery.publish.hub import push as _push
 
     return _push(folder, repo_id, **kwargs)
 
@@ -63,7 +67,7 @@ def list_methods() -> list[SurgeryMethod]:
 
 
 __all__ = [
-    "Anatomy", "AppliedStep", "ApplyError", "ConfigError", "IncompatibleStepsError", "Plan", "PlannedStep",
+    "Anatomy", "AppliedStep", "ApplyError", "CheckpointError", "ConfigError", "ExportError", "PushError", "IncompatibleStepsError", "Plan", "PlannedStep",
     "RecipeError", "RecoveryConfig", "RecoveryResult", "RevertError", "Rewrite", "SurgeryConfig", "SurgeryError", "SurgeryMethod",
     "UnknownPluginError", "UnsupportedModelError", "__version__", "apply", "card", "export", "get_host", "history",
     "hookimpl", "list_methods", "load", "plan", "push", "recover", "revert", "save", "TrainingHooks",

@@ -58,3 +58,15 @@ class RevertError(SurgeryError, RuntimeError):
 
 class ApplyError(SurgeryError, RuntimeError):
     """A plugin failed while rewriting the model; the model was restored to its state before apply."""
+
+
+class ExportError(SurgeryError):
+    """The model cannot be exported, or the export does not match PyTorch."""
+
+
+class PushError(SurgeryError):
+    """The upload could not be done (no token, no network, repository exists ...)."""
+
+
+class CheckpointError(SurgeryError):
+    """A recovery checkpoint is not one surgery wrote, or was changed or cut short since."""

@@ -10,8 +10,8 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 import pytest
 import torch
 
-from surgery.manager import Host, build_host, set_host
-from surgery.zoo import build_model
+from surgery.core.host import Host, build_host, set_host
+from surgery.demo.zoo import build_model
 
 ARCHS = ["vit", "deit", "deit-distilled", "swin"]
 
@@ -51,9 +51,9 @@ def host_with():
 @pytest.fixture(scope="session")
 def digits(tmp_path_factory):
     """A tiny ViT trained briefly on the digits (16 epochs, ~15 s): (folder, train pixels, test pixels, labels)."""
-    from surgery.data import digits_split, encode
-    from surgery.demo_model import build_digits_model
-    from surgery.zoo import image_processor
+    from surgery.data.digits import digits_split, encode
+    from surgery.demo.model import build_digits_model
+    from surgery.demo.zoo import image_processor
 
     folder = tmp_path_factory.mktemp("digits")
     build_digits_model(folder, arch="vit", size="tiny", epochs=16, progress=False)

@@ -11,7 +11,7 @@ from safetensors import safe_open
 
 import surgery
 from surgery.errors import ConfigError, IncompatibleStepsError
-from surgery.packing import pack_bits, unpack_bits
+from surgery.toolkit.packing import pack_bits, unpack_bits
 from surgery.plugins.bivit.binarize import binary_weight, sign_ste, softmax_binarize
 from surgery.plugins.bivit.layers import BinaryAttention, BinaryLinear
 

@@ -12,9 +12,9 @@ import pytest
 from huggingface_hub import ModelCard
 
 import surgery
-from surgery.cards import BEGIN, END, PLOT_FILE, card
+from surgery.publish.cards import BEGIN, END, PLOT_FILE, card
 from surgery.cli import main
-from surgery.hub import PushError, push
+from surgery.publish.hub import PushError, push
 
 from conftest import tiny
 from fakehub import FakeHub
@@ -168,7 +168,7 @@ def test_a_local_base_is_named_portably_and_the_card_says_how_to_install(tmp_pat
     tiny("vit").save_pretrained(base)
     model = surgery.load(base)
     surgery.apply(model, ["ggem"]).save_pretrained(tmp_path / "out")
-    from surgery.recover import RecoveryConfig, RecoveryResult
+    from surgery.recovery import RecoveryConfig, RecoveryResult
 
     result = RecoveryResult(config=RecoveryConfig().to_dict(), new_parameters=[], accuracy=0.9)
     text = card(tmp_path / "out", measure=False, results=result.figures(str(base), "digits", "digits")).read_text()

@@ -8,9 +8,10 @@ import pytest
 import torch
 
 import surgery
-from surgery.cli import main, parse_plugin_spec
+from surgery.cli import main
+from surgery.core.specs import parse_plugin_spec
 from surgery.errors import ConfigError
-from surgery.zoo import image_processor
+from surgery.demo.zoo import image_processor
 
 from conftest import images, tiny
 

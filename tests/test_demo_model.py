@@ -9,11 +9,11 @@ import torch
 from transformers import AutoImageProcessor
 
 import surgery
-from surgery.data import digits_split, encode
-from surgery.demo_model import EVAL_FILE, build_digits_model, default_model
+from surgery.data.digits import digits_split, encode
+from surgery.demo.model import EVAL_FILE, build_digits_model, default_model
 from surgery.errors import ConfigError
-from surgery.evaluation import accuracy
-from surgery.zoo import ARCHITECTURES, build_model, image_processor
+from surgery.evaluation.accuracy import accuracy
+from surgery.demo.zoo import ARCHITECTURES, build_model, image_processor
 
 from conftest import images
 
@@ -65,8 +65,8 @@ def test_default_model_is_cached(tmp_path, monkeypatch):
 
 
 def test_the_default_vit_ships_and_gives_its_recorded_accuracy(tmp_path, monkeypatch):
-    from surgery.data import digits_for
-    from surgery.demo_model import SHIPPED
+    from surgery.data.digits import digits_for
+    from surgery.demo.model import SHIPPED
 
     monkeypatch.setenv("SURGERY_HOME", str(tmp_path))
     folder = default_model("vit")  # copied from the package, not trained
@@ -81,7 +81,7 @@ def test_the_default_vit_ships_and_gives_its_recorded_accuracy(tmp_path, monkeyp
 
 
 def test_digits_for_names_the_splits_there(tmp_path):
-    from surgery.data import digits_for
+    from surgery.data.digits import digits_for
 
     with pytest.raises(ValueError, match=r"the built-in digits have the splits train, validation, test, not 'dev'"):
         digits_for(tmp_path, "dev")

@@ -14,7 +14,7 @@ import torch
 
 import surgery
 from surgery.errors import ConfigError, RecipeError, RevertError
-from surgery.manager import build_host, set_host
+from surgery.core.host import build_host, set_host
 
 from conftest import images, tiny
 

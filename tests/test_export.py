@@ -13,9 +13,9 @@ import pytest
 
 import surgery
 from surgery.cli import main
-from surgery.evaluation import predict_logits
-from surgery.exporting import RECIPE, REPORT, ExportError, export, run_onnx, run_openvino
-from surgery.zoo import image_processor
+from surgery.evaluation.accuracy import predict_logits
+from surgery.publish.export import RECIPE, REPORT, ExportError, export, run_onnx, run_openvino
+from surgery.demo.zoo import image_processor
 
 from conftest import images, tiny
 
@@ -121,7 +121,7 @@ def test_export_cli(tmp_path, capsys, digits):
 
 
 def test_a_mismatch_beyond_tolerance_is_an_error(tmp_path, monkeypatch):
-    import surgery.exporting as exporting
+    import surgery.publish.export as exporting
 
     monkeypatch.setattr(exporting, "run_onnx", lambda path, pixels: np.zeros((pixels.shape[0], 10), dtype=np.float32))
     with pytest.raises(ExportError, match=r"the onnx export differs from PyTorch by .* \(allowed 1e-04\)"):

@@ -11,7 +11,7 @@ from conftest import tiny
 
 import surgery
 from surgery.cli import main
-from surgery.exporting import REPORT, ExportError, export
+from surgery.publish.export import REPORT, ExportError, export
 
 
 @pytest.fixture
@@ -58,7 +58,7 @@ def test_re_exporting_into_an_export_folder_is_allowed_and_keeps_a_users_onnx_fo
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
 def test_non_finite_outputs_fail_the_check_and_the_report_stays_json(saved, tmp_path, monkeypatch, bad):
-    import surgery.exporting as exporting
+    import surgery.publish.export as exporting
 
     def broken(path, pixels):
         out = np.zeros((pixels.shape[0], 10), dtype=np.float32)

@@ -3,7 +3,7 @@
 import torch
 import torch.nn.functional as F
 
-from surgery.flops import count_flops
+from surgery.evaluation.flops import count_flops
 
 
 def test_cpu_sdpa_is_counted_like_two_matmuls():

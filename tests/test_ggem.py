@@ -8,7 +8,7 @@ import torch
 
 import surgery
 from surgery.errors import ConfigError
-from surgery.manager import get_host
+from surgery.core.host import get_host
 from surgery.plugins.ggem.config import GGeMConfig
 from surgery.plugins.ggem.layers import GroupGeM
 

@@ -8,16 +8,16 @@ import torch
 from conftest import tiny
 from PIL import Image
 
-from surgery.data import digits_images, digits_split
+from surgery.data.digits import digits_images, digits_split
 from surgery.errors import SurgeryError
-from surgery.imagesets import (
+from surgery.data.imagesets import (
     batches,
     columns,
     digits_dataset,
     label_mapping,
     load_images,
 )
-from surgery.metrics import load_metric
+from surgery.evaluation.metrics import load_metric
 
 
 def write_imagefolder(root, classes=("cat", "dog"), per_class=3, splits=("train", "test")):
@@ -32,7 +32,7 @@ def write_imagefolder(root, classes=("cat", "dog"), per_class=3, splits=("train"
 
 
 def test_digits_dataset_is_the_same_split_as_the_tensors():
-    from surgery.data import digits_splits
+    from surgery.data.digits import digits_splits
 
     splits = digits_splits()
     assert [len(splits[s]) for s in ("train", "validation", "test")] == [1149, 288, 360]
@@ -56,7 +56,7 @@ def test_unknown_split_names_the_ones_there(tmp_path):
 
 
 def test_imagefolder_batches_through_the_processor_with_labels_mapped_by_name(tmp_path):
-    from surgery.zoo import image_processor
+    from surgery.demo.zoo import image_processor
 
     write_imagefolder(tmp_path, classes=("cat", "dog"))
     data = load_images(str(tmp_path), "train")

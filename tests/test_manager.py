@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from surgery.manager import BUILTIN_PLUGINS, build_host
+from surgery.core.host import BUILTIN_PLUGINS, build_host
 
 GOOD = """
 import dataclasses, typing

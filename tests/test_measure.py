@@ -8,8 +8,8 @@ import pytest
 
 import surgery
 from surgery.cli import main
-from surgery.evaluation import accuracy
-from surgery.measure import RESULTS_FILE, checkpoint_figures, record
+from surgery.evaluation.accuracy import accuracy
+from surgery.evaluation.measure import RESULTS_FILE, checkpoint_figures, record
 
 from conftest import images, tiny
 
@@ -40,7 +40,7 @@ def test_bench_and_eval_record_figures_for_the_card(digits, tmp_path, capsys):
 
 
 def test_eval_on_an_imagefolder_matches_the_tensor_path(digits, tmp_path):
-    from surgery.data import digits_split
+    from surgery.data.digits import digits_split
 
     folder, _, pixels, labels = digits
     _, test = digits_split()
@@ -57,8 +57,8 @@ def test_eval_on_an_imagefolder_matches_the_tensor_path(digits, tmp_path):
 
 @pytest.mark.parametrize("steps", [[], ["quantize"], ["bivit"], [("token_merge", {"r": 4})]])
 def test_runtime_figures_count_flops_of_every_kind_of_model(steps):
-    from surgery.flops import model_flops
-    from surgery.measure import runtime_figures
+    from surgery.evaluation.flops import model_flops
+    from surgery.evaluation.measure import runtime_figures
 
     model = tiny("vit")
     calibration = [images(4)] if steps == ["quantize"] else None

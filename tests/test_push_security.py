@@ -16,7 +16,7 @@ from test_cards_and_push import TOKEN, online  # noqa: F401  (fixture)
 
 import surgery
 from surgery.cli import main
-from surgery.hub import PushError, publishable_files, push
+from surgery.publish.hub import PushError, publishable_files, push
 
 
 @pytest.fixture

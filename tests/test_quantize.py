@@ -13,8 +13,8 @@ from safetensors import safe_open
 
 import surgery
 from surgery.errors import ConfigError, IncompatibleStepsError
-from surgery.evaluation import accuracy, predict_logits
-from surgery.exporting import export, run_onnx, run_openvino
+from surgery.evaluation.accuracy import accuracy, predict_logits
+from surgery.publish.export import export, run_onnx, run_openvino
 from surgery.plugins.quantize.layers import QuantLinear
 
 from conftest import ARCHS, images, tiny

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from surgery.cli import build_parser
+from surgery.cli.parser import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -16,7 +16,7 @@ from transformers import AutoModelForImageClassification, ViTForImageClassificat
 
 import surgery
 from surgery.errors import IncompatibleStepsError, RecipeError
-from surgery.integration import BASE_TYPE_KEY, MARKER
+from surgery.checkpoint.integration import BASE_TYPE_KEY, MARKER
 
 
 @pytest.fixture
@@ -153,7 +153,7 @@ WITHOUT_SURGERY = textwrap.dedent("""
 
 
 def test_transformers_without_surgery_refuses_a_surgery_checkpoint_and_names_the_package(saved, tmp_path):
-    from surgery.zoo import image_processor
+    from surgery.demo.zoo import image_processor
 
     image_processor(32).save_pretrained(saved)
     script = tmp_path / "plain.py"

@@ -13,17 +13,12 @@ from conftest import ARCHS, images, tiny
 
 import surgery
 from surgery.errors import ConfigError, SurgeryError
-from surgery.recover import (
-    RecoveryConfig,
-    distillation_loss,
-    feature_loss,
-    latest_checkpoint,
-    lr_factors,
-    new_parameter_names,
-    recover,
-    resolve_precision,
-    step_hooks,
-)
+from surgery.recovery import RecoveryConfig, recover
+from surgery.recovery.accelerator import resolve_precision
+from surgery.recovery.checkpoints import latest_checkpoint
+from surgery.recovery.hooks import step_hooks
+from surgery.recovery.losses import distillation_loss, feature_loss
+from surgery.recovery.schedule import lr_factors, new_parameter_names
 
 
 def noisy_data(count: int = 24, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -291,7 +286,7 @@ def test_old_checkpoints_are_pruned_and_resume_needs_one(tmp_path):
 def test_recovery_restores_digits_accuracy_after_ggem(digits):
     from transformers import AutoImageProcessor
 
-    from surgery.imagesets import digits_dataset
+    from surgery.data.imagesets import digits_dataset
 
     folder = digits[0]
     teacher = surgery.load(folder)

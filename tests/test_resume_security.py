@@ -10,8 +10,9 @@ import pickle
 import pytest
 from test_recover import noisy_data, pair
 
-from surgery.recover import latest_checkpoint, recover
-from surgery.recovery_state import MANIFEST, CheckpointError, read_manifest
+from surgery.recovery import recover
+from surgery.recovery.checkpoints import latest_checkpoint
+from surgery.recovery.checkpoints import MANIFEST, CheckpointError, read_manifest
 
 
 class Touch:

@@ -11,7 +11,7 @@ from transformers import AutoModelForImageClassification
 
 import surgery
 from surgery.errors import RecipeError
-from surgery.recipe import FORMAT_VERSION
+from surgery.checkpoint.recipe import FORMAT_VERSION
 
 from conftest import images, tiny
 from test_apply import CASES, IDS

@@ -14,6 +14,7 @@ import torch
 from conftest import images, tiny
 
 import surgery
+import surgery.checkpoint.saving
 from surgery.errors import SurgeryError
 
 SPECS = {"a": [("ggem", {"p_init": 3.0})], "b": [("token_merge", {"r": 2})]}
@@ -21,7 +22,7 @@ SPECS = {"a": [("ggem", {"p_init": 3.0})], "b": [("token_merge", {"r": 2})]}
 SCRIPT = textwrap.dedent("""
     import os, signal, sys, pathlib
     sys.path.insert(0, {tests!r})
-    import surgery, surgery.saving as saving
+    import surgery, surgery.checkpoint.saving as saving
     from conftest import tiny
     which, folder, kill = sys.argv[1], sys.argv[2], sys.argv[3]
     specs = {specs!r}
@@ -90,7 +91,7 @@ def test_a_save_killed_at_any_point_leaves_the_old_or_the_new_model(tmp_path, ki
     assert run(tmp_path, "b", folder, kill) == -9
     if kill == "between-renames":  # the window of the fallback: the old copy waits beside the folder
         assert not folder.exists() and leftovers(folder)
-        surgery.saving.clean_leftovers(folder)
+        surgery.checkpoint.saving.clean_leftovers(folder)
     assert which_model(folder) == survivor
     assert (folder / "README.md").read_text() == "my card"  # files the save does not write are kept
     assert run(tmp_path, "b", folder) == 0  # the next save cleans up after the killed one
@@ -106,7 +107,7 @@ def test_concurrent_saves_to_one_folder_end_with_one_whole_model(tmp_path):
 
 
 def test_save_writes_the_processor_in_the_same_step_and_refuses_a_file(tmp_path):
-    from surgery.zoo import image_processor
+    from surgery.demo.zoo import image_processor
 
     model = surgery.apply(tiny("vit"), ["ggem"])
     surgery.save(model, tmp_path / "m", processor=image_processor(32))

@@ -13,7 +13,7 @@ from surgery.errors import ConfigError, UnsupportedModelError
 from surgery.plugins.ggem.layers import GroupGeM
 from surgery.plugins.token_merge.config import ToMeConfig
 from surgery.plugins.token_merge.merge import bipartite_soft_matching, merge_weighted
-from surgery.tokens import token_sizes
+from surgery.toolkit.tokens import token_sizes
 
 from conftest import images, tiny
 
@@ -138,8 +138,9 @@ def test_merged_model_matches_a_blockwise_reference():
         merged = torch.tensor(np.stack([t for t, _ in rows]))
         out = layer.output(layer.intermediate(layer.layernorm_after(merged)), merged)
     surgery.apply(model, [("token_merge", {"r_per_layer": [8]})])
-    with torch.no_grad():
-        hidden_states, size = model.vit.encoder.layer[0](embedded)
+    with torch.no_grad():  # a block returns its hidden states; the sizes travel in the side channel
+        hidden_states = model.vit.encoder.layer[0](embedded)
+        size = token_sizes(model).sizes
     torch.testing.assert_close(hidden_states, out, rtol=1e-10, atol=1e-10)
     assert torch.equal(size[:, :, 0], torch.tensor(np.stack([s for _, s in rows])))
 

@@ -8,35 +8,21 @@ Needs fine-tuning: the paper trains from scratch; no training-free number is pub
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from surgery.attention import overlapping_attention_swaps
-from surgery.hookspecs import hookimpl
-from surgery.method import SurgeryMethod
+from surgery.toolkit.register import define_method, registration
 from surgery.plugins.agent_attention import rewrite
 from surgery.plugins.agent_attention.config import AgentAttentionConfig
 
-METHOD = SurgeryMethod(
-    name="agent_attention",
+METHOD = define_method(
+    __name__,
     summary="Agent Attention: two softmaxes through pooled agent tokens plus a depthwise conv on V",
     config_class=AgentAttentionConfig,
     model_types=("vit", "deit", "swin"),
     apply=rewrite.apply,
-    revert=rewrite.revert,
-    roles=("block", "attention"),
-    version="0.1.0",
-    card_template=str(Path(__file__).with_name("card.md.j2")),
+    roles=("block", "attention", "parts"),
     paper="https://arxiv.org/abs/2312.08874",
     reference="https://github.com/LeapLabTHU/Agent-Attention (207ce3e)",
 )
 
 
-@hookimpl
-def surgery_register_methods() -> list[SurgeryMethod]:
-    return [METHOD]
+surgery_register_methods = registration(METHOD)
 
-
-@hookimpl
-def surgery_veto(model, steps, history) -> list[str]:
-    """Attention swaps (agent_attention, castling) may share a model, never a block."""
-    return overlapping_attention_swaps(model, steps, history)

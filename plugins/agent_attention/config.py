@@ -6,7 +6,7 @@ import dataclasses
 import math
 from typing import ClassVar, Literal
 
-from surgery.config import SurgeryConfig
+from surgery.core.options import SurgeryConfig
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from surgery.attention import Style
+from surgery.core.parts import AttentionParts
+from surgery.toolkit.attention import AttentionCore
 
 
 @functools.lru_cache(maxsize=64)
@@ -51,21 +52,21 @@ def _resize_axis(bias: torch.Tensor, axis: int, size: int) -> torch.Tensor:
     return resized.reshape(*moved.shape[:-1], size).movedim(-1, axis)
 
 
-class AgentAttention(nn.Module):
-    """Drop-in replacement for a ViT/DeiT/Swin self-attention core (query/key/value reused)."""
+class AgentAttention(AttentionCore):
+    """Drop-in replacement for a ViT/DeiT/Swin self-attention core, built from its parts (q/k/v reused)."""
 
-    def __init__(self, query: nn.Linear, key: nn.Linear, value: nn.Linear, num_heads: int, agents: int,
-                 grid: tuple[int, int], prefix_tokens: int, style: Style, bias_size: int | None = 7,
-                 prefix_bias: bool = True, init: str = "zero", dropout: float = 0.0):
-        super().__init__()
-        self.query, self.key, self.value = query, key, value
-        channels = query.out_features
-        self.num_heads, self.head_dim, self.channels = num_heads, channels // num_heads, channels
+    def __init__(self, parts: AttentionParts, agents: int, grid: tuple[int, int], prefix_tokens: int,
+                 bias_size: int | None = 7, prefix_bias: bool = True, init: str = "zero", dropout: float = 0.0):
+        super().__init__(parts)
+        reference = parts.projection("qkv" if "qkv" in parts.projections else "query").weight
+        channels = parts.width
+        num_heads = parts.heads
+        self.channels = channels
         self.agents, self.side = agents, math.isqrt(agents)
-        self.grid, self.prefix_tokens, self.style, self.dropout = tuple(grid), prefix_tokens, style, dropout
+        self.grid, self.prefix_tokens, self.dropout = tuple(grid), prefix_tokens, dropout
         table = bias_size or None
         gh, gw = self.grid
-        zeros = functools.partial(torch.zeros, device=query.weight.device, dtype=query.weight.dtype)
+        zeros = functools.partial(torch.zeros, device=reference.device, dtype=reference.dtype)
         self.an_bias = nn.Parameter(zeros(num_heads, agents, table or gh, table or gw))
         self.na_bias = nn.Parameter(zeros(num_heads, agents, table or gh, table or gw))
         self.ah_bias = nn.Parameter(zeros(1, num_heads, agents, gh, 1))
@@ -77,7 +78,7 @@ class AgentAttention(nn.Module):
             self.ca_bias = nn.Parameter(zeros(1, num_heads, prefix_tokens, agents))
         else:
             self.ac_bias = self.ca_bias = None
-        self.dwc = nn.Conv2d(channels, channels, 3, padding=1, groups=channels, device=query.weight.device, dtype=query.weight.dtype)
+        self.dwc = nn.Conv2d(channels, channels, 3, padding=1, groups=channels, device=reference.device, dtype=reference.dtype)
         self.reset_new_parameters(init)
 
     def reset_new_parameters(self, init: str) -> None:
@@ -92,18 +93,14 @@ class AgentAttention(nn.Module):
             else:
                 self.dwc.reset_parameters()
 
-    # -- forward --------------------------------------------------------------------------------
-    def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
-        context = self.attend(hidden_states)
-        return (context, None) if self.style == "vit" else (context,)
-
+    # -- forward (AttentionCore.forward returns the context the way the host block expects) --------
     def attend(self, x: torch.Tensor) -> torch.Tensor:
         batch, tokens, channels = x.shape
         prefix = self.prefix_tokens
         height, width = self._grid(tokens - prefix)
         heads, dim = self.num_heads, self.head_dim
         split = lambda t: t.reshape(batch, -1, heads, dim).transpose(1, 2)  # noqa: E731
-        q, k, v = self.query(x), self.key(x), self.value(x)
+        q, k, v = self.qkv(x)
         pool = pool_matrix(height, width, self.side).to(device=x.device, dtype=x.dtype)
         agents = split(torch.matmul(pool, q[:, prefix:]))
         q, k, v_heads = split(q), split(k), split(v)

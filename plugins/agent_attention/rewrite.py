@@ -6,72 +6,47 @@ import math
 
 from torch import nn
 
-from surgery.anatomy import Anatomy
-from surgery.attention import heads_of, patch_grid, select_layers, stage_of, style_of
-from surgery.method import Rewrite
+from surgery.core.anatomy import Anatomy
+from surgery.core.method import Rewrite
+from surgery.core.parts import BlockParts
 from surgery.plugins.agent_attention.config import AgentAttentionConfig
 from surgery.plugins.agent_attention.layers import AgentAttention
+from surgery.toolkit.attention import is_hierarchical, select_layers, stage_of
+from surgery.toolkit.modules import Changes
 
 SWIN_AGENTS_BY_STAGE = (9, 16, 49, 49)  # Agent-Swin T/S/B: AGENT.NUM = 9-16-49-49
-GLOBAL_WINDOW = 2**30  # a Swin block's window larger than any map: it attends over the whole map
-
-
-def chosen_blocks(model: nn.Module, config: AgentAttentionConfig, anatomy: Anatomy) -> list[int]:
-    """Indices of the blocks whose attention ``config`` replaces."""
-    blocks = [module for _, module in anatomy.find(model, "block")]
-    return select_layers(config.layers, len(blocks), _default_layers(model, blocks, style_of(anatomy)), config)
+GLOBAL_WINDOW = 2**30  # a windowed block's window larger than any map: it attends over the whole map
 
 
 def apply(model: nn.Module, config: AgentAttentionConfig, anatomy: Anatomy) -> Rewrite:
-    style = style_of(anatomy)
-    blocks = [module for _, module in anatomy.find(model, "block")]
-    attentions = anatomy.find(model, "attention")
-    chosen = chosen_blocks(model, config, anatomy)
-    undo = []
-    for index in chosen:
-        name, old = attentions[index]
-        block = blocks[index]
-        if style == "swin":
-            grid = tuple(block.input_resolution)
-            agents = config.agents or min(SWIN_AGENTS_BY_STAGE[min(stage_of(block, blocks), 3)], _largest_square(grid))
-            undo.append((name, old, block, (block.window_size, block.shift_size)))
-            block.window_size, block.shift_size = GLOBAL_WINDOW, 0
+    blocks = anatomy.blocks(model)
+    changes = Changes(model)
+    for index in select_layers(config.layers, len(blocks), _default_layers(blocks), config):
+        parts = blocks[index]
+        grid = parts.grid
+        if parts.windowed:  # the paper's Agent-Swin attends over the whole stage map, not windows
+            agents = config.agents or min(SWIN_AGENTS_BY_STAGE[min(stage_of(parts, blocks), 3)], _largest_square(grid))
+            changes.call_on_undo(parts.set_window, *parts.window())
+            parts.set_window(GLOBAL_WINDOW, 0)
         else:
-            grid = patch_grid(model.config)
-            agents = config.agents or min(81 if model.config.hidden_size >= 768 else 49, _largest_square(grid))
-            undo.append((name, old, block, None))
+            agents = config.agents or min(81 if parts.width >= 768 else 49, _largest_square(grid))
         if agents > grid[0] * grid[1]:
             raise config.invalid("agents", agents, f"at most the {grid[0] * grid[1]} patches of block {index}'s "
                                  f"{grid[0]}x{grid[1]} grid (agents pool the patches)")
-        new = AgentAttention(
-            old.query, old.key, old.value, heads_of(old), agents, grid, anatomy.prefix_tokens, style,
-            bias_size=config.bias_size, prefix_bias=config.prefix_bias, init=config.init, dropout=_dropout(old),
-        )
-        model.set_submodule(name, new.train(old.training))
-    return Rewrite(targets=[name for name, *_ in undo], undo=undo)
+        new = AgentAttention(parts.attention, agents, grid, anatomy.prefix_tokens, bias_size=config.bias_size,
+                             prefix_bias=config.prefix_bias, init=config.init, dropout=parts.attention.dropout)
+        changes.replace(parts.attention_name, new)
+    return changes.rewrite()
 
 
-def revert(model: nn.Module, rewrite: Rewrite) -> None:
-    for name, old, block, window in rewrite.undo:
-        model.set_submodule(name, old)
-        if window is not None:
-            block.window_size, block.shift_size = window
-
-
-def _default_layers(model: nn.Module, blocks: list[nn.Module], style: str) -> list[int]:
+def _default_layers(blocks: list[BlockParts]) -> list[int]:
     """The paper's choice: Swin every stage but the last; DeiT-B (width 768+) the first 4; else all."""
-    if style == "swin":
+    if is_hierarchical(blocks):
         last = max(stage_of(b, blocks) for b in blocks)
-        return [i for i, b in enumerate(blocks) if stage_of(b, blocks) < last] or list(range(len(blocks)))
-    if model.config.hidden_size >= 768:
+        return [b.index for b in blocks if stage_of(b, blocks) < last] or list(range(len(blocks)))
+    if blocks and blocks[0].width >= 768:
         return list(range(min(4, len(blocks))))
     return list(range(len(blocks)))
-
-
-def _dropout(attention: nn.Module) -> float:
-    if hasattr(attention, "dropout_prob"):
-        return float(attention.dropout_prob)
-    return float(getattr(getattr(attention, "dropout", None), "p", 0.0))
 
 
 def _largest_square(grid: tuple[int, int]) -> int:

@@ -9,10 +9,8 @@ then ``parts="mlp"``.
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from surgery.hookspecs import hookimpl
-from surgery.method import SurgeryMethod
+from surgery.core.hookspecs import hookimpl
+from surgery.toolkit.register import define_method, registration
 from surgery.plugins.bivit import rewrite, training
 from surgery.plugins.bivit.config import BiViTConfig
 
@@ -30,27 +28,22 @@ def refuse_export(to: str, options: dict) -> str | None:
     return None
 
 
-METHOD = SurgeryMethod(
-    name="bivit",
+METHOD = define_method(
+    __name__,
     summary="BiViT: 1-bit weights (alpha*sign), sign activations and softmax-aware binary attention",
     config_class=BiViTConfig,
     model_types=("vit", "deit", "swin"),
     apply=rewrite.apply,
-    revert=rewrite.revert,
     training=training.training,
-    roles=("attention", "query", "key", "value", "attn_output", "mlp_in", "mlp_out"),
+    roles=("attention", "query", "key", "value", "attn_output", "mlp_in", "mlp_out", "parts"),
     repeatable=True,
     refuse_export=refuse_export,
-    version="0.1.0",
     paper="https://arxiv.org/abs/2211.07091",
     reference="https://github.com/ThisisBillhe/BiViT (6b34303)",
-    card_template=str(Path(__file__).with_name("card.md.j2")),
 )
 
 
-@hookimpl
-def surgery_register_methods() -> list[SurgeryMethod]:
-    return [METHOD]
+surgery_register_methods = registration(METHOD)
 
 
 def _parts(options: dict) -> set[str]:

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from surgery.packing import pack_bits, unpack_bits
+from surgery.core.parts import AttentionParts
+from surgery.toolkit.packing import pack_bits, unpack_bits
 from surgery.plugins.bivit.binarize import binary_weight, sign_ste, softmax_binarize
 
 
@@ -78,35 +79,31 @@ class BinaryLinear(nn.Linear):
 class BinaryAttention:
     """Self-attention with sign(q), sign(k), sign(v) and softmax-aware binary probabilities (SAB).
 
-    Mixed into the original class (ViT/DeiT or Swin self-attention), whose parameters stay in
-    place; Swin keeps its relative position bias and shifted-window mask.
+    Mixed into the host's attention core, whose parameters stay in place; it computes from the
+    core's parts (``bivit_parts``), so a windowed core keeps its relative position bias and
+    shifted-window mask.
     """
 
     bivit_ratio: float = 0.25
-    bivit_style: str = "vit"
+    bivit_parts: AttentionParts
 
-    def forward(self, hidden_states: torch.Tensor, attention_mask=None, *args, **kwargs):
-        if self.bivit_style == "vit":
-            attention_mask = None  # ViT passes head_mask here; heads are not masked
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
+        parts = self.bivit_parts
+        attention_mask = parts.window_mask(args, kwargs)  # a head mask (ViT) is not a window mask: ignored
         batch, tokens, _ = hidden_states.shape
-        heads, dim = self.num_attention_heads, self.attention_head_size
-        split = lambda t: sign_ste(t).view(batch, tokens, heads, dim).transpose(1, 2)  # noqa: E731
-        q, k, v = split(self.query(hidden_states)), split(self.key(hidden_states)), split(self.value(hidden_states))
+        heads, dim = parts.heads, parts.head_dim
+        q, k, v = parts.qkv(hidden_states, transform=sign_ste)
         scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(dim)
-        if self.bivit_style == "swin":
-            scores = scores + self._swin_position_bias()
-            if attention_mask is not None:
-                windows = attention_mask.shape[0]
-                scores = scores.view(batch // windows, windows, heads, tokens, tokens) + attention_mask[None, :, None]
-                scores = scores.view(batch, heads, tokens, tokens)
+        bias = parts.position_bias()
+        if bias is not None:
+            scores = scores + bias
+        if attention_mask is not None:
+            windows = attention_mask.shape[0]
+            scores = scores.view(batch // windows, windows, heads, tokens, tokens) + attention_mask[None, :, None]
+            scores = scores.view(batch, heads, tokens, tokens)
         probs = softmax_binarize(scores.softmax(dim=-1), self.bivit_ratio)
         context = torch.matmul(probs, v).transpose(1, 2).reshape(batch, tokens, heads * dim)
-        return (context, None) if self.bivit_style == "vit" else (context,)
-
-    def _swin_position_bias(self) -> torch.Tensor:
-        size = self.window_size[0] * self.window_size[1]
-        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)].view(size, size, -1)
-        return bias.permute(2, 0, 1).unsqueeze(0)
+        return parts.host_output(context)
 
     def extra_repr(self) -> str:
         return f"binary q/k/v, SAB ratio={self.bivit_ratio}"

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from torch import nn
 
-from surgery.anatomy import Anatomy
+from surgery.core.anatomy import Anatomy
 from surgery.plugins.bivit.config import BiViTConfig
 from surgery.plugins.bivit.layers import BinaryLinear
 from surgery.plugins.bivit.rewrite import MLP_LINEARS
-from surgery.training import TrainingHooks
+from surgery.toolkit.training import TrainingHooks
 
 
 class CrossLayerStages(TrainingHooks):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar, Literal
 
-from surgery.config import SurgeryConfig
+from surgery.core.options import SurgeryConfig
 
 
 @dataclasses.dataclass(frozen=True)

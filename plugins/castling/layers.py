@@ -21,7 +21,8 @@ import math
 import torch
 from torch import nn
 
-from surgery.attention import Style
+from surgery.core.parts import AttentionParts
+from surgery.toolkit.attention import AttentionCore
 
 
 # The reference divides by the plain L2 norm (NaN for an all-zero vector). F.normalize keeps the
@@ -37,32 +38,27 @@ def unit(x: torch.Tensor, eps: float = NORM_EPS) -> torch.Tensor:
     return x * torch.rsqrt(torch.clamp_min(x.pow(2).sum(dim=-1, keepdim=True), eps * eps))
 
 
-class LinearAngularAttention(nn.Module):
-    """Drop-in replacement for a ViT/DeiT/Swin self-attention core (query/key/value reused)."""
+class LinearAngularAttention(AttentionCore):
+    """Drop-in replacement for a ViT/DeiT/Swin self-attention core, built from its parts (q/k/v reused)."""
 
-    def __init__(self, query: nn.Linear, key: nn.Linear, value: nn.Linear, num_heads: int, prefix_tokens: int,
-                 style: Style, kernel_size: int = 9, sparse_reg: bool = True, sparse_threshold: float = 0.02,
-                 aux_weight: float = 1.0, init: str = "zero"):
-        super().__init__()
-        self.query, self.key, self.value = query, key, value
-        self.num_heads, self.head_dim = num_heads, query.out_features // num_heads
-        self.prefix_tokens, self.style = prefix_tokens, style
+    def __init__(self, parts: AttentionParts, prefix_tokens: int, kernel_size: int = 9, sparse_reg: bool = True,
+                 sparse_threshold: float = 0.02, aux_weight: float = 1.0, init: str = "zero"):
+        super().__init__(parts)
+        reference = parts.projection("qkv" if "qkv" in parts.projections else "query").weight
+        num_heads = parts.heads
+        self.prefix_tokens = prefix_tokens
         self.sparse_reg, self.sparse_threshold, self.aux_weight = sparse_reg, sparse_threshold, aux_weight
         self.dconv = nn.Conv2d(num_heads, num_heads, (kernel_size, 1), padding=(kernel_size // 2, 0), groups=num_heads,
-                               bias=False, device=query.weight.device, dtype=query.weight.dtype)
+                               bias=False, device=reference.device, dtype=reference.dtype)
         if init == "zero":
             with torch.no_grad():
                 self.dconv.weight.zero_()
         self.aux_penalty: torch.Tensor | None = None
 
-    def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
-        context = self.attend(hidden_states)
-        return (context, None) if self.style == "vit" else (context,)
-
     def attend(self, x: torch.Tensor) -> torch.Tensor:
         batch, tokens, channels = x.shape
         split = lambda t: t.reshape(batch, tokens, self.num_heads, self.head_dim).transpose(1, 2)  # noqa: E731
-        q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
+        q, k, v = (split(t) for t in self.qkv(x))
         q_unit, k_unit = unit(q), unit(k)
         out = 0.5 * v + (1.0 / math.pi) * torch.matmul(q_unit, torch.matmul(k_unit.transpose(-1, -2), v))
         self.aux_penalty = None

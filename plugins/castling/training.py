@@ -11,11 +11,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from surgery.anatomy import Anatomy
+from surgery.core.anatomy import Anatomy
 from surgery.errors import SurgeryError
 from surgery.plugins.castling.config import CastlingConfig
 from surgery.plugins.castling.layers import LinearAngularAttention
-from surgery.training import TrainingHooks
+from surgery.toolkit.training import TrainingHooks
 
 
 class AuxiliaryBranchSchedule(TrainingHooks):
@@ -43,22 +43,19 @@ class AuxiliaryBranchSchedule(TrainingHooks):
             layer.aux_weight, layer.aux_penalty = self.config.aux_weight, None
 
 
-PREFIX_TOKENS = ("cls_token", "distillation_token", "register_tokens")
-
-
 def training(model: nn.Module, config: CastlingConfig, targets: list[str], anatomy: Anatomy) -> AuxiliaryBranchSchedule:
-    refuse_zero_prefix_tokens(model)
+    refuse_zero_prefix_tokens(model, anatomy)
     layers = [model.get_submodule(name) for name in targets]
     return AuxiliaryBranchSchedule([m for m in layers if isinstance(m, LinearAngularAttention)], config)
 
 
-def refuse_zero_prefix_tokens(model: nn.Module) -> None:
+def refuse_zero_prefix_tokens(model: nn.Module, anatomy: Anatomy) -> None:
     """An all-zero prefix token (transformers initialises DeiT's cls and distillation tokens to zero)
     is a fixed point of linear-angular attention: it stays zero through every block, and each
     LayerNorm (eps 1e-12) multiplies its gradient by about 1e6, so training overflows to NaN within a
     few blocks. Trained checkpoints never have one; an untrained model is refused with the reason."""
-    zero = [name for name, parameter in model.named_parameters()
-            if name.endswith(PREFIX_TOKENS) and parameter.numel() and not parameter.detach().any()]
+    zero = [name for name, parameter in anatomy.prefix_token_parameters(model)
+            if parameter.numel() and not parameter.detach().any()]
     if zero:
         raise SurgeryError(
             f"castling: {', '.join(zero)} {'is' if len(zero) == 1 else 'are'} all zero (an untrained model): "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from surgery.tokens import TokenSizes
+from surgery.toolkit.tokens import TokenSizes
 
 
 class GroupGeM(nn.Module):

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from torch import nn
 
-from surgery.anatomy import Anatomy
-from surgery.method import Rewrite
-from surgery.tokens import token_sizes
+from surgery.core.anatomy import Anatomy
+from surgery.core.method import Rewrite
+from surgery.toolkit.modules import Changes
+from surgery.toolkit.tokens import token_sizes
 from surgery.plugins.ggem.config import GGeMConfig
 from surgery.plugins.ggem.layers import GGeMPooler, GGeMReadout, GroupGeM
 
@@ -21,15 +22,9 @@ def apply(model: nn.Module, config: GGeMConfig, anatomy: Anatomy) -> Rewrite:
     norm_name, norm = anatomy.one(model, "final_norm")
     reference = next(norm.parameters())
     pool = GroupGeM(width, groups, config.p_init, config.eps, config.learn_p).to(reference.device, reference.dtype)
+    changes = Changes(model)
     if anatomy.readout == "cls":
-        name, original, new = norm_name, norm, GGeMReadout(norm, pool, anatomy.prefix_tokens, token_sizes(model))
+        changes.replace(norm_name, GGeMReadout(norm, pool, anatomy.prefix_tokens, token_sizes(model)))
     else:
-        name, original = anatomy.one(model, "pooler")
-        new = GGeMPooler(pool)
-    model.set_submodule(name, new.train(original.training))
-    return Rewrite(targets=[name], undo=original)
-
-
-def revert(model: nn.Module, rewrite: Rewrite) -> None:
-    """Put the original final norm or pooler back."""
-    model.set_submodule(rewrite.targets[0], rewrite.undo)
+        changes.replace(anatomy.one(model, "pooler")[0], GGeMPooler(pool))
+    return changes.rewrite()

@@ -8,31 +8,25 @@ weights with their scales. Training-free; reversible.
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from surgery.hookspecs import hookimpl
-from surgery.method import SurgeryMethod
+from surgery.toolkit.register import define_method, registration
 from surgery.plugins.quantize import rewrite
 from surgery.plugins.quantize.config import QuantizeConfig
 
-METHOD = SurgeryMethod(
-    name="quantize",
+METHOD = define_method(
+    __name__,
     summary="int8 linears: per-channel int8 weights, calibrated uint8 activations (torch observers)",
     config_class=QuantizeConfig,
     model_types=("vit", "deit", "swin"),
     apply=rewrite.apply,
-    revert=rewrite.revert,
     calibrate=rewrite.calibrate,
     needs_data=rewrite.needs_data,
     roles=rewrite.LINEAR_ROLES,
+    export_exact=False,
+    provides=("int8",),
     conflicts={"bivit": "bivit's binary linears are already below 8 bits; quantize the float model or binarize it, not both"},
-    version="0.1.0",
     paper="https://arxiv.org/abs/1712.05877",
     reference="torch.ao.quantization observers and fake-quant; ONNX QDQ format",
-    card_template=str(Path(__file__).with_name("card.md.j2")),
 )
 
 
-@hookimpl
-def surgery_register_methods() -> list[SurgeryMethod]:
-    return [METHOD]
+surgery_register_methods = registration(METHOD)

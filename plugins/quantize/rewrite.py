@@ -12,29 +12,21 @@ from typing import Any
 import torch
 from torch import nn
 
-from surgery.anatomy import Anatomy
-from surgery.evaluation import eval_mode
-from surgery.method import Rewrite
+from surgery.core.anatomy import Anatomy
+from surgery.core.method import Rewrite
 from surgery.plugins.quantize.config import QuantizeConfig
 from surgery.plugins.quantize.layers import QuantLinear
+from surgery.toolkit.modules import Changes, eval_mode
 
 LINEAR_ROLES = ("query", "key", "value", "attn_output", "mlp_in", "mlp_out")
 
 
 def apply(model: nn.Module, config: QuantizeConfig, anatomy: Anatomy) -> Rewrite:
-    replaced = []
+    changes = Changes(model)
     for role in LINEAR_ROLES:
         for name, old in anatomy.find(model, role):
-            if type(old) is not nn.Linear:
-                raise config.invalid("(model)", f"{name} is a {type(old).__name__}", "plain nn.Linear layers (apply quantize before bivit, not after)")
-            model.set_submodule(name, QuantLinear.from_linear(old, config.activations, config.observer, config.activation_bits))
-            replaced.append((name, old))
-    return Rewrite(targets=[name for name, _ in replaced], undo=replaced)
-
-
-def revert(model: nn.Module, rewrite: Rewrite) -> None:
-    for name, old in rewrite.undo:
-        model.set_submodule(name, old)
+            changes.replace(name, QuantLinear.from_linear(old, config.activations, config.observer, config.activation_bits))
+    return changes.rewrite()
 
 
 def needs_data(config: QuantizeConfig) -> bool:

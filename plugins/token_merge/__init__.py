@@ -7,10 +7,7 @@ No new parameters; exactly reversible. Deviations are listed in ``merge.py``.
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from surgery.hookspecs import hookimpl
-from surgery.method import SurgeryMethod
+from surgery.toolkit.register import define_method, registration
 from surgery.plugins.token_merge import rewrite
 from surgery.plugins.token_merge.config import ToMeConfig
 
@@ -19,8 +16,8 @@ _NOT_WITH_LINEAR_ATTENTION = (
     "proportional attention biases the softmax logits); the linear attentions have neither"
 )
 
-METHOD = SurgeryMethod(
-    name="token_merge",
+METHOD = define_method(
+    __name__,
     summary="ToMe: merge r similar tokens per block (bipartite soft matching), training-free",
     config_class=ToMeConfig,
     model_types=("vit", "deit"),
@@ -28,16 +25,11 @@ METHOD = SurgeryMethod(
         "swin": "Swin attends within fixed windows and merges patches on a fixed grid; merged tokens have no grid position"
     },
     apply=rewrite.apply,
-    revert=rewrite.revert,
-    roles=("encoder", "block", "attention"),
+    roles=("encoder", "block", "attention", "parts"),
     conflicts={"agent_attention": _NOT_WITH_LINEAR_ATTENTION, "castling": _NOT_WITH_LINEAR_ATTENTION},
-    version="0.1.0",
-    card_template=str(Path(__file__).with_name("card.md.j2")),
     paper="https://arxiv.org/abs/2210.09461",
     reference="https://github.com/facebookresearch/ToMe (af95e4b)",
 )
 
 
-@hookimpl
-def surgery_register_methods() -> list[SurgeryMethod]:
-    return [METHOD]
+surgery_register_methods = registration(METHOD)

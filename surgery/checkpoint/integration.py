@@ -1,0 +1,154 @@
+"""Plain ``from_pretrained`` replays a saved recipe once ``surgery`` is imported, and fails loudly
+without it.
+
+transformers builds the model skeleton on the meta device, then calls the registered quantizer's
+``_process_model_before_weight_loading``; that is where the recipe is checked (the same checks as
+:func:`surgery.load`: format, step shape, installed plugins and their versions, conflicts) and
+replayed, so the weights then load into the rewritten modules. Weights the rebuilt model needs and
+the checkpoint lacks are an error, and the recipe must be the one the weights were saved with
+(its SHA-256 is in the safetensors metadata).
+
+Without ``import surgery``, transformers would skip the unknown quantization method with a log
+line and return a different model. So a saved ``config.json`` names the model type
+:data:`MARKER` (the real one is kept under :data:`BASE_TYPE_KEY`): transformers alone refuses it
+with "model type `surgery (pip install surgery)` ... not recognize", in ``AutoConfig``, the Auto
+model classes and ``pipeline()``; with surgery imported, the marker resolves to the real config.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from transformers import AutoConfig, PretrainedConfig
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+from transformers.quantizers.auto import AUTO_QUANTIZER_MAPPING, register_quantizer
+from transformers.quantizers.base import HfQuantizer
+
+from surgery.checkpoint.plugins import check_plugins_installed
+from surgery.checkpoint.recipe import QUANT_METHOD, read_recipe_dict, read_steps, recipe_digest, validate_recipe
+from surgery.checkpoint.replay import replay
+from surgery.errors import RecipeError
+from surgery.toolkit.packing import packed_away_keys, packed_state_dict, unpack_all
+
+MARKER = "surgery (pip install surgery)"
+BASE_TYPE_KEY = "surgery_base_model_type"
+DIGEST_KEY = "surgery_recipe_sha256"
+
+
+class SurgeryCheckpointConfig(PretrainedConfig):
+    """What ``AutoConfig`` finds for :data:`MARKER`: it checks the recipe and returns the real config."""
+
+    model_type = MARKER
+
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any):
+        data = dict(config_dict)
+        base = data.pop(BASE_TYPE_KEY, None)
+        if not isinstance(base, str) or base not in CONFIG_MAPPING:
+            raise RecipeError(f"config.json is marked as a surgery checkpoint, but its {BASE_TYPE_KEY} is "
+                              f"{str(base)[:60]!r}, not a model type transformers knows.")
+        recipe = data.get("quantization_config")
+        if not isinstance(recipe, dict) or recipe.get("quant_method") != QUANT_METHOD:
+            raise RecipeError("config.json is marked as a surgery checkpoint, but its quantization_config is not a "
+                              "surgery recipe (was it edited?).")
+        validate_recipe(recipe)
+        data["model_type"] = base
+        return CONFIG_MAPPING[base].from_dict(data, **kwargs)
+
+
+def mark_config_file(folder: str | Path) -> None:
+    """Mark a saved ``config.json`` whose recipe has steps (see the module docstring)."""
+    path = Path(folder) / "config.json"
+    data = json.loads(path.read_text())
+    recipe = data.get("quantization_config")
+    if isinstance(recipe, dict) and recipe.get("quant_method") == QUANT_METHOD and data.get("model_type") != MARKER:
+        data[BASE_TYPE_KEY], data["model_type"] = data["model_type"], MARKER
+        path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def unmark(config: Any) -> None:
+    """Undo what a model class's own ``config_class.from_pretrained`` reads from a marked file (it keeps
+    the marker and the base type as attributes of the instance)."""
+    attributes = vars(config)
+    if attributes.get("model_type") == MARKER:
+        base = attributes.pop(BASE_TYPE_KEY, None)
+        del attributes["model_type"]
+        if base != type(config).model_type:
+            raise RecipeError(f"this surgery checkpoint is a {str(base)[:60]!r} model; it cannot load into "
+                              f"{type(config).__name__} ({type(config).model_type}).")
+
+
+class SurgeryQuantizer(HfQuantizer):
+    """Replays a surgery recipe inside ``from_pretrained``. No calibration, no data."""
+
+    requires_calibration = False
+    required_packages = None
+
+    def preprocess_model(self, model, **kwargs: Any):
+        # The base class marks the model as quantized, which forbids .float()/.half(); surgery
+        # steps are ordinary modules, so only the replay runs here.
+        return self._process_model_before_weight_loading(model, **kwargs)
+
+    def _process_model_before_weight_loading(self, model, **kwargs: Any) -> None:
+        unmark(model.config)
+        steps = read_steps(model.config)
+        check_plugins_installed(steps)
+        replay(model, steps)
+
+    def _process_model_after_weight_loading(self, model, **kwargs: Any) -> None:
+        unpack_all(model)
+        source = getattr(model.config, "_name_or_path", None)
+        weights = _local_weights(Path(source)) if source and Path(source).is_dir() else None
+        if weights is not None:
+            check_digest(model.config, weights)
+
+    def get_state_dict_and_metadata(self, model, safe_serialization=False):
+        """Called by ``save_pretrained``: packed weights where a module stores fewer bits, and the
+        recipe's digest in the metadata."""
+        return packed_state_dict(model), {DIGEST_KEY: recipe_digest(read_steps(model.config))}
+
+    def update_missing_keys(self, model, missing_keys: list[str], prefix: str) -> list[str]:
+        packed = packed_away_keys(model)
+        missing = [key for key in missing_keys if key not in packed]
+        if missing:
+            shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+            raise RecipeError(f"the checkpoint lacks weights that its recipe's model needs ({shown}): the recipe and "
+                              "the weights do not belong together (edited recipe or mixed folder).")
+        return missing
+
+    def is_serializable(self, safe_serialization=None) -> bool:
+        return True
+
+    @property
+    def is_trainable(self) -> bool:
+        return True
+
+
+def check_digest(config: Any, weights: Path) -> None:
+    """Refuse weights (a safetensors file) saved with another recipe than the one in ``config``
+    (checkpoints saved before surgery recorded the digest carry none, and pass)."""
+    from safetensors import safe_open
+
+    with safe_open(str(weights), framework="pt") as handle:
+        saved = (handle.metadata() or {}).get(DIGEST_KEY)
+    if saved is not None and read_recipe_dict(config) is not None and saved != recipe_digest(read_steps(config)):
+        raise RecipeError(f"{weights.parent}: the recipe in config.json is not the one these weights were saved with "
+                          "(its SHA-256 differs from the weights' metadata): edited recipe or mixed folder.")
+
+
+def _local_weights(folder: Path) -> Path | None:
+    """The (first) safetensors file of a local model folder, or None."""
+    if (folder / "model.safetensors").is_file():
+        return folder / "model.safetensors"
+    index = folder / "model.safetensors.index.json"
+    if not index.is_file():
+        return None
+    return folder / sorted(set(json.loads(index.read_text())["weight_map"].values()))[0]
+
+
+if QUANT_METHOD not in AUTO_QUANTIZER_MAPPING:  # importable twice (reloads) without error
+    register_quantizer(QUANT_METHOD)(SurgeryQuantizer)
+if MARKER not in CONFIG_MAPPING:
+    AutoConfig.register(MARKER, SurgeryCheckpointConfig)

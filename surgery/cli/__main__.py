@@ -1,0 +1,5 @@
+import sys
+
+from surgery.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,223 @@
+"""The commands of the ``surgery`` command line: each reads its arguments and calls the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from surgery.core.specs import configs_from_text as _specs
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    import surgery
+
+    host = surgery.get_host()
+    methods = surgery.list_methods()
+    if args.json:
+        print(json.dumps([_method_json(m) for m in methods], indent=2))
+    else:
+        rows = [("name", "summary", "architectures", "package")]
+        rows += [(m.name, m.summary, ", ".join(m.model_types), f"{m.package} {m.version}") for m in methods]
+        widths = [max(len(r[i]) for r in rows) for i in range(3)]
+        for row in rows:
+            print("  ".join(cell.ljust(widths[i]) if i < 3 else cell for i, cell in enumerate(row)))
+    for problem in host.problems:
+        print(f"surgery: warning: {problem}", file=sys.stderr)
+    return 0
+
+
+def _method_json(method: Any) -> dict[str, Any]:
+    return {
+        "name": method.name,
+        "summary": method.summary,
+        "model_types": list(method.model_types),
+        "package": method.package,
+        "version": method.version,
+        "reversible": method.reversible,
+        "paper": method.paper,
+        "options": [{"name": n, "type": t, "default": d} for n, t, d in method.config_class.describe_options()],
+    }
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    import surgery
+
+    model = surgery.load(args.model)
+    print(surgery.plan(model, _specs(args.plugin)))
+    return 0
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    import surgery
+    from surgery.checkpoint.saving import save_from
+
+    model = surgery.load(args.model)
+    specs = _specs(args.plugin)
+    print(surgery.plan(model, specs))
+    surgery.apply(model, specs, calibration=_calibration(args.calibration, args.model))
+    save_from(model, args.output, source=args.model)
+    print(f"saved the rewritten model to {args.output}")
+    return 0
+
+
+def _calibration(name: str | None, model: str) -> Any:
+    """Batches of pixel_values for steps that calibrate: the built-in digits training split, through
+    the model's own image processor."""
+    if name is None:
+        return None
+    from surgery.data.digits import digits_for
+
+    return digits_for(model, "train")[0].split(32)
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from transformers import AutoConfig
+
+    from surgery.checkpoint.recipe import read_steps
+
+    config = AutoConfig.from_pretrained(args.model, trust_remote_code=False)
+    steps = read_steps(config)
+    if args.json:
+        print(json.dumps({"model_type": config.model_type, "steps": steps}, indent=2))
+        return 0
+    print(f"{args.model}: {config.model_type}, {len(steps)} surgery step(s)")
+    for index, step in enumerate(steps, 1):
+        options = " ".join(f"{k}={v}" for k, v in (step.get("options") or {}).items())
+        print(f"{index}. {step['plugin']} {step.get('plugin_version', '?')} ({step.get('package', '?')})  {options}")
+        print(f"   rewrites: {', '.join(step.get('targets') or []) or '(nothing)'}")
+        versions = step.get("versions") or {}
+        print("   saved with: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import surgery
+    from surgery.publish.export import export
+
+    model = surgery.load(args.model)
+    int8 = surgery.get_host().provider("int8")
+    if args.int8 and not any(step.plugin == int8.name for step in surgery.history(model)):
+        surgery.apply(model, int8.name, calibration=_calibration(args.calibration, args.model))
+    result = export(model, args.output, to=args.to, source=args.model, overwrite=args.overwrite)
+    kind = "int8" if any(step.plugin == int8.name for step in surgery.history(model)) else "fp32"
+    print(f"exported {kind} {args.to} to {result.path}; max |logit difference| vs PyTorch: {result.max_abs_diff:.2e}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import surgery
+    from surgery.evaluation.measure import checkpoint_figures, record, runtime_figures
+
+    if args.repeats < 1:
+        from surgery.errors import SurgeryError
+
+        raise SurgeryError(f"bench: --repeats got {args.repeats}; allowed: an integer >= 1.")
+    figures = {**checkpoint_figures(args.model), **runtime_figures(surgery.load(args.model), repeats=args.repeats)}
+    path = record(args.model, figures)
+    print(json.dumps(figures, indent=2))
+    print(f"recorded in {path}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from surgery.evaluation.measure import dataset_accuracy, record
+
+    figures = dataset_accuracy(args.model, args.data, args.split)
+    path = record(args.model, figures)
+    print(f"accuracy {figures['accuracy']:.2%} on {figures['dataset']}; recorded in {path}")
+    return 0
+
+
+def cmd_recover(args: argparse.Namespace) -> int:
+    from accelerate import PartialState
+    from transformers import AutoImageProcessor
+
+    import surgery
+    from surgery.data.imagesets import load_images
+    from surgery.evaluation.measure import describe_data, record
+    from surgery.checkpoint.saving import save_from
+    from surgery.recovery import RecoveryConfig, recover
+
+    config = RecoveryConfig.from_strings({k: v for k, v in _recovery_options(args).items() if v is not None})
+    model = surgery.load(args.model)
+    teacher_source = args.teacher or _base_model(model, args.model)
+    teacher = surgery.load(teacher_source)
+    processor = AutoImageProcessor.from_pretrained(args.model, use_fast=False)
+    train = load_images(args.data, args.train_split)
+    evaluation = load_images(args.data, args.eval_split) if args.eval_split != "none" else None
+    checkpoints = Path(args.checkpoint_dir or Path(args.output) / "checkpoints")
+    result = recover(model, teacher, train, evaluation, config, processor=processor, checkpoint_dir=checkpoints,
+                     resume=args.resume)
+    if not PartialState().is_main_process:
+        return 0
+    save_from(model, args.output, source=args.model)
+    (Path(args.output) / "recovery_log.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    if result.accuracy is not None:
+        dataset = describe_data(args.data, args.eval_split, len(evaluation))
+        record(args.output, result.figures(str(teacher_source), args.data, dataset))
+    figures = ", ".join(f"{label} {value:.2%}" for label, value in (
+        ("teacher", result.teacher_accuracy), ("after surgery", result.accuracy_before), ("recovered", result.accuracy))
+        if value is not None)
+    print(f"recovered {args.model} in {result.seconds:.0f} s ({figures}); saved to {args.output}")
+    return 0
+
+
+def _base_model(model: Any, folder: str) -> str:
+    """The model the surgery started from, as recorded in the recipe."""
+    import surgery
+
+    source = next((step.base_model for step in surgery.history(model) if step.base_model), None)
+    if source is None:
+        from surgery.errors import SurgeryError
+
+        raise SurgeryError(f"{folder} records no base model to distil from; pass --teacher (the original model's folder or Hub id)")
+    return source
+
+
+def _recovery_options(args: argparse.Namespace) -> dict[str, str | None]:
+    from surgery.recovery import RecoveryConfig
+
+    return {name: getattr(args, name) for name, _, _ in RecoveryConfig.describe_options()}
+
+
+def cmd_card(args: argparse.Namespace) -> int:
+    from surgery.publish.cards import card
+
+    path = card(args.model, results=args.results, model_id=args.model_id, base_model=args.base_model,
+                license=args.license, datasets=args.dataset, measure=not args.no_measure)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from surgery.publish.hub import publishable_files, push
+
+    if Path(args.model).is_dir():
+        skipped = publishable_files(args.model)[1]
+        if skipped:
+            shown = ", ".join(skipped[:8]) + (f" and {len(skipped) - 8} more" if len(skipped) > 8 else "")
+            print(f"surgery: note: not uploading {shown} (not files of the model)", file=sys.stderr)
+    if not (Path(args.model) / "README.md").exists():
+        print(f"surgery: note: {args.model} has no README.md; run `surgery card {args.model}` first for a model card", file=sys.stderr)
+    url = push(args.model, args.repo_id, private=args.private, token=args.token, new=args.new)
+    print(f"pushed {args.model} to {args.repo_id}: {url}")
+    return 0
+
+
+def cmd_demo_model(args: argparse.Namespace) -> int:
+    from surgery.demo.model import EVAL_FILE, default_model
+
+    folder = default_model(args.arch, rebuild=args.rebuild)
+    results = json.loads((folder / EVAL_FILE).read_text())
+    print(f"{folder}  ({args.arch}, test accuracy {results['accuracy']:.2%} on {results['split']})")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from surgery.demo.run import run_demo
+
+    return run_demo(arch=args.arch, output=Path(args.output), plugins=args.plugin or ["ggem"], specs=_specs,
+                    recovery_epochs=args.recover_epochs)

@@ -1,0 +1,120 @@
+"""The argument parser of the ``surgery`` command line."""
+
+from __future__ import annotations
+
+import argparse
+
+from surgery.cli.commands import (
+    cmd_apply,
+    cmd_bench,
+    cmd_card,
+    cmd_demo,
+    cmd_demo_model,
+    cmd_eval,
+    cmd_export,
+    cmd_inspect,
+    cmd_list,
+    cmd_plan,
+    cmd_push,
+    cmd_recover,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="surgery", description="Model surgery for Hugging Face vision transformers.")
+    parser.add_argument("--traceback", action="store_true", help="show the Python traceback on errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("list", help="list installed surgery plugins")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_list)
+
+    plugin_help = "a plugin and its options, NAME[:key=value,...]; repeat for several steps"
+    p = sub.add_parser("plan", help="show what apply would change (nothing is written)")
+    p.add_argument("model", help="a local model folder or a Hub id")
+    p.add_argument("--plugin", "-p", action="append", required=True, help=plugin_help)
+    p.set_defaults(run=cmd_plan)
+
+    p = sub.add_parser("apply", help="rewrite a model and save it with its recipe")
+    p.add_argument("model", help="a local model folder or a Hub id")
+    p.add_argument("--plugin", "-p", action="append", required=True, help=plugin_help)
+    p.add_argument("--output", "-o", required=True, help="folder to save the rewritten model to")
+    p.add_argument("--calibration", choices=["digits"], help="data for steps that calibrate (quantize): the built-in digits")
+    p.set_defaults(run=cmd_apply)
+
+    p = sub.add_parser("inspect", help="print the surgery recipe of a saved model")
+    p.add_argument("model", help="a local model folder or a Hub id")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_inspect)
+
+    p = sub.add_parser("export", help="export a saved model with Optimum to ONNX or OpenVINO, checked against PyTorch")
+    p.add_argument("model", help="a saved model folder or a Hub id")
+    p.add_argument("--to", required=True, choices=["onnx", "openvino"])
+    p.add_argument("--int8", action="store_true", help="add an int8 `quantize` step first (needs --calibration)")
+    p.add_argument("--calibration", choices=["digits"], help="calibration data for --int8: the built-in digits")
+    p.add_argument("--output", "-o", required=True, help="folder for the exported model (not the model's own folder)")
+    p.add_argument("--overwrite", action="store_true", help="export into a folder that holds other files")
+    p.set_defaults(run=cmd_export)
+
+    p = sub.add_parser("bench", help="parameters, checkpoint size, FLOPs and latency of a saved model (JSON)")
+    p.add_argument("model", help="a saved model folder")
+    p.add_argument("--repeats", type=int, default=10, help="timed runs after one warm-up (median reported)")
+    p.set_defaults(run=cmd_bench)
+
+    data_help = "'digits' (built in), a local imagefolder (<dir>/<split>/<class>/<image>) or a Hub dataset id"
+    p = sub.add_parser("eval", help="accuracy of a saved model (JSON)")
+    p.add_argument("model", help="a saved model folder with its image processor")
+    p.add_argument("--data", required=True, help=data_help)
+    p.add_argument("--split", default="test", help="the split to evaluate on (default: test)")
+    p.set_defaults(run=cmd_eval)
+
+    p = sub.add_parser("recover", help="fine-tune a rewritten model with distillation from its original (accelerate)",
+                       description="Runs on one CPU or GPU as is, and on several with `accelerate launch -m surgery.cli recover ...`.")
+    p.add_argument("model", help="a saved rewritten model folder")
+    p.add_argument("--data", required=True, help=data_help)
+    p.add_argument("--output", "-o", required=True, help="folder for the recovered model")
+    p.add_argument("--teacher", help="the original model (default: the base model recorded in the recipe)")
+    p.add_argument("--train-split", default="train")
+    p.add_argument("--eval-split", default="test", help="evaluated before and after every epoch; 'none' to skip")
+    p.add_argument("--checkpoint-dir", help="epoch checkpoints (default: OUTPUT/checkpoints)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --checkpoint-dir")
+    from surgery.recovery import RecoveryConfig
+
+    for name, kind, default in RecoveryConfig.describe_options():
+        metavar = "{" + ",".join(x.strip("' ") for x in kind.split("|")) + "}" if "|" in kind else kind.upper()
+        p.add_argument("--" + name.replace("_", "-"), dest=name, metavar=metavar,
+                       help=f"{kind}, default {default}")
+    p.set_defaults(run=cmd_recover)
+
+    p = sub.add_parser("card", help="write README.md (model card) for a saved rewritten model")
+    p.add_argument("model", help="a saved model folder")
+    p.add_argument("--results", help="JSON file of figures: accuracy, accuracy_before, latency_ms_before, dataset ...")
+    p.add_argument("--model-id", help="the repository id the card refers to (default: the folder name)")
+    p.add_argument("--base-model", help="the Hub id of the model before surgery")
+    p.add_argument("--license", default="apache-2.0")
+    p.add_argument("--dataset", action="append", help="Hub dataset id(s) for the metadata")
+    p.add_argument("--no-measure", action="store_true", help="do not load the model to measure FLOPs and latency")
+    p.set_defaults(run=cmd_card)
+
+    p = sub.add_parser("push", help="upload a model folder to the Hugging Face Hub")
+    p.add_argument("model", help="a saved model folder")
+    p.add_argument("repo_id", help="namespace/name on the Hub")
+    p.add_argument("--private", action="store_true", help="create the repository as private")
+    p.add_argument("--token", help="a Hugging Face token with write access (default: HF_TOKEN or the stored login)")
+    p.add_argument("--new", action="store_true", help="fail if the repository already exists")
+    p.set_defaults(run=cmd_push)
+
+    from surgery.demo.zoo import ARCHITECTURES
+
+    p = sub.add_parser("demo-model", help="build (once) and show the built-in digits model")
+    p.add_argument("--arch", default="vit", choices=ARCHITECTURES)
+    p.add_argument("--rebuild", action="store_true", help="train it again even if it is cached")
+    p.set_defaults(run=cmd_demo_model)
+
+    p = sub.add_parser("demo", help="the main job end to end on the built-in digits model")
+    p.add_argument("--arch", default="vit", choices=ARCHITECTURES)
+    p.add_argument("--plugin", "-p", action="append", help=plugin_help + " (default: ggem)")
+    p.add_argument("--output", "-o", default="out/demo", help="folder for the rewritten model (default: out/demo)")
+    p.add_argument("--recover-epochs", type=int, help="epochs of recovery after the warm-up stage (default: 15)")
+    p.set_defaults(run=cmd_demo)
+    return parser

@@ -1,0 +1,171 @@
+"""Where the roles live in each architecture: the one place that knows transformers' module paths.
+
+Plugins never hard-code a module path; they ask the anatomy for a role (``"attention"``,
+``"final_norm"``, ``"classifier"`` ...). When transformers renames its modules (5.9 did for ViT and
+Swin), only the anatomies below change. Third-party plugins add architectures through the
+``surgery_register_anatomies`` hook.
+
+Roles are glob patterns over ``model.named_modules()`` names, where ``*`` matches one index
+(``vit.encoder.layer.*.attention.attention``). Known roles:
+
+============== ===========================================================================
+encoder        the module that runs the blocks in sequence
+block          one transformer block (ViT layer, Swin block)
+attention      the self-attention core (query/key/value projections and the softmax)
+query, key,    the query, key and value projections of the attention core
+value
+attn_output    the attention output projection
+mlp_in         the first MLP linear
+mlp_out        the second MLP linear
+patch_embed    the patch-embedding convolution
+final_norm     the LayerNorm after the last block
+pooler         the pooling module in front of the classifier (Swin)
+classifier     the classification head(s)
+============== ===========================================================================
+
+Beyond names, each anatomy describes its block's behaviour as a :class:`~surgery.core.parts.BlockLayout`,
+and :meth:`Anatomy.blocks` hands plugins :class:`~surgery.core.parts.BlockParts` (norms, attention
+projections, heads, MLP, layer scale, residual, windows, patch grid). One model type may have several
+layouts (transformers 4.57 and >= 5.9 name ViT's modules differently): the first whose roles are found
+in the model is used, so the choice comes from the model itself, never from a version string.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import re
+from collections.abc import Callable, Mapping
+from typing import Literal
+
+from torch import nn
+
+from surgery.core.parts import BlockLayout, BlockParts, block_parts
+from surgery.errors import UnsupportedModelError
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """One way a model type's modules are laid out: role patterns, the block's parts, the prefix tokens."""
+
+    name: str
+    roles: Mapping[str, tuple[str, ...]]
+    block: BlockLayout | None = None
+    prefix_parameters: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Anatomy:
+    """The layout of one ``model_type``.
+
+    Attributes:
+        model_type: ``config.model_type`` this anatomy describes.
+        roles: role name to one or more glob patterns over module names (the first layout).
+        prefix_tokens: tokens before the patch tokens in the sequence (1 for ViT's cls, 2 for DeiT's
+            cls and distillation tokens, 0 for Swin).
+        readout: ``"cls"`` when the classifier reads prefix token(s) after ``final_norm``,
+            ``"pool"`` when it reads the output of ``pooler``.
+        readout_heads: attention heads of the last stage (the default grouping for pooling).
+        readout_width: channels of the features the classifier reads.
+        block: the parts of one block in the first layout (None: roles only; plugins that build from
+            parts refuse the model with the reason).
+        prefix_parameters: glob patterns over parameter names of the learned prefix tokens (cls,
+            distillation, registers) in the first layout.
+        layouts: further layouts of the same model type, tried in order when the first one's roles
+            are not in the model.
+        name: what the first layout is called in messages.
+    """
+
+    model_type: str
+    roles: Mapping[str, tuple[str, ...]]
+    prefix_tokens: int
+    readout: Literal["cls", "pool"]
+    readout_heads: Callable[[object], int]
+    readout_width: Callable[[object], int]
+    block: BlockLayout | None = None
+    prefix_parameters: tuple[str, ...] = ()
+    layouts: tuple[Layout, ...] = ()
+    name: str = "transformers 4.57"
+
+    # -- layouts --------------------------------------------------------------------------------
+    def all_layouts(self) -> list[Layout]:
+        return [Layout(self.name, self.roles, self.block, self.prefix_parameters), *self.layouts]
+
+    def layout_of(self, model: nn.Module) -> Layout:
+        """The first layout whose ``block`` role (or, without one, any role) matches ``model``'s modules."""
+        names = [name for name, _ in model.named_modules()]
+        for layout in self.all_layouts():
+            probe = ("block",) if "block" in layout.roles else tuple(layout.roles)
+            if any(_compile(tuple(layout.roles[role])).fullmatch(n) for role in probe for n in names):
+                return layout
+        return self.all_layouts()[0]
+
+    def find(self, model: nn.Module, role: str) -> list[tuple[str, nn.Module]]:
+        """Every ``(name, module)`` that plays ``role`` in ``model``, in model order."""
+        roles = self.layout_of(model).roles
+        if role not in roles:
+            raise UnsupportedModelError(
+                f"the {self.model_type} anatomy has no role '{role}'; roles: {', '.join(sorted(roles))}."
+            )
+        pattern = _compile(tuple(roles[role]))
+        return [(name, module) for name, module in model.named_modules() if pattern.fullmatch(name)]
+
+    def one(self, model: nn.Module, role: str) -> tuple[str, nn.Module]:
+        """The single module playing ``role``; an error if there is not exactly one."""
+        found = self.find(model, role)
+        if len(found) != 1:
+            raise UnsupportedModelError(
+                f"{type(model).__name__} ({self.model_type}): expected one '{role}' module matching "
+                f"{self.layout_of(model).roles[role]}, found {len(found)}. Is this an image-classification model?"
+            )
+        return found[0]
+
+    def check(self, model: nn.Module, roles: tuple[str, ...]) -> None:
+        """Raise unless every role in ``roles`` is present in ``model``."""
+        layout = self.layout_of(model)
+        for role in roles:
+            if role == "parts":
+                if layout.block is None:
+                    raise UnsupportedModelError(
+                        f"{type(model).__name__} ({self.model_type}): the anatomy's layout '{layout.name}' names "
+                        "modules only, not the parts of a block that this method builds from.")
+                continue
+            if not self.find(model, role):
+                found = sorted({name.split(".")[0] for name, _ in model.named_modules() if name})
+                raise UnsupportedModelError(
+                    f"{type(model).__name__} ({self.model_type}) has no module for role '{role}' "
+                    f"(looked for {', '.join(layout.roles.get(role, ()))} in the layouts "
+                    f"{', '.join(repr(x.name) for x in self.all_layouts())}; its top-level modules: "
+                    f"{', '.join(found) or 'none'}). surgery supports the *ForImageClassification classes of this architecture."
+                )
+
+    # -- parts ----------------------------------------------------------------------------------
+    def blocks(self, model: nn.Module) -> list[BlockParts]:
+        """The parts of every block, in model order."""
+        layout = self.layout_of(model)
+        if layout.block is None:
+            raise UnsupportedModelError(f"{type(model).__name__} ({self.model_type}): the layout '{layout.name}' "
+                                        "does not describe its blocks' parts.")
+        grid = patch_grid(model.config)
+        return [block_parts(i, name, module, layout.block, grid) for i, (name, module) in enumerate(self.find(model, "block"))]
+
+    def prefix_token_parameters(self, model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+        """The learned prefix tokens (cls, distillation, registers) as ``(name, parameter)``."""
+        patterns = self.layout_of(model).prefix_parameters
+        if not patterns:
+            return []
+        pattern = _compile(tuple(patterns))
+        return [(name, p) for name, p in model.named_parameters() if pattern.fullmatch(name)]
+
+
+def patch_grid(config) -> tuple[int, int]:
+    """Rows and columns of patches at the config's image size (``image_size``/``patch_size``: int or pair)."""
+    image = config.image_size if isinstance(config.image_size, (tuple, list)) else (config.image_size,) * 2
+    patch = config.patch_size if isinstance(config.patch_size, (tuple, list)) else (config.patch_size,) * 2
+    return image[0] // patch[0], image[1] // patch[1]
+
+
+@functools.lru_cache(maxsize=256)
+def _compile(patterns: tuple[str, ...]) -> re.Pattern[str]:
+    parts = [re.escape(p).replace(r"\*", r"[^.]+") for p in patterns]
+    return re.compile("|".join(f"(?:{p})" for p in parts))

@@ -1,0 +1,112 @@
+"""The built-in anatomies: ViT, DeiT (plain and distilled heads) and Swin, as transformers 4.57 lays them out.
+
+The one module that knows transformers' module paths and attribute names. A new layout of a known
+family (transformers >= 5.9's ``layers.N.attention.{q,k,v,o}_proj``) or a new family (DINOv2, BEiT,
+Swinv2) is one more :class:`~surgery.core.anatomy.Layout` or :class:`~surgery.core.anatomy.Anatomy`
+here, or from a third-party plugin's ``surgery_register_anatomies``; plugins do not change.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from surgery.core.anatomy import Anatomy
+from surgery.core.parts import BlockLayout
+
+_SEPARATE_QKV = {"query": "query", "key": "key", "value": "value"}
+
+# transformers 4.57 ViTLayer / DeiTLayer: pre-norm, the output projection outside the core
+VIT_BLOCK_457 = BlockLayout(
+    norm1="layernorm_before", attention="attention.attention", projections=_SEPARATE_QKV,
+    heads="num_attention_heads", head_dim="attention_head_size", dropout="dropout_prob",
+    output="attention.output.dense", output_dropout="attention.output.dropout",
+    norm2="layernorm_after", mlp_in="intermediate.dense", activation="intermediate.intermediate_act_fn",
+    mlp_out="output.dense", mlp_dropout="output.dropout",
+    mask_argument="head_mask", core_returns="pair",
+)
+
+
+def swin_position_bias(core: nn.Module) -> torch.Tensor:
+    """(1, heads, N, N) relative position bias of a 4.57 ``SwinSelfAttention`` for its window."""
+    size = core.window_size[0] * core.window_size[1]
+    bias = core.relative_position_bias_table[core.relative_position_index.view(-1)].view(size, size, -1)
+    return bias.permute(2, 0, 1).unsqueeze(0)
+
+
+# transformers 4.57 SwinLayer: windowed (shifted) attention with a relative position bias, drop path
+SWIN_BLOCK_457 = BlockLayout(
+    norm1="layernorm_before", attention="attention.self", projections=_SEPARATE_QKV,
+    heads="num_attention_heads", head_dim="attention_head_size", dropout="dropout",
+    output="attention.output.dense", output_dropout="attention.output.dropout",
+    norm2="layernorm_after", mlp_in="intermediate.dense", activation="intermediate.intermediate_act_fn",
+    mlp_out="output.dense", mlp_dropout="output.dropout", drop_path="drop_path",
+    mask_argument="window_mask", core_returns="single",
+    window_size="window_size", shift_size="shift_size", resolution="input_resolution",
+    position_bias=swin_position_bias,
+)
+
+
+def _vit_like(model_type: str, backbone: str, prefix_tokens: int, classifiers: tuple[str, ...],
+              prefix_parameters: tuple[str, ...]) -> Anatomy:
+    block = f"{backbone}.encoder.layer.*"
+    return Anatomy(
+        model_type=model_type,
+        roles={
+            "encoder": (f"{backbone}.encoder",),
+            "block": (block,),
+            "attention": (f"{block}.attention.attention",),
+            "query": (f"{block}.attention.attention.query",),
+            "key": (f"{block}.attention.attention.key",),
+            "value": (f"{block}.attention.attention.value",),
+            "attn_output": (f"{block}.attention.output.dense",),
+            "mlp_in": (f"{block}.intermediate.dense",),
+            "mlp_out": (f"{block}.output.dense",),
+            "patch_embed": (f"{backbone}.embeddings.patch_embeddings.projection",),
+            "final_norm": (f"{backbone}.layernorm",),
+            "classifier": classifiers,
+        },
+        prefix_tokens=prefix_tokens,
+        readout="cls",
+        readout_heads=lambda config: config.num_attention_heads,
+        readout_width=lambda config: config.hidden_size,
+        block=VIT_BLOCK_457,
+        prefix_parameters=prefix_parameters,
+    )
+
+
+def _swin() -> Anatomy:
+    block = "swin.encoder.layers.*.blocks.*"
+    return Anatomy(
+        model_type="swin",
+        roles={
+            "encoder": ("swin.encoder",),
+            "block": (block,),
+            "attention": (f"{block}.attention.self",),
+            "query": (f"{block}.attention.self.query",),
+            "key": (f"{block}.attention.self.key",),
+            "value": (f"{block}.attention.self.value",),
+            "attn_output": (f"{block}.attention.output.dense",),
+            "mlp_in": (f"{block}.intermediate.dense",),
+            "mlp_out": (f"{block}.output.dense",),
+            "patch_embed": ("swin.embeddings.patch_embeddings.projection",),
+            "final_norm": ("swin.layernorm",),
+            "pooler": ("swin.pooler",),
+            "classifier": ("classifier",),
+        },
+        prefix_tokens=0,
+        readout="pool",
+        readout_heads=lambda config: config.num_heads[-1],
+        readout_width=lambda config: int(config.embed_dim * 2 ** (len(config.depths) - 1)),
+        block=SWIN_BLOCK_457,
+    )
+
+
+def builtin_anatomies() -> list[Anatomy]:
+    """ViT, DeiT (plain and distilled heads) and Swin as laid out in transformers 4.57."""
+    return [
+        _vit_like("vit", "vit", prefix_tokens=1, classifiers=("classifier",), prefix_parameters=("vit.embeddings.cls_token",)),
+        _vit_like("deit", "deit", prefix_tokens=2, classifiers=("classifier", "cls_classifier", "distillation_classifier"),
+                  prefix_parameters=("deit.embeddings.cls_token", "deit.embeddings.distillation_token")),
+        _swin(),
+    ]

@@ -1,0 +1,105 @@
+"""What a plugin registers: a :class:`SurgeryMethod`, and the :class:`Rewrite` its ``apply`` returns."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from torch import nn
+
+from surgery.core.anatomy import Anatomy
+from surgery.core.options import SurgeryConfig
+from surgery.errors import ConfigError
+
+
+@dataclasses.dataclass
+class Rewrite:
+    """What one ``apply`` changed: the module names it rewrote and what ``revert`` needs to undo it.
+
+    ``undo`` lives in memory only (for example the original modules); it is never serialized.
+    """
+
+    targets: list[str]
+    undo: Any = None
+
+
+@dataclasses.dataclass(frozen=True)
+class SurgeryMethod:
+    """One surgery method, as a plugin registers it from ``surgery_register_methods``.
+
+    Attributes:
+        name: the name users write in specs and recipes (``"ggem"``).
+        summary: one line for ``surgery list``.
+        config_class: the :class:`SurgeryConfig` subclass holding its options.
+        model_types: the ``config.model_type`` values it supports.
+        refused_model_types: model types it refuses on purpose, each with the reason.
+        roles: the anatomy roles it needs (checked before anything mutates); "parts" when it builds
+            from the blocks' parts (:meth:`Anatomy.blocks`), which a roles-only layout lacks.
+        apply: ``apply(model, config, anatomy) -> Rewrite``. It must only change structure that the
+            recipe can replay without data: it runs again, on the meta device, inside
+            ``from_pretrained`` before the weights load.
+        revert: ``revert(model, rewrite)`` undoing ``apply``, or None when the step is one-way.
+        calibrate: ``calibrate(model, config, rewrite, batches)`` fitting data-dependent values
+            (e.g. quantization scales) after every step was applied; never called on reload, where
+            those values come from the checkpoint.
+        needs_data: ``needs_data(config) -> bool``; when true, ``apply`` refuses to start without
+            calibration data.
+        conflicts: other method names mapped to the reason they cannot be combined with this one.
+        refuse_export: ``refuse_export(format, options) -> reason or None`` for the export formats
+            ("onnx", "openvino") a step cannot go to; checked before exporting.
+        training: ``training(model, config, targets, anatomy) -> TrainingHooks`` for methods with
+            training-only behaviour (auxiliary losses, staged schedules) that
+            :func:`surgery.recover` drives; None when plain fine-tuning is all it needs.
+        repeatable: whether the method may appear twice in one model's history.
+        version: the plugin's version, written into recipes.
+        paper, reference: citation and the official code the implementation follows.
+        card_template: a Jinja2 file rendering this method's section of the model card (it gets
+            ``step``); None uses the generic section.
+        export_exact: False when an export may differ from PyTorch beyond float rounding (int8 kernels
+            round differently from the fake-quant simulation); export then reports the difference
+            instead of failing on it.
+        provides: capabilities other parts of surgery may ask for by name instead of naming the
+            plugin (``"int8"``: the method the CLI's ``export --int8`` adds).
+        package: the distribution that provides it (filled in by the plugin manager).
+    """
+
+    name: str
+    summary: str
+    config_class: type[SurgeryConfig]
+    model_types: tuple[str, ...]
+    apply: Callable[[nn.Module, SurgeryConfig, Anatomy], Rewrite]
+    revert: Callable[[nn.Module, Rewrite], None] | None = None
+    calibrate: Callable[[nn.Module, SurgeryConfig, Rewrite, Any], None] | None = None
+    needs_data: Callable[[SurgeryConfig], bool] | None = None
+    roles: tuple[str, ...] = ()
+    refused_model_types: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    conflicts: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    refuse_export: Callable[[str, Mapping[str, Any]], str | None] | None = None
+    training: Callable[[nn.Module, SurgeryConfig, list[str], Anatomy], Any] | None = None
+    repeatable: bool = False
+    version: str = "0.1.0"
+    paper: str = ""
+    reference: str = ""
+    card_template: str | None = None
+    export_exact: bool = True
+    provides: tuple[str, ...] = ()
+    package: str = ""
+
+    @property
+    def reversible(self) -> bool:
+        return self.revert is not None
+
+    def export_refusal(self, to: str, options: Mapping[str, Any]) -> str | None:
+        """Why a step with ``options`` cannot be exported to ``to``, or None when it can."""
+        return self.refuse_export(to, options) if self.refuse_export is not None else None
+
+    def make_config(self, options: SurgeryConfig | Mapping[str, Any] | None = None) -> SurgeryConfig:
+        """A validated config from a config object, a dict of options, or None for the defaults."""
+        if isinstance(options, SurgeryConfig):
+            if not isinstance(options, self.config_class):
+                raise ConfigError(
+                    f"{self.name}: expected a {self.config_class.__name__}, got {type(options).__name__}."
+                )
+            return options
+        return self.config_class.from_dict(dict(options or {}))

@@ -1,0 +1,257 @@
+"""Parts: a normalised view of one transformer block, so plugins build from behaviour, not from names.
+
+An anatomy (:mod:`surgery.core.anatomy`) describes each family's block with a :class:`BlockLayout`
+(paths relative to the block, and the calling conventions); :func:`block_parts` turns a block module
+into :class:`BlockParts`. Plugins read the parts (norms, attention projections, heads, scale, MLP,
+layer scale, residual, the window of windowed attention, the patch grid) and never a transformers
+attribute. The parts resolve their modules when used, not when made, so a part that a later step
+replaces (a binary or int8 linear) is the one a class-swapped forward calls.
+
+Three real layouts shaped the fields (docs/architecture.md):
+
+- transformers 4.57 ViT/DeiT/Swin: ``layer.N.attention.attention.{query,key,value}``, the output
+  projection outside the core (``attention.output.dense``), the MLP as ``intermediate.dense`` and
+  ``output.dense``, ``head_mask`` as the core's second argument; Swin adds windows, shifts and a
+  relative position bias table;
+- transformers >= 5.9 ViT/Swin: ``layers.N.attention.{q,k,v,o}_proj`` (the core owns the output
+  projection) and ``mlp.fc1/fc2``, no encoder module, blocks return a tensor;
+- DINOv2: ``norm1/norm2``, ``layer_scale1/2`` and ``drop_path`` on both residual branches, register
+  tokens after cls.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+PROJECTIONS = ("query", "key", "value", "output")
+
+
+def resolve(root: nn.Module, path: str | None) -> Any:
+    """``root.a.b`` for ``"a.b"`` (modules, tensors or plain attributes); None for a None path."""
+    if path is None:
+        return None
+    value: Any = root
+    for part in path.split("."):
+        value = getattr(value, part)
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockLayout:
+    """Where the parts of one family's block live, relative to the block module, and how it is called.
+
+    Attributes:
+        norm1, norm2: the pre-attention and pre-MLP norms (post-attention for post-norm families).
+        attention: the attention core, the module an attention swap replaces.
+        projections: role ("query", "key", "value", "qkv" when fused, and "output" when the core owns
+            its output projection) to a path relative to ``attention``.
+        output, output_dropout: the output projection and its dropout when they live outside the core.
+        heads, head_dim, dropout: attribute paths (relative to ``attention``) of the head count, the head
+            width and the attention-probability dropout (a float or an ``nn.Dropout``).
+        mlp_in, activation, mlp_out, mlp_dropout: the MLP; ``activation`` is a callable attribute.
+        layer_scale1, layer_scale2: per-channel residual scales (DINOv2, BEiT) or None.
+        drop_path: the stochastic-depth module on both residual branches, or None.
+        residual: "pre_norm" (x + f(norm(x))) or "post_norm" (norm(x + f(x)), Swinv2).
+        mask_argument: what the host passes the core after the hidden states: "head_mask" (ignored:
+            surgery refuses head masks), "window_mask" (Swin's additive shifted-window mask) or "none".
+        core_returns: "pair" (``(context, weights)``) or "single" (``(context,)``).
+        window_size, shift_size, resolution: attribute paths on the block of windowed attention (Swin)
+            and of the feature map it sees; None for global attention.
+        position_bias: ``position_bias(core) -> (1, heads, N, N)``, the relative position bias the core
+            adds to its logits, or None.
+    """
+
+    norm1: str
+    attention: str
+    projections: Mapping[str, str]
+    heads: str
+    head_dim: str
+    dropout: str
+    norm2: str
+    mlp_in: str
+    activation: str
+    mlp_out: str
+    output: str | None = None
+    output_dropout: str | None = None
+    mlp_dropout: str | None = None
+    layer_scale1: str | None = None
+    layer_scale2: str | None = None
+    drop_path: str | None = None
+    residual: Literal["pre_norm", "post_norm"] = "pre_norm"
+    mask_argument: Literal["head_mask", "window_mask", "none"] = "head_mask"
+    core_returns: Literal["pair", "single"] = "pair"
+    window_size: str | None = None
+    shift_size: str | None = None
+    resolution: str | None = None
+    position_bias: Callable[[nn.Module], torch.Tensor] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionParts:
+    """The attention core of one block. ``core`` is the host module; projections resolve on use."""
+
+    core: nn.Module
+    projections: Mapping[str, str]
+    heads: int
+    head_dim: int
+    dropout: float
+    core_returns: Literal["pair", "single"]
+    mask_argument: Literal["head_mask", "window_mask", "none"]
+    position_bias_fn: Callable[[nn.Module], torch.Tensor] | None = None
+
+    @property
+    def width(self) -> int:
+        return self.heads * self.head_dim
+
+    @property
+    def scale(self) -> float:
+        return self.head_dim ** -0.5
+
+    @property
+    def owns_output(self) -> bool:
+        return "output" in self.projections
+
+    def projection(self, role: str) -> nn.Module:
+        """The current module playing ``role`` ("query", "key", "value", "qkv", "output")."""
+        return resolve(self.core, self.projections[role])
+
+    def split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, N, heads * head_dim) to (B, heads, N, head_dim)."""
+        return x.view(x.shape[0], -1, self.heads, self.head_dim).transpose(1, 2)
+
+    def qkv(self, hidden: torch.Tensor, transform: Callable[[torch.Tensor], torch.Tensor] | None = None):
+        """q, k, v as (B, heads, N, head_dim), each projection's output passed through ``transform`` first."""
+        if "qkv" in self.projections:
+            outputs = self.projection("qkv")(hidden).chunk(3, dim=-1)
+        else:
+            outputs = [self.projection(role)(hidden) for role in ("query", "key", "value")]
+        if transform is not None:
+            outputs = [transform(t) for t in outputs]
+        return tuple(self.split_heads(t) for t in outputs)
+
+    def position_bias(self) -> torch.Tensor | None:
+        """(1, heads, N, N) additive logit bias (Swin's relative position bias), or None."""
+        return self.position_bias_fn(self.core) if self.position_bias_fn is not None else None
+
+    def window_mask(self, args: tuple, kwargs: Mapping[str, Any]) -> torch.Tensor | None:
+        """The additive shifted-window mask the host passed the core, when its layout has one."""
+        if self.mask_argument != "window_mask":
+            return None
+        return args[0] if args else kwargs.get("attention_mask")
+
+    def host_output(self, context: torch.Tensor, output: Callable[[torch.Tensor], torch.Tensor] | None = None):
+        """What the host block expects back from the core, given the merged-heads context (B, N, C).
+        When the core owns its output projection, it is applied here (``output`` overrides it)."""
+        if self.owns_output:
+            context = (output or self.projection("output"))(context)
+        return (context, None) if self.core_returns == "pair" else (context,)
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockParts:
+    """One block: its index, name, module, attention core and the rest of its parts (resolved on use)."""
+
+    index: int
+    name: str
+    module: nn.Module
+    layout: BlockLayout
+    attention: AttentionParts
+    attention_name: str
+    grid: tuple[int, int]
+
+    def part(self, field: str) -> Any:
+        """The module (or callable) the layout names in ``field``; None where the family has none."""
+        return resolve(self.module, getattr(self.layout, field))
+
+    @property
+    def width(self) -> int:
+        return self.attention.width
+
+    # -- windows (Swin) ----------------------------------------------------------------------
+    @property
+    def windowed(self) -> bool:
+        return self.layout.window_size is not None
+
+    def window(self) -> tuple[int, int] | None:
+        """``(window side, shift)`` of windowed attention, or None for global attention."""
+        if not self.windowed:
+            return None
+        return int(resolve(self.module, self.layout.window_size)), int(resolve(self.module, self.layout.shift_size))
+
+    def set_window(self, size: int, shift: int) -> None:
+        for path, value in ((self.layout.window_size, size), (self.layout.shift_size, shift)):
+            owner, _, attribute = path.rpartition(".")
+            setattr(resolve(self.module, owner or None) if owner else self.module, attribute, value)
+
+    def attended_tokens(self) -> int:
+        """Tokens one attention call sees: a window's (Swin) or the whole patch grid's (ViT/DeiT)."""
+        if self.windowed:
+            side = self.window()[0]
+            return side * side
+        return self.grid[0] * self.grid[1]
+
+    # -- the residual branches ------------------------------------------------------------------
+    def attention_output(self, context: torch.Tensor) -> torch.Tensor:
+        """The output projection (and its dropout) applied to the merged-heads context."""
+        projection = self.attention.projection("output") if self.attention.owns_output else self.part("output")
+        out = projection(context)
+        dropout = self.part("output_dropout")
+        return dropout(out) if dropout is not None else out
+
+    def _residual(self, hidden: torch.Tensor, branch: torch.Tensor, scale_field: str, norm_field: str) -> torch.Tensor:
+        scale, drop_path = self.part(scale_field), self.part("drop_path")
+        if scale is not None:
+            branch = scale(branch)
+        if drop_path is not None:
+            branch = drop_path(branch)
+        if self.layout.residual == "post_norm":
+            return hidden + self.part(norm_field)(branch)
+        return branch + hidden
+
+    def attention_residual(self, hidden: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """``hidden`` plus the attention branch, given the core's merged-heads context."""
+        return self._residual(hidden, self.attention_output(context), "layer_scale1", "norm1")
+
+    def attention_input(self, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden if self.layout.residual == "post_norm" else self.part("norm1")(hidden)
+
+    def mlp(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The MLP branch (without the residual): out(act(in(norm2(hidden)))) and its dropout."""
+        inputs = hidden if self.layout.residual == "post_norm" else self.part("norm2")(hidden)
+        out = self.part("mlp_out")(self.part("activation")(self.part("mlp_in")(inputs)))
+        dropout = self.part("mlp_dropout")
+        return dropout(out) if dropout is not None else out
+
+    def mlp_residual(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self._residual(hidden, self.mlp(hidden), "layer_scale2", "norm2")
+
+
+def attention_parts(core: nn.Module, layout: BlockLayout) -> AttentionParts:
+    """The parts of a core: a surgery module describes itself, a host module through its layout."""
+    describe = getattr(core, "surgery_attention_parts", None)
+    if describe is not None:
+        return describe()
+    dropout = resolve(core, layout.dropout)
+    return AttentionParts(
+        core=core, projections=dict(layout.projections), heads=int(resolve(core, layout.heads)),
+        head_dim=int(resolve(core, layout.head_dim)), dropout=float(getattr(dropout, "p", dropout)),
+        core_returns=layout.core_returns, mask_argument=layout.mask_argument, position_bias_fn=layout.position_bias,
+    )
+
+
+def block_parts(index: int, name: str, block: nn.Module, layout: BlockLayout, grid: tuple[int, int]) -> BlockParts:
+    core = resolve(block, layout.attention)
+    if layout.resolution is not None:
+        grid = tuple(int(v) for v in resolve(block, layout.resolution))
+    return BlockParts(index, name, block, layout, attention_parts(core, layout), f"{name}.{layout.attention}", grid)
+
+
+def scaled_scores(q: torch.Tensor, k: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """``q k^T / sqrt(head_dim)``, the way the 4.57 eager kernels scale."""
+    return torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(head_dim)

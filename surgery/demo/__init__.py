@@ -1,0 +1,1 @@
+"""Layer 6, demo: the built-in digits model, the tiny-model zoo and the end-to-end demo."""

@@ -1,0 +1,1 @@
+"""Layer 5, publish: export (ONNX, OpenVINO), model cards and the Hub. Imports everything below."""

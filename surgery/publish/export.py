@@ -1,0 +1,219 @@
+"""Export a rewritten model with Optimum to ONNX and OpenVINO, and check it against PyTorch.
+
+Who does what: Optimum's ``onnx_export_from_model`` (optimum-onnx; torch.onnx's TorchScript
+exporter underneath) writes ``model.onnx`` from the live model, with a dynamic batch axis; torch's
+fake-quant modules become QuantizeLinear/DequantizeLinear pairs. OpenVINO's ``convert_model`` turns
+that ONNX file into IR (``openvino_model.xml``/``.bin``); Q/DQ pairs become FakeQuantize nodes that
+OpenVINO's CPU plugin runs in int8. ONNX Runtime executes the QDQ graph with integer kernels
+(``MatMulIntegerToFloat``).
+
+Why not optimum-intel's ``export_from_model`` for OpenVINO: on live rewritten models it fails
+(transformers 4.57.6, optimum-intel 1.27): OpenVINO's PyTorch frontend refuses the unknown
+``quantization_config`` method, its trace sanity check rejects Agent Attention, and saving the
+config fails on a torch dtype. Converting the checked ONNX graph gives the same IR format, which
+``OVModelForImageClassification`` loads (tested).
+
+The folder is ready for ``optimum.onnxruntime.ORTModelForImageClassification`` or
+``optimum.intel.OVModelForImageClassification`` without surgery installed: ``config.json`` without
+the recipe (kept beside it as ``surgery_recipe.json``), the image processor, and
+``export_report.json``. Every export is run on the same random inputs as the PyTorch model (a batch
+size other than the one traced, to exercise the dynamic axis); the largest absolute logit
+difference is reported and must stay within :data:`TOLERANCE` for float models. Quantized models are
+checked by the caller on real data (class agreement), since int8 kernels round differently.
+
+Fixed at export time: the image size (the config's; transformers traces position embeddings at
+that size) and everything decided from shapes in Python, such as token merging's per-block r and
+token counts. Only the batch size is dynamic.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from surgery.errors import ExportError
+from surgery.core.history import get_history
+from surgery.core.host import get_host
+from surgery.evaluation.measure import image_side
+
+REPORT = "export_report.json"
+RECIPE = "surgery_recipe.json"
+FORMATS = ("onnx", "openvino")
+TOLERANCE = {"onnx": 1e-4, "openvino": 1e-3}
+EXPORT_FILES = ("model.onnx", "model.onnx_data", "openvino_model.xml", "openvino_model.bin", "config.json",
+                "preprocessor_config.json", REPORT, RECIPE)
+
+
+
+@dataclasses.dataclass
+class ExportResult:
+    path: Path
+    format: str
+    max_abs_diff: float
+    quantized: bool
+
+
+def export(model: Any, output: str | Path, to: Literal["onnx", "openvino"] = "onnx", source: str | Path | None = None,
+           batch: int = 3, seed: int = 0, check: bool = True, overwrite: bool = False) -> ExportResult:
+    """Export ``model`` (a model or a saved folder) to ``output`` and compare it with PyTorch.
+
+    Raises :class:`ExportError` before exporting when a step cannot be exported to ``to``, when
+    ``output`` is the model's own folder, or when it holds files an export did not write (unless
+    ``overwrite``); and after exporting when the outputs are not finite or a float model differs by
+    more than :data:`TOLERANCE` (unless ``check`` is False). The export is built in a temporary
+    folder beside ``output`` and moved in only when complete.
+    """
+    from surgery.checkpoint.loading import load
+
+    if to not in FORMATS:
+        raise ExportError(f"export: 'to' got {to!r}; allowed: {', '.join(FORMATS)}.")
+    if isinstance(model, (str, Path)):
+        source, model = Path(model), load(model)
+    output = Path(output)
+    check_output(output, model, source, overwrite)
+    refuse_unexportable(model, to)
+    model.eval()
+    output.absolute().parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{output.name}.export-", dir=output.absolute().parent) as tmp:
+        stage = Path(tmp) / "out"
+        _export_onnx(model, stage if to == "onnx" else Path(tmp) / "onnx")
+        if to == "openvino":
+            path = _onnx_to_openvino(Path(tmp) / "onnx" / "model.onnx", stage)
+        else:
+            path = stage / "model.onnx"
+        _write_deployable_config(model, stage, source)
+        pixels = _inputs(model, batch, seed)
+        with torch.inference_mode():
+            expected = model(pixel_values=pixels).logits.numpy()
+        got = run_onnx(path, pixels.numpy()) if to == "onnx" else run_openvino(path, pixels.numpy())
+        quantized = any(not get_host().method(step.plugin).export_exact for step in get_history(model))
+        finite = bool(np.isfinite(got).all() and np.isfinite(expected).all())
+        difference = float(np.abs(got - expected).max()) if finite else float("nan")
+        (stage / REPORT).write_text(json.dumps({
+            "format": to, "file": path.name, "max_abs_diff": difference if finite else None, "finite": finite,
+            "inputs": list(pixels.shape), "tolerance": None if quantized else TOLERANCE[to],
+            "steps": [s.plugin for s in get_history(model)], "cpu": cpu_description(),
+        }, indent=2, allow_nan=False) + "\n")
+        _move_into(stage, output)
+    result = ExportResult(output / path.name, to, difference, quantized)
+    if check and not finite:
+        raise ExportError(f"the {to} export gives non-finite logits (NaN or inf) where PyTorch gives "
+                          f"{'finite' if np.isfinite(expected).all() else 'non-finite'} ones; see {output / REPORT}.")
+    if check and not quantized and result.max_abs_diff > TOLERANCE[to]:
+        raise ExportError(f"the {to} export differs from PyTorch by {result.max_abs_diff:.2e} (allowed {TOLERANCE[to]:.0e}); "
+                          f"see {output / REPORT}.")
+    return result
+
+
+def check_output(output: Path, model: Any, source: str | Path | None, overwrite: bool) -> None:
+    """Refuse to export into the model's own folder, or over files an export did not write."""
+    own = [Path(p).resolve() for p in (source, getattr(model.config, "_name_or_path", None)) if p and Path(p).is_dir()]
+    if output.exists() and not output.is_dir():
+        raise ExportError(f"export: the output {output} is a file, not a folder.")
+    if output.resolve() in own or (output / "model.safetensors").exists():
+        raise ExportError(f"export: the output {output} is a model folder; export into another folder "
+                          "(its config.json would lose the recipe).")
+    if output.is_dir() and not overwrite:
+        strangers = sorted(p.name for p in output.iterdir() if p.name not in EXPORT_FILES)
+        if strangers:
+            raise ExportError(f"export: {output} holds files an export did not write ({', '.join(strangers[:5])}); "
+                              "choose an empty folder or pass overwrite=True (--overwrite).")
+
+
+def _move_into(stage: Path, output: Path) -> None:
+    output.mkdir(parents=True, exist_ok=True)
+    for stale in EXPORT_FILES:  # files of an earlier export that this one does not write
+        if (output / stale).is_file() and not (stage / stale).exists():
+            (output / stale).unlink()
+    for path in stage.iterdir():
+        os.replace(path, output / path.name)
+
+
+def cpu_description() -> dict[str, str]:
+    """The instruction set torch uses and the CPU flags that decide int8 kernels (VNNI, AMX)."""
+    flags = set()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            flags = set(next((line.split(":", 1)[1].split() for line in handle if line.startswith("flags")), []))
+    except OSError:
+        pass
+    int8 = [f for f in ("avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
+    return {"torch_capability": torch.backends.cpu.get_cpu_capability(), "int8_flags": ", ".join(int8) or "none"}
+
+
+def refuse_unexportable(model: Any, to: str) -> None:
+    """One error naming every step that declares it cannot be exported to ``to``, and why."""
+    reasons = []
+    for step in get_history(model):
+        method = get_host().methods.get(step.plugin)
+        reason = method.export_refusal(to, step.options) if method is not None else None
+        if reason:
+            reasons.append(f"{step.plugin}: {reason}")
+    if reasons:
+        raise ExportError(f"cannot export to {to}:\n  - " + "\n  - ".join(reasons))
+
+
+def _needs(module: str):
+    """Import an export dependency, or say which extra installs it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        raise ExportError(f"export needs {module.split('.')[0]}, which is not installed: "
+                          'pip install "surgery[export]"') from error
+
+
+def _export_onnx(model, folder: Path) -> None:
+    onnx_export_from_model = _needs("optimum.exporters.onnx").onnx_export_from_model
+
+    onnx_export_from_model(model, output=folder, task="image-classification", do_validation=False)
+
+
+def _onnx_to_openvino(onnx_path: Path, folder: Path) -> Path:
+    ov = _needs("openvino")
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "openvino_model.xml"
+    ov.save_model(ov.convert_model(str(onnx_path)), str(path))
+    return path
+
+
+def _write_deployable_config(model, output: Path, source: str | Path | None) -> None:
+    """config.json without the recipe (the graph needs no replay), the recipe beside it, the processor."""
+    config = model.config.to_dict()
+    recipe = config.pop("quantization_config", None)
+    (output / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    if recipe is not None:
+        (output / RECIPE).write_text(json.dumps(recipe, indent=2) + "\n")
+    if source is not None and (Path(source) / "preprocessor_config.json").exists():
+        shutil.copy(Path(source) / "preprocessor_config.json", output / "preprocessor_config.json")
+
+
+def run_onnx(path: Path, pixels: np.ndarray) -> np.ndarray:
+    ort = _needs("onnxruntime")
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {"pixel_values": pixels})[0]
+
+
+def run_openvino(path: Path, pixels: np.ndarray, precision: str = "f32") -> np.ndarray:
+    """Run IR on the CPU; ``precision`` is the inference precision hint (the default on CPUs with
+    bf16 support is bf16, so f32 is asked for when comparing with PyTorch)."""
+    ov = _needs("openvino")
+
+    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": precision})
+    return compiled(pixels)[0]
+
+
+def _inputs(model, batch: int, seed: int) -> torch.Tensor:
+    size = image_side(model.config)
+    return torch.randn(batch, model.config.num_channels, size, size, generator=torch.Generator().manual_seed(seed))

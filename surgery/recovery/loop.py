@@ -1,0 +1,184 @@
+"""Recover accuracy after surgery: knowledge distillation from the original model, through accelerate.
+
+The loss is Hinton et al.'s: ``(1 - distill_weight) * CE(student, labels) + distill_weight * T^2 *
+KL(softmax(teacher / T) || softmax(student / T))``, plus ``feature_weight`` times the mean squared
+error between the student's and the teacher's hidden states (token-averaged when token merging
+changed the token count), plus whatever each plugin's training hooks add (:mod:`surgery.toolkit.training`).
+With ``warmup_epochs``, the parameters the surgery added (those the teacher does not have) train
+alone first, then everything trains with AdamW, a linear warm-up and a cosine decay.
+
+accelerate runs the same code on one CPU, one GPU or many machines (``accelerate launch``), with
+mixed precision where the hardware has it. Checkpoints (``checkpoint_dir/epoch-N``) hold only
+safetensors and JSON that surgery wrote (:mod:`surgery.recovery.checkpoints`: weights, optimizer,
+schedule and random states, with a manifest of hashes); ``resume`` continues from the newest one
+with the same data order as an uninterrupted run, and refuses any file it did not write.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from surgery.data.imagesets import batches
+from surgery.errors import SurgeryError
+from surgery.evaluation.accuracy import loader_accuracy
+from surgery.recovery.accelerator import unwrap, make_accelerator
+from surgery.recovery.checkpoints import latest_checkpoint, load_checkpoint, prune, save_checkpoint
+from surgery.recovery.config import RecoveryConfig, RecoveryResult
+from surgery.recovery.hooks import step_hooks
+from surgery.recovery.losses import distillation_loss, feature_loss, random_shift
+from surgery.recovery.schedule import new_parameter_names, optimizer_and_schedule
+
+
+def evaluate_accuracy(model: nn.Module, loader, accelerator) -> float:
+    """Top-1 accuracy over every process's share of ``loader``."""
+    return loader_accuracy(model, loader, accelerator.autocast, accelerator.gather_for_metrics)
+
+
+def recover(model: nn.Module, teacher: nn.Module | None, train, eval=None, config: RecoveryConfig | None = None, *,
+            processor=None, checkpoint_dir: str | Path | None = None, resume: bool | str | Path = False,
+            progress: bool = True, accelerator=None, **options: Any) -> RecoveryResult:
+    """Fine-tune the rewritten ``model`` in place with distillation from ``teacher``; return what happened.
+
+    ``train``/``eval``: a ``datasets.Dataset`` of images and labels (with ``processor``, the model's
+    image processor), a ``(pixel_values, labels)`` pair of tensors, or a DataLoader of
+    ``{"pixel_values", "labels"}``. ``teacher=None`` trains on the labels alone (``distill_weight``
+    and ``feature_weight`` must be 0). Options are :class:`RecoveryConfig` fields, given as
+    ``config`` or keywords. ``resume=True`` continues from the newest checkpoint in
+    ``checkpoint_dir``; a path continues from that checkpoint. ``progress`` shows a tqdm bar per
+    epoch (main process only); ``accelerator`` replaces the one built from ``config``.
+    """
+    if config is not None and options:
+        raise SurgeryError(f"recover: give the options either as config=RecoveryConfig(...) or as keywords, not both "
+                           f"(got config and {sorted(options)})")
+    config = config or RecoveryConfig.from_dict(options)
+    if teacher is None and (config.distill_weight > 0 or config.feature_weight > 0):
+        raise SurgeryError("recover: without a teacher, set distill_weight=0 and feature_weight=0 (labels only), "
+                           "or pass the original model as teacher")
+    accelerator = accelerator or make_accelerator(config)
+    started = time.perf_counter()
+    new = set(new_parameter_names(model, teacher)) if teacher is not None else set()
+    if config.warmup_epochs and not new:
+        raise SurgeryError("recover: warmup_epochs needs parameters the surgery added (compared by name with the "
+                           "teacher), and this model has none; set warmup_epochs=0")
+    train_loader = batches(train, model.config, processor, config.batch_size, shuffle=True, seed=config.seed)
+    eval_loader = batches(eval, model.config, processor, 256) if eval is not None else None
+    optimizer, schedule = optimizer_and_schedule(model, new, config, len(train_loader))
+    result = RecoveryResult(config=config.to_dict(), new_parameters=sorted(new), processes=accelerator.num_processes,
+                            mixed_precision=str(accelerator.mixed_precision))
+
+    hooks = step_hooks(model)
+    start_epoch = 0
+    forward_before = vars(model).get("forward")
+    prepared = accelerator.prepare(model, optimizer, train_loader, schedule, *([eval_loader] if eval_loader is not None else []))
+    student, optimizer, train_loader, schedule = prepared[:4]
+    eval_loader = prepared[4] if eval_loader is not None else None
+    if teacher is not None:
+        teacher = teacher.to(accelerator.device).eval().requires_grad_(False)
+    if resume:
+        path = _resume_path(resume, checkpoint_dir)
+        start_epoch = load_checkpoint(accelerator, student, optimizer, schedule, path)
+        result.resumed_from = str(path)
+    try:
+        if eval_loader is not None and start_epoch == 0:
+            result.accuracy_before = evaluate_accuracy(student, eval_loader, accelerator)
+            if teacher is not None:
+                result.teacher_accuracy = evaluate_accuracy(teacher, eval_loader, accelerator)
+        for epoch in range(start_epoch, config.total_epochs):
+            record = _train_epoch(student, teacher, train_loader, optimizer, schedule, hooks, config, accelerator,
+                                  epoch, progress)
+            if eval_loader is not None:
+                record["accuracy"] = evaluate_accuracy(student, eval_loader, accelerator)
+            result.history.append(record)
+            if checkpoint_dir is not None:
+                save_checkpoint(accelerator, student, optimizer, schedule, epoch + 1, Path(checkpoint_dir))
+                if accelerator.is_main_process:
+                    prune(Path(checkpoint_dir), config.keep_checkpoints)
+    finally:
+        for hook in hooks:
+            hook.finish()
+        unwrap(accelerator, student, model, forward_before)
+        model.eval()
+    if result.history:
+        result.accuracy = result.history[-1].get("accuracy")
+    result.seconds = round(time.perf_counter() - started, 1)
+    return result
+
+
+def _resume_path(resume: bool | str | Path, checkpoint_dir: str | Path | None) -> Path:
+    if resume is True:
+        if checkpoint_dir is None:
+            raise SurgeryError("recover: resume=True needs checkpoint_dir (where the epoch-N checkpoints are)")
+        path = latest_checkpoint(checkpoint_dir)
+        if path is None:
+            raise SurgeryError(f"recover: no epoch-N checkpoint in {checkpoint_dir} to resume from")
+    else:
+        path = Path(resume)
+        if not path.is_dir():
+            raise SurgeryError(f"recover: the checkpoint {path} does not exist")
+    return path
+
+
+def _train_epoch(student, teacher, loader, optimizer, schedule, hooks, config: RecoveryConfig, accelerator,
+                 epoch: int, progress: bool) -> dict[str, Any]:
+    warmup = epoch < config.warmup_epochs
+    student.train()
+    if hasattr(loader, "set_epoch"):
+        loader.set_epoch(epoch)
+    totals: dict[str, float] = {}
+    started = time.perf_counter()
+    steps = len(loader)
+    bar = tqdm(loader, desc=f"recover {'warm-up' if warmup else 'epoch'} {epoch + 1}/{config.total_epochs}",
+               unit="batch", leave=False, disable=not progress or not accelerator.is_local_main_process)
+    for step, batch in enumerate(bar):
+        run_progress = (epoch * steps + step) / (config.total_epochs * steps)
+        for hook in hooks:
+            hook.schedule(run_progress)
+        terms = _loss_terms(student, teacher, batch, hooks, config, accelerator)
+        accelerator.backward(terms["loss"])
+        if config.max_grad_norm > 0 and accelerator.sync_gradients:
+            accelerator.clip_grad_norm_([p for p in student.parameters() if p.requires_grad], config.max_grad_norm)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        for key, value in terms.items():
+            totals[key] = totals.get(key, 0.0) + float(value.detach())
+        bar.set_postfix(loss=f"{float(terms['loss'].detach()):.4f}")
+    record: dict[str, Any] = {"epoch": epoch + 1, "stage": "new parameters" if warmup else "all parameters",
+                              "steps": steps}
+    record.update({key: value / steps for key, value in totals.items()})
+    for hook in hooks:
+        record.update(hook.describe((epoch + 1) / config.total_epochs))
+    record["seconds"] = round(time.perf_counter() - started, 2)
+    return record
+
+
+def _loss_terms(student, teacher, batch, hooks, config: RecoveryConfig, accelerator) -> dict[str, torch.Tensor]:
+    features = config.feature_weight > 0
+    pixel_values = random_shift(batch["pixel_values"], config.shift)
+    with accelerator.autocast():
+        out = student(pixel_values=pixel_values, output_hidden_states=features)
+        terms: dict[str, torch.Tensor] = {}
+        if teacher is not None:
+            with torch.no_grad():
+                reference = teacher(pixel_values=pixel_values, output_hidden_states=features)
+            loss, terms["cross_entropy"], terms["distillation"] = distillation_loss(
+                out.logits.float(), reference.logits.float(), batch["labels"], config.temperature, config.distill_weight)
+            if features:
+                terms["features"] = feature_loss(out.hidden_states[1:], reference.hidden_states[1:])
+                loss = loss + config.feature_weight * terms["features"]
+        else:
+            loss = terms["cross_entropy"] = F.cross_entropy(out.logits.float(), batch["labels"])
+        for hook in hooks:
+            extra = hook.loss()
+            if extra is not None:
+                terms[f"{type(hook).__name__}"] = extra
+                loss = loss + extra
+    terms["loss"] = loss
+    return terms

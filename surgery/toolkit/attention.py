@@ -1,0 +1,80 @@
+"""What attention swaps build from: a base class for new attention cores, and block selection.
+
+:class:`AttentionCore` takes the host core's :class:`~surgery.core.parts.AttentionParts`, reuses its
+projection modules (same objects, same weights, registered under the host's names so the state_dict
+keys stay those of the host) and returns what the host block expects (``(context, None)``,
+``(context,)``, with the output projection applied when the host's core owns it). A subclass only
+writes ``attend(hidden) -> context`` (B, N, C).
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from surgery.core.parts import AttentionParts, BlockParts
+
+
+class AttentionCore(nn.Module):
+    """Base of attention modules built from parts (see the module docstring)."""
+
+    def __init__(self, parts: AttentionParts) -> None:
+        super().__init__()
+        self.surgery_projections = dict(parts.projections)
+        for role, path in parts.projections.items():
+            self.add_module(path.replace(".", "_") if "." in path else path, parts.projection(role))
+        self.num_heads, self.head_dim = parts.heads, parts.head_dim
+        self.surgery_returns, self.surgery_mask = parts.core_returns, parts.mask_argument
+
+    def project(self, role: str, x):
+        """``x`` through the projection playing ``role`` ("query", "key", "value", "qkv")."""
+        path = self.surgery_projections[role]
+        return self.get_submodule(path.replace(".", "_") if "." in path else path)(x)
+
+    def qkv(self, x):
+        """The q, k, v projections of ``x`` (B, N, C each)."""
+        if "qkv" in self.surgery_projections:
+            return self.project("qkv", x).chunk(3, dim=-1)
+        return self.project("query", x), self.project("key", x), self.project("value", x)
+
+    def surgery_attention_parts(self) -> AttentionParts:
+        """The parts this core offers a later step (its projections, heads and calling convention)."""
+        names = {role: path.replace(".", "_") if "." in path else path for role, path in self.surgery_projections.items()}
+        return AttentionParts(core=self, projections=names, heads=self.num_heads, head_dim=self.head_dim,
+                              dropout=float(getattr(self, "dropout", 0.0) or 0.0), core_returns=self.surgery_returns,
+                              mask_argument=self.surgery_mask)
+
+    def forward(self, hidden_states, *args, **kwargs):
+        context = self.attend(hidden_states)
+        if "output" in self.surgery_projections:
+            context = self.project("output", context)
+        return (context, None) if self.surgery_returns == "pair" else (context,)
+
+    def attend(self, hidden_states):
+        raise NotImplementedError
+
+
+def select_layers(option, count: int, default: list[int], config, field: str = "layers") -> list[int]:
+    """Block indices chosen by ``option``: "default", "all", an int k (the first k) or explicit indices."""
+    if option == "default":
+        return default
+    if option == "all":
+        return list(range(count))
+    if isinstance(option, int):
+        if not 1 <= option <= count:
+            raise config.invalid(field, option, f"a number of leading blocks from 1 to {count}")
+        return list(range(option))
+    bad = [i for i in option if not 0 <= i < count]
+    if bad or not option or len(set(option)) != len(option):
+        raise config.invalid(field, list(option), f"distinct block indices from 0 to {count - 1}, each once")
+    return sorted(option)
+
+
+def stage_of(block: BlockParts, blocks: list[BlockParts]) -> int:
+    """The stage of a block in a hierarchical model: the rank of its grid size among all blocks (largest first)."""
+    grids = sorted({b.grid for b in blocks}, reverse=True)
+    return grids.index(block.grid)
+
+
+def is_hierarchical(blocks: list[BlockParts]) -> bool:
+    """Whether the blocks attend within windows of a shrinking map (Swin), not over one global sequence."""
+    return any(b.windowed for b in blocks)
