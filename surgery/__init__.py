@@ -11,11 +11,17 @@
     surgery.card("out/")                           # README.md model card; surgery.push("out/", "me/x")
 """
 
+from surgery._version import __version__
 from surgery.checkpoint import attach as _attach  # noqa: F401  (keeps every rewritten model's recipe in its config)
 from surgery.checkpoint import integration as _integration  # noqa: F401  (registers the recipe with from_pretrained)
-from surgery._version import __version__
+from surgery.checkpoint.loading import load
+from surgery.checkpoint.saving import save
 from surgery.core.anatomy import Anatomy
 from surgery.core.apply import Plan, PlannedStep, apply, history, plan, revert
+from surgery.core.history import AppliedStep
+from surgery.core.hookspecs import hookimpl
+from surgery.core.host import get_host
+from surgery.core.method import Rewrite, SurgeryMethod
 from surgery.core.options import SurgeryConfig
 from surgery.errors import (
     ApplyError,
@@ -30,13 +36,7 @@ from surgery.errors import (
     UnknownPluginError,
     UnsupportedModelError,
 )
-from surgery.core.history import AppliedStep
-from surgery.core.hookspecs import hookimpl
-from surgery.checkpoint.loading import load
-from surgery.core.host import get_host
-from surgery.core.method import Rewrite, SurgeryMethod
 from surgery.recovery import RecoveryConfig, RecoveryResult, recover
-from surgery.checkpoint.saving import save
 from surgery.toolkit.training import TrainingHooks
 
 

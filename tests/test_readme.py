@@ -30,3 +30,17 @@ def test_every_documented_command_exists():
     commands = set(parser._subparsers._group_actions[0].choices)
     documented = set(re.findall(r"^surgery ([a-z-]+)", (ROOT / "README.md").read_text(), re.M))
     assert documented <= commands, documented - commands
+
+
+def test_every_documented_import_resolves():
+    """Import lines in the README's Python blocks name modules and objects that exist."""
+    import importlib
+
+    text = (ROOT / "README.md").read_text() + (ROOT / "docs" / "architecture.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    lines = [m for block in blocks for m in re.findall(r"^from (surgery[\w.]*) import ([\w, ]+)", block, re.M)]
+    assert lines
+    for module, names in lines:
+        imported = importlib.import_module(module)
+        for name in (n.strip() for n in names.split(",")):
+            assert hasattr(imported, name), f"README: `from {module} import {name}` fails"

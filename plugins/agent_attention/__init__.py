@@ -8,9 +8,9 @@ Needs fine-tuning: the paper trains from scratch; no training-free number is pub
 
 from __future__ import annotations
 
-from surgery.toolkit.register import define_method, registration
 from surgery.plugins.agent_attention import rewrite
 from surgery.plugins.agent_attention.config import AgentAttentionConfig
+from surgery.toolkit.register import define_method, registration
 
 METHOD = define_method(
     __name__,

@@ -10,9 +10,9 @@ then ``parts="mlp"``.
 from __future__ import annotations
 
 from surgery.core.hookspecs import hookimpl
-from surgery.toolkit.register import define_method, registration
 from surgery.plugins.bivit import rewrite, training
 from surgery.plugins.bivit.config import BiViTConfig
+from surgery.toolkit.register import define_method, registration
 
 SOFTMAX_REWRITERS = {
     "agent_attention": "agent attention has no single softmax map to binarize",
@@ -35,7 +35,7 @@ METHOD = define_method(
     model_types=("vit", "deit", "swin"),
     apply=rewrite.apply,
     training=training.training,
-    roles=("attention", "query", "key", "value", "attn_output", "mlp_in", "mlp_out", "parts"),
+    roles=("attention", "linears", "parts"),
     repeatable=True,
     refuse_export=refuse_export,
     paper="https://arxiv.org/abs/2211.07091",

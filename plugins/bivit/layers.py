@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from surgery.core.parts import AttentionParts
-from surgery.toolkit.packing import pack_bits, unpack_bits
 from surgery.plugins.bivit.binarize import binary_weight, sign_ste, softmax_binarize
+from surgery.toolkit.packing import pack_bits, unpack_bits
 
 
 class BinaryLinear(nn.Linear):

@@ -13,7 +13,6 @@ from torch import nn
 from surgery.core.anatomy import Anatomy
 from surgery.plugins.bivit.config import BiViTConfig
 from surgery.plugins.bivit.layers import BinaryLinear
-from surgery.plugins.bivit.rewrite import MLP_LINEARS
 from surgery.toolkit.training import TrainingHooks
 
 
@@ -39,6 +38,6 @@ class CrossLayerStages(TrainingHooks):
 def training(model: nn.Module, config: BiViTConfig, targets: list[str], anatomy: Anatomy) -> TrainingHooks:
     if config.parts != "all" or not config.staged:
         return TrainingHooks()
-    mlp_names = {name for role in MLP_LINEARS for name, _ in anatomy.find(model, role)}
+    mlp_names = {name for name, _ in anatomy.find_group(model, "mlp_linears")}
     linears = [model.get_submodule(name) for name in targets if name in mlp_names]
     return CrossLayerStages([m for m in linears if isinstance(m, BinaryLinear)], config)

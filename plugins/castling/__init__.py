@@ -8,9 +8,9 @@ weights; new: a depthwise sequence conv per block (heads x kernel weights). Need
 
 from __future__ import annotations
 
-from surgery.toolkit.register import define_method, registration
 from surgery.plugins.castling import rewrite, training
 from surgery.plugins.castling.config import CastlingConfig
+from surgery.toolkit.register import define_method, registration
 
 METHOD = define_method(
     __name__,

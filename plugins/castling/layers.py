@@ -24,7 +24,6 @@ from torch import nn
 from surgery.core.parts import AttentionParts
 from surgery.toolkit.attention import AttentionCore
 
-
 # The reference divides by the plain L2 norm (NaN for an all-zero vector). F.normalize keeps the
 # forward finite, but its backward at a zero vector is 0 * (x / 0) = NaN (the norm's gradient), as in
 # a freshly initialised DeiT whose cls/distillation tokens are zero. ``unit`` computes the same

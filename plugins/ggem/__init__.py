@@ -7,9 +7,9 @@ New parameters: one p per group. Not training-free: the head was trained on othe
 
 from __future__ import annotations
 
-from surgery.toolkit.register import define_method, registration
 from surgery.plugins.ggem import rewrite
 from surgery.plugins.ggem.config import GGeMConfig
+from surgery.toolkit.register import define_method, registration
 
 METHOD = define_method(
     __name__,

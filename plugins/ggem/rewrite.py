@@ -6,10 +6,10 @@ from torch import nn
 
 from surgery.core.anatomy import Anatomy
 from surgery.core.method import Rewrite
-from surgery.toolkit.modules import Changes
-from surgery.toolkit.tokens import token_sizes
 from surgery.plugins.ggem.config import GGeMConfig
 from surgery.plugins.ggem.layers import GGeMPooler, GGeMReadout, GroupGeM
+from surgery.toolkit.modules import Changes
+from surgery.toolkit.tokens import token_sizes
 
 
 def apply(model: nn.Module, config: GGeMConfig, anatomy: Anatomy) -> Rewrite:

@@ -8,9 +8,9 @@ weights with their scales. Training-free; reversible.
 
 from __future__ import annotations
 
-from surgery.toolkit.register import define_method, registration
 from surgery.plugins.quantize import rewrite
 from surgery.plugins.quantize.config import QuantizeConfig
+from surgery.toolkit.register import define_method, registration
 
 METHOD = define_method(
     __name__,
@@ -20,7 +20,7 @@ METHOD = define_method(
     apply=rewrite.apply,
     calibrate=rewrite.calibrate,
     needs_data=rewrite.needs_data,
-    roles=rewrite.LINEAR_ROLES,
+    roles=("linears",),
     export_exact=False,
     provides=("int8",),
     conflicts={"bivit": "bivit's binary linears are already below 8 bits; quantize the float model or binarize it, not both"},

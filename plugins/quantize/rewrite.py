@@ -18,14 +18,11 @@ from surgery.plugins.quantize.config import QuantizeConfig
 from surgery.plugins.quantize.layers import QuantLinear
 from surgery.toolkit.modules import Changes, eval_mode
 
-LINEAR_ROLES = ("query", "key", "value", "attn_output", "mlp_in", "mlp_out")
-
 
 def apply(model: nn.Module, config: QuantizeConfig, anatomy: Anatomy) -> Rewrite:
     changes = Changes(model)
-    for role in LINEAR_ROLES:
-        for name, old in anatomy.find(model, role):
-            changes.replace(name, QuantLinear.from_linear(old, config.activations, config.observer, config.activation_bits))
+    for name, old in anatomy.find_group(model, "linears"):
+        changes.replace(name, QuantLinear.from_linear(old, config.activations, config.observer, config.activation_bits))
     return changes.rewrite()
 
 

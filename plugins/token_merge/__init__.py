@@ -7,9 +7,9 @@ No new parameters; exactly reversible. Deviations are listed in ``merge.py``.
 
 from __future__ import annotations
 
-from surgery.toolkit.register import define_method, registration
 from surgery.plugins.token_merge import rewrite
 from surgery.plugins.token_merge.config import ToMeConfig
+from surgery.toolkit.register import define_method, registration
 
 _NOT_WITH_LINEAR_ATTENTION = (
     "token merging needs softmax attention over an unstructured token set (its metric is the keys and "

@@ -15,11 +15,11 @@ from typing import Any
 
 from transformers import AutoConfig, AutoModelForImageClassification, PreTrainedModel
 
-from surgery.errors import RecipeError
-from surgery.core.history import get_history
 from surgery.checkpoint.integration import check_digest
 from surgery.checkpoint.plugins import check_plugins_installed
 from surgery.checkpoint.recipe import read_steps
+from surgery.core.history import get_history
+from surgery.errors import RecipeError
 
 SAFE_WEIGHTS = "model.safetensors"
 SAFE_WEIGHTS_INDEX = "model.safetensors.index.json"

@@ -24,8 +24,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from surgery.errors import SurgeryError
 from surgery.checkpoint.integration import mark_config_file
+from surgery.errors import SurgeryError
 
 TMP = ".surgery-tmp-"
 OLD = ".surgery-old-"

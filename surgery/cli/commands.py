@@ -136,9 +136,9 @@ def cmd_recover(args: argparse.Namespace) -> int:
     from transformers import AutoImageProcessor
 
     import surgery
+    from surgery.checkpoint.saving import save_from
     from surgery.data.imagesets import load_images
     from surgery.evaluation.measure import describe_data, record
-    from surgery.checkpoint.saving import save_from
     from surgery.recovery import RecoveryConfig, recover
 
     config = RecoveryConfig.from_strings({k: v for k, v in _recovery_options(args).items() if v is not None})
@@ -219,5 +219,5 @@ def cmd_demo_model(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from surgery.demo.run import run_demo
 
-    return run_demo(arch=args.arch, output=Path(args.output), plugins=args.plugin or ["ggem"], specs=_specs,
+    return run_demo(arch=args.arch, output=Path(args.output), plugins=args.plugin, specs=_specs,
                     recovery_epochs=args.recover_epochs)

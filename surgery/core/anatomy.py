@@ -43,6 +43,14 @@ from torch import nn
 from surgery.core.parts import BlockLayout, BlockParts, block_parts
 from surgery.errors import UnsupportedModelError
 
+# Role groups: names for sets of roles that methods treat alike, in the order they are rewritten.
+# A layout with a fused projection lists "qkv" where the separate ones would be.
+ROLE_GROUPS: Mapping[str, tuple[str, ...]] = {
+    "attention_linears": ("query", "key", "value", "qkv", "attn_output"),
+    "mlp_linears": ("mlp_in", "mlp_out"),
+    "linears": ("query", "key", "value", "qkv", "attn_output", "mlp_in", "mlp_out"),
+}
+
 
 @dataclasses.dataclass(frozen=True)
 class Layout:
@@ -100,6 +108,18 @@ class Anatomy:
                 return layout
         return self.all_layouts()[0]
 
+    def group(self, model: nn.Module, group: str) -> tuple[str, ...]:
+        """The roles of ``group`` (:data:`ROLE_GROUPS`: "linears", "attention_linears", "mlp_linears")
+        that ``model``'s layout has, in order."""
+        if group not in ROLE_GROUPS:
+            raise UnsupportedModelError(f"no role group '{group}'; groups: {', '.join(sorted(ROLE_GROUPS))}.")
+        roles = self.layout_of(model).roles
+        return tuple(role for role in ROLE_GROUPS[group] if role in roles)
+
+    def find_group(self, model: nn.Module, group: str) -> list[tuple[str, nn.Module]]:
+        """Every ``(name, module)`` playing a role of ``group``, role by role."""
+        return [found for role in self.group(model, group) for found in self.find(model, role)]
+
     def find(self, model: nn.Module, role: str) -> list[tuple[str, nn.Module]]:
         """Every ``(name, module)`` that plays ``role`` in ``model``, in model order."""
         roles = self.layout_of(model).roles
@@ -123,6 +143,7 @@ class Anatomy:
     def check(self, model: nn.Module, roles: tuple[str, ...]) -> None:
         """Raise unless every role in ``roles`` is present in ``model``."""
         layout = self.layout_of(model)
+        roles = tuple(r for role in roles for r in (self.group(model, role) if role in ROLE_GROUPS else (role,)))
         for role in roles:
             if role == "parts":
                 if layout.block is None:

@@ -20,12 +20,13 @@ from torch import nn
 from surgery._version import __version__
 from surgery.core.anatomy import Anatomy
 from surgery.core.claims import overlap_reasons
-from surgery.errors import ApplyError, ConfigError, IncompatibleStepsError, RevertError, SurgeryError, UnsupportedModelError
 from surgery.core.history import HISTORY_ATTR, AppliedStep, get_history, set_history
 from surgery.core.host import Host, get_host
-from surgery.core.specs import PlannedStep, Spec, resolve_specs
 from surgery.core.method import Rewrite
 from surgery.core.snapshot import ModelSnapshot
+from surgery.core.specs import PlannedStep, Spec, resolve_specs
+from surgery.errors import ApplyError, ConfigError, IncompatibleStepsError, RevertError, SurgeryError, UnsupportedModelError
+
 
 @dataclasses.dataclass
 class Plan:

@@ -21,9 +21,9 @@ if TYPE_CHECKING:
     from torch import nn
 
     from surgery.core.anatomy import Anatomy
-    from surgery.core.specs import PlannedStep
     from surgery.core.history import AppliedStep
     from surgery.core.method import SurgeryMethod
+    from surgery.core.specs import PlannedStep
 
 PROJECT = "surgery"
 hookspec = pluggy.HookspecMarker(PROJECT)

@@ -21,8 +21,8 @@ import pluggy
 from surgery.core import hookspecs
 from surgery.core.anatomy import Anatomy
 from surgery.core.families import builtin_anatomies
-from surgery.errors import SurgeryError, UnknownPluginError, UnsupportedModelError, did_you_mean
 from surgery.core.method import SurgeryMethod
+from surgery.errors import SurgeryError, UnknownPluginError, UnsupportedModelError, did_you_mean
 
 logger = logging.getLogger(__name__)
 

@@ -20,10 +20,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from surgery.data.digits import LABELS, digits_splits, encode
-from surgery.evaluation.accuracy import accuracy
 from surgery.checkpoint.saving import save
+from surgery.data.digits import LABELS, digits_splits, encode
 from surgery.demo.zoo import build_model, image_processor
+from surgery.evaluation.accuracy import accuracy
 
 EVAL_FILE = "eval_results.json"
 SHIPPED = Path(__file__).parent / "assets"

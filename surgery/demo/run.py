@@ -20,21 +20,26 @@ import torch
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 import surgery
-from surgery.publish.cards import card
 from surgery.checkpoint.saving import save_from
+from surgery.core.specs import configs_from_text
 from surgery.data.digits import digits_for
+from surgery.data.imagesets import digits_dataset
 from surgery.demo.model import default_model
 from surgery.evaluation.accuracy import predict_logits, top1
-from surgery.data.imagesets import digits_dataset
 from surgery.evaluation.measure import DIGITS_DESCRIPTION, DIGITS_VALIDATION, record, runtime_figures
+from surgery.publish.cards import card
 from surgery.recovery import recover
 
 # The recovery recipe for ggem; benchmarks/proof_table.py starts from it and chose lr 1e-3 on the validation split.
 DEMO_RECOVERY = {"epochs": 15, "warmup_epochs": 2, "lr": 1e-3, "shift": 0.125}
 
 
-def run_demo(arch: str, output: Path, plugins: list[str], specs: Callable[[list[str]], list[Any]],
+DEFAULT_PLUGINS = ["ggem"]  # the demo's surgery when no --plugin is given
+
+
+def run_demo(arch: str, output: Path, plugins: list[str] | None = None, specs: Callable[[list[str]], list[Any]] = configs_from_text,
              recovery_epochs: int | None = None) -> int:
+    plugins = plugins or DEFAULT_PLUGINS
     folder = default_model(arch)
     print(f"[1/6] default model: {folder}")
     teacher = surgery.load(folder)

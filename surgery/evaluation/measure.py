@@ -82,9 +82,9 @@ def dataset_accuracy(folder: str | Path, source: str = "digits", split: str = "t
     dataset id), through the folder's image processor and the ``evaluate`` accuracy metric."""
     from transformers import AutoImageProcessor
 
-    from surgery.evaluation.accuracy import loader_accuracy
-    from surgery.data.imagesets import batches, load_images
     from surgery.checkpoint.loading import load
+    from surgery.data.imagesets import batches, load_images
+    from surgery.evaluation.accuracy import loader_accuracy
 
     model = load(folder)
     data = load_images(source, split)

@@ -39,9 +39,9 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from surgery.errors import ExportError
 from surgery.core.history import get_history
 from surgery.core.host import get_host
+from surgery.errors import ExportError
 from surgery.evaluation.measure import image_side
 
 REPORT = "export_report.json"

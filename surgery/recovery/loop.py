@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from surgery.data.imagesets import batches
 from surgery.errors import SurgeryError
 from surgery.evaluation.accuracy import loader_accuracy
-from surgery.recovery.accelerator import unwrap, make_accelerator
+from surgery.recovery.accelerator import make_accelerator, unwrap
 from surgery.recovery.checkpoints import latest_checkpoint, load_checkpoint, prune, save_checkpoint
 from surgery.recovery.config import RecoveryConfig, RecoveryResult
 from surgery.recovery.hooks import step_hooks

@@ -1,0 +1,123 @@
+"""The parts of a block reproduce the host block: checked on three real layouts (transformers 4.57 ViT
+and Swin from the built-in anatomies, and DINOv2 with layer scale, described here as a third layout),
+plus layout selection from the model and the anatomy's words for overlaps."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import tiny
+from transformers import Dinov2Config, Dinov2Model
+
+import surgery
+from surgery.core.anatomy import Anatomy, Layout
+from surgery.core.claims import describe
+from surgery.core.families import VIT_BLOCK_457
+from surgery.core.parts import BlockLayout, block_parts
+from surgery.errors import UnsupportedModelError
+
+DINOV2_BLOCK = BlockLayout(
+    norm1="norm1", attention="attention.attention", projections={"query": "query", "key": "key", "value": "value"},
+    heads="num_attention_heads", head_dim="attention_head_size", dropout="dropout_prob",
+    output="attention.output.dense", output_dropout="attention.output.dropout", norm2="norm2",
+    mlp_in="mlp.fc1", activation="mlp.activation", mlp_out="mlp.fc2", layer_scale1="layer_scale1",
+    layer_scale2="layer_scale2", drop_path="drop_path",
+)
+
+
+def composed(parts, hidden):
+    """The block rebuilt from its parts alone: attention (softmax, from the projections), residual, MLP."""
+    q, k, v = parts.attention.qkv(parts.attention_input(hidden))
+    context = F.scaled_dot_product_attention(q, k, v, scale=parts.attention.scale)
+    context = context.transpose(1, 2).reshape(hidden.shape[0], -1, parts.width)
+    return parts.mlp_residual(parts.attention_residual(hidden, context))
+
+
+def dinov2():
+    config = Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                          image_size=32, patch_size=4, layerscale_value=0.5)
+    torch.manual_seed(0)
+    model = Dinov2Model(config).double().eval()
+    with torch.no_grad():
+        for block in model.encoder.layer:
+            block.layer_scale1.lambda1.uniform_(0.2, 1.5)  # a layer scale that is not 1 or one value
+            block.layer_scale2.lambda1.uniform_(0.2, 1.5)
+    return model
+
+
+@pytest.mark.parametrize("arch", ["vit", "deit-distilled", "dinov2"])
+def test_parts_rebuild_the_host_block_exactly(arch):
+    if arch == "dinov2":
+        model, layout = dinov2(), DINOV2_BLOCK
+        block = model.encoder.layer[1]
+    else:
+        model, layout = tiny(arch).double().eval(), VIT_BLOCK_457
+        block = surgery.get_host().anatomy(model.config.model_type).find(model, "block")[1][1]
+    parts = block_parts(1, "block", block, layout, (8, 8))
+    hidden = torch.randn(3, 66, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = block(hidden)
+        expected = expected[0] if isinstance(expected, tuple) else expected
+        torch.testing.assert_close(composed(parts, hidden), expected, rtol=0, atol=1e-12)
+    assert (parts.attention.heads, parts.attention.head_dim, parts.width) == (4, 8, 32)
+
+
+def test_swin_parts_give_the_windowed_core_with_its_position_bias():
+    model = tiny("swin").double().eval()
+    anatomy = surgery.get_host().anatomy("swin")
+    parts = anatomy.blocks(model)[0]
+    assert parts.windowed and parts.grid == (8, 8) and parts.window() == (4, 0) and parts.attended_tokens() == 16
+    windows = torch.randn(8, 16, parts.width, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected = parts.attention.core(windows)[0]
+        q, k, v = parts.attention.qkv(windows)
+        scores = q @ k.transpose(-1, -2) / parts.attention.head_dim ** 0.5 + parts.attention.position_bias()
+        ours = (scores.softmax(-1) @ v).transpose(1, 2).reshape(8, 16, parts.width)
+    torch.testing.assert_close(ours, expected, rtol=0, atol=1e-12)
+    assert len(parts.attention.host_output(ours)) == 1  # Swin's core returns (context,)
+
+
+def test_parts_resolve_replaced_modules_when_used():
+    model = tiny("vit")
+    parts = surgery.get_host().anatomy("vit").blocks(model)[0]
+    before = parts.part("mlp_in")
+    surgery.apply(model, [("quantize", {"activations": "none"})])
+    assert parts.part("mlp_in") is not before and type(parts.part("mlp_in")).__name__ == "QuantLinear"
+
+
+def test_the_layout_is_chosen_from_the_model():
+    base = surgery.get_host().anatomy("vit")
+    renamed = {role: tuple(p.replace("vit.encoder.layer", "vit.layers") for p in patterns) for role, patterns in base.roles.items()}
+    two = Anatomy("vit", renamed, 1, "cls", base.readout_heads, base.readout_width, name="5.9-like",
+                  layouts=(Layout("transformers 4.57", base.roles, base.block),))
+    model = tiny("vit")
+    assert two.layout_of(model).name == "transformers 4.57"
+    assert len(two.blocks(model)) == 2
+    with pytest.raises(UnsupportedModelError, match=r"has no module for role 'pooler' \(looked for nowhere in the layouts '5.9-like'; its top-level modules: classifier, vit\)"):
+        Anatomy("vit", {**renamed, "pooler": ("nowhere",)}, 1, "cls", base.readout_heads, base.readout_width,
+                name="5.9-like").check(model, ("pooler",))
+
+
+def test_overlaps_are_described_in_the_anatomy_words():
+    model = tiny("swin")
+    anatomy = surgery.get_host().anatomy("swin")
+    assert describe(model, anatomy, "swin.encoder.layers.1.blocks.0.attention.self") == "the self-attention of block 1"
+    assert describe(model, anatomy, "swin.layernorm") == "the final norm (swin.layernorm)"
+    assert describe(model, anatomy, "swin.encoder.layers.1.blocks.0") == "block 1"
+
+
+def test_role_groups_follow_the_layout():
+    model = tiny("deit")
+    anatomy = surgery.get_host().anatomy("deit")
+    assert anatomy.group(model, "linears") == ("query", "key", "value", "attn_output", "mlp_in", "mlp_out")
+    assert len(anatomy.find_group(model, "mlp_linears")) == 4
+    with pytest.raises(UnsupportedModelError, match="no role group 'linear'; groups: attention_linears, linears, mlp_linears"):
+        anatomy.group(model, "linear")
+
+
+def test_prefix_token_parameters_come_from_the_anatomy():
+    for arch, expected in (("vit", ["vit.embeddings.cls_token"]), ("deit-distilled", ["deit.embeddings.cls_token", "deit.embeddings.distillation_token"]), ("swin", [])):
+        model = tiny(arch)
+        names = [n for n, _ in surgery.get_host().anatomy(model.config.model_type).prefix_token_parameters(model)]
+        assert names == expected
