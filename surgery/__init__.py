@@ -41,21 +41,21 @@ from surgery.toolkit.training import TrainingHooks
 
 
 def export(model, output, to="onnx", **kwargs):
-    """Export with Optimum and check against PyTorch; see :func:`surgery.exporting.export`."""
+    """Export with Optimum and check against PyTorch; see :func:`surgery.publish.export.export`."""
     from surgery.publish.export import export as _export
 
     return _export(model, output, to=to, **kwargs)
 
 
 def card(folder, results=None, **kwargs):
-    """Write the model card README.md; see :func:`surgery.cards.card`."""
+    """Write the model card README.md; see :func:`surgery.publish.cards.card`."""
     from surgery.publish.cards import card as _card
 
     return _card(folder, results=results, **kwargs)
 
 
 def push(folder, repo_id, **kwargs):
-    """Upload a model folder to the Hub; see :func:`surgery.hub.push`."""
+    """Upload a model folder to the Hub; see :func:`surgery.publish.hub.push`."""
     from surgery.publish.hub import push as _push
 
     return _push(folder, repo_id, **kwargs)

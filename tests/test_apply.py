@@ -228,3 +228,41 @@ def test_step_applied_hook_observes_each_step(host_with):
     host_with(observer)
     surgery.apply(tiny("vit"), "ggem")
     assert observer.seen == [("ViTForImageClassification", "ggem", ("vit.layernorm",))]
+
+
+class NormSwapPlugin:
+    """A third-party method that replaces the final norm, which ggem also replaces: nothing tells the
+    host that the two overlap except the modules each claims."""
+
+    @surgery.hookimpl
+    def surgery_register_methods(self):
+        import dataclasses
+        from typing import ClassVar
+
+        from surgery.toolkit.modules import Changes, undo
+
+        @dataclasses.dataclass(frozen=True)
+        class NormSwapConfig(surgery.SurgeryConfig):
+            plugin: ClassVar[str] = "norm_swap"
+
+        def apply(model, config, anatomy):
+            changes = Changes(model)
+            name, _ = anatomy.one(model, "final_norm")
+            changes.replace(name, torch.nn.LayerNorm(model.config.hidden_size))
+            return changes.rewrite()
+
+        return [surgery.SurgeryMethod(name="norm_swap", summary="a fresh final norm", config_class=NormSwapConfig,
+                                      model_types=("vit", "deit"), apply=apply, revert=undo, roles=("final_norm",))]
+
+
+@pytest.mark.parametrize("order", [["ggem", "norm_swap"], ["norm_swap", "ggem"]])
+def test_overlaps_come_from_the_claimed_modules_alone(host_with, order):
+    host_with(NormSwapPlugin())
+    with pytest.raises(IncompatibleStepsError, match=rf"{order[1]} and {order[0]} would both replace the final norm \(vit.layernorm\)"):
+        surgery.plan(tiny("vit"), order)
+    model = surgery.apply(tiny("vit"), order[0])
+    tree = module_tree(model)
+    with pytest.raises(IncompatibleStepsError, match=rf"{order[1]} and {order[0]} would both replace the final norm"):
+        surgery.apply(model, order[1])
+    assert module_tree(model) == tree
+    surgery.apply(tiny("vit"), ["norm_swap", "token_merge"])  # disjoint claims compose

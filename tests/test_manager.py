@@ -104,3 +104,31 @@ def test_unknown_name_mentions_a_plugin_that_failed_to_load(site):
     host = build_host(entry_points=entry_points(site))
     with pytest.raises(UnknownPluginError, match=r"installed but failed to load: import failed: RuntimeError: missing CUDA"):
         host.method("fails_import_plugin")
+
+
+def test_a_builtin_that_fails_to_import_is_an_error(monkeypatch):
+    """Third-party failures are reported and isolated; a broken built-in is a broken installation."""
+    import surgery.core.host as host_module
+    from surgery.errors import SurgeryError
+
+    monkeypatch.setitem(host_module.BUILTIN_PLUGINS, "ghost", "surgery.plugins.no_such_plugin")
+    with pytest.raises(SurgeryError, match=r"the built-in plugin 'ghost' failed to load: ModuleNotFoundError"):
+        build_host(entry_points=[])
+
+
+def test_builtins_are_found_in_the_plugins_package_once():
+    from pathlib import Path
+
+    folders = {p.name for p in (Path(__file__).resolve().parents[1] / "plugins").iterdir() if (p / "__init__.py").is_file()}
+    assert set(BUILTIN_PLUGINS) == folders == {"agent_attention", "bivit", "castling", "ggem", "quantize", "token_merge"}
+
+
+def test_define_method_derives_name_version_card_and_revert():
+    import surgery
+    from surgery.toolkit.modules import undo
+
+    method = surgery.get_host().method("castling")
+    assert (method.name, method.version, method.revert) == ("castling", surgery.__version__, undo)
+    assert method.card_template.endswith("plugins/castling/card.md.j2") or method.card_template.endswith("castling/card.md.j2")
+    assert surgery.get_host().provider("int8").name == "quantize"
+    assert not surgery.get_host().method("quantize").export_exact and surgery.get_host().method("ggem").export_exact

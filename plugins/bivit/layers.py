@@ -52,7 +52,7 @@ class BinaryLinear(nn.Linear):
         inputs = sign_ste(x) if self.binarize_input else x
         return F.linear(inputs, binary_weight(self.weight, alpha), self.bias)
 
-    # -- packed checkpoints (see surgery.packing) --------------------------------------------------
+    # -- packed checkpoints (see surgery.toolkit.packing) --------------------------------------------------
     def surgery_pack(self, prefix: str, state: dict[str, torch.Tensor]) -> None:
         if not self.pack:
             return

@@ -93,7 +93,7 @@ class QuantLinear(nn.Linear):
             x = self.input_quant(x)
         return nn.functional.linear(x, self.weight_quant(self.weight), self.bias)
 
-    # -- int8 checkpoints (see surgery.packing) -----------------------------------------------------
+    # -- int8 checkpoints (see surgery.toolkit.packing) -----------------------------------------------------
     def int8_weight(self, weight: torch.Tensor) -> torch.Tensor:
         """The int8 codes of ``weight``, taken from torch's own fake-quant so that rounding ties
         go the same way as in ``forward``."""

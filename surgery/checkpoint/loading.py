@@ -1,7 +1,7 @@
 """``surgery.load``: the loud, strict way to reload a rewritten model from a folder or the Hub.
 
 It checks the recipe before building anything (every plugin installed, a readable format), lets
-transformers build the skeleton and replay the recipe (:mod:`surgery.integration`), loads the
+transformers build the skeleton and replay the recipe (:mod:`surgery.checkpoint.integration`), loads the
 weights from safetensors only, and fails if any weight is missing, unexpected or of the wrong shape.
 No code from the checkpoint is ever executed (``trust_remote_code=False``) and no pickle is read.
 """

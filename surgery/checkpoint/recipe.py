@@ -1,7 +1,7 @@
 """The versioned recipe, stored in ``config.json`` under ``quantization_config``.
 
 transformers lets a third party register a quantization method; surgery registers ``"surgery"`` so
-that ``from_pretrained`` hands the recipe to :mod:`surgery.integration`, which replays it before
+that ``from_pretrained`` hands the recipe to :mod:`surgery.checkpoint.integration`, which replays it before
 the weights load. The recipe looks like::
 
     "quantization_config": {

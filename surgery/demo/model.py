@@ -1,6 +1,6 @@
 """The built-in default model: a small ViT trained on scikit-learn's digits, built once and cached.
 
-``build_digits_model`` trains any architecture of :mod:`surgery.zoo` on the digits (8x8 upsampled
+``build_digits_model`` trains any architecture of :mod:`surgery.demo.zoo` on the digits (8x8 upsampled
 to 32x32 RGB, patch 4: 64 patch tokens plus cls) and saves a normal transformers folder with its
 image processor and ``eval_results.json`` (test accuracy). ``default_model`` returns the cached
 folder, building it on first use (about a minute and a half on 2 CPU cores).
