@@ -1,0 +1,52 @@
+"""The package metadata states ranges a library can live with; the exact tested sets live in constraints/."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+REQUIREMENTS = PROJECT["dependencies"] + [r for extra in PROJECT["optional-dependencies"].values() for r in extra]
+NAME = re.compile(r"^([A-Za-z0-9_.-]+)(\[[^\]]*\])?")
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+@pytest.mark.parametrize("requirement", REQUIREMENTS)
+def test_requirements_are_ranges_with_a_lower_bound(requirement):
+    if requirement.startswith("surgery["):
+        return
+    assert "==" not in requirement and "~=" not in requirement, f"{requirement}: a library states ranges, not pins"
+    assert ">=" in requirement, f"{requirement}: give the oldest version surgery works with"
+
+
+def test_the_constraints_pin_everything_the_metadata_names():
+    pinned = {}
+    for line in (REPO / "constraints" / "tf4.57-optimum.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            pinned[canonical(name)] = version
+    named = {canonical(NAME.match(r).group(1)) for r in REQUIREMENTS if not r.startswith("surgery[")}
+    assert named <= set(pinned), sorted(named - set(pinned))
+    assert pinned["torch"] == "2.13.0" and pinned["transformers"] == "4.57.6"
+
+
+def test_installing_into_the_tested_environment_changes_nothing_but_surgery():
+    """pip's resolver, offline, against what is installed: surgery's ranges admit every installed
+    version, so nothing would be upgraded or downgraded."""
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--dry-run", "--no-index", "--no-build-isolation", "--quiet",
+         "--report", "-", "-e", f"{REPO}[test]"], capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    installs = [(item["metadata"]["name"], item["metadata"]["version"]) for item in json.loads(result.stdout)["install"]]
+    assert [name for name, _ in installs] == ["surgery"], installs
