@@ -13,16 +13,21 @@ from transformers import Dinov2Config, Dinov2Model
 import surgery
 from surgery.core.anatomy import Anatomy, Layout
 from surgery.core.claims import describe
-from surgery.core.families import VIT_BLOCK_457
 from surgery.core.parts import BlockLayout, block_parts
 from surgery.errors import UnsupportedModelError
 
-DINOV2_BLOCK = BlockLayout(
+DINOV2_BLOCK_457 = BlockLayout(
     norm1="norm1", attention="attention.attention", projections={"query": "query", "key": "key", "value": "value"},
     heads="num_attention_heads", head_dim="attention_head_size", dropout="dropout_prob",
     output="attention.output.dense", output_dropout="attention.output.dropout", norm2="norm2",
     mlp_in="mlp.fc1", activation="mlp.activation", mlp_out="mlp.fc2", layer_scale1="layer_scale1",
     layer_scale2="layer_scale2", drop_path="drop_path",
+)
+DINOV2_BLOCK_59 = BlockLayout(  # transformers >= 5.9: the core owns q/k/v/o, MLP activation_fn
+    norm1="norm1", attention="attention", projections={"query": "q_proj", "key": "k_proj", "value": "v_proj", "output": "o_proj"},
+    heads="num_attention_heads", head_dim="head_dim", dropout="attention_dropout", norm2="norm2",
+    mlp_in="mlp.fc1", activation="mlp.activation_fn", mlp_out="mlp.fc2", layer_scale1="layer_scale1",
+    layer_scale2="layer_scale2", drop_path="drop_path", mask_argument="none",
 )
 
 
@@ -49,11 +54,13 @@ def dinov2():
 @pytest.mark.parametrize("arch", ["vit", "deit-distilled", "dinov2"])
 def test_parts_rebuild_the_host_block_exactly(arch):
     if arch == "dinov2":
-        model, layout = dinov2(), DINOV2_BLOCK
+        model = dinov2()
         block = model.encoder.layer[1]
+        layout = DINOV2_BLOCK_59 if hasattr(block.attention, "q_proj") else DINOV2_BLOCK_457  # by the model, as anatomies choose
     else:
-        model, layout = tiny(arch).double().eval(), VIT_BLOCK_457
-        block = surgery.get_host().anatomy(model.config.model_type).find(model, "block")[1][1]
+        model = tiny(arch).double().eval()
+        anatomy = surgery.get_host().anatomy(model.config.model_type)
+        layout, block = anatomy.layout_of(model).block, anatomy.find(model, "block")[1][1]
     parts = block_parts(1, "block", block, layout, (8, 8))
     hidden = torch.randn(3, 66, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
@@ -73,9 +80,8 @@ def test_swin_parts_give_the_windowed_core_with_its_position_bias():
         expected = parts.attention.core(windows)[0]
         q, k, v = parts.attention.qkv(windows)
         scores = q @ k.transpose(-1, -2) / parts.attention.head_dim ** 0.5 + parts.attention.position_bias()
-        ours = (scores.softmax(-1) @ v).transpose(1, 2).reshape(8, 16, parts.width)
-    torch.testing.assert_close(ours, expected, rtol=0, atol=1e-12)
-    assert len(parts.attention.host_output(ours)) == 1  # Swin's core returns (context,)
+        ours = parts.attention.host_output((scores.softmax(-1) @ v).transpose(1, 2).reshape(8, 16, parts.width))
+    torch.testing.assert_close(ours[0], expected, rtol=0, atol=1e-12)  # with the core's own output projection, where it owns one
 
 
 def test_parts_resolve_replaced_modules_when_used():
@@ -88,11 +94,12 @@ def test_parts_resolve_replaced_modules_when_used():
 
 def test_the_layout_is_chosen_from_the_model():
     base = surgery.get_host().anatomy("vit")
-    renamed = {role: tuple(p.replace("vit.encoder.layer", "vit.layers") for p in patterns) for role, patterns in base.roles.items()}
-    two = Anatomy("vit", renamed, 1, "cls", base.readout_heads, base.readout_width, name="5.9-like",
-                  layouts=(Layout("transformers 4.57", base.roles, base.block),))
     model = tiny("vit")
-    assert two.layout_of(model).name == "transformers 4.57"
+    real = base.layout_of(model)  # the built-in layout that matches this transformers' ViT
+    renamed = {role: tuple(p.replace("vit.", "vision.") for p in patterns) for role, patterns in real.roles.items()}
+    two = Anatomy("vit", renamed, 1, "cls", base.readout_heads, base.readout_width, name="5.9-like",
+                  layouts=(Layout(real.name, real.roles, real.block),))
+    assert two.layout_of(model).name == real.name
     assert len(two.blocks(model)) == 2
     with pytest.raises(UnsupportedModelError, match=r"has no module for role 'pooler' \(looked for nowhere in the layouts '5.9-like'; its top-level modules: classifier, vit\)"):
         Anatomy("vit", {**renamed, "pooler": ("nowhere",)}, 1, "cls", base.readout_heads, base.readout_width,
@@ -102,7 +109,8 @@ def test_the_layout_is_chosen_from_the_model():
 def test_overlaps_are_described_in_the_anatomy_words():
     model = tiny("swin")
     anatomy = surgery.get_host().anatomy("swin")
-    assert describe(model, anatomy, "swin.encoder.layers.1.blocks.0.attention.self") == "the self-attention of block 1"
+    attention = [name for name, _ in anatomy.find(model, "attention")]
+    assert describe(model, anatomy, attention[1]) == "the self-attention of block 1"
     assert describe(model, anatomy, "swin.layernorm") == "the final norm (swin.layernorm)"
     assert describe(model, anatomy, "swin.encoder.layers.1.blocks.0") == "block 1"
 

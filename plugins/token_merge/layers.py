@@ -65,12 +65,14 @@ class ToMeLayer:
 
 
 class ToMeEncoder:
-    """Runs the blocks as the host does, with the token sizes reset first (the blocks update them)."""
+    """The module that runs the blocks (an encoder, or the backbone where there is none), as the host
+    does, with the token sizes reset first (the blocks update them)."""
 
     tome_sizes: TokenSizes
 
-    def forward(self, hidden_states: torch.Tensor, head_mask=None, *args, **kwargs):
+    def forward(self, *args, **kwargs):
+        head_mask = kwargs.pop("head_mask", None)
         if head_mask is not None and any(mask is not None for mask in head_mask):
             raise ValueError("token_merge: head_mask is not supported on a model with token merging.")
         self.tome_sizes.sizes = None
-        return super().forward(hidden_states, None, *args, **kwargs)
+        return super().forward(*args, **kwargs)

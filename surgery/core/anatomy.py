@@ -52,6 +52,9 @@ ROLE_GROUPS: Mapping[str, tuple[str, ...]] = {
 }
 
 
+PROBE_ROLES = ("block", "attention", "query")
+
+
 @dataclasses.dataclass(frozen=True)
 class Layout:
     """One way a model type's modules are laid out: role patterns, the block's parts, the prefix tokens."""
@@ -100,13 +103,16 @@ class Anatomy:
         return [Layout(self.name, self.roles, self.block, self.prefix_parameters), *self.layouts]
 
     def layout_of(self, model: nn.Module) -> Layout:
-        """The first layout whose ``block`` role (or, without one, any role) matches ``model``'s modules."""
+        """The first layout whose probe roles (``block``, ``attention``, ``query`` where it has them;
+        else any role) all match modules of ``model``: the model decides, never a version string."""
         names = [name for name, _ in model.named_modules()]
+        chosen = self.all_layouts()[0]
         for layout in self.all_layouts():
-            probe = ("block",) if "block" in layout.roles else tuple(layout.roles)
-            if any(_compile(tuple(layout.roles[role])).fullmatch(n) for role in probe for n in names):
-                return layout
-        return self.all_layouts()[0]
+            probe = [role for role in PROBE_ROLES if role in layout.roles] or list(layout.roles)[:1]
+            if all(any(_compile(tuple(layout.roles[role])).fullmatch(n) for n in names) for role in probe):
+                chosen = layout
+                break
+        return chosen
 
     def group(self, model: nn.Module, group: str) -> tuple[str, ...]:
         """The roles of ``group`` (:data:`ROLE_GROUPS`: "linears", "attention_linears", "mlp_linears")

@@ -1,4 +1,5 @@
-"""The built-in anatomies: ViT, DeiT (plain and distilled heads) and Swin, as transformers 4.57 lays them out.
+"""The built-in anatomies: ViT, DeiT (plain and distilled heads) and Swin, in transformers 4.57's layout
+and in the >= 5.9 layout (``layers.N.attention.{q,k,v,o}_proj``, ``mlp.fc1/fc2``).
 
 The one module that knows transformers' module paths and attribute names. A new layout of a known
 family (transformers >= 5.9's ``layers.N.attention.{q,k,v,o}_proj``) or a new family (DINOv2, BEiT,
@@ -11,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from surgery.core.anatomy import Anatomy
+from surgery.core.anatomy import Anatomy, Layout
 from surgery.core.parts import BlockLayout
 
 _SEPARATE_QKV = {"query": "query", "key": "key", "value": "value"}
@@ -47,6 +48,74 @@ SWIN_BLOCK_457 = BlockLayout(
 )
 
 
+# transformers >= 5.9 ViTLayer / DeiTLayer: the core owns q/k/v/o projections, MLP as mlp.fc1/fc2,
+# one block-level dropout after the attention and after the MLP; no encoder module (the model loops)
+_FUSED_OUTPUT = {"query": "q_proj", "key": "k_proj", "value": "v_proj", "output": "o_proj"}
+VIT_BLOCK_59 = BlockLayout(
+    norm1="layernorm_before", attention="attention", projections=_FUSED_OUTPUT,
+    heads="num_attention_heads", head_dim="head_dim", dropout="attention_dropout", output_dropout="dropout",
+    norm2="layernorm_after", mlp_in="mlp.fc1", activation="mlp.activation_fn", mlp_out="mlp.fc2", mlp_dropout="dropout",
+    mask_argument="none", core_returns="pair",
+)
+
+# transformers >= 5.9 SwinLayer: the same windows and shifts, the core owns its projections and
+# computes the relative position bias in a submodule
+SWIN_BLOCK_59 = BlockLayout(
+    norm1="layernorm_before", attention="attention", projections=_FUSED_OUTPUT,
+    heads="num_attention_heads", head_dim="head_dim", dropout="attention_dropout", output_dropout="dropout",
+    norm2="layernorm_after", mlp_in="mlp.fc1", activation="mlp.activation_fn", mlp_out="mlp.fc2", mlp_dropout="dropout",
+    drop_path="drop_path", mask_argument="window_mask", core_returns="pair",
+    window_size="window_size", shift_size="shift_size", resolution="input_resolution",
+    position_bias=lambda core: core.relative_position_bias(),
+)
+
+
+def _vit_like_59(backbone: str, classifiers: tuple[str, ...], prefix_parameters: tuple[str, ...]) -> Layout:
+    block = f"{backbone}.layers.*"
+    return Layout(
+        name="transformers >= 5.9",
+        roles={
+            "encoder": (backbone,),
+            "block": (block,),
+            "attention": (f"{block}.attention",),
+            "query": (f"{block}.attention.q_proj",),
+            "key": (f"{block}.attention.k_proj",),
+            "value": (f"{block}.attention.v_proj",),
+            "attn_output": (f"{block}.attention.o_proj",),
+            "mlp_in": (f"{block}.mlp.fc1",),
+            "mlp_out": (f"{block}.mlp.fc2",),
+            "patch_embed": (f"{backbone}.embeddings.patch_embeddings.projection",),
+            "final_norm": (f"{backbone}.layernorm",),
+            "classifier": classifiers,
+        },
+        block=VIT_BLOCK_59,
+        prefix_parameters=prefix_parameters,
+    )
+
+
+def _swin_59() -> Layout:
+    block = "swin.encoder.layers.*.blocks.*"
+    return Layout(
+        name="transformers >= 5.9",
+        roles={
+            "encoder": ("swin.encoder",),
+            "block": (block,),
+            "attention": (f"{block}.attention",),
+            "query": (f"{block}.attention.q_proj",),
+            "key": (f"{block}.attention.k_proj",),
+            "value": (f"{block}.attention.v_proj",),
+            "attn_output": (f"{block}.attention.o_proj",),
+            "mlp_in": (f"{block}.mlp.fc1",),
+            "mlp_out": (f"{block}.mlp.fc2",),
+            "patch_embed": ("swin.embeddings.patch_embeddings.projection",),
+            "final_norm": ("swin.layernorm",),
+            "pooler": ("swin.pooler",),
+            "classifier": ("classifier",),
+        },
+        block=SWIN_BLOCK_59,
+    )
+
+
 def _vit_like(model_type: str, backbone: str, prefix_tokens: int, classifiers: tuple[str, ...],
               prefix_parameters: tuple[str, ...]) -> Anatomy:
     block = f"{backbone}.encoder.layer.*"
@@ -72,6 +141,7 @@ def _vit_like(model_type: str, backbone: str, prefix_tokens: int, classifiers: t
         readout_width=lambda config: config.hidden_size,
         block=VIT_BLOCK_457,
         prefix_parameters=prefix_parameters,
+        layouts=(_vit_like_59(backbone, classifiers, prefix_parameters),),
     )
 
 
@@ -99,6 +169,7 @@ def _swin() -> Anatomy:
         readout_heads=lambda config: config.num_heads[-1],
         readout_width=lambda config: int(config.embed_dim * 2 ** (len(config.depths) - 1)),
         block=SWIN_BLOCK_457,
+        layouts=(_swin_59(),),
     )
 
 
