@@ -20,6 +20,18 @@ def tiny(arch: str, seed: int = 0, **overrides):
     return build_model(arch, "tiny", image_size=32, seed=seed, **overrides)
 
 
+def parts(model: torch.nn.Module, index: int = 0):
+    """The anatomy's parts of block ``index`` (whatever layout this transformers uses)."""
+    import surgery
+
+    return surgery.get_host().anatomy(model.config.model_type).blocks(model)[index]
+
+
+def core(model: torch.nn.Module, index: int = 0) -> torch.nn.Module:
+    """The attention core of block ``index``: the module attention swaps replace."""
+    return parts(model, index).attention.core
+
+
 def images(batch: int = 3, size: int = 32, seed: int = 1) -> torch.Tensor:
     return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
 

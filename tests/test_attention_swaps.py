@@ -14,7 +14,7 @@ from surgery.errors import ConfigError, IncompatibleStepsError
 from surgery.plugins.agent_attention.layers import AgentAttention, pool_matrix
 from surgery.plugins.castling.layers import LinearAngularAttention
 
-from conftest import ARCHS, images, tiny
+from conftest import ARCHS, core, images, parts, tiny
 
 
 def _randomize(module: torch.nn.Module, names: tuple[str, ...], seed: int = 0) -> None:
@@ -40,7 +40,7 @@ def agent_reference(m: AgentAttention, x: torch.Tensor) -> torch.Tensor:
     heads, d, a, prefix = m.num_heads, c // m.num_heads, m.agents, m.prefix_tokens
     h = w = math.isqrt(n - prefix)
     p = math.isqrt(a)
-    q, k, v = _linear(x, m.query), _linear(x, m.key), _linear(x, m.value)
+    q, k, v = _linear(x, m.projection("query")), _linear(x, m.projection("key")), _linear(x, m.projection("value"))
     agents = F.adaptive_avg_pool2d(q[:, prefix:].reshape(b, h, w, c).permute(0, 3, 1, 2), (p, p)).reshape(b, c, a).transpose(1, 2)
     q4, k4, v4, a4 = (t.reshape(b, -1, heads, d) for t in (q, k, v, agents))
     table = F.interpolate(m.an_bias, size=(h, w), mode="bilinear", align_corners=False).reshape(heads, a, h * w)
@@ -67,7 +67,7 @@ def castling_reference(m: LinearAngularAttention, x: torch.Tensor, training: boo
     b, n, c = x.shape
     heads, d, prefix = m.num_heads, c // m.num_heads, m.prefix_tokens
     split = lambda t: t.detach().numpy().reshape(b, n, heads, d).transpose(0, 2, 1, 3)  # noqa: E731
-    q, k, v = split(_linear(x, m.query)), split(_linear(x, m.key)), split(_linear(x, m.value))
+    q, k, v = split(_linear(x, m.projection("query"))), split(_linear(x, m.projection("key"))), split(_linear(x, m.projection("value")))
     qn = q / np.linalg.norm(q, axis=-1, keepdims=True)
     kn = k / np.linalg.norm(k, axis=-1, keepdims=True)
     out = 0.5 * v + (1 / np.pi) * (qn @ (kn.transpose(0, 1, 3, 2) @ v))
@@ -95,7 +95,7 @@ def _replaced(arch, spec, cls):
 def _tokens(module, arch, seed=3):
     side = module.grid[0] if isinstance(module, AgentAttention) else 4
     n = module.prefix_tokens + (side * side if arch == "swin" or isinstance(module, AgentAttention) else 16)
-    return torch.randn(2, n, module.query.in_features, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return torch.randn(2, n, module.projection("query").in_features, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
 AGENT_BIASES = ("an_bias", "na_bias", "ah_bias", "aw_bias", "ha_bias", "wa_bias", "ac_bias", "ca_bias", "dwc")
@@ -179,7 +179,7 @@ def test_runs_at_a_second_resolution(arch, spec):
 
 def test_zero_init_is_two_stage_softmax_through_agents():
     model = surgery.apply(tiny("vit").double(), [("agent_attention", {"agents": 4})])
-    module = model.vit.encoder.layer[0].attention.attention
+    module = core(model)
     assert all(float(p.detach().abs().sum()) == 0 for n, p in module.named_parameters() if n.endswith("_bias") or n.startswith("dwc"))
     x = _tokens(module, "vit")
     with torch.no_grad():
@@ -198,13 +198,13 @@ def test_defaults_follow_the_paper():
 
 def test_swin_agent_blocks_attend_globally_and_revert_restores_windows():
     model = tiny("swin")
-    block = model.swin.encoder.layers[0].blocks[0]
-    window, shift = block.window_size, block.shift_size
+    block = parts(model)
+    window = block.window()
     surgery.apply(model, [("agent_attention", {"agents": 4})])
     model(pixel_values=images())
-    assert block.window_size == 8 and block.shift_size == 0  # one window = the whole 8x8 map
+    assert block.window() == (8, 0)  # one window = the whole 8x8 map
     surgery.revert(model)
-    assert (block.window_size, block.shift_size) == (window, shift)
+    assert block.window() == window
 
 
 def test_same_blocks_are_refused_and_disjoint_blocks_compose():

@@ -15,7 +15,7 @@ from surgery.toolkit.packing import pack_bits, unpack_bits
 from surgery.plugins.bivit.binarize import binary_weight, sign_ste, softmax_binarize
 from surgery.plugins.bivit.layers import BinaryAttention, BinaryLinear
 
-from conftest import ARCHS, images, tiny
+from conftest import ARCHS, core, images, parts, tiny
 
 
 def rng(seed=0):
@@ -96,31 +96,32 @@ def test_binary_linear_matches_reference(binarize_input):
 def attention_reference(core, x, mask=None, swin=False):
     """sign(q) sign(k)^T / sqrt(d) (+ Swin bias and mask), softmax, SAB 0/1 map, times sign(v)."""
     b, n, c = x.shape
-    heads, d = core.num_attention_heads, core.attention_head_size
+    parts = core.bivit_parts
+    heads, d = parts.heads, parts.head_dim
     proj = lambda layer: np.where(layer(x).detach().numpy() >= 0, 1.0, -1.0).reshape(b, n, heads, d).transpose(0, 2, 1, 3)  # noqa: E731
-    q, k, v = proj(core.query), proj(core.key), proj(core.value)
+    q, k, v = (proj(parts.projection(role)) for role in ("query", "key", "value"))
     scores = q @ k.transpose(0, 1, 3, 2) / math.sqrt(d)
     if swin:
-        table = core.relative_position_bias_table.detach().numpy()
-        index = core.relative_position_index.numpy().reshape(-1)
-        scores = scores + table[index].reshape(n, n, heads).transpose(2, 0, 1)[None]
+        scores = scores + parts.position_bias().detach().numpy()  # the host's relative position bias for its window
         if mask is not None:
             windows = mask.shape[0]
             scores = (scores.reshape(b // windows, windows, heads, n, n) + mask.numpy()[None, :, None]).reshape(b, heads, n, n)
     p = np.exp(scores - scores.max(-1, keepdims=True))
     p /= p.sum(-1, keepdims=True)
     keep = (p >= core.bivit_ratio * p.max(-1, keepdims=True)).astype(float)
-    return (keep @ v).transpose(0, 2, 1, 3).reshape(b, n, c)
+    context = torch.from_numpy((keep @ v).transpose(0, 2, 1, 3).reshape(b, n, c))
+    return parts.host_output(context)[0].detach().numpy()  # the core's own output projection, where it owns one
 
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_binary_attention_matches_reference(arch):
     model = surgery.apply(tiny(arch).double(), [("bivit", {"softmax_ratio": 0.3})])
     swin = arch == "swin"
-    for _, core in surgery.get_host().anatomy(model.config.model_type).find(model, "attention"):
+    for block in surgery.get_host().anatomy(model.config.model_type).blocks(model):
+        core = block.attention.core
         assert isinstance(core, BinaryAttention)
-        n = core.window_size[0] * core.window_size[1] if swin else 65 + (arch.startswith("deit"))
-        x = torch.randn(4, n, core.query.in_features, generator=rng(), dtype=torch.float64)
+        n = block.attended_tokens() if swin else 65 + (arch.startswith("deit"))
+        x = torch.randn(4, n, block.width, generator=rng(), dtype=torch.float64)
         mask = torch.where(torch.rand(2, n, n, generator=rng(5)) > 0.7, -100.0, 0.0).double() if swin else None
         with torch.no_grad():
             got = core(x, mask)[0].numpy()
@@ -142,11 +143,11 @@ def test_gradients_reach_latent_weights_and_scales(arch):
 )
 def test_parts_and_activations_choose_what_is_binarized(options, binary_linears, binary_cores):
     model = surgery.apply(tiny("vit"), [("bivit", options)])
-    block = model.vit.encoder.layer[0]
+    block = parts(model).module
     assert sum(isinstance(m, BinaryLinear) for m in block.modules()) == binary_linears
     assert sum(isinstance(m, BinaryAttention) for m in block.modules()) == binary_cores
     assert all(m.binarize_input == (options.get("activations", "binary") == "binary") for m in block.modules() if isinstance(m, BinaryLinear))
-    assert not isinstance(model.classifier, BinaryLinear) and not isinstance(model.vit.embeddings.patch_embeddings.projection, BinaryLinear)
+    assert not isinstance(model.classifier, BinaryLinear) and not isinstance(surgery.get_host().anatomy("vit").one(model, "patch_embed")[1], BinaryLinear)
 
 
 def test_cross_layer_binarization_in_two_steps(tmp_path):
@@ -180,7 +181,7 @@ def test_packed_checkpoint_is_smaller_and_reloads_exactly(tmp_path):
         with safe_open(str(folder / "model.safetensors"), framework="pt") as f:
             return sum(f.get_tensor(k).numel() * f.get_tensor(k).element_size() for k in f.keys() if k.startswith(prefix))
 
-    layer = "vit.encoder.layer.0.intermediate.dense."
+    layer = surgery.get_host().anatomy("vit").find(binary, "mlp_in")[0][0] + "."
     ratio = linear_bytes(tmp_path / "fp32", layer) / linear_bytes(tmp_path / "binary", layer)
     assert ratio >= 28, ratio  # 1 bit per weight + fp32 scale and bias per output channel
     with safe_open(str(tmp_path / "binary" / "model.safetensors"), framework="pt") as f:
@@ -201,6 +202,8 @@ def test_invalid_options(options, match):
 
 
 def test_print_shows_what_is_binary():
+    name = surgery.get_host().anatomy("swin").find(tiny("swin"), "attention")[0][0].rsplit(".", 1)[1]
+    cls = type(core(tiny("swin"))).__name__
     text = str(surgery.apply(tiny("swin"), "bivit"))
-    assert "(self): BinarySwinSelfAttention(" in text and "binary q/k/v, SAB ratio=0.25" in text
+    assert f"({name}): Binary{cls}(" in text and "binary q/k/v, SAB ratio=0.25" in text
     assert "W1A1, learnable_alpha=True, packed=True" in text

@@ -13,7 +13,7 @@ from surgery.core.specs import parse_plugin_spec
 from surgery.errors import ConfigError
 from surgery.demo.zoo import image_processor
 
-from conftest import images, tiny
+from conftest import images, parts, tiny
 
 
 @pytest.fixture
@@ -113,7 +113,7 @@ def test_apply_with_calibration(model_dir, tmp_path, capsys):
     assert "quantize needs calibration data" in capsys.readouterr().err
     assert main(["apply", str(model_dir), "-p", "quantize:calibration_batches=2", "--calibration", "digits", "-o", str(tmp_path / "q")]) == 0
     model = surgery.load(tmp_path / "q")
-    layer = model.vit.encoder.layer[0].intermediate.dense
+    layer = parts(model).part("mlp_in")
     assert float(layer.input_quant.scale) != 1.0 and int(layer.input_quant.observer_enabled) == 0  # calibrated
 
 

@@ -15,7 +15,7 @@ from surgery.plugins.token_merge.config import ToMeConfig
 from surgery.plugins.token_merge.merge import bipartite_soft_matching, merge_weighted
 from surgery.toolkit.tokens import token_sizes
 
-from conftest import images, tiny
+from conftest import core, images, parts, tiny
 
 from test_ggem import ggem_reference
 
@@ -88,14 +88,14 @@ def test_r_capped_to_what_the_layer_can_merge():
 
 def test_proportional_attention_matches_reference():
     model = surgery.apply(tiny("vit"), [("token_merge", {"r": 2})]).double()
-    attention = model.vit.encoder.layer[0].attention.attention
+    attention = core(model)
     g = torch.Generator().manual_seed(0)
     hidden = torch.randn(2, 7, 32, generator=g, dtype=torch.float64)
     size = torch.randint(1, 5, (2, 7, 1), generator=g).double()
     context, metric = attention.tome_attention(hidden, size)
     heads, d = 4, 8
     split = lambda t: t.view(2, 7, heads, d).transpose(1, 2)  # noqa: E731
-    q, k, v = split(attention.query(hidden)), split(attention.key(hidden)), split(attention.value(hidden))
+    q, k, v = (split(attention.tome_parts.projection(role)(hidden)) for role in ("query", "key", "value"))
     logits = q @ k.transpose(-1, -2) / math.sqrt(d) + size.log()[:, None, None, :, 0]
     want = (logits.softmax(-1) @ v).transpose(1, 2).reshape(2, 7, 32)
     torch.testing.assert_close(context, want, rtol=1e-10, atol=1e-10)
@@ -130,16 +130,17 @@ def test_merged_model_matches_a_blockwise_reference():
     x = images().double()
     with torch.no_grad():
         embedded = model.vit.embeddings(x)
-        layer = model.vit.encoder.layer[0]
-        normed = layer.layernorm_before(embedded)
-        hidden = layer.attention(normed) + embedded
-        metric = layer.attention.attention.key(normed).view(3, -1, 4, 8).mean(2)
+        block = parts(model)
+        normed = block.part("norm1")(embedded)
+        hidden = block.module.attention(normed)
+        hidden = (hidden[0] if isinstance(hidden, tuple) else hidden) + embedded  # the host's attention module
+        metric = block.attention.projection("key")(normed).view(3, -1, 4, 8).mean(2)
         rows = [reference_merge(hidden[i].numpy(), np.ones(65), metric[i].numpy(), 8, True, False) for i in range(3)]
         merged = torch.tensor(np.stack([t for t, _ in rows]))
-        out = layer.output(layer.intermediate(layer.layernorm_after(merged)), merged)
+        out = block.part("mlp_out")(block.part("activation")(block.part("mlp_in")(block.part("norm2")(merged)))) + merged
     surgery.apply(model, [("token_merge", {"r_per_layer": [8]})])
     with torch.no_grad():  # a block returns its hidden states; the sizes travel in the side channel
-        hidden_states = model.vit.encoder.layer[0](embedded)
+        hidden_states = block.module(embedded)
         size = token_sizes(model).sizes
     torch.testing.assert_close(hidden_states, out, rtol=1e-10, atol=1e-10)
     assert torch.equal(size[:, :, 0], torch.tensor(np.stack([s for _, s in rows])))
@@ -198,6 +199,11 @@ def test_head_mask_is_refused():
 
 
 def test_print_shows_the_swapped_classes():
-    text = str(surgery.apply(tiny("deit-distilled"), [("token_merge", {"r": 5})]))
-    assert "(encoder): ToMeDeiTEncoder(" in text and "2 x ToMeDeiTLayer(" in text and "r=5, prop_attn=True" in text
-    assert "(attention): ToMeDeiTSelfAttention(" in text
+    model = tiny("deit-distilled")
+    anatomy = surgery.get_host().anatomy("deit")
+    (runner_name, runner), block, attention = anatomy.one(model, "encoder"), parts(model).module, core(model)
+    names = [runner_name.rsplit(".", 1)[-1], anatomy.find(model, "attention")[0][0].rsplit(".", 1)[1]]
+    classes = [type(m).__name__ for m in (runner, block, attention)]
+    text = str(surgery.apply(model, [("token_merge", {"r": 5})]))
+    assert f"({names[0]}): ToMe{classes[0]}(" in text and f"2 x ToMe{classes[1]}(" in text and "r=5, prop_attn=True" in text
+    assert f"({names[1]}): ToMe{classes[2]}(" in text

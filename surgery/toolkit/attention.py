@@ -25,10 +25,14 @@ class AttentionCore(nn.Module):
         self.num_heads, self.head_dim = parts.heads, parts.head_dim
         self.surgery_returns, self.surgery_mask = parts.core_returns, parts.mask_argument
 
-    def project(self, role: str, x):
-        """``x`` through the projection playing ``role`` ("query", "key", "value", "qkv")."""
+    def projection(self, role: str) -> nn.Module:
+        """The projection module playing ``role`` ("query", "key", "value", "qkv", "output")."""
         path = self.surgery_projections[role]
-        return self.get_submodule(path.replace(".", "_") if "." in path else path)(x)
+        return self.get_submodule(path.replace(".", "_") if "." in path else path)
+
+    def project(self, role: str, x):
+        """``x`` through the projection playing ``role``."""
+        return self.projection(role)(x)
 
     def qkv(self, x):
         """The q, k, v projections of ``x`` (B, N, C each)."""
