@@ -65,7 +65,7 @@ class BinaryLinear(nn.Linear):
         return [prefix + "weight"] if self.pack else []
 
     def surgery_unpack(self) -> None:
-        if self.pack and self.weight.is_meta:
+        if self.pack:  # a packed checkpoint never holds the latent weight: rebuild it from the signs
             bits = unpack_bits(self.weight_bits, self.in_features)
             signs = torch.where(bits, 1.0, -1.0).to(device=self.weight_bits.device, dtype=self.alpha.dtype)
             self.weight = nn.Parameter(signs)

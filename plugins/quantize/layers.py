@@ -38,12 +38,14 @@ def input_fake_quant(observer: str, bits: int = 8) -> FakeQuantize:
 
 
 def reset_observer(observer: nn.Module, device: torch.device) -> None:
-    """Give an observer whose statistics were not saved (still on the meta device) its initial
-    state: min +inf, max -inf, an empty histogram, so that calibrating again starts afresh."""
+    """Give an observer whose statistics were not saved its initial state: min +inf, max -inf, an
+    empty histogram, so that calibrating again starts afresh. Called after loading, where those
+    buffers are whatever the loader left (meta tensors, or uninitialised memory on loaders that
+    materialise missing buffers)."""
     initial = {"min_val": float("inf"), "max_val": float("-inf"), "histogram": 0.0}
     for name, buffer in list(observer.named_buffers(recurse=False)):
-        if buffer.is_meta:
-            setattr(observer, name, torch.full(buffer.shape, initial.get(name, 0.0), dtype=buffer.dtype, device=device))
+        if name in initial:
+            setattr(observer, name, torch.full(buffer.shape, initial[name], dtype=buffer.dtype, device=device))
 
 
 class QuantLinear(nn.Linear):
@@ -111,9 +113,8 @@ class QuantLinear(nn.Linear):
         return [prefix + "weight"] + [prefix + key for key in self._observer_keys()]
 
     def surgery_unpack(self) -> None:
-        scale = self.weight_quant.scale
-        if self.weight.is_meta:
-            self.weight = nn.Parameter(self.weight_int8.to(scale.dtype) * scale[:, None])
+        scale = self.weight_quant.scale  # the checkpoint never holds the float weight: rebuild it from the codes
+        self.weight = nn.Parameter(self.weight_int8.to(scale.dtype) * scale[:, None])
         for quant in (self.weight_quant, self.input_quant):
             if quant is not None:
                 reset_observer(quant.activation_post_process, scale.device)

@@ -18,6 +18,7 @@ from transformers import AutoConfig, AutoModelForImageClassification, PreTrained
 from surgery.checkpoint.integration import check_digest
 from surgery.checkpoint.plugins import check_plugins_installed
 from surgery.checkpoint.recipe import read_steps
+from surgery.toolkit.packing import packed_away_keys
 from surgery.core.history import get_history
 from surgery.errors import RecipeError
 
@@ -49,7 +50,7 @@ def load(pretrained: str | os.PathLike[str], model_class: Any = None, **kwargs: 
         output_loading_info=True,
         **kwargs,
     )
-    _check_loading_info(pretrained, info)
+    _check_loading_info(pretrained, info, expected_missing=packed_away_keys(model))
     if not Path(pretrained).is_dir():  # a local folder was checked by the quantizer after loading
         check_digest(config, Path(weights))
     if len(get_history(model)) != len(steps):
@@ -109,10 +110,12 @@ def check_readable(path: Path) -> None:
                           f"{str(error).splitlines()[0][:200]}") from error
 
 
-def _check_loading_info(source: Any, info: dict[str, Any]) -> None:
+def _check_loading_info(source: Any, info: dict[str, Any], expected_missing: set[str] = frozenset()) -> None:
+    """Refuse any missing, unexpected or mismatched weight, except the keys packed modules store in
+    another form (transformers 4.57's quantizer hook drops those from the report, 5.x lists them)."""
     problems = []
     for key in ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs"):
-        values = list(info.get(key) or [])
+        values = [v for v in (info.get(key) or []) if not (key == "missing_keys" and v in expected_missing)]
         if values:
             shown = ", ".join(str(v) for v in values[:5]) + (" ..." if len(values) > 5 else "")
             problems.append(f"{key.replace('_', ' ')}: {shown}")
