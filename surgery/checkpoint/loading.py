@@ -20,9 +20,9 @@ from transformers.utils import logging as hf_logging
 from surgery.checkpoint.integration import check_digest
 from surgery.checkpoint.plugins import check_plugins_installed
 from surgery.checkpoint.recipe import read_steps
-from surgery.toolkit.packing import packed_away_keys
 from surgery.core.history import get_history
 from surgery.errors import RecipeError
+from surgery.toolkit.packing import packed_away_keys
 
 SAFE_WEIGHTS = "model.safetensors"
 SAFE_WEIGHTS_INDEX = "model.safetensors.index.json"
