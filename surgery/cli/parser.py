@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration", choices=["digits"], help="calibration data for --int8: the built-in digits")
     p.add_argument("--output", "-o", required=True, help="folder for the exported model (not the model's own folder)")
     p.add_argument("--overwrite", action="store_true", help="export into a folder that holds other files")
+    p.add_argument("--exporter", choices=["auto", "optimum", "torch"], default="auto",
+                   help="what writes the ONNX graph: Optimum (transformers 4.57), torch.onnx, or auto (Optimum where installed)")
     p.set_defaults(run=cmd_export)
 
     p = sub.add_parser("bench", help="parameters, checkpoint size, FLOPs and latency of a saved model (JSON)")

@@ -1,6 +1,8 @@
 """Export a rewritten model with Optimum to ONNX and OpenVINO, and check it against PyTorch.
 
-Who does what: Optimum's ``onnx_export_from_model`` (optimum-onnx; torch.onnx's TorchScript
+Who does what (``exporter="optimum"``, the default where optimum-onnx is installed; ``"torch"`` calls
+``torch.onnx.export`` directly, with the same input/output names and dynamic batch axis, for
+transformers versions optimum-onnx does not install next to): Optimum's ``onnx_export_from_model`` (optimum-onnx; torch.onnx's TorchScript
 exporter underneath) writes ``model.onnx`` from the live model, with a dynamic batch axis; torch's
 fake-quant modules become QuantizeLinear/DequantizeLinear pairs. OpenVINO's ``convert_model`` turns
 that ONNX file into IR (``openvino_model.xml``/``.bin``); Q/DQ pairs become FakeQuantize nodes that
@@ -29,6 +31,7 @@ token counts. Only the batch size is dynamic.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import os
 import shutil
@@ -47,6 +50,8 @@ from surgery.evaluation.measure import image_side
 REPORT = "export_report.json"
 RECIPE = "surgery_recipe.json"
 FORMATS = ("onnx", "openvino")
+EXPORTERS = ("auto", "optimum", "torch")
+TORCH_OPSET = 18  # the opset Optimum's exporter uses for these models
 TOLERANCE = {"onnx": 1e-4, "openvino": 1e-3}
 EXPORT_FILES = ("model.onnx", "model.onnx_data", "openvino_model.xml", "openvino_model.bin", "config.json",
                 "preprocessor_config.json", REPORT, RECIPE)
@@ -62,8 +67,14 @@ class ExportResult:
 
 
 def export(model: Any, output: str | Path, to: Literal["onnx", "openvino"] = "onnx", source: str | Path | None = None,
-           batch: int = 3, seed: int = 0, check: bool = True, overwrite: bool = False) -> ExportResult:
+           batch: int = 3, seed: int = 0, check: bool = True, overwrite: bool = False,
+           exporter: Literal["auto", "optimum", "torch"] = "auto") -> ExportResult:
     """Export ``model`` (a model or a saved folder) to ``output`` and compare it with PyTorch.
+
+    ``exporter`` writes the ONNX graph (also the input of the OpenVINO conversion): "optimum"
+    (Optimum's ``onnx_export_from_model``, optimum-onnx: transformers 4.57 only), "torch"
+    (``torch.onnx.export``, TorchScript, the same dynamic batch axis; any transformers), or "auto":
+    Optimum where it is installed, else torch. The report records which one ran.
 
     Raises :class:`ExportError` before exporting when a step cannot be exported to ``to``, when
     ``output`` is the model's own folder, or when it holds files an export did not write (unless
@@ -75,6 +86,8 @@ def export(model: Any, output: str | Path, to: Literal["onnx", "openvino"] = "on
 
     if to not in FORMATS:
         raise ExportError(f"export: 'to' got {to!r}; allowed: {', '.join(FORMATS)}.")
+    if exporter not in EXPORTERS:
+        raise ExportError(f"export: 'exporter' got {exporter!r}; allowed: {', '.join(EXPORTERS)}.")
     if isinstance(model, (str, Path)):
         source, model = Path(model), load(model)
     output = Path(output)
@@ -84,7 +97,7 @@ def export(model: Any, output: str | Path, to: Literal["onnx", "openvino"] = "on
     output.absolute().parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{output.name}.export-", dir=output.absolute().parent) as tmp:
         stage = Path(tmp) / "out"
-        _export_onnx(model, stage if to == "onnx" else Path(tmp) / "onnx")
+        exporter = _export_onnx(model, stage if to == "onnx" else Path(tmp) / "onnx", exporter)
         if to == "openvino":
             path = _onnx_to_openvino(Path(tmp) / "onnx" / "model.onnx", stage)
         else:
@@ -100,7 +113,7 @@ def export(model: Any, output: str | Path, to: Literal["onnx", "openvino"] = "on
         (stage / REPORT).write_text(json.dumps({
             "format": to, "file": path.name, "max_abs_diff": difference if finite else None, "finite": finite,
             "inputs": list(pixels.shape), "tolerance": None if quantized else TOLERANCE[to],
-            "steps": [s.plugin for s in get_history(model)], "cpu": cpu_description(),
+            "steps": [s.plugin for s in get_history(model)], "cpu": cpu_description(), "exporter": exporter,
         }, indent=2, allow_nan=False) + "\n")
         _move_into(stage, output)
     result = ExportResult(output / path.name, to, difference, quantized)
@@ -163,8 +176,6 @@ def refuse_unexportable(model: Any, to: str) -> None:
 
 def _needs(module: str):
     """Import an export dependency, or say which extra installs it."""
-    import importlib
-
     try:
         return importlib.import_module(module)
     except ImportError as error:
@@ -172,10 +183,37 @@ def _needs(module: str):
                           'pip install "surgery[export]"') from error
 
 
-def _export_onnx(model, folder: Path) -> None:
-    onnx_export_from_model = _needs("optimum.exporters.onnx").onnx_export_from_model
+def _export_onnx(model, folder: Path, exporter: str) -> str:
+    """Write ``folder/model.onnx``; returns the exporter that ran ("optimum" or "torch")."""
+    if exporter == "auto":
+        try:  # optimum-onnx installs only next to transformers 4.57; elsewhere torch.onnx writes the graph
+            importlib.import_module("optimum.exporters.onnx")
+            exporter = "optimum"
+        except ImportError:
+            exporter = "torch"
+    if exporter == "optimum":
+        optimum = _needs("optimum.exporters.onnx")
+        optimum.onnx_export_from_model(model, output=folder, task="image-classification", do_validation=False)
+        return exporter
+    folder.mkdir(parents=True, exist_ok=True)
+    pixels = _inputs(model, 2, 0)
+    with torch.no_grad():
+        wrapper = _Logits(model).train(model.training)  # torch.onnx restores the wrapper's mode on the whole tree
+        torch.onnx.export(wrapper, (pixels,), str(folder / "model.onnx"), input_names=["pixel_values"],
+                          output_names=["logits"], dynamic_axes={"pixel_values": {0: "batch_size"}, "logits": {0: "batch_size"}},
+                          opset_version=TORCH_OPSET, dynamo=False)
+    return exporter
 
-    onnx_export_from_model(model, output=folder, task="image-classification", do_validation=False)
+
+class _Logits(torch.nn.Module):
+    """``pixel_values -> logits``: the graph Optimum's image-classification export has."""
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=pixel_values).logits
 
 
 def _onnx_to_openvino(onnx_path: Path, folder: Path) -> Path:
