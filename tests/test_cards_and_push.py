@@ -25,9 +25,9 @@ TOKEN = "hf_test_token"
 @pytest.fixture
 def online(monkeypatch):
     """The tests run with HF_HUB_OFFLINE=1; uploads to the loopback stand-in need it off."""
-    from huggingface_hub import constants
-    from huggingface_hub.utils import reset_sessions
+    from huggingface_hub import constants, utils
 
+    reset_sessions = getattr(utils, "reset_sessions", None) or utils.close_session  # huggingface_hub < 1 / >= 1
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     reset_sessions()
     yield
