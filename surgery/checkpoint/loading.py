@@ -53,7 +53,7 @@ def load(pretrained: str | os.PathLike[str], model_class: Any = None, **kwargs: 
             output_loading_info=True,
             **kwargs,
         )
-    _check_loading_info(pretrained, info, expected_missing=packed_away_keys(model))
+    _check_loading_info(pretrained, info, expected_missing=packed_away_keys(model), recipe=bool(steps))
     if not Path(pretrained).is_dir():  # a local folder was checked by the quantizer after loading
         check_digest(config, Path(weights))
     if len(get_history(model)) != len(steps):
@@ -126,12 +126,20 @@ def _quiet_weight_loading():
             hf_logging.enable_progress_bar()
 
 
-def _check_loading_info(source: Any, info: dict[str, Any], expected_missing: set[str] = frozenset()) -> None:
+def _check_loading_info(source: Any, info: dict[str, Any], expected_missing: set[str] = frozenset(),
+                        recipe: bool = True) -> None:
     """Refuse any missing, unexpected or mismatched weight, except the keys packed modules store in
     another form (transformers 4.57's quantizer hook drops those from the report, 5.x lists them)."""
+    missing = [v for v in (info.get("missing_keys") or []) if v not in expected_missing]
+    if missing:  # the words of the quantizer's own check (transformers 4.57 raises there first)
+        shown = ", ".join(str(v) for v in sorted(missing)[:5]) + (" ..." if len(missing) > 5 else "")
+        if not recipe:
+            raise RecipeError(f"{source}: the checkpoint lacks weights the model needs ({shown}).")
+        raise RecipeError(f"{source}: the checkpoint lacks weights that its recipe's model needs ({shown}): the recipe "
+                          "and the weights do not belong together (edited recipe or mixed folder).")
     problems = []
-    for key in ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs"):
-        values = [v for v in (info.get(key) or []) if not (key == "missing_keys" and v in expected_missing)]
+    for key in ("unexpected_keys", "mismatched_keys", "error_msgs"):
+        values = list(info.get(key) or [])
         if values:
             shown = ", ".join(str(v) for v in values[:5]) + (" ..." if len(values) > 5 else "")
             problems.append(f"{key.replace('_', ' ')}: {shown}")
