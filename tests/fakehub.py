@@ -89,7 +89,8 @@ class FakeHub:
                     if folder.exists():
                         return self._reply(409, {"error": "You already created this model repo", "url": f"{PUBLIC}/{repo_id}"})
                     folder.mkdir(parents=True)
-                    (folder / ".private").write_text(str(bool(request.get("private"))))
+                    private = bool(request.get("private")) or request.get("visibility") == "private"  # hub < 1 / >= 1
+                    (folder / ".private").write_text(str(private))
                     return self._reply(200, {"url": f"{PUBLIC}/{repo_id}", "name": repo_id})
                 if path == "/api/validate-yaml":
                     return self._reply(200, {"errors": [], "warnings": []})
@@ -159,6 +160,8 @@ class FakeHub:
                                 if p.is_file() and p.name != ".private"]
                     return self._reply(200, {"id": repo_id, "modelId": repo_id, "sha": hub.head(repo_id),
                                              "private": False, "siblings": siblings, "tags": []})
+                if path == "/api/agent-harnesses":  # huggingface_hub >= 2 asks once, for its user agent
+                    return self._reply(200, {"standardEnvVars": [], "harnesses": {}})
                 hub.unknown.append(f"{'HEAD' if head else 'GET'} {path}")
                 self._reply(404, {"error": f"no route GET {path}"})
 

@@ -35,7 +35,6 @@ def push(folder: str | Path, repo_id: str, *, private: bool = False, token: str 
     """
     import os
 
-    import requests
     from huggingface_hub import HfApi, constants
     from huggingface_hub.errors import HfHubHTTPError, HFValidationError
     from huggingface_hub.utils import get_token, validate_repo_id
@@ -73,9 +72,20 @@ def push(folder: str | Path, repo_id: str, *, private: bool = False, token: str 
         if status in (401, 403):
             raise PushError(f"the Hub refused the token for {repo_id} (HTTP {status}): check that it has write access.") from error
         raise PushError(f"the Hub answered HTTP {status} for {repo_id}: {error.server_message or error}") from error
-    except requests.exceptions.ConnectionError as error:
+    except _connection_errors() as error:
         raise PushError(f"cannot reach the Hub at {endpoint}: the network is down or the address is wrong.") from error
     return commit.commit_url
+
+
+def _connection_errors() -> tuple[type[BaseException], ...]:
+    """What a failed connection raises: requests' error (huggingface_hub < 1), httpx's (1.x) and httpx2's (2.x)."""
+    errors: list[type[BaseException]] = []
+    for module, name in (("requests.exceptions", "ConnectionError"), ("httpx", "TransportError"), ("httpx2", "TransportError")):
+        try:
+            errors.append(getattr(__import__(module, fromlist=[name]), name))
+        except ImportError:
+            continue
+    return tuple(errors) or (ConnectionError,)
 
 
 def publishable_files(folder: str | Path) -> tuple[list[str], list[str]]:
