@@ -113,9 +113,7 @@ class SurgeryQuantizer(HfQuantizer):
         packed = packed_away_keys(model)
         missing = [key for key in missing_keys if key not in packed]
         if missing:
-            shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
-            raise RecipeError(f"the checkpoint lacks weights that its recipe's model needs ({shown}): the recipe and "
-                              "the weights do not belong together (edited recipe or mixed folder).")
+            raise lacking_weights(missing)
         return missing
 
     def is_serializable(self, safe_serialization=None) -> bool:
@@ -124,6 +122,14 @@ class SurgeryQuantizer(HfQuantizer):
     @property
     def is_trainable(self) -> bool:
         return True
+
+
+def lacking_weights(missing: list[str], source: object = None) -> RecipeError:
+    """The error for a checkpoint without weights its recipe's model needs (both load paths)."""
+    shown = ", ".join(str(key) for key in missing[:5]) + (" ..." if len(missing) > 5 else "")
+    where = f"{source}: " if source is not None else ""
+    return RecipeError(f"{where}the checkpoint lacks weights that its recipe's model needs ({shown}): the recipe and "
+                       "the weights do not belong together (edited recipe or mixed folder).")
 
 
 def check_digest(config: Any, weights: Path) -> None:

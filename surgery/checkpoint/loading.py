@@ -17,7 +17,7 @@ from typing import Any
 from transformers import AutoConfig, AutoModelForImageClassification, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
-from surgery.checkpoint.integration import check_digest
+from surgery.checkpoint.integration import check_digest, lacking_weights
 from surgery.checkpoint.plugins import check_plugins_installed
 from surgery.checkpoint.recipe import read_steps
 from surgery.core.history import get_history
@@ -131,12 +131,11 @@ def _check_loading_info(source: Any, info: dict[str, Any], expected_missing: set
     """Refuse any missing, unexpected or mismatched weight, except the keys packed modules store in
     another form (transformers 4.57's quantizer hook drops those from the report, 5.x lists them)."""
     missing = [v for v in (info.get("missing_keys") or []) if v not in expected_missing]
-    if missing:  # the words of the quantizer's own check (transformers 4.57 raises there first)
-        shown = ", ".join(str(v) for v in sorted(missing)[:5]) + (" ..." if len(missing) > 5 else "")
+    if missing:  # the quantizer's own error (transformers 4.57 raises it there first)
         if not recipe:
+            shown = ", ".join(str(v) for v in sorted(missing)[:5]) + (" ..." if len(missing) > 5 else "")
             raise RecipeError(f"{source}: the checkpoint lacks weights the model needs ({shown}).")
-        raise RecipeError(f"{source}: the checkpoint lacks weights that its recipe's model needs ({shown}): the recipe "
-                          "and the weights do not belong together (edited recipe or mixed folder).")
+        raise lacking_weights(sorted(missing), source)
     problems = []
     for key in ("unexpected_keys", "mismatched_keys", "error_msgs"):
         values = list(info.get(key) or [])

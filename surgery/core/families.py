@@ -50,9 +50,9 @@ SWIN_BLOCK_457 = BlockLayout(
 
 # transformers >= 5.9 ViTLayer / DeiTLayer: the core owns q/k/v/o projections, MLP as mlp.fc1/fc2,
 # one block-level dropout after the attention and after the MLP; no encoder module (the model loops)
-_FUSED_OUTPUT = {"query": "q_proj", "key": "k_proj", "value": "v_proj", "output": "o_proj"}
+_CORE_OWNS_OUTPUT = {"query": "q_proj", "key": "k_proj", "value": "v_proj", "output": "o_proj"}
 VIT_BLOCK_59 = BlockLayout(
-    norm1="layernorm_before", attention="attention", projections=_FUSED_OUTPUT,
+    norm1="layernorm_before", attention="attention", projections=_CORE_OWNS_OUTPUT,
     heads="num_attention_heads", head_dim="head_dim", dropout="attention_dropout", output_dropout="dropout",
     norm2="layernorm_after", mlp_in="mlp.fc1", activation="mlp.activation_fn", mlp_out="mlp.fc2", mlp_dropout="dropout",
     mask_argument="none", core_returns="pair",
@@ -61,7 +61,7 @@ VIT_BLOCK_59 = BlockLayout(
 # transformers >= 5.9 SwinLayer: the same windows and shifts, the core owns its projections and
 # computes the relative position bias in a submodule
 SWIN_BLOCK_59 = BlockLayout(
-    norm1="layernorm_before", attention="attention", projections=_FUSED_OUTPUT,
+    norm1="layernorm_before", attention="attention", projections=_CORE_OWNS_OUTPUT,
     heads="num_attention_heads", head_dim="head_dim", dropout="attention_dropout", output_dropout="dropout",
     norm2="layernorm_after", mlp_in="mlp.fc1", activation="mlp.activation_fn", mlp_out="mlp.fc2", mlp_dropout="dropout",
     drop_path="drop_path", mask_argument="window_mask", core_returns="pair",
@@ -76,14 +76,7 @@ def _vit_like_59(backbone: str, classifiers: tuple[str, ...], prefix_parameters:
         name="transformers >= 5.9",
         roles={
             "encoder": (backbone,),
-            "block": (block,),
-            "attention": (f"{block}.attention",),
-            "query": (f"{block}.attention.q_proj",),
-            "key": (f"{block}.attention.k_proj",),
-            "value": (f"{block}.attention.v_proj",),
-            "attn_output": (f"{block}.attention.o_proj",),
-            "mlp_in": (f"{block}.mlp.fc1",),
-            "mlp_out": (f"{block}.mlp.fc2",),
+            **VIT_BLOCK_59.roles(block),
             "patch_embed": (f"{backbone}.embeddings.patch_embeddings.projection",),
             "final_norm": (f"{backbone}.layernorm",),
             "classifier": classifiers,
@@ -99,14 +92,7 @@ def _swin_59() -> Layout:
         name="transformers >= 5.9",
         roles={
             "encoder": ("swin.encoder",),
-            "block": (block,),
-            "attention": (f"{block}.attention",),
-            "query": (f"{block}.attention.q_proj",),
-            "key": (f"{block}.attention.k_proj",),
-            "value": (f"{block}.attention.v_proj",),
-            "attn_output": (f"{block}.attention.o_proj",),
-            "mlp_in": (f"{block}.mlp.fc1",),
-            "mlp_out": (f"{block}.mlp.fc2",),
+            **SWIN_BLOCK_59.roles(block),
             "patch_embed": ("swin.embeddings.patch_embeddings.projection",),
             "final_norm": ("swin.layernorm",),
             "pooler": ("swin.pooler",),
@@ -123,14 +109,7 @@ def _vit_like(model_type: str, backbone: str, prefix_tokens: int, classifiers: t
         model_type=model_type,
         roles={
             "encoder": (f"{backbone}.encoder",),
-            "block": (block,),
-            "attention": (f"{block}.attention.attention",),
-            "query": (f"{block}.attention.attention.query",),
-            "key": (f"{block}.attention.attention.key",),
-            "value": (f"{block}.attention.attention.value",),
-            "attn_output": (f"{block}.attention.output.dense",),
-            "mlp_in": (f"{block}.intermediate.dense",),
-            "mlp_out": (f"{block}.output.dense",),
+            **VIT_BLOCK_457.roles(block),
             "patch_embed": (f"{backbone}.embeddings.patch_embeddings.projection",),
             "final_norm": (f"{backbone}.layernorm",),
             "classifier": classifiers,
@@ -151,14 +130,7 @@ def _swin() -> Anatomy:
         model_type="swin",
         roles={
             "encoder": ("swin.encoder",),
-            "block": (block,),
-            "attention": (f"{block}.attention.self",),
-            "query": (f"{block}.attention.self.query",),
-            "key": (f"{block}.attention.self.key",),
-            "value": (f"{block}.attention.self.value",),
-            "attn_output": (f"{block}.attention.output.dense",),
-            "mlp_in": (f"{block}.intermediate.dense",),
-            "mlp_out": (f"{block}.output.dense",),
+            **SWIN_BLOCK_457.roles(block),
             "patch_embed": ("swin.embeddings.patch_embeddings.projection",),
             "final_norm": ("swin.layernorm",),
             "pooler": ("swin.pooler",),

@@ -22,14 +22,11 @@ Three real layouts shaped the fields (docs/architecture.md):
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 import torch
 from torch import nn
-
-PROJECTIONS = ("query", "key", "value", "output")
 
 
 def resolve(root: nn.Module, path: str | None) -> Any:
@@ -90,6 +87,17 @@ class BlockLayout:
     shift_size: str | None = None
     resolution: str | None = None
     position_bias: Callable[[nn.Module], torch.Tensor] | None = None
+
+    def roles(self, block: str) -> dict[str, tuple[str, ...]]:
+        """The anatomy roles inside a block, as name patterns under ``block`` (a block's pattern):
+        derived from the same paths the parts use, so the two cannot disagree."""
+        core = f"{block}.{self.attention}"
+        output = f"{core}.{self.projections['output']}" if "output" in self.projections else f"{block}.{self.output}"
+        roles = {"block": (block,), "attention": (core,)}
+        roles.update({role: (f"{core}.{self.projections[role]}",) for role in ("query", "key", "value", "qkv")
+                      if role in self.projections})
+        roles.update({"attn_output": (output,), "mlp_in": (f"{block}.{self.mlp_in}",), "mlp_out": (f"{block}.{self.mlp_out}",)})
+        return roles
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,7 +195,7 @@ class BlockParts:
     def set_window(self, size: int, shift: int) -> None:
         for path, value in ((self.layout.window_size, size), (self.layout.shift_size, shift)):
             owner, _, attribute = path.rpartition(".")
-            setattr(resolve(self.module, owner or None) if owner else self.module, attribute, value)
+            setattr(resolve(self.module, owner) if owner else self.module, attribute, value)
 
     def attended_tokens(self) -> int:
         """Tokens one attention call sees: a window's (Swin) or the whole patch grid's (ViT/DeiT)."""
@@ -251,7 +259,3 @@ def block_parts(index: int, name: str, block: nn.Module, layout: BlockLayout, gr
         grid = tuple(int(v) for v in resolve(block, layout.resolution))
     return BlockParts(index, name, block, layout, attention_parts(core, layout), f"{name}.{layout.attention}", grid)
 
-
-def scaled_scores(q: torch.Tensor, k: torch.Tensor, head_dim: int) -> torch.Tensor:
-    """``q k^T / sqrt(head_dim)``, the way the 4.57 eager kernels scale."""
-    return torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(head_dim)

@@ -19,16 +19,16 @@ class AttentionCore(nn.Module):
 
     def __init__(self, parts: AttentionParts) -> None:
         super().__init__()
-        self.surgery_projections = dict(parts.projections)
-        for role, path in parts.projections.items():
-            self.add_module(path.replace(".", "_") if "." in path else path, parts.projection(role))
+        # role -> the submodule name here: the host's name (a dotted host path becomes one name)
+        self.surgery_projections = {role: path.replace(".", "_") for role, path in parts.projections.items()}
+        for role, name in self.surgery_projections.items():
+            self.add_module(name, parts.projection(role))
         self.num_heads, self.head_dim = parts.heads, parts.head_dim
         self.surgery_returns, self.surgery_mask = parts.core_returns, parts.mask_argument
 
     def projection(self, role: str) -> nn.Module:
         """The projection module playing ``role`` ("query", "key", "value", "qkv", "output")."""
-        path = self.surgery_projections[role]
-        return self.get_submodule(path.replace(".", "_") if "." in path else path)
+        return self.get_submodule(self.surgery_projections[role])
 
     def project(self, role: str, x):
         """``x`` through the projection playing ``role``."""
@@ -42,8 +42,7 @@ class AttentionCore(nn.Module):
 
     def surgery_attention_parts(self) -> AttentionParts:
         """The parts this core offers a later step (its projections, heads and calling convention)."""
-        names = {role: path.replace(".", "_") if "." in path else path for role, path in self.surgery_projections.items()}
-        return AttentionParts(core=self, projections=names, heads=self.num_heads, head_dim=self.head_dim,
+        return AttentionParts(core=self, projections=dict(self.surgery_projections), heads=self.num_heads, head_dim=self.head_dim,
                               dropout=float(getattr(self, "dropout", 0.0) or 0.0), core_returns=self.surgery_returns,
                               mask_argument=self.surgery_mask)
 

@@ -1,9 +1,9 @@
-"""Replace and restore modules, swap classes, change attributes: recorded once, undone in reverse.
+"""Replace and restore modules, swap classes, run undo calls: recorded once, undone in reverse.
 
 Every built-in plugin's ``apply`` records what it changes on a :class:`Changes` and returns
 ``changes.rewrite()``; its ``revert`` is :func:`undo` (PEFT writes this loop once in ``BaseTuner``).
 The record lives in the :class:`~surgery.core.method.Rewrite`'s ``undo`` (memory only, never saved):
-the original modules, classes and attribute values.
+the original modules and classes, and the calls that put other state back.
 """
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ from torch import nn
 
 from surgery.core.method import Rewrite
 from surgery.toolkit.classes import swap_class, unswap_class
-
-_MISSING = object()
 
 
 class Changes:
@@ -48,13 +46,6 @@ class Changes:
         self.claim(name)
         return module
 
-    def set(self, owner: nn.Module, **values: Any) -> None:
-        """Set plain attributes of ``owner`` (not a claim: the module stays its owner's)."""
-        previous = {key: owner.__dict__.get(key, _MISSING) for key in values}
-        for key, value in values.items():
-            setattr(owner, key, value)
-        self.records.append(("attributes", (owner, previous)))
-
     def call_on_undo(self, function, *args: Any) -> None:
         """Run ``function(*args)`` when the rewrite is undone (for state outside the module tree)."""
         self.records.append(("call", (function, args)))
@@ -75,13 +66,6 @@ def undo(model: nn.Module, rewrite: Rewrite) -> None:
         elif kind == "class":
             name, settings = record
             unswap_class(model.get_submodule(name), *settings)
-        elif kind == "attributes":
-            owner, previous = record
-            for key, value in previous.items():
-                if value is _MISSING:
-                    owner.__dict__.pop(key, None)
-                else:
-                    setattr(owner, key, value)
         else:
             function, args = record
             function(*args)
