@@ -132,3 +132,19 @@ def test_define_method_derives_name_version_card_and_revert():
     assert method.card_template.endswith("plugins/castling/card.md.j2") or method.card_template.endswith("castling/card.md.j2")
     assert surgery.get_host().provider("int8").name == "quantize"
     assert not surgery.get_host().method("quantize").export_exact and surgery.get_host().method("ggem").export_exact
+
+
+def test_a_builtin_with_an_unknown_hook_is_an_error(monkeypatch):
+    import sys
+    import types
+
+    import surgery
+    import surgery.core.host as host_module
+    from surgery.errors import SurgeryError
+
+    module = types.ModuleType("fake_builtin_with_typo")
+    module.surgery_register_method = surgery.hookimpl(lambda: [])
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    monkeypatch.setitem(host_module.BUILTIN_PLUGINS, "typo", module.__name__)
+    with pytest.raises(SurgeryError, match=r"built-in plugin 'typo' implements unknown hook\(s\) surgery_register_method\..*Did you mean 'surgery_register_methods'"):
+        build_host(entry_points=[])
