@@ -19,7 +19,8 @@ from surgery.toolkit.register import define_method, distribution_version
 def test_a_roles_only_layout_refuses_methods_that_build_from_parts(host_with):
     host = host_with()
     base = host.anatomy("vit")
-    roles_only = Anatomy("vit", base.roles, 1, "cls", base.readout_heads, base.readout_width, name="roles only")
+    layout = base.layout_of(tiny("vit"))  # this transformers' layout
+    roles_only = Anatomy("vit", layout.roles, 1, "cls", base.readout_heads, base.readout_width, name="roles only")
     host.anatomies["vit"] = roles_only
     with pytest.raises(UnsupportedModelError, match=r"the anatomy's layout 'roles only' names modules only, not the parts"):
         surgery.plan(tiny("vit"), ["castling"])

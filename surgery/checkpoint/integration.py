@@ -18,9 +18,12 @@ model classes and ``pipeline()``; with surgery imported, the marker resolves to 
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import AutoConfig, PretrainedConfig
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers.quantizers.auto import AUTO_QUANTIZER_MAPPING, register_quantizer
@@ -29,6 +32,8 @@ from transformers.quantizers.base import HfQuantizer
 from surgery.checkpoint.plugins import check_plugins_installed
 from surgery.checkpoint.recipe import QUANT_METHOD, read_recipe_dict, read_steps, recipe_digest, validate_recipe
 from surgery.checkpoint.replay import replay
+from surgery.core.host import get_host
+from surgery.core.names import derived_buffers, reference_to_model, to_reference_state
 from surgery.errors import RecipeError
 from surgery.toolkit.packing import packed_away_keys, packed_state_dict, unpack_all
 
@@ -81,14 +86,21 @@ def unmark(config: Any) -> None:
 
 
 class SurgeryQuantizer(HfQuantizer):
-    """Replays a surgery recipe inside ``from_pretrained``. No calibration, no data."""
+    """Replays a surgery recipe inside ``from_pretrained``. No calibration, no data.
+
+    Checkpoints hold tensors under the anatomy's reference names (:mod:`surgery.core.names`): saving
+    translates the model's names to them, and on transformers 5.x loading renames them to the
+    model's (the conversions replace transformers' own renamings, which know the base model's
+    tensors but not the ones plugins add)."""
 
     requires_calibration = False
     required_packages = None
 
     def preprocess_model(self, model, **kwargs: Any):
         # The base class marks the model as quantized, which forbids .float()/.half(); surgery
-        # steps are ordinary modules, so only the replay runs here.
+        # steps are ordinary modules, so only the replay runs here. transformers 5.x names the
+        # checkpoint files here (4.57 does not).
+        self._checkpoint_files = [str(f) for f in kwargs.get("checkpoint_files") or []]
         return self._process_model_before_weight_loading(model, **kwargs)
 
     def _process_model_before_weight_loading(self, model, **kwargs: Any) -> None:
@@ -97,17 +109,32 @@ class SurgeryQuantizer(HfQuantizer):
         check_plugins_installed(steps)
         replay(model, steps)
 
+    def update_weight_conversions(self, weight_conversions, model):
+        """transformers 5.x: every reference name that differs from the model's is renamed exactly."""
+        from transformers.core_model_loading import WeightRenaming
+
+        model_names = [name for name, _ in model.named_parameters()] + [name for name, _ in model.named_buffers()]
+        to_model = _reference_names(model, model_names)
+        return [WeightRenaming(f"^{re.escape(reference)}$", name) for reference, name in to_model.items() if reference != name]
+
     def _process_model_after_weight_loading(self, model, **kwargs: Any) -> None:
+        files = list(getattr(self, "_checkpoint_files", None) or [])
+        if not files:  # transformers 4.57: update_missing_keys checked the weights; find the file for the digest
+            source = getattr(model.config, "_name_or_path", None)
+            local = _local_weights(Path(source)) if source and Path(source).is_dir() else None
+            files = [str(local)] if local is not None else []
+        else:
+            check_covered(model, [Path(f) for f in files])
         unpack_all(model)
-        source = getattr(model.config, "_name_or_path", None)
-        weights = _local_weights(Path(source)) if source and Path(source).is_dir() else None
-        if weights is not None:
-            check_digest(model.config, weights)
+        if files:
+            check_digest(model.config, Path(sorted(files)[0]))
 
     def get_state_dict_and_metadata(self, model, safe_serialization=False):
-        """Called by ``save_pretrained``: packed weights where a module stores fewer bits, and the
-        recipe's digest in the metadata."""
-        return packed_state_dict(model), {DIGEST_KEY: recipe_digest(read_steps(model.config))}
+        """Called by ``save_pretrained``: packed weights where a module stores fewer bits, under the
+        anatomy's reference names, and the recipe's digest in the metadata."""
+        state = packed_state_dict(model)
+        state = to_reference_state(_anatomy(model), model, model.state_dict() if state is None else state)
+        return state, {DIGEST_KEY: recipe_digest(read_steps(model.config))}
 
     def update_missing_keys(self, model, missing_keys: list[str], prefix: str) -> list[str]:
         packed = packed_away_keys(model)
@@ -122,6 +149,66 @@ class SurgeryQuantizer(HfQuantizer):
     @property
     def is_trainable(self) -> bool:
         return True
+
+
+def _anatomy(model: Any):
+    return get_host().anatomies.get(getattr(model.config, "model_type", None))
+
+
+def _reference_names(model: Any, model_names: list[str]) -> dict[str, str]:
+    """``{reference name: model name}`` for ``model_names``."""
+    anatomy = _anatomy(model)
+    if anatomy is None:
+        return {name: name for name in model_names}
+    from surgery.core.names import renamer
+
+    forward = renamer(anatomy, model, to_reference=True)
+    return {name: name for name in model_names} if forward is None else {v: k for k, v in forward.names(model_names).items()}
+
+
+def check_covered(model: Any, files: list[Path]) -> None:
+    """Every weight ``model`` expects is in the checkpoint ``files`` (under its reference name), and
+    every buffer the reference layout saves but ``model`` recomputes matches its formula: transformers
+    5.x reports missing weights instead of refusing them, so a plain ``from_pretrained`` checks here."""
+    pickled = [f.name for f in files if f.suffix != ".safetensors"]
+    if pickled:
+        raise RecipeError(f"{files[0].parent}: a surgery checkpoint loads from safetensors only, not {pickled[0]}.")
+    tensors = _FileTensors(files)
+    anatomy = _anatomy(model)
+    state = model.state_dict()
+    to_model = reference_to_model(anatomy, model, tensors)
+    missing = sorted(set(state) - packed_away_keys(model) - set(to_model.values()))
+    if missing:
+        raise lacking_weights(missing, files[0].parent)
+    if anatomy is None:
+        return
+    for key, value in derived_buffers(anatomy, tensors).items():
+        if key in tensors and to_model[key] not in state and not torch.equal(tensors[key], value):
+            raise RecipeError(f"{files[0].parent}: {key} is not what its formula gives (edited or corrupt checkpoint).")
+
+
+class _FileTensors(Mapping):
+    """The tensors of safetensors files, read one at a time on access."""
+
+    def __init__(self, files: list[Path]) -> None:
+        from safetensors import safe_open
+
+        self._where: dict[str, Path] = {}
+        for file in files:
+            with safe_open(str(file), framework="pt") as handle:
+                self._where.update(dict.fromkeys(handle.keys(), file))
+
+    def __getitem__(self, key: str):
+        from safetensors import safe_open
+
+        with safe_open(str(self._where[key]), framework="pt") as handle:
+            return handle.get_tensor(key)
+
+    def __iter__(self):
+        return iter(self._where)
+
+    def __len__(self) -> int:
+        return len(self._where)
 
 
 def lacking_weights(missing: list[str], source: object = None) -> RecipeError:

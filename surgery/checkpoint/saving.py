@@ -17,10 +17,12 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import inspect
 import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,10 @@ def save(model: Any, folder: str | os.PathLike[str], *, processor: Any = None, *
         clean_leftovers(folder)
         staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}{TMP}", dir=parent))
         try:
+            if getattr(model, "hf_quantizer", None) is not None and "save_original_format" in _save_parameters(model):
+                # transformers 5.x would rename the tensors back to its "original format"; the surgery
+                # quantizer already wrote the anatomy's reference names (surgery.core.names)
+                kwargs.setdefault("save_original_format", False)
             type(model).save_pretrained(model, staging, **kwargs)
             mark_config_file(staging)
             if processor is not None:
@@ -54,6 +60,10 @@ def save(model: Any, folder: str | os.PathLike[str], *, processor: Any = None, *
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return folder
+
+
+def _save_parameters(model: Any) -> Mapping[str, Any]:
+    return inspect.signature(type(model).save_pretrained).parameters
 
 
 def atomic_save_pretrained(self: Any, save_directory: str | os.PathLike[str], **kwargs: Any) -> None:

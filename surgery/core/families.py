@@ -35,6 +35,19 @@ def swin_position_bias(core: nn.Module) -> torch.Tensor:
     return bias.permute(2, 0, 1).unsqueeze(0)
 
 
+def swin_position_index(tensors) -> torch.Tensor | None:
+    """Swin's (W*W, W*W) relative position index for the window its bias table describes ((2W-1)^2
+    rows): the buffer 4.57 checkpoints hold and >= 5.9 recomputes. None where the block has no table
+    (an attention swap removed it)."""
+    table = tensors.get("attention.self.relative_position_bias_table")
+    if table is None:
+        return None
+    side = (round(table.shape[0] ** 0.5) + 1) // 2
+    coords = torch.stack(torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")).flatten(1)
+    relative = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (side - 1)
+    return relative[..., 0] * (2 * side - 1) + relative[..., 1]
+
+
 # transformers 4.57 SwinLayer: windowed (shifted) attention with a relative position bias, drop path
 SWIN_BLOCK_457 = BlockLayout(
     norm1="layernorm_before", attention="attention.self", projections=_SEPARATE_QKV,
@@ -45,6 +58,8 @@ SWIN_BLOCK_457 = BlockLayout(
     mask_argument="window_mask", core_returns="single",
     window_size="window_size", shift_size="shift_size", resolution="input_resolution",
     position_bias=swin_position_bias,
+    tensors={"position_bias_table": "attention.self.relative_position_bias_table"},
+    saved_buffers={"attention.self.relative_position_index": swin_position_index},
 )
 
 
@@ -67,6 +82,7 @@ SWIN_BLOCK_59 = BlockLayout(
     drop_path="drop_path", mask_argument="window_mask", core_returns="pair",
     window_size="window_size", shift_size="shift_size", resolution="input_resolution",
     position_bias=lambda core: core.relative_position_bias(),
+    tensors={"position_bias_table": "attention.relative_position_bias.relative_position_bias_table"},
 )
 
 

@@ -62,6 +62,11 @@ class BlockLayout:
             and of the feature map it sees; None for global attention.
         position_bias: ``position_bias(core) -> (1, heads, N, N)``, the relative position bias the core
             adds to its logits, or None.
+        tensors: names for tensors (paths relative to the block) that another layout of the family keeps
+            in a different submodule, so a checkpoint can cross layouts (:mod:`surgery.core.names`).
+        saved_buffers: buffers (paths relative to the block) that this layout's checkpoints hold and
+            another layout recomputes, with their formula from the block's other tensors (or None
+            where the block has no such buffer).
     """
 
     norm1: str
@@ -87,6 +92,9 @@ class BlockLayout:
     shift_size: str | None = None
     resolution: str | None = None
     position_bias: Callable[[nn.Module], torch.Tensor] | None = None
+    tensors: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    saved_buffers: Mapping[str, Callable[[Mapping[str, torch.Tensor]], torch.Tensor | None]] = dataclasses.field(
+        default_factory=dict)
 
     def roles(self, block: str) -> dict[str, tuple[str, ...]]:
         """The anatomy roles inside a block, as name patterns under ``block`` (a block's pattern):
