@@ -62,13 +62,14 @@ def host_with():
 
 @pytest.fixture(scope="session")
 def digits(tmp_path_factory):
-    """A tiny ViT trained briefly on the digits (16 epochs, ~15 s): (folder, train pixels, test pixels, labels)."""
+    """A tiny ViT trained briefly on the digits (24 epochs, ~15 s, about 92-94 %; 16 epochs left it at
+    72-87 % depending on the transformers version's rounding): (folder, train pixels, test pixels, labels)."""
     from surgery.data.digits import digits_split, encode
     from surgery.demo.model import build_digits_model
     from surgery.demo.zoo import image_processor
 
     folder = tmp_path_factory.mktemp("digits")
-    build_digits_model(folder, arch="vit", size="tiny", epochs=16, progress=False)
+    build_digits_model(folder, arch="vit", size="tiny", epochs=24, progress=False)
     processor = image_processor(32)
     train, test = digits_split()
     return folder, encode(train, processor)[0], *encode(test, processor)

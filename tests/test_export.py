@@ -85,6 +85,11 @@ def test_int8_exports_agree_with_pytorch_on_the_digits(digits, name, to, tmp_pat
 @pytest.mark.parametrize("to, runtime", [("onnx", "optimum.onnxruntime.ORTModelForImageClassification"),
                                          ("openvino", "optimum.intel.OVModelForImageClassification")])
 def test_exported_folders_load_in_optimum_without_surgery(to, runtime, tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("optimum") is None or importlib.util.find_spec(runtime.rsplit(".", 1)[0]) is None:
+        pytest.skip(f"{runtime.rsplit('.', 1)[0]} is not installed in this set (optimum-onnx needs transformers < 4.58, "
+                    "optimum-intel 2.x < 5.6); the transformers 4.57 set runs this check")
     source = tmp_path / "model"
     surgery.apply(tiny("vit"), [TOME, "ggem"]).save_pretrained(source)
     image_processor(32).save_pretrained(source)

@@ -29,23 +29,47 @@ def test_requirements_are_ranges_with_a_lower_bound(requirement):
     assert ">=" in requirement, f"{requirement}: give the oldest version surgery works with"
 
 
-def test_the_constraints_pin_everything_the_metadata_names():
+def _pins(name: str) -> dict[str, str]:
     pinned = {}
-    for line in (REPO / "constraints" / "tf4.57-optimum.txt").read_text().splitlines():
+    for line in (REPO / "constraints" / name).read_text().splitlines():
         if line and not line.startswith("#"):
-            name, _, version = line.partition("==")
-            pinned[canonical(name)] = version
-    named = {canonical(NAME.match(r).group(1)) for r in REQUIREMENTS if not r.startswith("surgery[")}
+            package, _, version = line.partition("==")
+            pinned[canonical(package)] = version
+    return pinned
+
+
+def _named(extras: tuple[str, ...]) -> set[str]:
+    requirements = PROJECT["dependencies"] + [r for extra in extras for r in PROJECT["optional-dependencies"][extra]]
+    return {canonical(NAME.match(r).group(1)) for r in requirements if not r.startswith("surgery[")}
+
+
+@pytest.mark.parametrize(("constraints", "extras", "transformers"), [
+    ("tf4.57-optimum.txt", ("export", "test", "optimum"), "4.57.6"),
+    ("latest.txt", ("export", "test"), "5."),
+])
+def test_the_constraints_pin_everything_the_metadata_names(constraints, extras, transformers):
+    pinned = _pins(constraints)
+    named = _named(extras)
     assert named <= set(pinned), sorted(named - set(pinned))
-    assert pinned["torch"] == "2.13.0" and pinned["transformers"] == "4.57.6"
+    assert pinned["torch"] == "2.13.0" and pinned["transformers"].startswith(transformers)
+
+
+def test_the_newest_set_is_transformers_5_with_huggingface_hub_2_and_no_optimum():
+    pinned = _pins("latest.txt")
+    assert int(pinned["transformers"].split(".")[0]) >= 5 and int(pinned["huggingface-hub"].split(".")[0]) >= 2
+    assert not {"optimum", "optimum-onnx", "optimum-intel"} & set(pinned)
 
 
 def test_installing_into_the_tested_environment_changes_nothing_but_surgery():
     """pip's resolver, offline, against what is installed: surgery's ranges admit every installed
-    version, so nothing would be upgraded or downgraded."""
+    version (on the newest set: transformers 5.x and huggingface_hub 2.x), so nothing would be upgraded
+    or downgraded."""
+    import importlib.util
+
+    extras = "test,optimum" if importlib.util.find_spec("optimum") else "test"
     result = subprocess.run(
         [sys.executable, "-m", "pip", "install", "--dry-run", "--no-index", "--no-build-isolation", "--quiet",
-         "--report", "-", "-e", f"{REPO}[test]"], capture_output=True, text=True,
+         "--report", "-", "-e", f"{REPO}[{extras}]"], capture_output=True, text=True,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     installs = [(item["metadata"]["name"], item["metadata"]["version"]) for item in json.loads(result.stdout)["install"]]
