@@ -10,6 +10,7 @@ import torch
 from transformers import ConvNextConfig, ConvNextForImageClassification
 
 import surgery
+from surgery.core.names import renamer
 from surgery.errors import ApplyError, ConfigError, IncompatibleStepsError, RevertError, UnknownPluginError, UnsupportedModelError
 from surgery.plugins.ggem.config import GGeMConfig
 
@@ -47,7 +48,11 @@ def test_apply_records_history_and_recipe(spec, arch):
     assert (step.plugin, step.targets, step.package) == (spec[0], targets, "surgery")
     assert spec[1].items() <= step.options.items()
     recipe = model.config.to_dict()["quantization_config"]
-    assert recipe["quant_method"] == "surgery" and recipe["steps"] == [step.to_dict()]
+    # the recipe names the targets in the anatomy's reference layout (transformers 4.57's names)
+    forward = renamer(surgery.get_host().anatomy(model.config.model_type), model, to_reference=True)
+    reference = [forward.name(t) for t in step.targets] if forward else step.targets
+    assert recipe["quant_method"] == "surgery" and recipe["steps"] == [{**step.to_dict(), "targets": reference}]
+    assert all(not t.startswith(("vit.layers.", "deit.layers.")) and ".q_proj" not in t for t in reference)
 
 
 @pytest.mark.parametrize("spec, arch", CASES, ids=IDS)

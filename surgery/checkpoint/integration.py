@@ -17,6 +17,7 @@ model classes and ``pipeline()``; with surgery imported, the marker resolves to 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import Mapping
@@ -28,6 +29,7 @@ from transformers import AutoConfig, PretrainedConfig
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers.quantizers.auto import AUTO_QUANTIZER_MAPPING, register_quantizer
 from transformers.quantizers.base import HfQuantizer
+from transformers.utils import logging as hf_logging
 
 from surgery.checkpoint.plugins import check_plugins_installed
 from surgery.checkpoint.recipe import QUANT_METHOD, read_recipe_dict, read_steps, recipe_digest, validate_recipe
@@ -209,6 +211,19 @@ class _FileTensors(Mapping):
 
     def __len__(self) -> int:
         return len(self._where)
+
+
+@contextlib.contextmanager
+def quiet_progress():
+    """No per-tensor progress bar while weights load or save (transformers 5 draws them): a failure
+    stays one line, and a tiny model saves without a bar. Downloads keep huggingface_hub's own progress."""
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
 
 
 def lacking_weights(missing: list[str], source: object = None) -> RecipeError:

@@ -8,16 +8,14 @@ No code from the checkpoint is ever executed (``trust_remote_code=False``) and n
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from pathlib import Path
 from typing import Any
 
 from transformers import AutoConfig, AutoModelForImageClassification, PreTrainedModel
-from transformers.utils import logging as hf_logging
 
-from surgery.checkpoint.integration import check_digest, lacking_weights
+from surgery.checkpoint.integration import check_digest, lacking_weights, quiet_progress
 from surgery.checkpoint.plugins import check_plugins_installed
 from surgery.checkpoint.recipe import read_steps
 from surgery.core.history import get_history
@@ -44,7 +42,7 @@ def load(pretrained: str | os.PathLike[str], model_class: Any = None, **kwargs: 
     check_plugins_installed(steps, versions=False)  # before any download; versions are checked at replay
     weights = check_weight_files(pretrained, **hub_kwargs)
     model_class = model_class or AutoModelForImageClassification
-    with _quiet_weight_loading():
+    with quiet_progress():
         model, info = model_class.from_pretrained(
             pretrained,
             config=config,
@@ -111,19 +109,6 @@ def check_readable(path: Path) -> None:
     except Exception as error:  # safetensors raises its own error type
         raise RecipeError(f"{path} is not a readable safetensors file (truncated or corrupt): "
                           f"{str(error).splitlines()[0][:200]}") from error
-
-
-@contextlib.contextmanager
-def _quiet_weight_loading():
-    """No per-tensor progress bar while weights load (transformers 5 draws one): a failure stays one
-    line, and a model loads in seconds. Downloads keep huggingface_hub's own progress."""
-    enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if enabled:
-            hf_logging.enable_progress_bar()
 
 
 def _check_loading_info(source: Any, info: dict[str, Any], expected_missing: set[str] = frozenset(),

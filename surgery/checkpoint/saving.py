@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from surgery.checkpoint.integration import mark_config_file
+from surgery.checkpoint.integration import mark_config_file, quiet_progress
 from surgery.errors import SurgeryError
 
 TMP = ".surgery-tmp-"
@@ -50,7 +50,8 @@ def save(model: Any, folder: str | os.PathLike[str], *, processor: Any = None, *
                 # transformers 5.x would rename the tensors back to its "original format"; the surgery
                 # quantizer already wrote the anatomy's reference names (surgery.core.names)
                 kwargs.setdefault("save_original_format", False)
-            type(model).save_pretrained(model, staging, **kwargs)
+            with quiet_progress():
+                type(model).save_pretrained(model, staging, **kwargs)
             mark_config_file(staging)
             if processor is not None:
                 processor.save_pretrained(staging)
