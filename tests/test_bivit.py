@@ -208,3 +208,64 @@ def test_print_shows_what_is_binary():
     text = str(surgery.apply(tiny("swin"), "bivit"))
     assert f"({name}): Binary{cls}(" in text and "binary q/k/v, SAB ratio=0.25" in text
     assert "W1A1, learnable_alpha=True, packed=True" in text
+
+
+def _reference_binary_linear(layer: BinaryLinear, x: torch.Tensor) -> torch.Tensor:
+    w = layer.weight.detach().double()
+    signs = torch.where(w - w.mean(dim=1, keepdim=True) >= 0, 1.0, -1.0)
+    alpha = w.abs().mean(dim=1, keepdim=True) if not layer.learnable_alpha else layer.alpha.detach().double()
+    inputs = torch.where(x >= 0, 1.0, -1.0).double() if layer.binarize_input else x.double()
+    return inputs @ (alpha * signs).T + layer.bias.detach().double()
+
+
+@pytest.mark.parametrize("learnable_alpha", [True, False])
+def test_inference_binarizes_the_weights_once_and_rebuilds_after_any_change(learnable_alpha, monkeypatch):
+    import surgery.plugins.bivit.layers as layers
+
+    torch.manual_seed(0)
+    layer = BinaryLinear.from_linear(torch.nn.Linear(16, 8), binarize_input=True, learnable_alpha=learnable_alpha,
+                                     pack=False).eval()
+    x = torch.randn(4, 16)
+    calls = []
+    real = layers.binary_weight
+    monkeypatch.setattr(layers, "binary_weight", lambda w, a: calls.append(1) or real(w, a))
+
+    def check(expected_calls: int) -> None:
+        torch.testing.assert_close(out.double(), _reference_binary_linear(layer, x), rtol=0, atol=1e-5)
+        assert len(calls) == expected_calls
+
+    with torch.no_grad():
+        out = layer(x)
+        check(1)
+        out = layer(x)
+        check(1)  # cached
+        layer.weight.mul_(-1.0)  # an in-place change autograd tracks (optimizer steps, copy_)
+        out = layer(x)
+        check(2)
+        layer.load_state_dict({k: v * 1.5 for k, v in layer.state_dict().items()})
+        out = layer(x)
+        check(3)
+        layer.weight = torch.nn.Parameter(torch.randn(8, 16))  # another tensor
+        out = layer(x)
+        check(4)
+        layer.weight.data.add_(3.0)  # not tracked: eval() rebuilds
+        layer.eval()
+        out = layer(x)
+        check(5)
+    with torch.inference_mode():
+        out = layer(x)
+        check(6)  # a cache made in inference mode serves inference mode only
+    with torch.no_grad():
+        out = layer(x)
+        check(7)
+
+
+def test_gradients_are_never_cut_by_the_cache():
+    layer = BinaryLinear.from_linear(torch.nn.Linear(16, 8), binarize_input=False, learnable_alpha=True, pack=False).eval()
+    x = torch.randn(4, 16)
+    with torch.no_grad():
+        layer(x)  # fills the cache
+    layer(x).sum().backward()  # eval mode, gradients recorded: computed from the latent weight
+    assert layer.weight.grad is not None and layer.alpha.grad is not None and layer.alpha.grad.abs().sum() > 0
+    layer.train()
+    assert layer._cached is None

@@ -22,6 +22,13 @@ class BinaryLinear(nn.Linear):
     binary product. With ``pack``, checkpoints store one bit per weight (``weight_bits``) plus
     ``alpha`` and the bias; a packed checkpoint reloads the signs only (W = +-1), which gives the
     same outputs but no latent weights to train further.
+
+    Inference does not re-binarize: in eval mode, when no gradient is recorded for the weight or the
+    scale (``torch.no_grad()``/``inference_mode()``, or frozen parameters), the +-alpha weight is
+    computed once and kept (not saved; one more copy of the weight in memory). It is rebuilt after ``train()``/``eval()`` and whenever the
+    weight or alpha change (another tensor, or an in-place change autograd tracks: optimizer steps,
+    ``load_state_dict``, ``copy_`` under ``no_grad``); an edit through ``.data`` is not tracked, so
+    call ``eval()`` after one. Tracing (ONNX export) always computes it from the latent weight.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, binarize_input: bool = True,
@@ -32,6 +39,7 @@ class BinaryLinear(nn.Linear):
         self.from_packed = False  # rebuilt from 1-bit signs: no latent weights, the saved alpha is the scale
         self.alpha = nn.Parameter(torch.ones(out_features, 1, device=device, dtype=dtype), requires_grad=learnable_alpha)
         self.register_buffer("weight_bits", torch.zeros(out_features, -(-in_features // 8), dtype=torch.uint8, device=device), persistent=pack)
+        self._cached: tuple[tuple, torch.Tensor] | None = None  # (what it was computed from, +-alpha weight)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, binarize_input: bool, learnable_alpha: bool, pack: bool) -> BinaryLinear:
@@ -45,12 +53,31 @@ class BinaryLinear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.binarize:
             return F.linear(x, self.weight, self.bias)
+        inputs = sign_ste(x) if self.binarize_input else x
+        return F.linear(inputs, self.binary_weight(), self.bias)
+
+    def binary_weight(self) -> torch.Tensor:
+        """alpha * sign(W - mean), from the cache where nothing needs its gradient."""
         # the scale is configuration (learnable_alpha), never a gradient flag: a frozen model
         # (requires_grad_(False), PEFT) computes exactly what it computed while training
         fixed = not self.learnable_alpha and not self.from_packed
-        alpha = self.weight.abs().mean(dim=1, keepdim=True).detach() if fixed else self.alpha
-        inputs = sign_ste(x) if self.binarize_input else x
-        return F.linear(inputs, binary_weight(self.weight, alpha), self.bias)
+        weight, alpha = self.weight, self.alpha
+        recording = torch.is_grad_enabled() and (weight.requires_grad or (alpha.requires_grad and not fixed))
+        if self.training or recording or torch.jit.is_tracing() or torch.compiler.is_compiling():
+            self._cached = None
+            scale = weight.abs().mean(dim=1, keepdim=True).detach() if fixed else alpha
+            return binary_weight(weight, scale)
+        key = (id(weight), weight._version, weight.data_ptr(), weight.dtype, weight.device,
+               id(alpha), alpha._version, alpha.data_ptr(), fixed, torch.is_inference_mode_enabled())
+        if self._cached is None or self._cached[0] != key:
+            with torch.no_grad():
+                scale = weight.abs().mean(dim=1, keepdim=True) if fixed else alpha
+                self._cached = (key, binary_weight(weight, scale))
+        return self._cached[1]
+
+    def train(self, mode: bool = True) -> BinaryLinear:
+        self._cached = None
+        return super().train(mode)
 
     # -- packed checkpoints (see surgery.toolkit.packing) --------------------------------------------------
     def surgery_pack(self, prefix: str, state: dict[str, torch.Tensor]) -> None:

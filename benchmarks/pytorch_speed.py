@@ -1,0 +1,67 @@
+"""Compression in PyTorch eager: bivit and quantize against fp32 and PyTorch's own dynamic int8.
+
+A ViT-B/16 shape (random weights), 224 px, batch 8, ``torch.inference_mode()``, every variant timed
+side by side in one run (medians over repeats after warm-up):
+- fp32: the unmodified model;
+- bivit W1A32 (binary weights, float activations) and W1A1 (binary weights and activations), on
+  every linear and the attention (the plugin's defaults otherwise); in eval mode the +-alpha weights
+  are computed once and cached, so W1A32 runs the same float matmuls as fp32;
+- quantize: surgery's int8 as it runs in PyTorch today (fake-quant modules, static calibration);
+- ``torch.ao.quantization.quantize_dynamic`` int8 on every ``nn.Linear`` (the peer a PyTorch user
+  would pick).
+
+    python benchmarks/pytorch_speed.py [--repeats 5] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+
+import torch
+from transformers import ViTConfig, ViTForImageClassification
+
+import surgery
+
+from _common import markdown_table, time_side_by_side, write_report
+
+
+def vit_base() -> ViTForImageClassification:
+    torch.manual_seed(0)
+    return ViTForImageClassification(ViTConfig(image_size=224, patch_size=16, hidden_size=768, num_hidden_layers=12,
+                                               num_attention_heads=12, intermediate_size=3072, num_labels=1000)).eval()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    x = torch.randn(8, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    base = vit_base()
+    models = {
+        "fp32": base,
+        "bivit W1A32": surgery.apply(copy.deepcopy(base), [("bivit", {"activations": "full"})]).eval(),
+        "bivit W1A1": surgery.apply(copy.deepcopy(base), "bivit").eval(),
+        "surgery quantize (fake-quant)": surgery.apply(copy.deepcopy(base), "quantize", calibration=[x[:4]]).eval(),
+        "torch quantize_dynamic int8": torch.ao.quantization.quantize_dynamic(copy.deepcopy(base), {torch.nn.Linear},
+                                                                             dtype=torch.qint8),
+    }
+
+    def run(model):
+        with torch.inference_mode():
+            return model(pixel_values=x).logits
+
+    seconds = time_side_by_side({name: (lambda m=m: run(m)) for name, m in models.items()}, repeats=args.repeats)
+    rows = [[name, f"{value * 1000:.0f}", f"{seconds['fp32'] / value:.2f}x"] for name, value in seconds.items()]
+    body = (
+        f"ViT-B/16 shape (random weights), 224 px, batch 8, {args.threads} threads, `torch.inference_mode()`, "
+        f"{args.repeats} side-by-side repeats after 2 warm-up rounds (medians).\n\n"
+        + markdown_table(["model (PyTorch eager)", "ms / batch", "speed vs fp32"], rows)
+    )
+    write_report("pytorch_speed", "Compression in PyTorch eager", body)
+
+
+if __name__ == "__main__":
+    main()
