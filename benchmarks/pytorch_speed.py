@@ -6,7 +6,8 @@ side by side in one run (medians over repeats after warm-up):
 - bivit W1A32 (binary weights, float activations) and W1A1 (binary weights and activations), on
   every linear and the attention (the plugin's defaults otherwise); in eval mode the +-alpha weights
   are computed once and cached, so W1A32 runs the same float matmuls as fp32;
-- quantize: surgery's int8 as it runs in PyTorch today (fake-quant modules, static calibration);
+- quantize: surgery's int8 (static, calibrated W8A8) on oneDNN's int8 kernels, and the same model
+  with ``int8_engine = False`` (the fake-quant simulation training uses);
 - ``torch.ao.quantization.quantize_dynamic`` int8 on every ``nn.Linear`` (the peer a PyTorch user
   would pick).
 
@@ -32,6 +33,13 @@ def vit_base() -> ViTForImageClassification:
                                                num_attention_heads=12, intermediate_size=3072, num_labels=1000)).eval()
 
 
+def simulated(model):
+    for module in model.modules():
+        if hasattr(module, "int8_engine"):
+            module.int8_engine = False
+    return model
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=5)
@@ -44,7 +52,8 @@ def main() -> None:
         "fp32": base,
         "bivit W1A32": surgery.apply(copy.deepcopy(base), [("bivit", {"activations": "full"})]).eval(),
         "bivit W1A1": surgery.apply(copy.deepcopy(base), "bivit").eval(),
-        "surgery quantize (fake-quant)": surgery.apply(copy.deepcopy(base), "quantize", calibration=[x[:4]]).eval(),
+        "surgery quantize int8": surgery.apply(copy.deepcopy(base), "quantize", calibration=[x[:4]]).eval(),
+        "surgery quantize, simulated": simulated(surgery.apply(copy.deepcopy(base), "quantize", calibration=[x[:4]]).eval()),
         "torch quantize_dynamic int8": torch.ao.quantization.quantize_dynamic(copy.deepcopy(base), {torch.nn.Linear},
                                                                              dtype=torch.qint8),
     }

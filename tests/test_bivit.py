@@ -269,3 +269,11 @@ def test_gradients_are_never_cut_by_the_cache():
     assert layer.weight.grad is not None and layer.alpha.grad is not None and layer.alpha.grad.abs().sum() > 0
     layer.train()
     assert layer._cached is None
+
+
+def test_the_fast_sign_gives_the_reference_values_on_zeros_and_infinities():
+    x = torch.tensor([0.0, -0.0, 1e-45, -1e-45, 3.0, -3.0, float("inf"), float("-inf")])
+    expected = torch.where(x >= 0, 1.0, -1.0)
+    with torch.no_grad():
+        assert torch.equal(sign_ste(x), expected)
+    assert torch.equal(sign_ste(x.clone().requires_grad_()).detach(), expected)

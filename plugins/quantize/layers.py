@@ -2,9 +2,11 @@
 
 Weights: int8, symmetric, one scale per output channel (``PerChannelMinMaxObserver``, the ONNX int8 range
 [-128, 127]). Activations: the input is fake-quantized to uint8 with one scale and zero point per
-tensor, observed on calibration data (``HistogramObserver`` or ``MinMaxObserver``). In PyTorch the
-arithmetic is simulated in float (``torch.fake_quantize_*``); exported to ONNX, each fake-quant
-becomes a QuantizeLinear/DequantizeLinear pair that ONNX Runtime and OpenVINO execute in int8.
+tensor, observed on calibration data (``HistogramObserver`` or ``MinMaxObserver``). Training and
+calibration simulate the arithmetic in float (``torch.fake_quantize_*``, so gradients flow); inference
+in PyTorch runs real int8 matrix multiplies on the CPU's int8 kernels (:mod:`.engine`), with the same
+codes; exported to ONNX, each fake-quant becomes a QuantizeLinear/DequantizeLinear pair that ONNX
+Runtime and OpenVINO execute in int8.
 Checkpoints store the weights as int8 with their scales and zero points; the observers' calibration
 statistics (a 2048-bin histogram per layer) are left out, and come back empty on reload.
 """
@@ -14,6 +16,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch.ao.quantization import FakeQuantize, HistogramObserver, MinMaxObserver, PerChannelMinMaxObserver
+
+from surgery.plugins.quantize import engine
 
 OBSERVERS = {"histogram": HistogramObserver, "minmax": MinMaxObserver}
 
@@ -49,7 +53,16 @@ def reset_observer(observer: nn.Module, device: torch.device) -> None:
 
 
 class QuantLinear(nn.Linear):
-    """A Linear whose weight (and, unless weight-only, input) is quantized to int8."""
+    """A Linear whose weight (and, unless weight-only, input) is quantized to int8.
+
+    At inference (eval mode, no gradient recorded, not tracing) a calibrated W8A8 layer runs on
+    :mod:`.engine`'s int8 kernels where they are exact on this CPU (``int8_engine = False`` forces
+    the float simulation), and a weight-only layer multiplies by its dequantized weight, computed
+    once. Both caches are rebuilt after ``train()``/``eval()`` and whenever a weight, a scale or a
+    zero point changes (another tensor, or an in-place change autograd tracks); not saved.
+    """
+
+    int8_engine: bool = True
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, activations: str = "int8",
                  observer: str = "histogram", device=None, dtype=None, activation_bits: int = 8):
@@ -59,6 +72,7 @@ class QuantLinear(nn.Linear):
         self.weight_quant = weight_fake_quant(out_features).to(device)
         self.input_quant = input_fake_quant(observer, activation_bits).to(device) if activations == "int8" else None
         self.register_buffer("weight_int8", torch.zeros(out_features, in_features, dtype=torch.int8, device=device))
+        self._inference: tuple[tuple, tuple] | None = None  # (what it was built from, what inference uses)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, activations: str, observer: str, activation_bits: int = 8) -> QuantLinear:
@@ -91,9 +105,53 @@ class QuantLinear(nn.Linear):
             self.input_quant.enable_fake_quant()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._inferring(x):
+            return self._inference_forward(x)
         if self.input_quant is not None:
             x = self.input_quant(x)
         return nn.functional.linear(x, self.weight_quant(self.weight), self.bias)
+
+    # -- inference ----------------------------------------------------------------------------------------
+    def _inferring(self, x: torch.Tensor) -> bool:
+        parameters = [p for p in (self.weight, self.bias) if p is not None]
+        recording = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in parameters))
+        if self.training or recording or torch.jit.is_tracing() or torch.compiler.is_compiling():
+            self._inference = None
+            return False
+        if self.input_quant is None:
+            return True
+        quant = self.input_quant
+        calibrated = bool(quant.fake_quant_enabled[0]) and not bool(quant.observer_enabled[0])
+        return (calibrated and self.int8_engine and x.dtype == torch.float32 and x.device.type == "cpu"
+                and self.weight.dtype == torch.float32 and engine.exact_for(int(quant.quant_max)))
+
+    def _inference_forward(self, x: torch.Tensor) -> torch.Tensor:
+        tensors = [self.weight, self.weight_quant.scale]
+        if self.input_quant is not None:
+            tensors += [self.input_quant.scale, self.input_quant.zero_point]
+        key = tuple((id(t), t._version, t.data_ptr()) for t in tensors) + (torch.is_inference_mode_enabled(),)
+        if self._inference is None or self._inference[0] != key:
+            with torch.no_grad():
+                if self.input_quant is None:
+                    built = (self.weight_quant(self.weight.detach()),)
+                else:
+                    scale = self.input_quant.scale.detach().float().reshape(())
+                    built = (engine.prepack(self.int8_weight(self.weight)), self.weight_quant.scale.detach().float(),
+                             scale, float(scale), int(self.input_quant.zero_point.reshape(())))
+            self._inference = (key, built)
+        built = self._inference[1]
+        bias = None if self.bias is None else self.bias.detach()
+        if self.input_quant is None:
+            return nn.functional.linear(x, built[0], bias)
+        packed, w_scale, x_scale, x_scale_float, x_zero_point = built
+        quant = self.input_quant
+        flat = engine.codes(x.reshape(-1, self.in_features), x_scale, x_zero_point, int(quant.quant_min), int(quant.quant_max))
+        out = engine.linear(flat, x_scale_float, x_zero_point, packed, w_scale, bias)
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+    def train(self, mode: bool = True) -> QuantLinear:
+        self._inference = None
+        return super().train(mode)
 
     # -- int8 checkpoints (see surgery.toolkit.packing) -----------------------------------------------------
     def int8_weight(self, weight: torch.Tensor) -> torch.Tensor:
