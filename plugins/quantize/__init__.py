@@ -1,9 +1,10 @@
 """``quantize``: int8 post-training quantization of the blocks' linear layers.
 
 Per-channel symmetric int8 weights and per-tensor uint8 activations calibrated with torch's
-observers (``torch.ao.quantization``); simulated with fake-quant in PyTorch, executed in int8 by
-ONNX Runtime and OpenVINO after export (QuantizeLinear/DequantizeLinear). Checkpoints store int8
-weights with their scales. Training-free; reversible.
+observers (``torch.ao.quantization``); simulated with fake-quant while calibrating and training,
+executed in int8 at inference in PyTorch (oneDNN's int8 kernels, ``engine.py``) and by ONNX Runtime
+and OpenVINO after export (QuantizeLinear/DequantizeLinear). Checkpoints store int8 weights with
+their scales. Training-free; reversible.
 """
 
 from __future__ import annotations
