@@ -1,0 +1,75 @@
+"""Names across layouts (surgery.core.names): one-to-one translation, the reference names a checkpoint
+holds, and Swin's recomputed position index, on whichever transformers runs the suite."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import surgery
+from surgery.core.anatomy import Anatomy, Layout
+from surgery.core.families import swin_position_index
+from surgery.core.names import Renamer, derived_buffers, reference_to_model, renamer, to_reference_state
+from surgery.errors import UnsupportedModelError
+
+from conftest import ARCHS, tiny
+
+
+def anatomy_of(model) -> Anatomy:
+    return surgery.get_host().anatomy(model.config.model_type)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_reference_names_go_back_to_the_model_names(arch):
+    model = tiny(arch)
+    anatomy = anatomy_of(model)
+    state = model.state_dict()
+    reference = to_reference_state(anatomy, model, state)
+    back = reference_to_model(anatomy, model, reference)
+    assert {back[name] for name in reference if back[name] in state} == set(state)
+    # the reference names are 4.57's, whatever this transformers calls them
+    assert all(".layers." not in k or k.startswith("swin.") for k in reference)
+    assert not any(k.endswith(("q_proj.weight", "o_proj.weight", "mlp.fc1.weight")) for k in reference)
+    for name, value in reference.items():
+        if back[name] in state:
+            assert value is state[back[name]]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_a_rewritten_model_saves_every_added_tensor_under_its_role(arch):
+    model = surgery.apply(tiny(arch), [("agent_attention", {"agents": 4})])
+    anatomy = anatomy_of(model)
+    reference = to_reference_state(anatomy, model, model.state_dict())
+    core = "attention.attention" if arch != "swin" else "attention.self"
+    block = "vit.encoder.layer.0" if arch == "vit" else "deit.encoder.layer.0" if arch.startswith("deit") else \
+        "swin.encoder.layers.0.blocks.0"
+    assert f"{block}.{core}.an_bias" in reference and f"{block}.{core}.query.weight" in reference
+
+
+def test_swin_position_index_formula_equals_the_models_own_buffer():
+    model = tiny("swin")
+    tables = {n: t for n, t in model.state_dict().items() if n.endswith("relative_position_bias_table")}
+    indices = {n: b for n, b in model.named_buffers() if n.endswith("relative_position_index")}
+    assert len(tables) == len(indices) > 0
+    for (_, table), (_, index) in zip(sorted(tables.items()), sorted(indices.items())):
+        formula = swin_position_index({"attention.self.relative_position_bias_table": table})
+        assert torch.equal(formula, index.reshape(formula.shape))
+    reference = to_reference_state(anatomy_of(model), model, model.state_dict())
+    assert derived_buffers(anatomy_of(model), reference).keys() <= reference.keys()
+
+
+def test_a_translation_that_is_not_one_to_one_is_an_error():
+    one = Layout("one", {"block": ("m.a.*",), "attention": ("m.a.*.x",), "mlp_in": ("m.a.*.y",)})
+    two = Layout("two", {"block": ("m.b.*",), "attention": ("m.b.*.z",), "mlp_in": ("m.b.*.z",)})
+    anatomy = Anatomy("toy", one.roles, 0, "cls", lambda c: 1, lambda c: 1, layouts=(two,), name="one")
+    forward = Renamer(anatomy, anatomy.all_layouts()[0], two)
+    assert forward.name("m.a.3.x.weight") == "m.b.3.z.weight" and forward.name("m.other") == "m.other"
+    with pytest.raises(UnsupportedModelError, match=r"do not name 'm.a.3.y.weight' one-to-one"):
+        forward.names(["m.a.3.x.weight", "m.a.3.y.weight"])
+
+
+def test_the_reference_layout_needs_no_translation():
+    model = tiny("vit")
+    layout = anatomy_of(model).layout_of(model)
+    expected_none = layout.name == anatomy_of(model).all_layouts()[0].name
+    assert (renamer(anatomy_of(model), model, to_reference=True) is None) == expected_none
