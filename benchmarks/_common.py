@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from surgery.evaluation.flops import count_flops  # noqa: F401  (re-exported; counts CPU SDPA too)
+from surgery.publish.export import cpu_description
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -30,6 +31,7 @@ def environment() -> str:
         "cores (os.cpu_count)": os.cpu_count(),
         "torch threads": torch.get_num_threads(),
         "torch CPU capability": torch.backends.cpu.get_cpu_capability(),
+        "int8 instructions (VNNI, AMX)": cpu_description()["int8_flags"],
         "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
