@@ -134,3 +134,18 @@ def test_the_self_check_sees_a_wrong_kernel(monkeypatch):
         assert engine.exact_for(127) is False
     finally:
         engine.exact_for.cache_clear()
+
+
+@pytest.mark.parametrize("spec", ["quantize", "bivit"])
+def test_a_model_that_has_run_inference_copies_and_takes_another_step(spec):
+    import copy
+
+    model = surgery.apply(tiny("vit"), spec, calibration=[images(4)]).eval() if spec == "quantize" else \
+        surgery.apply(tiny("vit"), spec).eval()
+    x = images()
+    with torch.no_grad():
+        before = model(pixel_values=x).logits
+        copied = copy.deepcopy(model)
+        assert torch.equal(copied(pixel_values=x).logits, before)
+    surgery.apply(model, "ggem")  # plans on a copy of the model
+    assert [s.plugin for s in surgery.history(model)] == [spec, "ggem"]

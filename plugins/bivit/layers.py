@@ -79,6 +79,9 @@ class BinaryLinear(nn.Linear):
         self._cached = None
         return super().train(mode)
 
+    def __getstate__(self) -> dict:
+        return {**super().__getstate__(), "_cached": None}  # copies and pickles rebuild it
+
     # -- packed checkpoints (see surgery.toolkit.packing) --------------------------------------------------
     def surgery_pack(self, prefix: str, state: dict[str, torch.Tensor]) -> None:
         if not self.pack:

@@ -153,6 +153,10 @@ class QuantLinear(nn.Linear):
         self._inference = None
         return super().train(mode)
 
+    def __getstate__(self) -> dict:
+        # oneDNN's prepacked weight is an opaque tensor that cannot be copied or pickled; a copy rebuilds it
+        return {**super().__getstate__(), "_inference": None}
+
     # -- int8 checkpoints (see surgery.toolkit.packing) -----------------------------------------------------
     def int8_weight(self, weight: torch.Tensor) -> torch.Tensor:
         """The int8 codes of ``weight``, taken from torch's own fake-quant so that rounding ties
