@@ -73,3 +73,25 @@ def test_the_reference_layout_needs_no_translation():
     layout = anatomy_of(model).layout_of(model)
     expected_none = layout.name == anatomy_of(model).all_layouts()[0].name
     assert (renamer(anatomy_of(model), model, to_reference=True) is None) == expected_none
+
+
+def test_a_tampered_recomputed_buffer_is_refused(tmp_path):
+    """Where this transformers recomputes Swin's position index (>= 5.9), the saved one is checked
+    against its formula; where it loads the saved one (4.57), it is an ordinary weight."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForImageClassification
+
+    model = surgery.apply(tiny("swin"), [("bivit", {"activations": "full"})])  # keeps the bias table
+    surgery.save(model, tmp_path / "m")
+    weights = tmp_path / "m" / "model.safetensors"
+    tensors = load_file(str(weights))
+    key = next(k for k in tensors if k.endswith("relative_position_index"))
+    with safe_open(str(weights), "pt") as handle:  # keep the metadata (the recipe digest)
+        metadata = handle.metadata()
+    tensors[key] = tensors[key].flip(0).contiguous()
+    save_file(tensors, str(weights), metadata=metadata)
+    if renamer(anatomy_of(model), model, to_reference=True) is None:
+        pytest.skip("this transformers loads the saved index as a buffer of the model")
+    with pytest.raises(surgery.RecipeError, match=r"relative_position_index is not what its formula gives"):
+        AutoModelForImageClassification.from_pretrained(tmp_path / "m")

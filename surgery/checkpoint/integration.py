@@ -35,7 +35,7 @@ from surgery.checkpoint.plugins import check_plugins_installed
 from surgery.checkpoint.recipe import QUANT_METHOD, read_recipe_dict, read_steps, recipe_digest, validate_recipe
 from surgery.checkpoint.replay import replay
 from surgery.core.host import get_host
-from surgery.core.names import derived_buffers, reference_to_model, to_reference_state
+from surgery.core.names import derived_buffers, reference_to_model, renamer, to_reference_state
 from surgery.errors import RecipeError
 from surgery.toolkit.packing import packed_away_keys, packed_state_dict, unpack_all
 
@@ -159,12 +159,7 @@ def _anatomy(model: Any):
 
 def _reference_names(model: Any, model_names: list[str]) -> dict[str, str]:
     """``{reference name: model name}`` for ``model_names``."""
-    anatomy = _anatomy(model)
-    if anatomy is None:
-        return {name: name for name in model_names}
-    from surgery.core.names import renamer
-
-    forward = renamer(anatomy, model, to_reference=True)
+    forward = renamer(_anatomy(model), model, to_reference=True)
     return {name: name for name in model_names} if forward is None else {v: k for k, v in forward.names(model_names).items()}
 
 
