@@ -200,8 +200,8 @@ def report(base: dict[str, Any], rows: list[dict[str, Any]], times: dict[str, fl
         "test split is measured once, for the chosen recipe; "
         "int8 rows quantize after recovery, calibrated on 256 training digits. Latency: one batch of 64, "
         "median over repeats, every model timed side by side in one run (CPU, PyTorch eager; a 65-token model "
-        "this small is dominated by per-layer overhead, so latency ratios understate the FLOPs ratios). int8 runs here as PyTorch's fake-quant simulation, "
-        "slower than float; its speed comes from the exported model (`benchmarks/results/int8_speed.md`). "
+        "this small is dominated by per-layer overhead, so latency ratios understate the FLOPs ratios). int8 runs on oneDNN's int8 kernels in PyTorch "
+        "(where it pays off at ViT-B size: `pytorch_speed.md`, and after export: `int8_speed.md`). "
         "Training results depend on the CPU (AVX2, AVX-512 and AMX round differently), so recovered "
         "accuracies vary by a few digits between machines; the environment is printed below.\n\n"
         + markdown_table(header, table)
