@@ -39,6 +39,8 @@ def test_torch_exporter_matches_pytorch(case, tmp_path):
 def test_torch_exporter_to_openvino_and_int8(tmp_path):
     model = surgery.apply(tiny("vit"), ["ggem"]).eval()
     assert export(model, tmp_path / "ov", to="openvino", exporter="torch").max_abs_diff <= 1e-3
+    assert json.loads((tmp_path / "ov" / REPORT).read_text())["path"] == \
+        "torch.onnx.export -> openvino.convert_model (from the ONNX graph)"
     int8 = surgery.apply(tiny("vit"), [("quantize", {"calibration_batches": 2})], calibration=[images(4, seed=s) for s in range(2)])
     result = export(int8.eval(), tmp_path / "q", to="onnx", exporter="torch")
     assert result.quantized and json.loads((tmp_path / "q" / REPORT).read_text())["exporter"] == "torch"

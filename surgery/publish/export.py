@@ -114,6 +114,8 @@ def export(model: Any, output: str | Path, to: Literal["onnx", "openvino"] = "on
             "format": to, "file": path.name, "max_abs_diff": difference if finite else None, "finite": finite,
             "inputs": list(pixels.shape), "tolerance": None if quantized else TOLERANCE[to],
             "steps": [s.plugin for s in get_history(model)], "cpu": cpu_description(), "exporter": exporter,
+            "path": f"{'Optimum onnx_export_from_model' if exporter == 'optimum' else 'torch.onnx.export'}"
+                    + (" -> openvino.convert_model (from the ONNX graph)" if to == "openvino" else ""),
         }, indent=2, allow_nan=False) + "\n")
         _move_into(stage, output)
     result = ExportResult(output / path.name, to, difference, quantized)
