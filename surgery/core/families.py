@@ -86,78 +86,62 @@ SWIN_BLOCK_59 = BlockLayout(
 )
 
 
-def _vit_like_59(backbone: str, classifiers: tuple[str, ...], prefix_parameters: tuple[str, ...]) -> Layout:
-    block = f"{backbone}.layers.*"
-    return Layout(
-        name="transformers >= 5.9",
-        roles={
-            "encoder": (backbone,),
-            **VIT_BLOCK_59.roles(block),
-            "patch_embed": (f"{backbone}.embeddings.patch_embeddings.projection",),
-            "final_norm": (f"{backbone}.layernorm",),
-            "classifier": classifiers,
-        },
-        block=VIT_BLOCK_59,
-        prefix_parameters=prefix_parameters,
-    )
+def _vit_roles(backbone: str, encoder: str, block: str, layout: BlockLayout,
+               classifiers: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+    """ViT / DeiT roles: the same patch embedding, final norm and heads in both layouts; the encoder and
+    the blocks where the layout puts them."""
+    return {
+        "encoder": (encoder,),
+        **layout.roles(block),
+        "patch_embed": (f"{backbone}.embeddings.patch_embeddings.projection",),
+        "final_norm": (f"{backbone}.layernorm",),
+        "classifier": classifiers,
+    }
 
 
-def _swin_59() -> Layout:
-    block = "swin.encoder.layers.*.blocks.*"
-    return Layout(
-        name="transformers >= 5.9",
-        roles={
-            "encoder": ("swin.encoder",),
-            **SWIN_BLOCK_59.roles(block),
-            "patch_embed": ("swin.embeddings.patch_embeddings.projection",),
-            "final_norm": ("swin.layernorm",),
-            "pooler": ("swin.pooler",),
-            "classifier": ("classifier",),
-        },
-        block=SWIN_BLOCK_59,
-    )
+def _swin_roles(layout: BlockLayout) -> dict[str, tuple[str, ...]]:
+    """Swin roles: one module tree in both layouts; only the blocks' insides differ."""
+    return {
+        "encoder": ("swin.encoder",),
+        **layout.roles("swin.encoder.layers.*.blocks.*"),
+        "patch_embed": ("swin.embeddings.patch_embeddings.projection",),
+        "final_norm": ("swin.layernorm",),
+        "pooler": ("swin.pooler",),
+        "classifier": ("classifier",),
+    }
 
 
 def _vit_like(model_type: str, backbone: str, prefix_tokens: int, classifiers: tuple[str, ...],
               prefix_parameters: tuple[str, ...]) -> Anatomy:
-    block = f"{backbone}.encoder.layer.*"
+    layout_59 = Layout(
+        name="transformers >= 5.9",
+        roles=_vit_roles(backbone, backbone, f"{backbone}.layers.*", VIT_BLOCK_59, classifiers),
+        block=VIT_BLOCK_59,
+        prefix_parameters=prefix_parameters,
+    )
     return Anatomy(
         model_type=model_type,
-        roles={
-            "encoder": (f"{backbone}.encoder",),
-            **VIT_BLOCK_457.roles(block),
-            "patch_embed": (f"{backbone}.embeddings.patch_embeddings.projection",),
-            "final_norm": (f"{backbone}.layernorm",),
-            "classifier": classifiers,
-        },
+        roles=_vit_roles(backbone, f"{backbone}.encoder", f"{backbone}.encoder.layer.*", VIT_BLOCK_457, classifiers),
         prefix_tokens=prefix_tokens,
         readout="cls",
         readout_heads=lambda config: config.num_attention_heads,
         readout_width=lambda config: config.hidden_size,
         block=VIT_BLOCK_457,
         prefix_parameters=prefix_parameters,
-        layouts=(_vit_like_59(backbone, classifiers, prefix_parameters),),
+        layouts=(layout_59,),
     )
 
 
 def _swin() -> Anatomy:
-    block = "swin.encoder.layers.*.blocks.*"
     return Anatomy(
         model_type="swin",
-        roles={
-            "encoder": ("swin.encoder",),
-            **SWIN_BLOCK_457.roles(block),
-            "patch_embed": ("swin.embeddings.patch_embeddings.projection",),
-            "final_norm": ("swin.layernorm",),
-            "pooler": ("swin.pooler",),
-            "classifier": ("classifier",),
-        },
+        roles=_swin_roles(SWIN_BLOCK_457),
         prefix_tokens=0,
         readout="pool",
         readout_heads=lambda config: config.num_heads[-1],
         readout_width=lambda config: int(config.embed_dim * 2 ** (len(config.depths) - 1)),
         block=SWIN_BLOCK_457,
-        layouts=(_swin_59(),),
+        layouts=(Layout(name="transformers >= 5.9", roles=_swin_roles(SWIN_BLOCK_59), block=SWIN_BLOCK_59),),
     )
 
 
