@@ -268,7 +268,7 @@ def test_gradients_are_never_cut_by_the_cache():
     layer(x).sum().backward()  # eval mode, gradients recorded: computed from the latent weight
     assert layer.weight.grad is not None and layer.alpha.grad is not None and layer.alpha.grad.abs().sum() > 0
     layer.train()
-    assert layer._cached is None
+    assert layer._inference_cache is None
 
 
 def test_the_fast_sign_gives_the_reference_values_on_zeros_and_infinities():

@@ -10,10 +10,11 @@ from torch import nn
 
 from surgery.core.parts import AttentionParts
 from surgery.plugins.bivit.binarize import binary_weight, sign_ste, softmax_binarize
+from surgery.toolkit.inference import InferenceCache, inference_only, state_key
 from surgery.toolkit.packing import pack_bits, unpack_bits
 
 
-class BinaryLinear(nn.Linear):
+class BinaryLinear(InferenceCache, nn.Linear):
     """``alpha * sign(W - mean)`` weights (BinaryLinear_adapscaling), optional sign(x) inputs.
 
     Reuses the original Linear's weight and bias parameters (the float weight is the latent weight
@@ -25,10 +26,9 @@ class BinaryLinear(nn.Linear):
 
     Inference does not re-binarize: in eval mode, when no gradient is recorded for the weight or the
     scale (``torch.no_grad()``/``inference_mode()``, or frozen parameters), the +-alpha weight is
-    computed once and kept (not saved; one more copy of the weight in memory). It is rebuilt after ``train()``/``eval()`` and whenever the
-    weight or alpha change (another tensor, or an in-place change autograd tracks: optimizer steps,
-    ``load_state_dict``, ``copy_`` under ``no_grad``); an edit through ``.data`` is not tracked, so
-    call ``eval()`` after one. Tracing (ONNX export) always computes it from the latent weight.
+    computed once and kept (not saved; one more copy of the weight in memory), rebuilt as
+    :mod:`surgery.toolkit.inference` describes. Tracing (ONNX export) always computes it from the
+    latent weight.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, binarize_input: bool = True,
@@ -39,7 +39,6 @@ class BinaryLinear(nn.Linear):
         self.from_packed = False  # rebuilt from 1-bit signs: no latent weights, the saved alpha is the scale
         self.alpha = nn.Parameter(torch.ones(out_features, 1, device=device, dtype=dtype), requires_grad=learnable_alpha)
         self.register_buffer("weight_bits", torch.zeros(out_features, -(-in_features // 8), dtype=torch.uint8, device=device), persistent=pack)
-        self._cached: tuple[tuple, torch.Tensor] | None = None  # (what it was computed from, +-alpha weight)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, binarize_input: bool, learnable_alpha: bool, pack: bool) -> BinaryLinear:
@@ -61,26 +60,14 @@ class BinaryLinear(nn.Linear):
         # the scale is configuration (learnable_alpha), never a gradient flag: a frozen model
         # (requires_grad_(False), PEFT) computes exactly what it computed while training
         fixed = not self.learnable_alpha and not self.from_packed
-        weight, alpha = self.weight, self.alpha
-        recording = torch.is_grad_enabled() and (weight.requires_grad or (alpha.requires_grad and not fixed))
-        if self.training or recording or torch.jit.is_tracing() or torch.compiler.is_compiling():
-            self._cached = None
-            scale = weight.abs().mean(dim=1, keepdim=True).detach() if fixed else alpha
-            return binary_weight(weight, scale)
-        key = (id(weight), weight._version, weight.data_ptr(), weight.dtype, weight.device,
-               id(alpha), alpha._version, alpha.data_ptr(), fixed, torch.is_inference_mode_enabled())
-        if self._cached is None or self._cached[0] != key:
-            with torch.no_grad():
-                scale = weight.abs().mean(dim=1, keepdim=True) if fixed else alpha
-                self._cached = (key, binary_weight(weight, scale))
-        return self._cached[1]
+        if not inference_only(self, self.weight, None if fixed else self.alpha):
+            self.clear_inference_cache()
+            return self._binarized(fixed)
+        return self.cached(state_key(self.weight, self.alpha) + (fixed,), lambda: self._binarized(fixed))
 
-    def train(self, mode: bool = True) -> BinaryLinear:
-        self._cached = None
-        return super().train(mode)
-
-    def __getstate__(self) -> dict:
-        return {**super().__getstate__(), "_cached": None}  # copies and pickles rebuild it
+    def _binarized(self, fixed: bool) -> torch.Tensor:
+        scale = self.weight.abs().mean(dim=1, keepdim=True).detach() if fixed else self.alpha
+        return binary_weight(self.weight, scale)
 
     # -- packed checkpoints (see surgery.toolkit.packing) --------------------------------------------------
     def surgery_pack(self, prefix: str, state: dict[str, torch.Tensor]) -> None:

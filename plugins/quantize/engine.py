@@ -19,7 +19,9 @@ instruction on CPUs without VNNI); otherwise the fake-quant simulation runs, wit
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+from typing import Any
 
 import torch
 
@@ -29,20 +31,45 @@ def available() -> bool:
         hasattr(torch.ops.onednn, "qlinear_prepack") and torch.backends.mkldnn.is_available()
 
 
-def codes(x: torch.Tensor, scale: torch.Tensor, zero_point: int, quant_min: int, quant_max: int) -> torch.Tensor:
-    """The uint8 codes torch's fake-quant rounds ``x`` to."""
-    return (x * torch.reciprocal(scale)).round_().add_(zero_point).clamp_(quant_min, quant_max).to(torch.uint8)
-
-
-def prepack(weight_int8: torch.Tensor, rows: int | None = None):
-    return torch.ops.onednn.qlinear_prepack(weight_int8, None if rows is None else [rows, weight_int8.shape[1]])
+def prepack(weight_int8: torch.Tensor):
+    return torch.ops.onednn.qlinear_prepack(weight_int8, None)
 
 
 def linear(x2d_codes: torch.Tensor, x_scale: float, x_zero_point: int, packed, w_scale: torch.Tensor,
-           bias: torch.Tensor | None) -> torch.Tensor:
-    zeros = torch.zeros(w_scale.shape[0], dtype=torch.long)
-    return torch.ops.onednn.qlinear_pointwise(x2d_codes, x_scale, x_zero_point, packed, w_scale, zeros, bias,
+           w_zero_point: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return torch.ops.onednn.qlinear_pointwise(x2d_codes, x_scale, x_zero_point, packed, w_scale, w_zero_point, bias,
                                               1.0, 0, torch.float32, "none", [], "")
+
+
+@dataclasses.dataclass(frozen=True)
+class Int8Linear:
+    """One calibrated layer, ready for the kernels: prepacked weights and everything per call derives
+    from its scales, computed once."""
+
+    packed: Any
+    w_scale: torch.Tensor
+    w_zero_point: torch.Tensor
+    x_inverse: torch.Tensor  # 1 / scale in float32, as the fake-quant rounds
+    x_scale: float
+    x_zero_point: int
+    quant_min: int
+    quant_max: int
+
+    @classmethod
+    def build(cls, weight_int8: torch.Tensor, w_scale: torch.Tensor, x_scale: torch.Tensor, x_zero_point: torch.Tensor,
+              quant_min: int, quant_max: int) -> Int8Linear:
+        scale = x_scale.detach().float().reshape(())
+        return cls(prepack(weight_int8), w_scale.detach().float(), torch.zeros(w_scale.shape[0], dtype=torch.long),
+                   torch.reciprocal(scale), float(scale), int(x_zero_point.reshape(())), quant_min, quant_max)
+
+    def codes(self, x: torch.Tensor) -> torch.Tensor:
+        """The uint8 codes torch's fake-quant rounds ``x`` to."""
+        return (x * self.x_inverse).round_().add_(self.x_zero_point).clamp_(self.quant_min, self.quant_max).to(torch.uint8)
+
+    def __call__(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        flat = self.codes(x.reshape(-1, x.shape[-1]))
+        out = linear(flat, self.x_scale, self.x_zero_point, self.packed, self.w_scale, self.w_zero_point, bias)
+        return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
 @functools.lru_cache(maxsize=4)
@@ -60,7 +87,7 @@ def exact_for(quant_max: int) -> bool:
     zero_point, x_scale = 3, 0.5
     w_scale = torch.rand(outputs, generator=generator) + 0.5
     try:
-        got = linear(x, x_scale, zero_point, prepack(w), w_scale, None)
+        got = linear(x, x_scale, zero_point, prepack(w), w_scale, torch.zeros(outputs, dtype=torch.long), None)
     except RuntimeError:
         return False
     exact = ((x.long() - zero_point) @ w.long().T).double() * x_scale * w_scale.double()

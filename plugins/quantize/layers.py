@@ -18,6 +18,7 @@ from torch import nn
 from torch.ao.quantization import FakeQuantize, HistogramObserver, MinMaxObserver, PerChannelMinMaxObserver
 
 from surgery.plugins.quantize import engine
+from surgery.toolkit.inference import InferenceCache, inference_only, state_key
 
 OBSERVERS = {"histogram": HistogramObserver, "minmax": MinMaxObserver}
 
@@ -52,14 +53,14 @@ def reset_observer(observer: nn.Module, device: torch.device) -> None:
             setattr(observer, name, torch.full(buffer.shape, initial[name], dtype=buffer.dtype, device=device))
 
 
-class QuantLinear(nn.Linear):
+class QuantLinear(InferenceCache, nn.Linear):
     """A Linear whose weight (and, unless weight-only, input) is quantized to int8.
 
     At inference (eval mode, no gradient recorded, not tracing) a calibrated W8A8 layer runs on
     :mod:`.engine`'s int8 kernels where they are exact on this CPU (``int8_engine = False`` forces
     the float simulation), and a weight-only layer multiplies by its dequantized weight, computed
-    once. Both caches are rebuilt after ``train()``/``eval()`` and whenever a weight, a scale or a
-    zero point changes (another tensor, or an in-place change autograd tracks); not saved.
+    once. Both are cached as :mod:`surgery.toolkit.inference` describes (rebuilt when a weight, a
+    scale or a zero point changes; not saved).
     """
 
     int8_engine: bool = True
@@ -72,7 +73,6 @@ class QuantLinear(nn.Linear):
         self.weight_quant = weight_fake_quant(out_features).to(device)
         self.input_quant = input_fake_quant(observer, activation_bits).to(device) if activations == "int8" else None
         self.register_buffer("weight_int8", torch.zeros(out_features, in_features, dtype=torch.int8, device=device))
-        self._inference: tuple[tuple, tuple] | None = None  # (what it was built from, what inference uses)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, activations: str, observer: str, activation_bits: int = 8) -> QuantLinear:
@@ -113,10 +113,8 @@ class QuantLinear(nn.Linear):
 
     # -- inference ----------------------------------------------------------------------------------------
     def _inferring(self, x: torch.Tensor) -> bool:
-        parameters = [p for p in (self.weight, self.bias) if p is not None]
-        recording = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in parameters))
-        if self.training or recording or torch.jit.is_tracing() or torch.compiler.is_compiling():
-            self._inference = None
+        if not inference_only(self, x, self.weight, self.bias):
+            self.clear_inference_cache()
             return False
         if self.input_quant is None:
             return True
@@ -126,36 +124,17 @@ class QuantLinear(nn.Linear):
                 and self.weight.dtype == torch.float32 and engine.exact_for(int(quant.quant_max)))
 
     def _inference_forward(self, x: torch.Tensor) -> torch.Tensor:
-        tensors = [self.weight, self.weight_quant.scale]
-        if self.input_quant is not None:
-            tensors += [self.input_quant.scale, self.input_quant.zero_point]
-        key = tuple((id(t), t._version, t.data_ptr()) for t in tensors) + (torch.is_inference_mode_enabled(),)
-        if self._inference is None or self._inference[0] != key:
-            with torch.no_grad():
-                if self.input_quant is None:
-                    built = (self.weight_quant(self.weight.detach()),)
-                else:
-                    scale = self.input_quant.scale.detach().float().reshape(())
-                    built = (engine.prepack(self.int8_weight(self.weight)), self.weight_quant.scale.detach().float(),
-                             scale, float(scale), int(self.input_quant.zero_point.reshape(())))
-            self._inference = (key, built)
-        built = self._inference[1]
         bias = None if self.bias is None else self.bias.detach()
-        if self.input_quant is None:
-            return nn.functional.linear(x, built[0], bias)
-        packed, w_scale, x_scale, x_scale_float, x_zero_point = built
         quant = self.input_quant
-        flat = engine.codes(x.reshape(-1, self.in_features), x_scale, x_zero_point, int(quant.quant_min), int(quant.quant_max))
-        out = engine.linear(flat, x_scale_float, x_zero_point, packed, w_scale, bias)
-        return out.reshape(*x.shape[:-1], self.out_features)
-
-    def train(self, mode: bool = True) -> QuantLinear:
-        self._inference = None
-        return super().train(mode)
-
-    def __getstate__(self) -> dict:
-        # oneDNN's prepacked weight is an opaque tensor that cannot be copied or pickled; a copy rebuilds it
-        return {**super().__getstate__(), "_inference": None}
+        if quant is None:  # weight-only: the dequantized weight, computed once
+            weight = self.cached(state_key(self.weight, self.weight_quant.scale),
+                                 lambda: self.weight_quant(self.weight.detach()))
+            return nn.functional.linear(x, weight, bias)
+        layer = self.cached(
+            state_key(self.weight, self.weight_quant.scale, quant.scale, quant.zero_point),
+            lambda: engine.Int8Linear.build(self.int8_weight(self.weight), self.weight_quant.scale, quant.scale,
+                                            quant.zero_point, int(quant.quant_min), int(quant.quant_max)))
+        return layer(x, bias)
 
     # -- int8 checkpoints (see surgery.toolkit.packing) -----------------------------------------------------
     def int8_weight(self, weight: torch.Tensor) -> torch.Tensor:
