@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import statistics
@@ -37,6 +38,26 @@ def environment() -> str:
         "transformers": transformers.__version__,
     }
     return "\n".join(f"- {k}: {v}" for k, v in facts.items())
+
+
+def vit_base(layer_norm_eps: float = 1e-12):
+    """A ViT-B/16 shape (random weights, seed 0), 224 px, 1000 classes, in eval mode."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(0)
+    config = ViTConfig(image_size=224, patch_size=16, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                       intermediate_size=3072, num_labels=1000, layer_norm_eps=layer_norm_eps)
+    return ViTForImageClassification(config).eval()
+
+
+def timing_arguments(repeats: int = 5) -> argparse.Namespace:
+    """``--repeats`` and ``--threads`` (default 2, applied to torch) from the command line."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeats", type=int, default=repeats)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    return args
 
 
 def time_side_by_side(runs: dict[str, Callable[[], object]], repeats: int = 5, warmup: int = 2) -> dict[str, float]:

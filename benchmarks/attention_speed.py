@@ -13,20 +13,13 @@ from __future__ import annotations
 import argparse
 
 import torch
-from transformers import ViTConfig, ViTForImageClassification
 
 import surgery
 
-from _common import count_flops, markdown_table, time_side_by_side, write_report
+from _common import count_flops, markdown_table, time_side_by_side, vit_base, write_report
 
 VARIANTS = {"softmax (SDPA)": None, "agent": ("agent_attention", {"layers": "all"}), "castling": ("castling", {"layers": "all"})}
 
-
-def vit_base() -> ViTForImageClassification:
-    torch.manual_seed(0)
-    config = ViTConfig(image_size=224, patch_size=16, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                       intermediate_size=3072, num_labels=1000, layer_norm_eps=1e-6)
-    return ViTForImageClassification(config).eval()
 
 
 def main() -> None:
@@ -36,7 +29,7 @@ def main() -> None:
     args = parser.parse_args()
     models = {}
     for name, spec in VARIANTS.items():
-        model = vit_base()
+        model = vit_base(layer_norm_eps=1e-6)
         models[name] = surgery.apply(model, [spec]) if spec else model
     rows = []
     for size in args.sizes:

@@ -13,17 +13,11 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from transformers import ViTConfig, ViTForImageClassification
 
 import surgery
 
-from _common import markdown_table, write_report
+from _common import markdown_table, vit_base, write_report
 
-
-def vit_base() -> ViTForImageClassification:
-    torch.manual_seed(0)
-    return ViTForImageClassification(ViTConfig(image_size=224, patch_size=16, hidden_size=768, num_hidden_layers=12,
-                                               num_attention_heads=12, intermediate_size=3072, num_labels=1000)).eval()
 
 
 def tensor_bytes(file: Path, keep) -> int:

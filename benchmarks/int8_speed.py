@@ -20,7 +20,6 @@ Optimum's quantizer rows need the Optimum extra (the transformers 4.57 set); tor
 
 from __future__ import annotations
 
-import argparse
 import copy
 import importlib.util
 import tempfile
@@ -30,22 +29,16 @@ import numpy as np
 import onnxruntime as ort
 import openvino as ov
 import torch
-from transformers import ViTConfig, ViTForImageClassification
 
 import surgery
 from surgery.data.digits import digits_for
 from surgery.demo.model import default_model
 from surgery.publish.export import export
 
-from _common import markdown_table, time_side_by_side, write_report
+from _common import markdown_table, time_side_by_side, timing_arguments, vit_base, write_report
 
 MISSING = "not installed"
 
-
-def vit_base() -> ViTForImageClassification:
-    torch.manual_seed(0)
-    return ViTForImageClassification(ViTConfig(image_size=224, patch_size=16, hidden_size=768, num_hidden_layers=12,
-                                               num_attention_heads=12, intermediate_size=3072, num_labels=1000)).eval()
 
 
 def has(module: str) -> bool:
@@ -182,11 +175,7 @@ def accuracy() -> list[list[object]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    args = timing_arguments()
     speed_rows = speed(args)
     accuracy_rows = accuracy()
     body = (

@@ -16,21 +16,14 @@ side by side in one run (medians over repeats after warm-up):
 
 from __future__ import annotations
 
-import argparse
 import copy
 
 import torch
-from transformers import ViTConfig, ViTForImageClassification
 
 import surgery
 
-from _common import markdown_table, time_side_by_side, write_report
+from _common import markdown_table, time_side_by_side, timing_arguments, vit_base, write_report
 
-
-def vit_base() -> ViTForImageClassification:
-    torch.manual_seed(0)
-    return ViTForImageClassification(ViTConfig(image_size=224, patch_size=16, hidden_size=768, num_hidden_layers=12,
-                                               num_attention_heads=12, intermediate_size=3072, num_labels=1000)).eval()
 
 
 def simulated(model):
@@ -41,11 +34,7 @@ def simulated(model):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    args = timing_arguments()
     x = torch.randn(8, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     base = vit_base()
     models = {

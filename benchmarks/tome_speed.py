@@ -13,20 +13,13 @@ import argparse
 
 import torch
 from torch.profiler import ProfilerActivity, profile
-from transformers import ViTConfig, ViTForImageClassification
 
 import surgery
 from surgery.plugins.token_merge.layers import MERGE_REGION
 from surgery.toolkit.tokens import token_sizes
 
-from _common import count_flops, markdown_table, time_side_by_side, write_report
+from _common import count_flops, markdown_table, time_side_by_side, vit_base, write_report
 
-
-def vit_base() -> ViTForImageClassification:
-    torch.manual_seed(0)
-    config = ViTConfig(image_size=224, patch_size=16, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                       intermediate_size=3072, num_labels=1000, layer_norm_eps=1e-6)
-    return ViTForImageClassification(config).eval()
 
 
 def merge_share(model, x) -> float:
@@ -46,8 +39,8 @@ def main() -> None:
     args = parser.parse_args()
 
     x = torch.randn(args.batch, 3, 224, 224)
-    baseline = vit_base()
-    merged = {r: surgery.apply(vit_base(), [("token_merge", {"r": r})]) for r in args.r}
+    baseline = vit_base(layer_norm_eps=1e-6)
+    merged = {r: surgery.apply(vit_base(layer_norm_eps=1e-6), [("token_merge", {"r": r})]) for r in args.r}
     with torch.inference_mode():
         runs = {"baseline": lambda: baseline(pixel_values=x)}
         runs.update({f"r={r}": (lambda m=m: m(pixel_values=x)) for r, m in merged.items()})
