@@ -95,3 +95,30 @@ def test_a_tampered_recomputed_buffer_is_refused(tmp_path):
         pytest.skip("this transformers loads the saved index as a buffer of the model")
     with pytest.raises(surgery.RecipeError, match=r"relative_position_index is not what its formula gives"):
         AutoModelForImageClassification.from_pretrained(tmp_path / "m")
+
+
+def test_a_role_the_other_layout_lacks_is_an_error():
+    one = Layout("one", {"block": ("m.a.*",), "mlp_in": ("m.a.*.y",)})
+    two = Layout("two", {"block": ("m.b.*",)})
+    anatomy = Anatomy("toy", one.roles, 0, "cls", lambda c: 1, lambda c: 1, layouts=(two,), name="one")
+    with pytest.raises(UnsupportedModelError, match=r"'m.a.0.y.weight' \(mlp_in in the toy layout 'one'\) has no counterpart "
+                                                   r"in the layout 'two'"):
+        Renamer(anatomy, anatomy.all_layouts()[0], two).name("m.a.0.y.weight")
+
+
+def test_pickled_weights_of_a_surgery_checkpoint_are_refused_where_the_files_are_checked(tmp_path):
+    """transformers 5.x hands the quantizer the checkpoint files, and a surgery checkpoint whose weights
+    are a pickle is refused there (4.57 does not name the files; surgery.load refuses pickles on both)."""
+    import transformers
+    from packaging.version import Version
+    from safetensors.torch import load_file
+    from transformers import AutoModelForImageClassification
+
+    surgery.save(surgery.apply(tiny("vit"), "ggem"), tmp_path / "m")
+    weights = tmp_path / "m" / "model.safetensors"
+    torch.save(load_file(str(weights)), tmp_path / "m" / "pytorch_model.bin")
+    weights.unlink()
+    if Version(transformers.__version__) < Version("5"):
+        pytest.skip("transformers 4.57 does not hand the quantizer the checkpoint files")
+    with pytest.raises(surgery.RecipeError, match=r"a surgery checkpoint loads from safetensors only, not pytorch_model.bin"):
+        AutoModelForImageClassification.from_pretrained(tmp_path / "m")
