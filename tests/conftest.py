@@ -20,6 +20,26 @@ def tiny(arch: str, seed: int = 0, **overrides):
     return build_model(arch, "tiny", image_size=32, seed=seed, **overrides)
 
 
+def untie(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Attention as a trained model's, for rankings by it: the prefix tokens (cls, distillation) get
+    values of their own (an untrained DeiT's are zeros, so the cls token attends to every patch
+    equally) and the query and key weights are scaled up 4x (an untrained model's attention is
+    nearly uniform, so its importance scores differ by less than the rounding of another runtime,
+    which then keeps other tokens)."""
+    import surgery
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith(("cls_token", "distillation_token")):
+                parameter.add_(torch.randn(parameter.shape, generator=generator))
+        for block in surgery.get_host().anatomy(model.config.model_type).blocks(model):
+            for role in ("query", "key"):
+                if role in block.attention.projections:
+                    block.attention.projection(role).weight.mul_(4.0)
+    return model
+
+
 def parts(model: torch.nn.Module, index: int = 0):
     """The anatomy's parts of block ``index`` (whatever layout this transformers uses)."""
     import surgery
@@ -73,3 +93,12 @@ def digits(tmp_path_factory):
     processor = image_processor(32)
     train, test = digits_split()
     return folder, encode(train, processor)[0], *encode(test, processor)
+
+
+def cpu_metadata() -> dict[str, str]:
+    """The CPU model and its int8 flags: two CPUs with one torch capability (AVX512) still pick
+    different matmul kernels (seen: Intel Xeon with AMX and AMD EPYC round the same model apart)."""
+    from surgery.publish.export import cpu_description
+
+    cpu = cpu_description()
+    return {"cpu": cpu["model"], "int8_flags": cpu["int8_flags"]}

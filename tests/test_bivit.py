@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
+from transformers import AutoModelForImageClassification
 
 import surgery
 from surgery.errors import ConfigError, IncompatibleStepsError
@@ -176,6 +177,9 @@ def test_packed_checkpoint_is_smaller_and_reloads_exactly(tmp_path):
     binary.save_pretrained(tmp_path / "binary")
     x = images(batch=2)
     assert torch.equal(surgery.load(tmp_path / "binary")(pixel_values=x).logits, binary(pixel_values=x).logits)
+    # the latent weights are packed away, not missing (transformers 5.x would report them newly initialized)
+    _, info = AutoModelForImageClassification.from_pretrained(tmp_path / "binary", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
 
     def linear_bytes(folder, prefix):
         with safe_open(str(folder / "model.safetensors"), framework="pt") as f:
@@ -220,15 +224,13 @@ def _reference_binary_linear(layer: BinaryLinear, x: torch.Tensor) -> torch.Tens
 
 @pytest.mark.parametrize("learnable_alpha", [True, False])
 def test_inference_binarizes_the_weights_once_and_rebuilds_after_any_change(learnable_alpha, monkeypatch):
-    import surgery.plugins.bivit.layers as layers
-
     torch.manual_seed(0)
     layer = BinaryLinear.from_linear(torch.nn.Linear(16, 8), binarize_input=True, learnable_alpha=learnable_alpha,
                                      pack=False).eval()
     x = torch.randn(4, 16)
     calls = []
-    real = layers.binary_weight
-    monkeypatch.setattr(layers, "binary_weight", lambda w, a: calls.append(1) or real(w, a))
+    real = BinaryLinear._binarized
+    monkeypatch.setattr(BinaryLinear, "_binarized", lambda self, fixed: calls.append(1) or real(self, fixed))
 
     def check(expected_calls: int) -> None:
         torch.testing.assert_close(out.double(), _reference_binary_linear(layer, x), rtol=0, atol=1e-5)
@@ -277,3 +279,36 @@ def test_the_fast_sign_gives_the_reference_values_on_zeros_and_infinities():
     with torch.no_grad():
         assert torch.equal(sign_ste(x), expected)
     assert torch.equal(sign_ste(x.clone().requires_grad_()).detach(), expected)
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["inference", "training"])
+def test_w1a1_sums_the_signs_exactly_then_scales(grad):
+    """alpha * (an exact integer) + bias in float32, bit for bit, whatever the batch split: a tie (a
+    sum of 0, common at width 768 with zero biases) stays exactly the bias instead of +-rounding."""
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(768, 32)
+    torch.nn.init.zeros_(linear.bias)
+    layer = BinaryLinear.from_linear(linear, binarize_input=True, learnable_alpha=True, pack=False).eval()
+    x = torch.randn(64, 768, generator=rng())
+    signs_x = torch.where(x >= 0, 1.0, -1.0).double()
+    w = linear.weight.detach().double()
+    integers = signs_x @ torch.where(w - w.mean(1, keepdim=True) >= 0, 1.0, -1.0).double().T  # exact in float64
+    want = integers.float() * layer.alpha.detach().reshape(-1) + 0.0
+    with torch.set_grad_enabled(grad):
+        out = layer(x)
+        rows = torch.cat([layer(x[i:i + 1]) for i in range(4)])
+    assert (integers == 0).any()  # the case that used to round by summation order
+    assert torch.equal(out.detach(), want) and torch.equal(rows.detach(), want[:4])
+
+
+def test_wide_w1a1_model_matches_its_onnx_export(tmp_path):
+    """Width 768: ties are common, and the export runs another summation order (was off by 2.4)."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    from surgery.publish.export import export
+
+    torch.manual_seed(0)
+    config = ViTConfig(image_size=32, patch_size=16, hidden_size=768, num_hidden_layers=1, num_attention_heads=12,
+                       intermediate_size=1536, num_labels=10)
+    model = surgery.apply(ViTForImageClassification(config).eval(), "bivit")
+    assert export(model, tmp_path / "onnx", to="onnx", check=False).max_abs_diff < 1e-5

@@ -20,6 +20,8 @@ from transformers import AutoModelForImageClassification
 import surgery
 from surgery.checkpoint.recipe import read_steps
 
+from conftest import cpu_metadata
+
 FIXTURES = Path(__file__).parent / "fixtures"
 ROOTS = ("legacy", "tf5")
 CASES = sorted(f"{root}/{p.name}" for root in ROOTS for p in (FIXTURES / root).iterdir() if (p / "config.json").is_file())
@@ -40,8 +42,10 @@ def _made(folder: Path) -> dict[str, str]:
 
 
 def _same_kernels(folder: Path) -> bool:
-    made = _made(folder)
-    return made.get("cpu_capability") == torch.backends.cpu.get_cpu_capability() and made.get("torch") == torch.__version__
+    """The same torch on the same CPU model and int8 flags: only then are the bits the same."""
+    made, here = _made(folder), cpu_metadata()
+    return (made.get("cpu_capability") == torch.backends.cpu.get_cpu_capability() and made.get("torch") == torch.__version__
+            and all(made.get(key) == value for key, value in here.items()))
 
 
 def _recipe(case: str) -> list[dict]:

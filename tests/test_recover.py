@@ -297,8 +297,9 @@ def test_recovery_restores_digits_accuracy_after_ggem(digits):
     surgery.apply(student, ["ggem"])
     processor = AutoImageProcessor.from_pretrained(folder, use_fast=False)
     result = recover(student, teacher, digits_dataset("train"), digits_dataset("test"), processor=processor,
-                     epochs=4, warmup_epochs=1, lr=1e-3, progress=False)
+                     epochs=8, warmup_epochs=1, lr=1e-3, progress=False)
     assert result.accuracy_before < result.teacher_accuracy - 0.05  # ggem's training-free drop
+    # 8 epochs: within 1.7 pt on an AMD EPYC (4 epochs gave 3.9 pt there but under 3 on an Intel Xeon)
     assert result.accuracy >= result.teacher_accuracy - 0.03
     assert result.accuracy > result.accuracy_before + 0.05
-    assert [r["stage"] for r in result.history] == ["new parameters"] + ["all parameters"] * 4
+    assert [r["stage"] for r in result.history] == ["new parameters"] + ["all parameters"] * 8

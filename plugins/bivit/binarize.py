@@ -43,9 +43,14 @@ def sign_ste(x: torch.Tensor) -> torch.Tensor:
     return _SignSTE.apply(x)
 
 
+def weight_signs(weight: torch.Tensor) -> torch.Tensor:
+    """sign(W - mean over each output row), +-1, with the straight-through gradient."""
+    return sign_ste(weight - weight.mean(dim=1, keepdim=True))
+
+
 def binary_weight(weight: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     """alpha (out, 1) * sign(W - mean over each output row)."""
-    return alpha * sign_ste(weight - weight.mean(dim=1, keepdim=True))
+    return alpha * weight_signs(weight)
 
 
 def softmax_binarize(probs: torch.Tensor, ratio: float) -> torch.Tensor:

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from surgery.core.parts import AttentionParts
-from surgery.plugins.bivit.binarize import binary_weight, sign_ste, softmax_binarize
+from surgery.plugins.bivit.binarize import binary_weight, sign_ste, softmax_binarize, weight_signs
 from surgery.toolkit.inference import InferenceCache, inference_only, state_key
 from surgery.toolkit.packing import pack_bits, unpack_bits
 
@@ -52,22 +52,32 @@ class BinaryLinear(InferenceCache, nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.binarize:
             return F.linear(x, self.weight, self.bias)
-        inputs = sign_ste(x) if self.binarize_input else x
-        return F.linear(inputs, self.binary_weight(), self.bias)
+        weight, scale = self.binarized()
+        if scale is None:  # W1A32
+            return F.linear(x, weight, self.bias)
+        # W1A1: the +-1 x +-1 products are summed exactly (integers) and scaled after. With alpha inside
+        # the sum, its rounding follows the summation order, so an exact tie (a sum of 0, common at
+        # widths like 768 with zero biases) comes out as +-tiny and the next sign() flips differently
+        # in every runtime, thread count and batch size (measured: ONNX Runtime off by 2.4 on ViT-B).
+        out = F.linear(sign_ste(x), weight) * scale.reshape(-1)
+        return out if self.bias is None else out + self.bias
 
-    def binary_weight(self) -> torch.Tensor:
-        """alpha * sign(W - mean), from the cache where nothing needs its gradient."""
+    def binarized(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(alpha * sign(W - mean), None) for W1A32, (sign(W - mean), alpha) for W1A1; cached where
+        nothing needs their gradient."""
         # the scale is configuration (learnable_alpha), never a gradient flag: a frozen model
         # (requires_grad_(False), PEFT) computes exactly what it computed while training
         fixed = not self.learnable_alpha and not self.from_packed
         if not inference_only(self, self.weight, None if fixed else self.alpha):
             self.clear_inference_cache()
             return self._binarized(fixed)
-        return self.cached(state_key(self.weight, self.alpha) + (fixed,), lambda: self._binarized(fixed))
+        return self.cached(state_key(self.weight, self.alpha) + (fixed, self.binarize_input), lambda: self._binarized(fixed))
 
-    def _binarized(self, fixed: bool) -> torch.Tensor:
+    def _binarized(self, fixed: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         scale = self.weight.abs().mean(dim=1, keepdim=True).detach() if fixed else self.alpha
-        return binary_weight(self.weight, scale)
+        if self.binarize_input:
+            return weight_signs(self.weight), scale
+        return binary_weight(self.weight, scale), None
 
     # -- packed checkpoints (see surgery.toolkit.packing) --------------------------------------------------
     def surgery_pack(self, prefix: str, state: dict[str, torch.Tensor]) -> None:

@@ -110,6 +110,10 @@ class SurgeryQuantizer(HfQuantizer):
         steps = read_steps(model.config)
         check_plugins_installed(steps)
         replay(model, steps)
+        packed = packed_away_keys(model)
+        if packed:  # rebuilt from their packed form after loading: transformers 5.x would report them "MISSING"
+            ignored = set(getattr(model, "_keys_to_ignore_on_load_missing", None) or ())
+            model._keys_to_ignore_on_load_missing = sorted(ignored | {f"^{re.escape(key)}$" for key in packed})
 
     def update_weight_conversions(self, weight_conversions, model):
         """transformers 5.x: every reference name that differs from the model's is renamed exactly."""

@@ -34,6 +34,7 @@ import dataclasses
 import importlib
 import json
 import os
+import platform
 import shutil
 import tempfile
 from pathlib import Path
@@ -153,15 +154,21 @@ def _move_into(stage: Path, output: Path) -> None:
 
 
 def cpu_description() -> dict[str, str]:
-    """The instruction set torch uses and the CPU flags that decide int8 kernels (VNNI, AMX)."""
-    flags = set()
+    """The CPU model, the instruction set torch uses and the flags that decide int8 kernels (VNNI, AMX)."""
+    info: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as handle:
-            flags = set(next((line.split(":", 1)[1].split() for line in handle if line.startswith("flags")), []))
+            for line in handle:
+                key, _, value = line.partition(":")
+                info.setdefault(key.strip(), value.strip())
+                if "model name" in info and "flags" in info:
+                    break
     except OSError:
         pass
+    flags = set(info.get("flags", "").split())
     int8 = [f for f in ("avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
-    return {"torch_capability": torch.backends.cpu.get_cpu_capability(), "int8_flags": ", ".join(int8) or "none"}
+    return {"model": info.get("model name") or platform.processor() or "unknown",
+            "torch_capability": torch.backends.cpu.get_cpu_capability(), "int8_flags": ", ".join(int8) or "none"}
 
 
 def refuse_unexportable(model: Any, to: str) -> None:
