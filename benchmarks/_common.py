@@ -40,12 +40,12 @@ def environment() -> str:
     return "\n".join(f"- {k}: {v}" for k, v in facts.items())
 
 
-def vit_base(layer_norm_eps: float = 1e-12):
-    """A ViT-B/16 shape (random weights, seed 0), 224 px, 1000 classes, in eval mode."""
+def vit_base(layer_norm_eps: float = 1e-12, image_size: int = 224):
+    """A ViT-B/16 shape (random weights, seed 0), ``image_size`` px (224), 1000 classes, in eval mode."""
     from transformers import ViTConfig, ViTForImageClassification
 
     torch.manual_seed(0)
-    config = ViTConfig(image_size=224, patch_size=16, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+    config = ViTConfig(image_size=image_size, patch_size=16, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                        intermediate_size=3072, num_labels=1000, layer_norm_eps=layer_norm_eps)
     return ViTForImageClassification(config).eval()
 
