@@ -39,6 +39,7 @@ from surgery.recovery import recover
 
 from surgery.evaluation.flops import model_flops
 
+import runtime_speed
 from _common import RESULTS, markdown_table, time_side_by_side, write_report
 
 # Recovery recipes (surgery.recover options): shared defaults, then per method; the learning rate is
@@ -64,6 +65,7 @@ class Row:
     quantize: bool = False  # an int8 `quantize` step after recovery
     target: str = ""  # what the issue asks, checked by `check`
     check: Any = None  # (original, after surgery, after recovery, flops ratio) -> bool
+    runtime: str | None = None  # the runtime_speed case that times this method at ViT-B/16 size
 
 
 def at_least_original(o, s, r, f):
@@ -82,21 +84,25 @@ def tome_target(o, s, r, f):
 
 
 ROWS = [
-    Row("ggem", ["ggem"], RECIPES["ggem"], target="recovered >= original", check=at_least_original),
+    Row("ggem", ["ggem"], RECIPES["ggem"], target="recovered >= original", check=at_least_original, runtime="ggem"),
     Row("token_merge r=20", [("token_merge", {"r": 20})], RECIPES["token_merge"],
-        target=">= 2x fewer FLOPs, within 1 pt training-free", check=tome_target),
+        target=">= 2x fewer FLOPs, within 1 pt training-free", check=tome_target, runtime="token_merge r=16"),
+    Row("token_transform flops=0.5", [("token_transform", {"flops": 0.5})], RECIPES["token_merge"],
+        target=">= 2x fewer FLOPs, within 1 pt training-free", check=tome_target, runtime="token_transform flops=0.5"),
+    Row("token_prune flops=0.5", [("token_prune", {"flops": 0.5})], RECIPES["token_merge"], runtime="token_prune flops=0.5"),
     Row("agent_attention", ["agent_attention"], RECIPES["agent_attention"], target="recovered >= original",
-        check=at_least_original),
-    Row("castling", ["castling"], RECIPES["castling"], target="recovered within 1 pt", check=within(1)),
+        check=at_least_original, runtime="agent_attention"),
+    Row("castling", ["castling"], RECIPES["castling"], target="recovered within 1 pt", check=within(1), runtime="castling"),
     Row("castling, no auxiliary branch", [("castling", {"sparse_reg": False})], RECIPES["castling_no_aux"],
-        target="(ablation) within 1 pt", check=within(1)),
-    Row("int8 (quantize)", [], None, quantize=True, target="within 0.5 pt", check=within(0.5, after="surgery")),
+        target="(ablation) within 1 pt", check=within(1), runtime="castling"),  # the branch is training-only
+    Row("int8 (quantize)", [], None, quantize=True, target="within 0.5 pt", check=within(0.5, after="surgery"),
+        runtime="int8 (quantize)"),
     Row("bivit W1A32", [("bivit", {"activations": "full"})], RECIPES["bivit_w1a32"], target="recovered within 1 pt",
-        check=within(1)),
-    Row("bivit W1A1", ["bivit"], RECIPES["bivit_w1a1"], target="recovered within 5 pt", check=within(5)),
+        check=within(1), runtime="bivit W1A32"),
+    Row("bivit W1A1", ["bivit"], RECIPES["bivit_w1a1"], target="recovered within 5 pt", check=within(5), runtime="bivit W1A1"),
     Row("token_merge r=20 + ggem", [("token_merge", {"r": 20}), "ggem"], RECIPES["ggem"]),
     Row("agent_attention + int8", ["agent_attention"], RECIPES["agent_attention"], quantize=True),
-    Row("token_merge r=20 + int8", [("token_merge", {"r": 20})], None, quantize=True),
+    Row("token_merge r=20 + int8", [("token_merge", {"r": 20})], None, quantize=True, runtime="token_merge r=16 + int8"),
 ]
 
 
@@ -135,6 +141,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", help="run only the rows whose name contains this text")
     parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--skip-runtimes", action="store_true",
+                        help="leave out the ViT-B/16 latency in each runtime (about 15 minutes of the run)")
     args = parser.parse_args()
     torch.manual_seed(0)
     folder = default_model("vit")
@@ -157,7 +165,7 @@ def main() -> None:
         for index, row in enumerate(r for r in ROWS if not args.only or args.only in r.name):
             print(f"[{index + 1}] {row.name} ...", flush=True)
             record, model = run_row(row, folder, data, Path(tmp) / f"row{index}")
-            record["target"], record["check"] = row.target, row.check
+            record["target"], record["check"], record["runtime"] = row.target, row.check, row.runtime
             rows.append(record)
             models[row.name] = model
             print(f"    after surgery {record['after_surgery']:.2%}, after recovery "
@@ -168,16 +176,28 @@ def main() -> None:
             model.eval()
         times = time_side_by_side({name: (lambda m=m: m(pixel_values=batch)) for name, m in models.items()},
                                   repeats=args.repeats)
-    report(base, rows, times)
+    models.clear()
+    runtimes = None
+    if not args.skip_runtimes:
+        print("latency at ViT-B/16 size in each runtime (benchmarks/runtime_speed.py) ...", flush=True)
+        wanted = {r["runtime"] for r in rows}
+        runtimes = runtime_speed.measure(tuple(c for c in runtime_speed.CASES if c.name in wanted), repeats=5)
+    report(base, rows, times, runtimes)
 
 
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.2%}"
 
 
-def report(base: dict[str, Any], rows: list[dict[str, Any]], times: dict[str, float]) -> None:
+def report(base: dict[str, Any], rows: list[dict[str, Any]], times: dict[str, float],
+           runtimes: dict[str, Any] | None) -> None:
+    def pays_off(row: dict[str, Any]) -> str:
+        if runtimes is None or row["runtime"] not in runtimes:
+            return "-"
+        return f"{runtime_speed.pays_off(runtimes, row['runtime'])} ({row['runtime']})"
+
     table = [["original", "-", _pct(base["accuracy"]), "-", "-", "-", f"{base['gflops'] * 1e3:.2f}", "1.00x",
-              f"{base['checkpoint_mb']:.3f}", f"{times['original'] * 1e3:.1f}", "1.00x", "-", "-"]]
+              f"{base['checkpoint_mb']:.3f}", f"{times['original'] * 1e3:.1f}", "1.00x", "-", "-", "-"]]
     for r in rows:
         o, s, rec = base["accuracy"], r["after_surgery"], r["after_recovery"]
         ratio = base["gflops"] / r["gflops"]
@@ -185,11 +205,12 @@ def report(base: dict[str, Any], rows: list[dict[str, Any]], times: dict[str, fl
         table.append([
             r["name"], " -> ".join(_describe(s) for s in r["steps"]), _pct(o), _pct(s), _pct(rec),
             _pct(r["validation"]), f"{r['gflops'] * 1e3:.2f}", f"{ratio:.2f}x", f"{r['checkpoint_mb']:.3f}", f"{times[r['name']] * 1e3:.1f}",
-            f"{times['original'] / times[r['name']]:.2f}x", r["target"] or "-", verdict,
+            f"{times['original'] / times[r['name']]:.2f}x", pays_off(r), r["target"] or "-", verdict,
         ])
     header = ["row", "steps", "original", "after surgery", "after recovery", "validation (chosen lr)", "MFLOPs/image",
               "FLOPs reduction",
-              "checkpoint MB", "latency ms (64 images)", "speed-up", "target", "verdict"]
+              "checkpoint MB", "latency ms (64 images)", "speed-up", "pays off in (ViT-B/16, vs fp32 there)", "target",
+              "verdict"]
     recipes = "\n".join(f"- {r['name']}: {json.dumps(r['recipe'])} ({r['recovery_seconds']} s); validation accuracy by "
                         f"lr: {', '.join(f'{lr:g}: {_pct(acc)}' for lr, acc in r['validation_by_lr'].items())}"
                         for r in rows if r["recipe"])
@@ -200,16 +221,22 @@ def report(base: dict[str, Any], rows: list[dict[str, Any]], times: dict[str, fl
         "test split is measured once, for the chosen recipe; "
         "int8 rows quantize after recovery, calibrated on 256 training digits. Latency: one batch of 64, "
         "median over repeats, every model timed side by side in one run (CPU, PyTorch eager; a 65-token model "
-        "this small is dominated by per-layer overhead, so latency ratios understate the FLOPs ratios). int8 runs on oneDNN's int8 kernels in PyTorch "
-        "(where it pays off at ViT-B size: `pytorch_speed.md`, and after export: `int8_speed.md`). "
+        "this small is dominated by per-layer overhead, so latency ratios understate the FLOPs ratios). int8 runs on oneDNN's int8 kernels in PyTorch. "
+        "The \"pays off in\" column says where each method is fast: the same method at ViT-B/16 size in each runtime "
+        "(below the table). "
         "Training results depend on the CPU (AVX2, AVX-512 and AMX round differently), so recovered "
         "accuracies vary by a few digits between machines; the environment is printed below.\n\n"
         + markdown_table(header, table)
         + "\n\n![accuracy per row](proof_table.png)\n\nRecovery recipes (`surgery.recover` options):\n\n" + recipes
+        + ("" if runtimes is None else
+           "\n\n## Where each method pays off\n\nThe \"pays off in\" column: each method on a ViT-B/16 shape (random "
+           "weights) at the size it is meant for, in PyTorch eager, ONNX Runtime and OpenVINO, each runtime timed side by "
+           "side with fp32 in the same run (`benchmarks/runtime_speed.py`; token_merge at ViT-B/16 uses r=16, ToMe's "
+           "setting, where the digits model uses r=20):\n\n" + runtime_speed.table(runtimes))
     )
     (RESULTS / "proof_table.json").write_text(json.dumps(
         {"original": base, "rows": [{k: v for k, v in r.items() if k != "check"} for r in rows],
-         "latency_s": times}, indent=2) + "\n")
+         "latency_s": times, "runtimes_vit_b16": runtimes}, indent=2) + "\n")
     plot(base, rows)
     write_report("proof_table", "Proof table: accuracy before surgery, after it and after recovery", body)
 

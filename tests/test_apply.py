@@ -19,6 +19,9 @@ from conftest import ARCHS, images, module_tree, state_values, tiny
 # (spec, architectures): every built-in plugin with the architectures it supports
 CASES = [(("ggem", {"p_init": 2.5}), arch) for arch in ARCHS]
 CASES += [(("token_merge", {"r": 6}), arch) for arch in ("vit", "deit", "deit-distilled")]
+CASES += [(("token_transform", {"r": 6, "topk": 3}), arch) for arch in ("vit", "deit", "deit-distilled")]
+CASES += [(("token_transform", {"flops": 0.6}), "deit-distilled")]
+CASES += [(("token_prune", {"r": 6}), arch) for arch in ("vit", "deit", "deit-distilled")]
 CASES += [(("agent_attention", {"agents": 4, "init": "paper"}), arch) for arch in ARCHS]
 CASES += [(("castling", {"init": "paper", "kernel_size": 3}), arch) for arch in ARCHS]
 CASES += [(("bivit", {"softmax_ratio": 0.3}), arch) for arch in ARCHS]

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import images, tiny
+from conftest import images, tiny, untie
 
 import surgery
 from surgery.errors import ExportError
@@ -17,6 +17,7 @@ from surgery.publish.export import REPORT, export, run_onnx
 CASES = {
     "ggem": ("vit", ["ggem"]),
     "token_merge": ("deit-distilled", [("token_merge", {"r": 4})]),
+    "token_transform": ("deit-distilled", [("token_transform", {"r": 6})]),
     "agent_attention": ("swin", [("agent_attention", {"agents": 4})]),
     "castling": ("vit", [("castling", {"init": "paper"})]),
     "bivit-w1a32": ("vit", [("bivit", {"activations": "full"})]),
@@ -26,7 +27,7 @@ CASES = {
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_torch_exporter_matches_pytorch(case, tmp_path):
     arch, steps = CASES[case]
-    model = surgery.apply(tiny(arch), steps).eval()
+    model = surgery.apply(untie(tiny(arch)), steps).eval()
     result = export(model, tmp_path / "onnx", to="onnx", exporter="torch")
     report = json.loads((tmp_path / "onnx" / REPORT).read_text())
     assert report["exporter"] == "torch" and result.max_abs_diff <= 1e-4

@@ -79,10 +79,10 @@ def test_missing_plugin_names_plugin_and_package(tmp_path):
     _saved(tmp_path, ("ggem", {}), "vit")
     config = json.loads((tmp_path / "config.json").read_text())
     config["quantization_config"]["steps"].append(
-        {"plugin": "token_prune", "plugin_version": "2.0", "package": "surgery-token-prune", "options": {}}
+        {"plugin": "token_dropout", "plugin_version": "2.0", "package": "surgery-token-dropout", "options": {}}
     )
     (tmp_path / "config.json").write_text(json.dumps(config))
-    with pytest.raises(RecipeError, match=r"step 2 uses plugin 'token_prune' 2.0 from package 'surgery-token-prune', which is not installed: pip install surgery-token-prune"):
+    with pytest.raises(RecipeError, match=r"step 2 uses plugin 'token_dropout' 2.0 from package 'surgery-token-dropout', which is not installed: pip install surgery-token-dropout"):
         surgery.load(tmp_path)
 
 

@@ -18,6 +18,8 @@ SOFTMAX_REWRITERS = {
     "agent_attention": "agent attention has no single softmax map to binarize",
     "castling": "linear-angular attention has no softmax map to binarize",
     "token_merge": "token merging runs its own attention forward, which would bypass the binary one",
+    "token_transform": "token transforming runs its own attention forward, which would bypass the binary one",
+    "token_prune": "token pruning runs its own attention forward, which would bypass the binary one",
 }
 
 def refuse_export(to: str, options: dict) -> str | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from surgery.plugins.token_merge import rewrite
 from surgery.plugins.token_merge.config import ToMeConfig
+from surgery.toolkit.reducing import reduction_fields
 from surgery.toolkit.register import define_method, registration
 
 _NOT_WITH_LINEAR_ATTENTION = (
@@ -16,17 +17,14 @@ _NOT_WITH_LINEAR_ATTENTION = (
     "proportional attention biases the softmax logits); the linear attentions have neither"
 )
 
+_SWIN = "Swin attends within fixed windows and merges patches on a fixed grid; merged tokens have no grid position"
+
 METHOD = define_method(
     __name__,
     summary="ToMe: merge r similar tokens per block (bipartite soft matching), training-free",
     config_class=ToMeConfig,
-    model_types=("vit", "deit"),
-    refused_model_types={
-        "swin": "Swin attends within fixed windows and merges patches on a fixed grid; merged tokens have no grid position"
-    },
+    **reduction_fields(_NOT_WITH_LINEAR_ATTENTION, _SWIN, other_reductions=("token_transform", "token_prune")),
     apply=rewrite.apply,
-    roles=("encoder", "block", "attention", "parts"),
-    conflicts={"agent_attention": _NOT_WITH_LINEAR_ATTENTION, "castling": _NOT_WITH_LINEAR_ATTENTION},
     paper="https://arxiv.org/abs/2210.09461",
     reference="https://github.com/facebookresearch/ToMe (af95e4b)",
 )

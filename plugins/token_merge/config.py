@@ -6,6 +6,8 @@ import dataclasses
 from typing import ClassVar
 
 from surgery.core.options import SurgeryConfig
+from surgery.toolkit.reduction import schedule
+from surgery.toolkit.reduction_config import validate_schedule
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,20 +32,10 @@ class ToMeConfig(SurgeryConfig):
     prop_attn: bool = True
 
     def validate(self) -> None:
-        if self.r < 0:
-            raise self.invalid("r", self.r, "an integer >= 0")
-        if not -1.0 <= self.inflect <= 1.0:
-            raise self.invalid("inflect", self.inflect, "a number in [-1, 1] (0 constant, -1 decreasing)")
-        if self.r_per_layer is not None and any(v < 0 for v in self.r_per_layer):
-            raise self.invalid("r_per_layer", list(self.r_per_layer), "integers >= 0, one per block")
+        validate_schedule(self)
 
     def schedule(self, num_layers: int) -> list[int]:
         """r for each of ``num_layers`` blocks (ToMe's ``parse_r``)."""
-        if self.r_per_layer is not None:
-            if len(self.r_per_layer) > num_layers:
-                raise self.invalid("r_per_layer", list(self.r_per_layer), f"at most {num_layers} values (one per block)")
-            return list(self.r_per_layer) + [0] * (num_layers - len(self.r_per_layer))
-        low = int(self.r * (1.0 - self.inflect))
-        high = 2 * self.r - low
-        step = (high - low) / max(num_layers - 1, 1)
-        return [int(low + step * layer) for layer in range(num_layers)]
+        if self.r_per_layer is not None and len(self.r_per_layer) > num_layers:
+            raise self.invalid("r_per_layer", list(self.r_per_layer), f"at most {num_layers} values (one per block)")
+        return schedule(self.r, self.inflect, self.r_per_layer, num_layers)

@@ -41,6 +41,15 @@ class Matching:
             return torch.cat([kept[:, :1], b[:, :1], kept[:, 1:], b[:, 1:]], dim=1)
         return torch.cat([kept, b], dim=1)
 
+    def apply(self, x: torch.Tensor, size: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The size-weighted merge (:func:`merge_weighted`): the reduction interface."""
+        return merge_weighted(self, x, size)
+
+    def matrix(self, n: int) -> torch.Tensor:
+        """The merge as the dense (B, N - r, N) 0/1 matrix T (:mod:`surgery.toolkit.reduction`):
+        T[m, j] = 1 where token j lands in output m; float64."""
+        return self.merge_sum(torch.eye(n, dtype=torch.float64).expand(self.keep.shape[0], n, n))
+
 
 def bipartite_soft_matching(metric: torch.Tensor, r: int, class_token: bool, distill_token: bool) -> Matching | None:
     """Match ``metric`` (B, N, C) and return the merge of ``r`` tokens, or None when r caps to 0.

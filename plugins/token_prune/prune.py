@@ -1,0 +1,47 @@
+"""Pruning as a reduction matrix with one-hot rows: keep the most important patch tokens.
+
+Importance is the attention the prefix tokens pay each token in this block (the score Token
+Transforming's kept tokens are chosen by, EViT's without its fused token); the kept tokens stay in
+sequence order after the prefix, with their sizes; the removed ones are dropped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from surgery.toolkit.reduction import Selection, removable, split_by_importance, with_prefix
+
+REGION = "token_prune::prune"
+
+
+def top_tokens(importance: torch.Tensor, r: int, prefix: int) -> Selection | None:
+    """Keep all but the ``r`` least important patch tokens (at least one stays); None when r caps to 0."""
+    tokens = importance.shape[1]
+    r = removable(tokens, r, prefix)
+    if r == 0:
+        return None
+    with torch.no_grad():
+        kept, _ = split_by_importance(importance, prefix, tokens - prefix - r)
+    return Selection(with_prefix(kept, prefix))
+
+
+@dataclasses.dataclass(frozen=True)
+class PruneBuilder:
+    """The builder the reducing block calls (see :mod:`surgery.toolkit.reducing`)."""
+
+    prefix: int
+    importance: bool = True
+    region: str = REGION
+
+    def __call__(self, metric: torch.Tensor, importance: torch.Tensor | None, r: int) -> Selection | None:
+        return top_tokens(importance, r, self.prefix)
+
+    def describe(self) -> str:
+        return "top-k pruning"
+
+
+def overhead(tokens_in: int, tokens_out: int, prefix: int, width: int) -> float:
+    """FLOPs of one pruning: the prefix rows' attention scores."""
+    return 2.0 * prefix * tokens_in * width

@@ -1,0 +1,22 @@
+"""Swap the token-reduction classes in, with the pruning builder."""
+
+from __future__ import annotations
+
+import functools
+
+from torch import nn
+
+from surgery.core.anatomy import Anatomy
+from surgery.core.method import Rewrite
+from surgery.plugins.token_prune.config import TokenPruneConfig
+from surgery.plugins.token_prune.prune import PruneBuilder, overhead
+from surgery.toolkit.reducing import swap_reducing
+from surgery.toolkit.reduction import removable
+
+
+def apply(model: nn.Module, config: TokenPruneConfig, anatomy: Anatomy) -> Rewrite:
+    prefix = anatomy.prefix_tokens
+    blocks = anatomy.blocks(model)
+    cost = functools.partial(overhead, prefix=prefix, width=blocks[0].width)
+    removals = config.removals(blocks, prefix, functools.partial(removable, prefix=prefix), model.config, cost)
+    return swap_reducing(model, anatomy, "token_prune", "TokenPrune", removals, PruneBuilder(prefix=prefix), config.prop_attn)

@@ -1,0 +1,23 @@
+"""Swap the token-reduction classes in, with the many-to-many builder."""
+
+from __future__ import annotations
+
+import functools
+
+from torch import nn
+
+from surgery.core.anatomy import Anatomy
+from surgery.core.method import Rewrite
+from surgery.plugins.token_transform.config import TokenTransformConfig
+from surgery.plugins.token_transform.transform import ManyToManyBuilder, overhead
+from surgery.toolkit.reducing import swap_reducing
+from surgery.toolkit.reduction import removable
+
+
+def apply(model: nn.Module, config: TokenTransformConfig, anatomy: Anatomy) -> Rewrite:
+    prefix = anatomy.prefix_tokens
+    blocks = anatomy.blocks(model)
+    cost = functools.partial(overhead, prefix=prefix, width=blocks[0].width, metric_dim=blocks[0].attention.head_dim)
+    removals = config.removals(blocks, prefix, functools.partial(removable, prefix=prefix), model.config, cost)
+    builder = ManyToManyBuilder(prefix=prefix, temperature=config.temperature, topk=config.topk)
+    return swap_reducing(model, anatomy, "token_transform", "TokenTransform", removals, builder, config.prop_attn)

@@ -1,0 +1,98 @@
+"""The many-to-many reduction of Token Transforming, built from importance and similarity.
+
+For r tokens to remove in a block of N tokens with P prefix tokens (cls, distillation):
+1. importance: the attention the prefix tokens pay each token (softmax over keys, averaged over
+   heads and prefix rows), from this block's attention;
+2. the N - P - r most important patch tokens are kept (in sequence order), the other r are removed;
+3. each removed token j spreads its mass over the ``topk`` kept tokens most similar to it (cosine of
+   the keys averaged over heads, ToMe's metric) with weights softmax(similarity / temperature);
+4. T = [I for the prefix and kept tokens | those weights in the removed tokens' columns], applied
+   as every reduction is (:mod:`surgery.toolkit.reduction`): s' = T s, Y = diag(1/s') T diag(s) X.
+
+Each kept token keeps all of its own mass; the matching runs without gradient (as ToMe's).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from surgery.toolkit.reduction import removable, split_by_importance
+
+REGION = "token_transform::transform"
+
+
+@dataclasses.dataclass
+class ManyToMany:
+    """Kept tokens ``targets`` (B, M), removed ``sources`` (B, r), ``weights`` (B, r, M) rows summing to 1."""
+
+    prefix: int
+    targets: torch.Tensor
+    sources: torch.Tensor
+    weights: torch.Tensor
+
+    def apply(self, x: torch.Tensor, size: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        if size is None:
+            size = x.new_ones(x.shape[0], x.shape[1], 1)
+        weighted, channels = x * size, x.shape[-1]
+        kept = weighted.gather(1, self.targets.unsqueeze(-1).expand(-1, -1, channels))
+        moved = weighted.gather(1, self.sources.unsqueeze(-1).expand(-1, -1, channels))
+        spread = self.weights.to(x.dtype).transpose(1, 2)  # (B, M, r)
+        new_size = size.gather(1, self.targets.unsqueeze(-1)) + spread @ size.gather(1, self.sources.unsqueeze(-1))
+        merged = (kept + spread @ moved) / new_size
+        return torch.cat([x[:, :self.prefix], merged], dim=1), torch.cat([size[:, :self.prefix], new_size], dim=1)
+
+    def matrix(self, n: int) -> torch.Tensor:
+        batch, kept = self.targets.shape
+        rows = torch.zeros(batch, self.prefix + kept, n, dtype=torch.float64)
+        rows[:, torch.arange(self.prefix), torch.arange(self.prefix)] = 1.0
+        body = rows[:, self.prefix:]
+        body.scatter_(2, self.targets.unsqueeze(-1), 1.0)
+        body.scatter_add_(2, self.sources.unsqueeze(1).expand(-1, kept, -1), self.weights.transpose(1, 2).to(torch.float64))
+        return rows
+
+
+def many_to_many(metric: torch.Tensor, importance: torch.Tensor, r: int, prefix: int, temperature: float,
+                 topk: int) -> ManyToMany | None:
+    """The reduction of ``r`` tokens (capped so one patch token stays), or None when nothing is removed."""
+    tokens = metric.shape[1]
+    r = removable(tokens, r, prefix)
+    if r == 0:
+        return None
+    with torch.no_grad():
+        targets, sources = split_by_importance(importance, prefix, tokens - prefix - r)
+        unit = metric / metric.norm(dim=-1, keepdim=True)
+        pick = lambda index: unit.gather(1, index.unsqueeze(-1).expand(-1, -1, unit.shape[-1]))  # noqa: E731
+        logits = (pick(sources) @ pick(targets).transpose(1, 2)) / temperature
+        k = min(topk, targets.shape[1])
+        if k < targets.shape[1]:
+            best = logits.topk(k, dim=-1).indices
+            logits = torch.full_like(logits, -torch.inf).scatter(-1, best, logits.gather(-1, best))
+        weights = logits.softmax(dim=-1)
+    return ManyToMany(prefix, targets, sources, weights)
+
+
+@dataclasses.dataclass(frozen=True)
+class ManyToManyBuilder:
+    """The builder the reducing block calls (see :mod:`surgery.toolkit.reducing`)."""
+
+    prefix: int
+    temperature: float
+    topk: int
+    importance: bool = True
+    region: str = REGION
+
+    def __call__(self, metric: torch.Tensor, importance: torch.Tensor | None, r: int) -> ManyToMany | None:
+        return many_to_many(metric, importance, r, self.prefix, self.temperature, self.topk)
+
+    def describe(self) -> str:
+        return f"many-to-many, temperature={self.temperature:g}, topk={self.topk}"
+
+
+
+def overhead(tokens_in: int, tokens_out: int, prefix: int, width: int, metric_dim: int) -> float:
+    """FLOPs of one reduction: the prefix rows' attention scores, the removed-to-kept similarities and
+    the spread of the removed tokens (and their sizes) onto the kept ones."""
+    removed, kept = tokens_in - tokens_out, tokens_out - prefix
+    return 2.0 * prefix * tokens_in * width + 2.0 * removed * kept * metric_dim + 2.0 * removed * kept * (width + 1)

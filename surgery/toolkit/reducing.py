@@ -1,0 +1,139 @@
+"""The class swaps token reduction is built from: encoder, block and self-attention, over the anatomy's parts.
+
+Only ``forward`` changes, so the classes are swapped in place (ToMe's own habit): no new parameters,
+the same state_dict, and ``revert`` swaps the original classes back. A block runs attention, then
+reduces its tokens with a :mod:`~surgery.toolkit.reduction` built by the plugin's *builder* (from the
+attention's metric, the keys averaged over heads, and, where the builder asks, each token's
+importance: the attention the prefix tokens pay it), then the MLP on the fewer tokens. Token sizes
+travel between blocks in the model's :class:`~surgery.toolkit.tokens.TokenSizes` side channel, which
+the encoder resets at the start of every forward; proportional attention adds log(size) to the
+attention logits. Prefix tokens (cls, distillation) are never reduced: builders keep them in front.
+
+A builder is a small frozen object: ``builder(metric, importance, r) -> reduction or None``, with
+``importance`` (whether it needs the scores), ``region`` (the profiler label of its work) and
+``describe()`` (for ``print(model)``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.profiler import record_function
+
+from surgery.core.anatomy import Anatomy
+from surgery.core.parts import AttentionParts, BlockParts
+from surgery.toolkit.modules import Changes
+from surgery.toolkit.tokens import TokenSizes, token_sizes
+
+
+class ReducingAttention:
+    """Self-attention that also returns the reduction's inputs, with proportional attention."""
+
+    reduction_parts: AttentionParts
+
+    def reducing_attention(self, hidden: torch.Tensor, size: torch.Tensor | None,
+                           importance_rows: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``(context (B, N, C), keys averaged over heads (B, N, d), importance (B, N) or None)``.
+
+        log(size) biases the keys. The importance is the attention the first ``importance_rows`` tokens
+        (the prefix) pay each token, averaged over heads and those rows (0: not computed).
+        """
+        parts = self.reduction_parts
+        query, key, value = parts.qkv(hidden)
+        bias = None if size is None else size.log().to(query.dtype)[:, None, None, :, 0]
+        dropout = parts.dropout if self.training else 0.0
+        context = F.scaled_dot_product_attention(query, key, value, attn_mask=bias, dropout_p=dropout, scale=parts.scale)
+        importance = None
+        if importance_rows:
+            with torch.no_grad():
+                logits = (query[:, :, :importance_rows] @ key.transpose(-1, -2)) * parts.scale
+                if bias is not None:
+                    logits = logits + bias
+                importance = logits.softmax(dim=-1).mean(dim=(1, 2))
+        return context.transpose(1, 2).reshape(hidden.shape[0], -1, parts.width), key.mean(dim=1), importance
+
+
+class ReducingLayer:
+    """A block that removes ``reduction_r`` tokens between attention and MLP."""
+
+    reduction_r: int = 0
+    reduction_prop_attn: bool = True
+    reduction_prefix: int = 1
+    reduction_builder: Any
+    reduction_parts: BlockParts
+    reduction_sizes: TokenSizes
+
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        parts, size, builder = self.reduction_parts, self.reduction_sizes.sizes, self.reduction_builder
+        normed = parts.attention_input(hidden_states)
+        rows = self.reduction_prefix if builder.importance and self.reduction_r > 0 else 0
+        context, metric, importance = parts.attention.core.reducing_attention(
+            normed, size if self.reduction_prop_attn else None, rows)
+        hidden_states = parts.attention_residual(hidden_states, context)
+        if self.reduction_r > 0:
+            with record_function(builder.region):
+                reduction = builder(metric, importance, self.reduction_r)
+                if reduction is not None:
+                    hidden_states, size = reduction.apply(hidden_states, size)
+        self.reduction_sizes.sizes = size
+        return parts.mlp_residual(hidden_states)
+
+    def extra_repr(self) -> str:
+        extra = self.reduction_builder.describe()
+        return f"r={self.reduction_r}, prop_attn={self.reduction_prop_attn}" + (f", {extra}" if extra else "")
+
+
+class ReducingEncoder:
+    """The module that runs the blocks (an encoder, or the backbone where there is none), as the host
+    does, with the token sizes reset first (the blocks update them)."""
+
+    reduction_sizes: TokenSizes
+    reduction_plugin: str = "token reduction"
+
+    def forward(self, *args, **kwargs):
+        head_mask = kwargs.pop("head_mask", None)
+        if head_mask is not None and any(mask is not None for mask in head_mask):
+            raise ValueError(f"{self.reduction_plugin}: head_mask is not supported on a model whose tokens are reduced.")
+        self.reduction_sizes.sizes = None
+        return super().forward(*args, **kwargs)
+
+
+def swap_reducing(model: nn.Module, anatomy: Anatomy, plugin: str, prefix: str, removals: list[int], builder: Any,
+                  prop_attn: bool, classes: tuple[type, type, type] = (ReducingEncoder, ReducingLayer, ReducingAttention)):
+    """Swap the encoder, every block and its attention core to the reducing classes (``classes``:
+    subclasses of the three above), named ``<prefix><Original>``; returns the rewrite."""
+    encoder_cls, layer_cls, attention_cls = classes
+    blocks = anatomy.blocks(model)
+    encoder_name, _ = anatomy.one(model, "encoder")
+    sizes = token_sizes(model)
+    changes = Changes(model)
+    changes.swap_class(encoder_name, encoder_cls, prefix, reduction_sizes=sizes, reduction_plugin=plugin)
+    for parts, r in zip(blocks, removals):
+        changes.swap_class(parts.name, layer_cls, prefix, reduction_r=r, reduction_prop_attn=prop_attn, reduction_parts=parts,
+                           reduction_sizes=sizes, reduction_prefix=anatomy.prefix_tokens, reduction_builder=builder)
+        changes.swap_class(parts.attention_name, attention_cls, prefix, reduction_parts=parts.attention)
+    changes.call_on_undo(_clear, sizes)
+    return changes.rewrite([encoder_name] + [p.name for p in blocks] + [p.attention_name for p in blocks])
+
+
+def _clear(sizes: TokenSizes) -> None:
+    sizes.sizes = None
+
+
+ONE_REDUCTION = "one token reduction per model: both reduce the tokens of the same blocks between attention and MLP"
+
+
+def reduction_fields(linear_attention: str, swin: str, other_reductions: tuple[str, ...]) -> dict[str, Any]:
+    """The method fields a token-reduction plugin shares with the others (for ``define_method``): ViT
+    and DeiT, Swin refused (``swin``: why), the roles the swaps claim, and conflicts with the linear
+    attentions (``linear_attention``: why) and with every other reduction."""
+    return {
+        "model_types": ("vit", "deit"),
+        "refused_model_types": {"swin": swin},
+        "roles": ("encoder", "block", "attention", "parts"),
+        "conflicts": {"agent_attention": linear_attention, "castling": linear_attention,
+                      **{other: ONE_REDUCTION for other in other_reductions}},
+    }

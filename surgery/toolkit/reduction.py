@@ -1,0 +1,165 @@
+"""Token reduction as a matrix (Zeng et al., "Token Transforming", arXiv 2506.05709).
+
+Every reduction of N tokens X (N, C) with sizes s (patches per token, N) to M < N tokens is one
+non-negative M x N matrix T, read column by column: column n says where token n's mass goes.
+
+    s' = T s                          (the sizes carry through)
+    Y  = diag(1 / s') T diag(s) X     (each output token is the size-weighted mean of what it receives)
+
+- pruning (one-to-one): T's rows are one-hot, the pruned tokens' columns are zero (their mass is
+  dropped), so Y is the kept rows of X and s' their sizes (:class:`Selection`);
+- merging, e.g. ToMe (many-to-one): T's columns are one-hot, each token lands in one group, so Y is
+  the size-weighted average of every group and s' the group's total size (ToMe's ``Matching``);
+- transforming (many-to-many): a column may spread its mass over several outputs (:class:`Transport`).
+
+A reduction object has ``apply(x, size) -> (y, size')`` (sizes (B, N, 1), None meaning all ones) and
+``matrix(n) -> T`` (B, M, N), the dense form, for analysis and tests; each construction applies itself
+in the cheapest exact way (a gather, a scatter, a batched matmul).
+
+Also here: the reduction schedule (tokens removed per block) shared by the reducing plugins, and the
+schedule that meets a FLOPs target.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import torch
+
+
+class Reduction(Protocol):
+    def apply(self, x: torch.Tensor, size: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def matrix(self, n: int) -> torch.Tensor: ...
+
+
+def transport(weights: torch.Tensor, x: torch.Tensor, size: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Apply the dense matrix ``weights`` (B, M, N): ``(diag(1/s') T diag(s) X, s' = T s)``."""
+    if size is None:
+        size = x.new_ones(x.shape[0], x.shape[1], 1)
+    new_size = weights @ size
+    return (weights @ (x * size)) / new_size, new_size
+
+
+@dataclasses.dataclass
+class Selection:
+    """One-to-one: keep the tokens at ``index`` (B, M), in that order (pruning)."""
+
+    index: torch.Tensor
+
+    def apply(self, x: torch.Tensor, size: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        if size is None:
+            size = x.new_ones(x.shape[0], x.shape[1], 1)
+        rows = self.index.unsqueeze(-1)
+        return x.gather(1, rows.expand(-1, -1, x.shape[-1])), size.gather(1, rows)
+
+    def matrix(self, n: int) -> torch.Tensor:
+        return torch.nn.functional.one_hot(self.index, n).to(torch.float64)
+
+
+@dataclasses.dataclass
+class Transport:
+    """Many-to-many: the dense matrix itself, ``weights`` (B, M, N)."""
+
+    weights: torch.Tensor
+
+    def apply(self, x: torch.Tensor, size: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        return transport(self.weights.to(x.dtype), x, size)
+
+    def matrix(self, n: int) -> torch.Tensor:
+        return self.weights
+
+
+# -- schedules ------------------------------------------------------------------------------------------------
+def schedule(r: int, inflect: float, r_per_layer: Sequence[int] | None, num_layers: int) -> list[int]:
+    """Tokens removed in each of ``num_layers`` blocks, as ToMe's ``parse_r``: ``r_per_layer`` (zero-
+    padded) when given, else r constant (inflect 0), decreasing from 2r to 0 (inflect -1), increasing
+    from 0 to 2r (inflect 1) or in between."""
+    if r_per_layer is not None:
+        return list(r_per_layer) + [0] * (num_layers - len(r_per_layer))
+    low = int(r * (1.0 - inflect))
+    high = 2 * r - low
+    step = (high - low) / max(num_layers - 1, 1)
+    return [int(low + step * layer) for layer in range(num_layers)]
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockCost:
+    """What one block's matmul FLOPs depend on: width C and MLP hidden size I."""
+
+    width: int
+    hidden: int
+
+    def flops(self, tokens_in: int, tokens_out: int) -> float:
+        """q/k/v and output projections and both attention products on the tokens in; the MLP on the
+        tokens left after the reduction (which sits between attention and MLP)."""
+        c = self.width
+        return 8.0 * tokens_in * c * c + 4.0 * tokens_in * tokens_in * c + 4.0 * tokens_out * c * self.hidden
+
+
+def patch_embedding_flops(config, patches: int, width: int) -> float:
+    """The patch embedding's FLOPs (a patch-size convolution) and one classifier head's, from the
+    model's config (``num_channels``, ``patch_size``, ``num_labels``)."""
+    patch = getattr(config, "patch_size", 16)
+    patch = patch[0] * patch[1] if isinstance(patch, (tuple, list)) else patch * patch
+    return 2.0 * patches * width * getattr(config, "num_channels", 3) * patch + 2.0 * width * getattr(config, "num_labels", 0)
+
+
+def token_counts(tokens: int, removals: Sequence[int], cap: Callable[[int, int], int]) -> list[tuple[int, int]]:
+    """(tokens in, tokens out) of each block; ``cap(tokens, r)`` is what a block can actually remove."""
+    counts = []
+    for r in removals:
+        out = tokens - cap(tokens, r)
+        counts.append((tokens, out))
+        tokens = out
+    return counts
+
+
+def flops_ratio(costs: Sequence[BlockCost], tokens: int, removals: Sequence[int], cap: Callable[[int, int], int],
+                fixed: float = 0.0, overhead: Callable[[int, int], float] | None = None) -> float:
+    """The FLOPs with ``removals`` over the FLOPs without: the blocks', the reduction's own work
+    (``overhead(tokens in, tokens out)`` in a block that reduces), plus ``fixed`` (what no reduction
+    changes: the patch embedding, the head) on both sides."""
+    full = sum(c.flops(tokens, tokens) for c in costs) + fixed
+    total = fixed
+    for cost, (a, b) in zip(costs, token_counts(tokens, removals, cap)):
+        total += cost.flops(a, b) + (overhead(a, b) if overhead is not None and b < a else 0.0)
+    return total / full
+
+
+def solve_r(target: float, costs: Sequence[BlockCost], tokens: int, inflect: float,
+            cap: Callable[[int, int], int], fixed: float = 0.0,
+            overhead: Callable[[int, int], float] | None = None) -> tuple[int, float]:
+    """The smallest r whose schedule keeps at most ``target`` of the FLOPs, with its ratio.
+
+    Raises ValueError with the lowest reachable ratio when no r gets there.
+    """
+    best = None
+    for r in range(tokens + 1):
+        ratio = flops_ratio(costs, tokens, schedule(r, inflect, None, len(costs)), cap, fixed, overhead)
+        if best is None or ratio < best[1]:
+            best = (r, ratio)
+        if ratio <= target:
+            return r, ratio
+    raise ValueError(f"at most {best[1]:.3f} of the FLOPs is reachable here (r={best[0]})")
+
+
+def removable(tokens: int, r: int, prefix: int) -> int:
+    """What a pruning or transforming block removes of ``r`` with ``tokens`` in: all but one patch token at most."""
+    return max(0, min(r, tokens - prefix - 1))
+
+
+def split_by_importance(importance: torch.Tensor, prefix: int, keep: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(kept, removed) absolute positions (B, keep) and (B, N - prefix - keep) of the patch tokens:
+    the ``keep`` most important are kept; both are returned in sequence order. Prefix tokens are
+    never candidates. Exactly equal scores are ordered by the sort kernel."""
+    order = importance[:, prefix:].argsort(dim=-1, descending=True) + prefix
+    return order[:, :keep].sort(dim=-1).values, order[:, keep:].sort(dim=-1).values
+
+
+def with_prefix(index: torch.Tensor, prefix: int) -> torch.Tensor:
+    """``index`` (B, M) with the prefix positions 0..prefix-1 in front."""
+    head = torch.arange(prefix, device=index.device, dtype=index.dtype).expand(index.shape[0], prefix)
+    return torch.cat([head, index], dim=1)

@@ -1,0 +1,71 @@
+"""The schedule options every token-reduction plugin shares, and the FLOPs target that sets them.
+
+``r`` tokens removed per block with ToMe's ``inflect`` schedule, an explicit ``r_per_layer``, or
+``flops``: the fraction of the blocks' matmul FLOPs to keep (0.6 = 40 % fewer), for which the
+smallest constant-r schedule (with ``inflect``) is solved from the model's width, MLP size and token
+count at its configured image size, with the patch embedding and the head (which no reduction
+changes) on both sides of the ratio and the reduction's own work (scores, similarities) counted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+from surgery.core.options import SurgeryConfig
+from surgery.core.parts import BlockParts
+from surgery.toolkit.reduction import BlockCost, patch_embedding_flops, schedule, solve_r
+
+
+@dataclasses.dataclass(frozen=True)
+class ReductionConfig(SurgeryConfig):
+    """Attributes:
+        r: patch tokens removed per block (capped at what a block can remove).
+        inflect: the r schedule as in ToMe's ``parse_r``: 0 constant; -1 decreasing from 2r to 0;
+            1 increasing from 0 to 2r; values between interpolate.
+        r_per_layer: an explicit r for each block (zero-padded to the depth); overrides r/inflect.
+        flops: the fraction of the blocks' FLOPs to keep (in (0, 1]); solves r (overrides it).
+        prop_attn: proportional attention, log(token size) added to the attention logits.
+    """
+
+    r: int = 8
+    inflect: float = 0.0
+    r_per_layer: tuple[int, ...] | None = None
+    flops: float | None = None
+    prop_attn: bool = True
+
+    def validate(self) -> None:
+        validate_schedule(self)
+        if self.flops is not None and not 0.0 < self.flops <= 1.0:
+            raise self.invalid("flops", self.flops, "a fraction of the FLOPs to keep, in (0, 1] (0.6 = 40 % fewer)")
+        if self.flops is not None and self.r_per_layer is not None:
+            raise self.invalid("flops", self.flops, "None when r_per_layer is given (each sets the whole schedule)")
+
+    def removals(self, blocks: list[BlockParts], prefix: int, cap: Callable[[int, int], int], config: Any = None,
+                 overhead: Callable[[int, int], float] | None = None) -> list[int]:
+        """Tokens removed in each block; ``cap(tokens, r)`` is what a block can remove; ``config``
+        (the model's) sizes the patch embedding and head, ``overhead(tokens in, tokens out)`` is the
+        reduction's own FLOPs in a block, for the FLOPs target."""
+        if self.r_per_layer is not None and len(self.r_per_layer) > len(blocks):
+            raise self.invalid("r_per_layer", list(self.r_per_layer), f"at most {len(blocks)} values (one per block)")
+        if self.flops is None:
+            return schedule(self.r, self.inflect, self.r_per_layer, len(blocks))
+        costs = [BlockCost(b.width, b.part("mlp_in").out_features) for b in blocks]
+        patches = blocks[0].grid[0] * blocks[0].grid[1]
+        fixed = 0.0 if config is None else patch_embedding_flops(config, patches, blocks[0].width)
+        try:
+            r, _ = solve_r(self.flops, costs, patches + prefix, self.inflect, cap, fixed, overhead)
+        except ValueError as error:
+            raise self.invalid("flops", self.flops, f"a fraction this model reaches: {error}") from None
+        return schedule(r, self.inflect, None, len(blocks))
+
+
+def validate_schedule(config: SurgeryConfig) -> None:
+    """The checks of ``r``, ``inflect`` and ``r_per_layer`` (ToMe's options, shared by every reduction)."""
+    if config.r < 0:
+        raise config.invalid("r", config.r, "an integer >= 0")
+    if not -1.0 <= config.inflect <= 1.0:
+        raise config.invalid("inflect", config.inflect, "a number in [-1, 1] (0 constant, -1 decreasing)")
+    if config.r_per_layer is not None and any(v < 0 for v in config.r_per_layer):
+        raise config.invalid("r_per_layer", list(config.r_per_layer), "integers >= 0, one per block")
