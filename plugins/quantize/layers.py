@@ -73,6 +73,8 @@ class QuantLinear(InferenceCache, nn.Linear):
         self.weight_quant = weight_fake_quant(out_features).to(device)
         self.input_quant = input_fake_quant(observer, activation_bits).to(device) if activations == "int8" else None
         self.register_buffer("weight_int8", torch.zeros(out_features, in_features, dtype=torch.int8, device=device))
+        if self.input_quant is not None:  # the kernels' one-time self-check (cached) here, not inside a first forward
+            engine.exact_for(int(self.input_quant.quant_max))
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, activations: str, observer: str, activation_bits: int = 8) -> QuantLinear:

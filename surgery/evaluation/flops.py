@@ -1,8 +1,10 @@
-"""FLOPs with ``torch.utils.flop_counter``, including the CPU kernel of scaled-dot-product attention.
+"""FLOPs with ``torch.utils.flop_counter``, including the CPU kernel of scaled-dot-product attention
+and oneDNN's int8 linear.
 
 torch's counter knows the CUDA SDPA kernels but not ``_scaled_dot_product_flash_attention_for_cpu``,
 the one transformers' SDPA attention runs on the CPU, so softmax attention would count as free.
-This module registers the same formula for it once, on import.
+This module registers the same formula for it once, on import, and the matmul formula for
+``onednn.qlinear_pointwise`` (which the counter does not know either, so int8 linears counted as free).
 """
 
 from __future__ import annotations
@@ -22,6 +24,23 @@ if _CPU_SDPA is not None:
             return sdpa_flop_count(query_shape, key_shape, value_shape)
 
     except ValueError:  # already registered (module reloaded, or a newer torch knows it)
+        pass
+
+# oneDNN's int8 linear (the quantize plugin's inference engine): a matmul of (M, K) codes by the
+# prepacked (K, N) weight, counted as the float matmul it replaces (int8 changes precision, not FLOPs)
+_QLINEAR = getattr(getattr(torch.ops, "onednn", None), "qlinear_pointwise", None)
+
+if _QLINEAR is not None:
+    try:
+
+        @register_flop_formula(_QLINEAR)
+        def _qlinear_flop(x_shape, *args, out_shape=None, **kwargs) -> int:
+            rows = 1
+            for dim in x_shape[:-1]:
+                rows *= dim
+            return 2 * rows * x_shape[-1] * out_shape[-1]
+
+    except ValueError:
         pass
 
 
