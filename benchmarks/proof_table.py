@@ -10,7 +10,7 @@ Recipes are chosen on the validation split (288 digits): each recovered row trie
 in ``LEARNING_RATES`` and keeps the one with the best validation accuracy (the first on a tie); the
 test split (360 digits) is measured once, for the chosen recipe only.
 
-    python benchmarks/proof_table.py              # about 30 minutes on 2 CPU cores
+    python benchmarks/proof_table.py              # about 40 minutes on 2 CPU cores (15 of them the runtimes)
     python benchmarks/proof_table.py --only ggem  # rows whose name contains "ggem"
 
 Writes benchmarks/results/proof_table.md, .json and .png.

@@ -10,7 +10,8 @@ non-negative M x N matrix T, read column by column: column n says where token n'
   dropped), so Y is the kept rows of X and s' their sizes (:class:`Selection`);
 - merging, e.g. ToMe (many-to-one): T's columns are one-hot, each token lands in one group, so Y is
   the size-weighted average of every group and s' the group's total size (ToMe's ``Matching``);
-- transforming (many-to-many): a column may spread its mass over several outputs (:class:`Transport`).
+- transforming (many-to-many): a column may spread its mass over several outputs (the
+  ``token_transform`` plugin's construction); :func:`transport` applies any dense T.
 
 A reduction object has ``apply(x, size) -> (y, size')`` (sizes (B, N, 1), None meaning all ones) and
 ``matrix(n) -> T`` (B, M, N), the dense form, for analysis and tests; each construction applies itself
@@ -57,19 +58,6 @@ class Selection:
 
     def matrix(self, n: int) -> torch.Tensor:
         return torch.nn.functional.one_hot(self.index, n).to(torch.float64)
-
-
-@dataclasses.dataclass
-class Transport:
-    """Many-to-many: the dense matrix itself, ``weights`` (B, M, N)."""
-
-    weights: torch.Tensor
-
-    def apply(self, x: torch.Tensor, size: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        return transport(self.weights.to(x.dtype), x, size)
-
-    def matrix(self, n: int) -> torch.Tensor:
-        return self.weights
 
 
 # -- schedules ------------------------------------------------------------------------------------------------
