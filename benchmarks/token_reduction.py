@@ -29,7 +29,8 @@ import surgery
 from surgery.data.digits import digits_for
 from surgery.demo.model import default_model
 from surgery.evaluation.flops import model_flops
-from surgery.toolkit.reduction import BlockCost, patch_embedding_flops, solve_r
+from surgery.errors import ConfigError
+from surgery.toolkit.reduction_config import ReductionConfig
 
 from _common import markdown_table, time_side_by_side, vit_base, write_report
 
@@ -43,15 +44,12 @@ def tome_r(model, target: float) -> int | None:
     """ToMe's constant r for ``target`` under the cost model the other plugins solve with, or None."""
     anatomy = surgery.get_host().anatomy(model.config.model_type)
     blocks, prefix = anatomy.blocks(model), anatomy.prefix_tokens
-    patches = blocks[0].grid[0] * blocks[0].grid[1]
-    costs = [BlockCost(b.width, b.part("mlp_in").out_features) for b in blocks]
+    cap = lambda n, r: max(0, min(r, (n - prefix) // 2))  # noqa: E731  (ToMe merges at most half)
     similarity = lambda a, b: 2.0 * (a // 2) ** 2 * blocks[0].attention.head_dim  # noqa: E731
     try:
-        r, _ = solve_r(target, costs, patches + prefix, 0.0, lambda n, r: max(0, min(r, (n - prefix) // 2)),
-                       patch_embedding_flops(model.config, patches, blocks[0].width), similarity)
-    except ValueError:
+        return ReductionConfig(flops=target).removals(blocks, prefix, cap, model.config, similarity)[0]
+    except ConfigError:
         return None
-    return r
 
 
 def variants(model, target: float) -> dict[str, object]:

@@ -6,8 +6,7 @@ import dataclasses
 from typing import ClassVar
 
 from surgery.core.options import SurgeryConfig
-from surgery.toolkit.reduction import schedule
-from surgery.toolkit.reduction_config import validate_schedule
+from surgery.toolkit.reduction_config import checked_schedule, validate_schedule
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +35,4 @@ class ToMeConfig(SurgeryConfig):
 
     def schedule(self, num_layers: int) -> list[int]:
         """r for each of ``num_layers`` blocks (ToMe's ``parse_r``)."""
-        if self.r_per_layer is not None and len(self.r_per_layer) > num_layers:
-            raise self.invalid("r_per_layer", list(self.r_per_layer), f"at most {num_layers} values (one per block)")
-        return schedule(self.r, self.inflect, self.r_per_layer, num_layers)
+        return checked_schedule(self, num_layers)

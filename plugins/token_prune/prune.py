@@ -11,20 +11,15 @@ import dataclasses
 
 import torch
 
-from surgery.toolkit.reduction import Selection, removable, split_by_importance, with_prefix
+from surgery.toolkit.reduction import Selection, importance_flops, split_for_removal, with_prefix
 
 REGION = "token_prune::prune"
 
 
 def top_tokens(importance: torch.Tensor, r: int, prefix: int) -> Selection | None:
     """Keep all but the ``r`` least important patch tokens (at least one stays); None when r caps to 0."""
-    tokens = importance.shape[1]
-    r = removable(tokens, r, prefix)
-    if r == 0:
-        return None
-    with torch.no_grad():
-        kept, _ = split_by_importance(importance, prefix, tokens - prefix - r)
-    return Selection(with_prefix(kept, prefix))
+    split = split_for_removal(importance, r, prefix)
+    return None if split is None else Selection(with_prefix(split[0], prefix))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,5 +38,5 @@ class PruneBuilder:
 
 
 def overhead(tokens_in: int, tokens_out: int, prefix: int, width: int) -> float:
-    """FLOPs of one pruning: the prefix rows' attention scores."""
-    return 2.0 * prefix * tokens_in * width
+    """FLOPs of one pruning: the importance scores."""
+    return importance_flops(tokens_in, prefix, width)

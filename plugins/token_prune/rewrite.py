@@ -19,4 +19,4 @@ def apply(model: nn.Module, config: TokenPruneConfig, anatomy: Anatomy) -> Rewri
     blocks = anatomy.blocks(model)
     cost = functools.partial(overhead, prefix=prefix, width=blocks[0].width)
     removals = config.removals(blocks, prefix, functools.partial(removable, prefix=prefix), model.config, cost)
-    return swap_reducing(model, anatomy, "token_prune", "TokenPrune", removals, PruneBuilder(prefix=prefix), config.prop_attn)
+    return swap_reducing(model, anatomy, blocks, "token_prune", "TokenPrune", removals, PruneBuilder(prefix=prefix), config.prop_attn)

@@ -18,7 +18,7 @@ import dataclasses
 
 import torch
 
-from surgery.toolkit.reduction import removable, split_by_importance
+from surgery.toolkit.reduction import importance_flops, split_for_removal
 
 REGION = "token_transform::transform"
 
@@ -56,12 +56,11 @@ class ManyToMany:
 def many_to_many(metric: torch.Tensor, importance: torch.Tensor, r: int, prefix: int, temperature: float,
                  topk: int) -> ManyToMany | None:
     """The reduction of ``r`` tokens (capped so one patch token stays), or None when nothing is removed."""
-    tokens = metric.shape[1]
-    r = removable(tokens, r, prefix)
-    if r == 0:
+    split = split_for_removal(importance, r, prefix)
+    if split is None:
         return None
+    targets, sources = split
     with torch.no_grad():
-        targets, sources = split_by_importance(importance, prefix, tokens - prefix - r)
         unit = metric / metric.norm(dim=-1, keepdim=True)
         pick = lambda index: unit.gather(1, index.unsqueeze(-1).expand(-1, -1, unit.shape[-1]))  # noqa: E731
         logits = (pick(sources) @ pick(targets).transpose(1, 2)) / temperature
@@ -90,9 +89,8 @@ class ManyToManyBuilder:
         return f"many-to-many, temperature={self.temperature:g}, topk={self.topk}"
 
 
-
 def overhead(tokens_in: int, tokens_out: int, prefix: int, width: int, metric_dim: int) -> float:
     """FLOPs of one reduction: the prefix rows' attention scores, the removed-to-kept similarities and
     the spread of the removed tokens (and their sizes) onto the kept ones."""
     removed, kept = tokens_in - tokens_out, tokens_out - prefix
-    return 2.0 * prefix * tokens_in * width + 2.0 * removed * kept * metric_dim + 2.0 * removed * kept * (width + 1)
+    return importance_flops(tokens_in, prefix, width) + 2.0 * removed * kept * metric_dim + 2.0 * removed * kept * (width + 1)

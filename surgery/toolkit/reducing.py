@@ -101,12 +101,13 @@ class ReducingEncoder:
         return super().forward(*args, **kwargs)
 
 
-def swap_reducing(model: nn.Module, anatomy: Anatomy, plugin: str, prefix: str, removals: list[int], builder: Any,
-                  prop_attn: bool, classes: tuple[type, type, type] = (ReducingEncoder, ReducingLayer, ReducingAttention)):
-    """Swap the encoder, every block and its attention core to the reducing classes (``classes``:
-    subclasses of the three above), named ``<prefix><Original>``; returns the rewrite."""
+def swap_reducing(model: nn.Module, anatomy: Anatomy, blocks: list[BlockParts], plugin: str, prefix: str,
+                  removals: list[int], builder: Any, prop_attn: bool,
+                  classes: tuple[type, type, type] = (ReducingEncoder, ReducingLayer, ReducingAttention)):
+    """Swap the encoder, every block (``blocks``: the anatomy's, one ``removals`` entry each) and its
+    attention core to the reducing classes (``classes``: subclasses of the three above), named
+    ``<prefix><Original>``; returns the rewrite."""
     encoder_cls, layer_cls, attention_cls = classes
-    blocks = anatomy.blocks(model)
     encoder_name, _ = anatomy.one(model, "encoder")
     sizes = token_sizes(model)
     changes = Changes(model)

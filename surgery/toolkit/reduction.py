@@ -147,6 +147,22 @@ def split_by_importance(importance: torch.Tensor, prefix: int, keep: int) -> tup
     return order[:, :keep].sort(dim=-1).values, order[:, keep:].sort(dim=-1).values
 
 
+def split_for_removal(importance: torch.Tensor, r: int, prefix: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """:func:`split_by_importance` for removing ``r`` tokens, capped by :func:`removable` (one patch
+    token stays); None when nothing is removed. Runs without gradient, as every matching does."""
+    tokens = importance.shape[1]
+    r = removable(tokens, r, prefix)
+    if r == 0:
+        return None
+    with torch.no_grad():
+        return split_by_importance(importance, prefix, tokens - prefix - r)
+
+
+def importance_flops(tokens_in: int, prefix: int, width: int) -> float:
+    """FLOPs of the importance scores: the prefix rows of the attention logits over all heads."""
+    return 2.0 * prefix * tokens_in * width
+
+
 def with_prefix(index: torch.Tensor, prefix: int) -> torch.Tensor:
     """``index`` (B, M) with the prefix positions 0..prefix-1 in front."""
     head = torch.arange(prefix, device=index.device, dtype=index.dtype).expand(index.shape[0], prefix)

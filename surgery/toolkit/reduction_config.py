@@ -47,10 +47,8 @@ class ReductionConfig(SurgeryConfig):
         """Tokens removed in each block; ``cap(tokens, r)`` is what a block can remove; ``config``
         (the model's) sizes the patch embedding and head, ``overhead(tokens in, tokens out)`` is the
         reduction's own FLOPs in a block, for the FLOPs target."""
-        if self.r_per_layer is not None and len(self.r_per_layer) > len(blocks):
-            raise self.invalid("r_per_layer", list(self.r_per_layer), f"at most {len(blocks)} values (one per block)")
         if self.flops is None:
-            return schedule(self.r, self.inflect, self.r_per_layer, len(blocks))
+            return checked_schedule(self, len(blocks))
         costs = [BlockCost(b.width, b.part("mlp_in").out_features) for b in blocks]
         patches = blocks[0].grid[0] * blocks[0].grid[1]
         fixed = 0.0 if config is None else patch_embedding_flops(config, patches, blocks[0].width)
@@ -59,6 +57,14 @@ class ReductionConfig(SurgeryConfig):
         except ValueError as error:
             raise self.invalid("flops", self.flops, f"a fraction this model reaches: {error}") from None
         return schedule(r, self.inflect, None, len(blocks))
+
+
+def checked_schedule(config: SurgeryConfig, num_layers: int) -> list[int]:
+    """The schedule of ``config``'s ``r``, ``inflect`` and ``r_per_layer`` for ``num_layers`` blocks,
+    refusing an ``r_per_layer`` longer than the model."""
+    if config.r_per_layer is not None and len(config.r_per_layer) > num_layers:
+        raise config.invalid("r_per_layer", list(config.r_per_layer), f"at most {num_layers} values (one per block)")
+    return schedule(config.r, config.inflect, config.r_per_layer, num_layers)
 
 
 def validate_schedule(config: SurgeryConfig) -> None:
