@@ -4,6 +4,7 @@
     surgery.plan(model, ["ggem"])                  # dry run
     surgery.apply(model, [("ggem", {"p_init": 3})])  # in place
     surgery.recover(model, teacher, train, eval)   # distillation fine-tune (accelerate)
+    surgery.recover(model, teacher, train, eval, lora={"r": 8})  # ... of LoRA adapters (PEFT), merged
     model.save_pretrained("out/")                  # weights + recipe in config.json (atomic)
     surgery.save(model, "out/", processor=proc)    # the same, with the image processor in one step
     model = surgery.load("out/")                   # strict reload, replays the recipe
@@ -36,7 +37,7 @@ from surgery.errors import (
     UnknownPluginError,
     UnsupportedModelError,
 )
-from surgery.recovery import RecoveryConfig, RecoveryResult, recover
+from surgery.recovery import LoraOptions, RecoveryConfig, RecoveryResult, recover
 from surgery.toolkit.training import TrainingHooks
 
 
@@ -68,7 +69,7 @@ def list_methods() -> list[SurgeryMethod]:
 
 __all__ = [
     "Anatomy", "AppliedStep", "ApplyError", "CheckpointError", "ConfigError", "ExportError", "PushError", "IncompatibleStepsError", "Plan", "PlannedStep",
-    "RecipeError", "RecoveryConfig", "RecoveryResult", "RevertError", "Rewrite", "SurgeryConfig", "SurgeryError", "SurgeryMethod",
+    "LoraOptions", "RecipeError", "RecoveryConfig", "RecoveryResult", "RevertError", "Rewrite", "SurgeryConfig", "SurgeryError", "SurgeryMethod",
     "UnknownPluginError", "UnsupportedModelError", "__version__", "apply", "card", "export", "get_host", "history",
     "hookimpl", "list_methods", "load", "plan", "push", "recover", "revert", "save", "TrainingHooks",
 ]

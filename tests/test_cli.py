@@ -11,6 +11,7 @@ import surgery
 from surgery.cli import main
 from surgery.core.specs import parse_plugin_spec
 from surgery.errors import ConfigError
+from surgery.evaluation.accuracy import accuracy
 from surgery.demo.zoo import image_processor
 
 from conftest import images, parts, tiny
@@ -166,3 +167,30 @@ def test_recover_runs_data_parallel_under_torchrun(digits, tmp_path):
     log = json.loads((recovered / "recovery_log.json").read_text())
     assert log["processes"] == 2 and log["history"][0]["steps"] == 18  # ceil(1149 / 32 / 2)
     surgery.load(recovered)
+
+
+def test_recover_with_lora_keeps_or_merges_the_adapter(digits, tmp_path, capsys):
+    from peft import PeftModel
+
+    folder = digits[0]
+    rewritten = tmp_path / "ggem"
+    assert main(["apply", str(folder), "-p", "ggem", "-o", str(rewritten)]) == 0
+    for merge in ("true", "false"):
+        out = tmp_path / f"lora-{merge}"
+        assert main(["recover", str(rewritten), "--data", "digits", "-o", str(out), "--epochs", "1",
+                     "--eval-split", "test", "--lora", f"r=4,alpha=8,targets=attention+mlp,merge={merge}"]) == 0
+        log = json.loads((out / "recovery_log.json").read_text())
+        assert log["lora"]["outcome"] == ("merged" if merge == "true" else "adapter")
+        assert 0 < log["trainable_parameters"] < log["parameters"]
+        text = surgery.card(out, measure=False).read_text()
+        assert "LoRA adapters (PEFT; rank 4, alpha 8.0" in text
+        model = surgery.load(out)
+        if merge == "false":
+            assert "kept beside the model, in `adapter/`" in text
+            model = PeftModel.from_pretrained(model, out / "adapter")
+        else:
+            assert not (out / "adapter").exists() and "merged into the weights" in text
+        labels = digits[3]  # the reloaded model (and adapter) is the one recover evaluated (preprocessing may round apart)
+        assert accuracy(model.eval(), digits[2], labels) == pytest.approx(log["accuracy"], abs=1.01 / len(labels))
+    assert main(["recover", str(rewritten), "--data", "digits", "-o", str(tmp_path / "x"), "--lora", "r=0"]) == 2
+    assert "recover lora: option 'r' got 0" in capsys.readouterr().err

@@ -10,11 +10,12 @@ from torch import nn
 
 from surgery.core.parts import AttentionParts
 from surgery.plugins.bivit.binarize import binary_weight, sign_ste, softmax_binarize, weight_signs
+from surgery.toolkit.adapters import LatentWeight
 from surgery.toolkit.inference import InferenceCache, inference_only, state_key
 from surgery.toolkit.packing import pack_bits, unpack_bits
 
 
-class BinaryLinear(InferenceCache, nn.Linear):
+class BinaryLinear(LatentWeight, InferenceCache, nn.Linear):
     """``alpha * sign(W - mean)`` weights (BinaryLinear_adapscaling), optional sign(x) inputs.
 
     Reuses the original Linear's weight and bias parameters (the float weight is the latent weight

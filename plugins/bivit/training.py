@@ -13,6 +13,7 @@ from torch import nn
 from surgery.core.anatomy import Anatomy
 from surgery.plugins.bivit.config import BiViTConfig
 from surgery.plugins.bivit.layers import BinaryLinear
+from surgery.toolkit.adapters import module_at
 from surgery.toolkit.training import TrainingHooks
 
 
@@ -39,5 +40,5 @@ def training(model: nn.Module, config: BiViTConfig, targets: list[str], anatomy:
     if config.parts != "all" or not config.staged:
         return TrainingHooks()
     mlp_names = {name for name, _ in anatomy.find_group(model, "mlp_linears")}
-    linears = [model.get_submodule(name) for name in targets if name in mlp_names]
+    linears = [module_at(model, name) for name in targets if name in mlp_names]
     return CrossLayerStages([m for m in linears if isinstance(m, BinaryLinear)], config)

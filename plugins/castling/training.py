@@ -15,6 +15,7 @@ from surgery.core.anatomy import Anatomy
 from surgery.errors import SurgeryError
 from surgery.plugins.castling.config import CastlingConfig
 from surgery.plugins.castling.layers import LinearAngularAttention
+from surgery.toolkit.adapters import module_at
 from surgery.toolkit.training import TrainingHooks
 
 
@@ -45,7 +46,7 @@ class AuxiliaryBranchSchedule(TrainingHooks):
 
 def training(model: nn.Module, config: CastlingConfig, targets: list[str], anatomy: Anatomy) -> AuxiliaryBranchSchedule:
     refuse_zero_prefix_tokens(model, anatomy)
-    layers = [model.get_submodule(name) for name in targets]
+    layers = [module_at(model, name) for name in targets]
     return AuxiliaryBranchSchedule([m for m in layers if isinstance(m, LinearAngularAttention)], config)
 
 

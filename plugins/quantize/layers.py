@@ -18,6 +18,7 @@ from torch import nn
 from torch.ao.quantization import FakeQuantize, HistogramObserver, MinMaxObserver, PerChannelMinMaxObserver
 
 from surgery.plugins.quantize import engine
+from surgery.toolkit.adapters import LatentWeight
 from surgery.toolkit.inference import InferenceCache, inference_only, state_key
 
 OBSERVERS = {"histogram": HistogramObserver, "minmax": MinMaxObserver}
@@ -53,7 +54,7 @@ def reset_observer(observer: nn.Module, device: torch.device) -> None:
             setattr(observer, name, torch.full(buffer.shape, initial[name], dtype=buffer.dtype, device=device))
 
 
-class QuantLinear(InferenceCache, nn.Linear):
+class QuantLinear(LatentWeight, InferenceCache, nn.Linear):
     """A Linear whose weight (and, unless weight-only, input) is quantized to int8.
 
     At inference (eval mode, no gradient recorded, not tracing) a calibrated W8A8 layer runs on

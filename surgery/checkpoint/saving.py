@@ -32,11 +32,20 @@ from surgery.errors import SurgeryError
 TMP = ".surgery-tmp-"
 OLD = ".surgery-old-"
 # files a save writes or replaces; everything else in an existing folder is carried over
-REPLACED_PREFIXES = ("model.safetensors", "model-", "pytorch_model", "config.json")
+# (an adapter belongs to the weights it was trained on: a new save never keeps an old one)
+ADAPTER = "adapter"
+REPLACED_PREFIXES = ("model.safetensors", "model-", "pytorch_model", "config.json", ADAPTER)
 
 
 def save(model: Any, folder: str | os.PathLike[str], *, processor: Any = None, **kwargs: Any) -> Path:
-    """Save ``model`` (and ``processor``) to ``folder`` atomically; ``kwargs`` go to ``save_pretrained``."""
+    """Save ``model`` (and ``processor``) to ``folder`` atomically; ``kwargs`` go to ``save_pretrained``.
+
+    A ``PeftModel`` (LoRA recovery with ``merge=False``) saves as the model without its adapters in
+    ``folder`` and PEFT's adapter in ``folder/adapter``: ``PeftModel.from_pretrained(surgery.load(folder),
+    folder / "adapter")`` rebuilds it."""
+    adapter = None
+    if hasattr(model, "peft_config") and callable(getattr(model, "get_base_model", None)):
+        adapter, model = model, without_adapters(model)
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise SurgeryError(f"cannot save to {folder}: it is a file, not a folder.")
@@ -52,6 +61,8 @@ def save(model: Any, folder: str | os.PathLike[str], *, processor: Any = None, *
                 kwargs.setdefault("save_original_format", False)
             with quiet_progress():
                 type(model).save_pretrained(model, staging, **kwargs)
+                if adapter is not None:
+                    adapter.save_pretrained(staging / ADAPTER)
             mark_config_file(staging)
             if processor is not None:
                 processor.save_pretrained(staging)
@@ -61,6 +72,13 @@ def save(model: Any, folder: str | os.PathLike[str], *, processor: Any = None, *
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return folder
+
+
+def without_adapters(peft_model: Any) -> Any:
+    """A copy of the model under ``peft_model`` with PEFT's layers taken out (not merged)."""
+    import copy
+
+    return copy.deepcopy(peft_model).unload()
 
 
 def _save_parameters(model: Any) -> Mapping[str, Any]:

@@ -150,10 +150,10 @@ def cmd_recover(args: argparse.Namespace) -> int:
     evaluation = load_images(args.data, args.eval_split) if args.eval_split != "none" else None
     checkpoints = Path(args.checkpoint_dir or Path(args.output) / "checkpoints")
     result = recover(model, teacher, train, evaluation, config, processor=processor, checkpoint_dir=checkpoints,
-                     resume=args.resume)
+                     resume=args.resume, lora=args.lora)
     if not PartialState().is_main_process:
         return 0
-    save_from(model, args.output, source=args.model)
+    save_from(model if result.adapter is None else result.adapter, args.output, source=args.model)
     (Path(args.output) / "recovery_log.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
     if result.accuracy is not None:
         dataset = describe_data(args.data, args.eval_split, len(evaluation))

@@ -80,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-split", default="test", help="evaluated before and after every epoch; 'none' to skip")
     p.add_argument("--checkpoint-dir", help="epoch checkpoints (default: OUTPUT/checkpoints)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --checkpoint-dir")
+    p.add_argument("--lora", metavar="K=V,...", help="train LoRA adapters (PEFT) instead of every weight: "
+                   "r=8,alpha=16[,dropout=0][,targets=attention+mlp][,merge=false] (merge=false keeps them in OUTPUT/adapter)")
     from surgery.recovery import RecoveryConfig
 
     for name, kind, default in RecoveryConfig.describe_options():

@@ -3,6 +3,7 @@ loop) and the plugins' training hooks. Imports core, checkpoint, toolkit, data a
 plugin. ``recover`` and its config are the public names."""
 
 from surgery.recovery.config import RecoveryConfig, RecoveryResult
+from surgery.recovery.lora import LoraOptions
 from surgery.recovery.loop import recover
 
-__all__ = ["RecoveryConfig", "RecoveryResult", "recover"]
+__all__ = ["LoraOptions", "RecoveryConfig", "RecoveryResult", "recover"]

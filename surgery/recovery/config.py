@@ -91,9 +91,15 @@ class RecoveryResult:
     processes: int = 1
     mixed_precision: str = "no"
     seconds: float = 0.0
+    trainable_parameters: int = 0
+    parameters: int = 0
+    lora: dict[str, Any] | None = None  # the LoRA options, the outcome and the adapters' size (lora=...)
+    adapter: Any = dataclasses.field(default=None, repr=False, compare=False)  # the PeftModel, when kept
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(dataclasses.replace(self, adapter=None))  # asdict would deep-copy the model
+        data.pop("adapter")
+        return data
 
     def figures(self, teacher: str, data: str, dataset: str) -> dict[str, Any]:
         """The figures a model card shows (``surgery.card(folder, results=...)``, or merged into

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from surgery.core.host import get_host
 from surgery.data.imagesets import batches
 from surgery.errors import SurgeryError
 from surgery.evaluation.accuracy import loader_accuracy
@@ -32,6 +33,8 @@ from surgery.recovery.accelerator import make_accelerator, unwrap
 from surgery.recovery.checkpoints import latest_checkpoint, load_checkpoint, prune, save_checkpoint
 from surgery.recovery.config import RecoveryConfig, RecoveryResult
 from surgery.recovery.hooks import step_hooks
+from surgery.recovery.lora import (LoraOptions, base_of, canonical, describe, finish, is_adapter_parameter, is_peft_model,
+                                   wrap)
 from surgery.recovery.losses import distillation_loss, feature_loss, random_shift
 from surgery.recovery.schedule import new_parameter_names, optimizer_and_schedule
 
@@ -42,7 +45,7 @@ def evaluate_accuracy(model: nn.Module, loader, accelerator) -> float:
 
 
 def recover(model: nn.Module, teacher: nn.Module | None, train, eval=None, config: RecoveryConfig | None = None, *,
-            processor=None, checkpoint_dir: str | Path | None = None, resume: bool | str | Path = False,
+            lora: LoraOptions | dict | str | bool | None = None, processor=None, checkpoint_dir: str | Path | None = None, resume: bool | str | Path = False,
             progress: bool = True, accelerator=None, **options: Any) -> RecoveryResult:
     """Fine-tune the rewritten ``model`` in place with distillation from ``teacher``; return what happened.
 
@@ -53,6 +56,11 @@ def recover(model: nn.Module, teacher: nn.Module | None, train, eval=None, confi
     ``config`` or keywords. ``resume=True`` continues from the newest checkpoint in
     ``checkpoint_dir``; a path continues from that checkpoint. ``progress`` shows a tqdm bar per
     epoch (main process only); ``accelerator`` replaces the one built from ``config``.
+
+    ``lora`` (:class:`~surgery.recovery.lora.LoraOptions`, a dict of its fields or True) trains LoRA
+    adapters through PEFT instead of every original weight, with the parameters the surgery added;
+    they are merged into the weights afterwards, or kept (``merge=False``: ``result.adapter`` is the
+    ``PeftModel``). A model the caller already wrapped with PEFT trains as it is (what requires grad).
     """
     if config is not None and options:
         raise SurgeryError(f"recover: give the options either as config=RecoveryConfig(...) or as keywords, not both "
@@ -61,19 +69,30 @@ def recover(model: nn.Module, teacher: nn.Module | None, train, eval=None, confi
     if teacher is None and (config.distill_weight > 0 or config.feature_weight > 0):
         raise SurgeryError("recover: without a teacher, set distill_weight=0 and feature_weight=0 (labels only), "
                            "or pass the original model as teacher")
+    lora = LoraOptions.parse(lora)
+    if lora is not None and is_peft_model(model):
+        raise SurgeryError("recover: this model is already a PeftModel; recover trains its adapters as they are "
+                           "(leave lora out), or pass the model without PEFT to have surgery add them")
+    base = base_of(model)
     accelerator = accelerator or make_accelerator(config)
     started = time.perf_counter()
     new = set(new_parameter_names(model, teacher)) if teacher is not None else set()
-    if config.warmup_epochs and not new:
-        raise SurgeryError("recover: warmup_epochs needs parameters the surgery added (compared by name with the "
-                           "teacher), and this model has none; set warmup_epochs=0")
-    train_loader = batches(train, model.config, processor, config.batch_size, shuffle=True, seed=config.seed)
-    eval_loader = batches(eval, model.config, processor, 256) if eval is not None else None
+    if lora is not None:
+        model = wrap(model, lora, get_host().anatomy(base.config.model_type, type(base).__name__), new)
+        new = set(new_parameter_names(model, teacher)) if teacher is not None else set()
+    if config.warmup_epochs and not any(p.requires_grad for n, p in model.named_parameters() if n in new):
+        _unwrap_failed(model, lora)
+        raise SurgeryError("recover: warmup_epochs needs trainable parameters the surgery added (compared by name "
+                           "with the teacher), and this model has none; set warmup_epochs=0")
+    train_loader = batches(train, base.config, processor, config.batch_size, shuffle=True, seed=config.seed)
+    eval_loader = batches(eval, base.config, processor, 256) if eval is not None else None
     optimizer, schedule = optimizer_and_schedule(model, new, config, len(train_loader))
-    result = RecoveryResult(config=config.to_dict(), new_parameters=sorted(new), processes=accelerator.num_processes,
-                            mixed_precision=str(accelerator.mixed_precision))
+    result = RecoveryResult(config=config.to_dict(), new_parameters=sorted(canonical(n) for n in new),
+                            processes=accelerator.num_processes, mixed_precision=str(accelerator.mixed_precision),
+                            trainable_parameters=sum(p.numel() for g in optimizer.param_groups for p in g["params"]),
+                            parameters=sum(p.numel() for n, p in model.named_parameters() if not is_adapter_parameter(n)))
 
-    hooks = step_hooks(model)
+    hooks = step_hooks(base)
     start_epoch = 0
     forward_before = vars(model).get("forward")
     prepared = accelerator.prepare(model, optimizer, train_loader, schedule, *([eval_loader] if eval_loader is not None else []))
@@ -85,6 +104,7 @@ def recover(model: nn.Module, teacher: nn.Module | None, train, eval=None, confi
         path = _resume_path(resume, checkpoint_dir)
         start_epoch = load_checkpoint(accelerator, student, optimizer, schedule, path)
         result.resumed_from = str(path)
+    completed = False
     try:
         if eval_loader is not None and start_epoch == 0:
             result.accuracy_before = evaluate_accuracy(student, eval_loader, accelerator)
@@ -100,15 +120,31 @@ def recover(model: nn.Module, teacher: nn.Module | None, train, eval=None, confi
                 save_checkpoint(accelerator, student, optimizer, schedule, epoch + 1, Path(checkpoint_dir))
                 if accelerator.is_main_process:
                     prune(Path(checkpoint_dir), config.keep_checkpoints)
+        completed = True
     finally:
         for hook in hooks:
             hook.finish()
         unwrap(accelerator, student, model, forward_before)
         model.eval()
+        if not completed:
+            _unwrap_failed(model, lora)
+    if lora is not None:
+        result.lora = describe(model, lora)
+        model = finish(model, lora)
+        result.adapter = None if lora.merge else model
     if result.history:
         result.accuracy = result.history[-1].get("accuracy")
     result.seconds = round(time.perf_counter() - started, 1)
     return result
+
+
+def _unwrap_failed(model: nn.Module, lora: LoraOptions | None) -> None:
+    """After a failed LoRA run: the adapters taken out again (not merged), the flags as they were."""
+    if lora is not None:
+        model.unload()
+        trainable = getattr(model, "surgery_trainable_before", set())
+        for name, parameter in model.get_base_model().named_parameters():
+            parameter.requires_grad_(name in trainable)
 
 
 def _resume_path(resume: bool | str | Path, checkpoint_dir: str | Path | None) -> Path:

@@ -9,12 +9,16 @@ import torch
 from torch import nn
 
 from surgery.recovery.config import RecoveryConfig
+from surgery.recovery.lora import canonical, is_adapter_parameter
 
 
 def new_parameter_names(model: nn.Module, teacher: nn.Module) -> list[str]:
-    """Parameters of the rewritten model that the original does not have (by name and shape)."""
-    original = {name: p.shape for name, p in teacher.named_parameters()}
-    return [name for name, p in model.named_parameters() if original.get(name) != p.shape]
+    """Parameters of the rewritten model that the original does not have (by name and shape), named
+    as in ``model``. PEFT's wrapping is seen through on both sides, and adapters (``lora_*``) are not
+    new parameters: they change the original weights and train with them."""
+    original = {canonical(name): p.shape for name, p in teacher.named_parameters()}
+    return [name for name, p in model.named_parameters()
+            if not is_adapter_parameter(name) and original.get(canonical(name)) != p.shape]
 
 
 def parameter_groups(model: nn.Module, new: set[str], config: RecoveryConfig) -> list[dict[str, Any]]:
