@@ -17,7 +17,7 @@ from surgery.core.anatomy import ROLE_GROUPS
 from surgery.errors import ConfigError, SurgeryError
 from surgery.recovery import LoraOptions, recover
 from surgery.recovery.hooks import step_hooks
-from surgery.recovery.lora import canonical, finish, target_modules, wrap
+from surgery.recovery.lora import canonical, finish, fully_trained, target_modules, wrap
 from surgery.recovery.schedule import new_parameter_names
 from surgery.toolkit.adapters import is_latent
 
@@ -63,6 +63,7 @@ def test_lora_recovery_trains_the_adapters_and_new_parameters_and_reloads_exactl
     student, teacher = rewritten(name)
     before = {n: p.detach().clone() for n, p in student.named_parameters()}
     new = set(new_parameter_names(student, teacher))
+    new |= fully_trained(student, surgery.get_host().anatomy("vit"), LoraOptions())  # the head and the norms
     adapter_size = expected_adapter_size(student, 4)
     result = recover(student, teacher, noisy_data(16), epochs=1, batch_size=8, lr=1e-2, progress=False,
                      lora={"r": 4, "alpha": 8, "merge": merge})
@@ -79,13 +80,13 @@ def test_lora_recovery_trains_the_adapters_and_new_parameters_and_reloads_exactl
             assert not merge
             continue
         if n in new:
-            assert p.requires_grad, n  # trained fully
+            assert p.requires_grad, n  # trained fully (added by the surgery, the head, the norms)
             moved.append(not torch.equal(p, before[n]))
         elif merge and n.rsplit(".", 1)[0] in targets and n.endswith("weight"):
             assert not torch.equal(p, before[n]), n  # the update is in the weight
         else:
             torch.testing.assert_close(p, before[n], rtol=0, atol=0, msg=n)  # frozen
-    assert not new or any(moved)
+    assert any(moved)
     x = images(2)
     expected = logits(trained, x)
     surgery.save(trained, tmp_path)
@@ -133,14 +134,16 @@ def test_targets_come_from_the_anatomy(arch):
     blocks = len(anatomy.blocks(model))
     assert sorted(target_modules(model, anatomy, ("attention",))) == sorted(attention) and len(attention) == 4 * blocks
     assert sorted(target_modules(model, anatomy, ("attention", "mlp"))) == sorted(attention + mlp)
-    assert sorted(target_modules(model, anatomy, ("query", "value"))) == sorted(n for n in attention if n.endswith(("query", "value")))
+    if "query" in anatomy.layout_of(model).roles:
+        query_value = [n for role in ("query", "value") for n, _ in anatomy.find(model, role)]
+        assert sorted(target_modules(model, anatomy, ("query", "value"))) == sorted(query_value) and len(query_value) == 2 * blocks
     result = recover(model, None, noisy_data(8), epochs=1, batch_size=8, distill_weight=0, progress=False, lora={"r": 2})
     assert result.lora["modules"] == 4 * blocks
 
 
 @pytest.mark.parametrize("lora,field", [
     ({"r": 0}, "'r'"), ({"alpha": -1}, "'alpha'"), ({"dropout": 1.0}, "'dropout'"), ({"targets": ["atention"]}, "'targets'"),
-    ({"targets": []}, "'targets'"), ({"rank": 8}, "unknown option 'rank'"), ("r=8,alpha", "not key=value"),
+    ({"targets": []}, "'targets'"), ({"train": ["head"]}, "'train'"), ({"rank": 8}, "unknown option 'rank'"), ("r=8,alpha", "not key=value"),
 ])
 def test_bad_lora_options_name_the_field(lora, field):
     model, teacher = rewritten("ggem")
@@ -153,8 +156,9 @@ def test_bad_lora_options_name_the_field(lora, field):
 
 
 def test_command_line_form_parses():
-    options = LoraOptions.parse("r=4,alpha=8,targets=attention+mlp,merge=false,dropout=0.1")
-    assert options == LoraOptions(r=4, alpha=8.0, dropout=0.1, targets=("attention", "mlp"), merge=False)
+    options = LoraOptions.parse("r=4,alpha=8,targets=attention+mlp,merge=false,dropout=0.1,train=classifier")
+    assert options == LoraOptions(r=4, alpha=8.0, dropout=0.1, targets=("attention", "mlp"), merge=False, train=("classifier",))
+    assert LoraOptions.parse("train=").train == ()
     assert LoraOptions.parse(True) == LoraOptions() and LoraOptions.parse(None) is None
 
 
@@ -170,7 +174,8 @@ def test_a_model_wrapped_by_the_user_is_seen_through():
     detection compares the names without them, so the warm-up stage trains only what surgery added."""
     model, teacher = rewritten("ggem")
     plain = new_parameter_names(model, teacher)
-    user = get_peft_model(model, LoraConfig(r=4, target_modules=["query", "value"]))
+    names = target_modules(model, surgery.get_host().anatomy("vit"), ("query", "value"))  # 4.57's or 5.x's names
+    user = get_peft_model(model, LoraConfig(r=4, target_modules=names))
     new = new_parameter_names(user, teacher)
     assert sorted(canonical(n) for n in new) == sorted(plain) and all(n.startswith("base_model.model.") for n in new)
     with pytest.raises(SurgeryError, match="trainable parameters the surgery added"):  # PEFT froze them
@@ -201,10 +206,10 @@ def test_resume_with_adapters_continues_like_an_uninterrupted_run(tmp_path):
 
 def test_a_failed_lora_run_leaves_no_adapter_behind():
     """A run that fails after some steps: PEFT's layers are taken out again (not merged), the flags
-    are as they were, the original weights untouched (the new parameters keep what they learned, as
-    without LoRA)."""
+    are as they were, the weights under the adapters untouched (what trained fully keeps what it
+    learned, as without LoRA)."""
     model, teacher = rewritten("ggem")
-    new = set(new_parameter_names(model, teacher))
+    new = set(new_parameter_names(model, teacher)) | fully_trained(model, surgery.get_host().anatomy("vit"), LoraOptions())
     before = {n: (p.detach().clone(), p.requires_grad) for n, p in model.named_parameters()}
     modules = [(n, type(m)) for n, m in model.named_modules()]
 
@@ -224,7 +229,7 @@ def test_a_failed_lora_run_leaves_no_adapter_behind():
     assert [(n, type(m)) for n, m in model.named_modules()] == modules and sorted(after) == sorted(before)
     for n, (value, flag) in before.items():
         assert after[n].requires_grad == flag, n
-        assert torch.equal(after[n], value) != (n in new), n  # steps were taken: the new parameters moved
+        assert torch.equal(after[n], value) != (n in new), n  # steps were taken: what trains fully moved
 
 
 def test_bivit_stages_find_binary_layers_under_adapters():

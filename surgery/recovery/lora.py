@@ -38,6 +38,7 @@ from surgery.toolkit.adapters import LatentWeight, is_latent
 GROUPS = {"attention": ROLE_GROUPS["attention_linears"], "mlp": ROLE_GROUPS["mlp_linears"]}
 ROLES = ROLE_GROUPS["linears"]
 WRAPPER_SEGMENTS = ("base_layer", "original_module")
+FULLY = ("classifier", "norms")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +53,8 @@ class LoraOptions(SurgeryConfig):
         targets: anatomy roles (query, key, value, qkv, attn_output, mlp_in, mlp_out) or the groups
             ``attention`` (all attention projections) and ``mlp``.
         merge: merge the adapters into the weights after training (True) or keep them (False).
+        train: what else trains fully, besides the parameters the surgery added: ``classifier`` (the
+            anatomy's head) and ``norms`` (every LayerNorm's scale and shift), or neither (``[]``).
     """
 
     plugin = "recover lora"
@@ -61,6 +64,7 @@ class LoraOptions(SurgeryConfig):
     dropout: float = 0.0
     targets: tuple[str, ...] = ("attention",)
     merge: bool = True
+    train: tuple[str, ...] = ("classifier", "norms")
 
     def validate(self) -> None:
         if self.r < 1:
@@ -76,6 +80,10 @@ class LoraOptions(SurgeryConfig):
             if target not in known:
                 error = self.invalid("targets", target, ", ".join(known))
                 raise ConfigError(error.args[0] + did_you_mean(target, known))
+        for extra in self.train:
+            if extra not in FULLY:
+                error = self.invalid("train", extra, ", ".join(FULLY))
+                raise ConfigError(error.args[0] + did_you_mean(extra, FULLY))
 
     @classmethod
     def parse(cls, value: Any) -> LoraOptions | None:
@@ -96,10 +104,8 @@ class LoraOptions(SurgeryConfig):
                 if not sep:
                     raise ConfigError(f"recover lora: '{item}' is not key=value (e.g. r=8,alpha=16,targets=attention+mlp)")
                 options[key.strip()] = text.strip()
-            if "targets" in options:
-                targets = tuple(t for t in options.pop("targets").split("+") if t)
-                return dataclasses.replace(cls.from_strings(options), targets=targets)
-            return cls.from_strings(options)
+            lists = {key: tuple(t for t in options.pop(key).split("+") if t) for key in ("targets", "train") if key in options}
+            return dataclasses.replace(cls.from_strings(options), **lists)
         raise ConfigError(f"recover: lora must be True, a dict of LoraOptions fields or LoraOptions, got {type(value).__name__}")
 
 
@@ -158,9 +164,20 @@ def target_modules(model: nn.Module, anatomy: Anatomy, targets: tuple[str, ...])
 
 
 # -- wrapping, and the outcomes ----------------------------------------------------------------------
+def fully_trained(model: nn.Module, anatomy: Anatomy, options: LoraOptions) -> set[str]:
+    """Names of the parameters ``options.train`` trains fully (the head, the LayerNorms)."""
+    modules = []
+    if "classifier" in options.train:
+        modules += [m for _, m in anatomy.find(model, "classifier")]
+    if "norms" in options.train:
+        modules += [m for m in model.modules() if isinstance(m, (nn.LayerNorm, nn.GroupNorm))]
+    ids = {id(p) for m in modules for p in m.parameters()}
+    return {name for name, p in model.named_parameters() if id(p) in ids}
+
+
 def wrap(model: nn.Module, options: LoraOptions, anatomy: Anatomy, new: set[str]) -> nn.Module:
     """``model`` wrapped by PEFT's LoRA on the targets (in place, as PEFT does); the parameters in
-    ``new`` (canonical names) stay trainable where they were."""
+    ``new`` (canonical names) and those ``options.train`` names stay trainable where they were."""
     from peft import LoraConfig, get_peft_model
 
     names = target_modules(model, anatomy, options.targets)
@@ -169,13 +186,14 @@ def wrap(model: nn.Module, options: LoraOptions, anatomy: Anatomy, new: set[str]
         raise options.invalid("dropout", options.dropout, f"0 when merging into binary/int8 layers such as {latent[0]} "
                                                            "(their update trains inside the layer)")
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    fully = set(new) | fully_trained(model, anatomy, options)
     config = LoraConfig(r=options.r, lora_alpha=options.alpha, lora_dropout=options.dropout, target_modules=names,
                         bias="none")
     if latent and options.merge:
         config._register_custom_module({LatentWeight: latent_lora_class()})
     peft_model = get_peft_model(model, config)
     for name, parameter in peft_model.named_parameters():
-        if canonical(name) in new and canonical(name) in trainable:
+        if canonical(name) in fully and canonical(name) in trainable:
             parameter.requires_grad_(True)
     peft_model.surgery_trainable_before = trainable
     return peft_model
