@@ -194,3 +194,6 @@ def test_recover_with_lora_keeps_or_merges_the_adapter(digits, tmp_path, capsys)
         assert accuracy(model.eval(), digits[2], labels) == pytest.approx(log["accuracy"], abs=1.01 / len(labels))
     assert main(["recover", str(rewritten), "--data", "digits", "-o", str(tmp_path / "x"), "--lora", "r=0"]) == 2
     assert "recover lora: option 'r' got 0" in capsys.readouterr().err
+    for command in (["eval", "--data", "digits"], ["export", "--to", "onnx", "-o", str(tmp_path / "onnx")], ["apply", "-p", "ggem", "-o", str(tmp_path / "y")]):
+        assert main([command[0], str(tmp_path / "lora-false"), *command[1:]]) == 2  # would leave the adapter out
+        assert "holds a LoRA adapter" in capsys.readouterr().err

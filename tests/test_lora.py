@@ -96,6 +96,9 @@ def test_lora_recovery_trains_the_adapters_and_new_parameters_and_reloads_exactl
         reloaded = PeftModel.from_pretrained(reloaded, tmp_path / "adapter")
     else:
         assert not (tmp_path / "adapter").exists()
+    if not merge:  # the model under the PeftModel holds PEFT's layers: saving it alone would lose the adapter
+        with pytest.raises(SurgeryError, match="PEFT's adapter layers are inside it"):
+            surgery.save(student, tmp_path / "inner")
     torch.testing.assert_close(logits(reloaded, x), expected, rtol=0, atol=1e-6)
 
 

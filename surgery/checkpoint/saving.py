@@ -46,6 +46,10 @@ def save(model: Any, folder: str | os.PathLike[str], *, processor: Any = None, *
     adapter = None
     if hasattr(model, "peft_config") and callable(getattr(model, "get_base_model", None)):
         adapter, model = model, without_adapters(model)
+    elif any(hasattr(m, "lora_A") and callable(getattr(m, "get_base_layer", None)) for m in model.modules()):
+        raise SurgeryError("cannot save this model: PEFT's adapter layers are inside it; save the PeftModel that wraps "
+                           "it (surgery.save(result.adapter, folder) after recover(..., lora={'merge': False})), or merge "
+                           "them first (merge_and_unload)")
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise SurgeryError(f"cannot save to {folder}: it is a file, not a folder.")

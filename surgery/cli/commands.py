@@ -42,10 +42,21 @@ def _method_json(method: Any) -> dict[str, Any]:
     }
 
 
+def _without_adapter(folder: str, command: str) -> str:
+    """``folder``, unless it holds a LoRA adapter that ``command`` would silently leave out."""
+    if (Path(folder) / "adapter" / "adapter_config.json").is_file():
+        from surgery.errors import SurgeryError
+
+        raise SurgeryError(f"{folder} holds a LoRA adapter (adapter/, from recover --lora ...,merge=false) that "
+                           f"`surgery {command}` would leave out; recover with merge=true to have it in the weights, or "
+                           f"use it from Python: PeftModel.from_pretrained(surgery.load('{folder}'), '{folder}/adapter')")
+    return folder
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     import surgery
 
-    model = surgery.load(args.model)
+    model = surgery.load(_without_adapter(args.model, "plan"))
     print(surgery.plan(model, _specs(args.plugin)))
     return 0
 
@@ -54,7 +65,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     import surgery
     from surgery.checkpoint.saving import save_from
 
-    model = surgery.load(args.model)
+    model = surgery.load(_without_adapter(args.model, "apply"))
     specs = _specs(args.plugin)
     print(surgery.plan(model, specs))
     surgery.apply(model, specs, calibration=_calibration(args.calibration, args.model))
@@ -97,7 +108,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     import surgery
     from surgery.publish.export import export
 
-    model = surgery.load(args.model)
+    model = surgery.load(_without_adapter(args.model, "export"))
     int8 = surgery.get_host().provider("int8")
     if args.int8 and not any(step.plugin == int8.name for step in surgery.history(model)):
         surgery.apply(model, int8.name, calibration=_calibration(args.calibration, args.model))
@@ -115,7 +126,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from surgery.errors import SurgeryError
 
         raise SurgeryError(f"bench: --repeats got {args.repeats}; allowed: an integer >= 1.")
-    figures = {**checkpoint_figures(args.model), **runtime_figures(surgery.load(args.model), repeats=args.repeats)}
+    figures = {**checkpoint_figures(args.model), **runtime_figures(surgery.load(_without_adapter(args.model, "bench")),
+                                                                   repeats=args.repeats)}
     path = record(args.model, figures)
     print(json.dumps(figures, indent=2))
     print(f"recorded in {path}")
@@ -125,7 +137,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from surgery.evaluation.measure import dataset_accuracy, record
 
-    figures = dataset_accuracy(args.model, args.data, args.split)
+    figures = dataset_accuracy(_without_adapter(args.model, "eval"), args.data, args.split)
     path = record(args.model, figures)
     print(f"accuracy {figures['accuracy']:.2%} on {figures['dataset']}; recorded in {path}")
     return 0
@@ -142,7 +154,7 @@ def cmd_recover(args: argparse.Namespace) -> int:
     from surgery.recovery import RecoveryConfig, recover
 
     config = RecoveryConfig.from_strings({k: v for k, v in _recovery_options(args).items() if v is not None})
-    model = surgery.load(args.model)
+    model = surgery.load(_without_adapter(args.model, "recover"))
     teacher_source = args.teacher or _base_model(model, args.model)
     teacher = surgery.load(teacher_source)
     processor = AutoImageProcessor.from_pretrained(args.model, use_fast=False)
