@@ -60,34 +60,49 @@ def chosen_rates() -> dict[str, float]:
     return {row["name"]: row["recipe"]["lr"] for row in rows if row.get("recipe")}
 
 
-def digits_rows(only: str | None) -> list[dict]:
+def digits_data() -> dict:
+    """The digits ViT, its teacher, the test tensors, and the train and validation splits."""
     folder = default_model("vit")
-    pixels, labels = digits_for(folder)
-    processor = AutoImageProcessor.from_pretrained(folder, use_fast=False)
-    train, validation = digits_dataset("train"), digits_dataset("validation")
-    teacher = surgery.load(folder)
-    original = accuracy(teacher, pixels, labels)
+    return {"folder": folder, "test": digits_for(folder), "teacher": surgery.load(folder),
+            "processor": AutoImageProcessor.from_pretrained(folder, use_fast=False),
+            "train": digits_dataset("train"), "validation": digits_dataset("validation")}
+
+
+def selected(only: str | None) -> list[tuple[str, tuple]]:
+    """The CASES rows whose name contains one of the comma-separated texts in ``only``."""
+    return [(name, case) for name, case in CASES.items() if not only or any(part in name for part in only.split(","))]
+
+
+def recovered(data: dict, steps: list, recipe: dict, model=None, **options):
+    """The digits model after ``steps`` (or ``model``, already rewritten) and recovery with ``recipe`` and
+    ``options``: (model, result)."""
+    model = model if model is not None else surgery.apply(surgery.load(data["folder"]), steps)
+    result = recover(model, data["teacher"], data["train"], data["validation"], processor=data["processor"],
+                     progress=False, **{**recipe, **options})
+    return model, result
+
+
+def best_lora(data: dict, steps: list, recipe: dict, lora: dict):
+    """LoRA recovery at each of LORA_RATES; the (model, result) with the best validation accuracy (the first on a tie)."""
+    runs = [recovered(data, steps, recipe, lora=lora, lr=lr) for lr in LORA_RATES]
+    return max(runs, key=lambda run: run[1].accuracy)
+
+
+def digits_rows(only: str | None) -> list[dict]:
+    data = digits_data()
+    pixels, labels = data["test"]
+    original = accuracy(data["teacher"], pixels, labels)
     rates = chosen_rates()
     rows = []
-    for name, (steps, recipe) in CASES.items():
-        if only and not any(part in name for part in only.split(",")):
-            continue
+    for name, (steps, recipe) in selected(only):
         record = {"name": name, "original": original}
-        model = surgery.apply(surgery.load(folder), steps)
+        model = surgery.apply(surgery.load(data["folder"]), steps)
         record["after_surgery"] = accuracy(model, pixels, labels)
-        full = recover(model, teacher, train, validation, processor=processor, progress=False,
-                       **{**recipe, "lr": rates.get(name, recipe["lr"])})
+        model, full = recovered(data, steps, recipe, model, lr=rates.get(name, recipe["lr"]))
         record["full"] = {"accuracy": accuracy(model, pixels, labels), "lr": full.config["lr"],
                           "trainable": full.trainable_parameters, "seconds": full.seconds}
-        best = None
-        for lr in LORA_RATES:  # chosen on validation
-            candidate = surgery.apply(surgery.load(folder), steps)
-            result = recover(candidate, teacher, train, validation, processor=processor, progress=False,
-                             lora=LORA, **{**recipe, "lr": lr})
-            if best is None or result.accuracy > best[1].accuracy:
-                best = (candidate, result)
-        candidate, result = best
-        record["lora"] = {"accuracy": accuracy(candidate, pixels, labels), "lr": result.config["lr"],
+        model, result = best_lora(data, steps, recipe, LORA)
+        record["lora"] = {"accuracy": accuracy(model, pixels, labels), "lr": result.config["lr"],
                           "trainable": result.trainable_parameters, "seconds": result.seconds,
                           "adapter_parameters": result.lora["adapter_parameters"]}
         record["parameters"] = result.parameters
@@ -105,24 +120,12 @@ VARIANTS = {"r=8 attention": {"r": 8, "alpha": 16, "targets": ["attention"]},
 def ablation(only: str | None) -> None:
     """LoRA rank x targets per row beyond the main table's r=4 attention, each learning rate chosen on
     validation (test measured once per variant)."""
-    folder = default_model("vit")
-    pixels, labels = digits_for(folder)
-    processor = AutoImageProcessor.from_pretrained(folder, use_fast=False)
-    train, validation = digits_dataset("train"), digits_dataset("validation")
-    teacher = surgery.load(folder)
+    data = digits_data()
+    pixels, labels = data["test"]
     table, records = [], []
-    for name, (steps, recipe) in CASES.items():
-        if only and not any(part in name for part in only.split(",")):
-            continue
+    for name, (steps, recipe) in selected(only):
         for variant, lora in VARIANTS.items():
-            best = None
-            for lr in LORA_RATES:
-                model = surgery.apply(surgery.load(folder), steps)
-                result = recover(model, teacher, train, validation, processor=processor, progress=False, lora=lora,
-                                 **{**recipe, "lr": lr})
-                if best is None or result.accuracy > best[1].accuracy:
-                    best = (model, result)
-            model, result = best
+            model, result = best_lora(data, steps, recipe, lora)
             test = accuracy(model, pixels, labels)
             share = result.trainable_parameters / result.parameters
             records.append({"name": name, "variant": variant, "lr": result.config["lr"], "validation": result.accuracy,

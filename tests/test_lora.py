@@ -58,8 +58,6 @@ def expected_adapter_size(model, r: int, targets=("attention",)) -> int:
 @pytest.mark.parametrize("merge", [True, False], ids=["merged", "adapter"])
 @pytest.mark.parametrize("name", list(PLUGINS))
 def test_lora_recovery_trains_the_adapters_and_new_parameters_and_reloads_exactly(name, merge, tmp_path):
-    from peft import PeftModel
-
     student, teacher = rewritten(name)
     before = {n: p.detach().clone() for n, p in student.named_parameters()}
     new = set(new_parameter_names(student, teacher))

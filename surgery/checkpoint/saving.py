@@ -28,6 +28,7 @@ from typing import Any
 
 from surgery.checkpoint.integration import mark_config_file, quiet_progress
 from surgery.errors import SurgeryError
+from surgery.toolkit.adapters import holds_adapter_layers, is_peft_model
 
 TMP = ".surgery-tmp-"
 OLD = ".surgery-old-"
@@ -44,9 +45,9 @@ def save(model: Any, folder: str | os.PathLike[str], *, processor: Any = None, *
     ``folder`` and PEFT's adapter in ``folder/adapter``: ``PeftModel.from_pretrained(surgery.load(folder),
     folder / "adapter")`` rebuilds it."""
     adapter = None
-    if hasattr(model, "peft_config") and callable(getattr(model, "get_base_model", None)):
+    if is_peft_model(model):
         adapter, model = model, without_adapters(model)
-    elif any(hasattr(m, "lora_A") and callable(getattr(m, "get_base_layer", None)) for m in model.modules()):
+    elif holds_adapter_layers(model):
         raise SurgeryError("cannot save this model: PEFT's adapter layers are inside it; save the PeftModel that wraps "
                            "it (surgery.save(result.adapter, folder) after recover(..., lora={'merge': False})), or merge "
                            "them first (merge_and_unload)")

@@ -44,7 +44,9 @@ def _method_json(method: Any) -> dict[str, Any]:
 
 def _without_adapter(folder: str, command: str) -> str:
     """``folder``, unless it holds a LoRA adapter that ``command`` would silently leave out."""
-    if (Path(folder) / "adapter" / "adapter_config.json").is_file():
+    from surgery.checkpoint.saving import ADAPTER
+
+    if (Path(folder) / ADAPTER / "adapter_config.json").is_file():
         from surgery.errors import SurgeryError
 
         raise SurgeryError(f"{folder} holds a LoRA adapter (adapter/, from recover --lora ...,merge=false) that "

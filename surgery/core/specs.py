@@ -38,17 +38,23 @@ class PlannedStep:
 def parse_plugin_spec(text: str) -> tuple[str, dict[str, str]]:
     """``NAME[:k=v,...]`` to ``(name, {k: v})``; commas inside brackets belong to the value."""
     name, _, rest = text.partition(":")
-    options: dict[str, str] = {}
-    for item in split_top_level(rest):
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--plugin {text!r}: write options as NAME:key=value,key=value (got {item!r}).")
-        if key.strip() in options:
-            raise ConfigError(f"--plugin {text!r}: option '{key.strip()}' is given twice; give each option once.")
-        options[key.strip()] = value.strip()
+    options = parse_options(rest, f"--plugin {text!r}", "NAME:key=value,key=value")
     if not name.strip():
         raise ConfigError(f"--plugin {text!r}: the plugin name is missing.")
     return name.strip(), options
+
+
+def parse_options(text: str, where: str, form: str) -> dict[str, str]:
+    """``k=v,...`` to ``{k: v}`` (values still text); ``where`` and ``form`` word the error."""
+    options: dict[str, str] = {}
+    for item in split_top_level(text):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{where}: write options as {form} (got {item!r}: not key=value).")
+        if key.strip() in options:
+            raise ConfigError(f"{where}: option '{key.strip()}' is given twice; give each option once.")
+        options[key.strip()] = value.strip()
+    return options
 
 
 def split_top_level(text: str) -> list[str]:

@@ -33,10 +33,10 @@ from surgery.recovery.accelerator import make_accelerator, unwrap
 from surgery.recovery.checkpoints import latest_checkpoint, load_checkpoint, prune, save_checkpoint
 from surgery.recovery.config import RecoveryConfig, RecoveryResult
 from surgery.recovery.hooks import step_hooks
-from surgery.recovery.lora import (LoraOptions, base_of, canonical, describe, finish, is_adapter_parameter, is_peft_model,
-                                   wrap)
+from surgery.recovery.lora import LoraOptions, base_of, canonical, describe, discard, finish, is_adapter_parameter, wrap
 from surgery.recovery.losses import distillation_loss, feature_loss, random_shift
 from surgery.recovery.schedule import new_parameter_names, optimizer_and_schedule
+from surgery.toolkit.adapters import is_peft_model
 
 
 def evaluate_accuracy(model: nn.Module, loader, accelerator) -> float:
@@ -79,9 +79,10 @@ def recover(model: nn.Module, teacher: nn.Module | None, train, eval=None, confi
     new = set(new_parameter_names(model, teacher)) if teacher is not None else set()
     if lora is not None:
         model = wrap(model, lora, get_host().anatomy(base.config.model_type, type(base).__name__), new)
-        new = set(new_parameter_names(model, teacher)) if teacher is not None else set()
+        new = {name for name, _ in model.named_parameters() if canonical(name) in new}  # PEFT's names
     if config.warmup_epochs and not any(p.requires_grad for n, p in model.named_parameters() if n in new):
-        _unwrap_failed(model, lora)
+        if lora is not None:
+            discard(model)
         raise SurgeryError("recover: warmup_epochs needs trainable parameters the surgery added (compared by name "
                            "with the teacher), and this model has none; set warmup_epochs=0")
     train_loader = batches(train, base.config, processor, config.batch_size, shuffle=True, seed=config.seed)
@@ -126,8 +127,8 @@ def recover(model: nn.Module, teacher: nn.Module | None, train, eval=None, confi
             hook.finish()
         unwrap(accelerator, student, model, forward_before)
         model.eval()
-        if not completed:
-            _unwrap_failed(model, lora)
+        if not completed and lora is not None:
+            discard(model)
     if lora is not None:
         result.lora = describe(model, lora)
         model = finish(model, lora)
@@ -136,15 +137,6 @@ def recover(model: nn.Module, teacher: nn.Module | None, train, eval=None, confi
         result.accuracy = result.history[-1].get("accuracy")
     result.seconds = round(time.perf_counter() - started, 1)
     return result
-
-
-def _unwrap_failed(model: nn.Module, lora: LoraOptions | None) -> None:
-    """After a failed LoRA run: the adapters taken out again (not merged), the flags as they were."""
-    if lora is not None:
-        model.unload()
-        trainable = getattr(model, "surgery_trainable_before", set())
-        for name, parameter in model.get_base_model().named_parameters():
-            parameter.requires_grad_(name in trainable)
 
 
 def _resume_path(resume: bool | str | Path, checkpoint_dir: str | Path | None) -> Path:

@@ -32,8 +32,9 @@ from torch import nn
 
 from surgery.core.anatomy import ROLE_GROUPS, Anatomy
 from surgery.core.options import SurgeryConfig
+from surgery.core.specs import parse_options
 from surgery.errors import ConfigError, SurgeryError, did_you_mean
-from surgery.toolkit.adapters import LatentWeight, is_latent
+from surgery.toolkit.adapters import LatentWeight, is_latent, is_peft_model
 
 GROUPS = {"attention": ROLE_GROUPS["attention_linears"], "mlp": ROLE_GROUPS["mlp_linears"]}
 ROLES = ROLE_GROUPS["linears"]
@@ -98,22 +99,13 @@ class LoraOptions(SurgeryConfig):
         if isinstance(value, dict):
             return cls.from_dict(value)
         if isinstance(value, str):
-            options = {}
-            for item in filter(None, (part.strip() for part in value.split(","))):
-                key, sep, text = item.partition("=")
-                if not sep:
-                    raise ConfigError(f"recover lora: '{item}' is not key=value (e.g. r=8,alpha=16,targets=attention+mlp)")
-                options[key.strip()] = text.strip()
+            options = parse_options(value, "recover lora", "key=value,... (e.g. r=8,alpha=16,targets=attention+mlp)")
             lists = {key: tuple(t for t in options.pop(key).split("+") if t) for key in ("targets", "train") if key in options}
             return dataclasses.replace(cls.from_strings(options), **lists)
         raise ConfigError(f"recover: lora must be True, a dict of LoraOptions fields or LoraOptions, got {type(value).__name__}")
 
 
 # -- PEFT's names ------------------------------------------------------------------------------------
-def is_peft_model(model: nn.Module) -> bool:
-    return hasattr(model, "peft_config") and callable(getattr(model, "get_base_model", None))
-
-
 def base_of(model: nn.Module) -> nn.Module:
     """The transformers model under a ``PeftModel`` (the model itself otherwise)."""
     return model.get_base_model() if is_peft_model(model) else model
@@ -203,11 +195,20 @@ def finish(peft_model: nn.Module, options: LoraOptions) -> nn.Module:
     """Merged: the model with the updates in its weights and its ``requires_grad`` flags as before."""
     if not options.merge:
         return peft_model
-    trainable = getattr(peft_model, "surgery_trainable_before", None)
     model = peft_model.merge_and_unload()
     for module in model.modules():  # PEFT merges through .data, which caches keyed on versions do not see
         if callable(getattr(module, "clear_inference_cache", None)):
             module.clear_inference_cache()
+    return _restore_flags(peft_model, model)
+
+
+def discard(peft_model: nn.Module) -> nn.Module:
+    """After a failed run: PEFT's layers taken out again (not merged), the flags as they were."""
+    return _restore_flags(peft_model, peft_model.unload())
+
+
+def _restore_flags(peft_model: nn.Module, model: nn.Module) -> nn.Module:
+    trainable = getattr(peft_model, "surgery_trainable_before", None)
     if trainable is not None:
         for name, parameter in model.named_parameters():
             parameter.requires_grad_(name in trainable)

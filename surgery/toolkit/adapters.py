@@ -12,6 +12,7 @@ model that was trained, exactly.
 
 :func:`unwrapped` gives the layer under an adapter wrapper (PEFT replaces ``name`` by a module
 whose ``base_layer`` is the original); training hooks that look layers up by name use it.
+:func:`is_peft_model` and :func:`holds_adapter_layers` tell saving and recovery what PEFT wrapped.
 """
 
 from __future__ import annotations
@@ -23,6 +24,16 @@ class LatentWeight:
     """Marker: this Linear's ``weight`` is latent; its forward is a function of it other than ``x W^T``."""
 
     surgery_latent_weight = True
+
+
+def is_peft_model(model: nn.Module) -> bool:
+    """Whether ``model`` is a PEFT wrapper (``PeftModel``) around a transformers model."""
+    return hasattr(model, "peft_config") and callable(getattr(model, "get_base_model", None))
+
+
+def holds_adapter_layers(model: nn.Module) -> bool:
+    """Whether PEFT's LoRA layers sit inside ``model`` (its PeftModel is what saves them)."""
+    return any(hasattr(m, "lora_A") and callable(getattr(m, "get_base_layer", None)) for m in model.modules())
 
 
 def is_latent(module: nn.Module) -> bool:
