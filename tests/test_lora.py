@@ -238,3 +238,26 @@ def test_bivit_stages_find_binary_layers_under_adapters():
     wrapped = wrap(model, LoraOptions(targets=("mlp",)), surgery.get_host().anatomy("vit"), set())
     (stages,) = step_hooks(wrapped.get_base_model())
     assert len(stages.mlp_linears) == 2 * len(surgery.get_host().anatomy("vit").blocks(model))
+
+
+def test_targets_must_be_linears_whose_update_can_be_merged():
+    model, teacher = rewritten("ggem")
+    anatomy = surgery.get_host().anatomy("vit")
+    with pytest.raises(SurgeryError, match=r"targets \['qkv'\] name no Linear in this vit model; its roles are"):
+        target_modules(model, anatomy, ("qkv",))  # ViT's projections are separate
+
+    class Scaled(torch.nn.Linear):  # computes something other than x W^T and does not say how to merge
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    name, query = anatomy.find(model, "query")[0]
+    scaled = Scaled(query.in_features, query.out_features)
+    parent, _, leaf = name.rpartition(".")
+    setattr(model.get_submodule(parent), leaf, scaled)
+    with pytest.raises(SurgeryError, match=rf"{name} \(query\) is a Scaled, not a Linear whose update can be merged"):
+        recover(model, teacher, noisy_data(8), epochs=1, progress=False, lora={"r": 2})
+
+
+def test_an_option_given_twice_is_refused():
+    with pytest.raises(ConfigError, match="recover lora: option 'r' is given twice"):
+        LoraOptions.parse("r=4,r=8")
