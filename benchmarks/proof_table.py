@@ -12,8 +12,12 @@ test split (360 digits) is measured once, for the chosen recipe only.
 
     python benchmarks/proof_table.py              # about 40 minutes on 2 CPU cores (15 of them the runtimes)
     python benchmarks/proof_table.py --only ggem  # rows whose name contains "ggem"
+    python benchmarks/proof_table.py --arch dinov2   # the same rows on the digits DINOv2 (about 30 minutes)
+    python benchmarks/proof_table.py --report-only   # proof_table.md again from the .json files
 
-Writes benchmarks/results/proof_table.md, .json and .png.
+Writes benchmarks/results/proof_table.md, .json and .png; ``--arch A`` writes proof_table_A.json and
+.md (rows the family refuses are left out, the runtimes are the ViT-B/16 ones and not run again), and
+proof_table.md then shows A's accuracies in two more columns.
 """
 
 from __future__ import annotations
@@ -29,7 +33,9 @@ import torch
 from transformers import AutoImageProcessor
 
 import surgery
+from surgery.core.support import support
 from surgery.data.digits import digits_for
+from surgery.demo.zoo import ARCHITECTURES
 from surgery.demo.run import DEMO_RECOVERY
 from surgery.demo.model import default_model
 from surgery.evaluation.accuracy import accuracy
@@ -137,15 +143,32 @@ def run_row(row: Row, folder: Path, data: dict[str, Any], out: Path) -> tuple[di
     }, final
 
 
+def applies(row: Row, model: torch.nn.Module) -> bool:
+    """Whether the model's family takes every step of ``row`` (the plugins' declarations)."""
+    host = surgery.get_host()
+    anatomy = host.anatomy(model.config.model_type)
+    plugins = [s if isinstance(s, str) else s[0] for s in row.steps] + (["quantize"] if row.quantize else [])
+    return all(support(host.method(p), anatomy).supported for p in plugins)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="vit", choices=ARCHITECTURES, help="the digits model's family (default vit)")
+    parser.add_argument("--report-only", action="store_true", help="write proof_table.md again from the .json files")
     parser.add_argument("--only", help="run only the rows whose name contains this text")
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--skip-runtimes", action="store_true",
                         help="leave out the ViT-B/16 latency in each runtime (about 15 minutes of the run)")
     args = parser.parse_args()
+    if args.report_only:
+        saved = json.loads((RESULTS / "proof_table.json").read_text())
+        checks = {row.name: row.check for row in ROWS}
+        rows = [{**r, "check": checks.get(r["name"]),  # JSON keys are strings: the learning rates back to numbers
+                 "validation_by_lr": {float(lr): acc for lr, acc in r["validation_by_lr"].items()}} for r in saved["rows"]]
+        report(saved["original"], rows, saved["latency_s"], saved["runtimes_vit_b16"])
+        return
     torch.manual_seed(0)
-    folder = default_model("vit")
+    folder = default_model(args.arch)
     train_pixels, _ = digits_for(folder, "train")
     data = {
         "test": digits_for(folder),
@@ -162,7 +185,8 @@ def main() -> None:
         base["checkpoint_mb"] = checkpoint_figures(Path(tmp) / "original")["checkpoint_mb"]
         base["gflops"] = model_flops(original, pixels[:1]) / 1e9
         rows, models = [], {"original": original}
-        for index, row in enumerate(r for r in ROWS if not args.only or args.only in r.name):
+        chosen = [r for r in ROWS if (not args.only or args.only in r.name) and applies(r, original)]
+        for index, row in enumerate(chosen):
             print(f"[{index + 1}] {row.name} ...", flush=True)
             record, model = run_row(row, folder, data, Path(tmp) / f"row{index}")
             record["target"], record["check"], record["runtime"] = row.target, row.check, row.runtime
@@ -178,11 +202,38 @@ def main() -> None:
                                   repeats=args.repeats)
     models.clear()
     runtimes = None
+    if args.arch != "vit":
+        write_arch_report(args.arch, base, rows, times)
+        return
     if not args.skip_runtimes:
         print("latency at ViT-B/16 size in each runtime (benchmarks/runtime_speed.py) ...", flush=True)
         wanted = {r["runtime"] for r in rows}
         runtimes = runtime_speed.measure(tuple(c for c in runtime_speed.CASES if c.name in wanted), repeats=5)
     report(base, rows, times, runtimes)
+
+
+def write_arch_report(arch: str, base: dict[str, Any], rows: list[dict[str, Any]], times: dict[str, float]) -> None:
+    """proof_table_<arch>.json and .md: the digits model of another family through the same rows."""
+    records = [{k: v for k, v in r.items() if k != "check"} for r in rows]
+    (RESULTS / f"proof_table_{arch}.json").write_text(json.dumps({"arch": arch, "original": base, "rows": records,
+                                                                "latency_s": times}, indent=2) + "\n")
+    table = [[r["name"], _pct(base["accuracy"]), _pct(r["after_surgery"]), _pct(r["after_recovery"]), _pct(r["validation"]),
+              f"{base['gflops'] / r['gflops']:.2f}x", json.dumps(r["recipe"])] for r in rows]
+    header = ["row", "original", "after surgery", "after recovery", "validation (chosen lr)", "FLOPs reduction", "recipe"]
+    write_report(f"proof_table_{arch}", f"Proof table on the digits {arch} model",
+                 f"The proof table's rows on the built-in digits `{arch}` model (`surgery demo-model --arch {arch}`, "
+                 "trained on this machine; rows its family refuses are left out), same data, recipes and learning-rate "
+                 "choice on validation as the ViT table.\n\n" + markdown_table(header, table))
+
+
+def other_families() -> dict[str, dict[str, Any]]:
+    """The rows of every proof_table_<arch>.json beside the ViT one, by arch."""
+    found = {}
+    for arch in ARCHITECTURES:
+        path = RESULTS / f"proof_table_{arch}.json"
+        if arch != "vit" and path.is_file():
+            found[arch] = json.loads(path.read_text())
+    return found
 
 
 def _pct(value: float | None) -> str:
@@ -196,8 +247,21 @@ def report(base: dict[str, Any], rows: list[dict[str, Any]], times: dict[str, fl
             return "-"
         return f"{runtime_speed.pays_off(runtimes, row['runtime'])} ({row['runtime']})"
 
+    others = other_families()
+    by_name = {arch: {r["name"]: r for r in data["rows"]} for arch, data in others.items()}
+
+    def other_cells(name: str | None) -> list[str]:
+        cells = []
+        for arch, data in others.items():
+            row = by_name[arch].get(name)
+            if name is None:
+                cells += ["-", _pct(data["original"]["accuracy"])]
+            else:
+                cells += ["refused" if row is None else _pct(row["after_surgery"]), "-" if row is None else _pct(row["after_recovery"])]
+        return cells
+
     table = [["original", "-", _pct(base["accuracy"]), "-", "-", "-", f"{base['gflops'] * 1e3:.2f}", "1.00x",
-              f"{base['checkpoint_mb']:.3f}", f"{times['original'] * 1e3:.1f}", "1.00x", "-", "-", "-"]]
+              f"{base['checkpoint_mb']:.3f}", f"{times['original'] * 1e3:.1f}", "1.00x", "-", "-", "-", *other_cells(None)]]
     for r in rows:
         o, s, rec = base["accuracy"], r["after_surgery"], r["after_recovery"]
         ratio = base["gflops"] / r["gflops"]
@@ -205,12 +269,12 @@ def report(base: dict[str, Any], rows: list[dict[str, Any]], times: dict[str, fl
         table.append([
             r["name"], " -> ".join(_describe(s) for s in r["steps"]), _pct(o), _pct(s), _pct(rec),
             _pct(r["validation"]), f"{r['gflops'] * 1e3:.2f}", f"{ratio:.2f}x", f"{r['checkpoint_mb']:.3f}", f"{times[r['name']] * 1e3:.1f}",
-            f"{times['original'] / times[r['name']]:.2f}x", pays_off(r), r["target"] or "-", verdict,
+            f"{times['original'] / times[r['name']]:.2f}x", pays_off(r), r["target"] or "-", verdict, *other_cells(r["name"]),
         ])
     header = ["row", "steps", "original", "after surgery", "after recovery", "validation (chosen lr)", "MFLOPs/image",
               "FLOPs reduction",
               "checkpoint MB", "latency ms (64 images)", "speed-up", "pays off in (ViT-B/16, vs fp32 there)", "target",
-              "verdict"]
+              "verdict"] + [f"{arch} {when}" for arch in others for when in ("after surgery", "after recovery")]
     recipes = "\n".join(f"- {r['name']}: {json.dumps(r['recipe'])} ({r['recovery_seconds']} s); validation accuracy by "
                         f"lr: {', '.join(f'{lr:g}: {_pct(acc)}' for lr, acc in r['validation_by_lr'].items())}"
                         for r in rows if r["recipe"])
@@ -225,7 +289,9 @@ def report(base: dict[str, Any], rows: list[dict[str, Any]], times: dict[str, fl
         "The \"pays off in\" column says where each method is fast: the same method at ViT-B/16 size in each runtime "
         "(below the table). "
         "Training results depend on the CPU (AVX2, AVX-512 and AMX round differently), so recovered "
-        "accuracies vary by a few digits between machines; the environment is printed below.\n\n"
+        "accuracies vary by a few digits between machines; the environment is printed below."
+        + "".join(f" The {arch} columns: the same rows on the digits {arch} model (proof_table_{arch}.md; \"refused\" where "
+                  "that family refuses a step)." for arch in others) + "\n\n"
         + markdown_table(header, table)
         + "\n\n![accuracy per row](proof_table.png)\n\nRecovery recipes (`surgery.recover` options):\n\n" + recipes
         + ("" if runtimes is None else

@@ -43,7 +43,7 @@ REGIONS = ("token_merge::merge", "token_transform::transform", "token_prune::pru
 def tome_r(model, target: float) -> int | None:
     """ToMe's constant r for ``target`` under the cost model the other plugins solve with, or None."""
     anatomy = surgery.get_host().anatomy(model.config.model_type)
-    blocks, prefix = anatomy.blocks(model), anatomy.prefix_tokens
+    blocks, prefix = anatomy.blocks(model), anatomy.prefix_tokens_of(model.config)
     cap = lambda n, r: max(0, min(r, (n - prefix) // 2))  # noqa: E731  (ToMe merges at most half)
     similarity = lambda a, b: 2.0 * (a // 2) ** 2 * blocks[0].attention.head_dim  # noqa: E731
     try:

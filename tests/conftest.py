@@ -13,7 +13,20 @@ import torch
 from surgery.core.host import Host, build_host, set_host
 from surgery.demo.zoo import build_model
 
-ARCHS = ["vit", "deit", "deit-distilled", "swin"]
+from surgery.demo.zoo import ARCHITECTURES
+
+ARCHS = list(ARCHITECTURES)  # every built-in family: vit, vit-msn, deit, deit-distilled, swin, dinov2, dinov2-registers
+
+
+def supported(plugin: str, archs=None) -> list[str]:
+    """The architectures (of ``archs``, default all) whose family ``plugin`` declares it supports: the
+    table-driven tests run each plugin over these, and test_families checks the others are refused."""
+    import surgery
+
+    host = surgery.get_host()
+    method = host.method(plugin)
+    return [arch for arch in (archs or ARCHS)
+            if method.refusal(host.anatomy(tiny(arch).config.model_type)) is None]
 
 
 def tiny(arch: str, seed: int = 0, **overrides):
@@ -21,8 +34,8 @@ def tiny(arch: str, seed: int = 0, **overrides):
 
 
 def untie(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Attention as a trained model's, for rankings by it: the prefix tokens (cls, distillation) get
-    values of their own (an untrained DeiT's are zeros, so the cls token attends to every patch
+    """Attention as a trained model's, for rankings by it: the prefix tokens (cls, distillation,
+    registers) get values of their own (an untrained DeiT's are zeros, so the cls token attends to every patch
     equally) and the query and key weights are scaled up 4x (an untrained model's attention is
     nearly uniform, so its importance scores differ by less than the rounding of another runtime,
     which then keeps other tokens)."""
@@ -30,10 +43,10 @@ def untie(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if name.endswith(("cls_token", "distillation_token")):
-                parameter.add_(torch.randn(parameter.shape, generator=generator))
-        for block in surgery.get_host().anatomy(model.config.model_type).blocks(model):
+        anatomy = surgery.get_host().anatomy(model.config.model_type)
+        for _, parameter in anatomy.prefix_token_parameters(model):
+            parameter.add_(torch.randn(parameter.shape, generator=generator))
+        for block in anatomy.blocks(model):
             for role in ("query", "key"):
                 if role in block.attention.projections:
                     block.attention.projection(role).weight.mul_(4.0)
@@ -80,19 +93,29 @@ def host_with():
         set_host(previous[0])
 
 
-@pytest.fixture(scope="session")
-def digits(tmp_path_factory):
-    """A tiny ViT trained briefly on the digits (24 epochs, ~15 s, about 92-94 %; 16 epochs left it at
-    72-87 % depending on the transformers version's rounding): (folder, train pixels, test pixels, labels)."""
+def _digits_model(tmp_path_factory, arch: str):
     from surgery.data.digits import digits_split, encode
     from surgery.demo.model import build_digits_model
     from surgery.demo.zoo import image_processor
 
-    folder = tmp_path_factory.mktemp("digits")
-    build_digits_model(folder, arch="vit", size="tiny", epochs=24, progress=False)
+    folder = tmp_path_factory.mktemp(f"digits-{arch}")
+    build_digits_model(folder, arch=arch, size="tiny", epochs=24, progress=False)
     processor = image_processor(32)
     train, test = digits_split()
     return folder, encode(train, processor)[0], *encode(test, processor)
+
+
+@pytest.fixture(scope="session")
+def digits_dinov2(tmp_path_factory):
+    """The digits fixture's model as a DINOv2 with 4 registers (the same 24 epochs)."""
+    return _digits_model(tmp_path_factory, "dinov2-registers")
+
+
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory):
+    """A tiny ViT trained briefly on the digits (24 epochs, ~15 s, about 92-94 %; 16 epochs left it at
+    72-87 % depending on the transformers version's rounding): (folder, train pixels, test pixels, labels)."""
+    return _digits_model(tmp_path_factory, "vit")
 
 
 def cpu_metadata() -> dict[str, str]:

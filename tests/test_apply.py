@@ -14,19 +14,16 @@ from surgery.core.names import renamer
 from surgery.errors import ApplyError, ConfigError, IncompatibleStepsError, RevertError, UnknownPluginError, UnsupportedModelError
 from surgery.plugins.ggem.config import GGeMConfig
 
-from conftest import ARCHS, images, module_tree, state_values, tiny
+from conftest import ARCHS, images, module_tree, state_values, supported, tiny
 
-# (spec, architectures): every built-in plugin with the architectures it supports
-CASES = [(("ggem", {"p_init": 2.5}), arch) for arch in ARCHS]
-CASES += [(("token_merge", {"r": 6}), arch) for arch in ("vit", "deit", "deit-distilled")]
-CASES += [(("token_transform", {"r": 6, "topk": 3}), arch) for arch in ("vit", "deit", "deit-distilled")]
+# (spec, architectures): every built-in plugin over the architectures its declarations support
+SPECS = [("ggem", {"p_init": 2.5}), ("token_merge", {"r": 6}), ("token_transform", {"r": 6, "topk": 3}),
+         ("token_prune", {"r": 6}), ("agent_attention", {"agents": 4, "init": "paper"}),
+         ("castling", {"init": "paper", "kernel_size": 3}), ("bivit", {"softmax_ratio": 0.3}),
+         ("quantize", {"activations": "none"})]
+CASES = [(spec, arch) for spec in SPECS for arch in supported(spec[0])]
 CASES += [(("token_transform", {"flops": 0.6}), "deit-distilled")]
-CASES += [(("token_prune", {"r": 6}), arch) for arch in ("vit", "deit", "deit-distilled")]
-CASES += [(("agent_attention", {"agents": 4, "init": "paper"}), arch) for arch in ARCHS]
-CASES += [(("castling", {"init": "paper", "kernel_size": 3}), arch) for arch in ARCHS]
-CASES += [(("bivit", {"softmax_ratio": 0.3}), arch) for arch in ARCHS]
 CASES += [(("bivit", {"activations": "full", "pack": False}), arch) for arch in ("vit", "swin")]
-CASES += [(("quantize", {"activations": "none"}), arch) for arch in ARCHS]
 IDS = [f"{spec[0]}-{'-'.join(f'{k}={v}' for k, v in spec[1].items())}-{arch}" for spec, arch in CASES]
 
 
@@ -100,7 +97,7 @@ def test_unknown_plugin_lists_available_and_suggests():
 
 def test_unknown_architecture_names_supported_ones():
     model = ConvNextForImageClassification(ConvNextConfig(num_labels=3, hidden_sizes=[8, 8, 8, 8], depths=[1, 1, 1, 1]))
-    with pytest.raises(UnsupportedModelError, match=r"model_type 'convnext'.*supported: deit, swin, vit"):
+    with pytest.raises(UnsupportedModelError, match=r"model_type 'convnext'.*supported: deit, dinov2, dinov2_with_registers, swin, swinv2, vit, vit_msn"):
         surgery.plan(model, ["ggem"])
 
 
@@ -142,7 +139,7 @@ def _scale_head_then_fail(model, config, anatomy):
     raise RuntimeError("disk full")
 
 
-def _method(name, apply, model_types=("vit", "deit", "swin"), **kw):
+def _method(name, apply, model_types=("*",), **kw):
     return surgery.SurgeryMethod(name=name, summary=f"test {name}", config_class=NoOptions, model_types=model_types, apply=apply, **kw)
 
 
@@ -193,7 +190,7 @@ def test_failure_in_dry_run_changes_nothing(host_with):
 
 def test_unsupported_architecture_for_a_plugin(host_with):
     host_with(FailingPlugin())
-    with pytest.raises(UnsupportedModelError, match=r"vit_only does not support model_type 'swin'.*supported: vit"):
+    with pytest.raises(UnsupportedModelError, match=r"vit_only does not support model_type 'swin'.*it supports vit only"):
         surgery.plan(tiny("swin"), ["vit_only"])
 
 

@@ -25,8 +25,8 @@ def _randomize(module: torch.nn.Module, names: tuple[str, ...], seed: int = 0) -
                 parameter.copy_(torch.randn(parameter.shape, generator=g, dtype=parameter.dtype) * 0.3)
 
 
-def _linear(x, layer):
-    return x @ layer.weight.T + layer.bias
+def _linear(x, layer):  # Swinv2's key projection has no bias
+    return x @ layer.weight.T + (layer.bias if layer.bias is not None else 0.0)
 
 
 def _softmax(scores):
@@ -94,7 +94,8 @@ def _replaced(arch, spec, cls):
 
 def _tokens(module, arch, seed=3):
     side = module.grid[0] if isinstance(module, AgentAttention) else 4
-    n = module.prefix_tokens + (side * side if arch == "swin" or isinstance(module, AgentAttention) else 16)
+    windowed = arch in ("swin", "swinv2")
+    n = module.prefix_tokens + (side * side if windowed or isinstance(module, AgentAttention) else 16)
     return torch.randn(2, n, module.projection("query").in_features, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
@@ -172,7 +173,7 @@ def test_gradients_reach_the_new_parameters(arch, spec):
 def test_runs_at_a_second_resolution(arch, spec):
     model = surgery.apply(tiny(arch), [spec])
     x = torch.randn(2, 3, 48, 48)
-    kwargs = {} if arch == "swin" else {"interpolate_pos_encoding": True}
+    kwargs = {} if arch in ("swin", "swinv2") else {"interpolate_pos_encoding": True}
     logits = model(pixel_values=x, **kwargs).logits
     assert logits.shape == (2, 10) and torch.isfinite(logits).all()
 

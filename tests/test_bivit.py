@@ -16,7 +16,7 @@ from surgery.toolkit.packing import pack_bits, unpack_bits
 from surgery.plugins.bivit.binarize import binary_weight, sign_ste, softmax_binarize
 from surgery.plugins.bivit.layers import BinaryAttention, BinaryLinear
 
-from conftest import ARCHS, core, images, parts, tiny
+from conftest import ARCHS, core, images, parts, supported, tiny
 
 
 def rng(seed=0):
@@ -114,14 +114,14 @@ def attention_reference(core, x, mask=None, swin=False):
     return parts.host_output(context)[0].detach().numpy()  # the core's own output projection, where it owns one
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", supported("bivit"))
 def test_binary_attention_matches_reference(arch):
     model = surgery.apply(tiny(arch).double(), [("bivit", {"softmax_ratio": 0.3})])
     swin = arch == "swin"
     for block in surgery.get_host().anatomy(model.config.model_type).blocks(model):
         core = block.attention.core
         assert isinstance(core, BinaryAttention)
-        n = block.attended_tokens() if swin else 65 + (arch.startswith("deit"))
+        n = block.attended_tokens() if swin else 64 + surgery.get_host().anatomy(model.config.model_type).prefix_tokens_of(model.config)
         x = torch.randn(4, n, block.width, generator=rng(), dtype=torch.float64)
         mask = torch.where(torch.rand(2, n, n, generator=rng(5)) > 0.7, -100.0, 0.0).double() if swin else None
         with torch.no_grad():
@@ -129,7 +129,7 @@ def test_binary_attention_matches_reference(arch):
         np.testing.assert_allclose(got, attention_reference(core, x, mask, swin), rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", supported("bivit"))
 def test_gradients_reach_latent_weights_and_scales(arch):
     model = surgery.apply(tiny(arch), "bivit").train()
     model.base_model(pixel_values=images()).last_hidden_state.pow(2).mean().backward()

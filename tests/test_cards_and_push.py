@@ -174,3 +174,15 @@ def test_a_local_base_is_named_portably_and_the_card_says_how_to_install(tmp_pat
     text = card(tmp_path / "out", measure=False, results=result.figures(str(base), "digits", "digits")).read_text()
     assert str(tmp_path) not in text and "`my-vit` (a local model)" in text
     assert "pip install surgery" in text
+
+
+def test_the_card_says_what_each_step_does_with_the_familys_traits(tmp_path):
+    """From the plugins' declarations (trait_notes), for this model's family only."""
+    model = surgery.apply(tiny("dinov2-registers"), [("token_merge", {"r": 4}), "ggem"])
+    model.save_pretrained(tmp_path)
+    text = card(tmp_path, measure=False).read_text()
+    assert "On DINOv2 with registers: cls mean readout: the head's mean runs over the reduced tokens" in text
+    assert "registers: register tokens are prefix tokens: never reduced, kept in front" in text
+    assert "cls mean readout: the cls half of the read-out becomes the GGeM pool; the mean half stays" in text
+    surgery.apply(tiny("vit"), ["ggem"]).save_pretrained(tmp_path / "vit")
+    assert "On ViT" not in card(tmp_path / "vit", measure=False).read_text()  # nothing to say on a plain ViT

@@ -29,7 +29,8 @@ def test_list(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     assert out.splitlines()[0].split() == ["name", "summary", "architectures", "package"]
-    assert "ggem" in out and "vit, deit, swin" in out and "surgery 0.1.0" in out
+    assert "ggem" in out and "vit, vit_msn, deit, swin, dinov2, dinov2_with_registers" in out and "surgery 0.1.0" in out
+    assert out.split("token_prune", 1)[1].splitlines()[0].count("swin") == 0  # refused by its windows
 
 
 def test_list_json_describes_options(capsys):

@@ -17,7 +17,7 @@ from surgery.evaluation.accuracy import predict_logits
 from surgery.publish.export import RECIPE, REPORT, ExportError, export, run_onnx, run_openvino
 from surgery.demo.zoo import image_processor
 
-from conftest import images, tiny, untie
+from conftest import images, supported, tiny, untie
 
 AGENT = ("agent_attention", {"agents": 4})
 TOME = ("token_merge", {"r": 8})
@@ -36,13 +36,19 @@ FP32 = {
     "castling+ggem+bivit-W1A32": ["castling", "ggem", W1A32],
 }
 REFUSED = {("bivit-W1A1", "openvino"), ("agent_attention+bivit-mlp", "openvino")}
-CASES = [
-    (name, arch, to)
-    for name in FP32
-    for arch in ("vit", "deit-distilled", "swin")
-    for to in ("onnx", "openvino")
-    if not (arch == "swin" and name.startswith("token_"))
-]
+SINGLE = ["ggem", "token_merge", "token_transform", "agent_attention", "castling", "bivit-W1A1", "bivit-W1A32"]
+
+
+def _takes(arch: str, steps: list) -> bool:
+    """Whether ``arch``'s family takes every step (the plugins' declarations; test_families checks them)."""
+    return all(arch in supported(s if isinstance(s, str) else s[0], [arch]) for s in steps)
+
+
+# every case on the first families; each plugin alone on the others; what a family refuses is left out
+CASES = [(name, arch, to) for arch in ("vit", "deit-distilled", "swin", "dinov2-registers") for name in FP32
+         for to in ("onnx", "openvino") if _takes(arch, FP32[name])]
+CASES += [(name, arch, to) for arch in ("vit-msn", "swinv2", "dinov2") for name in SINGLE for to in ("onnx", "openvino")
+          if _takes(arch, FP32[name])]
 
 
 @pytest.mark.parametrize("name, arch, to", CASES, ids=[f"{n}-{a}-{t}" for n, a, t in CASES])
@@ -82,6 +88,17 @@ def test_int8_exports_agree_with_pytorch_on_the_digits(digits, name, to, tmp_pat
     exported = run(result.path, pixels.numpy()).argmax(-1)
     agreement = (exported == predict_logits(model, pixels).argmax(-1).numpy()).mean()
     assert agreement >= 0.99, agreement
+
+
+@pytest.mark.parametrize("name", ["quantize", "token_merge+quantize"])
+@pytest.mark.parametrize("to", ["onnx", "openvino"])
+def test_int8_exports_of_dinov2_with_registers_agree_with_pytorch(digits_dinov2, name, to, tmp_path):
+    folder, train_pixels, pixels, _ = digits_dinov2
+    model = surgery.apply(surgery.load(folder), INT8[name], calibration=train_pixels[:256].split(32))
+    result = export(model, tmp_path, to=to, source=folder)
+    exported = (run_onnx if to == "onnx" else run_openvino)(result.path, pixels.numpy()).argmax(-1)
+    agreement = (exported == predict_logits(model, pixels).argmax(-1).numpy()).mean()
+    assert result.quantized and agreement >= 0.99, agreement
 
 
 @pytest.mark.parametrize("to, runtime", [("onnx", "optimum.onnxruntime.ORTModelForImageClassification"),

@@ -94,8 +94,11 @@ def test_ggem_model_matches_reference(arch):
     with torch.no_grad():
         pool.p.copy_(torch.linspace(1.25, 3.5, pool.groups))
         logits = model(pixel_values=x).logits.double().numpy()
-    prefix = get_host().anatomy(model.config.model_type).prefix_tokens
+    anatomy = get_host().anatomy(model.config.model_type)
+    prefix = anatomy.prefix_tokens_of(model.config)
     pooled = ggem_reference(features[:, prefix:], pool.p.detach().double().numpy(), 1e-6)
+    if "cls_mean_readout" in anatomy.traits:  # DINOv2: GGeM takes the cls half; the mean half stays
+        pooled = np.concatenate([pooled, features[:, prefix:].mean(1)], axis=1)
     np.testing.assert_allclose(logits, _heads_reference(model, pooled), rtol=1e-4, atol=1e-5)
 
 

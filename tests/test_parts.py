@@ -1,35 +1,22 @@
-"""The parts of a block reproduce the host block: checked on three real layouts (transformers 4.57 ViT
-and Swin from the built-in anatomies, and DINOv2 with layer scale, described here as a third layout),
-plus layout selection from the model and the anatomy's words for overlaps."""
+"""The parts of a block reproduce the host block: on every built-in family with global attention (ViT,
+ViT-MSN, DeiT, DINOv2 with its layer scale, with and without registers) and on Swin's windows, in
+whichever layout this transformers has; plus layout selection from the model and the anatomy's words
+for overlaps."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 from conftest import tiny
-from transformers import Dinov2Config, Dinov2Model
 
 import surgery
 from surgery.core.anatomy import Anatomy, Layout
 from surgery.core.claims import describe
-from surgery.core.parts import BlockLayout, block_parts
+from surgery.core.parts import block_parts
 from surgery.errors import UnsupportedModelError
-
-DINOV2_BLOCK_457 = BlockLayout(
-    norm1="norm1", attention="attention.attention", projections={"query": "query", "key": "key", "value": "value"},
-    heads="num_attention_heads", head_dim="attention_head_size", dropout="dropout_prob",
-    output="attention.output.dense", output_dropout="attention.output.dropout", norm2="norm2",
-    mlp_in="mlp.fc1", activation="mlp.activation", mlp_out="mlp.fc2", layer_scale1="layer_scale1",
-    layer_scale2="layer_scale2", drop_path="drop_path",
-)
-DINOV2_BLOCK_59 = BlockLayout(  # transformers >= 5.9: the core owns q/k/v/o, MLP activation_fn
-    norm1="norm1", attention="attention", projections={"query": "q_proj", "key": "k_proj", "value": "v_proj", "output": "o_proj"},
-    heads="num_attention_heads", head_dim="head_dim", dropout="attention_dropout", norm2="norm2",
-    mlp_in="mlp.fc1", activation="mlp.activation_fn", mlp_out="mlp.fc2", layer_scale1="layer_scale1",
-    layer_scale2="layer_scale2", drop_path="drop_path", mask_argument="none",
-)
-
 
 def composed(parts, hidden):
     """The block rebuilt from its parts alone: attention (softmax, from the projections), residual, MLP."""
@@ -39,28 +26,18 @@ def composed(parts, hidden):
     return parts.mlp_residual(parts.attention_residual(hidden, context))
 
 
-def dinov2():
-    config = Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                          image_size=32, patch_size=4, layerscale_value=0.5)
-    torch.manual_seed(0)
-    model = Dinov2Model(config).double().eval()
-    with torch.no_grad():
-        for block in model.encoder.layer:
-            block.layer_scale1.lambda1.uniform_(0.2, 1.5)  # a layer scale that is not 1 or one value
-            block.layer_scale2.lambda1.uniform_(0.2, 1.5)
-    return model
+GLOBAL = ["vit", "vit-msn", "deit-distilled", "dinov2", "dinov2-registers"]
 
 
-@pytest.mark.parametrize("arch", ["vit", "deit-distilled", "dinov2"])
+@pytest.mark.parametrize("arch", GLOBAL)
 def test_parts_rebuild_the_host_block_exactly(arch):
-    if arch == "dinov2":
-        model = dinov2()
-        block = model.encoder.layer[1]
-        layout = DINOV2_BLOCK_59 if hasattr(block.attention, "q_proj") else DINOV2_BLOCK_457  # by the model, as anatomies choose
-    else:
-        model = tiny(arch).double().eval()
-        anatomy = surgery.get_host().anatomy(model.config.model_type)
-        layout, block = anatomy.layout_of(model).block, anatomy.find(model, "block")[1][1]
+    model = tiny(arch).double().eval()
+    anatomy = surgery.get_host().anatomy(model.config.model_type)
+    layout, block = anatomy.layout_of(model).block, anatomy.find(model, "block")[1][1]
+    with torch.no_grad():  # a layer scale that is not 1 or one value (DINOv2)
+        for name, parameter in block.named_parameters():
+            if name.startswith("layer_scale"):
+                parameter.uniform_(0.2, 1.5)
     parts = block_parts(1, "block", block, layout, (8, 8))
     hidden = torch.randn(3, 66, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
@@ -68,6 +45,7 @@ def test_parts_rebuild_the_host_block_exactly(arch):
         expected = expected[0] if isinstance(expected, tuple) else expected
         torch.testing.assert_close(composed(parts, hidden), expected, rtol=0, atol=1e-12)
     assert (parts.attention.heads, parts.attention.head_dim, parts.width) == (4, 8, 32)
+    assert (parts.part("layer_scale1") is not None) == ("layer_scale" in anatomy.traits)
 
 
 def test_swin_parts_give_the_windowed_core_with_its_position_bias():
@@ -125,7 +103,29 @@ def test_role_groups_follow_the_layout():
 
 
 def test_prefix_token_parameters_come_from_the_anatomy():
-    for arch, expected in (("vit", ["vit.embeddings.cls_token"]), ("deit-distilled", ["deit.embeddings.cls_token", "deit.embeddings.distillation_token"]), ("swin", [])):
+    for arch, expected in (("vit", ["vit.embeddings.cls_token"]), ("deit-distilled", ["deit.embeddings.cls_token", "deit.embeddings.distillation_token"]), ("swin", []),
+                           ("dinov2-registers", ["dinov2_with_registers.embeddings.cls_token", "dinov2_with_registers.embeddings.register_tokens"])):
         model = tiny(arch)
         names = [n for n, _ in surgery.get_host().anatomy(model.config.model_type).prefix_token_parameters(model)]
         assert names == expected
+
+
+def test_swinv2_parts_give_the_cosine_core_and_the_post_norm_block():
+    """Swinv2's block from its parts: cosine attention with the learned logit scale and the continuous
+    position bias, then post-norm residuals, x + norm(f(x)); on the last stage, whose 4x4 map is one
+    window (no shift), so the host's windowing is the identity."""
+    model = tiny("swinv2").double().eval()
+    anatomy = surgery.get_host().anatomy("swinv2")
+    parts = anatomy.blocks(model)[-1]
+    assert parts.layout.residual == "post_norm" and parts.window() == (4, 0) and parts.grid == (4, 4)
+    core = parts.attention.core
+    with torch.no_grad():
+        core.logit_scale.copy_(torch.linspace(0.5, 5.0, parts.attention.heads).view(-1, 1, 1))  # one above the clamp
+        hidden = torch.randn(3, 16, parts.width, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+        q, k, v = parts.attention.qkv(hidden)
+        scale = core.logit_scale.clamp(max=math.log(100.0)).exp()
+        scores = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-1, -2) * scale + parts.attention.position_bias()
+        context = (scores.softmax(-1) @ v).transpose(1, 2).reshape(3, 16, parts.width)
+        torch.testing.assert_close(context, core(hidden)[0], rtol=0, atol=1e-12)
+        ours = parts.mlp_residual(parts.attention_residual(hidden, context))
+        torch.testing.assert_close(ours, parts.module(hidden, (4, 4))[0], rtol=0, atol=1e-12)

@@ -15,31 +15,29 @@ from surgery.plugins.token_merge.config import ToMeConfig
 from surgery.plugins.token_merge.merge import bipartite_soft_matching, merge_weighted
 from surgery.toolkit.tokens import token_sizes
 
-from conftest import core, images, parts, tiny
+from conftest import core, images, parts, supported, tiny
 
 from test_ggem import ggem_reference
 
 
-def reference_merge(x, size, metric, r, class_token, distill_token):
-    """ToMe for one sample, token by token, in float64 Python: returns (tokens, sizes)."""
+def reference_merge(x, size, metric, r, prefix):
+    """ToMe for one sample, token by token, in float64 Python: returns (tokens, sizes). ``prefix`` 1 is
+    the official cls token, 2 cls + distillation; more are registers: every prefix token in A keeps
+    out of merges, every one in B receives none, and all of them stay in front in order."""
     n = len(x)
     a_pos, b_pos = list(range(0, n, 2)), list(range(1, n, 2))
-    r = min(r, (n - class_token - distill_token) // 2)
+    r = min(r, (n - prefix) // 2)
     if r <= 0:
         return x, size
     unit = metric / np.linalg.norm(metric, axis=1, keepdims=True)
     best = []  # (score, partner) for each A token
-    for ai, a in enumerate(a_pos):
-        scores = [float(unit[a] @ unit[b]) for b in b_pos]
-        if class_token and ai == 0:
-            scores = [-math.inf] * len(b_pos)
-        if distill_token:
-            scores[0] = -math.inf
+    for a in a_pos:
+        scores = [-math.inf if a < prefix or b < prefix else float(unit[a] @ unit[b]) for b in b_pos]
         partner = max(range(len(b_pos)), key=lambda j: (scores[j], -j))  # first of the best
         best.append((scores[partner], partner))
     order = sorted(range(len(a_pos)), key=lambda ai: (-best[ai][0], ai))
     merged, kept = order[:r], order[r:]
-    if class_token:
+    if prefix:
         kept = sorted(kept)
     b_sum = {j: x[b] * size[b] for j, b in enumerate(b_pos)}
     b_size = {j: float(size[b]) for j, b in enumerate(b_pos)}
@@ -47,43 +45,39 @@ def reference_merge(x, size, metric, r, class_token, distill_token):
         j = best[ai][1]
         b_sum[j] = b_sum[j] + x[a_pos[ai]] * size[a_pos[ai]]
         b_size[j] += float(size[a_pos[ai]])
-    a_tokens = [(x[a_pos[ai]], float(size[a_pos[ai]])) for ai in kept]
-    b_tokens = [(b_sum[j] / b_size[j], b_size[j]) for j in range(len(b_pos))]
-    tokens = [a_tokens[0], b_tokens[0]] + a_tokens[1:] + b_tokens[1:] if distill_token else a_tokens + b_tokens
+    a_tokens = {a_pos[ai]: (x[a_pos[ai]], float(size[a_pos[ai]])) for ai in kept}
+    b_tokens = {b: (b_sum[j] / b_size[j], b_size[j]) for j, b in enumerate(b_pos)}
+    front = [a_tokens.get(p) or b_tokens[p] for p in range(prefix)]
+    tokens = front + [t for p, t in a_tokens.items() if p >= prefix] + [t for p, t in b_tokens.items() if p >= prefix]
     return np.stack([t for t, _ in tokens]), np.array([s for _, s in tokens])
 
 
-CASES = [
-    (n, r, cls, dist)
-    for n in (9, 10, 17, 65)
-    for r in (1, 3, 100)
-    for cls, dist in ((False, False), (True, False), (True, True))
-]
+CASES = [(n, r, prefix) for n in (9, 10, 17, 65) for r in (1, 3, 100) for prefix in (0, 1, 2, 5)]
 
 
-@pytest.mark.parametrize("n, r, class_token, distill_token", CASES)
-def test_matching_and_weighted_merge_match_reference(n, r, class_token, distill_token):
+@pytest.mark.parametrize("n, r, prefix", CASES)
+def test_matching_and_weighted_merge_match_reference(n, r, prefix):
     g = torch.Generator().manual_seed(n * 100 + r)
     x = torch.randn(2, n, 6, generator=g, dtype=torch.float64)
     metric = torch.randn(2, n, 4, generator=g, dtype=torch.float64)
     size = torch.randint(1, 4, (2, n, 1), generator=g).double()  # many equal sizes (ties)
-    matching = bipartite_soft_matching(metric, r, class_token, distill_token)
+    matching = bipartite_soft_matching(metric, r, prefix)
     merged, merged_size = merge_weighted(matching, x, size)
     for sample in range(2):
-        want_x, want_size = reference_merge(x[sample].numpy(), size[sample, :, 0].numpy(), metric[sample].numpy(), r, class_token, distill_token)
+        want_x, want_size = reference_merge(x[sample].numpy(), size[sample, :, 0].numpy(), metric[sample].numpy(), r, prefix)
         np.testing.assert_allclose(merged[sample].numpy(), want_x, rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(merged_size[sample, :, 0].numpy(), want_size, rtol=0, atol=0)
     assert torch.equal(merged_size.sum(1), size.sum(1))  # every patch is counted once
-    if class_token:  # (x * size) / size: equal up to rounding
-        torch.testing.assert_close(merged[:, 0], x[:, 0], rtol=1e-15, atol=1e-15)
-    if distill_token:
-        torch.testing.assert_close(merged[:, 1], x[:, 1], rtol=1e-15, atol=1e-15)
+    # the prefix tokens come out unchanged, in front ((x * size) / size: equal up to rounding)
+    torch.testing.assert_close(merged[:, :prefix], x[:, :prefix], rtol=1e-15, atol=1e-15)
+    assert torch.equal(merged_size[:, :prefix], size[:, :prefix])
 
 
 def test_r_capped_to_what_the_layer_can_merge():
     metric = torch.randn(1, 5, 4)
-    assert bipartite_soft_matching(metric, 10, True, True) is None or bipartite_soft_matching(metric, 10, True, True).r == 1
-    assert bipartite_soft_matching(torch.randn(1, 3, 4), 4, True, True) is None
+    assert bipartite_soft_matching(metric, 10, 2).r == 1
+    assert bipartite_soft_matching(torch.randn(1, 3, 4), 4, 2) is None
+    assert bipartite_soft_matching(torch.randn(1, 7, 4), 4, 5).r == 1
 
 
 def test_proportional_attention_matches_reference():
@@ -102,7 +96,7 @@ def test_proportional_attention_matches_reference():
     torch.testing.assert_close(metric, k.mean(1), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("arch", ["vit", "deit", "deit-distilled"])
+@pytest.mark.parametrize("arch", supported("token_merge"))
 def test_r_zero_gives_identical_outputs(arch):
     model = tiny(arch)
     x = images()
@@ -111,7 +105,7 @@ def test_r_zero_gives_identical_outputs(arch):
     assert torch.equal(model(pixel_values=x).logits, logits)
 
 
-@pytest.mark.parametrize("arch, prefix", [("vit", 1), ("deit-distilled", 2)])
+@pytest.mark.parametrize("arch, prefix", [("vit", 1), ("deit-distilled", 2), ("dinov2-registers", 5)])
 @pytest.mark.parametrize("config", [ToMeConfig(r=8), ToMeConfig(r=30), ToMeConfig(r=12, inflect=-1.0), ToMeConfig(r_per_layer=(20,))])
 def test_token_counts_follow_the_schedule(arch, prefix, config):
     model = surgery.apply(tiny(arch), config)
@@ -135,7 +129,7 @@ def test_merged_model_matches_a_blockwise_reference():
         hidden = block.module.attention(normed)
         hidden = (hidden[0] if isinstance(hidden, tuple) else hidden) + embedded  # the host's attention module
         metric = block.attention.projection("key")(normed).view(3, -1, 4, 8).mean(2)
-        rows = [reference_merge(hidden[i].numpy(), np.ones(65), metric[i].numpy(), 8, True, False) for i in range(3)]
+        rows = [reference_merge(hidden[i].numpy(), np.ones(65), metric[i].numpy(), 8, 1) for i in range(3)]
         merged = torch.tensor(np.stack([t for t, _ in rows]))
         out = block.part("mlp_out")(block.part("activation")(block.part("mlp_in")(block.part("norm2")(merged)))) + merged
     surgery.apply(model, [("token_merge", {"r_per_layer": [8]})])
@@ -164,7 +158,7 @@ def test_ggem_pools_merged_tokens_by_size():
 
 
 def test_swin_is_refused_with_the_reason():
-    with pytest.raises(UnsupportedModelError, match=r"token_merge does not support model_type 'swin'.*Why: Swin attends within fixed windows"):
+    with pytest.raises(UnsupportedModelError, match=r"token_merge does not support model_type 'swin'.*windowed: Swin attends within fixed windows"):
         surgery.plan(tiny("swin"), ["token_merge"])
 
 

@@ -71,7 +71,7 @@ def test_each_construction_is_its_matrix():
     """Y = diag(1/s') T diag(s) X and s' = T s, with T each construction's own dense matrix."""
     x, metric, importance, size = inputs(17)
     for reduction in (many_to_many(metric, importance, 5, 1, 0.2, 3), top_tokens(importance, 5, 2),
-                      bipartite_soft_matching(metric, 5, True, True)):
+                      bipartite_soft_matching(metric, 5, 2)):
         matrix = reduction.matrix(17)
         assert matrix.shape == (2, 12, 17) and torch.all(matrix >= 0)
         want_x, want_size = transport(matrix, x, size)
@@ -93,18 +93,18 @@ def test_one_hot_rows_are_top_m_pruning():
     assert torch.equal(selection.apply(x, size)[0], x.gather(1, selection.index[..., None].expand(-1, -1, 6)))
 
 
-@pytest.mark.parametrize("class_token, distill_token", [(True, False), (True, True), (False, False)])
-def test_exclusive_size_weighted_rows_are_tome(class_token, distill_token):
+@pytest.mark.parametrize("prefix", [0, 1, 2, 5])
+def test_exclusive_size_weighted_rows_are_tome(prefix):
     """ToMe's exclusive groups as the matrix give ToMe's merge, and its float64 reference."""
     x, metric, _, size = inputs(17)
-    matching = bipartite_soft_matching(metric, 6, class_token, distill_token)
+    matching = bipartite_soft_matching(metric, 6, prefix)
     matrix = matching.matrix(17)
     assert torch.equal(matrix.sum(1), torch.ones(2, 17, dtype=torch.float64))  # every token lands in one group
     got_x, got_size = transport(matrix, x, size)
     want_x, want_size = merge_weighted(matching, x, size)
     torch.testing.assert_close(got_x, want_x, rtol=1e-14, atol=1e-14)
     assert torch.equal(got_size, want_size)
-    ref_x, _ = reference_merge(x[0].numpy(), size[0, :, 0].numpy(), metric[0].numpy(), 6, class_token, distill_token)
+    ref_x, _ = reference_merge(x[0].numpy(), size[0, :, 0].numpy(), metric[0].numpy(), 6, prefix)
     np.testing.assert_allclose(got_x[0].numpy(), ref_x, rtol=1e-12, atol=1e-12)
 
 
@@ -149,7 +149,7 @@ def test_flops_option_meets_the_measured_flops(plugin, target):
 
 
 # -- the plugins on models ------------------------------------------------------------------------------------
-@pytest.mark.parametrize("arch, prefix", [("vit", 1), ("deit", 2), ("deit-distilled", 2)])
+@pytest.mark.parametrize("arch, prefix", [("vit", 1), ("deit", 2), ("deit-distilled", 2), ("vit-msn", 1), ("dinov2", 1), ("dinov2-registers", 5)])
 @pytest.mark.parametrize("plugin", ["token_transform", "token_prune"])
 def test_token_counts_sizes_and_prefix(arch, prefix, plugin):
     model = surgery.apply(untie(tiny(arch)), [(plugin, {"r": 20})])
@@ -175,7 +175,7 @@ def test_r_zero_gives_identical_outputs(plugin):
 
 def test_swin_is_refused_with_the_reason():
     for plugin in ("token_transform", "token_prune"):
-        with pytest.raises(UnsupportedModelError, match=rf"{plugin} does not support model_type 'swin'.*Why: Swin attends within fixed windows"):
+        with pytest.raises(UnsupportedModelError, match=rf"{plugin} does not support model_type 'swin'.*windowed: Swin attends within fixed windows"):
             surgery.plan(tiny("swin"), [plugin])
 
 

@@ -16,7 +16,12 @@ METHOD = define_method(
     __name__,
     summary="Agent Attention: two softmaxes through pooled agent tokens plus a depthwise conv on V",
     config_class=AgentAttentionConfig,
-    model_types=("vit", "deit", "swin"),
+    trait_notes={
+        "windowed": "attends over the whole stage map, not windows (the paper's Agent-Swin)",
+        "relative_position_bias": "dropped with the replaced core: the agent biases take its place",
+        "cosine_attention": "replaced with the core: agent attention's two softmaxes use scaled dot products",
+        "registers": "register tokens are prefix tokens: they attend to and through the agents like cls",
+    },
     apply=rewrite.apply,
     roles=("block", "attention", "parts"),
     paper="https://arxiv.org/abs/2312.08874",

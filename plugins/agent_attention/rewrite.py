@@ -15,7 +15,6 @@ from surgery.toolkit.attention import is_hierarchical, select_layers, stage_of
 from surgery.toolkit.modules import Changes
 
 SWIN_AGENTS_BY_STAGE = (9, 16, 49, 49)  # Agent-Swin T/S/B: AGENT.NUM = 9-16-49-49
-GLOBAL_WINDOW = 2**30  # a windowed block's window larger than any map: it attends over the whole map
 
 
 def apply(model: nn.Module, config: AgentAttentionConfig, anatomy: Anatomy) -> Rewrite:
@@ -27,13 +26,13 @@ def apply(model: nn.Module, config: AgentAttentionConfig, anatomy: Anatomy) -> R
         if parts.windowed:  # the paper's Agent-Swin attends over the whole stage map, not windows
             agents = config.agents or min(SWIN_AGENTS_BY_STAGE[min(stage_of(parts, blocks), 3)], _largest_square(grid))
             changes.call_on_undo(parts.set_window, *parts.window())
-            parts.set_window(GLOBAL_WINDOW, 0)
+            parts.set_global_window()
         else:
             agents = config.agents or min(81 if parts.width >= 768 else 49, _largest_square(grid))
         if agents > grid[0] * grid[1]:
             raise config.invalid("agents", agents, f"at most the {grid[0] * grid[1]} patches of block {index}'s "
                                  f"{grid[0]}x{grid[1]} grid (agents pool the patches)")
-        new = AgentAttention(parts.attention, agents, grid, anatomy.prefix_tokens, bias_size=config.bias_size,
+        new = AgentAttention(parts.attention, agents, grid, anatomy.prefix_tokens_of(model.config), bias_size=config.bias_size,
                              prefix_bias=config.prefix_bias, init=config.init, dropout=parts.attention.dropout)
         changes.replace(parts.attention_name, new)
     return changes.rewrite()

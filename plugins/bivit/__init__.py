@@ -34,7 +34,10 @@ METHOD = define_method(
     __name__,
     summary="BiViT: 1-bit weights (alpha*sign), sign activations and softmax-aware binary attention",
     config_class=BiViTConfig,
-    model_types=("vit", "deit", "swin"),
+    refused_traits={"cosine_attention": "binary attention computes sign(q)·sign(k)/sqrt(d) logits; a cosine-attention "
+                                        "core normalises q and k and scales by a learned per-head factor instead"},
+    trait_notes={"relative_position_bias": "kept: added to the binary attention's logits",
+                 "windowed": "kept: the binary attention runs within the windows, with the shift mask"},
     apply=rewrite.apply,
     training=training.training,
     roles=("attention", "linears", "parts"),

@@ -16,7 +16,11 @@ METHOD = define_method(
     __name__,
     summary="Castling-ViT linear-angular attention (linear in tokens at inference)",
     config_class=CastlingConfig,
-    model_types=("vit", "deit", "swin"),
+    trait_notes={
+        "windowed": "keeps the windows: the linear-angular attention runs within each window",
+        "relative_position_bias": "dropped with the replaced core (linear attention has no logits to bias)",
+        "cosine_attention": "replaced with the core: the angular kernel normalises q and k itself, without a logit scale",
+    },
     apply=rewrite.apply,
     training=training.training,
     roles=("block", "attention", "parts"),

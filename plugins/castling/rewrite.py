@@ -26,7 +26,7 @@ def apply(model: nn.Module, config: CastlingConfig, anatomy: Anatomy) -> Rewrite
             raise config.invalid("kernel_size", config.kernel_size, f"an odd integer up to {2 * tokens - 1} (block "
                                  f"{index} convolves a sequence of {tokens} tokens; longer kernels never touch one)")
         new = LinearAngularAttention(
-            parts.attention, anatomy.prefix_tokens, kernel_size=config.kernel_size, sparse_reg=config.sparse_reg,
+            parts.attention, anatomy.prefix_tokens_of(model.config), kernel_size=config.kernel_size, sparse_reg=config.sparse_reg,
             sparse_threshold=config.sparse_threshold, aux_weight=config.aux_weight, init=config.init,
         )
         changes.replace(parts.attention_name, new)

@@ -15,7 +15,10 @@ METHOD = define_method(
     __name__,
     summary="Group Generalized Mean pooling of the patch tokens (one learnable p per head group)",
     config_class=GGeMConfig,
-    model_types=("vit", "deit", "swin"),
+    refused_traits={"mean_readout": "the head averages the final norm's tokens itself: no cls token to carry the "
+                                    "pool and no pooler module to replace"},
+    trait_notes={"cls_mean_readout": "the cls half of the read-out becomes the GGeM pool; the mean half stays",
+                 "registers": "pools the patch tokens only, never the registers"},
     apply=rewrite.apply,
     roles=("final_norm", "classifier"),
     paper="https://arxiv.org/abs/2212.04114",

@@ -13,7 +13,9 @@ from surgery.toolkit.tokens import token_sizes
 
 
 def apply(model: nn.Module, config: GGeMConfig, anatomy: Anatomy) -> Rewrite:
-    """Replace the cls read-out (ViT/DeiT: the final norm) or the pooler (Swin) with GGeM."""
+    """Replace the cls read-out (ViT/DeiT: the final norm) or the pooler (Swin) with GGeM. DINOv2's head
+    reads [cls, mean of the patch tokens]: GGeM takes the cls half, the mean half stays (our choice: the
+    paper replaces a cls or a GAP read-out, not both); registers are prefix tokens and never pooled."""
     width = anatomy.readout_width(model.config)
     groups = config.groups or anatomy.readout_heads(model.config)
     if width % groups:
@@ -24,7 +26,7 @@ def apply(model: nn.Module, config: GGeMConfig, anatomy: Anatomy) -> Rewrite:
     pool = GroupGeM(width, groups, config.p_init, config.eps, config.learn_p).to(reference.device, reference.dtype)
     changes = Changes(model)
     if anatomy.readout == "cls":
-        changes.replace(norm_name, GGeMReadout(norm, pool, anatomy.prefix_tokens, token_sizes(model)))
+        changes.replace(norm_name, GGeMReadout(norm, pool, anatomy.prefix_tokens_of(model.config), token_sizes(model)))
     else:
         changes.replace(anatomy.one(model, "pooler")[0], GGeMPooler(pool))
     return changes.rewrite()

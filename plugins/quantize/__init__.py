@@ -17,7 +17,6 @@ METHOD = define_method(
     __name__,
     summary="int8 linears: per-channel int8 weights, calibrated uint8 activations (torch observers)",
     config_class=QuantizeConfig,
-    model_types=("vit", "deit", "swin"),
     apply=rewrite.apply,
     calibrate=rewrite.calibrate,
     needs_data=rewrite.needs_data,

@@ -22,13 +22,12 @@ MERGE_REGION = "token_merge::merge"  # profiler label of the matching + merging 
 class BipartiteMerge:
     """The builder: ToMe's bipartite soft matching of the metric (no importance scores needed)."""
 
-    class_token: bool
-    distill_token: bool
+    prefix: int
     importance: bool = False
     region: str = MERGE_REGION
 
     def __call__(self, metric: torch.Tensor, importance: torch.Tensor | None, r: int) -> Matching | None:
-        return bipartite_soft_matching(metric, r, self.class_token, self.distill_token)
+        return bipartite_soft_matching(metric, r, self.prefix)
 
     def describe(self) -> str:
         return ""

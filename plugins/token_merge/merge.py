@@ -5,7 +5,10 @@ alternating split into A (even positions) and B (odd positions), the cls token (
 merges and DeiT's distillation token (B[0]) never receives a merge, each A token's best B partner,
 the r best edges merged from A into B. The output is [unmerged A tokens, sorted by position when a
 cls token is present, then all B tokens]; with a distillation token: [cls, dist, rest of A, rest of
-B]. Deviation, exact in value: sums use ``scatter_add`` instead of ``scatter_reduce(sum)`` so that
+B]. Generalised to P prefix tokens (DINOv2's registers after cls; the official code knows only cls
+and distillation): the prefix tokens in A never merge, those in B never receive a merge, and the
+output starts with the P prefix tokens in their order, then the rest of A, then the rest of B; P = 1
+and P = 2 are exactly the official cases. Deviation, exact in value: sums use ``scatter_add`` instead of ``scatter_reduce(sum)`` so that
 every exporter handles them. As in the official code, the order of exactly equal edge scores is
 left to the sort kernel (a plain argsort, which the ONNX exporter supports).
 """
@@ -19,12 +22,13 @@ import torch
 
 @dataclasses.dataclass
 class Matching:
-    """Which tokens of A stay (``keep``), which merge (``src``) into which B token (``dst``)."""
+    """Which tokens of A stay (``keep``), which merge (``src``) into which B token (``dst``); the first
+    ``prefix`` tokens of the sequence are protected and stay in front."""
 
     keep: torch.Tensor  # (B, |A| - r, 1)
     src: torch.Tensor  # (B, r, 1)
     dst: torch.Tensor  # (B, r, 1)
-    distill_token: bool
+    prefix: int
 
     @property
     def r(self) -> int:
@@ -37,9 +41,11 @@ class Matching:
         kept = a.gather(1, self.keep.expand(batch, self.keep.shape[1], channels))
         moved = a.gather(1, self.src.expand(batch, self.r, channels))
         b = b.scatter_add(1, self.dst.expand(batch, self.r, channels), moved)
-        if self.distill_token:
-            return torch.cat([kept[:, :1], b[:, :1], kept[:, 1:], b[:, 1:]], dim=1)
-        return torch.cat([kept, b], dim=1)
+        in_a, in_b = (self.prefix + 1) // 2, self.prefix // 2
+        if in_b == 0:
+            return torch.cat([kept, b], dim=1)
+        front = [kept[:, i // 2:i // 2 + 1] if i % 2 == 0 else b[:, i // 2:i // 2 + 1] for i in range(self.prefix)]
+        return torch.cat([*front, kept[:, in_a:], b[:, in_b:]], dim=1)
 
     def apply(self, x: torch.Tensor, size: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """The size-weighted merge (:func:`merge_weighted`): the reduction interface."""
@@ -51,29 +57,30 @@ class Matching:
         return self.merge_sum(torch.eye(n, dtype=torch.float64).expand(self.keep.shape[0], n, n))
 
 
-def bipartite_soft_matching(metric: torch.Tensor, r: int, class_token: bool, distill_token: bool) -> Matching | None:
-    """Match ``metric`` (B, N, C) and return the merge of ``r`` tokens, or None when r caps to 0.
+def bipartite_soft_matching(metric: torch.Tensor, r: int, prefix: int) -> Matching | None:
+    """Match ``metric`` (B, N, C), whose first ``prefix`` tokens are protected (cls, distillation,
+    registers), and return the merge of ``r`` tokens, or None when r caps to 0.
 
-    r is capped at what the layer can merge: (N - protected tokens) // 2.
+    r is capped at what the layer can merge: (N - prefix) // 2.
     """
-    protected = int(class_token) + int(distill_token)
-    r = min(r, (metric.shape[1] - protected) // 2)
+    r = min(r, (metric.shape[1] - prefix) // 2)
     if r <= 0:
         return None
+    in_a, in_b = (prefix + 1) // 2, prefix // 2
     with torch.no_grad():
         unit = metric / metric.norm(dim=-1, keepdim=True)
         scores = unit[:, ::2] @ unit[:, 1::2].transpose(1, 2)
-        if class_token:
-            scores[:, 0, :] = -torch.inf
-        if distill_token:
-            scores[:, :, 0] = -torch.inf
+        if in_a:
+            scores[:, :in_a, :] = -torch.inf
+        if in_b:
+            scores[:, :, :in_b] = -torch.inf
         best_score, best_partner = scores.max(dim=-1)
         order = best_score.argsort(dim=-1, descending=True).unsqueeze(-1)
         keep, src = order[:, r:], order[:, :r]
         dst = best_partner.unsqueeze(-1).gather(1, src)
-        if class_token:
+        if prefix:
             keep = keep.sort(dim=1).values
-    return Matching(keep, src, dst, distill_token)
+    return Matching(keep, src, dst, prefix)
 
 
 def merge_weighted(matching: Matching, x: torch.Tensor, size: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:

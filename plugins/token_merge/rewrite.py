@@ -12,7 +12,7 @@ from surgery.toolkit.reducing import swap_reducing
 
 
 def apply(model: nn.Module, config: ToMeConfig, anatomy: Anatomy) -> Rewrite:
-    builder = BipartiteMerge(class_token=anatomy.prefix_tokens >= 1, distill_token=anatomy.prefix_tokens >= 2)
+    builder = BipartiteMerge(prefix=anatomy.prefix_tokens_of(model.config))
     blocks = anatomy.blocks(model)
     return swap_reducing(model, anatomy, blocks, "token_merge", "ToMe", config.schedule(len(blocks)), builder, config.prop_attn,
                          classes=(ToMeEncoder, ToMeLayer, ToMeSelfAttention))

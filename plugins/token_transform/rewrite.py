@@ -15,7 +15,7 @@ from surgery.toolkit.reduction import removable
 
 
 def apply(model: nn.Module, config: TokenTransformConfig, anatomy: Anatomy) -> Rewrite:
-    prefix = anatomy.prefix_tokens
+    prefix = anatomy.prefix_tokens_of(model.config)
     blocks = anatomy.blocks(model)
     cost = functools.partial(overhead, prefix=prefix, width=blocks[0].width, metric_dim=blocks[0].attention.head_dim)
     removals = config.removals(blocks, prefix, functools.partial(removable, prefix=prefix), model.config, cost)

@@ -17,10 +17,12 @@ def cmd_list(args: argparse.Namespace) -> int:
     host = surgery.get_host()
     methods = surgery.list_methods()
     if args.json:
-        print(json.dumps([_method_json(m) for m in methods], indent=2))
+        print(json.dumps([_method_json(m, host) for m in methods], indent=2))
     else:
         rows = [("name", "summary", "architectures", "package")]
-        rows += [(m.name, m.summary, ", ".join(m.model_types), f"{m.package} {m.version}") for m in methods]
+        anatomies = list(host.anatomies.values())
+        rows += [(m.name, m.summary, ", ".join(a.model_type for a in anatomies if m.refusal(a) is None),
+                  f"{m.package} {m.version}") for m in methods]
         widths = [max(len(r[i]) for r in rows) for i in range(3)]
         for row in rows:
             print("  ".join(cell.ljust(widths[i]) if i < 3 else cell for i, cell in enumerate(row)))
@@ -29,11 +31,30 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _method_json(method: Any) -> dict[str, Any]:
+def cmd_families(args: argparse.Namespace) -> int:
+    """Which installed method works on which family (from their declarations), as markdown or JSON."""
+    import dataclasses
+
+    import surgery
+    from surgery.core.support import support_matrix, support_table
+
+    host = surgery.get_host()
+    methods, anatomies = surgery.list_methods(), list(host.anatomies.values())
+    if args.json:
+        rows = [dataclasses.asdict(cell) for row in support_matrix(methods, anatomies) for cell in row]
+        print(json.dumps({"families": {a.model_type: {"family": a.title, "traits": sorted(a.traits)} for a in anatomies},
+                          "support": rows}, indent=2))
+    else:
+        print(support_table(methods, anatomies))
+    return 0
+
+
+def _method_json(method: Any, host: Any) -> dict[str, Any]:
     return {
         "name": method.name,
         "summary": method.summary,
         "model_types": list(method.model_types),
+        "families": [a.model_type for a in host.anatomies.values() if method.refusal(a) is None],
         "package": method.package,
         "version": method.version,
         "reversible": method.reversible,

@@ -12,6 +12,7 @@ from surgery.cli.commands import (
     cmd_demo_model,
     cmd_eval,
     cmd_export,
+    cmd_families,
     cmd_inspect,
     cmd_list,
     cmd_plan,
@@ -28,6 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="list installed surgery plugins")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_list)
+
+    p = sub.add_parser("families", help="which plugin works on which model family, and why not (markdown table)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_families)
 
     plugin_help = "a plugin and its options, NAME[:key=value,...]; repeat for several steps"
     p = sub.add_parser("plan", help="show what apply would change (nothing is written)")

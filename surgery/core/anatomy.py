@@ -41,7 +41,7 @@ from typing import Literal
 from torch import nn
 
 from surgery.core.parts import BlockLayout, BlockParts, block_parts
-from surgery.errors import UnsupportedModelError
+from surgery.errors import UnsupportedModelError, did_you_mean
 
 # Role groups: names for sets of roles that methods treat alike, in the order they are rewritten.
 # A layout with a fused projection lists "qkv" where the separate ones would be.
@@ -53,6 +53,19 @@ ROLE_GROUPS: Mapping[str, tuple[str, ...]] = {
 
 
 PROBE_ROLES = ("block", "attention", "query")
+
+# What a family does that a method may not handle; anatomies declare theirs, methods refuse by them.
+TRAITS: Mapping[str, str] = {
+    "windowed": "attention within (shifted) windows of the patch grid (Swin)",
+    "relative_position_bias": "a learned relative position bias added to the attention logits",
+    "layer_scale": "per-channel scales on both residual branches",
+    "registers": "register tokens after the cls token (more prefix tokens, never read by the head)",
+    "cls_mean_readout": "the head reads the cls token and the mean of the patch tokens, after the final norm",
+    "mean_readout": "the head reads the mean of all tokens after the final norm, with no cls token or pooler module",
+    "no_prefix": "no cls token: nothing in front of the patch tokens",
+    "cosine_attention": "attention logits are cosine similarities times a learned per-head scale",
+    "post_norm": "the norm after each residual branch instead of before it",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,8 +86,12 @@ class Anatomy:
         model_type: ``config.model_type`` this anatomy describes.
         roles: role name to one or more glob patterns over module names (the first layout).
         prefix_tokens: tokens before the patch tokens in the sequence (1 for ViT's cls, 2 for DeiT's
-            cls and distillation tokens, 0 for Swin).
-        readout: ``"cls"`` when the classifier reads prefix token(s) after ``final_norm``,
+            cls and distillation tokens, 0 for Swin), or ``prefix_tokens(config) -> int`` where the
+            config decides (DINOv2 with registers: 1 + num_register_tokens); read it with
+            :meth:`prefix_tokens_of`.
+        readout: ``"cls"`` when the classifier reads the sequence after ``final_norm`` (its prefix
+            token(s); with the ``cls_mean_readout`` trait also the mean of the patch tokens, DINOv2;
+            with ``mean_readout`` only the mean of all tokens),
             ``"pool"`` when it reads the output of ``pooler``.
         readout_heads: attention heads of the last stage (the default grouping for pooling).
         readout_width: channels of the features the classifier reads.
@@ -85,11 +102,13 @@ class Anatomy:
         layouts: further layouts of the same model type, tried in order when the first one's roles
             are not in the model.
         name: what the first layout is called in messages.
+        traits: what this family does that methods may refuse (:data:`TRAITS`).
+        family: the family's name in tables and messages (default: the model type).
     """
 
     model_type: str
     roles: Mapping[str, tuple[str, ...]]
-    prefix_tokens: int
+    prefix_tokens: int | Callable[[object], int]
     readout: Literal["cls", "pool"]
     readout_heads: Callable[[object], int]
     readout_width: Callable[[object], int]
@@ -97,6 +116,22 @@ class Anatomy:
     prefix_parameters: tuple[str, ...] = ()
     layouts: tuple[Layout, ...] = ()
     name: str = "transformers 4.57"
+    traits: frozenset[str] = frozenset()
+    family: str = ""
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.traits) - set(TRAITS))
+        if unknown:
+            raise UnsupportedModelError(f"anatomy '{self.model_type}': unknown trait(s) {', '.join(unknown)}; "
+                                        f"traits: {', '.join(TRAITS)}." + did_you_mean(unknown[0], TRAITS))
+
+    def prefix_tokens_of(self, config) -> int:
+        """Tokens in front of the patch tokens for ``config`` (cls, distillation, registers)."""
+        return int(self.prefix_tokens(config) if callable(self.prefix_tokens) else self.prefix_tokens)
+
+    @property
+    def title(self) -> str:
+        return self.family or self.model_type
 
     # -- layouts --------------------------------------------------------------------------------
     def all_layouts(self) -> list[Layout]:

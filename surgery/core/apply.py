@@ -138,13 +138,11 @@ def validate(model: nn.Module, steps: list[PlannedStep], host: Host, collect: bo
         raise UnsupportedModelError(f"{type(model).__name__} is not a transformers model (it has no config.model_type).")
     anatomy = host.anatomy(config.model_type, type(model).__name__)
     for step in steps:
-        if anatomy.model_type not in step.method.model_types:
-            reason = step.method.refused_model_types.get(anatomy.model_type)
+        reason = step.method.refusal(anatomy)
+        if reason is not None:
             raise UnsupportedModelError(
                 f"{step.method.name} does not support model_type '{anatomy.model_type}' "
-                f"({type(model).__name__}); supported: {', '.join(step.method.model_types)}."
-                + (f" Why: {reason}." if reason else "")
-            )
+                f"({type(model).__name__}): {reason}.")
         anatomy.check(model, step.method.roles)
     reasons = _conflicts(steps, get_history(model), host)
     for answer in host.pm.hook.surgery_veto(model=model, steps=steps, history=get_history(model)):

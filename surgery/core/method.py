@@ -24,6 +24,9 @@ class Rewrite:
     undo: Any = None
 
 
+ANY_MODEL_TYPE = "*"
+
+
 @dataclasses.dataclass(frozen=True)
 class SurgeryMethod:
     """One surgery method, as a plugin registers it from ``surgery_register_methods``.
@@ -32,7 +35,13 @@ class SurgeryMethod:
         name: the name users write in specs and recipes (``"ggem"``).
         summary: one line for ``surgery list``.
         config_class: the :class:`SurgeryConfig` subclass holding its options.
-        model_types: the ``config.model_type`` values it supports.
+        model_types: the ``config.model_type`` values it supports, or :data:`ANY_MODEL_TYPE` (the
+            default): every family with an anatomy, except those with a trait it refuses.
+        refused_traits: anatomy traits (:data:`~surgery.core.anatomy.TRAITS`) it refuses, each with the
+            reason: what a family does that this method cannot handle, so a family a third-party plugin
+            describes gets the same answer as a built-in one.
+        trait_notes: what happens to a trait it accepts (``{"relative_position_bias": "dropped: ..."}``),
+            for the support table and the card.
         refused_model_types: model types it refuses on purpose, each with the reason.
         roles: the anatomy roles it needs (checked before anything mutates); "parts" when it builds
             from the blocks' parts (:meth:`Anatomy.blocks`), which a roles-only layout lacks.
@@ -67,13 +76,15 @@ class SurgeryMethod:
     name: str
     summary: str
     config_class: type[SurgeryConfig]
-    model_types: tuple[str, ...]
     apply: Callable[[nn.Module, SurgeryConfig, Anatomy], Rewrite]
+    model_types: tuple[str, ...] = ("*",)
     revert: Callable[[nn.Module, Rewrite], None] | None = None
     calibrate: Callable[[nn.Module, SurgeryConfig, Rewrite, Any], None] | None = None
     needs_data: Callable[[SurgeryConfig], bool] | None = None
     roles: tuple[str, ...] = ()
     refused_model_types: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    refused_traits: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    trait_notes: Mapping[str, str] = dataclasses.field(default_factory=dict)
     conflicts: Mapping[str, str] = dataclasses.field(default_factory=dict)
     refuse_export: Callable[[str, Mapping[str, Any]], str | None] | None = None
     training: Callable[[nn.Module, SurgeryConfig, list[str], Anatomy], Any] | None = None
@@ -89,6 +100,18 @@ class SurgeryMethod:
     @property
     def reversible(self) -> bool:
         return self.revert is not None
+
+    def refusal(self, anatomy: Anatomy) -> str | None:
+        """Why this method refuses ``anatomy``'s family (a refused model type or trait, or a type it
+        does not list), or None when it supports it."""
+        if anatomy.model_type in self.refused_model_types:
+            return self.refused_model_types[anatomy.model_type]
+        refused = [f"{trait}: {self.refused_traits[trait]}" for trait in sorted(anatomy.traits) if trait in self.refused_traits]
+        if refused:
+            return "; ".join(refused)
+        if ANY_MODEL_TYPE not in self.model_types and anatomy.model_type not in self.model_types:
+            return f"it supports {', '.join(self.model_types)} only"
+        return None
 
     def export_refusal(self, to: str, options: Mapping[str, Any]) -> str | None:
         """Why a step with ``options`` cannot be exported to ``to``, or None when it can."""

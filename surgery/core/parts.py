@@ -7,7 +7,7 @@ layer scale, residual, the window of windowed attention, the patch grid) and nev
 attribute. The parts resolve their modules when used, not when made, so a part that a later step
 replaces (a binary or int8 linear) is the one a class-swapped forward calls.
 
-Three real layouts shaped the fields (docs/architecture.md):
+The real layouts that shaped the fields (docs/architecture.md):
 
 - transformers 4.57 ViT/DeiT/Swin: ``layer.N.attention.attention.{query,key,value}``, the output
   projection outside the core (``attention.output.dense``), the MLP as ``intermediate.dense`` and
@@ -16,7 +16,9 @@ Three real layouts shaped the fields (docs/architecture.md):
 - transformers >= 5.9 ViT/Swin: ``layers.N.attention.{q,k,v,o}_proj`` (the core owns the output
   projection) and ``mlp.fc1/fc2``, no encoder module, blocks return a tensor;
 - DINOv2: ``norm1/norm2``, ``layer_scale1/2`` and ``drop_path`` on both residual branches, register
-  tokens after cls.
+  tokens after cls;
+- Swinv2: post-norm residuals (``x + norm(f(x))``), cosine attention and a continuous position bias,
+  a window fixed when the block is built.
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
+
+
+GLOBAL_WINDOW = 2**30  # a clamping block's window larger than any map: it attends over the whole map
 
 
 def resolve(root: nn.Module, path: str | None) -> Any:
@@ -60,6 +65,9 @@ class BlockLayout:
         core_returns: "pair" (``(context, weights)``) or "single" (``(context,)``).
         window_size, shift_size, resolution: attribute paths on the block of windowed attention (Swin)
             and of the feature map it sees; None for global attention.
+        window_clamps: whether the block clamps its window to the feature map at every call (Swin), so
+            a huge window means global attention at any image size; False where the window is fixed
+            when the block is built (Swinv2), so global attention is a window of the map's side.
         position_bias: ``position_bias(core) -> (1, heads, N, N)``, the relative position bias the core
             adds to its logits, or None.
         tensors: names for tensors (paths relative to the block) that another layout of the family keeps
@@ -91,6 +99,7 @@ class BlockLayout:
     window_size: str | None = None
     shift_size: str | None = None
     resolution: str | None = None
+    window_clamps: bool = True
     position_bias: Callable[[nn.Module], torch.Tensor] | None = None
     tensors: Mapping[str, str] = dataclasses.field(default_factory=dict)
     saved_buffers: Mapping[str, Callable[[Mapping[str, torch.Tensor]], torch.Tensor | None]] = dataclasses.field(
@@ -205,6 +214,11 @@ class BlockParts:
             owner, _, attribute = path.rpartition(".")
             setattr(resolve(self.module, owner) if owner else self.module, attribute, value)
 
+    def set_global_window(self) -> None:
+        """Attend over the whole feature map: a window no map exceeds where the block clamps its window
+        to the map at every call (Swin), else one of the map's side (Swinv2, at the config's image size)."""
+        self.set_window(GLOBAL_WINDOW if self.layout.window_clamps else max(self.grid), 0)
+
     def attended_tokens(self) -> int:
         """Tokens one attention call sees: a window's (Swin) or the whole patch grid's (ViT/DeiT)."""
         if self.windowed:
@@ -221,14 +235,16 @@ class BlockParts:
         return dropout(out) if dropout is not None else out
 
     def _residual(self, hidden: torch.Tensor, branch: torch.Tensor, scale_field: str, norm_field: str) -> torch.Tensor:
+        """hidden + drop_path(scale * branch), with post-norm hidden + drop_path(norm(branch)) (Swinv2).
+        A layer scale is a module (DINOv2's ``layer_scale1``) or a parameter (BEiT's ``lambda_1``)."""
         scale, drop_path = self.part(scale_field), self.part("drop_path")
+        if self.layout.residual == "post_norm":
+            branch = self.part(norm_field)(branch)
         if scale is not None:
-            branch = scale(branch)
+            branch = branch * scale if isinstance(scale, torch.Tensor) else scale(branch)
         if drop_path is not None:
             branch = drop_path(branch)
-        if self.layout.residual == "post_norm":
-            return hidden + self.part(norm_field)(branch)
-        return branch + hidden
+        return branch + hidden if self.layout.residual == "pre_norm" else hidden + branch
 
     def attention_residual(self, hidden: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """``hidden`` plus the attention branch, given the core's merged-heads context."""

@@ -22,14 +22,14 @@ from tqdm.auto import tqdm
 
 from surgery.checkpoint.saving import save
 from surgery.data.digits import LABELS, digits_splits, encode
-from surgery.demo.zoo import build_model, image_processor
+from surgery.demo.zoo import ARCHITECTURES, build_model, image_processor
 from surgery.evaluation.accuracy import accuracy
 
 EVAL_FILE = "eval_results.json"
 SHIPPED = Path(__file__).parent / "assets"
 SHIPPED_FILES = ("config.json", "model.safetensors", "preprocessor_config.json", EVAL_FILE)
 DEFAULT_ARCH = "vit"
-DEFAULT_EPOCHS = {"vit": 30, "deit": 30, "deit-distilled": 30, "swin": 30}
+DEFAULT_EPOCHS = {arch: 30 for arch in ARCHITECTURES}
 
 
 def cache_dir() -> Path:

@@ -1,4 +1,5 @@
-"""Model configs and builders for ViT, DeiT (plain and distilled) and Swin on small images.
+"""Model configs and builders for every built-in family on small images: ViT, ViT-MSN, DeiT (plain and
+distilled), Swin, Swinv2, DINOv2 (plain and with 4 registers).
 
 ``demo`` is the size of the built-in default model (64 patch tokens of a 32x32 image, patch 4);
 ``tiny`` is what tests use. Models are built from configs, never downloaded.
@@ -13,24 +14,37 @@ from transformers import (
     DeiTConfig,
     DeiTForImageClassification,
     DeiTForImageClassificationWithTeacher,
+    Dinov2Config,
+    Dinov2ForImageClassification,
+    Dinov2WithRegistersConfig,
+    Dinov2WithRegistersForImageClassification,
     PretrainedConfig,
     PreTrainedModel,
     SwinConfig,
     SwinForImageClassification,
+    Swinv2Config,
+    Swinv2ForImageClassification,
     ViTConfig,
     ViTForImageClassification,
     ViTImageProcessor,
+    ViTMSNConfig,
+    ViTMSNForImageClassification,
 )
 
 from surgery.errors import ConfigError, did_you_mean
 
-ARCHITECTURES = ("vit", "deit", "deit-distilled", "swin")
+ARCHITECTURES = ("vit", "vit-msn", "deit", "deit-distilled", "swin", "swinv2", "dinov2", "dinov2-registers")
 SIZES = ("tiny", "demo")
 
 _VIT_SIZES = {
     "tiny": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64),
     "demo": dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128),
 }
+_DINOV2_SIZES = {  # DINOv2 sets the MLP width by mlp_ratio: the same widths as ViT's
+    size: {**{k: v for k, v in shape.items() if k != "intermediate_size"}, "mlp_ratio": shape["intermediate_size"] // shape["hidden_size"]}
+    for size, shape in _VIT_SIZES.items()
+}
+REGISTERS = 4  # dinov2-registers: DINOv2's register count (the published checkpoints have 4)
 _SWIN_SIZES = {
     "tiny": dict(embed_dim=16, depths=[1, 1], num_heads=[2, 4], window_size=4),
     "demo": dict(embed_dim=32, depths=[2, 2], num_heads=[2, 4], window_size=4),
@@ -40,7 +54,13 @@ _CLASSES = {
     "deit": (DeiTConfig, DeiTForImageClassification),
     "deit-distilled": (DeiTConfig, DeiTForImageClassificationWithTeacher),
     "swin": (SwinConfig, SwinForImageClassification),
+    "swinv2": (Swinv2Config, Swinv2ForImageClassification),
+    "vit-msn": (ViTMSNConfig, ViTMSNForImageClassification),
+    "dinov2": (Dinov2Config, Dinov2ForImageClassification),
+    "dinov2-registers": (Dinov2WithRegistersConfig, Dinov2WithRegistersForImageClassification),
 }
+_SHAPES = {"swin": _SWIN_SIZES, "swinv2": _SWIN_SIZES, "dinov2": _DINOV2_SIZES, "dinov2-registers": {
+    size: {**shape, "num_register_tokens": REGISTERS} for size, shape in _DINOV2_SIZES.items()}}
 
 
 def _check(arch: str, size: str) -> None:
@@ -62,7 +82,7 @@ def model_config(arch: str = "vit", size: str = "demo", image_size: int = 32, la
         id2label=dict(enumerate(labels)),
         label2id={label: i for i, label in enumerate(labels)},
     )
-    shape = _SWIN_SIZES[size] if arch == "swin" else _VIT_SIZES[size]
+    shape = _SHAPES.get(arch, _VIT_SIZES)[size]
     config_class, _ = _CLASSES[arch]
     return config_class(**{**common, **shape, **overrides})
 
@@ -74,7 +94,12 @@ def build_model(arch: str = "vit", size: str = "demo", image_size: int = 32, see
     config = model_config(arch, size, image_size, **overrides)
     if seed is not None:
         torch.manual_seed(seed)
-    return _CLASSES[arch][1](config).eval()
+    model = _CLASSES[arch][1](config).eval()
+    registers = getattr(model.base_model.embeddings, "register_tokens", None)
+    if registers is not None:  # transformers starts them at zero; like the cls token here (a zero token is a
+        with torch.no_grad():  # fixed point of linear attentions: castling refuses it)
+            registers.normal_(0.0, config.initializer_range)
+    return model
 
 
 def image_processor(image_size: int = 32) -> ViTImageProcessor:

@@ -61,7 +61,8 @@ def card(folder: str | Path, results: dict[str, Any] | str | Path | None = None,
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
-    steps = [_step_view(step) for step in read_steps(config)]
+    anatomy = get_host().anatomies.get(config.model_type)
+    steps = [_step_view(step, anatomy) for step in read_steps(config)]
     figures = {**checkpoint_figures(folder), **(runtime_figures(load(folder)) if measure else {}), **_results(folder, results)}
     base_model = base_model or figures.pop("base_model", None) or next((s["base_model"] for s in steps if s.get("base_model")), None)
     dataset = figures.pop("dataset", None)
@@ -74,7 +75,7 @@ def card(folder: str | Path, results: dict[str, Any] | str | Path | None = None,
         "title": model_id,
         "intro": _intro(config, base_model, steps),
         "steps": steps,
-        "step_sections": [_render_step(step) for step in steps],
+        "step_sections": [_render_step(step) + _family_notes(step) for step in steps],
         "extra_sections": [s for answer in get_host().pm.hook.surgery_card_sections(folder=str(folder), steps=[dict(s) for s in steps]) for s in answer or []],
         "figures": _figure_rows(figures),
         "has_before": any(f"{key}_before" in figures for key, _, _ in _FIGURES),
@@ -113,7 +114,7 @@ def _environment() -> jinja2.Environment:
                               trim_blocks=True, lstrip_blocks=True, autoescape=False, undefined=jinja2.StrictUndefined)
 
 
-def _step_view(step: dict[str, Any]) -> dict[str, Any]:
+def _step_view(step: dict[str, Any], anatomy: Any = None) -> dict[str, Any]:
     method = get_host().methods.get(step["plugin"])
     view = {"plugin_version": "?", "package": "", "targets": [], **step}
     view["summary"] = method.summary if method else "(plugin not installed here)"
@@ -121,7 +122,18 @@ def _step_view(step: dict[str, Any]) -> dict[str, Any]:
     view["reference"] = method.reference if method else ""
     view["reversible"] = bool(method and method.reversible)
     view["template"] = method.card_template if method else None
+    view["family_notes"] = ([(t, method.trait_notes[t]) for t in sorted(anatomy.traits) if t in method.trait_notes]
+                            if method and anatomy else [])
+    view["family"] = anatomy.title if anatomy else ""
     return view
+
+
+def _family_notes(step: dict[str, Any]) -> str:
+    """What the method does with this family's traits, from its declarations (``trait_notes``)."""
+    if not step["family_notes"]:
+        return ""
+    notes = "; ".join(f"{trait.replace('_', ' ')}: {text}" for trait, text in step["family_notes"])
+    return f"\n\nOn {step['family']}: {notes}."
 
 
 def _render_step(step: dict[str, Any]) -> str:

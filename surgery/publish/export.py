@@ -2,7 +2,7 @@
 
 Who does what (``exporter="optimum"``, the default where optimum-onnx is installed; ``"torch"`` calls
 ``torch.onnx.export`` directly, with the same input/output names and dynamic batch axis, for
-transformers versions optimum-onnx does not install next to): Optimum's ``onnx_export_from_model`` (optimum-onnx; torch.onnx's TorchScript
+transformers versions optimum-onnx does not install next to; the graph is written by :mod:`surgery.publish.onnx_graph`): Optimum's ``onnx_export_from_model`` (optimum-onnx; torch.onnx's TorchScript
 exporter underneath) writes ``model.onnx`` from the live model, with a dynamic batch axis; torch's
 fake-quant modules become QuantizeLinear/DequantizeLinear pairs. OpenVINO's ``convert_model`` turns
 that ONNX file into IR (``openvino_model.xml``/``.bin``); Q/DQ pairs become FakeQuantize nodes that
@@ -31,7 +31,6 @@ token counts. Only the batch size is dynamic.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import os
 import platform
@@ -46,13 +45,12 @@ import torch
 from surgery.core.history import get_history
 from surgery.core.host import get_host
 from surgery.errors import ExportError
-from surgery.evaluation.measure import image_side
+from surgery.publish.onnx_graph import inputs, needs, write_onnx
 
 REPORT = "export_report.json"
 RECIPE = "surgery_recipe.json"
 FORMATS = ("onnx", "openvino")
 EXPORTERS = ("auto", "optimum", "torch")
-TORCH_OPSET = 18  # the opset Optimum's exporter uses for these models
 TOLERANCE = {"onnx": 1e-4, "openvino": 1e-3}
 EXPORT_FILES = ("model.onnx", "model.onnx_data", "openvino_model.xml", "openvino_model.bin", "config.json",
                 "preprocessor_config.json", REPORT, RECIPE)
@@ -75,7 +73,8 @@ def export(model: Any, output: str | Path, to: Literal["onnx", "openvino"] = "on
     ``exporter`` writes the ONNX graph (also the input of the OpenVINO conversion): "optimum"
     (Optimum's ``onnx_export_from_model``, optimum-onnx: transformers 4.57 only), "torch"
     (``torch.onnx.export``, TorchScript, the same dynamic batch axis; any transformers), or "auto":
-    Optimum where it is installed, else torch. The report records which one ran.
+    Optimum where it is installed and has an ONNX config for the model type (it has none for
+    ``dinov2_with_registers``), else torch. The report records which one ran.
 
     Raises :class:`ExportError` before exporting when a step cannot be exported to ``to``, when
     ``output`` is the model's own folder, or when it holds files an export did not write (unless
@@ -98,13 +97,13 @@ def export(model: Any, output: str | Path, to: Literal["onnx", "openvino"] = "on
     output.absolute().parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{output.name}.export-", dir=output.absolute().parent) as tmp:
         stage = Path(tmp) / "out"
-        exporter = _export_onnx(model, stage if to == "onnx" else Path(tmp) / "onnx", exporter)
+        exporter = write_onnx(model, stage if to == "onnx" else Path(tmp) / "onnx", exporter)
         if to == "openvino":
             path = _onnx_to_openvino(Path(tmp) / "onnx" / "model.onnx", stage)
         else:
             path = stage / "model.onnx"
         _write_deployable_config(model, stage, source)
-        pixels = _inputs(model, batch, seed)
+        pixels = inputs(model, batch, seed)
         with torch.inference_mode():
             expected = model(pixel_values=pixels).logits.numpy()
         got = run_onnx(path, pixels.numpy()) if to == "onnx" else run_openvino(path, pixels.numpy())
@@ -183,50 +182,8 @@ def refuse_unexportable(model: Any, to: str) -> None:
         raise ExportError(f"cannot export to {to}:\n  - " + "\n  - ".join(reasons))
 
 
-def _needs(module: str):
-    """Import an export dependency, or say which extra installs it."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as error:
-        raise ExportError(f"export needs {module.split('.')[0]}, which is not installed: "
-                          'pip install "surgery[export]"') from error
-
-
-def _export_onnx(model, folder: Path, exporter: str) -> str:
-    """Write ``folder/model.onnx``; returns the exporter that ran ("optimum" or "torch")."""
-    if exporter == "auto":
-        try:  # optimum-onnx installs only next to transformers 4.57; elsewhere torch.onnx writes the graph
-            importlib.import_module("optimum.exporters.onnx")
-            exporter = "optimum"
-        except ImportError:
-            exporter = "torch"
-    if exporter == "optimum":
-        optimum = _needs("optimum.exporters.onnx")
-        optimum.onnx_export_from_model(model, output=folder, task="image-classification", do_validation=False)
-        return exporter
-    folder.mkdir(parents=True, exist_ok=True)
-    pixels = _inputs(model, 2, 0)
-    with torch.no_grad():
-        wrapper = _Logits(model).train(model.training)  # torch.onnx restores the wrapper's mode on the whole tree
-        torch.onnx.export(wrapper, (pixels,), str(folder / "model.onnx"), input_names=["pixel_values"],
-                          output_names=["logits"], dynamic_axes={"pixel_values": {0: "batch_size"}, "logits": {0: "batch_size"}},
-                          opset_version=TORCH_OPSET, dynamo=False)
-    return exporter
-
-
-class _Logits(torch.nn.Module):
-    """``pixel_values -> logits``: the graph Optimum's image-classification export has."""
-
-    def __init__(self, model) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.model(pixel_values=pixel_values).logits
-
-
 def _onnx_to_openvino(onnx_path: Path, folder: Path) -> Path:
-    ov = _needs("openvino")
+    ov = needs("openvino")
 
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "openvino_model.xml"
@@ -246,7 +203,7 @@ def _write_deployable_config(model, output: Path, source: str | Path | None) -> 
 
 
 def run_onnx(path: Path, pixels: np.ndarray) -> np.ndarray:
-    ort = _needs("onnxruntime")
+    ort = needs("onnxruntime")
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return session.run(None, {"pixel_values": pixels})[0]
@@ -255,12 +212,7 @@ def run_onnx(path: Path, pixels: np.ndarray) -> np.ndarray:
 def run_openvino(path: Path, pixels: np.ndarray, precision: str = "f32") -> np.ndarray:
     """Run IR on the CPU; ``precision`` is the inference precision hint (the default on CPUs with
     bf16 support is bf16, so f32 is asked for when comparing with PyTorch)."""
-    ov = _needs("openvino")
+    ov = needs("openvino")
 
     compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": precision})
     return compiled(pixels)[0]
-
-
-def _inputs(model, batch: int, seed: int) -> torch.Tensor:
-    size = image_side(model.config)
-    return torch.randn(batch, model.config.num_channels, size, size, generator=torch.Generator().manual_seed(seed))

@@ -114,7 +114,7 @@ def swap_reducing(model: nn.Module, anatomy: Anatomy, blocks: list[BlockParts], 
     changes.swap_class(encoder_name, encoder_cls, prefix, reduction_sizes=sizes, reduction_plugin=plugin)
     for parts, r in zip(blocks, removals):
         changes.swap_class(parts.name, layer_cls, prefix, reduction_r=r, reduction_prop_attn=prop_attn, reduction_parts=parts,
-                           reduction_sizes=sizes, reduction_prefix=anatomy.prefix_tokens, reduction_builder=builder)
+                           reduction_sizes=sizes, reduction_prefix=anatomy.prefix_tokens_of(model.config), reduction_builder=builder)
         changes.swap_class(parts.attention_name, attention_cls, prefix, reduction_parts=parts.attention)
     changes.call_on_undo(_clear, sizes)
     return changes.rewrite([encoder_name] + [p.name for p in blocks] + [p.attention_name for p in blocks])
@@ -127,13 +127,29 @@ def _clear(sizes: TokenSizes) -> None:
 ONE_REDUCTION = "one token reduction per model: both reduce the tokens of the same blocks between attention and MLP"
 
 
-def reduction_fields(linear_attention: str, swin: str, other_reductions: tuple[str, ...]) -> dict[str, Any]:
-    """The method fields a token-reduction plugin shares with the others (for ``define_method``): ViT
-    and DeiT, Swin refused (``swin``: why), the roles the swaps claim, and conflicts with the linear
-    attentions (``linear_attention``: why) and with every other reduction."""
+def reduction_fields(linear_attention: str, windowed: str, other_reductions: tuple[str, ...],
+                     needs_prefix: bool = False) -> dict[str, Any]:
+    """The method fields a token-reduction plugin shares with the others (for ``define_method``): every
+    family without windows (``windowed``: why not Swin), a relative position bias or cosine attention;
+    with ``needs_prefix`` (importance from the prefix tokens' attention) none without a cls token; the
+    roles the swaps claim, and conflicts with the linear attentions (``linear_attention``: why) and with
+    every other reduction."""
+    refused = {
+        "windowed": windowed,
+        "relative_position_bias": ("the bias is indexed by each token's grid position, and a reduced token "
+                                   "has none; the reducing attention adds only log(size)"),
+        "cosine_attention": "the reducing attention computes scaled dot-product logits, not cosine ones",
+    }
+    if needs_prefix:
+        refused["no_prefix"] = "tokens are scored by the attention the prefix tokens pay them, and there are none"
     return {
-        "model_types": ("vit", "deit"),
-        "refused_model_types": {"swin": swin},
+        "refused_traits": refused,
+        "trait_notes": {
+            "registers": ("register tokens are prefix tokens: never reduced, kept in front (their attention counts in "
+                          "the importance scores, as the cls token's does)"),
+            "cls_mean_readout": "the head's mean runs over the reduced tokens (unweighted by size: the model's own mean)",
+            "mean_readout": "the head's mean runs over the reduced tokens (unweighted by size: the model's own mean)",
+        },
         "roles": ("encoder", "block", "attention", "parts"),
         "conflicts": {"agent_attention": linear_attention, "castling": linear_attention,
                       **{other: ONE_REDUCTION for other in other_reductions}},

@@ -1,10 +1,6 @@
-"""The built-in anatomies: ViT, DeiT (plain and distilled heads) and Swin, in transformers 4.57's layout
-and in the >= 5.9 layout (``layers.N.attention.{q,k,v,o}_proj``, ``mlp.fc1/fc2``).
-
-The one module that knows transformers' module paths and attribute names. A new layout of a known
-family (transformers >= 5.9's ``layers.N.attention.{q,k,v,o}_proj``) or a new family (DINOv2, BEiT,
-Swinv2) is one more :class:`~surgery.core.anatomy.Layout` or :class:`~surgery.core.anatomy.Anatomy`
-here, or from a third-party plugin's ``surgery_register_anatomies``; plugins do not change.
+"""ViT (and ViT-MSN, its self-supervised pre-training with the same modules), DeiT (plain and distilled
+heads) and Swin, in transformers 4.57's layout and in the >= 5.9 layout
+(``layers.N.attention.{q,k,v,o}_proj``, ``mlp.fc1/fc2``).
 """
 
 from __future__ import annotations
@@ -112,7 +108,7 @@ def _swin_roles(layout: BlockLayout) -> dict[str, tuple[str, ...]]:
 
 
 def _vit_like(model_type: str, backbone: str, prefix_tokens: int, classifiers: tuple[str, ...],
-              prefix_parameters: tuple[str, ...]) -> Anatomy:
+              prefix_parameters: tuple[str, ...], family: str) -> Anatomy:
     layout_59 = Layout(
         name="transformers >= 5.9",
         roles=_vit_roles(backbone, backbone, f"{backbone}.layers.*", VIT_BLOCK_59, classifiers),
@@ -129,6 +125,7 @@ def _vit_like(model_type: str, backbone: str, prefix_tokens: int, classifiers: t
         block=VIT_BLOCK_457,
         prefix_parameters=prefix_parameters,
         layouts=(layout_59,),
+        family=family,
     )
 
 
@@ -142,14 +139,18 @@ def _swin() -> Anatomy:
         readout_width=lambda config: int(config.embed_dim * 2 ** (len(config.depths) - 1)),
         block=SWIN_BLOCK_457,
         layouts=(Layout(name="transformers >= 5.9", roles=_swin_roles(SWIN_BLOCK_59), block=SWIN_BLOCK_59),),
+        traits=frozenset({"windowed", "relative_position_bias", "no_prefix"}),
+        family="Swin",
     )
 
 
-def builtin_anatomies() -> list[Anatomy]:
-    """ViT, DeiT (plain and distilled heads) and Swin as laid out in transformers 4.57."""
+def vit_swin_anatomies() -> list[Anatomy]:
     return [
-        _vit_like("vit", "vit", prefix_tokens=1, classifiers=("classifier",), prefix_parameters=("vit.embeddings.cls_token",)),
+        _vit_like("vit", "vit", prefix_tokens=1, classifiers=("classifier",), prefix_parameters=("vit.embeddings.cls_token",),
+                  family="ViT"),
+        _vit_like("vit_msn", "vit", prefix_tokens=1, classifiers=("classifier",), prefix_parameters=("vit.embeddings.cls_token",),
+                  family="ViT-MSN"),
         _vit_like("deit", "deit", prefix_tokens=2, classifiers=("classifier", "cls_classifier", "distillation_classifier"),
-                  prefix_parameters=("deit.embeddings.cls_token", "deit.embeddings.distillation_token")),
+                  prefix_parameters=("deit.embeddings.cls_token", "deit.embeddings.distillation_token"), family="DeiT"),
         _swin(),
     ]

@@ -1,0 +1,135 @@
+"""Every plugin on every family either works or is refused up front with the reason, as the
+declarations say; the README's table is the generated one; a family the built-ins do not cover
+(I-JEPA: no cls token, the head on the mean) gets the built-in methods through a third-party
+``surgery_register_anatomies`` hook, and the ones that cannot handle it refuse it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import IJepaConfig, IJepaForImageClassification
+
+import surgery
+from surgery.core.anatomy import TRAITS, Anatomy, Layout
+from surgery.core.hookspecs import hookimpl
+from surgery.core.parts import BlockLayout
+from surgery.core.support import BEGIN, END, support, support_table
+from surgery.errors import UnsupportedModelError
+from surgery.toolkit.tokens import token_sizes
+
+from conftest import ARCHS, images, state_values, tiny
+
+ROOT = Path(__file__).resolve().parents[1]
+OPTIONS = {"quantize": {"activations": "none"}, "token_merge": {"r": 4}, "token_prune": {"r": 4},
+           "token_transform": {"r": 4}, "agent_attention": {"agents": 4}}
+PAIRS = [(m.name, arch) for m in surgery.list_methods() for arch in ARCHS]
+
+
+@pytest.mark.parametrize("plugin, arch", PAIRS, ids=[f"{p}-{a}" for p, a in PAIRS])
+def test_each_plugin_works_or_is_refused_up_front_as_declared(plugin, arch):
+    model = tiny(arch)
+    host = surgery.get_host()
+    verdict = support(host.method(plugin), host.anatomy(model.config.model_type))
+    before = state_values(model)
+    spec = (plugin, OPTIONS.get(plugin, {}))
+    if verdict.supported:
+        surgery.apply(model, [spec])
+        with torch.no_grad():
+            assert torch.isfinite(model(pixel_values=images()).logits).all()
+        surgery.revert(model)
+    else:
+        with pytest.raises(UnsupportedModelError) as error:
+            surgery.plan(model, [spec])
+        for _, reason in verdict.notes:
+            assert reason in str(error.value)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_the_readme_table_is_the_generated_one():
+    text = (ROOT / "README.md").read_text()
+    assert BEGIN in text and END in text, "README.md lacks the support table markers"
+    table = text.split(BEGIN, 1)[1].split(END, 1)[0].strip()
+    methods = [m for m in surgery.list_methods() if m.package == "surgery"]
+    assert table == support_table(methods, list(surgery.get_host().anatomies.values())), \
+        "README.md's support table is stale: paste the output of `surgery families` between its markers"
+
+
+def test_anatomies_declare_only_known_traits_and_layouts_agree_with_them():
+    for anatomy in surgery.get_host().anatomies.values():
+        assert set(anatomy.traits) <= set(TRAITS)
+        for layout in anatomy.all_layouts():
+            block = layout.block
+            assert ("windowed" in anatomy.traits) == (block.window_size is not None), anatomy.model_type
+            assert ("layer_scale" in anatomy.traits) == (block.layer_scale1 is not None), anatomy.model_type
+            assert ("post_norm" in anatomy.traits) == (block.residual == "post_norm"), anatomy.model_type
+    with pytest.raises(UnsupportedModelError, match=r"anatomy 'x': unknown trait\(s\) registerz; .*Did you mean 'registers'"):
+        Anatomy("x", {}, 0, "cls", len, len, traits=frozenset({"registerz"}))
+
+
+# -- a family the built-ins do not cover, from a third-party plugin -----------------------------------
+IJEPA_457 = BlockLayout(  # the ViT block of transformers 4.57, as a plugin author writes it
+    norm1="layernorm_before", attention="attention.attention", projections={"query": "query", "key": "key", "value": "value"},
+    heads="num_attention_heads", head_dim="attention_head_size", dropout="dropout_prob",
+    output="attention.output.dense", output_dropout="attention.output.dropout", norm2="layernorm_after",
+    mlp_in="intermediate.dense", activation="intermediate.intermediate_act_fn", mlp_out="output.dense", mlp_dropout="output.dropout",
+)
+IJEPA_5 = BlockLayout(  # and of transformers >= 5.9
+    norm1="layernorm_before", attention="attention", projections={"query": "q_proj", "key": "k_proj", "value": "v_proj", "output": "o_proj"},
+    heads="num_attention_heads", head_dim="head_dim", dropout="attention_dropout", output_dropout="dropout",
+    norm2="layernorm_after", mlp_in="mlp.fc1", activation="mlp.activation_fn", mlp_out="mlp.fc2", mlp_dropout="dropout",
+    mask_argument="none",
+)
+
+
+def _roles(encoder: str, blocks: str, layout: BlockLayout) -> dict:
+    return {"encoder": (encoder,), **layout.roles(blocks), "final_norm": ("ijepa.layernorm",), "classifier": ("classifier",),
+            "patch_embed": ("ijepa.embeddings.patch_embeddings.projection",)}
+
+
+class IJepaPlugin:
+    """What a third-party package registers under the ``surgery`` entry-point group."""
+
+    @hookimpl
+    def surgery_register_anatomies(self):
+        return [Anatomy(
+            "ijepa", _roles("ijepa.encoder", "ijepa.encoder.layer.*", IJEPA_457), prefix_tokens=0, readout="cls",
+            readout_heads=lambda c: c.num_attention_heads, readout_width=lambda c: c.hidden_size, block=IJEPA_457,
+            layouts=(Layout("transformers >= 5.9", _roles("ijepa", "ijepa.layers.*", IJEPA_5), IJEPA_5),),
+            traits=frozenset({"no_prefix", "mean_readout"}), family="I-JEPA")]
+
+
+def _ijepa():
+    torch.manual_seed(0)
+    config = IJepaConfig(image_size=32, patch_size=4, num_labels=10, hidden_size=32, num_hidden_layers=2,
+                         num_attention_heads=4, intermediate_size=64)
+    return IJepaForImageClassification(config).eval()
+
+
+def test_a_third_party_family_gets_the_builtin_methods_it_can_take(host_with, tmp_path):
+    host = host_with(IJepaPlugin())
+    assert "ijepa" in host.anatomies
+    table = support_table(surgery.list_methods(), [host.anatomy("ijepa")])
+    assert "| quantize | yes |" in table and "| token_prune | **no** [" in table and "| ggem | **no** [" in table
+    for plugin in ("token_prune", "token_transform", "ggem"):
+        with pytest.raises(UnsupportedModelError, match=rf"{plugin} does not support model_type 'ijepa'"):
+            surgery.plan(_ijepa(), [plugin])
+    x = images()
+    for spec in [("quantize", {"activations": "none"}), ("token_merge", {"r": 4}), ("castling", {"init": "paper"}),
+                 ("agent_attention", {"agents": 4}), ("bivit", {})]:
+        model = _ijepa()
+        with torch.no_grad():
+            reference = model(pixel_values=x).logits
+        surgery.apply(model, [spec])
+        with torch.no_grad():
+            ours = model(pixel_values=x).logits
+        assert torch.isfinite(ours).all() and not torch.equal(ours, reference)
+        surgery.save(model, tmp_path / spec[0])
+        with torch.no_grad():
+            torch.testing.assert_close(surgery.load(tmp_path / spec[0])(pixel_values=x).logits, ours, rtol=0, atol=0)
+    # token_merge with nothing in front: 4 merges in each of 2 blocks, every patch counted once
+    model = surgery.apply(_ijepa(), [("token_merge", {"r": 4})])
+    model(pixel_values=x)
+    sizes = token_sizes(model).sizes
+    assert sizes.shape == (3, 56, 1) and torch.all(sizes.sum(1) == 64)
