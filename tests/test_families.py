@@ -133,3 +133,10 @@ def test_a_third_party_family_gets_the_builtin_methods_it_can_take(host_with, tm
     model(pixel_values=x)
     sizes = token_sizes(model).sizes
     assert sizes.shape == (3, 56, 1) and torch.all(sizes.sum(1) == 64)
+
+
+def test_a_method_naming_an_unknown_trait_is_refused_when_defined():
+    from surgery.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"method 'x': refused_traits names unknown trait\(s\) windows; .*Did you mean 'windowed'"):
+        surgery.SurgeryMethod(name="x", summary="x", config_class=object, apply=len, refused_traits={"windows": "no"})

@@ -8,9 +8,9 @@ from typing import Any
 
 from torch import nn
 
-from surgery.core.anatomy import Anatomy
+from surgery.core.anatomy import TRAITS, Anatomy
 from surgery.core.options import SurgeryConfig
-from surgery.errors import ConfigError
+from surgery.errors import ConfigError, did_you_mean
 
 
 @dataclasses.dataclass
@@ -100,6 +100,13 @@ class SurgeryMethod:
     @property
     def reversible(self) -> bool:
         return self.revert is not None
+
+    def __post_init__(self) -> None:
+        for field in ("refused_traits", "trait_notes"):
+            unknown = sorted(set(getattr(self, field)) - set(TRAITS))
+            if unknown:
+                raise ConfigError(f"method '{self.name}': {field} names unknown trait(s) {', '.join(unknown)}; "
+                                  f"traits: {', '.join(TRAITS)}." + did_you_mean(unknown[0], TRAITS))
 
     def refusal(self, anatomy: Anatomy) -> str | None:
         """Why this method refuses ``anatomy``'s family (a refused model type or trait, or a type it
