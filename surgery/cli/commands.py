@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from surgery.core.specs import configs_from_text as _specs
+from surgery.core.support import supported_families
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -21,8 +22,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     else:
         rows = [("name", "summary", "architectures", "package")]
         anatomies = list(host.anatomies.values())
-        rows += [(m.name, m.summary, ", ".join(a.model_type for a in anatomies if m.refusal(a) is None),
-                  f"{m.package} {m.version}") for m in methods]
+        rows += [(m.name, m.summary, ", ".join(supported_families(m, anatomies)), f"{m.package} {m.version}") for m in methods]
         widths = [max(len(r[i]) for r in rows) for i in range(3)]
         for row in rows:
             print("  ".join(cell.ljust(widths[i]) if i < 3 else cell for i, cell in enumerate(row)))
@@ -54,7 +54,7 @@ def _method_json(method: Any, host: Any) -> dict[str, Any]:
         "name": method.name,
         "summary": method.summary,
         "model_types": list(method.model_types),
-        "families": [a.model_type for a in host.anatomies.values() if method.refusal(a) is None],
+        "families": supported_families(method, list(host.anatomies.values())),
         "package": method.package,
         "version": method.version,
         "reversible": method.reversible,

@@ -108,14 +108,22 @@ class SurgeryMethod:
                 raise ConfigError(f"method '{self.name}': {field} names unknown trait(s) {', '.join(unknown)}; "
                                   f"traits: {', '.join(TRAITS)}." + did_you_mean(unknown[0], TRAITS))
 
+    def traits_refused(self, anatomy: Anatomy) -> list[tuple[str, str]]:
+        """``(trait, why)`` for each of ``anatomy``'s traits this method refuses, in trait order."""
+        return [(trait, self.refused_traits[trait]) for trait in sorted(anatomy.traits) if trait in self.refused_traits]
+
+    def traits_noted(self, anatomy: Anatomy) -> list[tuple[str, str]]:
+        """``(trait, what happens to it)`` for each of ``anatomy``'s traits this method has a note on."""
+        return [(trait, self.trait_notes[trait]) for trait in sorted(anatomy.traits) if trait in self.trait_notes]
+
     def refusal(self, anatomy: Anatomy) -> str | None:
         """Why this method refuses ``anatomy``'s family (a refused model type or trait, or a type it
         does not list), or None when it supports it."""
         if anatomy.model_type in self.refused_model_types:
             return self.refused_model_types[anatomy.model_type]
-        refused = [f"{trait}: {self.refused_traits[trait]}" for trait in sorted(anatomy.traits) if trait in self.refused_traits]
+        refused = self.traits_refused(anatomy)
         if refused:
-            return "; ".join(refused)
+            return "; ".join(f"{trait}: {why}" for trait, why in refused)
         if ANY_MODEL_TYPE not in self.model_types and anatomy.model_type not in self.model_types:
             return f"it supports {', '.join(self.model_types)} only"
         return None

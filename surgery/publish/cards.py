@@ -122,8 +122,7 @@ def _step_view(step: dict[str, Any], anatomy: Any = None) -> dict[str, Any]:
     view["reference"] = method.reference if method else ""
     view["reversible"] = bool(method and method.reversible)
     view["template"] = method.card_template if method else None
-    view["family_notes"] = ([(t, method.trait_notes[t]) for t in sorted(anatomy.traits) if t in method.trait_notes]
-                            if method and anatomy else [])
+    view["family_notes"] = method.traits_noted(anatomy) if method and anatomy else []
     view["family"] = anatomy.title if anatomy else ""
     return view
 
