@@ -198,3 +198,17 @@ def test_recover_with_lora_keeps_or_merges_the_adapter(digits, tmp_path, capsys)
     for command in (["eval", "--data", "digits"], ["export", "--to", "onnx", "-o", str(tmp_path / "onnx")], ["apply", "-p", "ggem", "-o", str(tmp_path / "y")]):
         assert main([command[0], str(tmp_path / "lora-false"), *command[1:]]) == 2  # would leave the adapter out
         assert "holds a LoRA adapter" in capsys.readouterr().err
+
+
+def test_families_prints_the_table_and_its_json(capsys):
+    assert main(["families"]) == 0
+    out = capsys.readouterr().out
+    assert "| method | ViT | ViT-MSN | DeiT | Swin | Swinv2 | DINOv2 | DINOv2 with registers |" in out
+    assert main(["families", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["families"]["swinv2"]["traits"] == ["cosine_attention", "no_prefix", "post_norm", "relative_position_bias", "windowed"]
+    (bivit,) = [c for c in data["support"] if c["method"] == "bivit" and c["model_type"] == "swinv2"]
+    assert bivit["supported"] is False and bivit["notes"][0][0] == "cosine_attention"
+    assert main(["list", "--json"]) == 0
+    (merge,) = [m for m in json.loads(capsys.readouterr().out) if m["name"] == "token_merge"]
+    assert merge["model_types"] == ["*"] and "swin" not in merge["families"] and "dinov2_with_registers" in merge["families"]

@@ -52,3 +52,16 @@ def test_torch_exporter_to_openvino_and_int8(tmp_path):
 def test_unknown_exporter_is_refused(tmp_path):
     with pytest.raises(ExportError, match=r"export: 'exporter' got 'tf'; allowed: auto, optimum, torch"):
         export(tiny("vit"), tmp_path / "x", exporter="tf")
+
+
+def test_the_optimum_exporter_on_a_type_it_has_no_config_for_says_to_use_torch(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("optimum") is None or importlib.util.find_spec("optimum.exporters") is None:
+        pytest.skip("optimum-onnx is not installed in this set")
+    model = tiny("dinov2-registers")
+    with pytest.raises(ExportError, match=r"Optimum's ONNX exporter has no config for model type 'dinov2_with_registers'; "
+                                          r"use exporter='torch' \(or 'auto', which does\)"):
+        export(model, tmp_path / "out", exporter="optimum")
+    result = export(model, tmp_path / "auto")  # auto: torch.onnx, as the report says
+    assert json.loads((tmp_path / "auto" / REPORT).read_text())["exporter"] == "torch" and result.max_abs_diff < 1e-4
