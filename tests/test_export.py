@@ -47,7 +47,7 @@ def _takes(arch: str, steps: list) -> bool:
 # every case on the first families; each plugin alone on the others; what a family refuses is left out
 CASES = [(name, arch, to) for arch in ("vit", "deit-distilled", "swin", "dinov2-registers") for name in FP32
          for to in ("onnx", "openvino") if _takes(arch, FP32[name])]
-CASES += [(name, arch, to) for arch in ("vit-msn", "swinv2", "dinov2") for name in SINGLE for to in ("onnx", "openvino")
+CASES += [(name, arch, to) for arch in ("vit-msn", "swinv2", "dinov2", "beit", "data2vec-vision") for name in SINGLE for to in ("onnx", "openvino")
           if _takes(arch, FP32[name])]
 
 

@@ -140,3 +140,49 @@ def test_a_method_naming_an_unknown_trait_is_refused_when_defined():
 
     with pytest.raises(ConfigError, match=r"method 'x': refused_traits names unknown trait\(s\) windows; .*Did you mean 'windowed'"):
         surgery.SurgeryMethod(name="x", summary="x", config_class=object, apply=len, refused_traits={"windows": "no"})
+
+
+# -- BEiT / data2vec-vision: where the position bias lives ----------------------------------------
+
+@pytest.mark.parametrize("arch", ["beit", "data2vec-vision"])
+@pytest.mark.parametrize("plugin", ["agent_attention", "castling"])
+def test_an_attention_swap_takes_the_position_bias_with_the_core_and_revert_puts_it_back(arch, plugin):
+    """4.57 (and data2vec-vision in 5.x) keeps the bias table in the core; BEiT >= 5 in the block, which
+    hands it to the core as the mask: either way no table is left behind to train, save or compute."""
+    model = tiny(arch)
+    x = images()
+    keys, logits = list(model.state_dict()), model(pixel_values=x).logits
+    tables = [k for k in keys if k.endswith("relative_position_bias_table")]
+    assert len(tables) == model.config.num_hidden_layers
+    surgery.apply(model, [(plugin, {"layers": "all", **OPTIONS.get(plugin, {})})])
+    assert not [k for k in model.state_dict() if "relative_position_bias" in k]
+    surgery.revert(model)
+    assert list(model.state_dict()) == keys
+    assert torch.equal(model(pixel_values=x).logits, logits)
+
+
+def test_a_bias_shared_by_all_blocks_is_refused_by_the_methods_built_from_parts():
+    model = tiny("beit", use_relative_position_bias=False, use_shared_relative_position_bias=True)
+    before = state_values(model)
+    for plugin in ("bivit", "agent_attention", "castling"):
+        with pytest.raises(UnsupportedModelError, match=r"BeitForImageClassification \(beit\): "
+                                                         r"use_shared_relative_position_bias=True .* not described by the parts"):
+            surgery.apply(model, [plugin])
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    surgery.apply(model, [("quantize", {"activations": "none"}), "ggem"])  # linears and the pooler: no parts needed
+    assert torch.isfinite(model(pixel_values=images()).logits).all()
+
+
+def test_a_beit_evaluated_by_surgery_still_trains():
+    """BEiT caches its position index per module: one made under inference_mode would break every later
+    backward, so surgery evaluates (accuracy, FLOPs, the export's parity run) under no_grad."""
+    from surgery.evaluation.accuracy import predict_logits
+    from surgery.evaluation.flops import model_flops
+
+    model = tiny("beit")
+    x = images()
+    predict_logits(model, x)
+    model_flops(model, x[:1])
+    model.train()
+    model(pixel_values=x).logits.sum().backward()
+    assert all(p.grad is not None for n, p in model.named_parameters() if n.endswith("relative_position_bias_table"))

@@ -89,16 +89,22 @@ def test_ggem_model_matches_reference(arch):
     x = images()
     with torch.no_grad():
         features = model.base_model(pixel_values=x).last_hidden_state.double().numpy()  # after the final norm
+    anatomy = get_host().anatomy(model.config.model_type)
+    pooler_norm = anatomy.one(model, "pooler_norm")[1] if "normed_mean_pool" in anatomy.traits else None
     surgery.apply(model, [("ggem", {"p_init": 2.0})])
     pool = next(m for m in model.modules() if isinstance(m, GroupGeM))
     with torch.no_grad():
         pool.p.copy_(torch.linspace(1.25, 3.5, pool.groups))
         logits = model(pixel_values=x).logits.double().numpy()
-    anatomy = get_host().anatomy(model.config.model_type)
     prefix = anatomy.prefix_tokens_of(model.config)
     pooled = ggem_reference(features[:, prefix:], pool.p.detach().double().numpy(), 1e-6)
     if "cls_mean_readout" in anatomy.traits:  # DINOv2: GGeM takes the cls half; the mean half stays
         pooled = np.concatenate([pooled, features[:, prefix:].mean(1)], axis=1)
+    if pooler_norm is not None:  # BEiT: the pooler's LayerNorm after GGeM, as after its mean
+        norm = pooler_norm
+        centred = pooled - pooled.mean(1, keepdims=True)
+        pooled = centred / np.sqrt((centred ** 2).mean(1, keepdims=True) + norm.eps)
+        pooled = pooled * norm.weight.detach().double().numpy() + norm.bias.detach().double().numpy()
     np.testing.assert_allclose(logits, _heads_reference(model, pooled), rtol=1e-4, atol=1e-5)
 
 

@@ -1,5 +1,6 @@
 """The parts of a block reproduce the host block: on every built-in family with global attention (ViT,
-ViT-MSN, DeiT, DINOv2 with its layer scale, with and without registers) and on Swin's windows, in
+ViT-MSN, DeiT, DINOv2 with its layer scale, with and without registers, BEiT and data2vec-vision with
+their position bias per block) and on Swin's windows, in
 whichever layout this transformers has; plus layout selection from the model and the anatomy's words
 for overlaps."""
 
@@ -18,15 +19,23 @@ from surgery.core.claims import describe
 from surgery.core.parts import block_parts
 from surgery.errors import UnsupportedModelError
 
-def composed(parts, hidden):
-    """The block rebuilt from its parts alone: attention (softmax, from the projections), residual, MLP."""
+def composed(parts, hidden, bias=None):
+    """The block rebuilt from its parts alone: attention (softmax, from the projections, plus ``bias``),
+    residual, MLP."""
     q, k, v = parts.attention.qkv(parts.attention_input(hidden))
-    context = F.scaled_dot_product_attention(q, k, v, scale=parts.attention.scale)
+    context = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=parts.attention.scale)
     context = context.transpose(1, 2).reshape(hidden.shape[0], -1, parts.width)
     return parts.mlp_residual(parts.attention_residual(hidden, context))
 
 
-GLOBAL = ["vit", "vit-msn", "deit-distilled", "dinov2", "dinov2-registers"]
+GLOBAL = ["vit", "vit-msn", "deit-distilled", "dinov2", "dinov2-registers", "beit", "data2vec-vision"]
+
+
+def position_bias(parts):
+    """The block's relative position bias at the config's grid: the core's own (4.57 layouts) or the
+    module the block computes it in and hands the core (BEiT >= 5); None for families without one."""
+    host = parts.part("host_bias") if parts.layout.host_bias else None
+    return host(host.window_size) if host is not None else parts.attention.position_bias()
 
 
 @pytest.mark.parametrize("arch", GLOBAL)
@@ -34,18 +43,26 @@ def test_parts_rebuild_the_host_block_exactly(arch):
     model = tiny(arch).double().eval()
     anatomy = surgery.get_host().anatomy(model.config.model_type)
     layout, block = anatomy.layout_of(model).block, anatomy.find(model, "block")[1][1]
-    with torch.no_grad():  # a layer scale that is not 1 or one value (DINOv2)
+    with torch.no_grad():  # a layer scale that is not 1 or one value (DINOv2, BEiT)
         for name, parameter in block.named_parameters():
-            if name.startswith("layer_scale"):
+            if name.startswith(("layer_scale", "lambda_")):
                 parameter.uniform_(0.2, 1.5)
+            if name.endswith("relative_position_bias_table"):  # a bias that moves the logits
+                parameter.normal_(0.0, 1.0)
     parts = block_parts(1, "block", block, layout, (8, 8))
-    hidden = torch.randn(3, 66, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    bias = position_bias(parts)
+    assert (bias is not None) == ("relative_position_bias" in anatomy.traits)
+    tokens = 65 if bias is not None else 66  # BEiT's bias covers the config's 8x8 grid and cls
+    hidden = torch.randn(3, tokens, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
-        expected = block(hidden)
+        expected = block(hidden, resolution=(32, 32)) if bias is not None else block(hidden)
         expected = expected[0] if isinstance(expected, tuple) else expected
-        torch.testing.assert_close(composed(parts, hidden), expected, rtol=0, atol=1e-12)
+        torch.testing.assert_close(composed(parts, hidden, bias), expected, rtol=0, atol=1e-12)
+        if bias is not None:  # the bias is not zero: without it the block differs
+            assert (composed(parts, hidden) - expected).abs().max() > 1e-3
     assert (parts.attention.heads, parts.attention.head_dim, parts.width) == (4, 8, 32)
-    assert (parts.part("layer_scale1") is not None) == ("layer_scale" in anatomy.traits)
+    scale = parts.part("layer_scale1")
+    assert (scale is not None and not isinstance(scale, float)) == ("layer_scale" in anatomy.traits)
 
 
 def test_swin_parts_give_the_windowed_core_with_its_position_bias():
@@ -104,7 +121,8 @@ def test_role_groups_follow_the_layout():
 
 def test_prefix_token_parameters_come_from_the_anatomy():
     for arch, expected in (("vit", ["vit.embeddings.cls_token"]), ("deit-distilled", ["deit.embeddings.cls_token", "deit.embeddings.distillation_token"]), ("swin", []),
-                           ("dinov2-registers", ["dinov2_with_registers.embeddings.cls_token", "dinov2_with_registers.embeddings.register_tokens"])):
+                           ("dinov2-registers", ["dinov2_with_registers.embeddings.cls_token", "dinov2_with_registers.embeddings.register_tokens"]),
+                           ("beit", ["beit.embeddings.cls_token"]), ("data2vec-vision", ["data2vec_vision.embeddings.cls_token"])):
         model = tiny(arch)
         names = [n for n, _ in surgery.get_host().anatomy(model.config.model_type).prefix_token_parameters(model)]
         assert names == expected

@@ -11,7 +11,7 @@ from surgery.core.method import Rewrite
 from surgery.core.parts import BlockParts
 from surgery.plugins.agent_attention.config import AgentAttentionConfig
 from surgery.plugins.agent_attention.layers import AgentAttention
-from surgery.toolkit.attention import is_hierarchical, select_layers, stage_of
+from surgery.toolkit.attention import install_core, is_hierarchical, select_layers, stage_of
 from surgery.toolkit.modules import Changes
 
 SWIN_AGENTS_BY_STAGE = (9, 16, 49, 49)  # Agent-Swin T/S/B: AGENT.NUM = 9-16-49-49
@@ -34,7 +34,7 @@ def apply(model: nn.Module, config: AgentAttentionConfig, anatomy: Anatomy) -> R
                                  f"{grid[0]}x{grid[1]} grid (agents pool the patches)")
         new = AgentAttention(parts.attention, agents, grid, anatomy.prefix_tokens_of(model.config), bias_size=config.bias_size,
                              prefix_bias=config.prefix_bias, init=config.init, dropout=parts.attention.dropout)
-        changes.replace(parts.attention_name, new)
+        install_core(changes, parts, new)
     return changes.rewrite()
 
 

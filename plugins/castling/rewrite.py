@@ -12,7 +12,7 @@ from surgery.core.anatomy import Anatomy
 from surgery.core.method import Rewrite
 from surgery.plugins.castling.config import CastlingConfig
 from surgery.plugins.castling.layers import LinearAngularAttention
-from surgery.toolkit.attention import select_layers
+from surgery.toolkit.attention import install_core, select_layers
 from surgery.toolkit.modules import Changes
 
 
@@ -29,5 +29,5 @@ def apply(model: nn.Module, config: CastlingConfig, anatomy: Anatomy) -> Rewrite
             parts.attention, anatomy.prefix_tokens_of(model.config), kernel_size=config.kernel_size, sparse_reg=config.sparse_reg,
             sparse_threshold=config.sparse_threshold, aux_weight=config.aux_weight, init=config.init,
         )
-        changes.replace(parts.attention_name, new)
+        install_core(changes, parts, new)
     return changes.rewrite()

@@ -1,4 +1,4 @@
-"""GGeM layers: the pooling itself and the two ways it is wired into a classifier."""
+"""GGeM layers: the pooling itself and the three ways it is wired into a classifier."""
 
 from __future__ import annotations
 
@@ -79,3 +79,19 @@ class GGeMPooler(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """``features`` (B, C, L) to (B, C, 1), as ``SwinModel`` calls its pooler."""
         return self.pool(features.transpose(1, 2)).unsqueeze(-1)
+
+
+class GGeMNormedPooler(nn.Module):
+    """For mean-pooled models with a normalising pooler (BEiT, data2vec-vision): replaces the pooler,
+    taking the sequence (B, N, C) and returning (B, C) as it does: the pooler's own LayerNorm applied
+    to GGeM over the patch tokens (the prefix tokens left out, as the model's mean leaves out cls)."""
+
+    def __init__(self, norm: nn.Module, pool: GroupGeM, prefix_tokens: int):
+        super().__init__()
+        self.norm, self.pool, self.prefix_tokens = norm, pool, prefix_tokens
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.pool(hidden[:, self.prefix_tokens:]))
+
+    def extra_repr(self) -> str:
+        return f"prefix_tokens={self.prefix_tokens}"

@@ -20,6 +20,7 @@ mlp_out        the second MLP linear
 patch_embed    the patch-embedding convolution
 final_norm     the LayerNorm after the last block
 pooler         the pooling module in front of the classifier (Swin)
+pooler_norm    the norm inside the pooler, after the mean (BEiT)
 classifier     the classification head(s)
 ============== ===========================================================================
 
@@ -65,6 +66,7 @@ TRAITS: Mapping[str, str] = {
     "no_prefix": "no cls token: nothing in front of the patch tokens",
     "cosine_attention": "attention logits are cosine similarities times a learned per-head scale",
     "post_norm": "the norm after each residual branch instead of before it",
+    "normed_mean_pool": "the pooler normalises the mean of the patch tokens with its own LayerNorm; the final norm is an identity",
 }
 
 
@@ -104,6 +106,9 @@ class Anatomy:
         name: what the first layout is called in messages.
         traits: what this family does that methods may refuse (:data:`TRAITS`).
         family: the family's name in tables and messages (default: the model type).
+        parts_refusal: ``parts_refusal(config) -> reason or None``: a configuration of the family that
+            the block parts do not describe (BEiT's shared position bias), refused by every method that
+            builds from parts.
     """
 
     model_type: str
@@ -118,6 +123,7 @@ class Anatomy:
     name: str = "transformers 4.57"
     traits: frozenset[str] = frozenset()
     family: str = ""
+    parts_refusal: Callable[[object], str | None] | None = None
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.traits) - set(TRAITS))
@@ -191,6 +197,7 @@ class Anatomy:
                     raise UnsupportedModelError(
                         f"{type(model).__name__} ({self.model_type}): the anatomy's layout '{layout.name}' names "
                         "modules only, not the parts of a block that this method builds from.")
+                self._check_parts_config(model)
                 continue
             if not self.find(model, role):
                 found = sorted({name.split(".")[0] for name, _ in model.named_modules() if name})
@@ -202,12 +209,18 @@ class Anatomy:
                 )
 
     # -- parts ----------------------------------------------------------------------------------
+    def _check_parts_config(self, model: nn.Module) -> None:
+        reason = self.parts_refusal(model.config) if self.parts_refusal is not None else None
+        if reason:
+            raise UnsupportedModelError(f"{type(model).__name__} ({self.model_type}): {reason}.")
+
     def blocks(self, model: nn.Module) -> list[BlockParts]:
         """The parts of every block, in model order."""
         layout = self.layout_of(model)
         if layout.block is None:
             raise UnsupportedModelError(f"{type(model).__name__} ({self.model_type}): the layout '{layout.name}' "
                                         "does not describe its blocks' parts.")
+        self._check_parts_config(model)
         grid = patch_grid(model.config)
         return [block_parts(i, name, module, layout.block, grid) for i, (name, module) in enumerate(self.find(model, "block"))]
 

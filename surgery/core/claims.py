@@ -19,7 +19,7 @@ ROLE_WORDS = {
     "attention": "the self-attention", "query": "the query projection", "key": "the key projection",
     "value": "the value projection", "attn_output": "the attention output projection", "mlp_in": "the first MLP linear",
     "mlp_out": "the second MLP linear", "block": "block", "encoder": "the encoder", "final_norm": "the final norm",
-    "pooler": "the pooler", "classifier": "the classifier", "patch_embed": "the patch embedding",
+    "pooler": "the pooler", "pooler_norm": "the pooler's norm", "classifier": "the classifier", "patch_embed": "the patch embedding",
 }
 SHOWN = 3
 

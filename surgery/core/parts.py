@@ -18,7 +18,9 @@ The real layouts that shaped the fields (docs/architecture.md):
 - DINOv2: ``norm1/norm2``, ``layer_scale1/2`` and ``drop_path`` on both residual branches, register
   tokens after cls;
 - Swinv2: post-norm residuals (``x + norm(f(x))``), cosine attention and a continuous position bias,
-  a window fixed when the block is built.
+  a window fixed when the block is built;
+- BEiT >= 5: the block computes the relative position bias in its own module and passes it to the
+  core as the attention mask; a layer scale of 1.0 (a float) where there is none.
 """
 
 from __future__ import annotations
@@ -61,7 +63,9 @@ class BlockLayout:
         drop_path: the stochastic-depth module on both residual branches, or None.
         residual: "pre_norm" (x + f(norm(x))) or "post_norm" (norm(x + f(x)), Swinv2).
         mask_argument: what the host passes the core after the hidden states: "head_mask" (ignored:
-            surgery refuses head masks), "window_mask" (Swin's additive shifted-window mask) or "none".
+            surgery refuses head masks), "window_mask" (Swin's additive shifted-window mask),
+            "attention_bias" (an additive (1, heads, N, N) logit bias as ``attention_mask``: BEiT >= 5's
+            position bias) or "none".
         core_returns: "pair" (``(context, weights)``) or "single" (``(context,)``).
         window_size, shift_size, resolution: attribute paths on the block of windowed attention (Swin)
             and of the feature map it sees; None for global attention.
@@ -70,6 +74,9 @@ class BlockLayout:
             when the block is built (Swinv2), so global attention is a window of the map's side.
         position_bias: ``position_bias(core) -> (1, heads, N, N)``, the relative position bias the core
             adds to its logits, or None.
+        host_bias: the block-level module (path relative to the block) whose output the block passes
+            the core as ``attention_mask`` (BEiT >= 5's relative position bias), or None; an attention
+            swap that drops the bias removes it (:func:`surgery.toolkit.attention.install_core`).
         tensors: names for tensors (paths relative to the block) that another layout of the family keeps
             in a different submodule, so a checkpoint can cross layouts (:mod:`surgery.core.names`).
         saved_buffers: buffers (paths relative to the block) that this layout's checkpoints hold and
@@ -94,13 +101,14 @@ class BlockLayout:
     layer_scale2: str | None = None
     drop_path: str | None = None
     residual: Literal["pre_norm", "post_norm"] = "pre_norm"
-    mask_argument: Literal["head_mask", "window_mask", "none"] = "head_mask"
+    mask_argument: Literal["head_mask", "window_mask", "attention_bias", "none"] = "head_mask"
     core_returns: Literal["pair", "single"] = "pair"
     window_size: str | None = None
     shift_size: str | None = None
     resolution: str | None = None
     window_clamps: bool = True
     position_bias: Callable[[nn.Module], torch.Tensor] | None = None
+    host_bias: str | None = None
     tensors: Mapping[str, str] = dataclasses.field(default_factory=dict)
     saved_buffers: Mapping[str, Callable[[Mapping[str, torch.Tensor]], torch.Tensor | None]] = dataclasses.field(
         default_factory=dict)
@@ -127,7 +135,7 @@ class AttentionParts:
     head_dim: int
     dropout: float
     core_returns: Literal["pair", "single"]
-    mask_argument: Literal["head_mask", "window_mask", "none"]
+    mask_argument: Literal["head_mask", "window_mask", "attention_bias", "none"]
     position_bias_fn: Callable[[nn.Module], torch.Tensor] | None = None
 
     @property
@@ -167,6 +175,12 @@ class AttentionParts:
     def window_mask(self, args: tuple, kwargs: Mapping[str, Any]) -> torch.Tensor | None:
         """The additive shifted-window mask the host passed the core, when its layout has one."""
         if self.mask_argument != "window_mask":
+            return None
+        return args[0] if args else kwargs.get("attention_mask")
+
+    def host_bias(self, args: tuple, kwargs: Mapping[str, Any]) -> torch.Tensor | None:
+        """The additive logit bias the host block passed the core (BEiT >= 5's position bias), or None."""
+        if self.mask_argument != "attention_bias":
             return None
         return args[0] if args else kwargs.get("attention_mask")
 
@@ -236,12 +250,12 @@ class BlockParts:
 
     def _residual(self, hidden: torch.Tensor, branch: torch.Tensor, scale_field: str, norm_field: str) -> torch.Tensor:
         """hidden + drop_path(scale * branch), with post-norm hidden + drop_path(norm(branch)) (Swinv2).
-        A layer scale is a module (DINOv2's ``layer_scale1``) or a parameter (BEiT's ``lambda_1``)."""
+        A layer scale is a module (DINOv2's ``layer_scale1``), a parameter (BEiT's ``lambda_1``) or a float."""
         scale, drop_path = self.part(scale_field), self.part("drop_path")
         if self.layout.residual == "post_norm":
             branch = self.part(norm_field)(branch)
         if scale is not None:
-            branch = branch * scale if isinstance(scale, torch.Tensor) else scale(branch)
+            branch = scale(branch) if isinstance(scale, nn.Module) else branch * scale  # a module, a tensor or 1.0
         if drop_path is not None:
             branch = drop_path(branch)
         return branch + hidden if self.layout.residual == "pre_norm" else hidden + branch

@@ -1,5 +1,6 @@
 """Model configs and builders for every built-in family on small images: ViT, ViT-MSN, DeiT (plain and
-distilled), Swin, Swinv2, DINOv2 (plain and with 4 registers).
+distilled), Swin, Swinv2, DINOv2 (plain and with 4 registers), BEiT and data2vec-vision (a relative
+position bias per block and mean pooling, as in their published classification checkpoints).
 
 ``demo`` is the size of the built-in default model (64 patch tokens of a 32x32 image, patch 4);
 ``tiny`` is what tests use. Models are built from configs, never downloaded.
@@ -11,6 +12,10 @@ from typing import Any
 
 from PIL import Image
 from transformers import (
+    BeitConfig,
+    BeitForImageClassification,
+    Data2VecVisionConfig,
+    Data2VecVisionForImageClassification,
     DeiTConfig,
     DeiTForImageClassification,
     DeiTForImageClassificationWithTeacher,
@@ -33,7 +38,8 @@ from transformers import (
 
 from surgery.errors import ConfigError, did_you_mean
 
-ARCHITECTURES = ("vit", "vit-msn", "deit", "deit-distilled", "swin", "swinv2", "dinov2", "dinov2-registers")
+ARCHITECTURES = ("vit", "vit-msn", "deit", "deit-distilled", "swin", "swinv2", "dinov2", "dinov2-registers", "beit",
+                 "data2vec-vision")
 SIZES = ("tiny", "demo")
 
 _VIT_SIZES = {
@@ -58,9 +64,16 @@ _CLASSES = {
     "vit-msn": (ViTMSNConfig, ViTMSNForImageClassification),
     "dinov2": (Dinov2Config, Dinov2ForImageClassification),
     "dinov2-registers": (Dinov2WithRegistersConfig, Dinov2WithRegistersForImageClassification),
+    "beit": (BeitConfig, BeitForImageClassification),
+    "data2vec-vision": (Data2VecVisionConfig, Data2VecVisionForImageClassification),
 }
+# BEiT / data2vec-vision as fine-tuned: a bias per block, mean pooling, layer scale 0.1 (the defaults
+# of both configs have no position bias at all)
+_BEIT = {size: {**shape, "use_relative_position_bias": True, "use_mean_pooling": True, "layer_scale_init_value": 0.1}
+         for size, shape in _VIT_SIZES.items()}
 _SHAPES = {"swin": _SWIN_SIZES, "swinv2": _SWIN_SIZES, "dinov2": _DINOV2_SIZES, "dinov2-registers": {
-    size: {**shape, "num_register_tokens": REGISTERS} for size, shape in _DINOV2_SIZES.items()}}
+    size: {**shape, "num_register_tokens": REGISTERS} for size, shape in _DINOV2_SIZES.items()},
+           "beit": _BEIT, "data2vec-vision": _BEIT}
 
 
 def _check(arch: str, size: str) -> None:
@@ -95,10 +108,13 @@ def build_model(arch: str = "vit", size: str = "demo", image_size: int = 32, see
     if seed is not None:
         torch.manual_seed(seed)
     model = _CLASSES[arch][1](config).eval()
-    registers = getattr(model.base_model.embeddings, "register_tokens", None)
-    if registers is not None:  # transformers starts them at zero; like the cls token here (a zero token is a
-        with torch.no_grad():  # fixed point of linear attentions: castling refuses it)
-            registers.normal_(0.0, config.initializer_range)
+    embeddings = model.base_model.embeddings
+    zeros = [getattr(embeddings, "register_tokens", None)]  # transformers starts these at zero
+    if config.model_type in ("beit", "data2vec-vision"):  # and BEiT's cls token and position-bias tables
+        zeros += [embeddings.cls_token] + [p for n, p in model.named_parameters() if n.endswith("relative_position_bias_table")]
+    with torch.no_grad():  # a zero token is a fixed point of linear attentions (castling refuses it), and a zero
+        for tensor in filter(lambda t: t is not None, zeros):  # bias table would leave the bias untested
+            tensor.normal_(0.0, config.initializer_range)
     return model
 
 

@@ -11,7 +11,9 @@ from torch import nn
 from surgery.toolkit.modules import eval_mode
 
 
-@torch.inference_mode()
+# no_grad, not inference_mode: transformers caches tensors made in a forward (BEiT's position index,
+# lru-cached per module), and one made in inference mode breaks every later training step
+@torch.no_grad()
 def predict_logits(model: nn.Module, pixel_values: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """Logits of ``model`` (in eval mode) for every image, computed in batches."""
     with eval_mode(model):

@@ -62,7 +62,7 @@ def model_flops(model: torch.nn.Module, pixel_values: torch.Tensor) -> int:
     try:
         for parameter in frozen:
             parameter.requires_grad_(False)
-        with torch.inference_mode():
+        with torch.no_grad():  # not inference_mode: see surgery.evaluation.accuracy
             return count_flops(lambda: model(pixel_values=pixel_values))
     finally:
         for parameter in frozen:

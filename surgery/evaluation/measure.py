@@ -52,7 +52,7 @@ def runtime_figures(model: torch.nn.Module, repeats: int = 10) -> dict[str, Any]
     pixels = torch.randn(1, config.num_channels, size, size)
     model.eval()
     flops = model_flops(model, pixels)
-    with torch.inference_mode():
+    with torch.no_grad():  # not inference_mode: see surgery.evaluation.accuracy
         model(pixel_values=pixels)
         times = []
         for _ in range(repeats):

@@ -56,6 +56,16 @@ class AttentionCore(nn.Module):
         raise NotImplementedError
 
 
+def install_core(changes, parts: BlockParts, new: nn.Module) -> None:
+    """Put ``new`` in place of the block's attention core (a :class:`~surgery.toolkit.modules.Changes`
+    record). The core's own position bias goes with it; a bias the block computes for the core
+    (``BlockLayout.host_bias``: BEiT >= 5) is removed too, so no orphaned table is trained, saved or
+    computed, and the checkpoint holds what the other layouts' checkpoints hold."""
+    changes.replace(parts.attention_name, new)
+    if parts.layout.host_bias is not None and parts.part("host_bias") is not None:
+        changes.remove(f"{parts.name}.{parts.layout.host_bias}")
+
+
 def select_layers(option, count: int, default: list[int], config, field: str = "layers") -> list[int]:
     """Block indices chosen by ``option``: "default", "all", an int k (the first k) or explicit indices."""
     if option == "default":

@@ -38,6 +38,16 @@ class Changes:
         self.claim(name)
         return old
 
+    def remove(self, name: str) -> nn.Module:
+        """Set the submodule at ``name`` to None (its parent must accept a None there, as transformers'
+        optional modules do); returns the original, put back on undo."""
+        old = self.model.get_submodule(name)
+        owner, _, attribute = name.rpartition(".")
+        parent = self.model.get_submodule(owner) if owner else self.model
+        setattr(parent, attribute, None)
+        self.records.append(("call", (setattr, (parent, attribute, old))))
+        return old
+
     def swap_class(self, name: str, mixin: type, prefix: str, **settings: Any) -> nn.Module:
         """Swap the class of the module at ``name`` (see :func:`surgery.toolkit.classes.swap_class`)."""
         module = self.model.get_submodule(name)
