@@ -33,8 +33,8 @@ CASES = sorted(f"{root}/{p.name}" for root in ROOTS for p in (FIXTURES / root).i
 def test_every_plugin_has_a_fixture(root):
     cases = [case for case in CASES if case.startswith(f"{root}/")]
     plugins = {step["plugin"] for case in cases for step in _recipe(case)}
-    assert plugins == {"ggem", "token_merge", "agent_attention", "castling", "bivit", "quantize"}
-    assert len(cases) == 20
+    assert plugins == {"ggem", "token_merge", "agent_attention", "castling", "bivit", "quantize", "ecoformer"}
+    assert len(cases) == 21
     families = {json.loads((FIXTURES / case / "config.json").read_text())["surgery_base_model_type"] for case in cases}
     assert families == {"vit", "vit_msn", "deit", "swin", "swinv2", "dinov2", "dinov2_with_registers", "beit", "data2vec-vision"}
     assert {_made(FIXTURES / case)["transformers"].split(".")[0] for case in cases} == {"4" if root == "legacy" else "5"}

@@ -29,6 +29,7 @@ PLUGINS = {
     "token_prune": [("token_prune", {"r": 2})],
     "agent_attention": [("agent_attention", {"agents": 4})],
     "castling": ["castling"],
+    "ecoformer": ["ecoformer"],
     "bivit": ["bivit"],
     "bivit-w1a32": [("bivit", {"activations": "full"})],
     "quantize": ["quantize"],

@@ -120,7 +120,7 @@ def test_builtins_are_found_in_the_plugins_package_once():
     from pathlib import Path
 
     folders = {p.name for p in (Path(__file__).resolve().parents[1] / "plugins").iterdir() if (p / "__init__.py").is_file()}
-    assert set(BUILTIN_PLUGINS) == folders == {"agent_attention", "bivit", "castling", "ggem", "quantize", "token_merge",
+    assert set(BUILTIN_PLUGINS) == folders == {"agent_attention", "bivit", "castling", "ecoformer", "ggem", "quantize", "token_merge",
                                                   "token_prune", "token_transform"}
 
 

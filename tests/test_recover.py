@@ -190,7 +190,7 @@ def test_mixed_precision_run_leaves_a_plain_fp32_model():
     recover(student, teacher, noisy_data(16), epochs=1, batch_size=8, mixed_precision="no", progress=False)
 
 
-RECOVERABLE = [("ggem",), ("agent_attention",), ("castling",), (("bivit", {"activations": "full"}),), ("bivit",),
+RECOVERABLE = [("ggem",), ("agent_attention",), ("castling",), (("bivit", {"activations": "full"}),), ("bivit",), ("ecoformer",),
                (("token_merge", {"r": 2}),), (("token_merge", {"r": 2}), "ggem")]
 
 

@@ -17,6 +17,7 @@ from surgery.toolkit.register import define_method, registration
 SOFTMAX_REWRITERS = {
     "agent_attention": "agent attention has no single softmax map to binarize",
     "castling": "linear-angular attention has no softmax map to binarize",
+    "ecoformer": "EcoFormer attention has no softmax map to binarize (its q/k codes are binary already)",
     "token_merge": "token merging runs its own attention forward, which would bypass the binary one",
     "token_transform": "token transforming runs its own attention forward, which would bypass the binary one",
     "token_prune": "token pruning runs its own attention forward, which would bypass the binary one",

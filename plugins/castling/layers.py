@@ -22,20 +22,7 @@ import torch
 from torch import nn
 
 from surgery.core.parts import AttentionParts
-from surgery.toolkit.attention import AttentionCore
-
-# The reference divides by the plain L2 norm (NaN for an all-zero vector). F.normalize keeps the
-# forward finite, but its backward at a zero vector is 0 * (x / 0) = NaN (the norm's gradient), as in
-# a freshly initialised DeiT whose cls/distillation tokens are zero. ``unit`` computes the same
-# x / max(|x|, eps) through the squared norm, whose gradient (2x) is finite everywhere; eps 1e-6
-# bounds the gradient at 1e6. Vectors with a norm above 1e-6 are unchanged.
-NORM_EPS = 1e-6
-
-
-def unit(x: torch.Tensor, eps: float = NORM_EPS) -> torch.Tensor:
-    """``x / max(||x||, eps)`` along the last axis, with a finite gradient at x = 0."""
-    return x * torch.rsqrt(torch.clamp_min(x.pow(2).sum(dim=-1, keepdim=True), eps * eps))
-
+from surgery.toolkit.attention import NORM_EPS, AttentionCore, unit  # noqa: F401 (NORM_EPS: re-exported)
 
 class LinearAngularAttention(AttentionCore):
     """Drop-in replacement for a ViT/DeiT/Swin self-attention core, built from its parts (q/k/v reused)."""

@@ -1,4 +1,5 @@
-"""What attention swaps build from: a base class for new attention cores, and block selection.
+"""What attention swaps build from: a base class for new attention cores, block selection, installing a
+core in a block, and a per-head normalisation with a finite gradient at zero.
 
 :class:`AttentionCore` takes the host core's :class:`~surgery.core.parts.AttentionParts`, reuses its
 projection modules (same objects, same weights, registered under the host's names so the state_dict
@@ -9,9 +10,24 @@ writes ``attend(hidden) -> context`` (B, N, C).
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from surgery.core.parts import AttentionParts, BlockParts
+
+
+# Castling's and EcoFormer's references divide by the plain L2 norm (NaN for an all-zero vector).
+# F.normalize keeps the forward finite, but its backward at a zero vector is 0 * (x / 0) = NaN (the
+# norm's gradient), as in
+# a freshly initialised DeiT whose cls/distillation tokens are zero. ``unit`` computes the same
+# x / max(|x|, eps) through the squared norm, whose gradient (2x) is finite everywhere; eps 1e-6
+# bounds the gradient at 1e6. Vectors with a norm above 1e-6 are unchanged.
+NORM_EPS = 1e-6
+
+
+def unit(x: torch.Tensor, eps: float = NORM_EPS) -> torch.Tensor:
+    """``x / max(||x||, eps)`` along the last axis, with a finite gradient at x = 0."""
+    return x * torch.rsqrt(torch.clamp_min(x.pow(2).sum(dim=-1, keepdim=True), eps * eps))
 
 
 class AttentionCore(nn.Module):

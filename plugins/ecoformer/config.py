@@ -1,0 +1,50 @@
+"""Options of EcoFormer attention, with the official configs' defaults (all PVTv2 EcoFormer configs)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar, Literal
+
+from surgery.core.options import SurgeryConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class EcoFormerConfig(SurgeryConfig):
+    """EcoFormer (Liu et al., NeurIPS 2022).
+
+    Attributes:
+        layers: which blocks: "default" (the official choice keeps the last stage in softmax: Swin every
+            stage but the last; ViT/DeiT every block but the last quarter, PVTv2's last-stage share of
+            its depth, at least one), "all", k (the first k) or block indices.
+        bits: hash bits b per head (16); the attention's bias term is c = b + 1.
+        anchors: kernel anchors m per head (25), drawn from the tokens of the first sample.
+        topk: the most and the least similar tokens per row that the hash learns to keep apart (10).
+        lr, momentum, iterations: the per-bit SGD of the hash learning (5e-4, 0.9 Nesterov, 100).
+        relearn_on_recover: learn the hash again on the first batch of :func:`surgery.recover` (the
+            official recipe learns it on the first fine-tuning batch and, with k = 300 > 30 epochs, never
+            again); False keeps the hash learned at apply time (calibration data) or on first use.
+        seed: seeds the random initial hash weights A and the anchor draw (the official code uses the
+            global random state).
+    """
+
+    plugin: ClassVar[str] = "ecoformer"
+
+    layers: Literal["default", "all"] | int | tuple[int, ...] = "default"
+    bits: int = 16
+    anchors: int = 25
+    topk: int = 10
+    lr: float = 5e-4
+    momentum: float = 0.9
+    iterations: int = 100
+    relearn_on_recover: bool = True
+    seed: int = 0
+
+    def validate(self) -> None:
+        for field, low in (("bits", 1), ("anchors", 1), ("topk", 1), ("iterations", 0)):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise self.invalid(field, value, f"an integer >= {low}")
+        if not self.lr > 0:
+            raise self.invalid("lr", self.lr, "a number > 0")
+        if not 0.0 <= self.momentum < 1.0:
+            raise self.invalid("momentum", self.momentum, "a number in [0, 1)")
