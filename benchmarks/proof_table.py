@@ -60,7 +60,7 @@ RECIPES = {
     "castling_no_aux": {**BASE, "epochs": 20, "warmup_epochs": 2},
     "bivit_w1a32": {**BASE, "epochs": 20},
     "bivit_w1a1": {**BASE, "epochs": 30, "lr": 1e-3},
-    "ecoformer": {**BASE, "epochs": 20, "warmup_epochs": 2},  # the official: 30 epochs after the switch
+    "ecoformer": {**BASE, "epochs": 20},  # no new parameters to warm up; the official: 30 epochs after the switch
 }
 
 
@@ -144,8 +144,26 @@ def run_row(row: Row, folder: Path, data: dict[str, Any], out: Path) -> tuple[di
         "validation_by_lr": tried, "validation": validation,
         "after_surgery": after_surgery, "after_recovery": recovered, "recovery_seconds": seconds,
         "gflops": flops / 1e9, "checkpoint_mb": checkpoint_figures(out)["checkpoint_mb"],
-        **code_products(final, pixels[:1]),
+        **code_products(final, pixels[:1]), "machine": _machine(),
     }, final
+
+
+def _machine() -> str:
+    from surgery.publish.export import cpu_description
+
+    cpu = cpu_description()
+    return f"{cpu['model']}, {cpu['torch_capability']}, int8 flags: {cpu['int8_flags']}"
+
+
+def machines_note(rows: list[dict[str, Any]]) -> str:
+    """Which rows ran where, when ``--only`` runs merged rows from another machine into the table."""
+    groups: dict[str, list[str]] = {}
+    for r in rows:
+        groups.setdefault(r.get("machine") or "the machine of the full run (before rows recorded theirs)", []).append(r["name"])
+    if len(groups) < 2:
+        return ""
+    return (" Rows were measured on different machines (accuracy and latency ratios are each from their own run): "
+            + "; ".join(f"{machine}: {', '.join(names)}" for machine, names in groups.items()) + ".")
 
 
 def code_products(model: torch.nn.Module, pixels: torch.Tensor) -> dict[str, int]:
@@ -155,8 +173,11 @@ def code_products(model: torch.nn.Module, pixels: torch.Tensor) -> dict[str, int
     from surgery.plugins.ecoformer.layers import EcoFormerAttention
 
     tokens = {}
-    hooks = [m.register_forward_pre_hook(lambda m, args: tokens.setdefault(m, args[0].shape[1]))
-             for m in model.modules() if isinstance(m, EcoFormerAttention)]
+
+    def seen(module, args) -> None:
+        tokens.setdefault(module, args[0].shape[1])
+
+    hooks = [m.register_forward_pre_hook(seen) for m in model.modules() if isinstance(m, EcoFormerAttention)]
     try:
         with torch.no_grad():
             model(pixel_values=pixels)
@@ -272,7 +293,7 @@ def write_arch_report(arch: str, base: dict[str, Any], rows: list[dict[str, Any]
     write_report(f"proof_table_{arch}", f"Proof table on the digits {arch} model",
                  f"The proof table's rows on the built-in digits `{arch}` model (`surgery demo-model --arch {arch}`, "
                  "trained on this machine; rows its family refuses are left out), same data, recipes and learning-rate "
-                 "choice on validation as the ViT table.\n\n" + markdown_table(header, table))
+                 "choice on validation as the ViT table." + machines_note(rows) + "\n\n" + markdown_table(header, table))
 
 
 def other_families() -> dict[str, dict[str, Any]]:
@@ -283,6 +304,14 @@ def other_families() -> dict[str, dict[str, Any]]:
         if arch != "vit" and path.is_file():
             found[arch] = json.loads(path.read_text())
     return found
+
+
+def _refused(arch: str, plugins: tuple[str, ...]) -> bool:
+    from surgery.demo.zoo import model_config
+
+    host = surgery.get_host()
+    anatomy = host.anatomy(model_config(arch, "tiny").model_type)
+    return not all(support(host.method(p), anatomy).supported for p in plugins)
 
 
 def _pct(value: float | None) -> str:
@@ -299,14 +328,16 @@ def report(base: dict[str, Any], rows: list[dict[str, Any]], times: dict[str, fl
     others = other_families()
     by_name = {arch: {r["name"]: r for r in data["rows"]} for arch, data in others.items()}
 
-    def other_cells(name: str | None) -> list[str]:
+    def other_cells(name: str | None, plugins: tuple[str, ...] = ()) -> list[str]:
         cells = []
         for arch, data in others.items():
             row = by_name[arch].get(name)
             if name is None:
                 cells += ["-", _pct(data["original"]["accuracy"])]
+            elif row is None:
+                cells += ["refused" if _refused(arch, plugins) else "not run", "-"]
             else:
-                cells += ["refused" if row is None else _pct(row["after_surgery"]), "-" if row is None else _pct(row["after_recovery"])]
+                cells += [_pct(row["after_surgery"]), _pct(row["after_recovery"])]
         return cells
 
     table = [["original", "-", _pct(base["accuracy"]), "-", "-", "-", f"{base['gflops'] * 1e3:.2f}", "1.00x",
@@ -318,7 +349,8 @@ def report(base: dict[str, Any], rows: list[dict[str, Any]], times: dict[str, fl
         table.append([
             r["name"], " -> ".join(_describe(s) for s in r["steps"]), _pct(o), _pct(s), _pct(rec),
             _pct(r["validation"]), f"{r['gflops'] * 1e3:.2f}", f"{ratio:.2f}x", f"{r['checkpoint_mb']:.3f}", f"{times[r['name']] * 1e3:.1f}",
-            f"{times['original'] / times[r['name']]:.2f}x", pays_off(r), r["target"] or "-", verdict, *other_cells(r["name"]),
+            f"{times['original'] / times[r['name']]:.2f}x", pays_off(r), r["target"] or "-", verdict,
+            *other_cells(r["name"], tuple(s["plugin"] for s in r["steps"])),
         ])
     header = ["row", "steps", "original", "after surgery", "after recovery", "validation (chosen lr)", "MFLOPs/image",
               "FLOPs reduction",
@@ -346,7 +378,7 @@ def report(base: dict[str, Any], rows: list[dict[str, Any]], times: dict[str, fl
         "Training results depend on the CPU (AVX2, AVX-512 and AMX round differently), so recovered "
         "accuracies vary by a few digits between machines; the environment is printed below."
         + "".join(f" The {arch} columns: the same rows on the digits {arch} model (proof_table_{arch}.md; \"refused\" where "
-                  "that family refuses a step)." for arch in others) + "\n\n"
+                  "that family refuses a step)." for arch in others) + machines_note(rows) + "\n\n"
         + markdown_table(header, table)
         + "\n\n![accuracy per row](proof_table.png)\n\nRecovery recipes (`surgery.recover` options):\n\n" + recipes
         + ("" if runtimes is None else

@@ -23,10 +23,10 @@ class HashLearning(TrainingHooks):
         self.layers, self.config, self.started = layers, config, False
 
     def schedule(self, progress: float) -> None:
-        if not self.started:
-            self.started = True
+        if not self.started:  # the first step of this process: the run's start, or a resumed run (progress > 0),
+            self.started = True  # whose checkpoint holds the hash learned at its start
             for layer in self.layers:
-                layer.learn_next = self.config.relearn_on_recover or not layer._learned()
+                layer.learn_next = (self.config.relearn_on_recover and progress == 0) or not layer._learned()
 
     def describe(self, progress: float) -> dict[str, float]:
         return {"ecoformer_hashes_learned": float(sum(layer._learned() for layer in self.layers))}
