@@ -209,10 +209,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.report_only:
         saved = json.loads((RESULTS / "proof_table.json").read_text())
-        checks = {row.name: row.check for row in ROWS}
-        rows = [{**r, "check": checks.get(r["name"]),  # JSON keys are strings: the learning rates back to numbers
-                 "validation_by_lr": {float(lr): acc for lr, acc in r["validation_by_lr"].items()}} for r in saved["rows"]]
-        report(saved["original"], rows, saved["latency_s"], saved["runtimes_vit_b16"])
+        report(saved["original"], restored(saved["rows"]), saved["latency_s"], saved["runtimes_vit_b16"])
         return
     torch.manual_seed(0)
     folder = default_model(args.arch)
@@ -265,17 +262,23 @@ def main() -> None:
     report(base, rows, times, runtimes)
 
 
+def restored(saved_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows read back from a .json file: their target checks attached again, and the learning rates
+    (JSON keys are strings) back to numbers."""
+    checks = {row.name: row.check for row in ROWS}
+    return [{**r, "check": checks.get(r["name"]),
+             "validation_by_lr": {float(lr): acc for lr, acc in r["validation_by_lr"].items()}} for r in saved_rows]
+
+
 def merge_saved(path: Path, base: dict[str, Any], rows: list[dict[str, Any]], times: dict[str, float]):
     """``--only``: the rows just run put into the saved table (replacing rows of the same name, in the
     order of ROWS). The original's accuracy, FLOPs and size are the saved ones (the same model); a new
     row's latency is rescaled by saved / this run's original latency, so its speed-up is still the
     ratio to the original timed side by side in the same run."""
     saved = json.loads(path.read_text())
-    checks = {row.name: row.check for row in ROWS}
     scale = saved["latency_s"]["original"] / times["original"]
     fresh = {r["name"]: r for r in rows}
-    kept = [{**r, "check": checks.get(r["name"]), "validation_by_lr": {float(k): v for k, v in r["validation_by_lr"].items()}}
-            for r in saved["rows"] if r["name"] not in fresh]
+    kept = restored([r for r in saved["rows"] if r["name"] not in fresh])
     order = [row.name for row in ROWS]
     merged = sorted(kept + rows, key=lambda r: order.index(r["name"]) if r["name"] in order else len(order))
     latency = {**saved["latency_s"], **{name: times[name] * scale for name in fresh}}

@@ -11,7 +11,8 @@ from surgery.core.method import Rewrite
 from surgery.core.parts import BlockParts
 from surgery.plugins.agent_attention.config import AgentAttentionConfig
 from surgery.plugins.agent_attention.layers import AgentAttention
-from surgery.toolkit.attention import install_core, is_hierarchical, select_layers, stage_of
+from surgery.toolkit.attention import (all_but_last_stage, attend_globally, install_core, is_hierarchical, select_layers,
+                                       stage_of)
 from surgery.toolkit.modules import Changes
 
 SWIN_AGENTS_BY_STAGE = (9, 16, 49, 49)  # Agent-Swin T/S/B: AGENT.NUM = 9-16-49-49
@@ -25,8 +26,7 @@ def apply(model: nn.Module, config: AgentAttentionConfig, anatomy: Anatomy) -> R
         grid = parts.grid
         if parts.windowed:  # the paper's Agent-Swin attends over the whole stage map, not windows
             agents = config.agents or min(SWIN_AGENTS_BY_STAGE[min(stage_of(parts, blocks), 3)], _largest_square(grid))
-            changes.call_on_undo(parts.set_window, *parts.window())
-            parts.set_global_window()
+            attend_globally(changes, parts)
         else:
             agents = config.agents or min(81 if parts.width >= 768 else 49, _largest_square(grid))
         if agents > grid[0] * grid[1]:
@@ -41,8 +41,7 @@ def apply(model: nn.Module, config: AgentAttentionConfig, anatomy: Anatomy) -> R
 def _default_layers(blocks: list[BlockParts]) -> list[int]:
     """The paper's choice: Swin every stage but the last; DeiT-B (width 768+) the first 4; else all."""
     if is_hierarchical(blocks):
-        last = max(stage_of(b, blocks) for b in blocks)
-        return [b.index for b in blocks if stage_of(b, blocks) < last] or list(range(len(blocks)))
+        return all_but_last_stage(blocks)
     if blocks and blocks[0].width >= 768:
         return list(range(min(4, len(blocks))))
     return list(range(len(blocks)))

@@ -24,6 +24,7 @@ from torch import nn
 from surgery.core.parts import AttentionParts
 from surgery.toolkit.attention import NORM_EPS, AttentionCore, unit  # noqa: F401 (NORM_EPS: re-exported)
 
+
 class LinearAngularAttention(AttentionCore):
     """Drop-in replacement for a ViT/DeiT/Swin self-attention core, built from its parts (q/k/v reused)."""
 
@@ -43,8 +44,7 @@ class LinearAngularAttention(AttentionCore):
 
     def attend(self, x: torch.Tensor) -> torch.Tensor:
         batch, tokens, channels = x.shape
-        split = lambda t: t.reshape(batch, tokens, self.num_heads, self.head_dim).transpose(1, 2)  # noqa: E731
-        q, k, v = (split(t) for t in self.qkv(x))
+        q, k, v = (self.split_heads(t) for t in self.qkv(x))
         q_unit, k_unit = unit(q), unit(k)
         out = 0.5 * v + (1.0 / math.pi) * torch.matmul(q_unit, torch.matmul(k_unit.transpose(-1, -2), v))
         self.aux_penalty = None

@@ -40,10 +40,9 @@ class EcoFormerConfig(SurgeryConfig):
     seed: int = 0
 
     def validate(self) -> None:
-        for field, low in (("bits", 1), ("anchors", 1), ("topk", 1), ("iterations", 0)):
-            value = getattr(self, field)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise self.invalid(field, value, f"an integer >= {low}")
+        for field, low in (("bits", 1), ("anchors", 1), ("topk", 1), ("iterations", 0)):  # types: SurgeryConfig
+            if getattr(self, field) < low:
+                raise self.invalid(field, getattr(self, field), f"an integer >= {low}")
         if not self.lr > 0:
             raise self.invalid("lr", self.lr, "a number > 0")
         if not 0.0 <= self.momentum < 1.0:

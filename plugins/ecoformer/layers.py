@@ -57,14 +57,12 @@ class EcoFormerAttention(AttentionCore):
 
     def shared_qk(self, x: torch.Tensor) -> torch.Tensor:
         """The normalised shared projection per head, (B, H, N, d)."""
-        batch, tokens, _ = x.shape
-        qk = self.project("query", x).reshape(batch, tokens, self.num_heads, self.head_dim).transpose(1, 2)
-        return unit(qk)
+        return unit(self.split_heads(self.project("query", x)))
 
     def codes(self, x: torch.Tensor) -> torch.Tensor:
         """h(qk) for hidden states ``x`` (B, N, C): (B, H, N, b); learns the hash first where it must."""
         qk = self.shared_qk(x)
-        if self.learn_next or not self._learned():
+        if self.learn_next or not self.hash_learned():
             if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
                 raise SurgeryError("ecoformer: this block's hash was never learned, so the graph would learn it from the "
                                    "export's dummy inputs; apply with calibration data, run a batch, or recover first.")
@@ -73,12 +71,12 @@ class EcoFormerAttention(AttentionCore):
             logger.info("ecoformer: learned the %d-bit hash of a block on a batch of %d", self.bits, qk.shape[0])
         return self.hash(qk)
 
-    def _learned(self) -> bool:
+    def hash_learned(self) -> bool:
         return bool(self.hash.learned)
 
     def attend(self, x: torch.Tensor) -> torch.Tensor:
         batch, tokens, channels = x.shape
-        v = self.project("value", x).reshape(batch, tokens, self.num_heads, self.head_dim).transpose(1, 2)
+        v = self.split_heads(self.project("value", x))
         out = hashed_attention(self.codes(x), v, self.bias)
         return out.transpose(1, 2).reshape(batch, tokens, channels)
 

@@ -15,7 +15,7 @@ from surgery.core.parts import BlockParts
 from surgery.errors import UnsupportedModelError
 from surgery.plugins.ecoformer.config import EcoFormerConfig
 from surgery.plugins.ecoformer.layers import EcoFormerAttention
-from surgery.toolkit.attention import install_core, is_hierarchical, select_layers, stage_of
+from surgery.toolkit.attention import all_but_last_stage, attend_globally, install_core, is_hierarchical, select_layers
 from surgery.toolkit.modules import Changes, eval_mode
 
 
@@ -31,9 +31,7 @@ def apply(model: nn.Module, config: EcoFormerConfig, anatomy: Anatomy) -> Rewrit
         for field, value in (("anchors", config.anchors), ("topk", config.topk)):
             if value > tokens:
                 raise config.invalid(field, value, f"at most the {tokens} tokens block {index} attends over")
-        if parts.windowed:  # like the official global attention (PVT): over the whole stage map, not windows
-            changes.call_on_undo(parts.set_window, *parts.window())
-            parts.set_global_window()
+        attend_globally(changes, parts)  # like the official global attention (PVT): the stage map, not windows
         new = EcoFormerAttention(parts.attention, config.bits, config.anchors, config.topk, config.lr, config.momentum,
                                  config.iterations, seed=config.seed + index)
         install_core(changes, parts, new)
@@ -44,8 +42,7 @@ def default_layers(blocks: list[BlockParts]) -> list[int]:
     """The official choice keeps the last stage in softmax: Swin every stage but the last; a plain ViT
     every block but the last quarter (PVTv2's last stage is a quarter of its depth), at least one."""
     if is_hierarchical(blocks):
-        last = max(stage_of(b, blocks) for b in blocks)
-        return [b.index for b in blocks if stage_of(b, blocks) < last] or [b.index for b in blocks]
+        return all_but_last_stage(blocks)
     kept = max(1, len(blocks) // 4) if len(blocks) > 1 else 0
     return list(range(len(blocks) - kept))
 

@@ -26,10 +26,10 @@ class HashLearning(TrainingHooks):
         if not self.started:  # the first step of this process: the run's start, or a resumed run (progress > 0),
             self.started = True  # whose checkpoint holds the hash learned at its start
             for layer in self.layers:
-                layer.learn_next = (self.config.relearn_on_recover and progress == 0) or not layer._learned()
+                layer.learn_next = (self.config.relearn_on_recover and progress == 0) or not layer.hash_learned()
 
     def describe(self, progress: float) -> dict[str, float]:
-        return {"ecoformer_hashes_learned": float(sum(layer._learned() for layer in self.layers))}
+        return {"ecoformer_hashes_learned": float(sum(layer.hash_learned() for layer in self.layers))}
 
     def finish(self) -> None:
         for layer in self.layers:

@@ -19,8 +19,7 @@ The real layouts that shaped the fields (docs/architecture.md):
   tokens after cls;
 - Swinv2: post-norm residuals (``x + norm(f(x))``), cosine attention and a continuous position bias,
   a window fixed when the block is built;
-- BEiT >= 5: the block computes the relative position bias in its own module and passes it to the
-  core as the attention mask; a layer scale of 1.0 (a float) where there is none.
+- BEiT >= 5: the block computes the position bias and passes it to the core as the mask; layer scale 1.0.
 """
 
 from __future__ import annotations
@@ -172,17 +171,19 @@ class AttentionParts:
         """(1, heads, N, N) additive logit bias (Swin's relative position bias), or None."""
         return self.position_bias_fn(self.core) if self.position_bias_fn is not None else None
 
-    def window_mask(self, args: tuple, kwargs: Mapping[str, Any]) -> torch.Tensor | None:
-        """The additive shifted-window mask the host passed the core, when its layout has one."""
-        if self.mask_argument != "window_mask":
+    def _passed(self, kind: str, args: tuple, kwargs: Mapping[str, Any]) -> torch.Tensor | None:
+        """The mask the host passed the core (first positional or ``attention_mask``) if it is a ``kind``."""
+        if self.mask_argument != kind:
             return None
         return args[0] if args else kwargs.get("attention_mask")
 
+    def window_mask(self, args: tuple, kwargs: Mapping[str, Any]) -> torch.Tensor | None:
+        """The additive shifted-window mask the host passed the core, when its layout has one."""
+        return self._passed("window_mask", args, kwargs)
+
     def host_bias(self, args: tuple, kwargs: Mapping[str, Any]) -> torch.Tensor | None:
         """The additive logit bias the host block passed the core (BEiT >= 5's position bias), or None."""
-        if self.mask_argument != "attention_bias":
-            return None
-        return args[0] if args else kwargs.get("attention_mask")
+        return self._passed("attention_bias", args, kwargs)
 
     def host_output(self, context: torch.Tensor, output: Callable[[torch.Tensor], torch.Tensor] | None = None):
         """What the host block expects back from the core, given the merged-heads context (B, N, C).

@@ -42,6 +42,10 @@ class AttentionCore(nn.Module):
         self.num_heads, self.head_dim = parts.heads, parts.head_dim
         self.surgery_returns, self.surgery_mask = parts.core_returns, parts.mask_argument
 
+    def split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, N, heads * head_dim) to (B, heads, N, head_dim)."""
+        return x.reshape(x.shape[0], -1, self.num_heads, self.head_dim).transpose(1, 2)
+
     def projection(self, role: str) -> nn.Module:
         """The projection module playing ``role`` ("query", "key", "value", "qkv", "output")."""
         return self.get_submodule(self.surgery_projections[role])
@@ -80,6 +84,20 @@ def install_core(changes, parts: BlockParts, new: nn.Module) -> None:
     changes.replace(parts.attention_name, new)
     if parts.layout.host_bias is not None and parts.part("host_bias") is not None:
         changes.remove(f"{parts.name}.{parts.layout.host_bias}")
+
+
+def attend_globally(changes, parts: BlockParts) -> None:
+    """Make a windowed block attend over its whole stage map (Agent-Swin, EcoFormer's global attention),
+    its window and shift put back on undo; nothing for a block with global attention."""
+    if parts.windowed:
+        changes.call_on_undo(parts.set_window, *parts.window())
+        parts.set_global_window()
+
+
+def all_but_last_stage(blocks: list[BlockParts]) -> list[int]:
+    """The blocks of every stage but the last of a hierarchical model (every block if it has one stage)."""
+    last = max(stage_of(b, blocks) for b in blocks)
+    return [b.index for b in blocks if stage_of(b, blocks) < last] or [b.index for b in blocks]
 
 
 def select_layers(option, count: int, default: list[int], config, field: str = "layers") -> list[int]:
