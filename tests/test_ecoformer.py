@@ -223,3 +223,36 @@ def test_the_closed_form_fit_is_autograd_and_torch_sgd_with_nesterov():
         code_loss(2 * torch.sigmoid(torch.einsum("bhnm,hm->bhn", kernel, reference)) - 1, targets, 6).backward()
         optimizer.step()
     torch.testing.assert_close(ksh._fit_row(kernel, targets, start), reference.detach(), rtol=1e-10, atol=1e-12)
+
+
+def test_iterations_may_be_zero_but_not_negative_and_calibration_must_hold_a_batch():
+    with pytest.raises(ConfigError, match=r"ecoformer: option 'iterations' got -1; allowed: an integer >= 0"):
+        surgery.apply(tiny("vit"), [("ecoformer", {"iterations": -1})])
+    model = surgery.apply(tiny("vit"), [("ecoformer", {**SMALL, "iterations": 0})], calibration=[images(2)])
+    assert all(bool(m.hash.learned) for m in model.modules() if isinstance(m, EcoFormerAttention))
+    fresh = tiny("vit")
+    with pytest.raises(ConfigError, match=r"ecoformer: option 'calibration' got 'an empty iterable'; allowed: at least one batch of pixel_values"):
+        surgery.apply(fresh, [("ecoformer", SMALL)], calibration=[])
+    assert surgery.history(fresh) == [] and not any(isinstance(m, EcoFormerAttention) for m in fresh.modules())  # atomic
+
+
+def test_a_fused_qkv_projection_is_refused_with_the_reason():
+    import dataclasses
+
+    from surgery.errors import UnsupportedModelError
+    from surgery.plugins.ecoformer import rewrite
+    from surgery.plugins.ecoformer.config import EcoFormerConfig
+
+    model = tiny("vit")
+    anatomy = surgery.get_host().anatomy("vit")
+
+    class Fused:  # the ViT's blocks as a layout with one qkv projection would describe them
+        def blocks(self, model):
+            return [dataclasses.replace(b, attention=dataclasses.replace(b.attention, projections={"qkv": "query"}))
+                    for b in anatomy.blocks(model)]
+
+        def prefix_tokens_of(self, config):
+            return 1
+
+    with pytest.raises(UnsupportedModelError, match=r"ecoformer: block 0 has a fused qkv projection; .* query and value ones separate"):
+        rewrite.apply(model, EcoFormerConfig(), Fused())
