@@ -31,6 +31,10 @@ def folders(tmp_path_factory):
     config["quantization_config"]["steps"][0]["targets"] = 5
     (wrong / "config.json").write_text(json.dumps(config))
     (root / "list.json").write_text("[1, 2]")
+    for name, change in (("list-config", lambda text: f"[{text}]"),
+                         ("long-number", lambda text: text.replace('"eps": 1e-06', '"eps": 1' + "0" * 5000))):
+        surgery.apply(tiny("vit"), ["ggem"]).save_pretrained(root / name)
+        (root / name / "config.json").write_text(change((root / name / "config.json").read_text()))
     (root / "string-accuracy.json").write_text(json.dumps({"accuracy": "97%"}))
     (root / "nan-accuracy.json").write_text('{"accuracy": NaN}')
     return root
@@ -56,6 +60,11 @@ CASES = {
                            "must be a finite number, got nan"),
     "recover --lr NaN": (["recover", "{root}/model", "--data", "digits", "-o", "{root}/r", "--lr", "NaN"], "'lr' got nan"),
     "inspect, wrong field types": (["inspect", "{root}/wrong-types"], "'targets' must be a list of strings, got 5"),
+    "plan, config.json a list": (["plan", "{root}/list-config", "-p", "ggem"], "config.json holds a JSON list"),
+    "inspect, config.json a list": (["inspect", "{root}/list-config"], "config.json holds a JSON list"),
+    "eval, 5,000-digit option": (["eval", "{root}/long-number", "--data", "digits"], "config.json is not readable JSON"),
+    "recover --checkpoint-dir a file": (["recover", "{root}/model", "--data", "digits", "-o", "{root}/r2",
+                                         "--checkpoint-dir", "{root}/list.json"], "cannot save to {root}/list.json (--checkpoint-dir): it is a file"),
     "push ../x": (["push", "{root}/model", "../x", "--token", "t"], "is not a Hub repository id"),
     "push a/b/c": (["push", "{root}/model", "a/b/c", "--token", "t"], "is not a Hub repository id"),
 }
@@ -67,4 +76,4 @@ def test_bad_input_is_one_error_line_and_exit_2(folders, capsys, case):
     assert main([a.format(root=folders) for a in argv]) == 2
     err = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("surgery: note:")]
     assert err[0].startswith("surgery: error: ") and all(line.startswith("  ") for line in err[1:]), err
-    assert message in "\n".join(err) and len("\n".join(err)) < 1000, err
+    assert message.format(root=folders) in "\n".join(err) and len("\n".join(err)) < 1000, err

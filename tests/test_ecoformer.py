@@ -226,7 +226,7 @@ def test_the_closed_form_fit_is_autograd_and_torch_sgd_with_nesterov():
 
 
 def test_iterations_may_be_zero_but_not_negative_and_calibration_must_hold_a_batch():
-    with pytest.raises(ConfigError, match=r"ecoformer: option 'iterations' got -1; allowed: an integer >= 0"):
+    with pytest.raises(ConfigError, match=r"ecoformer: option 'iterations' got -1; allowed: an integer in \[0, 10000\]"):
         surgery.apply(tiny("vit"), [("ecoformer", {"iterations": -1})])
     model = surgery.apply(tiny("vit"), [("ecoformer", {**SMALL, "iterations": 0})], calibration=[images(2)])
     assert all(bool(m.hash.learned) for m in model.modules() if isinstance(m, EcoFormerAttention))
@@ -256,3 +256,72 @@ def test_a_fused_qkv_projection_is_refused_with_the_reason():
 
     with pytest.raises(UnsupportedModelError, match=r"ecoformer: block 0 has a fused qkv projection; .* query and value ones separate"):
         rewrite.apply(model, EcoFormerConfig(), Fused())
+
+
+@pytest.mark.parametrize("field, value", [("bits", 65), ("bits", 10**6), ("anchors", 1025), ("topk", 2000),
+                                          ("iterations", 10**9)])
+def test_options_that_would_run_for_hours_are_refused(field, value):
+    with pytest.raises(ConfigError, match=rf"ecoformer: option '{field}' got {value}; allowed: an integer in \["):
+        surgery.apply(tiny("vit"), [("ecoformer", {field: value})])
+
+
+@pytest.mark.parametrize("poison", [float("nan"), float("inf")])
+def test_a_non_finite_learning_batch_is_refused_and_the_hash_stays_unlearned(poison):
+    model = surgery.apply(tiny("vit"), [("ecoformer", SMALL)])
+    batch = images(2, seed=1)
+    batch[0, 0, 3, 3] = poison
+    with pytest.raises(SurgeryError, match="holds NaN or inf values .* the hash was not learned"):
+        surgery.apply(tiny("vit"), [("ecoformer", SMALL)], calibration=[batch])
+    with pytest.raises(SurgeryError, match="holds NaN or inf values"):
+        model(pixel_values=batch)
+    assert not any(bool(m.hash.learned) for m in model.modules() if isinstance(m, EcoFormerAttention))
+
+
+def test_a_batch_with_fewer_tokens_than_anchors_is_refused_with_the_reason():
+    model = surgery.apply(tiny("vit"), [("ecoformer", {**SMALL, "anchors": 25})])  # 32 px, patch 4: 65 tokens
+    small = torch.randn(2, 3, 16, 16)  # 17 tokens
+    with pytest.raises(SurgeryError, match=r"this batch has 17 per image, fewer than anchors=25 or topk=4"):
+        model(pixel_values=small, interpolate_pos_encoding=True)
+
+
+def test_an_unlearned_hash_is_never_saved_and_never_loaded(tmp_path):
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    model = surgery.apply(tiny("vit"), [("ecoformer", SMALL)])
+    with pytest.raises(SurgeryError, match="cannot save this model: ecoformer: a block's hash was never learned"):
+        model.save_pretrained(tmp_path / "m")
+    assert not (tmp_path / "m").exists()
+    model(pixel_values=images(2))  # the first batch learns it
+    model.save_pretrained(tmp_path / "m")
+    weights = load_file(str(tmp_path / "m" / "model.safetensors"))  # a checkpoint an older surgery wrote unlearned
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "m" / "model.safetensors"), "pt") as handle:
+        metadata = handle.metadata()
+    save_file({k: (torch.zeros_like(v) if k.endswith("hash.learned") else v) for k, v in weights.items()},
+              str(tmp_path / "m" / "model.safetensors"), metadata=metadata)
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["quantization_config"]
+    from transformers import AutoModelForImageClassification
+
+    for load in (surgery.load, AutoModelForImageClassification.from_pretrained):
+        with pytest.raises(SurgeryError, match="cannot load this model: ecoformer: a block's hash was never learned"):
+            load(tmp_path / "m")
+
+
+def test_the_linear_attention_runs_in_float32_under_autocast():
+    model = surgery.apply(tiny("vit"), [("ecoformer", SMALL)], calibration=[images(2)]).eval()
+    x = images(2, seed=4)
+    seen = []
+    import surgery.plugins.ecoformer.layers as layers
+
+    original = layers.hashed_attention
+    try:
+        layers.hashed_attention = lambda codes, v, bias: seen.append((codes.dtype, v.dtype)) or original(codes, v, bias)
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(pixel_values=x).logits
+    finally:
+        layers.hashed_attention = original
+    assert seen and all(dtypes == (torch.float32, torch.float32) for dtypes in seen)
+    assert torch.isfinite(out).all()

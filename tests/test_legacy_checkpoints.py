@@ -88,3 +88,36 @@ def test_fixture_reloads_exactly(case, loader, tmp_path):
     before, after = load_file(str(folder / "model.safetensors")), load_file(str(tmp_path / "again" / "model.safetensors"))
     assert sorted(before) == sorted(after)
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_a_step_saved_before_its_plugin_changed_its_computation_says_what_changed():
+    """Every fixture whose plugin changed what it computes since the fixture's version warns once per change,
+    naming it; the others load silently (the fixtures hold bivit 0.1.0 W1A1 and castling 0.1.0 steps)."""
+    import warnings
+
+    from packaging.version import Version
+
+    from surgery.checkpoint.plugins import ComputationChangedWarning
+
+    host = surgery.get_host()
+    warned = 0
+    for case in CASES:
+        expected = sorted(f"{step['plugin']} {version} changed what it computes" for step in _recipe(case)
+                          for version in host.methods[step["plugin"]].changes
+                          if Version(step["plugin_version"]) < Version(version) <= Version(host.methods[step["plugin"]].version))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            surgery.load(FIXTURES / case)
+        got = sorted(str(w.message).split("; ", 1)[1].split(":", 1)[0] for w in caught
+                     if issubclass(w.category, ComputationChangedWarning))
+        assert got == expected, case
+        warned += bool(got)
+    assert warned >= 4  # bivit and castling fixtures in both roots
+
+
+def test_built_in_plugins_record_their_changes_up_to_their_version():
+    from packaging.version import Version
+
+    for method in surgery.list_methods():
+        assert all(Version(v) <= Version(method.version) for v in method.changes), method.name
+    assert surgery.get_host().methods["bivit"].version == "0.2.0"

@@ -19,7 +19,7 @@ from surgery.recovery import LoraOptions, recover
 from surgery.recovery.hooks import step_hooks
 from surgery.recovery.lora import canonical, finish, fully_trained, target_modules, wrap
 from surgery.recovery.schedule import new_parameter_names
-from surgery.toolkit.adapters import is_latent
+from surgery.toolkit.adapters import is_latent, is_peft_model
 
 CALIBRATION = [images(4, seed=s) for s in range(2)]
 PLUGINS = {
@@ -92,7 +92,8 @@ def test_lora_recovery_trains_the_adapters_and_new_parameters_and_reloads_exactl
     reloaded = surgery.load(tmp_path)
     if not merge:
         assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
-        reloaded = PeftModel.from_pretrained(reloaded, tmp_path / "adapter")
+        assert is_peft_model(reloaded)  # surgery.load returns the PeftModel that was saved, adapter checked
+        assert not is_peft_model(surgery.load(tmp_path, adapter=False))
     else:
         assert not (tmp_path / "adapter").exists()
     if not merge:  # the model under the PeftModel holds PEFT's layers: saving it alone would lose the adapter

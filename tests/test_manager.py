@@ -128,8 +128,10 @@ def test_define_method_derives_name_version_card_and_revert():
     import surgery
     from surgery.toolkit.modules import undo
 
-    method = surgery.get_host().method("castling")
-    assert (method.name, method.version, method.revert) == ("castling", surgery.__version__, undo)
+    method = surgery.get_host().method("ggem")  # no version= given: the distribution's
+    assert (method.name, method.version, method.revert) == ("ggem", surgery.__version__, undo)
+    method = surgery.get_host().method("castling")  # version= given: its computation changed since 0.1.0
+    assert (method.name, method.version, method.revert) == ("castling", "0.1.1", undo)
     assert method.card_template.endswith("plugins/castling/card.md.j2") or method.card_template.endswith("castling/card.md.j2")
     assert surgery.get_host().provider("int8").name == "quantize"
     assert not surgery.get_host().method("quantize").export_exact and surgery.get_host().method("ggem").export_exact

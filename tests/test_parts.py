@@ -11,7 +11,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny
+from conftest import images, tiny
+from conftest import parts as block_parts_of
 
 import surgery
 from surgery.core.anatomy import Anatomy, Layout
@@ -147,3 +148,37 @@ def test_swinv2_parts_give_the_cosine_core_and_the_post_norm_block():
         torch.testing.assert_close(context, core(hidden)[0], rtol=0, atol=1e-12)
         ours = parts.mlp_residual(parts.attention_residual(hidden, context))
         torch.testing.assert_close(ours, parts.module(hidden, (4, 4))[0], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("arch", ["beit", "data2vec-vision", "swin"])
+def test_the_position_bias_from_parts_is_the_one_the_core_adds_at_another_image_size(arch):
+    """Methods that keep the core's bias (bivit) rebuild it from the parts for the call the host made:
+    at an image size other than the config's, with interpolated positions, the attention computed from
+    the parts equals the core's own output."""
+    import math
+
+    model = tiny(arch).eval()
+    block = block_parts_of(model, 0)
+    seen = {}
+    handle = block.attention.core.register_forward_hook(
+        lambda module, args, kwargs, out: seen.update(args=args, kwargs=kwargs, out=out), with_kwargs=True)
+    size = 48
+    extra = {} if arch == "swin" else {"interpolate_pos_encoding": True}
+    with torch.no_grad():
+        model(pixel_values=images(2, size=size), **extra)
+    handle.remove()
+    attention = block.attention
+    hidden, args = seen["args"][0], seen["args"][1:]
+    with torch.no_grad():
+        q, k, v = attention.qkv(hidden)
+        scores = q @ k.transpose(-1, -2) / math.sqrt(attention.head_dim)
+        for bias in (attention.position_bias(hidden.shape[1], args, seen["kwargs"]), attention.host_bias(args, seen["kwargs"])):
+            if bias is not None:
+                scores = scores + bias
+        mask = attention.window_mask(args, seen["kwargs"])
+        if mask is not None:
+            windows = mask.shape[0]
+            scores = (scores.view(-1, windows, *scores.shape[1:]) + mask[None, :, None]).view(scores.shape)
+        context = (scores.softmax(-1) @ v).transpose(1, 2).reshape(hidden.shape[0], hidden.shape[1], -1)
+        expected = attention.host_output(context)[0]
+    torch.testing.assert_close(expected, seen["out"][0], rtol=0, atol=2e-6)

@@ -167,7 +167,12 @@ def test_a_recipe_saved_before_activation_bits_existed_reloads_with_8_bits(tmp_p
 
     weights = load_file(tmp_path / "model.safetensors")  # and without the recipe digest, as it wrote them
     save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
-    reloaded = surgery.load(tmp_path)
+    from surgery.errors import RecipeError
+
+    with pytest.raises(RecipeError, match="carries no recipe digest"):
+        surgery.load(tmp_path)  # never by default: only as asked
+    with pytest.warns(UserWarning, match="without a recipe digest, as asked"):
+        reloaded = surgery.load(tmp_path, undigested=True)
     assert surgery.history(reloaded)[0].options["activation_bits"] == 8
     x = images()
     assert torch.equal(reloaded(pixel_values=x).logits, model(pixel_values=x).logits)

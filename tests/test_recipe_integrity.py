@@ -53,11 +53,13 @@ TAMPERED = {
     "targets wrong type": (lambda c: recipe(c)["steps"][0].update(targets="vit"), "'targets' must be a list of strings"),
     "options wrong type": (lambda c: recipe(c)["steps"][0].update(options=[1]), "'options' must be a JSON object"),
     "unknown step field": (lambda c: recipe(c)["steps"][0].update(code="x"), "unknown field 'code'"),
-    "step listed twice": (lambda c: recipe(c)["steps"].append(recipe(c)["steps"][1]), "ggem is already applied"),
+    # surgery.load compares the digest before it builds anything; from_pretrained replays first
+    "step listed twice": (lambda c: recipe(c)["steps"].append(recipe(c)["steps"][1]),
+                          "ggem is already applied|not the one these weights were saved with"),
     "step dropped": (lambda c: recipe(c)["steps"].pop(0), "not the one these weights were saved with"),
     "options changed": (lambda c: recipe(c)["steps"][0]["options"].update(r=3), "not the one these weights were saved with"),
     "step injected": (lambda c: recipe(c)["steps"].insert(0, dict(recipe(c)["steps"][0], options={"r": 1})),
-                      "token_merge is already applied"),
+                      "token_merge is already applied|not the one these weights were saved with"),
 }
 
 
@@ -80,8 +82,9 @@ def test_a_replaced_quantization_config_is_refused_by_the_marker(saved, value):
 
 def test_weights_missing_for_an_injected_step_are_an_error_in_plain_from_pretrained(saved):
     edit(saved, lambda c: recipe(c)["steps"].append({"plugin": "bivit", "options": {"parts": "mlp"}}))
-    for load in loaders(saved).values():
-        with pytest.raises(RecipeError, match="lacks weights that its recipe's model needs"):
+    for name, load in loaders(saved).items():  # surgery.load compares the digest before it builds anything
+        expected = "not the one these weights were saved with" if name == "surgery.load" else "lacks weights that its recipe's model needs"
+        with pytest.raises(RecipeError, match=expected):
             load()
 
 
@@ -89,9 +92,26 @@ def test_replay_runs_the_conflict_checks_of_apply(tmp_path):
     model = surgery.apply(tiny("vit"), [("agent_attention", {"agents": 4})])
     model.save_pretrained(tmp_path / "m")
     edit(tmp_path / "m", lambda c: recipe(c)["steps"].append({"plugin": "castling", "options": {}}))
-    for load in loaders(tmp_path / "m").values():
+    for name, load in loaders(tmp_path / "m").items():
+        if name == "surgery.load":  # it compares the digest before it builds anything
+            with pytest.raises(RecipeError, match="not the one these weights were saved with"):
+                load()
+            continue
         with pytest.raises(IncompatibleStepsError, match="castling conflicts with agent_attention|cannot be applied together"):
             load()
+    with pytest.raises(IncompatibleStepsError, match="castling conflicts with agent_attention|cannot be applied together"):
+        _replay_only(tmp_path / "m")
+
+
+def _replay_only(folder):
+    """The recipe's structure replayed on a bare model (what both loaders do before the weights)."""
+    from transformers import AutoConfig
+
+    from surgery.checkpoint.recipe import read_steps
+    from surgery.checkpoint.replay import replay
+
+    config = AutoConfig.from_pretrained(folder)
+    replay(tiny("vit"), read_steps(config))
 
 
 def test_saved_config_is_marked_and_both_paths_give_the_saved_model(saved):
@@ -134,7 +154,9 @@ def test_text_quoted_from_a_recipe_cannot_forge_output_lines(saved, capsys):
     assert main(["apply", str(saved), "-p", "ggem", "-o", str(saved.parent / "x")]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines[0].startswith("surgery: error:") and all(line.startswith("  - ") for line in lines[1:])
-    assert lines[-1].endswith("pip install evil surgery: ok: all good")  # the newline became a space
+    assert "pip install evil" not in lines[-1]  # recipe text is never quoted as a command
+    assert lines[-1].endswith("'evil surgery: ok: all good' is not a valid distribution name, which is not installed: "
+                              "install the distribution that provides it")  # the newline became a space
 
 
 WITHOUT_SURGERY = textwrap.dedent("""

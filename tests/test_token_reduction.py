@@ -189,7 +189,8 @@ def test_reductions_do_not_stack_and_refuse_linear_attention():
 
 
 @pytest.mark.parametrize("options, match", [
-    ({"temperature": 0}, r"token_transform: option 'temperature' got 0.0; allowed: a number > 0"),
+    ({"temperature": 0}, r"token_transform: option 'temperature' got 0.0; allowed: a number in \[0.001, 1000\]"),
+    ({"temperature": 1e-40}, r"option 'temperature' got 1e-40; allowed: a number in \[0.001, 1000\]"),
     ({"topk": 0}, r"option 'topk' got 0; allowed: an integer >= 1"),
     ({"flops": 1.5}, r"option 'flops' got 1.5; allowed: a fraction of the FLOPs to keep, in \(0, 1\]"),
     ({"flops": 0.6, "r_per_layer": [4]}, r"option 'flops' got 0.6; allowed: None when r_per_layer is given"),
@@ -210,3 +211,18 @@ def test_print_shows_the_construction():
     assert "TokenTransformViTLayer(" in text and "r=5, prop_attn=True, many-to-many, temperature=0.02, topk=2" in text
     assert "r=3, prop_attn=True, top-k pruning" in str(surgery.apply(tiny("deit"), [("token_prune", {"r": 3})]))
     assert Selection(torch.tensor([[0, 2]])).matrix(3).tolist() == [[[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]]
+
+
+def test_the_coldest_temperature_allowed_gives_finite_logits_in_every_float_type():
+    model = surgery.apply(untie(tiny("vit")), [("token_transform", {"r": 8, "temperature": 1e-3})]).eval()
+    with torch.no_grad():
+        for dtype in (torch.float32, torch.bfloat16):
+            assert torch.isfinite(model.to(dtype)(pixel_values=images(2).to(dtype)).logits).all()
+
+
+@pytest.mark.parametrize("plugin", ["token_merge", "token_prune", "token_transform"])
+def test_dinov2_with_a_swiglu_mlp_is_refused_up_front(plugin):
+    model = tiny("dinov2", use_swiglu_ffn=True)
+    with pytest.raises(UnsupportedModelError, match=r"has no module for role 'mlp_in'"):
+        surgery.plan(model, [plugin])
+

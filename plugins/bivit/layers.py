@@ -122,7 +122,7 @@ class BinaryAttention:
         heads, dim = parts.heads, parts.head_dim
         q, k, v = parts.qkv(hidden_states, transform=sign_ste)
         scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(dim)
-        for bias in (parts.position_bias(), parts.host_bias(args, kwargs)):  # the core's own, the block's (BEiT 5)
+        for bias in (parts.position_bias(tokens, args, kwargs), parts.host_bias(args, kwargs)):  # the core's own, the block's (BEiT 5)
             if bias is not None:
                 scores = scores + bias
         if attention_mask is not None:

@@ -28,6 +28,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from surgery.errors import SurgeryError
+
 
 SMALL_FIT = 2**20  # target-matrix entries below which the hash is fitted on one thread
 
@@ -93,6 +95,18 @@ def relaxed_gradient(kernel: torch.Tensor, symmetric_targets: torch.Tensor, row:
     return torch.einsum("bhnm,bhn->hm", kernel, d_y * 2 * sigmoid * (1 - sigmoid))
 
 
+def check_learnable(x: torch.Tensor, anchors: int, topk: int) -> None:
+    """Raise unless ``x`` (B, H, N, d) can teach the hash: N >= anchors and topk, and every value finite."""
+    tokens = x.shape[2]
+    if tokens < max(anchors, topk):
+        raise SurgeryError(f"ecoformer: the hash learns from the tokens of one image, and this batch has {tokens} per "
+                           f"image, fewer than anchors={anchors} or topk={topk}: learn it from images of the model's "
+                           "size (calibration data), or apply with smaller anchors and topk.")
+    if not bool(torch.isfinite(x).all()):
+        raise SurgeryError("ecoformer: the batch the hash would learn from holds NaN or inf values (in the images, or "
+                           "produced by the blocks before); the hash was not learned. Learn it from finite data.")
+
+
 class KernelHash(nn.Module):
     """b-bit kernelised hash per head, learned from one batch of (B, H, N, d) normalised tokens."""
 
@@ -126,7 +140,9 @@ class KernelHash(nn.Module):
 
     def learn(self, x: torch.Tensor) -> list[float]:
         """Fit anchors, mu and A to ``x`` (B, H, N, d); returns each bit's kept binary loss. Works under
-        no_grad and inference_mode too."""
+        no_grad and inference_mode too. A batch with fewer tokens than anchors or topk, or with a value
+        that is not finite (which would zero every code), is refused: the hash stays unlearned."""
+        check_learnable(x, self.num_anchors, self.topk)
         threads = torch.get_num_threads()
         small = x.shape[0] * x.shape[1] * x.shape[2] ** 2 < SMALL_FIT  # 1600 sequential steps of tiny ops:
         try:  # threads only add their overhead (20x slower on a busy 2-core machine)

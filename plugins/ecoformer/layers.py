@@ -77,8 +77,18 @@ class EcoFormerAttention(AttentionCore):
     def attend(self, x: torch.Tensor) -> torch.Tensor:
         batch, tokens, channels = x.shape
         v = self.split_heads(self.project("value", x))
-        out = hashed_attention(self.codes(x), v, self.bias)
-        return out.transpose(1, 2).reshape(batch, tokens, channels)
+        codes = self.codes(x)
+        with torch.autocast(device_type=x.device.type, enabled=False):  # sums over N tokens: float32 at least,
+            wide = torch.promote_types(v.dtype, torch.float32)  # as the official code upcasts
+            out = hashed_attention(codes.to(wide), v.to(wide), self.bias)
+        return out.to(v.dtype).transpose(1, 2).reshape(batch, tokens, channels)
+
+    def surgery_incomplete(self) -> str | None:
+        """Why this module cannot be saved or exported as it is (:mod:`surgery.toolkit.completeness`)."""
+        if self.hash_learned():
+            return None
+        return ("ecoformer: a block's hash was never learned, so every reload would learn it from whichever batch "
+                "comes first; apply with calibration data, run a batch through the model, or recover first")
 
     def code_products(self, tokens: int) -> int:
         """Products with a +-1 code in one call on ``tokens`` tokens (h^T v, h (h^T v) and h . sum h, per

@@ -8,6 +8,11 @@ from typing import ClassVar
 from surgery.toolkit.reduction_config import ReductionConfig
 
 
+# the logits are cosines in [-1, 1] / temperature: 1e-3 keeps them within +-1000 (a one-hot spread, finite in
+# every float type); above 1e3 every weight is uniform to float32 rounding anyway
+MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-3, 1e3
+
+
 @dataclasses.dataclass(frozen=True)
 class TokenTransformConfig(ReductionConfig):
     """Token Transforming.
@@ -25,7 +30,7 @@ class TokenTransformConfig(ReductionConfig):
 
     def validate(self) -> None:
         super().validate()
-        if not self.temperature > 0:
-            raise self.invalid("temperature", self.temperature, "a number > 0")
+        if not MIN_TEMPERATURE <= self.temperature <= MAX_TEMPERATURE:  # cosines / temperature stay finite in fp16
+            raise self.invalid("temperature", self.temperature, f"a number in [{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}]")
         if self.topk < 1:
             raise self.invalid("topk", self.topk, "an integer >= 1")

@@ -61,7 +61,7 @@ def many_to_many(metric: torch.Tensor, importance: torch.Tensor, r: int, prefix:
         return None
     targets, sources = split
     with torch.no_grad():
-        unit = metric / metric.norm(dim=-1, keepdim=True)
+        unit = metric / metric.norm(dim=-1, keepdim=True).clamp_min(1e-12)  # a zero key: cosines 0, not NaN
         pick = lambda index: unit.gather(1, index.unsqueeze(-1).expand(-1, -1, unit.shape[-1]))  # noqa: E731
         logits = (pick(sources) @ pick(targets).transpose(1, 2)) / temperature
         k = min(topk, targets.shape[1])

@@ -31,17 +31,19 @@ from transformers.quantizers.auto import AUTO_QUANTIZER_MAPPING, register_quanti
 from transformers.quantizers.base import HfQuantizer
 from transformers.utils import logging as hf_logging
 
+from surgery.checkpoint.adapter import ADAPTER_ATTR, ADAPTER_DIGEST_KEY
+from surgery.checkpoint.files import DIGEST_KEY, check_digest, check_weight_files
 from surgery.checkpoint.plugins import check_plugins_installed
-from surgery.checkpoint.recipe import QUANT_METHOD, read_recipe_dict, read_steps, recipe_digest, validate_recipe
+from surgery.checkpoint.recipe import QUANT_METHOD, read_steps, recipe_digest, validate_recipe
 from surgery.checkpoint.replay import replay
 from surgery.core.host import get_host
 from surgery.core.names import derived_buffers, reference_to_model, renamer, to_reference_state
 from surgery.errors import RecipeError
+from surgery.toolkit.completeness import refuse_incomplete
 from surgery.toolkit.packing import packed_away_keys, packed_state_dict, unpack_all
 
 MARKER = "surgery (pip install surgery)"
 BASE_TYPE_KEY = "surgery_base_model_type"
-DIGEST_KEY = "surgery_recipe_sha256"
 
 
 class SurgeryCheckpointConfig(PretrainedConfig):
@@ -101,8 +103,13 @@ class SurgeryQuantizer(HfQuantizer):
     def preprocess_model(self, model, **kwargs: Any):
         # The base class marks the model as quantized, which forbids .float()/.half(); surgery
         # steps are ordinary modules, so only the replay runs here. transformers 5.x names the
-        # checkpoint files here (4.57 does not).
-        self._checkpoint_files = [str(f) for f in kwargs.get("checkpoint_files") or []]
+        # checkpoint files here; 4.57 does not, so they are found from the config's source.
+        self._files_given = bool(kwargs.get("checkpoint_files"))
+        self._checkpoint_files = [str(f) for f in kwargs.get("checkpoint_files") or []] or _source_weights(model.config)
+        pickled = [Path(f).name for f in self._checkpoint_files if not str(f).endswith(".safetensors")]
+        if pickled:  # refused before transformers opens it
+            raise RecipeError(f"{Path(self._checkpoint_files[0]).parent}: a surgery checkpoint loads from safetensors "
+                              f"only, not {pickled[0]}.")
         return self._process_model_before_weight_loading(model, **kwargs)
 
     def _process_model_before_weight_loading(self, model, **kwargs: Any) -> None:
@@ -125,22 +132,20 @@ class SurgeryQuantizer(HfQuantizer):
 
     def _process_model_after_weight_loading(self, model, **kwargs: Any) -> None:
         files = list(getattr(self, "_checkpoint_files", None) or [])
-        if not files:  # transformers 4.57: update_missing_keys checked the weights; find the file for the digest
-            source = getattr(model.config, "_name_or_path", None)
-            local = _local_weights(Path(source)) if source and Path(source).is_dir() else None
-            files = [str(local)] if local is not None else []
-        else:
+        if getattr(self, "_files_given", False):  # transformers 5.x reports missing weights instead of refusing them
             check_covered(model, [Path(f) for f in files])
         unpack_all(model)
         if files:
-            check_digest(model.config, Path(sorted(files)[0]))
+            check_digest(model.config, sorted(files)[0])
+        refuse_incomplete(model, "load", RecipeError)  # saved by an older surgery before its state was fitted
 
     def get_state_dict_and_metadata(self, model, safe_serialization=False):
         """Called by ``save_pretrained``: packed weights where a module stores fewer bits, under the
         anatomy's reference names, and the recipe's digest in the metadata."""
         state = packed_state_dict(model)
         state = to_reference_state(_anatomy(model), model, model.state_dict() if state is None else state)
-        return state, {DIGEST_KEY: recipe_digest(read_steps(model.config))}
+        adapter = {ADAPTER_DIGEST_KEY: vars(model)[ADAPTER_ATTR]} if vars(model).get(ADAPTER_ATTR) else {}
+        return state, {DIGEST_KEY: recipe_digest(read_steps(model.config)), **adapter}
 
     def update_missing_keys(self, model, missing_keys: list[str], prefix: str) -> list[str]:
         packed = packed_away_keys(model)
@@ -171,9 +176,6 @@ def check_covered(model: Any, files: list[Path]) -> None:
     """Every weight ``model`` expects is in the checkpoint ``files`` (under its reference name), and
     every buffer the reference layout saves but ``model`` recomputes matches its formula: transformers
     5.x reports missing weights instead of refusing them, so a plain ``from_pretrained`` checks here."""
-    pickled = [f.name for f in files if f.suffix != ".safetensors"]
-    if pickled:
-        raise RecipeError(f"{files[0].parent}: a surgery checkpoint loads from safetensors only, not {pickled[0]}.")
     tensors = _FileTensors(files)
     anatomy = _anatomy(model)
     state = model.state_dict()
@@ -233,26 +235,15 @@ def lacking_weights(missing: list[str], source: object = None) -> RecipeError:
                        "the weights do not belong together (edited recipe or mixed folder).")
 
 
-def check_digest(config: Any, weights: Path) -> None:
-    """Refuse weights (a safetensors file) saved with another recipe than the one in ``config``
-    (checkpoints saved before surgery recorded the digest carry none, and pass)."""
-    from safetensors import safe_open
-
-    with safe_open(str(weights), framework="pt") as handle:
-        saved = (handle.metadata() or {}).get(DIGEST_KEY)
-    if saved is not None and read_recipe_dict(config) is not None and saved != recipe_digest(read_steps(config)):
-        raise RecipeError(f"{weights.parent}: the recipe in config.json is not the one these weights were saved with "
-                          "(its SHA-256 differs from the weights' metadata): edited recipe or mixed folder.")
-
-
-def _local_weights(folder: Path) -> Path | None:
-    """The (first) safetensors file of a local model folder, or None."""
-    if (folder / "model.safetensors").is_file():
-        return folder / "model.safetensors"
-    index = folder / "model.safetensors.index.json"
-    if not index.is_file():
-        return None
-    return folder / sorted(set(json.loads(index.read_text())["weight_map"].values()))[0]
+def _source_weights(config: Any) -> list[str]:
+    """transformers 4.57: the first safetensors file of the folder or Hub snapshot ``config`` was read
+    from (the snapshot by the config's commit), after :func:`check_weight_files`' checks; [] when the
+    model was not loaded from files."""
+    source = getattr(config, "name_or_path", None)
+    if not source:
+        return []
+    commit = getattr(config, "_commit_hash", None)
+    return [check_weight_files(source, **({"_commit_hash": commit} if commit else {}))]
 
 
 if QUANT_METHOD not in AUTO_QUANTIZER_MAPPING:  # importable twice (reloads) without error

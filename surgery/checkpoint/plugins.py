@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from surgery.core.host import get_host
 from surgery.errors import RecipeError, clean_text
+
+# a distribution name as PEP 508 allows it (letters, digits, ., _, -; starting and ending alphanumeric)
+DISTRIBUTION = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,98}[A-Za-z0-9])?")
 
 
 def check_plugins_installed(steps: list[dict[str, Any]], versions: bool = True) -> None:
@@ -16,12 +20,15 @@ def check_plugins_installed(steps: list[dict[str, Any]], versions: bool = True) 
     for index, step in enumerate(steps, 1):
         plugin = clean_text(step["plugin"])
         if step["plugin"] not in host.methods:
-            package = clean_text(step.get("package") or "the package that provides it")
+            package = step.get("package")
             version = f" {clean_text(step['plugin_version'])}" if step.get("plugin_version") else ""
-            missing.append(
-                f"step {index} uses plugin '{plugin}'{version} from package '{package}', which is not "
-                f"installed: pip install {package}"
-            )
+            if isinstance(package, str) and DISTRIBUTION.fullmatch(package):
+                source, hint = f"from package '{package}'", f"pip install {package}"
+            else:  # never quote arbitrary recipe text as a command to run
+                source = (f"from a package whose recorded name {clean_text(package, 60)!r} is not a valid distribution "
+                          "name" if package else "from a package the recipe does not name")
+                hint = "install the distribution that provides it"
+            missing.append(f"step {index} uses plugin '{plugin}'{version} {source}, which is not installed: {hint}")
         elif versions and step.get("plugin_version"):
             check_plugin_version(index, host.methods[step["plugin"]], step["plugin_version"])
     if missing:
@@ -47,3 +54,11 @@ def check_plugin_version(index: int, method: Any, saved: str) -> None:
     if saved_version > installed:
         warnings.warn(f"recipe step {index} was saved by {method.name} {saved_version}, newer than the installed "
                       f"{installed}; it loads, but upgrading {method.package} is safer.", stacklevel=3)
+    for version, change in sorted(method.changes.items(), key=lambda item: Version(item[0])):
+        if saved_version < Version(version) <= installed:
+            warnings.warn(f"recipe step {index} was saved by {method.name} {saved_version}; {method.name} {version} "
+                          f"changed what it computes: {change}", ComputationChangedWarning, stacklevel=3)
+
+
+class ComputationChangedWarning(UserWarning):
+    """A step saved by an older plugin version loads with a computation that has changed since."""

@@ -26,15 +26,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from surgery.checkpoint.adapter import ADAPTER, ADAPTER_ATTR, adapter_digest
 from surgery.checkpoint.integration import mark_config_file, quiet_progress
+from surgery.data.processor import load_processor
 from surgery.errors import SurgeryError
 from surgery.toolkit.adapters import holds_adapter_layers, is_peft_model
+from surgery.toolkit.completeness import refuse_incomplete
 
 TMP = ".surgery-tmp-"
 OLD = ".surgery-old-"
 # files a save writes or replaces; everything else in an existing folder is carried over
 # (an adapter belongs to the weights it was trained on: a new save never keeps an old one)
-ADAPTER = "adapter"
 REPLACED_PREFIXES = ("model.safetensors", "model-", "pytorch_model", "config.json", ADAPTER)
 
 
@@ -42,15 +44,20 @@ def save(model: Any, folder: str | os.PathLike[str], *, processor: Any = None, *
     """Save ``model`` (and ``processor``) to ``folder`` atomically; ``kwargs`` go to ``save_pretrained``.
 
     A ``PeftModel`` (LoRA recovery with ``merge=False``) saves as the model without its adapters in
-    ``folder`` and PEFT's adapter in ``folder/adapter``: ``PeftModel.from_pretrained(surgery.load(folder),
-    folder / "adapter")`` rebuilds it."""
+    ``folder`` and PEFT's adapter in ``folder/adapter``, recorded in the model's weights: ``surgery.load(folder)``
+    rebuilds it (:mod:`surgery.checkpoint.adapter`)."""
     adapter = None
     if is_peft_model(model):
         adapter, model = model, without_adapters(model)
+        if getattr(model, "hf_quantizer", None) is None:
+            raise SurgeryError("cannot save this PeftModel: surgery keeps a LoRA adapter beside a rewritten model only "
+                               "(it records the adapter in the model's weights); merge it (merge_and_unload) and save "
+                               "the model, or save it with PEFT's own save_pretrained")
     elif holds_adapter_layers(model):
         raise SurgeryError("cannot save this model: PEFT's adapter layers are inside it; save the PeftModel that wraps "
                            "it (surgery.save(result.adapter, folder) after recover(..., lora={'merge': False})), or merge "
                            "them first (merge_and_unload)")
+    refuse_incomplete(model, "save")
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise SurgeryError(f"cannot save to {folder}: it is a file, not a folder.")
@@ -65,18 +72,30 @@ def save(model: Any, folder: str | os.PathLike[str], *, processor: Any = None, *
                 # quantizer already wrote the anatomy's reference names (surgery.core.names)
                 kwargs.setdefault("save_original_format", False)
             with quiet_progress():
+                if adapter is not None:  # first: the model's weights record the adapter's digest
+                    adapter.save_pretrained(staging / ADAPTER, safe_serialization=True)
+                    model.__dict__[ADAPTER_ATTR] = adapter_digest(staging / ADAPTER)
                 type(model).save_pretrained(model, staging, **kwargs)
-                if adapter is not None:
-                    adapter.save_pretrained(staging / ADAPTER)
             mark_config_file(staging)
             if processor is not None:
                 processor.save_pretrained(staging)
             if folder.exists():
                 _carry_over(folder, staging)
+            os.chmod(staging, _folder_mode(folder))
             _swap(staging, folder)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return folder
+
+
+def _folder_mode(folder: Path) -> int:
+    """The mode ``save_pretrained`` leaves: an existing folder keeps its own, a new one gets the umask's
+    (the staging folder from ``mkdtemp`` is private, 0700)."""
+    if folder.is_dir():
+        return folder.stat().st_mode & 0o7777
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o777 & ~umask
 
 
 def without_adapters(peft_model: Any) -> Any:
@@ -180,12 +199,10 @@ def _exchange(a: Path, b: Path) -> bool:
 
 def save_from(model: Any, output: str | Path, source: str | Path | None = None) -> None:
     """Save weights + recipe, and the source's image processor when it has one, in one atomic step."""
-    from transformers import AutoImageProcessor
-
     processor = None
     if source is not None:
         try:
-            processor = AutoImageProcessor.from_pretrained(source, use_fast=False)
+            processor = load_processor(source)
         except (OSError, ValueError):
             print(f"surgery: note: {source} has no image processor; none was saved", file=sys.stderr)
     save(model, output, processor=processor)

@@ -65,14 +65,14 @@ def _method_json(method: Any, host: Any) -> dict[str, Any]:
 
 def _without_adapter(folder: str, command: str) -> str:
     """``folder``, unless it holds a LoRA adapter that ``command`` would silently leave out."""
-    from surgery.checkpoint.saving import ADAPTER
+    from surgery.checkpoint.adapter import ADAPTER
 
     if (Path(folder) / ADAPTER / "adapter_config.json").is_file():
         from surgery.errors import SurgeryError
 
         raise SurgeryError(f"{folder} holds a LoRA adapter (adapter/, from recover --lora ...,merge=false) that "
                            f"`surgery {command}` would leave out; recover with merge=true to have it in the weights, or "
-                           f"use it from Python: PeftModel.from_pretrained(surgery.load('{folder}'), '{folder}/adapter')")
+                           f"use it from Python: surgery.load('{folder}') returns the model with its adapter")
     return folder
 
 
@@ -110,8 +110,10 @@ def _calibration(name: str | None, model: str) -> Any:
 def cmd_inspect(args: argparse.Namespace) -> int:
     from transformers import AutoConfig
 
+    from surgery.checkpoint.files import read_config_dict
     from surgery.checkpoint.recipe import read_steps
 
+    read_config_dict(args.model)
     config = AutoConfig.from_pretrained(args.model, trust_remote_code=False)
     steps = read_steps(config)
     if args.json:
@@ -151,26 +153,34 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise SurgeryError(f"bench: --repeats got {args.repeats}; allowed: an integer >= 1.")
     figures = {**checkpoint_figures(args.model), **runtime_figures(surgery.load(_without_adapter(args.model, "bench")),
                                                                    repeats=args.repeats)}
-    path = record(args.model, figures)
     print(json.dumps(figures, indent=2))
-    print(f"recorded in {path}")
+    _record_where_local(args.model, figures, record)
     return 0
+
+
+def _record_where_local(model: str, figures: dict[str, Any], record: Any) -> None:
+    """Merge ``figures`` into a local model folder's results; a Hub id has no folder here to write to."""
+    if Path(model).is_dir():
+        print(f"recorded in {record(model, figures)}", file=sys.stderr)
+    else:
+        print(f"not recorded: {model} is a Hub id, not a local folder (download it to keep the results beside it)",
+              file=sys.stderr)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from surgery.evaluation.measure import dataset_accuracy, record
 
     figures = dataset_accuracy(_without_adapter(args.model, "eval"), args.data, args.split)
-    path = record(args.model, figures)
-    print(f"accuracy {figures['accuracy']:.2%} on {figures['dataset']}; recorded in {path}")
+    print(f"accuracy {figures['accuracy']:.2%} on {figures['dataset']}")
+    _record_where_local(args.model, figures, record)
     return 0
 
 
 def cmd_recover(args: argparse.Namespace) -> int:
     from accelerate import PartialState
-    from transformers import AutoImageProcessor
 
     import surgery
+    from surgery.data.processor import load_processor
     from surgery.checkpoint.saving import save_from
     from surgery.data.imagesets import load_images
     from surgery.evaluation.measure import describe_data, record
@@ -180,7 +190,7 @@ def cmd_recover(args: argparse.Namespace) -> int:
     model = surgery.load(_without_adapter(args.model, "recover"))
     teacher_source = args.teacher or _base_model(model, args.model)
     teacher = surgery.load(teacher_source)
-    processor = AutoImageProcessor.from_pretrained(args.model, use_fast=False)
+    processor = load_processor(args.model)
     train = load_images(args.data, args.train_split)
     evaluation = load_images(args.data, args.eval_split) if args.eval_split != "none" else None
     checkpoints = Path(args.checkpoint_dir or Path(args.output) / "checkpoints")

@@ -35,11 +35,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if getattr(args, "model", None) is not None and args.command not in ("card", "push"):
             check_model_argument(args.model)
-        output = getattr(args, "output", None)
-        if output is not None and Path(output).exists() and not Path(output).is_dir():
-            from surgery.errors import SurgeryError
+        for option in ("output", "checkpoint_dir"):  # folders a command writes: refused before any work
+            target = getattr(args, option, None)
+            if target is not None and Path(target).exists() and not Path(target).is_dir():
+                from surgery.errors import SurgeryError
 
-            raise SurgeryError(f"cannot save to {output}: it is a file, not a folder.")
+                flag = "--" + option.replace("_", "-")
+                raise SurgeryError(f"cannot save to {target} ({flag}): it is a file, not a folder.")
         return args.run(args)
     except Exception as error:  # one clear line unless --traceback
         if args.traceback:

@@ -25,6 +25,7 @@ from surgery.core.host import Host, get_host
 from surgery.core.method import Rewrite
 from surgery.core.snapshot import ModelSnapshot
 from surgery.core.specs import PlannedStep, Spec, resolve_specs
+from surgery.core.wrappers import refuse_adapters
 from surgery.errors import ApplyError, ConfigError, IncompatibleStepsError, RevertError, SurgeryError, UnsupportedModelError
 
 
@@ -66,6 +67,7 @@ def apply(model: nn.Module, specs: Spec | Sequence[Spec], calibration: Iterable[
     Nothing mutates until all steps are validated and rehearsed; if a step fails anyway, the model
     is restored exactly and an :class:`ApplyError` naming the plugin is raised.
     """
+    refuse_adapters(model, "apply surgery to")
     host = get_host()
     planned = plan(model, specs).steps
     for step in planned:
@@ -107,6 +109,7 @@ def history(model: nn.Module) -> list[AppliedStep]:
 
 def revert(model: nn.Module, steps: int | None = None) -> nn.Module:
     """Undo the last ``steps`` steps (all by default), newest first; atomic like ``apply``."""
+    refuse_adapters(model, "revert surgery on")
     host = get_host()
     applied = get_history(model)
     count = len(applied) if steps is None else steps

@@ -61,7 +61,11 @@ class SurgeryMethod:
             training-only behaviour (auxiliary losses, staged schedules) that
             :func:`surgery.recover` drives; None when plain fine-tuning is all it needs.
         repeatable: whether the method may appear twice in one model's history.
-        version: the plugin's version, written into recipes.
+        version: the plugin's version, written into recipes. It moves whenever what a saved step
+            computes changes, beyond float rounding or not.
+        changes: ``{version: what changed}`` for each version whose computation differs from the one
+            before: a recipe saved by an older version reloads with a warning naming every change since
+            (or, where an option reproduces the old computation, through ``legacy_defaults``).
         paper, reference: citation and the official code the implementation follows.
         card_template: a Jinja2 file rendering this method's section of the model card (it gets
             ``step``); None uses the generic section.
@@ -90,6 +94,7 @@ class SurgeryMethod:
     training: Callable[[nn.Module, SurgeryConfig, list[str], Anatomy], Any] | None = None
     repeatable: bool = False
     version: str = "0.1.0"
+    changes: Mapping[str, str] = dataclasses.field(default_factory=dict)
     paper: str = ""
     reference: str = ""
     card_template: str | None = None

@@ -15,11 +15,8 @@ The real layouts that shaped the fields (docs/architecture.md):
   relative position bias table;
 - transformers >= 5.9 ViT/Swin: ``layers.N.attention.{q,k,v,o}_proj`` (the core owns the output
   projection) and ``mlp.fc1/fc2``, no encoder module, blocks return a tensor;
-- DINOv2: ``norm1/norm2``, ``layer_scale1/2`` and ``drop_path`` on both residual branches, register
-  tokens after cls;
-- Swinv2: post-norm residuals (``x + norm(f(x))``), cosine attention and a continuous position bias,
-  a window fixed when the block is built;
-- BEiT >= 5: the block computes the position bias and passes it to the core as the mask; layer scale 1.0.
+- DINOv2: ``norm1/norm2``, ``layer_scale1/2``, ``drop_path``, registers; Swinv2: post-norm residuals,
+  cosine attention, a continuous position bias; BEiT >= 5: the block passes the core its position bias.
 """
 
 from __future__ import annotations
@@ -71,8 +68,9 @@ class BlockLayout:
         window_clamps: whether the block clamps its window to the feature map at every call (Swin), so
             a huge window means global attention at any image size; False where the window is fixed
             when the block is built (Swinv2), so global attention is a window of the map's side.
-        position_bias: ``position_bias(core) -> (1, heads, N, N)``, the relative position bias the core
-            adds to its logits, or None.
+        position_bias: ``position_bias(core, call) -> (1, heads, N, N)``, the core's relative position
+            bias, or None; ``call``: the host's ``args``/``kwargs`` to the core and ``tokens`` (BEiT's bias
+            depends on the input's ``resolution``).
         host_bias: the block-level module (path relative to the block) whose output the block passes
             the core as ``attention_mask`` (BEiT >= 5's relative position bias), or None; an attention
             swap that drops the bias removes it (:func:`surgery.toolkit.attention.install_core`).
@@ -106,7 +104,7 @@ class BlockLayout:
     shift_size: str | None = None
     resolution: str | None = None
     window_clamps: bool = True
-    position_bias: Callable[[nn.Module], torch.Tensor] | None = None
+    position_bias: Callable[[nn.Module, Mapping[str, Any]], torch.Tensor] | None = None
     host_bias: str | None = None
     tensors: Mapping[str, str] = dataclasses.field(default_factory=dict)
     saved_buffers: Mapping[str, Callable[[Mapping[str, torch.Tensor]], torch.Tensor | None]] = dataclasses.field(
@@ -135,7 +133,7 @@ class AttentionParts:
     dropout: float
     core_returns: Literal["pair", "single"]
     mask_argument: Literal["head_mask", "window_mask", "attention_bias", "none"]
-    position_bias_fn: Callable[[nn.Module], torch.Tensor] | None = None
+    position_bias_fn: Callable[[nn.Module, Mapping[str, Any]], torch.Tensor] | None = None
 
     @property
     def width(self) -> int:
@@ -167,9 +165,11 @@ class AttentionParts:
             outputs = [transform(t) for t in outputs]
         return tuple(self.split_heads(t) for t in outputs)
 
-    def position_bias(self) -> torch.Tensor | None:
-        """(1, heads, N, N) additive logit bias (Swin's relative position bias), or None."""
-        return self.position_bias_fn(self.core) if self.position_bias_fn is not None else None
+    def position_bias(self, tokens: int | None = None, args: tuple = (), kwargs: Mapping[str, Any] | None = None):
+        """(1, heads, N, N) additive logit bias for the host's call (``args`` after the hidden states,
+        ``kwargs``) on ``tokens`` tokens, or None; without a call, at the config's image size."""
+        call = {"args": tuple(args), "kwargs": dict(kwargs or {}), "tokens": tokens}
+        return self.position_bias_fn(self.core, call) if self.position_bias_fn is not None else None
 
     def _passed(self, kind: str, args: tuple, kwargs: Mapping[str, Any]) -> torch.Tensor | None:
         """The mask the host passed the core (first positional or ``attention_mask``) if it is a ``kind``."""

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from surgery.data.processor import load_processor
+
 LABELS = [str(d) for d in range(10)]
 
 
@@ -68,9 +70,7 @@ def encode(split: Split, processor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def digits_for(model_folder, split: str = "test") -> tuple[torch.Tensor, torch.Tensor]:
     """The digits ``split`` ("train", "validation" or "test") through the image processor saved in ``model_folder``."""
-    from transformers import AutoImageProcessor
-
     if split not in SPLITS:
         raise ValueError(f"the built-in digits have the splits {', '.join(SPLITS)}, not {split!r}")
-    processor = AutoImageProcessor.from_pretrained(model_folder, use_fast=False)
+    processor = load_processor(model_folder)
     return encode(digits_splits()[split], processor)

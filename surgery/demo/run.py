@@ -17,13 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoImageProcessor, AutoModelForImageClassification
+from transformers import AutoModelForImageClassification
 
 import surgery
 from surgery.checkpoint.saving import save_from
 from surgery.core.specs import configs_from_text
 from surgery.data.digits import digits_for
 from surgery.data.imagesets import digits_dataset
+from surgery.data.processor import load_processor
 from surgery.demo.model import default_model
 from surgery.evaluation.accuracy import predict_logits, top1
 from surgery.evaluation.measure import DIGITS_DESCRIPTION, DIGITS_VALIDATION, record, runtime_figures
@@ -65,7 +66,7 @@ def run_demo(arch: str, output: Path, plugins: list[str] | None = None, specs: C
 
     options = {**DEMO_RECOVERY, **({"epochs": recovery_epochs} if recovery_epochs is not None else {})}
     print(f"[5/6] recovering with distillation from the original: {options}")
-    processor = AutoImageProcessor.from_pretrained(folder, use_fast=False)
+    processor = load_processor(folder)
     # per-epoch accuracy on the validation split; the test split is measured once, below
     result = recover(model, teacher, digits_dataset("train"), digits_dataset("validation"), processor=processor, **options)
     saved_logits = predict_logits(model, pixel_values)

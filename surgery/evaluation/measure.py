@@ -29,7 +29,7 @@ def checkpoint_figures(folder: str | Path) -> dict[str, float]:
     files = sorted(Path(folder).glob("*.safetensors"))
     if not files:
         return {}
-    from surgery.checkpoint.loading import check_readable
+    from surgery.checkpoint.files import check_readable
 
     parameters = 0
     for file in files:
@@ -80,15 +80,14 @@ def describe_data(source: str, split: str, count: int) -> str:
 def dataset_accuracy(folder: str | Path, source: str = "digits", split: str = "test", batch_size: int = 256) -> dict[str, Any]:
     """Top-1 accuracy of the saved model on ``split`` of ``source`` ("digits", an imagefolder or a Hub
     dataset id), through the folder's image processor and the ``evaluate`` accuracy metric."""
-    from transformers import AutoImageProcessor
-
+    from surgery.data.processor import load_processor
     from surgery.checkpoint.loading import load
     from surgery.data.imagesets import batches, load_images
     from surgery.evaluation.accuracy import loader_accuracy
 
     model = load(folder)
     data = load_images(source, split)
-    processor = AutoImageProcessor.from_pretrained(folder, use_fast=False)
+    processor = load_processor(folder)
     accuracy = loader_accuracy(model, batches(data, model.config, processor, batch_size))
     return {"accuracy": accuracy, "dataset": describe_data(source, split, len(data))}
 

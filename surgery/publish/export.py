@@ -46,6 +46,7 @@ from surgery.core.history import get_history
 from surgery.core.host import get_host
 from surgery.errors import ExportError
 from surgery.publish.onnx_graph import inputs, needs, write_onnx
+from surgery.toolkit.completeness import refuse_incomplete
 
 REPORT = "export_report.json"
 RECIPE = "surgery_recipe.json"
@@ -93,6 +94,7 @@ def export(model: Any, output: str | Path, to: Literal["onnx", "openvino"] = "on
     output = Path(output)
     check_output(output, model, source, overwrite)
     refuse_unexportable(model, to)
+    refuse_incomplete(model, f"export to {to}", ExportError)
     model.eval()
     output.absolute().parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{output.name}.export-", dir=output.absolute().parent) as tmp:

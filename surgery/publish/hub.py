@@ -1,7 +1,7 @@
 """``surgery push``: upload a model folder to the Hugging Face Hub with huggingface_hub.
 
 Only the model's own files go up (:func:`publishable_files`): weights (safetensors), config, image
-processor, model card and its plot, results, and export folders (those with an
+processor, model card and its plot, results, a kept LoRA adapter (``adapter/``) and export folders (those with an
 ``export_report.json``). Training checkpoints, optimizer and random states, temporary files of an
 interrupted save and anything else are skipped, and the CLI lists what it skipped. A folder that
 does not load with :func:`surgery.load` is refused before anything is uploaded. The endpoint comes
@@ -14,6 +14,7 @@ import json
 import logging
 from pathlib import Path
 
+from surgery.checkpoint.adapter import ADAPTER, ADAPTER_FILES
 from surgery.errors import PushError
 
 logger = logging.getLogger("surgery")
@@ -97,6 +98,13 @@ def publishable_files(folder: str | Path) -> tuple[list[str], list[str]]:
         name = entry.name
         if entry.is_file() and not entry.is_symlink() and (name in MODEL_FILES or name in shards):
             files.append(name)
+        elif name == ADAPTER and entry.is_dir() and not entry.is_symlink():  # a kept LoRA adapter goes with its model
+            for path in sorted(entry.rglob("*")):
+                relative = path.relative_to(folder).as_posix()
+                if path.is_file() and not path.is_symlink() and path.parent == entry and path.name in ADAPTER_FILES:
+                    files.append(relative)
+                elif path.is_file() or path.is_symlink():
+                    skipped.append(relative)
         elif entry.is_dir() and not entry.is_symlink() and (entry / "export_report.json").is_file():
             for path in sorted(entry.rglob("*")):
                 relative = path.relative_to(folder).as_posix()

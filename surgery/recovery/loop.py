@@ -70,6 +70,9 @@ def recover(model: nn.Module, teacher: nn.Module | None, train, eval=None, confi
         raise SurgeryError("recover: without a teacher, set distill_weight=0 and feature_weight=0 (labels only), "
                            "or pass the original model as teacher")
     lora = LoraOptions.parse(lora)
+    if checkpoint_dir is not None and Path(checkpoint_dir).exists() and not Path(checkpoint_dir).is_dir():
+        raise SurgeryError(f"recover: checkpoint_dir {checkpoint_dir} is a file; it must be a folder (or not exist yet), "
+                           "found before any training")
     if lora is not None and is_peft_model(model):
         raise SurgeryError("recover: this model is already a PeftModel; recover trains its adapters as they are "
                            "(leave lora out), or pass the model without PEFT to have surgery add them")
@@ -77,6 +80,8 @@ def recover(model: nn.Module, teacher: nn.Module | None, train, eval=None, confi
     accelerator = accelerator or make_accelerator(config)
     started = time.perf_counter()
     new = set(new_parameter_names(model, teacher)) if teacher is not None else set()
+    train_loader = batches(train, base.config, processor, config.batch_size, shuffle=True, seed=config.seed)
+    eval_loader = batches(eval, base.config, processor, 256) if eval is not None else None
     if lora is not None:
         model = wrap(model, lora, get_host().anatomy(base.config.model_type, type(base).__name__), new)
         new = {name for name, _ in model.named_parameters() if canonical(name) in new}  # PEFT's names
@@ -85,8 +90,6 @@ def recover(model: nn.Module, teacher: nn.Module | None, train, eval=None, confi
             discard(model)
         raise SurgeryError("recover: warmup_epochs needs trainable parameters the surgery added (compared by name "
                            "with the teacher), and this model has none; set warmup_epochs=0")
-    train_loader = batches(train, base.config, processor, config.batch_size, shuffle=True, seed=config.seed)
-    eval_loader = batches(eval, base.config, processor, 256) if eval is not None else None
     optimizer, schedule = optimizer_and_schedule(model, new, config, len(train_loader))
     result = RecoveryResult(config=config.to_dict(), new_parameters=sorted(canonical(n) for n in new),
                             processes=accelerator.num_processes, mixed_precision=str(accelerator.mixed_precision),
@@ -99,14 +102,14 @@ def recover(model: nn.Module, teacher: nn.Module | None, train, eval=None, confi
     prepared = accelerator.prepare(model, optimizer, train_loader, schedule, *([eval_loader] if eval_loader is not None else []))
     student, optimizer, train_loader, schedule = prepared[:4]
     eval_loader = prepared[4] if eval_loader is not None else None
-    if teacher is not None:
-        teacher = teacher.to(accelerator.device).eval().requires_grad_(False)
-    if resume:
-        path = _resume_path(resume, checkpoint_dir)
-        start_epoch = load_checkpoint(accelerator, student, optimizer, schedule, path)
-        result.resumed_from = str(path)
     completed = False
-    try:
+    try:  # from here on, a failure (a refused resume included) takes the adapters out again
+        if teacher is not None:
+            teacher = teacher.to(accelerator.device).eval().requires_grad_(False)
+        if resume:
+            path = _resume_path(resume, checkpoint_dir)
+            start_epoch = load_checkpoint(accelerator, student, optimizer, schedule, path)
+            result.resumed_from = str(path)
         if eval_loader is not None and start_epoch == 0:
             result.accuracy_before = evaluate_accuracy(student, eval_loader, accelerator)
             if teacher is not None:

@@ -9,7 +9,7 @@ surgery added (those train fully, as in the warm-up stage), and then either
   again, which saves and reloads exactly; or
 - ``merge=False``: keeps them. ``result.adapter`` is the ``PeftModel``; ``surgery.save(result.adapter,
   folder)`` writes the model to ``folder`` and the adapter to ``folder/adapter``, and
-  ``PeftModel.from_pretrained(surgery.load(folder), folder + "/adapter")`` is the trained model.
+  ``surgery.load(folder)`` is the trained model (the PeftModel, its adapter checked).
 
 Binary and int8 linears (:class:`surgery.toolkit.adapters.LatentWeight`) cannot absorb an update
 kept beside them: merged into the latent weight it is binarized or quantized with the rest. With

@@ -19,21 +19,15 @@ from __future__ import annotations
 
 from torch import nn
 
+from surgery.core.wrappers import holds_adapter_layers, is_peft_model
+
+__all__ = ["LatentWeight", "holds_adapter_layers", "is_latent", "is_peft_model", "module_at", "unwrapped"]
+
 
 class LatentWeight:
     """Marker: this Linear's ``weight`` is latent; its forward is a function of it other than ``x W^T``."""
 
     surgery_latent_weight = True
-
-
-def is_peft_model(model: nn.Module) -> bool:
-    """Whether ``model`` is a PEFT wrapper (``PeftModel``) around a transformers model."""
-    return hasattr(model, "peft_config") and callable(getattr(model, "get_base_model", None))
-
-
-def holds_adapter_layers(model: nn.Module) -> bool:
-    """Whether PEFT's LoRA layers sit inside ``model`` (its PeftModel is what saves them)."""
-    return any(hasattr(m, "lora_A") and callable(getattr(m, "get_base_layer", None)) for m in model.modules())
 
 
 def is_latent(module: nn.Module) -> bool:

@@ -150,7 +150,7 @@ def reduction_fields(linear_attention: str, windowed: str, other_reductions: tup
             "cls_mean_readout": "the head's mean runs over the reduced tokens (unweighted by size: the model's own mean)",
             "mean_readout": "the head's mean runs over the reduced tokens (unweighted by size: the model's own mean)",
         },
-        "roles": ("encoder", "block", "attention", "parts"),
+        "roles": ("encoder", "block", "attention", "parts", "mlp_in", "mlp_out"),  # the reducing block runs the MLP
         "conflicts": {"agent_attention": linear_attention, "castling": linear_attention,
                       **{other: ONE_REDUCTION for other in other_reductions}},
     }

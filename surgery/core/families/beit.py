@@ -26,6 +26,9 @@ the mask, so the parts refuse such a model rather than drop it silently.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -33,11 +36,34 @@ from surgery.core.anatomy import Anatomy, Layout
 from surgery.core.parts import BlockLayout
 
 
-def beit_position_bias(core: nn.Module) -> torch.Tensor | None:
-    """(1, heads, N+1, N+1) relative position bias of a 4.57 ``BeitSelfAttention`` at the config's image
-    size (the grid its table was made for), or None where the block has none."""
+def beit_position_bias(core: nn.Module, call: Mapping[str, Any]) -> torch.Tensor | None:
+    """(1, heads, N+1, N+1) relative position bias of a 4.57 ``BeitSelfAttention`` for the input the host
+    passed (its ``resolution``, interpolated as the core does with ``interpolate_pos_encoding``), or
+    None where the block has none. Without a resolution, the config's image size (the table's grid)."""
     table = getattr(core, "relative_position_bias", None)
-    return None if table is None else table(tuple(table.window_size))
+    if table is None:
+        return None
+    passed = _host_arguments(core, call["args"], call["kwargs"])
+    resolution = passed.get("resolution")
+    if resolution is None:
+        return table(tuple(table.window_size))
+    patch = core.config.patch_size if isinstance(core.config.patch_size, int) else core.config.patch_size[0]
+    grid = (int(resolution[0]) // patch, int(resolution[1]) // patch)
+    return table(grid, bool(passed.get("interpolate_pos_encoding", False)), dim_size=call["tokens"])
+
+
+def _host_arguments(core: nn.Module, args: tuple, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """What the block passed the core, by name: bound to the signature of the transformers class the core
+    was built as (a method swaps in a subclass of it; the block passes its arguments positionally, and
+    BEiT 4.57 has a ``head_mask`` that data2vec-vision 5.x lacks)."""
+    import inspect
+
+    host = next((k for k in type(core).__mro__ if k.__module__.startswith("transformers.")), type(core))
+    try:
+        bound = inspect.signature(host.forward).bind_partial(core, None, *args, **kwargs)
+    except TypeError:
+        return dict(kwargs)
+    return dict(bound.arguments)
 
 
 def _no_shared_bias(config) -> str | None:

@@ -14,6 +14,9 @@ so a method that attends over the whole map sets the window to the map's side. t
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -21,7 +24,7 @@ from surgery.core.anatomy import Anatomy
 from surgery.core.parts import BlockLayout
 
 
-def swinv2_position_bias(core: nn.Module) -> torch.Tensor:
+def swinv2_position_bias(core: nn.Module, call: Mapping[str, Any]) -> torch.Tensor:
     """(1, heads, N, N) continuous position bias of a ``Swinv2SelfAttention`` for its window."""
     size = core.window_size[0] * core.window_size[1]
     table = core.continuous_position_bias_mlp(core.relative_coords_table).view(-1, core.num_attention_heads)

@@ -5,6 +5,9 @@ heads) and Swin, in transformers 4.57's layout and in the >= 5.9 layout
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -24,7 +27,7 @@ VIT_BLOCK_457 = BlockLayout(
 )
 
 
-def swin_position_bias(core: nn.Module) -> torch.Tensor:
+def swin_position_bias(core: nn.Module, call: Mapping[str, Any]) -> torch.Tensor:
     """(1, heads, N, N) relative position bias of a 4.57 ``SwinSelfAttention`` for its window."""
     size = core.window_size[0] * core.window_size[1]
     bias = core.relative_position_bias_table[core.relative_position_index.view(-1)].view(size, size, -1)
@@ -77,7 +80,7 @@ SWIN_BLOCK_59 = BlockLayout(
     norm2="layernorm_after", mlp_in="mlp.fc1", activation="mlp.activation_fn", mlp_out="mlp.fc2", mlp_dropout="dropout",
     drop_path="drop_path", mask_argument="window_mask", core_returns="pair",
     window_size="window_size", shift_size="shift_size", resolution="input_resolution",
-    position_bias=lambda core: core.relative_position_bias(),
+    position_bias=lambda core, call: core.relative_position_bias(),
     tensors={"position_bias_table": "attention.relative_position_bias.relative_position_bias_table"},
 )
 
