@@ -53,13 +53,14 @@ TAMPERED = {
     "targets wrong type": (lambda c: recipe(c)["steps"][0].update(targets="vit"), "'targets' must be a list of strings"),
     "options wrong type": (lambda c: recipe(c)["steps"][0].update(options=[1]), "'options' must be a JSON object"),
     "unknown step field": (lambda c: recipe(c)["steps"][0].update(code="x"), "unknown field 'code'"),
-    # surgery.load compares the digest before it builds anything; from_pretrained replays first
+    # a pair: (surgery.load's, the other loaders'): surgery.load compares the digest before it builds
+    # anything, from_pretrained replays first
     "step listed twice": (lambda c: recipe(c)["steps"].append(recipe(c)["steps"][1]),
-                          "ggem is already applied|not the one these weights were saved with"),
+                          ("not the one these weights were saved with", "ggem is already applied")),
     "step dropped": (lambda c: recipe(c)["steps"].pop(0), "not the one these weights were saved with"),
     "options changed": (lambda c: recipe(c)["steps"][0]["options"].update(r=3), "not the one these weights were saved with"),
     "step injected": (lambda c: recipe(c)["steps"].insert(0, dict(recipe(c)["steps"][0], options={"r": 1})),
-                      "token_merge is already applied|not the one these weights were saved with"),
+                      ("not the one these weights were saved with", "token_merge is already applied")),
 }
 
 
@@ -68,7 +69,8 @@ def test_a_tampered_recipe_is_refused_on_every_load_path(saved, case):
     change, message = TAMPERED[case]
     edit(saved, change)
     for name, load in loaders(saved).items():
-        with pytest.raises((RecipeError, IncompatibleStepsError), match=message):
+        expected = message if isinstance(message, str) else message[name != "surgery.load"]
+        with pytest.raises((RecipeError, IncompatibleStepsError), match=expected):
             load()
 
 

@@ -55,9 +55,9 @@ def attach_adapter(model: Any, pretrained: str | os.PathLike[str], weights: str 
                    **hub_kwargs: Any) -> Any:
     """``model`` with the adapter ``pretrained`` keeps in ``adapter/`` (a ``PeftModel``), after checking it
     against the record in ``weights``; ``model`` itself when there is none or ``wanted`` is False."""
-    recorded = weights_metadata(weights).get(ADAPTER_DIGEST_KEY)
     if wanted is False:
         return model
+    recorded = weights_metadata(weights).get(ADAPTER_DIGEST_KEY)
     folder = adapter_files(pretrained, **hub_kwargs)
     if folder is None:
         if recorded is not None:

@@ -180,9 +180,9 @@ def cmd_recover(args: argparse.Namespace) -> int:
     from accelerate import PartialState
 
     import surgery
-    from surgery.data.processor import load_processor
     from surgery.checkpoint.saving import save_from
     from surgery.data.imagesets import load_images
+    from surgery.data.processor import load_processor
     from surgery.evaluation.measure import describe_data, record
     from surgery.recovery import RecoveryConfig, recover
 

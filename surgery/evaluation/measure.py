@@ -80,9 +80,9 @@ def describe_data(source: str, split: str, count: int) -> str:
 def dataset_accuracy(folder: str | Path, source: str = "digits", split: str = "test", batch_size: int = 256) -> dict[str, Any]:
     """Top-1 accuracy of the saved model on ``split`` of ``source`` ("digits", an imagefolder or a Hub
     dataset id), through the folder's image processor and the ``evaluate`` accuracy metric."""
-    from surgery.data.processor import load_processor
     from surgery.checkpoint.loading import load
     from surgery.data.imagesets import batches, load_images
+    from surgery.data.processor import load_processor
     from surgery.evaluation.accuracy import loader_accuracy
 
     model = load(folder)

@@ -26,6 +26,8 @@ the mask, so the parts refuse such a model rather than drop it silently.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Mapping
 from typing import Any
 
@@ -56,14 +58,19 @@ def _host_arguments(core: nn.Module, args: tuple, kwargs: Mapping[str, Any]) -> 
     """What the block passed the core, by name: bound to the signature of the transformers class the core
     was built as (a method swaps in a subclass of it; the block passes its arguments positionally, and
     BEiT 4.57 has a ``head_mask`` that data2vec-vision 5.x lacks)."""
-    import inspect
-
-    host = next((k for k in type(core).__mro__ if k.__module__.startswith("transformers.")), type(core))
     try:
-        bound = inspect.signature(host.forward).bind_partial(core, None, *args, **kwargs)
+        bound = _host_signature(type(core)).bind_partial(core, None, *args, **kwargs)
     except TypeError:
         return dict(kwargs)
     return dict(bound.arguments)
+
+
+@functools.lru_cache(maxsize=None)
+def _host_signature(kind: type) -> inspect.Signature:
+    """The ``forward`` signature of the transformers class ``kind`` is (or subclasses): looked up once per
+    class, not on every forward of every block."""
+    host = next((k for k in kind.__mro__ if k.__module__.startswith("transformers.")), kind)
+    return inspect.signature(host.forward)
 
 
 def _no_shared_bias(config) -> str | None:
