@@ -41,11 +41,14 @@ def loaders(folder):
             "from_pretrained": lambda: AutoModelForImageClassification.from_pretrained(folder)}
 
 
-def edit_config(folder, change):
-    path = folder / "config.json"
+def edit_json(path, change):
     data = json.loads(path.read_text())
     change(data)
     path.write_text(json.dumps(data))
+
+
+def edit_config(folder, change):
+    edit_json(folder / "config.json", change)
 
 
 def rewrite_metadata(folder, change):
@@ -202,18 +205,12 @@ def test_a_kept_adapter_loads_with_its_model_and_is_pushed_with_it(with_adapter)
 
 
 ADAPTER_EDITS = {
-    "lora_alpha x8": lambda f: _edit_json(f / "adapter" / "adapter_config.json", lambda c: c.update(lora_alpha=c["lora_alpha"] * 8)),
-    "target_modules moved": lambda f: _edit_json(f / "adapter" / "adapter_config.json",
-                                                 lambda c: c.update(target_modules=sorted(c["target_modules"])[1:])),
+    "lora_alpha x8": lambda f: edit_json(f / "adapter" / "adapter_config.json", lambda c: c.update(lora_alpha=c["lora_alpha"] * 8)),
+    "target_modules moved": lambda f: edit_json(f / "adapter" / "adapter_config.json",
+                                                lambda c: c.update(target_modules=sorted(c["target_modules"])[1:])),
     "lora_B missing": lambda f: save_file({k: v for k, v in load_file(str(f / "adapter" / "adapter_model.safetensors")).items()
                                            if "lora_B" not in k}, str(f / "adapter" / "adapter_model.safetensors")),
 }
-
-
-def _edit_json(path, change):
-    data = json.loads(path.read_text())
-    change(data)
-    path.write_text(json.dumps(data))
 
 
 @pytest.mark.parametrize("damage", list(ADAPTER_EDITS))
@@ -222,6 +219,49 @@ def test_an_edited_adapter_is_refused(with_adapter, damage):
     ADAPTER_EDITS[damage](folder)
     with pytest.raises(RecipeError, match="is not the adapter saved with this model"):
         surgery.load(folder)
+
+
+@pytest.mark.parametrize("damage", ["not LoRA", "lora_B missing"])
+def test_a_recorded_adapter_that_is_not_the_lora_its_config_builds_is_refused(with_adapter, damage):
+    """Past the digest (an adapter re-recorded after editing): what PEFT would build is still checked."""
+    from surgery.checkpoint.adapter import ADAPTER_DIGEST_KEY, adapter_digest
+
+    _, folder = with_adapter
+    if damage == "not LoRA":
+        edit_json(folder / "adapter" / "adapter_config.json", lambda c: c.update(peft_type="IA3"))
+    else:
+        ADAPTER_EDITS["lora_B missing"](folder)
+    rewrite_metadata(folder, lambda m: m.update({ADAPTER_DIGEST_KEY: adapter_digest(folder / "adapter")}))
+    expected = "holds a 'IA3' adapter; surgery keeps LoRA adapters only" if damage == "not LoRA" else \
+        r"the adapter's weights do not fit the adapter its config builds \(missing \['base_model.model.*lora_B"
+    with pytest.raises(RecipeError, match=expected):
+        surgery.load(folder)
+
+
+def test_pickled_adapter_weights_and_a_missing_adapter_asked_for_are_refused(with_adapter, tmp_path):
+    _, folder = with_adapter
+    saved_model(tmp_path / "plain", ["ggem"])
+    with pytest.raises(RecipeError, match="adapter=True, but the folder has no adapter/"):
+        surgery.load(tmp_path / "plain", adapter=True)
+    weights = folder / "adapter" / "adapter_model.safetensors"
+    torch.save(load_file(str(weights)), folder / "adapter" / "adapter_model.bin")
+    weights.unlink()
+    with pytest.raises(RecipeError, match="adapter/ has no adapter_model.safetensors; surgery loads adapter weights from "
+                                          "safetensors only"):
+        surgery.load(folder)
+
+
+def test_a_peft_model_without_a_recipe_is_not_saved_with_its_adapter(tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    from surgery.recovery.lora import target_modules
+
+    model = tiny("vit")
+    peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=target_modules(
+        model, surgery.get_host().anatomy("vit"), ("query",))))
+    with pytest.raises(SurgeryError, match="surgery keeps a LoRA adapter beside a rewritten model only"):
+        surgery.save(peft_model, tmp_path / "m")
+    assert not (tmp_path / "m").exists()
 
 
 def test_a_folder_that_lost_its_adapter_is_refused_unless_asked_for_the_model_alone(with_adapter):
