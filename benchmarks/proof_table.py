@@ -14,10 +14,15 @@ test split (360 digits) is measured once, for the chosen recipe only.
     python benchmarks/proof_table.py --only ggem  # rows whose name contains "ggem"
     python benchmarks/proof_table.py --arch dinov2   # the same rows on the digits DINOv2 (about 30 minutes)
     python benchmarks/proof_table.py --report-only   # proof_table.md again from the .json files
+    python benchmarks/proof_table.py --task shapes --skip-runtimes   # the proving ground (5,000 test images)
 
 Writes benchmarks/results/proof_table.md, .json and .png; ``--arch A`` writes proof_table_A.json and
 .md (rows the family refuses are left out, the runtimes are the ViT-B/16 ones and not run again), and
-proof_table.md then shows A's accuracies in two more columns.
+proof_table.md then shows A's accuracies in two more columns. ``--task shapes`` runs the rows on the
+proving ground's ViT (surgery.data.shapes) and writes proof_table_shapes.*: recovery sees the first
+``SHAPES_TRAIN`` training images for ``SHAPES_EPOCHS`` epochs (a budget for 2 CPU cores), and every
+accuracy comes with its paired comparison to the original on the same 5,000 test images (difference
+with a bootstrap 95 % interval, exact McNemar).
 """
 
 from __future__ import annotations
@@ -34,23 +39,29 @@ from transformers import AutoImageProcessor
 
 import surgery
 from surgery.core.support import support
-from surgery.data.digits import digits_for
+from surgery.data.tasks import task_tensors
 from surgery.demo.zoo import ARCHITECTURES
 from surgery.demo.run import DEMO_RECOVERY
 from surgery.demo.model import default_model
-from surgery.evaluation.accuracy import accuracy
-from surgery.data.imagesets import digits_dataset
+from surgery.evaluation.accuracy import accuracy, predict_logits
+from surgery.data.imagesets import task_dataset
 from surgery.evaluation.measure import checkpoint_figures
+from surgery.evaluation.paired import correct_of
 from surgery.recovery import recover
 
 from surgery.evaluation.flops import model_flops
 
 import runtime_speed
 from _common import RESULTS, markdown_table, time_side_by_side, write_report
+from _proof_report import write_task_report
 
 # Recovery recipes (surgery.recover options): shared defaults, then per method; the learning rate is
 # chosen per row on the validation split from LEARNING_RATES.
 LEARNING_RATES = (5e-4, 1e-3)
+# --task shapes: recovery on the first SHAPES_TRAIN training images for SHAPES_EPOCHS epochs (one warm-up
+# epoch where the recipe has warm-up), at SHAPES_LR unless --lrs names others
+SHAPES_TRAIN, SHAPES_EPOCHS, SHAPES_LR = 6000, 2, (5e-4,)
+SHAPES_TOME_R = 11  # about half the FLOPs on the shapes ViT (6 blocks), where r=20 is on the digits ViT (4 blocks)
 BASE = {"epochs": 15, "lr": 5e-4, "distill_weight": 0.5, "temperature": 2.0}
 RECIPES = {
     "ggem": {**BASE, **DEMO_RECOVERY},  # the recipe `surgery demo` uses: 2 warm-up epochs, shift 0.125
@@ -122,21 +133,23 @@ def run_row(row: Row, folder: Path, data: dict[str, Any], out: Path) -> tuple[di
     # every row gets the calibration digits: quantize fits its scales and ecoformer learns its hashes on them
     # (without them the first test batch would)
     surgery.apply(model, row.steps + (["quantize"] if row.quantize else []), calibration=calibration)
-    after_surgery = accuracy(model, pixels, labels)
-    recovered, seconds, final = None, None, model
+    correct_surgery = correct_of(predict_logits(model, pixels), labels)
+    after_surgery = float(correct_surgery.mean())
+    recovered, seconds, final, correct_recovered = None, None, model, None
     recipe, validation, tried = row.recipe, None, {}
     if row.recipe is not None:
-        for lr in LEARNING_RATES:  # chosen on validation; the test split is not looked at here
+        for lr in data["learning_rates"]:  # chosen on validation; the test split is not looked at here
             candidate = surgery.load(folder)
             surgery.apply(candidate, row.steps, calibration=calibration)
             result = recover(candidate, teacher, data["train_set"], data["validation_set"], processor=data["processor"],
-                             progress=False, **{**row.recipe, "lr": lr})
+                             progress=False, **{**data["budget"](row.recipe), "lr": lr})
             tried[lr] = result.accuracy
             if validation is None or result.accuracy > validation:
-                final, validation, seconds, recipe = candidate, result.accuracy, result.seconds, {**row.recipe, "lr": lr}
+                final, validation, seconds, recipe = candidate, result.accuracy, result.seconds, {**data["budget"](row.recipe), "lr": lr}
         if row.quantize:
             surgery.apply(final, "quantize", calibration=calibration)
-        recovered = accuracy(final, pixels, labels)
+        correct_recovered = correct_of(predict_logits(final, pixels), labels)
+        recovered = float(correct_recovered.mean())
     final.save_pretrained(out)
     flops = model_flops(final, pixels[:1])
     return {
@@ -145,7 +158,26 @@ def run_row(row: Row, folder: Path, data: dict[str, Any], out: Path) -> tuple[di
         "after_surgery": after_surgery, "after_recovery": recovered, "recovery_seconds": seconds,
         "gflops": flops / 1e9, "checkpoint_mb": checkpoint_figures(out)["checkpoint_mb"],
         **code_products(final, pixels[:1]), "machine": _machine(),
+        "correct": {"after_surgery": pack(correct_surgery), "after_recovery": None if correct_recovered is None else pack(correct_recovered)},
     }, final
+
+
+def pack(correct) -> str:
+    """Per-image right/wrong as base64 of packed bits (kept in the .json for the paired statistics)."""
+    import base64
+
+    import numpy as np
+
+    return base64.b64encode(np.packbits(np.asarray(correct, dtype=bool)).tobytes()).decode()
+
+
+def unpack(packed: str, images: int):
+    import base64
+
+    import numpy as np
+
+    bits = np.unpackbits(np.frombuffer(base64.b64decode(packed), dtype=np.uint8))[:images]
+    return bits.astype(np.float64)
 
 
 def _machine() -> str:
@@ -201,35 +233,45 @@ def applies(row: Row, model: torch.nn.Module) -> bool:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="vit", choices=ARCHITECTURES, help="the digits model's family (default vit)")
+    parser.add_argument("--task", default="digits", choices=("digits", "shapes"), help="the built-in task (default digits)")
+    parser.add_argument("--lrs", type=float, nargs="+", help="learning rates to choose from on validation")
     parser.add_argument("--report-only", action="store_true", help="write proof_table.md again from the .json files")
     parser.add_argument("--only", help="run only the rows whose name contains this text")
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--skip-runtimes", action="store_true",
                         help="leave out the ViT-B/16 latency in each runtime (about 15 minutes of the run)")
     args = parser.parse_args()
+    if args.report_only and args.task == "shapes":
+        saved = json.loads((RESULTS / "proof_table_shapes.json").read_text())
+        write_task_report("shapes", saved["original"], saved["rows"], saved["latency_s"])
+        return
     if args.report_only:
         saved = json.loads((RESULTS / "proof_table.json").read_text())
         report(saved["original"], restored(saved["rows"]), saved["latency_s"], saved["runtimes_vit_b16"])
         return
     torch.manual_seed(0)
-    folder = default_model(args.arch)
-    train_pixels, _ = digits_for(folder, "train")
+    folder = default_model(args.arch, task_name=args.task)
+    shapes = args.task == "shapes"
     data = {
-        "test": digits_for(folder),
-        "train_set": digits_dataset("train"),
-        "validation_set": digits_dataset("validation"),
+        "test": task_tensors(folder, "test", args.task),
+        "train_set": task_dataset(args.task, "train", SHAPES_TRAIN if shapes else None),
+        "validation_set": task_dataset(args.task, "validation"),
         "processor": AutoImageProcessor.from_pretrained(folder, use_fast=False),
-        "calibration": train_pixels[:256].split(32),
+        "calibration": task_tensors(folder, "train", args.task, limit=256)[0].split(32),
+        "learning_rates": tuple(args.lrs or (SHAPES_LR if shapes else LEARNING_RATES)),
+        "budget": shapes_budget if shapes else dict,
     }
     pixels, labels = data["test"]
     original = surgery.load(folder)
-    base = {"accuracy": accuracy(original, pixels, labels)}
+    reference = correct_of(predict_logits(original, pixels), labels)
+    base = {"accuracy": float(reference.mean()), "correct": pack(reference), "images": len(labels)}
     with tempfile.TemporaryDirectory() as tmp:
         original.save_pretrained(Path(tmp) / "original")
         base["checkpoint_mb"] = checkpoint_figures(Path(tmp) / "original")["checkpoint_mb"]
         base["gflops"] = model_flops(original, pixels[:1]) / 1e9
         rows, models = [], {"original": original}
-        chosen = [r for r in ROWS if (not args.only or args.only in r.name) and applies(r, original)]
+        rows_here = [for_shapes(r) for r in ROWS] if shapes else ROWS
+        chosen = [r for r in rows_here if (not args.only or args.only in r.name) and applies(r, original)]
         for index, row in enumerate(chosen):
             print(f"[{index + 1}] {row.name} ...", flush=True)
             record, model = run_row(row, folder, data, Path(tmp) / f"row{index}")
@@ -246,9 +288,12 @@ def main() -> None:
                                   repeats=args.repeats)
     models.clear()
     runtimes = None
-    saved_name = "proof_table" if args.arch == "vit" else f"proof_table_{args.arch}"
+    saved_name = f"proof_table_{args.task}" if shapes else "proof_table" if args.arch == "vit" else f"proof_table_{args.arch}"
     if args.only and (RESULTS / f"{saved_name}.json").is_file():  # the other rows stay as their own run left them
         base, rows, times, runtimes = merge_saved(RESULTS / f"{saved_name}.json", base, rows, times)
+    if shapes:
+        write_task_report(args.task, base, [{k: v for k, v in r.items() if k != "check"} for r in rows], times)
+        return
     if args.arch != "vit":
         write_arch_report(args.arch, base, rows, times)
         return
@@ -260,6 +305,21 @@ def main() -> None:
         wanted = {r["runtime"] for r in rows}
         runtimes = runtime_speed.measure(tuple(c for c in runtime_speed.CASES if c.name in wanted), repeats=5)
     report(base, rows, times, runtimes)
+
+
+def for_shapes(row: Row) -> Row:
+    """``row`` with ToMe's r set for about half the FLOPs of the shapes ViT."""
+    steps = [("token_merge", {**s[1], "r": SHAPES_TOME_R}) if isinstance(s, tuple) and s[0] == "token_merge" else s
+             for s in row.steps]
+    return dataclasses.replace(row, name=row.name.replace("r=20", f"r={SHAPES_TOME_R}"), steps=steps)
+
+
+def shapes_budget(recipe: dict[str, Any]) -> dict[str, Any]:
+    """A digits recipe cut to the shapes budget: SHAPES_EPOCHS epochs, one of them warm-up where it has one."""
+    budget = {**recipe, "epochs": SHAPES_EPOCHS}
+    if "warmup_epochs" in recipe:
+        budget.update(epochs=SHAPES_EPOCHS - 1, warmup_epochs=1)
+    return budget
 
 
 def restored(saved_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -280,7 +340,8 @@ def merge_saved(path: Path, base: dict[str, Any], rows: list[dict[str, Any]], ti
     fresh = {r["name"]: r for r in rows}
     kept = restored([r for r in saved["rows"] if r["name"] not in fresh])
     order = [row.name for row in ROWS]
-    merged = sorted(kept + rows, key=lambda r: order.index(r["name"]) if r["name"] in order else len(order))
+    named = lambda r: r["name"].replace(f"r={SHAPES_TOME_R}", "r=20")  # noqa: E731  (the shapes rows' ToMe r)
+    merged = sorted(kept + rows, key=lambda r: order.index(named(r)) if named(r) in order else len(order))
     latency = {**saved["latency_s"], **{name: times[name] * scale for name in fresh}}
     return saved["original"], merged, latency, saved.get("runtimes_vit_b16")
 

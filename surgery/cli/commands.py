@@ -98,13 +98,13 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 
 def _calibration(name: str | None, model: str) -> Any:
-    """Batches of pixel_values for steps that calibrate: the built-in digits training split, through
-    the model's own image processor."""
+    """Batches of pixel_values for steps that calibrate: a built-in task's training split (the first
+    256 shapes; the 1149 digits), through the model's own image processor."""
     if name is None:
         return None
-    from surgery.data.digits import digits_for
+    from surgery.data.tasks import task_tensors
 
-    return digits_for(model, "train")[0].split(32)
+    return task_tensors(model, "train", name, limit=None if name == "digits" else 256)[0].split(32)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -255,9 +255,9 @@ def cmd_push(args: argparse.Namespace) -> int:
 def cmd_demo_model(args: argparse.Namespace) -> int:
     from surgery.demo.model import EVAL_FILE, default_model
 
-    folder = default_model(args.arch, rebuild=args.rebuild)
+    folder = default_model(args.arch, rebuild=args.rebuild, task_name=args.task)
     results = json.loads((folder / EVAL_FILE).read_text())
-    print(f"{folder}  ({args.arch}, test accuracy {results['accuracy']:.2%} on {results['split']})")
+    print(f"{folder}  ({args.task} {args.arch}, test accuracy {results['accuracy']:.2%} on {results['split']})")
     return 0
 
 
@@ -265,4 +265,4 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from surgery.demo.run import run_demo
 
     return run_demo(arch=args.arch, output=Path(args.output), plugins=args.plugin, specs=_specs,
-                    recovery_epochs=args.recover_epochs)
+                    recovery_epochs=args.recover_epochs, task_name=args.task)

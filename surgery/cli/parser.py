@@ -19,6 +19,7 @@ from surgery.cli.commands import (
     cmd_push,
     cmd_recover,
 )
+from surgery.data.tasks import TASKS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="a local model folder or a Hub id")
     p.add_argument("--plugin", "-p", action="append", required=True, help=plugin_help)
     p.add_argument("--output", "-o", required=True, help="folder to save the rewritten model to")
-    p.add_argument("--calibration", choices=["digits"], help="data for steps that calibrate (quantize): the built-in digits")
+    p.add_argument("--calibration", choices=list(TASKS), help="data for steps that calibrate (quantize): a built-in task's train split")
     p.set_defaults(run=cmd_apply)
 
     p = sub.add_parser("inspect", help="print the surgery recipe of a saved model")
@@ -56,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="a saved model folder or a Hub id")
     p.add_argument("--to", required=True, choices=["onnx", "openvino"])
     p.add_argument("--int8", action="store_true", help="add an int8 `quantize` step first (needs --calibration)")
-    p.add_argument("--calibration", choices=["digits"], help="calibration data for --int8: the built-in digits")
+    p.add_argument("--calibration", choices=list(TASKS), help="calibration data for --int8: a built-in task's train split")
     p.add_argument("--output", "-o", required=True, help="folder for the exported model (not the model's own folder)")
     p.add_argument("--overwrite", action="store_true", help="export into a folder that holds other files")
     p.add_argument("--exporter", choices=["auto", "optimum", "torch"], default="auto",
@@ -115,13 +116,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     from surgery.demo.zoo import ARCHITECTURES
 
-    p = sub.add_parser("demo-model", help="build (once) and show the built-in digits model")
+    task_help = "the built-in task: digits (default; 8x8 digits) or shapes (the proving ground: count plus signs at 64 px)"
+    p = sub.add_parser("demo-model", help="build (once) and show a built-in model (digits by default)")
     p.add_argument("--arch", default="vit", choices=ARCHITECTURES)
+    p.add_argument("--task", default="digits", choices=list(TASKS), help=task_help)
     p.add_argument("--rebuild", action="store_true", help="train it again even if it is cached")
     p.set_defaults(run=cmd_demo_model)
 
-    p = sub.add_parser("demo", help="the main job end to end on the built-in digits model")
+    p = sub.add_parser("demo", help="the main job end to end on a built-in model (digits by default)")
     p.add_argument("--arch", default="vit", choices=ARCHITECTURES)
+    p.add_argument("--task", default="digits", choices=list(TASKS), help=task_help)
     p.add_argument("--plugin", "-p", action="append", help=plugin_help + " (default: ggem)")
     p.add_argument("--output", "-o", default="out/demo", help="folder for the rewritten model (default: out/demo)")
     p.add_argument("--recover-epochs", type=int, help="epochs of recovery after the warm-up stage (default: 15)")

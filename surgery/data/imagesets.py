@@ -1,4 +1,5 @@
-"""Image classification data through 🤗 datasets: a Hub id, a local imagefolder, or the built-in digits.
+"""Image classification data through 🤗 datasets: a Hub id, a local imagefolder, or a built-in task
+("digits", "shapes": :mod:`surgery.data.tasks`).
 
 ``load_images(source, split)`` returns a ``datasets.Dataset`` with an image column and a label
 column. ``batches(...)`` turns one (or a pair of tensors ``(pixel_values, labels)``) into a
@@ -24,21 +25,27 @@ LABEL_COLUMNS = ("label", "labels", "fine_label")
 
 def digits_dataset(split: str = "test"):
     """The built-in digits split ("train": 1149 images, "validation": 288, "test": 360) as a ``datasets.Dataset``."""
+    return task_dataset(DIGITS, split)
+
+
+def task_dataset(name: str, split: str = "test", limit: int | None = None):
+    """The built-in task ``name``'s ``split`` (its first ``limit`` images) as a ``datasets.Dataset``."""
     import datasets
 
-    from surgery.data.digits import LABELS, SPLITS, digits_splits
+    from surgery.data.tasks import task
 
-    if split not in SPLITS:
-        raise SurgeryError(f"the built-in digits have the splits 'train', 'validation' and 'test', not '{split}'")
-    chosen = digits_splits()[split]
-    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=LABELS)})
+    chosen = task(name).split(split, limit)
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=task(name).labels)})
     return datasets.Dataset.from_dict({"image": chosen.images, "label": chosen.labels.tolist()}, features=features)
 
 
 def load_images(source: str, split: str = "test"):
-    """``split`` of ``source``: "digits", a local imagefolder (``<dir>/<split>/<class>/*.png``) or a Hub dataset id."""
-    if source == DIGITS:
-        return digits_dataset(split)
+    """``split`` of ``source``: a built-in task ("digits", "shapes"), a local imagefolder
+    (``<dir>/<split>/<class>/*.png``) or a Hub dataset id."""
+    from surgery.data.tasks import TASKS
+
+    if source in TASKS:
+        return task_dataset(source, split)
     import datasets
 
     local = Path(source).expanduser()
@@ -49,7 +56,7 @@ def load_images(source: str, split: str = "test"):
             loaded = datasets.load_dataset(source)
     except (FileNotFoundError, ConnectionError, ValueError, datasets.exceptions.DatasetNotFoundError) as error:
         kind = "local imagefolder" if local.is_dir() else "Hub dataset"
-        raise SurgeryError(f"could not load the {kind} '{source}': {error}. Use 'digits', a folder of "
+        raise SurgeryError(f"could not load the {kind} '{source}': {error}. Use 'digits' or 'shapes', a folder of "
                            f"<split>/<class>/<image> files, or a Hub dataset id (downloads need network).") from error
     if split not in loaded:
         raise SurgeryError(f"'{source}' has no split '{split}'; it has {sorted(loaded)}.{did_you_mean(split, list(loaded))}")

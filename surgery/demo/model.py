@@ -1,9 +1,15 @@
-"""The built-in default model: a small ViT trained on scikit-learn's digits, built once and cached.
+"""The built-in models: a classifier per built-in task (:mod:`surgery.data.tasks`), built once and cached.
 
-``build_digits_model`` trains any architecture of :mod:`surgery.demo.zoo` on the digits (8x8 upsampled
-to 32x32 RGB, patch 4: 64 patch tokens plus cls) and saves a normal transformers folder with its
-image processor and ``eval_results.json`` (test accuracy). ``default_model`` returns the cached
-folder, building it on first use (about a minute and a half on 2 CPU cores).
+``build_task_model`` trains any architecture of :mod:`surgery.demo.zoo` on a task's train split and
+saves a normal transformers folder with its image processor and ``eval_results.json`` (test
+accuracy). ``default_model`` returns the cached folder, copying the shipped weights or building it on
+first use. The tasks:
+
+- ``digits`` (the default): scikit-learn's digits, 8x8 upsampled to 32x32 RGB, patch 4 (64 patch
+  tokens plus cls), a ViT of 4 blocks and width 64; about a minute on 2 CPU cores.
+- ``shapes`` (the proving ground, :mod:`surgery.data.shapes`): count the plus signs in the left half
+  among decoys and look-alikes at 64x64, patch 8 (64 patch tokens plus cls), a ViT of 6 blocks and
+  width 128 (DeiT-Tiny-like); about 20 minutes on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -21,15 +27,20 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from surgery.checkpoint.saving import save
-from surgery.data.digits import LABELS, digits_splits, encode
-from surgery.demo.zoo import ARCHITECTURES, build_model, image_processor
+from surgery.data.digits import encode
+from surgery.data.tasks import DEFAULT_TASK, task
+from surgery.demo.zoo import build_model, image_processor
 from surgery.evaluation.accuracy import accuracy
 
 EVAL_FILE = "eval_results.json"
 SHIPPED = Path(__file__).parent / "assets"
 SHIPPED_FILES = ("config.json", "model.safetensors", "preprocessor_config.json", EVAL_FILE)
 DEFAULT_ARCH = "vit"
-DEFAULT_EPOCHS = {arch: 30 for arch in ARCHITECTURES}
+# how each task's model is built and trained (train_classifier's options); chosen on the validation split
+RECIPES = {
+    "digits": {"size": "demo", "patch_size": 4, "epochs": 30, "batch_size": 32, "lr": 3e-3, "warmup": 0.3},
+    "shapes": {"size": "proving", "patch_size": 8, "epochs": 6, "batch_size": 64, "lr": 1e-3, "warmup": 0.05},
+}
 
 
 def cache_dir() -> Path:
@@ -37,16 +48,17 @@ def cache_dir() -> Path:
     return Path(os.environ.get("SURGERY_HOME") or Path.home() / ".cache" / "surgery")
 
 
-def default_model(arch: str = DEFAULT_ARCH, rebuild: bool = False, progress: bool = True) -> Path:
-    """The folder of the cached digits model for ``arch``.
+def default_model(arch: str = DEFAULT_ARCH, rebuild: bool = False, progress: bool = True, task_name: str = DEFAULT_TASK) -> Path:
+    """The folder of the cached ``task_name`` model for ``arch``.
 
-    The default ViT ships with the package (``surgery/demo/assets/digits-vit``, 0.6 MB, trained by
-    :func:`build_digits_model` with its defaults), so every machine starts from the same weights:
+    The ViTs ship with the package (``surgery/demo/assets/<task>-vit``, trained by
+    :func:`build_task_model` with the task's recipe), so every machine starts from the same weights:
     training results differ between CPUs (AVX2, AVX-512, AMX round differently). Other
-    architectures, and ``rebuild=True``, train here (about a minute on 2 cores).
+    architectures, and ``rebuild=True``, train here.
     """
-    folder = cache_dir() / "models" / f"digits-{arch}"
-    shipped = SHIPPED / f"digits-{arch}"
+    task(task_name)  # a clear error for an unknown task
+    folder = cache_dir() / "models" / f"{task_name}-{arch}"
+    shipped = SHIPPED / f"{task_name}-{arch}"
     if (folder / EVAL_FILE).exists() and _stale(folder):
         shutil.rmtree(folder)
     if not rebuild and not (folder / EVAL_FILE).exists() and (shipped / EVAL_FILE).exists():
@@ -57,7 +69,7 @@ def default_model(arch: str = DEFAULT_ARCH, rebuild: bool = False, progress: boo
         shutil.rmtree(folder, ignore_errors=True)
         staging.rename(folder)
     elif rebuild or not (folder / EVAL_FILE).exists():
-        build_digits_model(folder, arch=arch, progress=progress)
+        build_task_model(folder, task_name, arch=arch, progress=progress)
     return folder
 
 
@@ -74,22 +86,36 @@ def _stale(folder: Path) -> bool:
 def build_digits_model(out_dir: str | Path, arch: str = DEFAULT_ARCH, size: str = "demo", epochs: int | None = None,
                        seed: int = 0, progress: bool = True) -> dict[str, Any]:
     """Train an ``arch`` classifier on the digits, save it to ``out_dir``, return its eval results."""
+    return build_task_model(out_dir, "digits", arch, size=size, epochs=epochs, seed=seed, progress=progress)
+
+
+def build_task_model(out_dir: str | Path, task_name: str = DEFAULT_TASK, arch: str = DEFAULT_ARCH, size: str | None = None,
+                     epochs: int | None = None, seed: int = 0, progress: bool = True, limit: int | None = None) -> dict[str, Any]:
+    """Train an ``arch`` classifier on ``task_name``'s train split (its first ``limit`` images when
+    given) with the task's recipe, save it to ``out_dir``, return its eval results (test accuracy)."""
     out_dir = Path(out_dir)
-    processor = image_processor(32)
-    splits = digits_splits(seed=0)
+    chosen = task(task_name)
+    recipe = {**RECIPES[task_name], **({"size": size} if size else {}), **({"epochs": epochs} if epochs else {})}
+    processor = image_processor(chosen.image_size)
+    splits = {name: chosen.split(name, limit if name == "train" else None) for name in ("train", "validation", "test")}
     x_train, y_train = encode(splits["train"], processor)
     x_test, y_test = encode(splits["test"], processor)
-    model = build_model(arch, size, image_size=32, seed=seed, labels=LABELS)
-    epochs = epochs or DEFAULT_EPOCHS[arch]
+    model = build_model(arch, recipe["size"], image_size=chosen.image_size, seed=seed, labels=chosen.labels,
+                        patch_size=recipe["patch_size"])
     started = time.perf_counter()
-    train_classifier(model, x_train, y_train, epochs=epochs, seed=seed, progress=progress)
+    train_classifier(model, x_train, y_train, epochs=recipe["epochs"], batch_size=recipe["batch_size"], lr=recipe["lr"],
+                     warmup=recipe["warmup"], seed=seed, progress=progress, description=f"training {task_name} model")
+    seconds = round(time.perf_counter() - started, 1)
+    sizes = f"{len(y_train)} train / {len(splits['validation'])} validation / {len(y_test)} test"
     results = {
         "accuracy": accuracy(model, x_test, y_test),
-        "dataset": "sklearn digits (8x8 upsampled to 32x32 RGB)",
-        "split": f"stratified, seed 0: {len(y_train)} train / {len(splits['validation'])} validation / {len(y_test)} test",
+        "validation_accuracy": accuracy(model, *encode(splits["validation"], processor)),
+        "task": task_name,
+        "dataset": chosen.description,
+        "split": ("stratified, seed 0: " if task_name == "digits" else "generated, seed 0: ") + sizes,
         "architecture": arch,
-        "epochs": epochs,
-        "train_seconds": round(time.perf_counter() - started, 1),
+        "epochs": recipe["epochs"],
+        "train_seconds": seconds,
     }
     save(model, out_dir, processor=processor)
     (out_dir / EVAL_FILE).write_text(json.dumps(results, indent=2) + "\n")
@@ -97,15 +123,16 @@ def build_digits_model(out_dir: str | Path, arch: str = DEFAULT_ARCH, size: str 
 
 
 def train_classifier(model: nn.Module, pixel_values: torch.Tensor, labels: torch.Tensor, epochs: int,
-                     batch_size: int = 32, lr: float = 3e-3, seed: int = 0, progress: bool = True) -> None:
-    """Cross-entropy training with AdamW and a one-cycle schedule (the recipe that reaches >95%)."""
+                     batch_size: int = 32, lr: float = 3e-3, warmup: float = 0.3, seed: int = 0, progress: bool = True,
+                     description: str = "training digits model") -> None:
+    """Cross-entropy training with AdamW and a one-cycle schedule (``warmup``: the share of steps rising to ``lr``)."""
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     steps_per_epoch = -(-len(labels) // batch_size)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=epochs * steps_per_epoch)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=epochs * steps_per_epoch, pct_start=warmup)
     model.train()
-    bar = tqdm(range(epochs), desc="training digits model", unit="epoch", disable=not progress)
-    for _ in bar:
+    bar = tqdm(total=epochs * steps_per_epoch, desc=description, unit="step", disable=not progress)
+    for epoch in range(epochs):
         order = torch.randperm(len(labels), generator=generator)
         for batch in order.split(batch_size):
             loss = nn.functional.cross_entropy(model(pixel_values=pixel_values[batch]).logits, labels[batch])
@@ -113,5 +140,7 @@ def train_classifier(model: nn.Module, pixel_values: torch.Tensor, labels: torch
             loss.backward()
             optimizer.step()
             schedule.step()
-        bar.set_postfix(loss=f"{loss.item():.3f}")
+            bar.update()
+        bar.set_postfix(epoch=f"{epoch + 1}/{epochs}", loss=f"{loss.item():.3f}")
+    bar.close()
     model.eval()

@@ -1,4 +1,4 @@
-"""The main job, end to end on the built-in digits model (``surgery demo``).
+"""The main job, end to end on a built-in model (``surgery demo [--task digits|shapes]``).
 
 Build (once) or load the default model, measure it, plan and apply the surgery, measure again,
 check that ``revert`` gives back the original exactly, recover the accuracy with distillation
@@ -22,33 +22,35 @@ from transformers import AutoModelForImageClassification
 import surgery
 from surgery.checkpoint.saving import save_from
 from surgery.core.specs import configs_from_text
-from surgery.data.digits import digits_for
-from surgery.data.imagesets import digits_dataset
+from surgery.data.imagesets import task_dataset
 from surgery.data.processor import load_processor
+from surgery.data.tasks import DEFAULT_TASK, task_tensors
 from surgery.demo.model import default_model
 from surgery.evaluation.accuracy import predict_logits, top1
-from surgery.evaluation.measure import DIGITS_DESCRIPTION, DIGITS_VALIDATION, record, runtime_figures
+from surgery.evaluation.measure import describe_data, record, runtime_figures
 from surgery.publish.cards import card
 from surgery.recovery import recover
 
 # The recovery recipe for ggem; benchmarks/proof_table.py starts from it and chose lr 1e-3 on the validation split.
 DEMO_RECOVERY = {"epochs": 15, "warmup_epochs": 2, "lr": 1e-3, "shift": 0.125}
+# per task: the recipe, and how many training images recovery sees (None: all)
+TASK_RECOVERY = {"digits": (DEMO_RECOVERY, None), "shapes": ({"epochs": 2, "warmup_epochs": 1, "lr": 5e-4, "shift": 0.125}, 6000)}
 
 
 DEFAULT_PLUGINS = ["ggem"]  # the demo's surgery when no --plugin is given
 
 
 def run_demo(arch: str, output: Path, plugins: list[str] | None = None, specs: Callable[[list[str]], list[Any]] = configs_from_text,
-             recovery_epochs: int | None = None) -> int:
+             recovery_epochs: int | None = None, task_name: str = DEFAULT_TASK) -> int:
     plugins = plugins or DEFAULT_PLUGINS
-    folder = default_model(arch)
+    folder = default_model(arch, task_name=task_name)
     print(f"[1/6] default model: {folder}")
     teacher = surgery.load(folder)
     model = surgery.load(folder)
-    pixel_values, labels = digits_for(folder)
+    pixel_values, labels = task_tensors(folder, "test", task_name)
     baseline_logits = predict_logits(model, pixel_values)
     before = top1(baseline_logits, labels)
-    print(f"      test accuracy {before:.2%} on {len(labels)} digits")
+    print(f"      test accuracy {before:.2%} on {len(labels)} {task_name} test images")
 
     steps = specs(plugins)
     print("[2/6] " + str(surgery.plan(model, steps)).replace("\n", "\n      "))
@@ -64,11 +66,14 @@ def run_demo(arch: str, output: Path, plugins: list[str] | None = None, specs: C
     else:
         print("[4/6] a step is one-way; revert skipped")
 
-    options = {**DEMO_RECOVERY, **({"epochs": recovery_epochs} if recovery_epochs is not None else {})}
-    print(f"[5/6] recovering with distillation from the original: {options}")
+    recipe, limit = TASK_RECOVERY[task_name]
+    options = {**recipe, **({"epochs": recovery_epochs} if recovery_epochs is not None else {})}
+    print(f"[5/6] recovering with distillation from the original: {options}"
+          + (f", on the first {limit} training images" if limit else ""))
     processor = load_processor(folder)
     # per-epoch accuracy on the validation split; the test split is measured once, below
-    result = recover(model, teacher, digits_dataset("train"), digits_dataset("validation"), processor=processor, **options)
+    train, validation = task_dataset(task_name, "train", limit), task_dataset(task_name, "validation")
+    result = recover(model, teacher, train, validation, processor=processor, **options)
     saved_logits = predict_logits(model, pixel_values)
     recovered = top1(saved_logits, labels)
     print(f"      test accuracy after recovery: {recovered:.2%} ({result.seconds:.0f} s)")
@@ -81,15 +86,17 @@ def run_demo(arch: str, output: Path, plugins: list[str] | None = None, specs: C
     print(f"[6/6] saved to {output}; reload identical: surgery.load {exact_load}, from_pretrained {exact_plain}")
 
     record(output, {
-        **result.figures(str(folder), "digits", DIGITS_VALIDATION),
+        **result.figures(str(folder), task_name, describe_data(task_name, "validation", len(validation))),
         # the headline figures are the test split's, measured once; the Recovery section's are validation
-        "accuracy": recovered, "accuracy_before": before, "accuracy_after_surgery": after, "dataset": DIGITS_DESCRIPTION,
+        "accuracy": recovered, "accuracy_before": before, "accuracy_after_surgery": after,
+        "dataset": describe_data(task_name, "test", len(labels)),
         "latency_ms": runtime_figures(model)["latency_ms"],
         "latency_ms_before": runtime_figures(teacher)["latency_ms"],
     })
     print(f"      model card: {card(output, model_id=Path(output).name)}")
     results = {
         "model": str(folder),
+        "task": task_name,
         "steps": [step.to_dict() for step in surgery.history(model)],
         "accuracy_before": before,
         "accuracy_after_surgery": after,

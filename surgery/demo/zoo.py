@@ -3,7 +3,8 @@ distilled), Swin, Swinv2, DINOv2 (plain and with 4 registers), BEiT and data2vec
 position bias per block and mean pooling, as in their published classification checkpoints).
 
 ``demo`` is the size of the built-in default model (64 patch tokens of a 32x32 image, patch 4);
-``tiny`` is what tests use. Models are built from configs, never downloaded.
+``proving`` the size of the shapes model (6 blocks, width 128: DeiT-Tiny-like, for 64x64 images at
+patch 8); ``tiny`` is what tests use. Models are built from configs, never downloaded.
 """
 
 from __future__ import annotations
@@ -40,11 +41,12 @@ from surgery.errors import ConfigError, did_you_mean
 
 ARCHITECTURES = ("vit", "vit-msn", "deit", "deit-distilled", "swin", "swinv2", "dinov2", "dinov2-registers", "beit",
                  "data2vec-vision")
-SIZES = ("tiny", "demo")
+SIZES = ("tiny", "demo", "proving")
 
 _VIT_SIZES = {
     "tiny": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64),
     "demo": dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128),
+    "proving": dict(hidden_size=128, num_hidden_layers=6, num_attention_heads=4, intermediate_size=512),
 }
 _DINOV2_SIZES = {  # DINOv2 sets the MLP width by mlp_ratio: the same widths as ViT's
     size: {**{k: v for k, v in shape.items() if k != "intermediate_size"}, "mlp_ratio": shape["intermediate_size"] // shape["hidden_size"]}
@@ -54,6 +56,7 @@ REGISTERS = 4  # dinov2-registers: DINOv2's register count (the published checkp
 _SWIN_SIZES = {
     "tiny": dict(embed_dim=16, depths=[1, 1], num_heads=[2, 4], window_size=4),
     "demo": dict(embed_dim=32, depths=[2, 2], num_heads=[2, 4], window_size=4),
+    "proving": dict(embed_dim=64, depths=[2, 4], num_heads=[2, 4], window_size=4),
 }
 _CLASSES = {
     "vit": (ViTConfig, ViTForImageClassification),
@@ -84,7 +87,7 @@ def _check(arch: str, size: str) -> None:
 
 
 def model_config(arch: str = "vit", size: str = "demo", image_size: int = 32, labels: list[str] | None = None, **overrides: Any) -> PretrainedConfig:
-    """The config of an ``arch`` model of ``size`` for ``image_size`` RGB images, patch 4."""
+    """The config of an ``arch`` model of ``size`` for ``image_size`` RGB images, patch 4 (``patch_size=`` overrides)."""
     _check(arch, size)
     labels = labels or [str(i) for i in range(10)]
     common = dict(

@@ -74,6 +74,8 @@ def describe_data(source: str, split: str, count: int) -> str:
     """How the accuracy figure was measured, for the card."""
     if source == "digits" and split in ("test", "validation"):
         return DIGITS_DESCRIPTION if split == "test" else DIGITS_VALIDATION
+    if source == "shapes":
+        return f"surgery's shapes task (count the plus signs, generated with seed 0), {count} {split} images"
     return f"{source}, split '{split}', {count} images"
 
 
