@@ -150,3 +150,21 @@ def test_the_command_line_builds_and_shows_the_shapes_model(tmp_path, monkeypatc
         main(["demo", "--task", "shape"])
     assert raised.value.code == 2 and "invalid choice: 'shape' (choose from digits, shapes)" in capsys.readouterr().err.replace("'digits', 'shapes'", "digits, shapes")
 PINNED_FIRST_1000 = 1000  # right answers of the shipped model on test images 0-999 (measured on AMD EPYC, AVX2)
+
+
+def test_the_proving_ground_tells_the_token_reductions_apart_at_a_quarter_of_the_flops(shipped):
+    """Measured on the shipped model (benchmarks/results/token_reduction.md): at r=20 (about 0.28-0.31
+    of the FLOPs) ToMe keeps the accuracy while Token Transforming and pruning lose points, and the
+    paired test on the same images says so."""
+    import surgery
+    from surgery.data.tasks import task_tensors
+    from surgery.evaluation.accuracy import predict_logits
+    from surgery.evaluation.paired import correct_of, mcnemar
+
+    pixels, labels = task_tensors(shipped, "test", "shapes", limit=1000)
+    correct = {plugin: correct_of(predict_logits(surgery.apply(surgery.load(shipped), [(plugin, {"r": 20})]), pixels), labels)
+               for plugin in ("token_merge", "token_transform", "token_prune")}
+    assert correct["token_merge"].mean() >= 0.99
+    for other in ("token_transform", "token_prune"):
+        assert correct[other].mean() <= correct["token_merge"].mean() - 0.03
+        assert mcnemar(correct["token_merge"], correct[other]).p_value < 1e-3
