@@ -48,8 +48,10 @@ def test_digits_dataset_is_the_same_split_as_the_tensors():
 
 
 def test_unknown_split_names_the_ones_there(tmp_path):
-    with pytest.raises(SurgeryError, match="'train', 'validation' and 'test'"):
+    with pytest.raises(SurgeryError, match="the built-in task 'digits' has the splits train, validation, test, not 'dev'"):
         digits_dataset("dev")
+    with pytest.raises(SurgeryError, match="the built-in task 'shapes' has the splits .*not 'tets'.*Did you mean 'test'"):
+        load_images("shapes", "tets")
     write_imagefolder(tmp_path)
     with pytest.raises(SurgeryError, match="Did you mean 'test'"):
         load_images(str(tmp_path), "tset")
