@@ -12,12 +12,8 @@ from surgery.evaluation.paired import PAIRED_HEADER, paired_columns
 from _common import RESULTS, markdown_table, write_report
 
 
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2%}"
-
-
 def write_task_report(task: str, base: dict[str, Any], rows: list[dict[str, Any]], times: dict[str, float]) -> None:
-    from proof_table import SHAPES_EPOCHS, SHAPES_TRAIN, _describe, unpack
+    from proof_table import SHAPES_EPOCHS, SHAPES_TRAIN, _describe, _pct, unpack  # the table's own helpers
 
     images = base["images"]
     reference = unpack(base["correct"], images)

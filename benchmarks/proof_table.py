@@ -43,7 +43,7 @@ from surgery.data.tasks import task_tensors
 from surgery.demo.zoo import ARCHITECTURES
 from surgery.demo.run import DEMO_RECOVERY
 from surgery.demo.model import default_model
-from surgery.evaluation.accuracy import accuracy, predict_logits
+from surgery.evaluation.accuracy import predict_logits
 from surgery.data.imagesets import task_dataset
 from surgery.evaluation.measure import checkpoint_figures
 from surgery.evaluation.paired import correct_of
@@ -138,14 +138,15 @@ def run_row(row: Row, folder: Path, data: dict[str, Any], out: Path) -> tuple[di
     recovered, seconds, final, correct_recovered = None, None, model, None
     recipe, validation, tried = row.recipe, None, {}
     if row.recipe is not None:
+        options = data["budget"](row.recipe)  # the row's recipe within the task's training budget
         for lr in data["learning_rates"]:  # chosen on validation; the test split is not looked at here
             candidate = surgery.load(folder)
             surgery.apply(candidate, row.steps, calibration=calibration)
             result = recover(candidate, teacher, data["train_set"], data["validation_set"], processor=data["processor"],
-                             progress=False, **{**data["budget"](row.recipe), "lr": lr})
+                             progress=False, **{**options, "lr": lr})
             tried[lr] = result.accuracy
             if validation is None or result.accuracy > validation:
-                final, validation, seconds, recipe = candidate, result.accuracy, result.seconds, {**data["budget"](row.recipe), "lr": lr}
+                final, validation, seconds, recipe = candidate, result.accuracy, result.seconds, {**options, "lr": lr}
         if row.quantize:
             surgery.apply(final, "quantize", calibration=calibration)
         correct_recovered = correct_of(predict_logits(final, pixels), labels)

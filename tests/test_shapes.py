@@ -168,3 +168,20 @@ def test_the_proving_ground_tells_the_token_reductions_apart_at_a_quarter_of_the
     for other in ("token_transform", "token_prune"):
         assert correct[other].mean() <= correct["token_merge"].mean() - 0.03
         assert mcnemar(correct["token_merge"], correct[other]).p_value < 1e-3
+
+
+def test_calibration_takes_each_tasks_training_images_through_the_models_processor(shipped):
+    from surgery.cli.commands import _calibration
+    from surgery.data.tasks import task_tensors
+
+    batches = _calibration("shapes", str(shipped))
+    assert [len(b) for b in batches] == [32] * 8  # the first 256 training shapes
+    torch.testing.assert_close(torch.cat(batches), task_tensors(shipped, "train", "shapes", limit=256)[0], rtol=0, atol=0)
+    assert sum(len(b) for b in _calibration("digits", str(shipped))) == 1149  # the whole digits train split
+    assert _calibration(None, str(shipped)) is None
+
+
+def test_a_slice_must_run_forwards():
+    with pytest.raises(ValueError, match="shapes: need 0 <= start <= stop, got 5 and 3"):
+        shapes.shape_arrays("test", 5, 3)
+    assert shapes.shape_arrays("test", 3, 3)[0].shape == (0, 64, 64, 3)

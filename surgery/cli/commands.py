@@ -102,9 +102,9 @@ def _calibration(name: str | None, model: str) -> Any:
     256 shapes; the 1149 digits), through the model's own image processor."""
     if name is None:
         return None
-    from surgery.data.tasks import task_tensors
+    from surgery.data.tasks import task, task_tensors
 
-    return task_tensors(model, "train", name, limit=None if name == "digits" else 256)[0].split(32)
+    return task_tensors(model, "train", name, limit=task(name).calibration_images)[0].split(32)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:

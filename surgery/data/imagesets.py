@@ -34,8 +34,9 @@ def task_dataset(name: str, split: str = "test", limit: int | None = None):
 
     from surgery.data.tasks import task
 
-    chosen = task(name).split(split, limit)
-    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=task(name).labels)})
+    built_in = task(name)
+    chosen = built_in.split(split, limit)
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=built_in.labels)})
     return datasets.Dataset.from_dict({"image": chosen.images, "label": chosen.labels.tolist()}, features=features)
 
 

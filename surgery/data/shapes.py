@@ -50,7 +50,6 @@ def _glyphs() -> dict[str, np.ndarray]:
 
 
 GLYPHS = _glyphs()
-TARGET = "plus"
 _KINDS = list(GLYPHS)  # the target first, then the distractors
 
 
@@ -88,7 +87,7 @@ def shape_arrays(split: str = "test", start: int = 0, stop: int | None = None, s
 
 def shapes_split(split: str = "test", limit: int | None = None, seed: int = 0) -> Split:
     """``split`` as PIL images and labels (the first ``limit`` images when given)."""
-    images, labels = shape_arrays(split, 0, limit, seed) if limit is not None else shape_arrays(split, seed=seed)
+    images, labels = shape_arrays(split, 0, limit, seed)
     return Split([Image.fromarray(image, mode="RGB") for image in images], labels)
 
 

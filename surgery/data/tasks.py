@@ -26,6 +26,7 @@ class Task:
     image_size: int
     description: str
     _split: Callable[[str, int | None], Split]
+    calibration_images: int | None = None  # training images that calibrating steps see (None: the whole split)
 
     def split(self, split: str = "test", limit: int | None = None) -> Split:
         """``split`` ("train", "validation" or "test") as PIL images and labels (the first ``limit``)."""
@@ -53,7 +54,7 @@ def _tasks() -> dict[str, Task]:
 
     return {
         "digits": Task("digits", digits.LABELS, 32, "sklearn digits (8x8 upsampled to 32x32 RGB)", _digits),
-        shapes.NAME: Task(shapes.NAME, shapes.LABELS, shapes.SIZE, shapes.describe(), _shapes),
+        shapes.NAME: Task(shapes.NAME, shapes.LABELS, shapes.SIZE, shapes.describe(), _shapes, calibration_images=256),
     }
 
 
