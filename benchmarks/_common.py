@@ -5,14 +5,13 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from surgery.evaluation import timing
 from surgery.evaluation.flops import count_flops  # noqa: F401  (re-exported; counts CPU SDPA too)
 from surgery.publish.export import cpu_description
 
@@ -61,17 +60,9 @@ def timing_arguments(repeats: int = 5) -> argparse.Namespace:
 
 
 def time_side_by_side(runs: dict[str, Callable[[], object]], repeats: int = 5, warmup: int = 2) -> dict[str, float]:
-    """Median seconds of each callable; each repeat runs every callable once, in turn (shared noise)."""
-    for _ in range(warmup):
-        for run in runs.values():
-            run()
-    samples: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run()
-            samples[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in samples.items()}
+    """Median seconds of each callable; each repeat runs every callable once, in turn (shared noise):
+    surgery.evaluation.timing's, one call per sample as these benchmarks have always timed."""
+    return timing.time_side_by_side(runs, repeats=repeats, warmup=warmup, min_seconds=0.0)
 
 
 def markdown_table(header: list[str], rows: list[list[object]]) -> str:

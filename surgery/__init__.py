@@ -10,6 +10,7 @@
     model = surgery.load("out/")                   # strict reload, replays the recipe
     surgery.export(model, "out/onnx", to="onnx")   # Optimum export, checked against PyTorch
     surgery.card("out/")                           # README.md model card; surgery.push("out/", "me/x")
+    surgery.search("folder", "digits", runtime="onnx", latency=0.5, max_drop=1.0, output="out/")  # find a recipe
 """
 
 from surgery._version import __version__
@@ -24,6 +25,7 @@ from surgery.core.hookspecs import hookimpl
 from surgery.core.host import get_host
 from surgery.core.method import Rewrite, SurgeryMethod
 from surgery.core.options import SurgeryConfig
+from surgery.core.searchable import SearchSpace
 from surgery.errors import (
     ApplyError,
     CheckpointError,
@@ -62,6 +64,13 @@ def push(folder, repo_id, **kwargs):
     return _push(folder, repo_id, **kwargs)
 
 
+def search(model, data="digits", **kwargs):
+    """Search the installed methods for a recipe within a budget; see :func:`surgery.recipe_search.runner.search`."""
+    from surgery.recipe_search.runner import search as _search
+
+    return _search(model, data, **kwargs)
+
+
 def list_methods() -> list[SurgeryMethod]:
     """Every installed surgery method, sorted by name."""
     return sorted(get_host().methods.values(), key=lambda m: m.name)
@@ -69,7 +78,7 @@ def list_methods() -> list[SurgeryMethod]:
 
 __all__ = [
     "Anatomy", "AppliedStep", "ApplyError", "CheckpointError", "ConfigError", "ExportError", "PushError", "IncompatibleStepsError", "Plan", "PlannedStep",
-    "LoraOptions", "RecipeError", "RecoveryConfig", "RecoveryResult", "RevertError", "Rewrite", "SurgeryConfig", "SurgeryError", "SurgeryMethod",
+    "LoraOptions", "RecipeError", "RecoveryConfig", "RecoveryResult", "RevertError", "Rewrite", "SearchSpace", "SurgeryConfig", "SurgeryError", "SurgeryMethod",
     "UnknownPluginError", "UnsupportedModelError", "__version__", "apply", "card", "export", "get_host", "history",
-    "hookimpl", "list_methods", "load", "plan", "push", "recover", "revert", "save", "TrainingHooks",
+    "hookimpl", "list_methods", "load", "plan", "push", "recover", "revert", "save", "search", "TrainingHooks",
 ]

@@ -91,3 +91,15 @@ def test_reload_without_the_plugin_names_the_package(host, tmp_path):
             surgery.load(tmp_path)
     finally:
         set_host(previous)
+
+
+def test_the_search_tries_the_example_method_because_it_declares_a_space(host):
+    """A third-party method that declares SurgeryMethod.search is composed like a built-in one."""
+    from surgery.recipe_search.space import Space
+
+    space = Space.build(tiny("vit"), max_steps=2)
+    assert "drop_layers" in space.methods and space.methods["drop_layers"].search.needs_recovery
+    assert "drop_layers+ggem" in space.combos and "drop_layers+token_merge" in space.combos
+    candidate = space.candidate("drop_layers", {"drop_layers.layers": [0, 1]})
+    assert candidate.needs_recovery and candidate.label == "drop_layers(layers=[0, 1])"
+    assert space.params(candidate) == {"recipe": "drop_layers", "drop_layers.layers": 1}  # by position: lists may be declared

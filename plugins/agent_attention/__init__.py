@@ -8,6 +8,7 @@ Needs fine-tuning: the paper trains from scratch; no training-free number is pub
 
 from __future__ import annotations
 
+from surgery.core.searchable import SearchSpace
 from surgery.plugins.agent_attention import rewrite
 from surgery.plugins.agent_attention.config import AgentAttentionConfig
 from surgery.toolkit.register import define_method, registration
@@ -26,6 +27,7 @@ METHOD = define_method(
     roles=("block", "attention", "parts"),
     paper="https://arxiv.org/abs/2312.08874",
     reference="https://github.com/LeapLabTHU/Agent-Attention (207ce3e)",
+    search=SearchSpace(options={"layers": ("default", "all")}, needs_recovery=True),
 )
 
 

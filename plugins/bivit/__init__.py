@@ -9,6 +9,7 @@ then ``parts="mlp"``.
 
 from __future__ import annotations
 
+from surgery.core.searchable import SearchSpace
 from surgery.core.hookspecs import hookimpl
 from surgery.plugins.bivit import rewrite, training
 from surgery.plugins.bivit.config import BiViTConfig
@@ -51,6 +52,7 @@ METHOD = define_method(
                        "between runtimes on a ViT-B). W1A32 is unchanged. Re-save under 0.2.0 and re-check accuracy.")},
     paper="https://arxiv.org/abs/2211.07091",
     reference="https://github.com/ThisisBillhe/BiViT (6b34303)",
+    search=SearchSpace(options={"parts": ("all", "attention", "mlp"), "activations": ("binary", "full")}, needs_recovery=True),
 )
 
 

@@ -8,6 +8,7 @@ weights; new: a depthwise sequence conv per block (heads x kernel weights). Need
 
 from __future__ import annotations
 
+from surgery.core.searchable import SearchSpace
 from surgery.plugins.castling import rewrite, training
 from surgery.plugins.castling.config import CastlingConfig
 from surgery.toolkit.register import define_method, registration
@@ -30,6 +31,7 @@ METHOD = define_method(
                        "0.1.0 checkpoints reload within float rounding (6e-8 measured), not bit for bit.")},
     paper="https://arxiv.org/abs/2211.10526",
     reference="https://github.com/GATECH-EIC/Castling-ViT (c7b75c1, unofficial miniature core)",
+    search=SearchSpace(options={"layers": ("default", "all")}, needs_recovery=True),
 )
 
 

@@ -9,6 +9,7 @@ linear in tokens and its inner products are accumulations of +-1 codes. New stat
 
 from __future__ import annotations
 
+from surgery.core.searchable import SearchSpace
 from surgery.plugins.ecoformer import rewrite, training
 from surgery.plugins.ecoformer.config import EcoFormerConfig
 from surgery.toolkit.register import define_method, registration
@@ -29,6 +30,7 @@ METHOD = define_method(
     roles=("block", "attention", "parts"),
     paper="https://arxiv.org/abs/2209.09004",
     reference="https://github.com/ziplab/EcoFormer (pvt/performer.py, pvt/hashing/ksh.py)",
+    search=SearchSpace(options={"layers": ("default", "all")}, needs_recovery=True),
 )
 
 

@@ -7,6 +7,7 @@ New parameters: one p per group. Not training-free: the head was trained on othe
 
 from __future__ import annotations
 
+from surgery.core.searchable import SearchSpace
 from surgery.plugins.ggem import rewrite
 from surgery.plugins.ggem.config import GGeMConfig
 from surgery.toolkit.register import define_method, registration
@@ -24,6 +25,7 @@ METHOD = define_method(
     roles=("final_norm", "classifier"),
     paper="https://arxiv.org/abs/2212.04114",
     reference="no official code; formula from the paper's abstract and the GeM convention",
+    search=SearchSpace(needs_recovery=True),
 )
 
 

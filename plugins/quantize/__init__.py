@@ -9,6 +9,7 @@ their scales. Training-free; reversible.
 
 from __future__ import annotations
 
+from surgery.core.searchable import SearchSpace
 from surgery.plugins.quantize import rewrite
 from surgery.plugins.quantize.config import QuantizeConfig
 from surgery.toolkit.register import define_method, registration
@@ -26,6 +27,7 @@ METHOD = define_method(
     conflicts={"bivit": "bivit's binary linears are already below 8 bits; quantize the float model or binarize it, not both"},
     paper="https://arxiv.org/abs/1712.05877",
     reference="torch.ao.quantization observers and fake-quant; ONNX QDQ format",
+    search=SearchSpace(options={"activations": ("int8", "none")}),
 )
 
 

@@ -7,6 +7,7 @@ No new parameters; exactly reversible. Deviations are listed in ``merge.py``.
 
 from __future__ import annotations
 
+from surgery.core.searchable import SearchSpace
 from surgery.plugins.token_merge import rewrite
 from surgery.plugins.token_merge.config import ToMeConfig
 from surgery.toolkit.reducing import reduction_fields
@@ -27,6 +28,7 @@ METHOD = define_method(
     apply=rewrite.apply,
     paper="https://arxiv.org/abs/2210.09461",
     reference="https://github.com/facebookresearch/ToMe (af95e4b)",
+    search=SearchSpace(options={"r": (2, 4, 6, 8, 10, 12, 16)}),
 )
 
 

@@ -9,6 +9,7 @@ token); sizes and proportional attention as in the other reductions. A baseline 
 
 from __future__ import annotations
 
+from surgery.core.searchable import SearchSpace
 from surgery.plugins.token_prune import rewrite
 from surgery.plugins.token_prune.config import TokenPruneConfig
 from surgery.toolkit.reducing import reduction_fields
@@ -28,6 +29,7 @@ METHOD = define_method(
     apply=rewrite.apply,
     paper="https://arxiv.org/abs/2506.05709",
     reference="the one-hot case of Token Transforming's reduction matrix; EViT's score (arXiv 2202.07800)",
+    search=SearchSpace(options={"flops": (0.8, 0.65, 0.5, 0.35)}),
 )
 
 

@@ -15,6 +15,7 @@ reversible.
 
 from __future__ import annotations
 
+from surgery.core.searchable import SearchSpace
 from surgery.plugins.token_transform import rewrite
 from surgery.plugins.token_transform.config import TokenTransformConfig
 from surgery.toolkit.reducing import reduction_fields
@@ -35,6 +36,7 @@ METHOD = define_method(
     apply=rewrite.apply,
     paper="https://arxiv.org/abs/2506.05709",
     reference="no official code (AuroraZengfh/TokenTransforming holds a README only); our construction, see the docstring",
+    search=SearchSpace(options={"flops": (0.8, 0.65, 0.5, 0.35)}),
 )
 
 

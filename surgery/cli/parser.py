@@ -114,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--new", action="store_true", help="fail if the repository already exists")
     p.set_defaults(run=cmd_push)
 
+    from surgery.cli.search_command import add_parser as add_search
+
+    add_search(sub)
+
     from surgery.demo.zoo import ARCHITECTURES
 
     task_help = "the built-in task: digits (default; 8x8 digits) or shapes (the proving ground: count plus signs at 64 px)"

@@ -10,6 +10,7 @@ from torch import nn
 
 from surgery.core.anatomy import TRAITS, Anatomy
 from surgery.core.options import SurgeryConfig
+from surgery.core.searchable import SearchSpace
 from surgery.errors import ConfigError, did_you_mean
 
 
@@ -74,6 +75,8 @@ class SurgeryMethod:
             instead of failing on it.
         provides: capabilities other parts of surgery may ask for by name instead of naming the
             plugin (``"int8"``: the method the CLI's ``export --int8`` adds).
+        search: the options ``surgery search`` tries and whether the method needs recovery
+            (:class:`~surgery.core.searchable.SearchSpace`); None leaves the method out of searches.
         package: the distribution that provides it (filled in by the plugin manager).
     """
 
@@ -100,6 +103,7 @@ class SurgeryMethod:
     card_template: str | None = None
     export_exact: bool = True
     provides: tuple[str, ...] = ()
+    search: SearchSpace | None = None
     package: str = ""
 
     @property
@@ -112,6 +116,8 @@ class SurgeryMethod:
             if unknown:
                 raise ConfigError(f"method '{self.name}': {field} names unknown trait(s) {', '.join(unknown)}; "
                                   f"traits: {', '.join(TRAITS)}." + did_you_mean(unknown[0], TRAITS))
+        if self.search is not None:
+            self.search.check(self.name, self.config_class)
 
     def traits_refused(self, anatomy: Anatomy) -> list[tuple[str, str]]:
         """``(trait, why)`` for each of ``anatomy``'s traits this method refuses, in trait order."""

@@ -67,6 +67,7 @@ def card(folder: str | Path, results: dict[str, Any] | str | Path | None = None,
     base_model = base_model or figures.pop("base_model", None) or next((s["base_model"] for s in steps if s.get("base_model")), None)
     dataset = figures.pop("dataset", None)
     recovery = figures.pop("recovery", None)
+    search = figures.pop("search", None)
     if isinstance(recovery, dict) and recovery.get("teacher") and not _hub_model(recovery["teacher"]):
         recovery = dict(recovery, teacher=f"{Path(recovery['teacher']).name} (a local model)")
     model_id = model_id or folder.resolve().name
@@ -82,6 +83,7 @@ def card(folder: str | Path, results: dict[str, Any] | str | Path | None = None,
         "measured_on": figures.pop("measured_on", None),
         "dataset": dataset,
         "recovery": recovery,
+        "search": search,
         "plot": plot and PLOT_FILE,
         "plot_title": "accuracy and latency before and after surgery",
         "model_id": model_id,

@@ -1,7 +1,7 @@
 """``drop_layers``: remove whole transformer blocks (depth pruning) from ViT and DeiT.
 
 A complete third-party surgery plugin: a config, a rewrite that uses only the anatomy's roles, a
-revert, and the registration hook.
+revert, the options `surgery search` may try, and the registration hook.
 """
 
 from __future__ import annotations
@@ -63,5 +63,8 @@ def surgery_register_methods() -> list[surgery.SurgeryMethod]:
             revert=revert,
             roles=("block",),
             version=__version__,
+            # what `surgery search` may try: drop the second block, or the first two; the model then
+            # needs recovery (distillation) before its accuracy means anything
+            search=surgery.SearchSpace(options={"layers": ((1,), (0, 1))}, needs_recovery=True),
         )
     ]

@@ -1,0 +1,85 @@
+"""What a method offers the recipe search: the options worth trying and whether it needs recovery.
+
+A plugin declares it on its :class:`~surgery.core.method.SurgeryMethod` (``search=SearchSpace(...)``);
+``surgery search`` composes its space from every installed method that declares one, third-party
+plugins included, and never names a plugin. A method without a declaration is left out of searches.
+
+    SearchSpace(options={"r": (4, 8, 12, 16)})              # training-free, one option
+    SearchSpace(options={"layers": ("default", "all")}, needs_recovery=True)
+    SearchSpace()                                           # on or off, with its defaults
+
+``options`` maps option names to the values to try (JSON values: None, bool, int, float, str, or a
+list of them, e.g. block indices); options not named keep their defaults. ``needs_recovery``: the rewritten model must be fine-tuned
+before its accuracy means anything (new parameters, a changed readout), so the search recovers it
+briefly, and only when its measured cost can reach the front.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from surgery.errors import ConfigError
+
+SCALARS = (type(None), bool, int, float, str)
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchSpace:
+    options: Mapping[str, tuple[Any, ...]] = dataclasses.field(default_factory=dict)
+    needs_recovery: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "options", {name: tuple(values) for name, values in dict(self.options).items()})
+        for name, values in self.options.items():
+            if not values:
+                raise ConfigError(f"search space: option '{name}' lists no values; give at least one")
+            odd = [v for v in values if not _json_value(v)]
+            if odd:
+                raise ConfigError(f"search space: option '{name}' has the value {odd[0]!r}; "
+                                  "allowed: None, bool, int, float, str, or a tuple of them")
+            if len(set(map(repr, values))) != len(values):
+                raise ConfigError(f"search space: option '{name}' lists a value twice: {list(values)}")
+
+    def check(self, method: str, config_class: type) -> None:
+        """Refuse option names ``config_class`` lacks and values it rejects, naming the method."""
+        fields = [f.name for f in dataclasses.fields(config_class)]
+        for name, values in self.options.items():
+            if name not in fields:
+                from surgery.errors import did_you_mean
+
+                raise ConfigError(f"method '{method}': its search space names the option '{name}', which "
+                                  f"{config_class.__name__} lacks; options: {', '.join(fields)}." + did_you_mean(name, fields))
+            for value in values:
+                try:
+                    config_class.from_dict({name: value})
+                except ConfigError as error:
+                    raise ConfigError(f"method '{method}': its search space tries {name}={value!r}, "
+                                      f"which the method refuses: {error}") from None
+
+    def index(self, option: str, value: Any) -> int:
+        """Where ``value`` sits among ``option``'s values (a list read back from JSON matches its tuple)."""
+        for position, candidate in enumerate(self.options[option]):
+            if _same(candidate, value):
+                return position
+        raise ConfigError(f"search space: {value!r} is not among the values of '{option}': {list(self.options[option])}")
+
+    def size(self) -> int:
+        """How many settings of this method the space holds."""
+        count = 1
+        for values in self.options.values():
+            count *= len(values)
+        return count
+
+
+def _json_value(value: Any) -> bool:
+    if isinstance(value, (tuple, list)):
+        return all(isinstance(v, SCALARS) for v in value)
+    return isinstance(value, SCALARS)
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (tuple, list)) or isinstance(b, (tuple, list)):
+        return isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)) and list(a) == list(b)
+    return type(a) is type(b) and a == b

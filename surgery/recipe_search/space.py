@@ -1,0 +1,177 @@
+"""The search space, composed from what the installed methods declare (``SurgeryMethod.search``).
+
+A candidate is one to ``max_steps`` methods, each with one value per declared option. Which methods
+may share a model, and in which order, is decided by the host's own validation (``surgery.plan``:
+declared conflicts, overlapping claims, vetoes, unsupported families), never by names written here:
+every set of methods is planned in each order until one passes, and a set no order passes is left
+out with the host's reason. So a third-party method that declares a space is searched like a
+built-in one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from torch import nn
+
+from surgery.core.apply import plan
+from surgery.core.host import get_host
+from surgery.core.method import SurgeryMethod
+from surgery.errors import ConfigError, SurgeryError, did_you_mean
+
+SEP = "+"
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    """One recipe to measure: ``((plugin, {option: value}), ...)`` in application order."""
+
+    steps: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...]
+    needs_recovery: bool = False
+
+    @property
+    def key(self) -> str:
+        """A canonical text for the cache: the same recipe always gives the same key."""
+        return json.dumps(self.specs(), sort_keys=True)
+
+    def specs(self) -> list[list[Any]]:
+        return [[plugin, dict(options)] for plugin, options in self.steps]
+
+    @property
+    def label(self) -> str:
+        """``token_merge(r=8) + quantize(activations=int8)``."""
+        return " + ".join(plugin + (f"({', '.join(f'{k}={v}' for k, v in options)})" if options else "")
+                          for plugin, options in self.steps)
+
+
+@dataclasses.dataclass
+class Space:
+    """The methods a search tries on one model, and the sets of them that compose."""
+
+    methods: dict[str, SurgeryMethod]
+    combos: dict[str, tuple[str, ...]]  # "a+b" -> the order that plans
+    left_out: dict[str, str]  # method or set -> why it is not searched
+
+    @classmethod
+    def build(cls, model: nn.Module, max_steps: int = 2, include: Sequence[str] | None = None,
+              exclude: Sequence[str] = ()) -> Space:
+        """Every method that declares a space and plans on ``model`` alone, and every set of up to
+        ``max_steps`` of them that plans together in some order (tried in name order first), each
+        method at the first of its declared values."""
+        if max_steps < 1:
+            raise ConfigError(f"search: max_steps must be at least 1, got {max_steps}")
+        host = get_host()
+        declared = {name: m for name, m in sorted(host.methods.items()) if m.search is not None}
+        for name in [*(include or ()), *exclude]:
+            if name not in host.methods:
+                raise ConfigError(f"search: no installed method '{name}'; installed: {', '.join(sorted(host.methods))}."
+                                  + did_you_mean(name, host.methods))
+            if host.methods[name].search is None:
+                raise ConfigError(f"search: method '{name}' declares no search space (SurgeryMethod.search), so the "
+                                  f"search cannot try it; methods with one: {', '.join(declared)}")
+        chosen = [n for n in declared if (include is None or n in include) and n not in exclude]
+        left_out: dict[str, str] = {n: "not declared searchable" for n in sorted(host.methods) if n not in declared}
+        methods: dict[str, SurgeryMethod] = {}
+        for name in chosen:
+            reason = _plan_reason(model, (name,), declared)
+            if reason is None:
+                methods[name] = declared[name]
+            else:
+                left_out[name] = reason
+        combos: dict[str, tuple[str, ...]] = {}
+        for size in range(1, max_steps + 1):
+            for group in itertools.combinations(sorted(methods), size):
+                reasons = []
+                for order in itertools.permutations(group):
+                    reason = _plan_reason(model, order, methods)
+                    if reason is None:
+                        combos[SEP.join(group)] = order
+                        break
+                    reasons.append(reason)
+                else:
+                    left_out[SEP.join(group)] = reasons[0]
+        if not combos:
+            raise SurgeryError("search: no installed method plans on this model; "
+                               + "; ".join(f"{n}: {why}" for n, why in left_out.items()))
+        return cls(methods, combos, left_out)
+
+    def needs_recovery(self, order: Sequence[str]) -> bool:
+        return any(self.methods[name].search.needs_recovery for name in order)
+
+    def candidate(self, combo: str, values: Mapping[str, Any]) -> Candidate:
+        """The candidate of ``combo`` with ``values`` (``{"method.option": value}``)."""
+        order = self.combos[combo]
+        steps = tuple((name, tuple((option, _plain(values[f"{name}.{option}"])) for option in self.methods[name].search.options))
+                      for name in order)
+        return Candidate(steps, self.needs_recovery(order))
+
+    def suggest(self, trial: Any) -> Candidate:
+        """Ask an Optuna trial for a set of methods, then for each chosen method's options (by the
+        value's position among the declared ones, so any JSON value can be declared)."""
+        combo = trial.suggest_categorical("recipe", list(self.combos))
+        values = {}
+        for name in self.combos[combo]:
+            for option, choices in self.methods[name].search.options.items():
+                values[f"{name}.{option}"] = choices[trial.suggest_categorical(f"{name}.{option}", list(range(len(choices))))]
+        return self.candidate(combo, values)
+
+    def params(self, candidate: Candidate) -> dict[str, Any]:
+        """The Optuna parameters that give ``candidate`` (for replaying cached trials)."""
+        combo = SEP.join(sorted(plugin for plugin, _ in candidate.steps))
+        return {"recipe": combo, **{f"{plugin}.{k}": self.methods[plugin].search.index(k, v)
+                                    for plugin, options in candidate.steps for k, v in options}}
+
+    def distributions(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        import optuna
+
+        out = {"recipe": optuna.distributions.CategoricalDistribution(list(self.combos))}
+        for key in params:
+            if key != "recipe":
+                name, option = key.split(".", 1)
+                out[key] = optuna.distributions.CategoricalDistribution(list(range(len(self.methods[name].search.options[option]))))
+        return out
+
+    def starting_points(self) -> list[Candidate]:
+        """Each training-free method alone at each of its declared values (measured first), then
+        each method that needs recovery alone at its first values."""
+        free, costly = [], []
+        for name, method in self.methods.items():
+            if name not in self.combos:
+                continue
+            options = method.search.options
+            settings = [dict(zip(options, values)) for values in itertools.product(*options.values())] or [{}]
+            if method.search.needs_recovery:
+                costly.append(self.candidate(name, {f"{name}.{k}": v for k, v in settings[0].items()}))
+            else:
+                free += [self.candidate(name, {f"{name}.{k}": v for k, v in s.items()}) for s in settings]
+        return free + costly
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "methods": {name: {"options": {k: list(v) for k, v in m.search.options.items()},
+                               "needs_recovery": m.search.needs_recovery, "version": m.version}
+                        for name, m in self.methods.items()},
+            "sets": {combo: list(order) for combo, order in self.combos.items()},
+            "left_out": self.left_out,
+        }
+
+
+def _plain(value: Any) -> Any:
+    """A declared value as JSON gives it back (tuples as lists), so a candidate's key never depends on
+    whether it came from the declaration or from the cache."""
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _plan_reason(model: nn.Module, order: Sequence[str], methods: Mapping[str, SurgeryMethod]) -> str | None:
+    """None when ``order`` (each method at the first of its declared values) plans on ``model``, else
+    the host's reason."""
+    specs = [(name, {k: _plain(v[0]) for k, v in methods[name].search.options.items()}) for name in order]
+    try:
+        plan(model, specs)
+    except SurgeryError as error:
+        return " ".join(str(error).split())[:300]
+    return None

@@ -1,0 +1,248 @@
+"""The recipe search: its space from the methods' declarations, composition by the host's rules,
+budgets, determinism under a seed, resuming after a kill, refusals, and small end-to-end searches.
+
+The end-to-end searches run on the tiny digits ViT (the ``digits`` fixture) with ``objective="flops"``
+where they compare runs: FLOPs and accuracy are exact, so which candidates the sampler proposes
+depends on the seed alone (latency is measured too, but timings vary run to run).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import ClassVar
+
+import pytest
+
+import surgery
+from surgery.cli.main import main
+from surgery.core.searchable import SearchSpace
+from surgery.errors import ConfigError
+from surgery.recipe_search import report
+from surgery.recipe_search.cache import CACHE_FILE, STALE_FILE
+from surgery.recipe_search.space import Space
+from surgery.recipe_search.trial import Bench, unpack
+from conftest import tiny
+
+
+def quiet(*_):
+    pass
+
+
+def small(folder, output=None, **options):
+    settings = dict(runtime="torch", objective="flops", flops=0.9, max_drop=5.0, trials=6, repeats=1, progress=False,
+                    include=["token_merge", "quantize"], output=output, log=quiet)
+    settings.update(options)
+    return surgery.search(folder, "digits", **settings)
+
+
+# -- the space --------------------------------------------------------------------------------
+def test_the_space_is_every_declared_method_that_plans_and_no_set_breaks_the_hosts_rules():
+    model = tiny("vit")
+    host = surgery.get_host()
+    space = Space.build(model, max_steps=2)
+    declared = {name for name, m in host.methods.items() if m.search is not None}
+    assert set(space.methods) | {n for n in space.left_out if "+" not in n} >= declared
+    for name in declared - set(space.methods):
+        assert space.left_out[name]  # every method left out says why
+    for combo, order in space.combos.items():
+        for a in order:
+            for b in order:
+                assert b not in host.methods[a].conflicts, f"{combo} combines {a} with {b}, which it declares a conflict with"
+        surgery.plan(model, list(order))  # the order the space recorded plans
+    # declared conflicts are left out with the host's own reason
+    conflicting = [(a, b) for a in space.methods for b in space.methods if a < b and b in host.methods[a].conflicts]
+    assert conflicting
+    for a, b in conflicting:
+        assert f"{a}+{b}" not in space.combos and space.left_out[f"{a}+{b}"]
+
+
+def test_a_family_a_method_refuses_leaves_it_out_with_the_reason():
+    space = Space.build(tiny("swin"), max_steps=1)
+    assert "token_merge" not in space.methods
+    assert "window" in space.left_out["token_merge"].lower()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Options(surgery.SurgeryConfig):
+    plugin: ClassVar[str] = "noop"
+    k: int = 1
+
+    def validate(self):
+        if self.k < 1:
+            raise self.invalid("k", self.k, "an integer >= 1")
+
+
+def _method(**search):
+    return surgery.SurgeryMethod(name="noop", summary="", config_class=_Options, apply=lambda m, c, a: surgery.Rewrite([]),
+                                 search=SearchSpace(**search))
+
+
+def test_a_declared_space_is_checked_against_the_methods_options():
+    with pytest.raises(ConfigError, match=r"method 'noop': its search space names the option 'kk', which _Options lacks.*Did you mean 'k'"):
+        _method(options={"kk": (1, 2)})
+    with pytest.raises(ConfigError, match=r"method 'noop': its search space tries k=0, which the method refuses: noop: option 'k' got 0"):
+        _method(options={"k": (0, 2)})
+    with pytest.raises(ConfigError, match=r"option 'k' lists no values"):
+        SearchSpace(options={"k": ()})
+    with pytest.raises(ConfigError, match=r"option 'k' has the value \{1: 2\}"):
+        SearchSpace(options={"k": ({1: 2},)})
+    assert _method(options={"k": (1, 2, 3)}).search.size() == 3
+
+
+def test_refusals_name_the_field_the_value_and_what_is_allowed(digits):
+    folder = digits[0]
+    cases = [
+        (dict(runtime="onxx"), r"'runtime' got 'onxx'; allowed: torch, onnx, openvino.*Did you mean 'onnx'"),
+        (dict(objective="latncy"), r"'objective' got 'latncy'.*Did you mean 'latency'"),
+        (dict(latency=1.5), r"'latency' got 1.5; allowed: a ratio to the original in \(0, 1\]"),
+        (dict(trials=0), r"'trials' got 0; allowed: an integer >= 1"),
+        (dict(image_size=64), r"'image_size' got 64, but the model is built for 32 px"),
+        (dict(include=["token_marge"]), r"no installed method 'token_marge'.*Did you mean 'token_merge'"),
+        (dict(max_drop=-1.0), r"'max_drop' got -1.0"),
+    ]
+    for options, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            small(folder, **options)
+    with pytest.raises(ConfigError, match=r"needs a 'validation' split"):
+        surgery.search(folder, {"test": digits[2:]}, log=quiet)
+
+
+# -- budgets, front, pick ----------------------------------------------------------------------
+def _record(label, cost, accuracy, status="ok"):
+    return {"label": label, "status": status, "latency_ratio": cost, "flops_ratio": cost, "size_ratio": cost, "accuracy": accuracy}
+
+
+def test_the_front_and_the_pick_follow_the_budget():
+    records = [_record("a", 0.9, 0.95), _record("b", 0.6, 0.94), _record("c", 0.4, 0.90), _record("d", 0.7, 0.93),
+               _record("e", 0.3, 0.99, status="slower")]
+    assert [r["label"] for r in report.front(records, "latency")] == ["c", "b", "a"]  # d is dominated by b; e is off
+    within = report.Budget("latency", latency=0.7, max_drop=1.0)
+    assert report.pick(records, within, 0.95)["label"] == "b"  # the most accurate within 0.7x and 1 point
+    assert report.pick(records, report.Budget("latency", max_drop=6.0), 0.95)["label"] == "c"  # no cost budget: the cheapest
+    impossible = report.Budget("latency", latency=0.2, max_drop=1.0)
+    assert report.pick(records, impossible, 0.95) is None
+    assert report.closest(records, impossible, 0.95)["label"] == "b"  # the least over the latency budget within 1 point
+    assert report.closest(records, report.Budget("latency", latency=0.2, max_drop=0.0), 0.95)["label"] == "a"
+    assert report.Budget("latency", latency=0.5).violations(_record("x", 0.6, 0.9), 0.95) == pytest.approx(
+        {"latency_ratio": 0.1, "accuracy_drop": 4.0})
+
+
+# -- end to end --------------------------------------------------------------------------------
+def test_a_search_picks_within_budget_saves_the_pick_and_reports_once_on_test(digits, tmp_path):
+    result = small(digits[0], tmp_path / "out", trials=8)
+    chosen = result.chosen
+    assert chosen is not None and chosen["status"] == "ok"
+    assert chosen["flops_ratio"] <= 0.9 and (result.original["accuracy"] - chosen["accuracy"]) * 100 <= 5.0
+    assert chosen in result.front
+    out = tmp_path / "out"
+    saved = json.loads((out / "search.json").read_text())
+    assert saved["chosen"]["label"] == chosen["label"] and len(saved["candidates"]) == len(result.candidates)
+    assert "**pick**" in (out / "search.md").read_text() and (out / "search_front.png").stat().st_size > 0
+    reloaded = surgery.load(out)  # a normal surgery folder: the pick's recipe, weights and processor
+    assert [[s.plugin, dict(s.options)] for s in surgery.history(reloaded)] == [
+        [p, {**surgery.get_host().method(p).make_config(o).to_dict()}] for p, o in chosen["steps"]]
+    assert "How this recipe was found" in (out / "README.md").read_text()
+    assert result.test["images"] == 360 and 0.0 <= result.test["pick"] <= 1.0
+    # the pick's recorded right/wrong answers are those of the saved model on the search split
+    from surgery.data.tasks import task_tensors
+    from surgery.evaluation.accuracy import predict_logits
+
+    x, y = task_tensors(out, "validation", "digits")
+    assert (predict_logits(reloaded, x).argmax(-1) == y).numpy().tolist() == unpack(chosen["correct"], len(y)).tolist()
+
+
+def test_the_same_seed_proposes_the_same_candidates(digits, tmp_path):
+    # 9 starting points (token_merge alone at 7 values, quantize alone at 2), then 7 proposals of the sampler
+    first = small(digits[0], tmp_path / "a", trials=16)
+    second = small(digits[0], tmp_path / "b", trials=16)
+    keys = [json.loads((tmp_path / name / CACHE_FILE).read_text())["trials"] for name in ("a", "b")]
+    assert keys[0] == keys[1] and len(keys[0]) == 16
+    assert [c["label"] for c in first.candidates] == [c["label"] for c in second.candidates]
+    assert any("+" in c["label"] for c in first.candidates)  # the sampler went on to combinations
+    small(digits[0], tmp_path / "c", trials=16, seed=1)
+    other = json.loads((tmp_path / "c" / CACHE_FILE).read_text())["trials"]
+    assert other[:9] == keys[0][:9] and other != keys[0]  # the same starting points, then other proposals
+
+
+def test_a_killed_search_resumes_measures_nothing_twice_and_reaches_the_same_front(digits, tmp_path, monkeypatch):
+    whole = small(digits[0], tmp_path / "whole", trials=16)
+    measure, calls = Bench.measure, []
+
+    def dying(self, candidate, *args):  # killed while measuring the 12th candidate, after the sampler took over
+        calls.append(candidate.key)
+        if len(calls) == 12:
+            raise KeyboardInterrupt
+        return measure(self, candidate, *args)
+
+    monkeypatch.setattr(Bench, "measure", dying)
+    with pytest.raises(KeyboardInterrupt):
+        small(digits[0], tmp_path / "killed", trials=16)
+    cached = json.loads((tmp_path / "killed" / CACHE_FILE).read_text())
+    assert len(cached["measured"]) == 11
+    monkeypatch.setattr(Bench, "measure", measure)
+    measured_again = []
+    monkeypatch.setattr(Bench, "measure", lambda self, c, *a: measured_again.append(c.key) or measure(self, c, *a))
+    lines = []
+    resumed = small(digits[0], tmp_path / "killed", trials=16, log=lines.append)
+    assert any("resuming from" in line and "11 candidate(s) measured" in line for line in lines)
+    *searched, rebuilt = measured_again  # the last one builds the pick again, to save it
+    assert not set(searched) & set(cached["measured"])
+    assert json.loads(rebuilt) == resumed.chosen["steps"]
+    assert json.loads((tmp_path / "killed" / CACHE_FILE).read_text())["trials"] == \
+        json.loads((tmp_path / "whole" / CACHE_FILE).read_text())["trials"]
+    assert [(r["label"], r["flops_ratio"], r["accuracy"]) for r in resumed.front if r["status"] == "ok"] == \
+        [(r["label"], r["flops_ratio"], r["accuracy"]) for r in whole.front]
+
+
+def test_a_changed_setting_sets_the_cache_aside_and_says_which(digits, tmp_path):
+    small(digits[0], tmp_path / "out", trials=2)
+    lines = []
+    small(digits[0], tmp_path / "out", trials=2, batch_size=2, log=lines.append)
+    assert any("made for another batch_size" in line for line in lines)
+    assert (tmp_path / "out" / STALE_FILE).exists()
+
+
+def test_an_impossible_budget_names_the_closest_point_and_saves_no_model(digits, tmp_path):
+    lines = []
+    result = small(digits[0], tmp_path / "out", trials=4, flops=0.05, max_drop=0.0, log=lines.append)
+    assert result.chosen is None and result.model is None
+    assert "no candidate meets flops <= 0.05x, at most 0 accuracy points lost; the closest: " in result.message
+    assert result.message in lines
+    assert (tmp_path / "out" / "search.json").exists() and not (tmp_path / "out" / "config.json").exists()
+
+
+def test_methods_that_need_recovery_are_recovered_only_when_they_can_reach_the_front(digits, tmp_path):
+    recovered = small(digits[0], None, include=["ggem"], flops=None, max_drop=50.0, trials=1, recover_epochs=1)
+    (record,) = recovered.candidates
+    assert record["needs_recovery"] and record["recovered"] and record["recovery"]["epochs"] == 1
+    assert record["accuracy"] != record["accuracy_before_recovery"]  # ggem's readout was trained
+    # token_merge r=2 (measured first: training-free) holds the original's accuracy at fewer FLOPs
+    skipped = small(digits[0], None, include=["ggem", "token_merge"], flops=None, max_drop=50.0, trials=8, recover_epochs=1)
+    ggem = next(r for r in skipped.candidates if r["label"] == "ggem")
+    merge = next(r for r in skipped.candidates if r["label"] == "token_merge(r=2)")
+    assert merge["accuracy"] >= skipped.original["accuracy"]
+    assert ggem["status"] == "not recovered" and "already holds the original's accuracy at a lower cost" in ggem["reason"]
+    off = small(digits[0], None, include=["ggem"], flops=None, trials=1)
+    assert off.candidates[0]["status"] == "not recovered" and off.candidates[0]["reason"] == "recovery is off (recover_epochs=0)"
+    with pytest.raises(ConfigError, match=r"recover_epochs needs a 'train' split"):
+        surgery.search(digits[0], {"validation": (digits[2], digits[3])}, recover_epochs=1, log=quiet)
+
+
+def test_onnx_runtime_candidates_are_exported_checked_and_timed(digits, tmp_path):
+    pytest.importorskip("onnxruntime")
+    result = small(digits[0], None, runtime="onnx", objective="latency", flops=None, latency=None, trials=2,
+                   include=["token_merge"])
+    assert all("export_max_abs_diff" in c and c["export_max_abs_diff"] < 1e-4 for c in result.candidates)
+    assert all(c["latency_ratio"] > 0 and c["latency_ms_original"] > 0 for c in result.candidates)
+
+
+def test_the_command_line_writes_the_pick_and_exits_1_when_nothing_fits(digits, tmp_path, capsys):
+    args = [str(digits[0]), "--data", "digits", "--objective", "flops", "--flops", "0.95", "--max-drop", "5", "--trials", "3",
+            "--repeats", "1", "--include", "token_merge", "-o"]
+    assert main(["search", *args, str(tmp_path / "ok")]) == 0
+    assert "**pick**" in capsys.readouterr().out and (tmp_path / "ok" / "config.json").exists()
+    assert main(["search", str(digits[0]), "--objective", "flops", "--flops", "0.05", "--max-drop", "0", "--trials", "2",
+                 "--repeats", "1", "--include", "token_merge", "--json", "-o", str(tmp_path / "none")]) == 1
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["chosen"] is None and summary["message"].startswith("search: no candidate meets")
