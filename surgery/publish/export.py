@@ -20,7 +20,9 @@ The folder is ready for ``optimum.onnxruntime.ORTModelForImageClassification`` o
 the recipe (kept beside it as ``surgery_recipe.json``), the image processor, and
 ``export_report.json``. Every export is run on the same random inputs as the PyTorch model (a batch
 size other than the one traced, to exercise the dynamic axis); the largest absolute logit
-difference is reported and must stay within :data:`TOLERANCE` for float models. Quantized models are
+difference is reported and must stay within :data:`TOLERANCE` times the logits' scale (the largest
+absolute logit, at least 1: OpenVINO's CPU kernels approximate exp and erf, so a trained model's logits
+of 8 differ by up to 5e-3 on an AMD EPYC at the f32 hint) for float models. Quantized models are
 checked by the caller on real data (class agreement), since int8 kernels round differently.
 
 Fixed at export time: the image size (the config's; transformers traces position embeddings at
@@ -112,9 +114,10 @@ def export(model: Any, output: str | Path, to: Literal["onnx", "openvino"] = "on
         quantized = any(not get_host().method(step.plugin).export_exact for step in get_history(model))
         finite = bool(np.isfinite(got).all() and np.isfinite(expected).all())
         difference = float(np.abs(got - expected).max()) if finite else float("nan")
+        allowed = TOLERANCE[to] * max(1.0, float(np.abs(expected).max())) if finite else TOLERANCE[to]
         (stage / REPORT).write_text(json.dumps({
             "format": to, "file": path.name, "max_abs_diff": difference if finite else None, "finite": finite,
-            "inputs": list(pixels.shape), "tolerance": None if quantized else TOLERANCE[to],
+            "inputs": list(pixels.shape), "tolerance": None if quantized else allowed,
             "steps": [s.plugin for s in get_history(model)], "cpu": cpu_description(), "exporter": exporter,
             "path": f"{'Optimum onnx_export_from_model' if exporter == 'optimum' else 'torch.onnx.export'}"
                     + (" -> openvino.convert_model (from the ONNX graph)" if to == "openvino" else ""),
@@ -124,8 +127,9 @@ def export(model: Any, output: str | Path, to: Literal["onnx", "openvino"] = "on
     if check and not finite:
         raise ExportError(f"the {to} export gives non-finite logits (NaN or inf) where PyTorch gives "
                           f"{'finite' if np.isfinite(expected).all() else 'non-finite'} ones; see {output / REPORT}.")
-    if check and not quantized and result.max_abs_diff > TOLERANCE[to]:
-        raise ExportError(f"the {to} export differs from PyTorch by {result.max_abs_diff:.2e} (allowed {TOLERANCE[to]:.0e}); "
+    if check and not quantized and result.max_abs_diff > allowed:
+        raise ExportError(f"the {to} export differs from PyTorch by {result.max_abs_diff:.2e} (allowed {allowed:.0e}: "
+                          f"{TOLERANCE[to]:.0e} times the largest logit, at least 1); "
                           f"see {output / REPORT}.")
     return result
 

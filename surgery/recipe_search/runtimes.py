@@ -52,6 +52,9 @@ def compile_for(model: torch.nn.Module, runtime: str, folder: Path) -> tuple[Com
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
+        # no busy-waiting between runs: with two sessions timed in turns, one's spinning threads
+        # would steal the cores from the other (identical models measured 0.85x-1.7x apart)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         session = ort.InferenceSession(str(result.path), options, providers=["CPUExecutionProvider"])
         return (lambda pixels: session.run(None, {"pixel_values": pixels})[0]), info
     import openvino as ov
