@@ -128,6 +128,21 @@ def test_the_front_and_the_pick_follow_the_budget():
         {"latency_ratio": 0.1, "accuracy_drop": 4.0})
 
 
+def test_pairs_of_front_points_whose_methods_compose_are_measured_next():
+    from surgery.recipe_search.runner import _compositions
+
+    space = Space.build(tiny("vit"), max_steps=2, include=["token_merge", "token_prune", "quantize"])
+    singles = [dict(_record("m8", 0.7, 0.95), steps=[["token_merge", {"r": 8}]]),
+               dict(_record("m16", 0.5, 0.94), steps=[["token_merge", {"r": 16}]]),
+               dict(_record("p", 0.45, 0.93), steps=[["token_prune", {"flops": 0.5}]]),
+               dict(_record("q", 0.8, 0.96), steps=[["quantize", {"activations": "int8"}]]),
+               dict(_record("worse", 0.9, 0.90), steps=[["quantize", {"activations": "none"}]])]  # off the front
+    labels = [c.label for c in _compositions(space, singles, "latency")]
+    # token_merge and token_prune declare a conflict, and a method never pairs with itself
+    assert labels == ["quantize(activations=int8) + token_prune(flops=0.5)", "quantize(activations=int8) + token_merge(r=16)",
+                      "quantize(activations=int8) + token_merge(r=8)"]  # in the order the host plans them
+
+
 # -- end to end --------------------------------------------------------------------------------
 def test_a_search_picks_within_budget_saves_the_pick_and_reports_once_on_test(digits, tmp_path):
     result = small(digits[0], tmp_path / "out", trials=8)
@@ -159,7 +174,7 @@ def test_the_same_seed_proposes_the_same_candidates(digits, tmp_path):
     keys = [json.loads((tmp_path / name / CACHE_FILE).read_text())["trials"] for name in ("a", "b")]
     assert keys[0] == keys[1] and len(keys[0]) == 16
     assert [c["label"] for c in first.candidates] == [c["label"] for c in second.candidates]
-    assert any("+" in c["label"] for c in first.candidates)  # the sampler went on to combinations
+    assert any("+" in c["label"] for c in first.candidates)
     small(digits[0], tmp_path / "c", trials=16, seed=1)
     other = json.loads((tmp_path / "c" / CACHE_FILE).read_text())["trials"]
     assert other[:9] == keys[0][:9] and other != keys[0]  # the same starting points, then other proposals

@@ -3,7 +3,8 @@
 Optuna's TPE sampler (multi-objective: the objective's cost ratio down, accuracy up; the budgets as
 its constraints) proposes candidates from the space the installed methods declare
 (:mod:`surgery.recipe_search.space`); each is measured, never predicted (:mod:`surgery.recipe_search.trial`). The
-training-free methods alone, at each declared value, go first; then the sampler, seeded per trial
+training-free methods alone, at each declared value, go first; then pairs of the points on their
+front whose methods compose (:func:`_compositions`); then the sampler, seeded per trial
 (so a resumed search proposes what the uninterrupted one would have). Methods that need recovery
 are fine-tuned briefly (``recover_epochs``, distillation from the original, optionally LoRA) only
 when their measured cost is within budget and no measured point already holds the original's
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import tempfile
 import time
 import warnings
@@ -136,7 +138,6 @@ def _run(space: Space, cache: Cache, bench: Bench, budget: Budget, trials: int, 
     original_accuracy = bench.accuracy
     study = optuna.create_study(directions=["minimize", "maximize"])
     cost = report.OBJECTIVES[budget.objective]
-    by_key = {}
 
     def tell_values(record):
         if record.get(cost) is None or record.get("accuracy") is None:
@@ -152,10 +153,11 @@ def _run(space: Space, cache: Cache, bench: Bench, budget: Budget, trials: int, 
             params=params, distributions=space.distributions(params), values=values,
             state=optuna.trial.TrialState.COMPLETE if values else optuna.trial.TrialState.FAIL,
             constraints=budget.violations(record, original_accuracy) if values else None))
-        by_key[key] = candidate
-    for candidate in space.starting_points():
+    starting = space.starting_points()
+    for candidate in starting:
         if candidate.key not in cache.measured:
             study.enqueue_trial(space.params(candidate), skip_if_exists=False)
+    composed = False
     recovery_fn = _recovery(bench, recover_epochs, lora, recovery) if recover_epochs else None
 
     def worth_recovering(record):
@@ -176,6 +178,11 @@ def _run(space: Space, cache: Cache, bench: Bench, budget: Budget, trials: int, 
         if time_budget is not None and time.perf_counter() - started > time_budget * 60:
             log(f"search: the time budget ({time_budget:g} min) is spent after {len(cache.trials)} trial(s)")
             break
+        if not composed and all(c.key in cache.measured for c in starting):
+            composed = True
+            for candidate in _compositions(space, [cache.measured[c.key] for c in starting], budget.objective):
+                if candidate.key not in cache.measured:
+                    study.enqueue_trial(space.params(candidate), skip_if_exists=False)
         with warnings.catch_warnings():  # group and multivariate are marked experimental
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.sampler = optuna.samplers.TPESampler(seed=seed * 100_003 + len(cache.trials), n_startup_trials=10,
@@ -199,6 +206,25 @@ def _run(space: Space, cache: Cache, bench: Bench, budget: Budget, trials: int, 
         bar.set_postfix_str((f"best {best['label'][:40]} {best[cost]:.2f}x {best['accuracy']:.1%}" if best else "none within budget") + left)
     bar.close()
     return list(cache.measured.values())
+
+
+def _compositions(space: Space, singles: list[dict[str, Any]], objective: str, limit: int = 8) -> list:
+    """Pairs of the methods on the front of the single-method starting points, each at its value on
+    that front, where the two compose: the cheapest products of their cost ratios first. The sampler
+    would find them too, but a pair of front points is the likeliest way past what either reaches
+    alone, so they are measured before the sampler takes over."""
+    from surgery.recipe_search.space import SEP
+
+    cost = report.OBJECTIVES[objective]
+    pairs = []
+    for a, b in itertools.combinations(report.front(singles, objective), 2):
+        (first, first_options), (second, second_options) = a["steps"][0], b["steps"][0]
+        combo = SEP.join(sorted((first, second)))
+        if first == second or combo not in space.combos:
+            continue
+        values = {**{f"{first}.{k}": v for k, v in first_options.items()}, **{f"{second}.{k}": v for k, v in second_options.items()}}
+        pairs.append((a[cost] * b[cost], len(pairs), space.candidate(combo, values)))
+    return [candidate for _, _, candidate in sorted(pairs, key=lambda p: p[:2])][:limit]
 
 
 def _combo_size(space: Space, combo: str) -> int:
