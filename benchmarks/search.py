@@ -66,6 +66,17 @@ def hand_written(folder: Path, task: str, runtime: str, batch: int, repeats: int
     return rows, bench.accuracy, original_test
 
 
+def row(entry: dict) -> list[str]:
+    chosen, test, best = entry["pick"], entry["pick_test"], entry["best_hand_written"]
+    return [entry["model"], entry["runtime"], f"{entry['latency_budget']:g}x",
+            chosen["label"] if chosen else "none fits (closest: " + entry["message"].split("closest: ")[-1] + ")",
+            f"{chosen['latency_ratio']:.2f}x" if chosen else "-",
+            f"{test['pick']:.2%} ({test['difference']}, p {test['mcnemar_p']})" if test else "-",
+            best["label"] if best else "none fits", f"{best['latency_ratio']:.2f}x" if best else "-",
+            f"{best['test_accuracy']:.2%}" if best else "-", f"{entry['original_test']:.2%}",
+            f"{entry['seconds']:.0f} s ({entry['candidates']})"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--models", nargs="+", default=["digits-vit"], choices=list(MODELS))
@@ -75,7 +86,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    results, lines = [], []
+    results = []
     for model_name in args.models:
         task, arch = MODELS[model_name]
         folder = default_model(arch, task_name=task)
@@ -93,17 +104,15 @@ def main() -> None:
                      "candidates": len(result.candidates), "pick": chosen and {k: chosen[k] for k in ("label", "latency_ratio", "accuracy")},
                      "pick_test": result.test, "message": result.message, "original_test": original_test,
                      "hand_written": [{k: r.get(k) for k in ("label", "status", "latency_ratio", "accuracy", "test_accuracy")} for r in rows],
-                     "best_hand_written": best and best["label"]}
+                     "best_hand_written": best and {k: best.get(k) for k in ("label", "latency_ratio", "test_accuracy")},
+                     "settings": {"trials": args.trials, "batch_size": args.batch_size, "repeats": args.repeats}}
             results.append(entry)
-            lines.append([model_name, runtime, f"{latency:g}x",
-                          f"{chosen['label']}" if chosen else "none fits (" + result.message.split("closest: ")[-1] + ")",
-                          f"{chosen['latency_ratio']:.2f}x" if chosen else "-",
-                          f"{result.test['pick']:.2%} ({result.test['difference']}, p {result.test['mcnemar_p']})" if result.test else "-",
-                          best["label"] if best else "none fits",
-                          f"{best['latency_ratio']:.2f}x" if best else "-",
-                          f"{best['test_accuracy']:.2%}" if best else "-",
-                          f"{original_test:.2%}", f"{seconds:.0f} s ({len(result.candidates)})"])
-            print("   ", lines[-1], flush=True)
+            print("   ", row(entry), flush=True)
+    # models not run this time keep their rows from the last run (each row says its own settings)
+    path = RESULTS / "search.json"
+    earlier = json.loads(path.read_text()) if path.exists() else []
+    results = [e for e in earlier if e["model"] not in args.models] + results
+    results.sort(key=lambda e: (list(MODELS).index(e["model"]), [s[0] for s in SETTINGS].index(e["runtime"]), -e["latency_budget"]))
     header = ["model", "runtime", "latency budget", "search's pick", "pick latency", "pick test accuracy (vs original, p)",
               "best hand-written row within budget", "its latency", "its test accuracy", "original test accuracy",
               "search wall time (candidates)"]
@@ -111,9 +120,9 @@ def main() -> None:
             f"{args.repeats} timed repeats per candidate, beside the proof table's training-free rows measured the same way in "
             "the same process (exported, timed in turns with the original; accuracy in the runtime). Latency ratios are to the "
             "original in the same runtime. Test accuracy: the pick's and each row's, measured once.\n\n"
-            + markdown_table(header, lines))
+            + markdown_table(header, [row(e) for e in results]))
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "search.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
+    path.write_text(json.dumps(results, indent=1, default=str) + "\n")
     write_report("search", "Recipe search on the built-in models, beside the hand-written rows", body)
 
 

@@ -29,11 +29,11 @@ def quiet(*_):
     pass
 
 
-def small(folder, output=None, **options):
+def small(folder, output=None, data="digits", **options):
     settings = dict(runtime="torch", objective="flops", flops=0.9, max_drop=5.0, trials=6, repeats=1, progress=False,
                     include=["token_merge", "quantize"], output=output, log=quiet)
     settings.update(options)
-    return surgery.search(folder, "digits", **settings)
+    return surgery.search(folder, data, **settings)
 
 
 # -- the space --------------------------------------------------------------------------------
@@ -150,6 +150,8 @@ def test_a_search_picks_within_budget_saves_the_pick_and_reports_once_on_test(di
     assert chosen is not None and chosen["status"] == "ok"
     assert chosen["flops_ratio"] <= 0.9 and (result.original["accuracy"] - chosen["accuracy"]) * 100 <= 5.0
     assert chosen in result.front
+    int8 = next(c for c in result.candidates if c["label"] == "quantize(activations=int8)")
+    assert int8["size_ratio"] < 0.7  # the saved checkpoint's bytes: int8 weights, no observer state
     out = tmp_path / "out"
     saved = json.loads((out / "search.json").read_text())
     assert saved["chosen"]["label"] == chosen["label"] and len(saved["candidates"]) == len(result.candidates)
@@ -168,25 +170,25 @@ def test_a_search_picks_within_budget_saves_the_pick_and_reports_once_on_test(di
 
 
 def test_the_same_seed_proposes_the_same_candidates(digits, tmp_path):
-    # 9 starting points (token_merge alone at 7 values, quantize alone at 2), then 7 proposals of the sampler
-    first = small(digits[0], tmp_path / "a", trials=16)
-    second = small(digits[0], tmp_path / "b", trials=16)
+    # 11 starting points (token_merge alone at 9 values, quantize alone at 2), then pairs and the sampler's proposals
+    first = small(digits[0], tmp_path / "a", trials=20)
+    second = small(digits[0], tmp_path / "b", trials=20)
     keys = [json.loads((tmp_path / name / CACHE_FILE).read_text())["trials"] for name in ("a", "b")]
-    assert keys[0] == keys[1] and len(keys[0]) == 16
+    assert keys[0] == keys[1] and len(keys[0]) == 20
     assert [c["label"] for c in first.candidates] == [c["label"] for c in second.candidates]
     assert any("+" in c["label"] for c in first.candidates)
-    small(digits[0], tmp_path / "c", trials=16, seed=1)
+    small(digits[0], tmp_path / "c", trials=20, seed=1)
     other = json.loads((tmp_path / "c" / CACHE_FILE).read_text())["trials"]
-    assert other[:9] == keys[0][:9] and other != keys[0]  # the same starting points, then other proposals
+    assert other[:11] == keys[0][:11] and other != keys[0]  # the same starting points, then other proposals
 
 
 def test_a_killed_search_resumes_measures_nothing_twice_and_reaches_the_same_front(digits, tmp_path, monkeypatch):
     whole = small(digits[0], tmp_path / "whole", trials=16)
     measure, calls = Bench.measure, []
 
-    def dying(self, candidate, *args):  # killed while measuring the 12th candidate, after the sampler took over
+    def dying(self, candidate, *args):  # killed while measuring the 13th candidate, after the starting points
         calls.append(candidate.key)
-        if len(calls) == 12:
+        if len(calls) == 13:
             raise KeyboardInterrupt
         return measure(self, candidate, *args)
 
@@ -194,13 +196,13 @@ def test_a_killed_search_resumes_measures_nothing_twice_and_reaches_the_same_fro
     with pytest.raises(KeyboardInterrupt):
         small(digits[0], tmp_path / "killed", trials=16)
     cached = json.loads((tmp_path / "killed" / CACHE_FILE).read_text())
-    assert len(cached["measured"]) == 11
+    assert len(cached["measured"]) == 12
     monkeypatch.setattr(Bench, "measure", measure)
     measured_again = []
     monkeypatch.setattr(Bench, "measure", lambda self, c, *a: measured_again.append(c.key) or measure(self, c, *a))
     lines = []
     resumed = small(digits[0], tmp_path / "killed", trials=16, log=lines.append)
-    assert any("resuming from" in line and "11 candidate(s) measured" in line for line in lines)
+    assert any("resuming from" in line and "12 candidate(s) measured" in line for line in lines)
     *searched, rebuilt = measured_again  # the last one builds the pick again, to save it
     assert not set(searched) & set(cached["measured"])
     assert json.loads(rebuilt) == resumed.chosen["steps"]
@@ -233,7 +235,7 @@ def test_methods_that_need_recovery_are_recovered_only_when_they_can_reach_the_f
     assert record["needs_recovery"] and record["recovered"] and record["recovery"]["epochs"] == 1
     assert record["accuracy"] != record["accuracy_before_recovery"]  # ggem's readout was trained
     # token_merge r=2 (measured first: training-free) holds the original's accuracy at fewer FLOPs
-    skipped = small(digits[0], None, include=["ggem", "token_merge"], flops=None, max_drop=50.0, trials=8, recover_epochs=1)
+    skipped = small(digits[0], None, include=["ggem", "token_merge"], flops=None, max_drop=50.0, trials=10, recover_epochs=1)
     ggem = next(r for r in skipped.candidates if r["label"] == "ggem")
     merge = next(r for r in skipped.candidates if r["label"] == "token_merge(r=2)")
     assert merge["accuracy"] >= skipped.original["accuracy"]
@@ -242,6 +244,28 @@ def test_methods_that_need_recovery_are_recovered_only_when_they_can_reach_the_f
     assert off.candidates[0]["status"] == "not recovered" and off.candidates[0]["reason"] == "recovery is off (recover_epochs=0)"
     with pytest.raises(ConfigError, match=r"recover_epochs needs a 'train' split"):
         surgery.search(digits[0], {"validation": (digits[2], digits[3])}, recover_epochs=1, log=quiet)
+
+
+def test_a_local_imagefolder_is_searched_through_the_models_processor(digits, tmp_path):
+    from surgery.data.digits import digits_splits
+    from surgery.data.tasks import task_tensors
+
+    folder = digits[0]
+    for split in ("validation", "test"):
+        chosen = digits_splits()[split]
+        for index in range(40):
+            target = tmp_path / "data" / split / str(chosen.labels[index])
+            target.mkdir(parents=True, exist_ok=True)
+            chosen.images[index].save(target / f"{index}.png")
+    result = small(folder, None, data=str(tmp_path / "data"), trials=2, include=["token_merge"], flops=0.95)
+    x, y = task_tensors(folder, "validation", "digits", limit=40)
+    from surgery.evaluation.accuracy import predict_logits
+
+    expected = (predict_logits(surgery.load(folder), x).argmax(-1) == y).numpy()
+    # the same 40 images (the imagefolder lists them by class folder), labels mapped by name
+    assert unpack(result.original["correct"], 40).sum() == expected.sum()
+    assert result.original["accuracy"] == pytest.approx(expected.mean())
+    assert result.test is None or result.test["images"] == 40
 
 
 def test_onnx_runtime_candidates_are_exported_checked_and_timed(digits, tmp_path):

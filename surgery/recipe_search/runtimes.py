@@ -72,13 +72,16 @@ def correct(run: Compiled, pixel_values: torch.Tensor, labels: torch.Tensor, bat
     return np.concatenate(hits) if hits else np.zeros(0, bool)
 
 
-def size_bytes(model: torch.nn.Module) -> int:
-    """Bytes of the model's state (what its safetensors file holds, less the header): int8 and
-    bit-packed weights count at their stored size."""
-    seen, total = set(), 0
-    for tensor in model.state_dict().values():
-        if tensor.data_ptr() in seen and tensor.numel():
-            continue
-        seen.add(tensor.data_ptr())
-        total += tensor.numel() * tensor.element_size()
-    return total
+def size_bytes(model: torch.nn.Module, folder: Path) -> int:
+    """Bytes of the model's checkpoint, saved under ``folder`` as surgery saves it (safetensors: int8
+    and bit-packed weights at their stored size, calibration-only state such as observers' histograms
+    left out)."""
+    import shutil
+
+    from surgery.checkpoint.saving import save
+
+    shutil.rmtree(folder, ignore_errors=True)
+    save(model, folder)
+    size = sum(path.stat().st_size for path in folder.glob("*.safetensors"))
+    shutil.rmtree(folder, ignore_errors=True)
+    return size

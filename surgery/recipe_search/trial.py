@@ -2,7 +2,7 @@
 the original, and (for methods that need it) recover it briefly when it can reach the front.
 
 A record holds the candidate's recipe, its status, its cost as ratios to the original (latency in the
-runtime, FLOPs from torch's counter at batch 1, size of the state in bytes), its accuracy on the
+runtime, FLOPs from torch's counter at batch 1, size of the saved checkpoint), its accuracy on the
 search split with the right/wrong answer of every image (packed, for paired statistics), the
 export's parity figure, and the seconds it took. Statuses:
 
@@ -60,7 +60,7 @@ class Bench:
         self.timing_batch = torch.randn(batch_size, config.num_channels, side, side, generator=generator).numpy()
         self.run_original, _ = compile_for(original, runtime, workdir / "original")
         self.flops = model_flops(original, torch.from_numpy(self.timing_batch[:1]))
-        self.bytes = size_bytes(original)
+        self.bytes = size_bytes(original, workdir / "size")
         self.correct = correct(self.run_original, *data.search)
         self.accuracy = float(self.correct.mean())
 
@@ -83,8 +83,8 @@ class Bench:
             return _done(record, started, "refused", error), None
         model.eval()
         record["flops_ratio"] = model_flops(model, torch.from_numpy(self.timing_batch[:1])) / self.flops
-        record["size_ratio"] = size_bytes(model) / self.bytes
-        record["size_mb"] = size_bytes(model) / 1e6
+        size = size_bytes(model, self.workdir / "size")
+        record["size_ratio"], record["size_mb"] = size / self.bytes, size / 1e6
         try:
             run, info = compile_for(model, self.runtime, self.workdir / "candidate")
         except SurgeryError as error:
