@@ -108,11 +108,18 @@ def main() -> None:
                      "settings": {"trials": args.trials, "batch_size": args.batch_size, "repeats": args.repeats}}
             results.append(entry)
             print("   ", row(entry), flush=True)
-    # models not run this time keep their rows from the last run (each row says its own settings)
+            write(results, args)  # after every row: a stopped run keeps what it measured
+    write(results, args)
+
+
+def write(results: list[dict], args: argparse.Namespace) -> None:
+    """search.json and search.md; models not run this time keep their rows from the last run."""
     path = RESULTS / "search.json"
     earlier = json.loads(path.read_text()) if path.exists() else []
-    results = [e for e in earlier if e["model"] not in args.models] + results
-    results.sort(key=lambda e: (list(MODELS).index(e["model"]), [s[0] for s in SETTINGS].index(e["runtime"]), -e["latency_budget"]))
+    done = {(e["model"], e["runtime"], e["latency_budget"]) for e in results}
+    merged = [e for e in earlier if (e["model"], e["runtime"], e["latency_budget"]) not in done and e["model"] not in args.models]
+    merged = merged + results
+    merged.sort(key=lambda e: (list(MODELS).index(e["model"]), [s[0] for s in SETTINGS].index(e["runtime"]), -e["latency_budget"]))
     header = ["model", "runtime", "latency budget", "search's pick", "pick latency", "pick test accuracy (vs original, p)",
               "best hand-written row within budget", "its latency", "its test accuracy", "original test accuracy",
               "search wall time (candidates)"]
@@ -120,9 +127,9 @@ def main() -> None:
             f"{args.repeats} timed repeats per candidate, beside the proof table's training-free rows measured the same way in "
             "the same process (exported, timed in turns with the original; accuracy in the runtime). Latency ratios are to the "
             "original in the same runtime. Test accuracy: the pick's and each row's, measured once.\n\n"
-            + markdown_table(header, [row(e) for e in results]))
+            + markdown_table(header, [row(e) for e in merged]))
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=1, default=str) + "\n")
+    path.write_text(json.dumps(merged, indent=1, default=str) + "\n")
     write_report("search", "Recipe search on the built-in models, beside the hand-written rows", body)
 
 
