@@ -20,7 +20,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from surgery.errors import ConfigError
+from surgery.errors import ConfigError, did_you_mean
 
 SCALARS = (type(None), bool, int, float, str)
 
@@ -47,8 +47,6 @@ class SearchSpace:
         fields = [f.name for f in dataclasses.fields(config_class)]
         for name, values in self.options.items():
             if name not in fields:
-                from surgery.errors import did_you_mean
-
                 raise ConfigError(f"method '{method}': its search space names the option '{name}', which "
                                   f"{config_class.__name__} lacks; options: {', '.join(fields)}." + did_you_mean(name, fields))
             for value in values:

@@ -28,13 +28,14 @@ from tqdm.auto import tqdm
 
 from surgery.checkpoint.loading import load
 from surgery.errors import ConfigError
+from surgery.evaluation.measure import image_side
 from surgery.evaluation.paired import bootstrap_difference, format_p, mcnemar
 from surgery.recipe_search import report
 from surgery.recipe_search.cache import Cache, machine, model_digest, tensor_digest
 from surgery.recipe_search.data import resolve
 from surgery.recipe_search.report import Budget
 from surgery.recipe_search.runtimes import check_runtime, compile_for, correct
-from surgery.recipe_search.space import Space
+from surgery.recipe_search.space import SEP, Space
 from surgery.recipe_search.trial import Bench, unpack
 
 
@@ -77,7 +78,7 @@ def search(model: Any, data: Any = "digits", *, runtime: str = "torch", latency:
     folder = Path(model) if isinstance(model, (str, Path)) else None
     original = load(folder) if folder is not None else copy.deepcopy(model)
     original.eval()
-    side = original.config.image_size if isinstance(original.config.image_size, int) else original.config.image_size[0]
+    side = image_side(original.config)
     if image_size is not None and image_size != side:
         raise ConfigError(f"search: 'image_size' got {image_size}, but the model is built for {side} px (exports fix the "
                           f"image size and the position embeddings); search at {side}, or resize the model first")
@@ -146,7 +147,7 @@ def _run(space: Space, cache: Cache, bench: Bench, budget: Budget, trials: int, 
 
     for key in cache.trials:  # replay, in order
         record = cache.measured[key]
-        candidate = _candidate_of(space, record)
+        candidate = space.from_steps(record["steps"])
         params = space.params(candidate)
         values = tell_values(record)
         study.add_trial(optuna.trial.create_trial(
@@ -213,8 +214,6 @@ def _compositions(space: Space, singles: list[dict[str, Any]], objective: str, l
     that front, where the two compose: the cheapest products of their cost ratios first. The sampler
     would find them too, but a pair of front points is the likeliest way past what either reaches
     alone, so they are measured before the sampler takes over."""
-    from surgery.recipe_search.space import SEP
-
     cost = report.OBJECTIVES[objective]
     pairs = []
     for a, b in itertools.combinations(report.front(singles, objective), 2):
@@ -232,15 +231,6 @@ def _combo_size(space: Space, combo: str) -> int:
     for name in space.combos[combo]:
         count *= space.methods[name].search.size()
     return count
-
-
-def _candidate_of(space: Space, record: dict[str, Any]):
-    from surgery.recipe_search.space import SEP
-
-    steps = record["steps"]
-    combo = SEP.join(sorted(p for p, _ in steps))
-    values = {f"{p}.{k}": v for p, options in steps for k, v in options.items()}
-    return space.candidate(combo, values)
 
 
 def _summary(space: Space, cache: Cache, bench: Bench, budget: Budget, settings: dict[str, Any], data, started: float) -> dict[str, Any]:
@@ -266,7 +256,7 @@ def _rebuild(chosen: dict[str, Any], original: nn.Module, bench: Bench, data, sp
              recovery: dict[str, Any] | None, log) -> tuple[nn.Module, dict[str, Any] | None]:
     """The pick built again (recovered again, with the same seed), checked against its record, and
     its test accuracy beside the original's (once)."""
-    candidate = _candidate_of(space, chosen)
+    candidate = space.from_steps(chosen["steps"])
     recovery_fn = _recovery(bench, recover_epochs, lora, recovery) if chosen.get("recovered") else None
     record, model = bench.measure(candidate, recovery_fn, lambda r: None)
     searched = unpack(chosen["correct"], len(data.search[1]))

@@ -109,6 +109,11 @@ class Space:
                       for name in order)
         return Candidate(steps, self.needs_recovery(order))
 
+    def from_steps(self, steps: Sequence[Sequence[Any]]) -> Candidate:
+        """The candidate of a record's ``[[plugin, {option: value}], ...]`` (as the cache keeps it)."""
+        combo = SEP.join(sorted(plugin for plugin, _ in steps))
+        return self.candidate(combo, {f"{plugin}.{k}": v for plugin, options in steps for k, v in options.items()})
+
     def suggest(self, trial: Any) -> Candidate:
         """Ask an Optuna trial for a set of methods, then for each chosen method's options (by the
         value's position among the declared ones, so any JSON value can be declared)."""

@@ -33,6 +33,7 @@ from surgery.core.apply import apply
 from surgery.core.host import get_host
 from surgery.errors import SurgeryError
 from surgery.evaluation.flops import model_flops
+from surgery.evaluation.measure import image_side
 from surgery.evaluation.timing import time_side_by_side
 from surgery.recipe_search.runtimes import compile_for, correct, size_bytes
 from surgery.recipe_search.space import Candidate
@@ -55,7 +56,7 @@ class Bench:
         self.drop_slower = drop_slower
         self.workdir = workdir
         config = original.config
-        side = config.image_size if isinstance(config.image_size, int) else config.image_size[0]
+        side = image_side(config)
         generator = torch.Generator().manual_seed(seed)
         self.timing_batch = torch.randn(batch_size, config.num_channels, side, side, generator=generator).numpy()
         self.run_original, _ = compile_for(original, runtime, workdir / "original")
