@@ -108,6 +108,22 @@ def test_refusals_name_the_field_the_value_and_what_is_allowed(digits):
         surgery.search(folder, {"test": digits[2:]}, log=quiet)
 
 
+def test_include_exclude_and_max_steps_narrow_the_space():
+    model = tiny("vit")
+    narrowed = Space.build(model, max_steps=1, include=["token_merge", "quantize"], exclude=["quantize"])
+    assert list(narrowed.methods) == ["token_merge"] and list(narrowed.combos) == ["token_merge"]
+    assert all("+" not in combo for combo in Space.build(model, max_steps=1).combos)
+    with pytest.raises(ConfigError, match=r"search: max_steps must be at least 1, got 0"):
+        Space.build(model, max_steps=0)
+
+
+def test_a_spent_time_budget_stops_before_the_next_trial(digits):
+    lines = []
+    result = small(digits[0], None, time_budget=0.0, log=lines.append)
+    assert "search: the time budget (0 min) is spent after 0 trial(s)" in lines and result.candidates == []
+    assert result.chosen is None and "none was measured" in result.message
+
+
 # -- budgets, front, pick ----------------------------------------------------------------------
 def _record(label, cost, accuracy, status="ok"):
     return {"label": label, "status": status, "latency_ratio": cost, "flops_ratio": cost, "size_ratio": cost, "accuracy": accuracy}
