@@ -17,7 +17,7 @@ from surgery.evaluation.accuracy import accuracy, predict_logits
 from surgery.publish.export import export, run_onnx, run_openvino
 from surgery.plugins.quantize.layers import QuantLinear
 
-from conftest import ARCHS, images, tiny
+from conftest import ARCHS, images, supported, tiny
 
 
 def batches(count=3, seed=0):
@@ -196,3 +196,50 @@ def test_the_int8_onnx_export_is_exact_and_records_the_cpu(digits, tmp_path):
     close = np.abs(got - want).max(-1) < 1e-4
     assert close.mean() >= 0.99, (report["cpu"], int((~close).sum()), np.abs(got - want).max())
     assert (got.argmax(-1) == want.argmax(-1)).all()
+
+
+def _quantized_and_float(model):
+    quantized = {name for name, m in model.named_modules() if isinstance(m, QuantLinear)}
+    linears = {name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    return quantized, linears
+
+
+@pytest.mark.parametrize("arch", supported("quantize"))
+def test_float_blocks_and_roles_keep_those_linears_float_and_reload_exactly(arch, tmp_path):
+    original = tiny(arch)
+    anatomy = surgery.get_host().anatomy(original.config.model_type)
+    blocks = [name for name, _ in anatomy.find(original, "block")]
+    all_linears = {name for name, _ in anatomy.find_group(original, "linears")}
+    out_role = {name for name, _ in anatomy.find(original, "mlp_out")}
+    kept = {n for n in all_linears if n.startswith(blocks[0] + ".")} | out_role
+    options = {"float_blocks": [-len(blocks)], "float_roles": ["mlp_out"]}  # the first block, counted from the end
+    model = surgery.apply(tiny(arch), [("quantize", options)], calibration=batches())
+    quantized, floats = _quantized_and_float(model)
+    assert quantized == all_linears - kept and kept <= floats
+    # the first block stays float: its output is the original's, bit for bit
+    seen = {}
+    hooks = [m.get_submodule(blocks[0]).register_forward_hook(lambda mod, i, o, key=key: seen.__setitem__(key, o[0] if isinstance(o, tuple) else o))
+             for key, m in (("original", original), ("quantized", model))]
+    x = images()
+    original(pixel_values=x), model(pixel_values=x)
+    for hook in hooks:
+        hook.remove()
+    assert torch.equal(seen["original"], seen["quantized"])
+    model.save_pretrained(tmp_path)
+    assert torch.equal(surgery.load(tmp_path)(pixel_values=x).logits, model(pixel_values=x).logits)
+    surgery.revert(model)
+    assert torch.equal(model(pixel_values=x).logits, original(pixel_values=x).logits)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"float_blocks": [2]}, r"quantize: option 'float_blocks' got \(2,\); allowed: block indices from -2 to 1 \(this model has 2 blocks\)"),
+    ({"float_roles": ["qkv"]}, r"option 'float_roles' got \('qkv',\); allowed: roles of this model's linears: query, key, value, attn_output, mlp_in, mlp_out"),
+    ({"float_roles": ["mlp-out"]}, r"option 'float_roles' got \['mlp-out'\]"),
+    ({"float_blocks": [0, 1]}, r"allowed: choices that leave at least one of the \d+ linears to quantize"),
+])
+def test_float_choices_that_cannot_apply_are_refused_and_leave_the_model_as_it_was(options, message):
+    model = tiny("vit")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ConfigError, match=message):
+        surgery.apply(model, [("quantize", options)], calibration=batches())
+    assert surgery.history(model) == [] and all(torch.equal(before[k], v) for k, v in model.state_dict().items())

@@ -144,6 +144,9 @@ def test_the_front_and_the_pick_follow_the_budget():
         {"latency_ratio": 0.1, "accuracy_drop": 4.0})
 
 
+FLOAT = {"float_blocks": [], "float_roles": []}  # quantize's per-layer choices: every linear int8
+
+
 def test_pairs_of_front_points_whose_methods_compose_are_measured_next():
     from surgery.recipe_search.runner import _compositions
 
@@ -151,8 +154,8 @@ def test_pairs_of_front_points_whose_methods_compose_are_measured_next():
     singles = [dict(_record("m8", 0.7, 0.95), steps=[["token_merge", {"r": 8}]]),
                dict(_record("m16", 0.5, 0.94), steps=[["token_merge", {"r": 16}]]),
                dict(_record("p", 0.45, 0.93), steps=[["token_prune", {"flops": 0.5}]]),
-               dict(_record("q", 0.8, 0.96), steps=[["quantize", {"activations": "int8"}]]),
-               dict(_record("worse", 0.9, 0.90), steps=[["quantize", {"activations": "none"}]])]  # off the front
+               dict(_record("q", 0.8, 0.96), steps=[["quantize", {"activations": "int8", **FLOAT}]]),
+               dict(_record("worse", 0.9, 0.90), steps=[["quantize", {"activations": "none", **FLOAT}]])]  # off the front
     labels = [c.label for c in _compositions(space, singles, "latency")]
     # token_merge and token_prune declare a conflict, and a method never pairs with itself
     assert labels == ["quantize(activations=int8) + token_prune(flops=0.5)", "quantize(activations=int8) + token_merge(r=16)",
@@ -186,7 +189,7 @@ def test_a_search_picks_within_budget_saves_the_pick_and_reports_once_on_test(di
 
 
 def test_the_same_seed_proposes_the_same_candidates(digits, tmp_path):
-    # 11 starting points (token_merge alone at 9 values, quantize alone at 2), then pairs and the sampler's proposals
+    # 14 starting points (token_merge alone at 9 values, quantize's 3 options swept: 5), then pairs and the sampler's proposals
     first = small(digits[0], tmp_path / "a", trials=20)
     second = small(digits[0], tmp_path / "b", trials=20)
     keys = [json.loads((tmp_path / name / CACHE_FILE).read_text())["trials"] for name in ("a", "b")]
@@ -195,30 +198,30 @@ def test_the_same_seed_proposes_the_same_candidates(digits, tmp_path):
     assert any("+" in c["label"] for c in first.candidates)
     small(digits[0], tmp_path / "c", trials=20, seed=1)
     other = json.loads((tmp_path / "c" / CACHE_FILE).read_text())["trials"]
-    assert other[:11] == keys[0][:11] and other != keys[0]  # the same starting points, then other proposals
+    assert other[:14] == keys[0][:14] and other != keys[0]  # the same starting points, then other proposals
 
 
 def test_a_killed_search_resumes_measures_nothing_twice_and_reaches_the_same_front(digits, tmp_path, monkeypatch):
-    whole = small(digits[0], tmp_path / "whole", trials=16)
+    whole = small(digits[0], tmp_path / "whole", trials=18)
     measure, calls = Bench.measure, []
 
-    def dying(self, candidate, *args):  # killed while measuring the 13th candidate, after the starting points
+    def dying(self, candidate, *args):  # killed while measuring the 16th candidate, after the starting points
         calls.append(candidate.key)
-        if len(calls) == 13:
+        if len(calls) == 16:
             raise KeyboardInterrupt
         return measure(self, candidate, *args)
 
     monkeypatch.setattr(Bench, "measure", dying)
     with pytest.raises(KeyboardInterrupt):
-        small(digits[0], tmp_path / "killed", trials=16)
+        small(digits[0], tmp_path / "killed", trials=18)
     cached = json.loads((tmp_path / "killed" / CACHE_FILE).read_text())
-    assert len(cached["measured"]) == 12
+    assert len(cached["measured"]) == 15
     monkeypatch.setattr(Bench, "measure", measure)
     measured_again = []
     monkeypatch.setattr(Bench, "measure", lambda self, c, *a: measured_again.append(c.key) or measure(self, c, *a))
     lines = []
-    resumed = small(digits[0], tmp_path / "killed", trials=16, log=lines.append)
-    assert any("resuming from" in line and "12 candidate(s) measured" in line for line in lines)
+    resumed = small(digits[0], tmp_path / "killed", trials=18, log=lines.append)
+    assert any("resuming from" in line and "15 candidate(s) measured" in line for line in lines), lines
     *searched, rebuilt = measured_again  # the last one builds the pick again, to save it
     assert not set(searched) & set(cached["measured"])
     assert json.loads(rebuilt) == resumed.chosen["steps"]

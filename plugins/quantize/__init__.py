@@ -4,7 +4,9 @@ Per-channel symmetric int8 weights and per-tensor uint8 activations calibrated w
 observers (``torch.ao.quantization``); simulated with fake-quant while calibrating and training,
 executed in int8 at inference in PyTorch (oneDNN's int8 kernels, ``engine.py``) and by ONNX Runtime
 and OpenVINO after export (QuantizeLinear/DequantizeLinear). Checkpoints store int8 weights with
-their scales. Training-free; reversible.
+their scales. ``float_blocks`` and ``float_roles`` keep chosen linears float (the per-layer choice of
+NNCF's accuracy control, made here by the recipe search's measurements, not by a ranking).
+Training-free; reversible.
 """
 
 from __future__ import annotations
@@ -27,7 +29,10 @@ METHOD = define_method(
     conflicts={"bivit": "bivit's binary linears are already below 8 bits; quantize the float model or binarize it, not both"},
     paper="https://arxiv.org/abs/1712.05877",
     reference="torch.ao.quantization observers and fake-quant; ONNX QDQ format",
-    search=SearchSpace(options={"activations": ("int8", "none")}),
+    # which linears stay float is per-layer, as NNCF's accuracy control chooses it: the first or last
+    # block, or every block's MLP output linear
+    search=SearchSpace(options={"activations": ("int8", "none"), "float_blocks": ((), (0,), (-1,)),
+                                "float_roles": ((), ("mlp_out",))}),
 )
 
 

@@ -22,6 +22,12 @@ class QuantizeConfig(SurgeryConfig):
             exactly by every x86 int8 kernel; 8 ([0, 255]) saturates in the u8 x s8 instruction of
             CPUs without VNNI (AVX2, AVX-512 without VNNI), so ONNX Runtime's results drift there.
             Recipes saved before this option existed used 8 and reload with 8.
+        float_blocks: blocks whose linears stay float (indices into the model's blocks in model
+            order, negative from the end: ``(0, -1)`` keeps the first and last block float).
+        float_roles: linear roles that stay float in every block (``("mlp_out",)``: the MLP's
+            second linear, whose GELU-output input has the widest range). Together these are the
+            per-layer choice NNCF's accuracy control makes by ranking layers; the recipe search
+            measures them (``search``). Names a role the model's layout lacks: an error at apply.
     """
 
     plugin: ClassVar[str] = "quantize"
@@ -31,6 +37,8 @@ class QuantizeConfig(SurgeryConfig):
     observer: Literal["histogram", "minmax"] = "histogram"
     calibration_batches: int = 8
     activation_bits: Literal[7, 8] = 7
+    float_blocks: tuple[int, ...] = ()
+    float_roles: tuple[Literal["query", "key", "value", "qkv", "attn_output", "mlp_in", "mlp_out"], ...] = ()
 
     def validate(self) -> None:
         if self.calibration_batches < 1:

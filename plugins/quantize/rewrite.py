@@ -20,10 +20,35 @@ from surgery.toolkit.modules import Changes, eval_mode
 
 
 def apply(model: nn.Module, config: QuantizeConfig, anatomy: Anatomy) -> Rewrite:
+    linears = anatomy.find_group(model, "linears")
+    kept = kept_float(model, config, anatomy, [name for name, _ in linears])
+    if len(kept) == len(linears):
+        raise config.invalid("float_blocks/float_roles", (config.float_blocks, config.float_roles),
+                             f"choices that leave at least one of the {len(linears)} linears to quantize")
     changes = Changes(model)
-    for name, old in anatomy.find_group(model, "linears"):
-        changes.replace(name, QuantLinear.from_linear(old, config.activations, config.observer, config.activation_bits))
+    for name, old in linears:
+        if name not in kept:
+            changes.replace(name, QuantLinear.from_linear(old, config.activations, config.observer, config.activation_bits))
     return changes.rewrite()
+
+
+def kept_float(model: nn.Module, config: QuantizeConfig, anatomy: Anatomy, linears: list[str]) -> set[str]:
+    """The names among ``linears`` that ``float_blocks`` and ``float_roles`` keep float."""
+    kept: set[str] = set()
+    if config.float_blocks:
+        blocks = [name for name, _ in anatomy.find(model, "block")]
+        count = len(blocks)
+        for index in config.float_blocks:
+            if not -count <= index < count:
+                raise config.invalid("float_blocks", config.float_blocks,
+                                     f"block indices from {-count} to {count - 1} (this model has {count} blocks)")
+            kept |= {name for name in linears if name.startswith(blocks[index] + ".")}
+    roles = anatomy.group(model, "linears")
+    for role in config.float_roles:
+        if role not in roles:
+            raise config.invalid("float_roles", config.float_roles, f"roles of this model's linears: {', '.join(roles)}")
+        kept |= {name for name, _ in anatomy.find(model, role)}
+    return kept
 
 
 def needs_data(config: QuantizeConfig) -> bool:

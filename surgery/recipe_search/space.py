@@ -43,9 +43,11 @@ class Candidate:
 
     @property
     def label(self) -> str:
-        """``token_merge(r=8) + quantize(activations=int8)``."""
+        """``token_merge(r=8) + quantize(activations=int8)``: options whose value is an empty list
+        (nothing chosen, e.g. no block kept float) are left out."""
+        shown = [(plugin, [(k, v) for k, v in options if v != []]) for plugin, options in self.steps]
         return " + ".join(plugin + (f"({', '.join(f'{k}={v}' for k, v in options)})" if options else "")
-                          for plugin, options in self.steps)
+                          for plugin, options in shown)
 
 
 @dataclasses.dataclass
@@ -141,23 +143,27 @@ class Space:
         return out
 
     def starting_points(self) -> list[Candidate]:
-        """Each training-free method alone at each of its declared values (measured first), then
-        each method that needs recovery alone at its first values."""
-        free, costly = [], []
+        """The training-free methods alone, measured first: each option swept over its declared
+        values while the others stay at their first (a sensitivity sweep; the sampler tries the
+        mixtures), taken round-robin across the methods so that a trial cap still reaches every
+        method; then each method that needs recovery alone at its first values."""
+        sweeps, costly = [], []
         for name, method in self.methods.items():
             if name not in self.combos:
                 continue
             options = method.search.options
-            settings = [dict(zip(options, values)) for values in itertools.product(*options.values())] or [{}]
+            first = {option: values[0] for option, values in options.items()}
+            settings = [first] + [{**first, option: value} for option, values in options.items() for value in values[1:]]
+            candidates = [self.candidate(name, {f"{name}.{k}": v for k, v in s.items()}) for s in settings]
             if method.search.needs_recovery:
-                costly.append(self.candidate(name, {f"{name}.{k}": v for k, v in settings[0].items()}))
+                costly.append(candidates[0])
             else:
-                free += [self.candidate(name, {f"{name}.{k}": v for k, v in s.items()}) for s in settings]
-        return free + costly
+                sweeps.append(candidates)
+        return [c for round_ in itertools.zip_longest(*sweeps) for c in round_ if c is not None] + costly
 
     def describe(self) -> dict[str, Any]:
         return {
-            "methods": {name: {"options": {k: list(v) for k, v in m.search.options.items()},
+            "methods": {name: {"options": {k: [_plain(value) for value in v] for k, v in m.search.options.items()},
                                "needs_recovery": m.search.needs_recovery, "version": m.version}
                         for name, m in self.methods.items()},
             "sets": {combo: list(order) for combo, order in self.combos.items()},
@@ -168,7 +174,7 @@ class Space:
 def _plain(value: Any) -> Any:
     """A declared value as JSON gives it back (tuples as lists), so a candidate's key never depends on
     whether it came from the declaration or from the cache."""
-    return list(value) if isinstance(value, tuple) else value
+    return json.loads(json.dumps(value))
 
 
 def _plan_reason(model: nn.Module, order: Sequence[str], methods: Mapping[str, SurgeryMethod]) -> str | None:
