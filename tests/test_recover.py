@@ -157,6 +157,23 @@ def test_warmup_without_new_parameters_is_refused():
         recover(student, teacher, noisy_data(), warmup_epochs=1, progress=False)
 
 
+def test_the_teacher_is_given_back_as_it_came_and_a_copy_of_it_recovers_the_same_twice():
+    student, teacher = pair()
+    teacher.train()
+    teacher.classifier.requires_grad_(False)  # the caller's own choice, kept
+    flags = {name: p.requires_grad for name, p in teacher.named_parameters()}
+    before = {name: p.clone() for name, p in teacher.state_dict().items()}
+    data = noisy_data()
+    first = copy.deepcopy(student)
+    recover(first, teacher, data, epochs=1, batch_size=8, progress=False)
+    assert {name: p.requires_grad for name, p in teacher.named_parameters()} == flags and teacher.training
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
+    second = copy.deepcopy(student)  # copied after a recovery used the teacher: nothing of it is frozen
+    recover(second, teacher, data, epochs=1, batch_size=8, progress=False)
+    x = images()
+    assert torch.equal(first(pixel_values=x).logits, second(pixel_values=x).logits)
+
+
 def test_labels_only_recovery_needs_no_teacher_but_says_so_when_distilling():
     student, _ = pair(steps=("ggem",))
     with pytest.raises(SurgeryError, match="distill_weight=0"):

@@ -265,6 +265,27 @@ def test_methods_that_need_recovery_are_recovered_only_when_they_can_reach_the_f
         surgery.search(digits[0], {"validation": (digits[2], digits[3])}, recover_epochs=1, log=quiet)
 
 
+def test_lora_recovery_inside_the_search_is_merged_recorded_and_saved_as_measured(digits, tmp_path):
+    from surgery.data.tasks import task_tensors
+    from surgery.evaluation.accuracy import predict_logits
+
+    result = small(digits[0], tmp_path / "out", include=["ggem"], flops=None, max_drop=100.0, trials=1, recover_epochs=1,
+                   lora="r=4,alpha=8")  # one epoch: the point is the plumbing, not the accuracy
+    (record,) = result.candidates
+    assert record["recovered"] and record["recovery"]["lora"]["r"] == 4 and record["recovery"]["lora"]["merge"] is True
+    assert result.chosen is not None and result.chosen["label"] == "ggem", result.message
+    reloaded = surgery.load(tmp_path / "out")  # merged: a plain surgery model, no PEFT layers
+    assert not any("lora_" in name for name, _ in reloaded.named_parameters())
+    x, y = task_tensors(tmp_path / "out", "validation", "digits")
+    assert (predict_logits(reloaded, x).argmax(-1) == y).numpy().tolist() == unpack(record["correct"], len(y)).tolist()
+    with pytest.raises(ConfigError, match=r"search: 'lora' got merge=False; allowed: merge=True"):
+        small(digits[0], None, include=["ggem"], trials=1, recover_epochs=1, lora={"merge": False})
+    with pytest.raises(ConfigError, match=r"search: 'lora' was given but 'recover_epochs' is 0"):
+        small(digits[0], None, include=["ggem"], trials=1, lora=True)
+    with pytest.raises(ConfigError, match=r"recover lora"):
+        small(digits[0], None, include=["ggem"], trials=1, recover_epochs=1, lora="rank=4")
+
+
 def test_a_local_imagefolder_is_searched_through_the_models_processor(digits, tmp_path):
     from surgery.data.digits import digits_splits
     from surgery.data.tasks import task_tensors

@@ -75,6 +75,7 @@ def search(model: Any, data: Any = "digits", *, runtime: str = "torch", latency:
             raise ConfigError(f"search: '{name}' got {value!r}; allowed: an integer >= {low}")
     if recover_epochs < 0:
         raise ConfigError(f"search: 'recover_epochs' got {recover_epochs!r}; allowed: an integer >= 0 (0: no recovery)")
+    lora = _lora_options(lora, recover_epochs)
     folder = Path(model) if isinstance(model, (str, Path)) else None
     original = load(folder) if folder is not None else copy.deepcopy(model)
     original.eval()
@@ -117,6 +118,23 @@ def search(model: Any, data: Any = "digits", *, runtime: str = "torch", latency:
 
 def _plain(value: Any) -> Any:
     return value if value is None or isinstance(value, (bool, int, float, str, dict)) else dataclasses.asdict(value)
+
+
+def _lora_options(lora: Any, recover_epochs: int) -> dict[str, Any] | None:
+    """``lora`` as LoRA options (any form ``surgery.recover`` takes), checked before anything is measured."""
+    from surgery.recovery.lora import LoraOptions
+
+    options = LoraOptions.parse(lora)
+    if options is None:
+        return None
+    if not recover_epochs:
+        raise ConfigError("search: 'lora' was given but 'recover_epochs' is 0, so nothing is recovered; "
+                          "set recover_epochs (e.g. 2) or leave lora out")
+    if not options.merge:
+        raise ConfigError("search: 'lora' got merge=False; allowed: merge=True (the default). The search exports, times "
+                          "and saves each candidate as one model, so the adapters are merged into its weights; keep "
+                          "an adapter with `surgery recover --lora merge=false` on the chosen recipe")
+    return options.to_dict()
 
 
 def _recovery(bench: Bench, epochs: int, lora: Any, options: dict[str, Any] | None):

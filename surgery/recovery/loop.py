@@ -103,6 +103,9 @@ def recover(model: nn.Module, teacher: nn.Module | None, train, eval=None, confi
     student, optimizer, train_loader, schedule = prepared[:4]
     eval_loader = prepared[4] if eval_loader is not None else None
     completed = False
+    # the caller's teacher is frozen and in eval mode while it teaches, and given back as it came (a
+    # search copies its original for every candidate: a frozen original would freeze them all)
+    teacher_state = (teacher.training, [(p, p.requires_grad) for p in teacher.parameters()]) if teacher is not None else None
     try:  # from here on, a failure (a refused resume included) takes the adapters out again
         if teacher is not None:
             teacher = teacher.to(accelerator.device).eval().requires_grad_(False)
@@ -126,6 +129,10 @@ def recover(model: nn.Module, teacher: nn.Module | None, train, eval=None, confi
                     prune(Path(checkpoint_dir), config.keep_checkpoints)
         completed = True
     finally:
+        if teacher_state is not None:
+            teacher.train(teacher_state[0])
+            for parameter, flag in teacher_state[1]:
+                parameter.requires_grad_(flag)
         for hook in hooks:
             hook.finish()
         unwrap(accelerator, student, model, forward_before)
