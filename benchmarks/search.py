@@ -105,7 +105,8 @@ def main() -> None:
                      "pick_test": result.test, "message": result.message, "original_test": original_test,
                      "hand_written": [{k: r.get(k) for k in ("label", "status", "latency_ratio", "accuracy", "test_accuracy")} for r in rows],
                      "best_hand_written": best and {k: best.get(k) for k in ("label", "latency_ratio", "test_accuracy")},
-                     "settings": {"trials": args.trials, "batch_size": args.batch_size, "repeats": args.repeats}}
+                     "settings": {"trials": args.trials, "batch_size": args.batch_size, "repeats": args.repeats},
+                     "space_options": {name: list(m["options"]) for name, m in result.summary["space"]["methods"].items()}}
             results.append(entry)
             print("   ", row(entry), flush=True)
             write(results, args)  # after every row: a stopped run keeps what it measured
@@ -127,7 +128,9 @@ def write(results: list[dict], args: argparse.Namespace) -> None:
             f"{args.repeats} timed repeats per candidate, beside the proof table's training-free rows measured the same way in "
             "the same process (exported, timed in turns with the original; accuracy in the runtime). Latency ratios are to the "
             "original in the same runtime. Test accuracy: the pick's and each row's, measured once.\n\n"
-            + markdown_table(header, [row(e) for e in merged]))
+            + markdown_table(header, [row(e) for e in merged])
+            + "\n\nThe first run's rows (before quantize declared its per-layer choices, float_blocks and float_roles, "
+            "and before the starting points became a sweep per option) are in [search_first_run.md](search_first_run.md).")
     RESULTS.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(merged, indent=1, default=str) + "\n")
     write_report("search", "Recipe search on the built-in models, beside the hand-written rows", body)
