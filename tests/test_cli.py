@@ -212,3 +212,45 @@ def test_families_prints_the_table_and_its_json(capsys):
     assert main(["list", "--json"]) == 0
     (merge,) = [m for m in json.loads(capsys.readouterr().out) if m["name"] == "token_merge"]
     assert merge["model_types"] == ["*"] and "swin" not in merge["families"] and "dinov2_with_registers" in merge["families"]
+
+
+def test_version_names_surgery_and_the_stack_it_runs_in(capsys):
+    import platform
+
+    import transformers
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.strip() == (f"surgery {surgery.__version__} (transformers {transformers.__version__}, "
+                                               f"torch {torch.__version__}, Python {platform.python_version()})")
+
+
+def test_env_reports_versions_cpu_and_plugins_as_text_and_json(capsys):
+    import transformers
+
+    assert main(["env", "--json"]) == 0
+    env = json.loads(capsys.readouterr().out)  # nothing else on stdout
+    assert env["surgery"] == surgery.__version__ and env["versions"]["transformers"] == transformers.__version__
+    assert env["versions"]["torch"] == torch.__version__ and env["cpu"]["torch_threads"] == torch.get_num_threads()
+    assert set(env["plugins"]) == {m.name for m in surgery.list_methods()}
+    assert main(["env"]) == 0
+    text = capsys.readouterr().out
+    assert f"- transformers: {transformers.__version__}" in text and "int8 instructions: " in text
+    assert all(f"{m.name} ({m.package} {m.version})" in text for m in surgery.list_methods())
+
+
+def test_ctrl_c_is_one_line_and_status_130(capsys, monkeypatch):
+    import surgery.cli.commands as commands
+    from surgery.cli import parser
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(parser, "cmd_list", interrupted)
+    assert main(["list"]) == 130
+    captured = capsys.readouterr()
+    assert captured.err == "surgery: interrupted (list)\n" and captured.out == ""
+    with pytest.raises(KeyboardInterrupt):
+        main(["--traceback", "list"])
+    assert commands.cmd_list is not interrupted

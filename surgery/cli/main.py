@@ -1,7 +1,7 @@
 """The ``surgery`` command line: list, plan, apply, inspect, demo-model and demo.
 
-Bad input prints one ``surgery: error: ...`` message and exits with status 2; ``--traceback``
-shows the Python traceback instead.
+Bad input prints one ``surgery: error: ...`` message and exits with status 2, Ctrl-C one
+``surgery: interrupted`` line with status 130; ``--traceback`` shows the Python traceback instead.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from surgery.core.specs import parse_plugin_spec
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILURE = 1
+EXIT_INTERRUPTED = 130  # as a shell reports a process stopped by Ctrl-C (128 + SIGINT)
 
 __all__ = ["build_parser", "main", "parse_plugin_spec"]
 
@@ -43,6 +44,11 @@ def main(argv: list[str] | None = None) -> int:
                 flag = "--" + option.replace("_", "-")
                 raise SurgeryError(f"cannot save to {target} ({flag}): it is a file, not a folder.")
         return args.run(args)
+    except KeyboardInterrupt:
+        if args.traceback:
+            raise
+        print(f"surgery: interrupted ({args.command})", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except Exception as error:  # one clear line unless --traceback
         if args.traceback:
             raise

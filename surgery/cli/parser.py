@@ -19,12 +19,15 @@ from surgery.cli.commands import (
     cmd_push,
     cmd_recover,
 )
+from surgery.cli.env_command import add_parser as add_env
+from surgery.cli.env_command import version_line
 from surgery.data.tasks import TASKS
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="surgery", description="Model surgery for Hugging Face vision transformers.")
     parser.add_argument("--traceback", action="store_true", help="show the Python traceback on errors")
+    parser.add_argument("--version", action="version", version=version_line())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("list", help="list installed surgery plugins")
@@ -117,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     from surgery.cli.search_command import add_parser as add_search
 
     add_search(sub)
+    add_env(sub)
 
     from surgery.demo.zoo import ARCHITECTURES
 
