@@ -171,7 +171,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from surgery.evaluation.measure import dataset_accuracy, record
 
     figures = dataset_accuracy(_without_adapter(args.model, "eval"), args.data, args.split)
-    print(f"accuracy {figures['accuracy']:.2%} on {figures['dataset']}")
+    print(json.dumps(figures, indent=2) if args.json else f"accuracy {figures['accuracy']:.2%} on {figures['dataset']}")
     _record_where_local(args.model, figures, record)
     return 0
 

@@ -73,10 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_bench)
 
     data_help = "'digits' (built in), a local imagefolder (<dir>/<split>/<class>/<image>) or a Hub dataset id"
-    p = sub.add_parser("eval", help="accuracy of a saved model (JSON)")
+    p = sub.add_parser("eval", help="accuracy of a saved model (recorded for the card; --json prints it as JSON)")
     p.add_argument("model", help="a saved model folder with its image processor")
     p.add_argument("--data", required=True, help=data_help)
     p.add_argument("--split", default="test", help="the split to evaluate on (default: test)")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON on stdout (and nothing else there)")
     p.set_defaults(run=cmd_eval)
 
     p = sub.add_parser("recover", help="fine-tune a rewritten model with distillation from its original (accelerate)",
