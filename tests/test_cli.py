@@ -119,10 +119,13 @@ def test_apply_with_calibration(model_dir, tmp_path, capsys):
     assert float(layer.input_quant.scale) != 1.0 and int(layer.input_quant.observer_enabled) == 0  # calibrated
 
 
-def test_recover_trains_saves_records_and_resumes(digits, tmp_path, capsys):
+def test_recover_trains_saves_records_and_resumes(digits, tmp_path, capsys, monkeypatch):
     folder = digits[0]
     rewritten, recovered = tmp_path / "ggem", tmp_path / "recovered"
     assert main(["apply", str(folder), "-p", "ggem", "-o", str(rewritten)]) == 0
+    assert main(["recover", str(rewritten), "--data", "digits", "-o", str(recovered)]) == 2  # recorded by name only
+    assert f"was made from the local model '{folder.name}'" in capsys.readouterr().err
+    monkeypatch.chdir(folder.parent)  # where the base model is: found by its recorded name
     assert main(["recover", str(rewritten), "--data", "digits", "-o", str(recovered), "--epochs", "1",
                  "--warmup-epochs", "1", "--lr", "1e-3"]) == 0
     assert "recovered" in capsys.readouterr().out
@@ -130,7 +133,7 @@ def test_recover_trains_saves_records_and_resumes(digits, tmp_path, capsys):
     figures = json.loads((recovered / "surgery_results.json").read_text())
     assert [r["stage"] for r in log["history"]] == ["new parameters", "all parameters"]
     assert figures["accuracy"] == log["accuracy"] and figures["accuracy_after_surgery"] == log["accuracy_before"]
-    assert figures["recovery"]["teacher"] == str(folder)  # the base model recorded in the recipe
+    assert figures["recovery"]["teacher"] == folder.name  # the base model recorded in the recipe, by name
     reloaded = surgery.load(recovered)
     assert [s.plugin for s in surgery.history(reloaded)] == ["ggem"]
     text = surgery.card(recovered, measure=False).read_text()
@@ -162,7 +165,7 @@ def test_recover_runs_data_parallel_under_torchrun(digits, tmp_path):
     assert main(["apply", str(folder), "-p", "ggem", "-o", str(rewritten)]) == 0
     torchrun = Path(sys.executable).with_name("torchrun")
     command = [str(torchrun), "--nproc_per_node", "2", "-m", "surgery.cli", "recover", str(rewritten), "--data", "digits",
-               "-o", str(recovered), "--epochs", "1", "--eval-split", "none"]
+               "-o", str(recovered), "--epochs", "1", "--eval-split", "none", "--teacher", str(folder)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     log = json.loads((recovered / "recovery_log.json").read_text())
@@ -178,7 +181,7 @@ def test_recover_with_lora_keeps_or_merges_the_adapter(digits, tmp_path, capsys)
     assert main(["apply", str(folder), "-p", "ggem", "-o", str(rewritten)]) == 0
     for merge in ("true", "false"):
         out = tmp_path / f"lora-{merge}"
-        assert main(["recover", str(rewritten), "--data", "digits", "-o", str(out), "--epochs", "1",
+        assert main(["recover", str(rewritten), "--data", "digits", "-o", str(out), "--epochs", "1", "--teacher", str(folder),
                      "--eval-split", "test", "--lora", f"r=4,alpha=8,targets=attention+mlp,merge={merge}"]) == 0
         log = json.loads((out / "recovery_log.json").read_text())
         assert log["lora"]["outcome"] == ("merged" if merge == "true" else "adapter")
@@ -193,7 +196,8 @@ def test_recover_with_lora_keeps_or_merges_the_adapter(digits, tmp_path, capsys)
             assert not (out / "adapter").exists() and "merged into the weights" in text
         labels = digits[3]  # the reloaded model (and adapter) is the one recover evaluated (preprocessing may round apart)
         assert accuracy(model.eval(), digits[2], labels) == pytest.approx(log["accuracy"], abs=1.01 / len(labels))
-    assert main(["recover", str(rewritten), "--data", "digits", "-o", str(tmp_path / "x"), "--lora", "r=0"]) == 2
+    assert main(["recover", str(rewritten), "--data", "digits", "-o", str(tmp_path / "x"), "--teacher", str(folder),
+                 "--lora", "r=0"]) == 2
     assert "recover lora: option 'r' got 0" in capsys.readouterr().err
     for command in (["eval", "--data", "digits"], ["export", "--to", "onnx", "-o", str(tmp_path / "onnx")], ["apply", "-p", "ggem", "-o", str(tmp_path / "y")]):
         assert main([command[0], str(tmp_path / "lora-false"), *command[1:]]) == 2  # would leave the adapter out

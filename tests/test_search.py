@@ -175,6 +175,9 @@ def test_a_search_picks_within_budget_saves_the_pick_and_reports_once_on_test(di
     saved = json.loads((out / "search.json").read_text())
     assert saved["chosen"]["label"] == chosen["label"] and len(saved["candidates"]) == len(result.candidates)
     assert "**pick**" in (out / "search.md").read_text() and (out / "search_front.png").stat().st_size > 0
+    for path in out.rglob("*"):  # names and Hub ids only: the folder is pushed as it is
+        if path.suffix in (".json", ".md"):
+            assert str(tmp_path) not in path.read_text() and str(digits[0]) not in path.read_text(), path.name
     reloaded = surgery.load(out)  # a normal surgery folder: the pick's recipe, weights and processor
     assert [[s.plugin, dict(s.options)] for s in surgery.history(reloaded)] == [
         [p, {**surgery.get_host().method(p).make_config(o).to_dict()}] for p, o in chosen["steps"]]

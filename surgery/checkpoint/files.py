@@ -123,9 +123,11 @@ def undigested_allowed(allowed: bool):
         _UNDIGESTED.reset(token)
 
 
-def check_digest(config: Any, weights: str | Path) -> None:
+def check_digest(config: Any, weights: str | Path, steps: list[dict[str, Any]] | None = None) -> None:
     """The weights in ``weights`` (a safetensors file) were saved with the recipe in ``config``: with a
-    recipe, the file's metadata must carry that recipe's digest; without one, it must carry none."""
+    recipe, the file's metadata must carry that recipe's digest; without one, it must carry none.
+    ``steps``: the recipe as it was read, when ``config`` has since been replayed (a replayed recipe
+    writes every option, also those a plugin added after the folder was saved)."""
     saved = weights_metadata(weights).get(DIGEST_KEY)
     folder = Path(weights).parent
     if read_recipe_dict(config) is None:
@@ -143,7 +145,7 @@ def check_digest(config: Any, weights: str | Path) -> None:
                           f"digest ({DIGEST_KEY}), so nothing shows they were saved with it (stripped metadata or "
                           "weights from elsewhere); surgery refuses to guess. A checkpoint saved before surgery "
                           "recorded digests loads only on purpose: surgery.load(folder, undigested=True).")
-    if saved != recipe_digest(read_steps(config)):
+    if saved != recipe_digest(read_steps(config) if steps is None else steps):
         raise RecipeError(f"{folder}: the recipe in config.json is not the one these weights were saved with "
                           "(its SHA-256 differs from the weights' metadata): edited recipe or mixed folder.")
 

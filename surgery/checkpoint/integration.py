@@ -116,6 +116,7 @@ class SurgeryQuantizer(HfQuantizer):
         unmark(model.config)
         steps = read_steps(model.config)
         check_plugins_installed(steps)
+        self._saved_steps = steps  # as saved: the replayed history writes every option, later-added ones included
         replay(model, steps)
         packed = packed_away_keys(model)
         if packed:  # rebuilt from their packed form after loading: transformers 5.x would report them "MISSING"
@@ -136,7 +137,7 @@ class SurgeryQuantizer(HfQuantizer):
             check_covered(model, [Path(f) for f in files])
         unpack_all(model)
         if files:
-            check_digest(model.config, sorted(files)[0])
+            check_digest(model.config, sorted(files)[0], getattr(self, "_saved_steps", None))
         refuse_incomplete(model, "load", RecipeError)  # saved by an older surgery before its state was fitted
 
     def get_state_dict_and_metadata(self, model, safe_serialization=False):

@@ -202,7 +202,7 @@ def cmd_recover(args: argparse.Namespace) -> int:
     (Path(args.output) / "recovery_log.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
     if result.accuracy is not None:
         dataset = describe_data(args.data, args.eval_split, len(evaluation))
-        record(args.output, result.figures(str(teacher_source), args.data, dataset))
+        record(args.output, result.figures(str(teacher_source), args.data, dataset))  # names only, never paths
     figures = ", ".join(f"{label} {value:.2%}" for label, value in (
         ("teacher", result.teacher_accuracy), ("after surgery", result.accuracy_before), ("recovered", result.accuracy))
         if value is not None)
@@ -211,15 +211,26 @@ def cmd_recover(args: argparse.Namespace) -> int:
 
 
 def _base_model(model: Any, folder: str) -> str:
-    """The model the surgery started from, as recorded in the recipe."""
+    """The model the surgery started from, as recorded in the recipe: a Hub id, or a local model's
+    name (folders never record paths), looked for in the current folder, beside ``folder`` and among
+    the built-in models (recipes written before names were recorded hold a path, used as it is)."""
     import surgery
+    from surgery.core.history import HUB_ID
+    from surgery.demo.model import cache_dir
+    from surgery.errors import SurgeryError
 
     source = next((step.base_model for step in surgery.history(model) if step.base_model), None)
     if source is None:
-        from surgery.errors import SurgeryError
-
         raise SurgeryError(f"{folder} records no base model to distil from; pass --teacher (the original model's folder or Hub id)")
-    return source
+    places = [Path(source), Path(folder).resolve().parent / source, cache_dir() / "models" / source]
+    found = next((place for place in places if (place / "config.json").is_file()), None)
+    if found is not None:
+        return str(found)
+    if HUB_ID.fullmatch(source):
+        return source
+    raise SurgeryError(f"{folder} was made from the local model '{source}' (model folders record a local model by its "
+                       f"name, not its path), which is not in the current folder, beside {folder} or among the built-in "
+                       "models; pass --teacher (the original model's folder)")
 
 
 def _recovery_options(args: argparse.Namespace) -> dict[str, str | None]:

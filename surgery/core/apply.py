@@ -20,7 +20,7 @@ from torch import nn
 from surgery._version import __version__
 from surgery.core.anatomy import Anatomy
 from surgery.core.claims import overlap_reasons
-from surgery.core.history import HISTORY_ATTR, AppliedStep, get_history, set_history
+from surgery.core.history import HISTORY_ATTR, AppliedStep, get_history, portable_source, set_history
 from surgery.core.host import Host, get_host
 from surgery.core.method import Rewrite
 from surgery.core.snapshot import ModelSnapshot
@@ -83,7 +83,7 @@ def apply(model: nn.Module, specs: Spec | Sequence[Spec], calibration: Iterable[
     try:
         for current in planned:
             rewrite = current.method.apply(model, current.config, anatomy)
-            step = record(current, rewrite, base_model=getattr(model.config, "_name_or_path", None) or None)
+            step = record(current, rewrite, base_model=portable_source(getattr(model.config, "_name_or_path", None)))
             history.append(step)
             set_history(model, history)
             host.pm.hook.surgery_step_applied(model=model, step=step)

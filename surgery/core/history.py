@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -38,6 +40,20 @@ class AppliedStep:
             "targets": list(self.targets),
             "versions": dict(self.versions),
         }
+
+
+HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
+
+
+def portable_source(name: str | None) -> str | None:
+    """Where a model came from, as a model folder may record it: a Hub id as it is, a local folder by
+    its name only (never a path: a pushed folder must not carry the pusher's directories)."""
+    if not name:
+        return None
+    text = str(name)
+    if HUB_ID.fullmatch(text) and not Path(text).exists():
+        return text
+    return Path(text.rstrip("/\\")).name or None
 
 
 def get_history(model: nn.Module) -> list[AppliedStep]:

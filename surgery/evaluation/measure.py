@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from surgery.core.history import portable_source
+
 RESULTS_FILE = "surgery_results.json"
 
 
@@ -76,7 +78,7 @@ def describe_data(source: str, split: str, count: int) -> str:
         return DIGITS_DESCRIPTION if split == "test" else DIGITS_VALIDATION
     if source == "shapes":
         return f"surgery's shapes task (count the plus signs, generated with seed 0), {count} {split} images"
-    return f"{source}, split '{split}', {count} images"
+    return f"{portable_source(source)}, split '{split}', {count} images"  # a local folder by its name, never its path
 
 
 def dataset_accuracy(folder: str | Path, source: str = "digits", split: str = "test", batch_size: int = 256) -> dict[str, Any]:

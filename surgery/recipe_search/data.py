@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from surgery.core.history import portable_source
 from surgery.errors import ConfigError, SurgeryError
 
 SEARCH_SPLIT, TRAIN_SPLIT, TEST_SPLIT = "validation", "train", "test"
@@ -35,7 +36,7 @@ class SearchData:
     def describe(self) -> dict[str, Any]:
         sizes = {split: len(pair[1]) for split, pair in (("validation", self.search), ("train", self.train), ("test", self.test))
                  if pair is not None}
-        return {"name": self.name, "images": sizes,
+        return {"name": portable_source(self.name), "images": sizes,  # a local folder by its name
                 "calibration": "train" if self.train is not None else "validation (no train split)"}
 
 

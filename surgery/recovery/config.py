@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar, Literal
 
+from surgery.core.history import portable_source
 from surgery.core.options import SurgeryConfig
 
 
@@ -110,5 +111,6 @@ class RecoveryResult:
             "accuracy_before": self.teacher_accuracy,
             "accuracy_after_surgery": self.accuracy_before,
             "dataset": dataset,
-            "recovery": {**summary, "teacher": teacher, "data": data, "evaluated_on": dataset},
+            "recovery": {**summary, "teacher": portable_source(teacher), "data": portable_source(data),
+                         "evaluated_on": dataset},
         }
