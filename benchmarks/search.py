@@ -11,6 +11,7 @@ faster than the original (proof_table.md: agent attention, castling and ecoforme
 size; bivit runs its +-1 products as float matmuls).
 
     python benchmarks/search.py [--models digits-vit shapes-vit] [--trials 30] [--batch-size 16] [--repeats 7]
+    python benchmarks/search.py --models digits-dinov2 --runtimes openvino torch   # those rows again, the rest kept
 
 Writes benchmarks/results/search.md and search.json.
 """
@@ -84,13 +85,15 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--runtimes", nargs="+", choices=sorted({r for r, _ in SETTINGS}),
+                        help="only these runtimes' rows (the others keep the rows of the last run)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     results = []
     for model_name in args.models:
         task, arch = MODELS[model_name]
         folder = default_model(arch, task_name=task)
-        for runtime, latency in SETTINGS:
+        for runtime, latency in [(r, b) for r, b in SETTINGS if not args.runtimes or r in args.runtimes]:
             print(f"{model_name}: {runtime} at {latency}x ...", flush=True)
             started = time.perf_counter()
             with tempfile.TemporaryDirectory() as out:
@@ -118,7 +121,8 @@ def write(results: list[dict], args: argparse.Namespace) -> None:
     path = RESULTS / "search.json"
     earlier = json.loads(path.read_text()) if path.exists() else []
     done = {(e["model"], e["runtime"], e["latency_budget"]) for e in results}
-    merged = [e for e in earlier if (e["model"], e["runtime"], e["latency_budget"]) not in done and e["model"] not in args.models]
+    rerun = {(m, r) for m in args.models for r, _ in SETTINGS if not args.runtimes or r in args.runtimes}
+    merged = [e for e in earlier if (e["model"], e["runtime"], e["latency_budget"]) not in done and (e["model"], e["runtime"]) not in rerun]
     merged = merged + results
     merged.sort(key=lambda e: (list(MODELS).index(e["model"]), [s[0] for s in SETTINGS].index(e["runtime"]), -e["latency_budget"]))
     header = ["model", "runtime", "latency budget", "search's pick", "pick latency", "pick test accuracy (vs original, p)",

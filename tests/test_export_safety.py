@@ -100,3 +100,18 @@ def test_export_without_the_export_extra_says_what_to_install(saved, tmp_path, m
     err = capsys.readouterr().err.strip()
     assert err == 'surgery: error: export needs optimum, which is not installed: pip install "surgery[export]"'
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("to, runner", [("onnx", "run_onnx"), ("openvino", "run_openvino")])
+def test_an_export_the_runtime_cannot_run_is_an_export_error_and_saves_nothing(to, runner, tmp_path, monkeypatch):
+    import surgery.publish.export as exporting
+
+    def refuses(path, pixels):  # as OpenVINO refused a DINOv2 token reduction: a shape check at inference
+        raise RuntimeError("[CPU] TopK node with name '/x/TopK' K (63) exceeds the axis dimension (32).")
+
+    monkeypatch.setattr(exporting, runner, refuses)
+    model = surgery.apply(tiny("vit"), "token_merge")
+    with pytest.raises(ExportError, match=r"the .* export of ViTForImageClassification \(token_merge\) was written but "
+                                          r"does not run in .* on a batch of \d+: .*K \(63\) exceeds the axis dimension"):
+        export(model, tmp_path / "out", to=to)
+    assert not (tmp_path / "out").exists()

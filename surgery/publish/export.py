@@ -110,7 +110,14 @@ def export(model: Any, output: str | Path, to: Literal["onnx", "openvino"] = "on
         pixels = inputs(model, batch, seed)
         with torch.no_grad():  # not inference_mode: see surgery.evaluation.accuracy
             expected = model(pixel_values=pixels).logits.numpy()
-        got = run_onnx(path, pixels.numpy()) if to == "onnx" else run_openvino(path, pixels.numpy())
+        try:
+            got = run_onnx(path, pixels.numpy()) if to == "onnx" else run_openvino(path, pixels.numpy())
+        except (RuntimeError, ValueError) as error:  # the runtime's own refusal (e.g. OpenVINO's shape checks)
+            detail = " ".join(str(error).split())[-400:]
+            steps = " -> ".join(step.plugin for step in get_history(model)) or "no surgery steps"
+            raise ExportError(f"the {to} export of {type(model).__name__} ({steps}) was written but does not run "
+                              f"in {'ONNX Runtime' if to == 'onnx' else 'OpenVINO'} on a batch of {len(pixels)}: "
+                              f"{detail}; nothing was saved") from error
         quantized = any(not get_host().method(step.plugin).export_exact for step in get_history(model))
         finite = bool(np.isfinite(got).all() and np.isfinite(expected).all())
         difference = float(np.abs(got - expected).max()) if finite else float("nan")
