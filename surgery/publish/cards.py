@@ -22,6 +22,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from surgery.checkpoint.loading import load
 from surgery.checkpoint.recipe import read_steps
+from surgery.core.history import HUB_ID
 from surgery.core.host import get_host
 from surgery.errors import SurgeryError, clean_text
 from surgery.evaluation.measure import RESULTS_FILE, checkpoint_figures, runtime_figures
@@ -247,11 +248,7 @@ def _keep_user_text(existing: str | None, generated: str) -> str:
 
 def _hub_model(name: str | None) -> str | None:
     """``name`` when it is a Hub model id (not a local folder), else None."""
-    return name if name and _is_hub_id(name) and not Path(name).exists() else None
-
-
-def _is_hub_id(name: str) -> bool:
-    return bool(re.fullmatch(r"[\w.-]+/[\w.-]+", name))
+    return name if name and HUB_ID.fullmatch(name) and not Path(name).exists() else None
 
 
 def _is_hub_dataset(name: str) -> bool:
