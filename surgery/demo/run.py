@@ -21,6 +21,7 @@ from transformers import AutoModelForImageClassification
 
 import surgery
 from surgery.checkpoint.saving import save_from
+from surgery.core.history import portable_source
 from surgery.core.specs import configs_from_text
 from surgery.data.imagesets import task_dataset
 from surgery.data.processor import load_processor
@@ -95,7 +96,7 @@ def run_demo(arch: str, output: Path, plugins: list[str] | None = None, specs: C
     })
     print(f"      model card: {card(output, model_id=Path(output).name)}")
     results = {
-        "model": str(folder),
+        "model": portable_source(str(folder)),  # the built-in model by name: out/ may be pushed as it is
         "task": task_name,
         "steps": [step.to_dict() for step in surgery.history(model)],
         "accuracy_before": before,
