@@ -20,6 +20,8 @@ from safetensors.torch import load_file
 from transformers import AutoModelForImageClassification
 
 import surgery
+from surgery.checkpoint.files import weights_metadata
+from surgery.checkpoint.guard import GUARD_KEY
 from surgery.checkpoint.recipe import read_steps
 
 from conftest import cpu_metadata
@@ -83,10 +85,13 @@ def test_fixture_reloads_exactly(case, loader, tmp_path):
     assert [s.plugin for s in surgery.history(model)] == [s["plugin"] for s in _recipe(case)]
     # the recipe names its targets in the reference layout, whatever layout this transformers has
     assert [s["targets"] for s in read_steps(model.config)] == [s["targets"] for s in _recipe(case)]
-    # saving again writes the same tensors the old code wrote
+    # saving again writes the same tensors the old code wrote, the guarded one with its leading 1 since the guard
     surgery.save(model, tmp_path / "again")
     before, after = load_file(str(folder / "model.safetensors")), load_file(str(tmp_path / "again" / "model.safetensors"))
     assert sorted(before) == sorted(after)
+    guarded = weights_metadata(tmp_path / "again" / "model.safetensors").get(GUARD_KEY)
+    assert guarded in before and after[guarded].shape == (1, *before[guarded].shape)
+    after[guarded] = after[guarded].squeeze(0)
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 

@@ -198,3 +198,70 @@ def test_a_marked_config_with_an_unknown_base_type_or_the_wrong_class_is_refused
     edit(saved, lambda c: c.update({BASE_TYPE_KEY: "no-such-type"}))
     with pytest.raises(RecipeError, match=r"its surgery_base_model_type is 'no-such-type', not a model type"):
         AutoModelForImageClassification.from_pretrained(saved)
+
+
+CONCRETE_CLASS_WITHOUT_SURGERY = textwrap.dedent("""
+    import json, sys
+    import transformers
+    results = {}
+    for folder in sys.argv[1:]:
+        model_class = getattr(transformers, json.load(open(folder + "/config.json"))["architectures"][0])
+        try:
+            model_class.from_pretrained(folder)
+            results[folder] = "LOADED"
+        except Exception as error:
+            results[folder] = type(error).__name__ + ": " + " ".join(str(error).split())[:300]
+    assert "surgery" not in sys.modules
+    print(json.dumps(results))
+""")
+
+
+def _every_plugin_saved(tmp_path, arch):
+    """One folder per installed plugin (the registry's, third-party ones included), on ``arch``."""
+    host = surgery.get_host()
+    folders = {}
+    for name in host.methods:
+        if host.method(name).refusal(host.anatomy(tiny(arch).config.model_type)) is not None:
+            continue
+        model = surgery.apply(tiny(arch), [name], calibration=[images(4, seed=1)])
+        model(pixel_values=images(2, seed=7))  # state fitted on first use is fitted before saving
+        model.save_pretrained(tmp_path / arch / name)
+        folders[name] = tmp_path / arch / name
+    return folders
+
+
+@pytest.mark.parametrize("arch", ["vit", "swin", "dinov2"])
+def test_the_concrete_model_class_without_surgery_refuses_every_plugin_and_with_it_gives_the_same_logits(tmp_path,
+                                                                                                        arch):
+    folders = _every_plugin_saved(tmp_path, arch)
+    assert len(folders) >= 4
+    result = subprocess.run([sys.executable, "-c", CONCRETE_CLASS_WITHOUT_SURGERY, *map(str, folders.values())],
+                            capture_output=True, text=True, timeout=600,
+                            env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    outcomes = json.loads(result.stdout.strip().splitlines()[-1])
+    for name, folder in folders.items():  # a shape it cannot take: transformers' own error, never a model
+        outcome = outcomes[str(folder)]
+        assert outcome.startswith("RuntimeError") and ("size mismatch" in outcome or "ignore_mismatched" in outcome), \
+            (name, outcome)
+        model_class = type(surgery.load(folder))
+        expected = surgery.load(folder)(pixel_values=images()).logits
+        assert torch.equal(model_class.from_pretrained(folder)(pixel_values=images()).logits, expected), name
+
+
+def test_a_guarded_tensor_of_another_shape_is_refused(saved):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from surgery.checkpoint.guard import GUARD_KEY
+
+    path = saved / "model.safetensors"
+    with safe_open(str(path), framework="pt") as handle:
+        metadata, tensors = handle.metadata(), {key: handle.get_tensor(key) for key in handle.keys()}
+    key = metadata[GUARD_KEY]
+    assert tensors[key].shape[0] == 1 and key.endswith("patch_embeddings.projection.weight")
+    tensors[key] = tensors[key].squeeze(0)  # saved as the plain model holds it: no longer what the metadata says
+    save_file(tensors, str(path), metadata=metadata)
+    for load in loaders(saved).values():
+        with pytest.raises(RecipeError, match="guarded tensor has shape"):
+            load()

@@ -12,7 +12,9 @@ Without ``import surgery``, transformers would skip the unknown quantization met
 line and return a different model. So a saved ``config.json`` names the model type
 :data:`MARKER` (the real one is kept under :data:`BASE_TYPE_KEY`): transformers alone refuses it
 with "model type `surgery (pip install surgery)` ... not recognize", in ``AutoConfig``, the Auto
-model classes and ``pipeline()``; with surgery imported, the marker resolves to the real config.
+model classes and ``pipeline()``; with surgery imported, the marker resolves to the real config. A
+concrete model class only warns about the marker, so one tensor is saved in a shape the plain class
+refuses (:mod:`surgery.checkpoint.guard`) and the quantizer takes it back here.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ from transformers.quantizers.base import HfQuantizer
 from transformers.utils import logging as hf_logging
 
 from surgery.checkpoint.adapter import ADAPTER_ATTR, ADAPTER_DIGEST_KEY
-from surgery.checkpoint.files import DIGEST_KEY, check_digest, check_weight_files
+from surgery.checkpoint.files import DIGEST_KEY, check_digest, check_weight_files, weights_metadata
+from surgery.checkpoint.guard import guard_state, guarded_reference, unguard
 from surgery.checkpoint.plugins import check_plugins_installed
 from surgery.checkpoint.recipe import QUANT_METHOD, read_steps, recipe_digest, validate_recipe
 from surgery.checkpoint.replay import replay
@@ -118,10 +121,33 @@ class SurgeryQuantizer(HfQuantizer):
         check_plugins_installed(steps)
         self._saved_steps = steps  # as saved: the replayed history writes every option, later-added ones included
         replay(model, steps)
+        self._guard = self._guarded(model)
         packed = packed_away_keys(model)
         if packed:  # rebuilt from their packed form after loading: transformers 5.x would report them "MISSING"
             ignored = set(getattr(model, "_keys_to_ignore_on_load_missing", None) or ())
             model._keys_to_ignore_on_load_missing = sorted(ignored | {f"^{re.escape(key)}$" for key in packed})
+
+    def _guarded(self, model) -> tuple[str, torch.Size] | None:
+        """The model's name and shape of the tensor saved with a leading 1 (:mod:`surgery.checkpoint.guard`)."""
+        files = list(getattr(self, "_checkpoint_files", None) or [])
+        reference = guarded_reference(weights_metadata(files[0])) if files else None
+        if reference is None:
+            return None
+        names = [name for name, _ in model.named_parameters()]
+        name = {ref: own for ref, own in _reference_names(model, names).items()}.get(reference)
+        if name is None:
+            raise RecipeError(f"{Path(files[0]).parent}: the checkpoint guards {reference[:120]!r}, which this model "
+                              "does not have (edited checkpoint or another model class).")
+        return name, model.get_parameter(name).shape
+
+    def param_needs_quantization(self, model, param_name: str, **kwargs: Any) -> bool:
+        """Only the guarded tensor is taken by the quantizer (its shape has a leading 1 on disk)."""
+        return getattr(self, "_guard", None) is not None and param_name == self._guard[0]
+
+    def create_quantized_param(self, model, param_value, param_name: str, target_device, **kwargs: Any) -> None:
+        """transformers 4.57: the guarded tensor, without its leading 1, into the model."""
+        _set_parameter(model, param_name, unguard(param_value[...], self._guard[1], param_name), target_device)
+        self._guard_taken = True
 
     def update_weight_conversions(self, weight_conversions, model):
         """transformers 5.x: every reference name that differs from the model's is renamed exactly."""
@@ -133,6 +159,9 @@ class SurgeryQuantizer(HfQuantizer):
 
     def _process_model_after_weight_loading(self, model, **kwargs: Any) -> None:
         files = list(getattr(self, "_checkpoint_files", None) or [])
+        guard = getattr(self, "_guard", None)
+        if guard is not None and not getattr(self, "_guard_taken", False):  # 5.x set it as saved
+            _set_parameter(model, guard[0], unguard(model.get_parameter(guard[0]).data, guard[1], guard[0]), None)
         if getattr(self, "_files_given", False):  # transformers 5.x reports missing weights instead of refusing them
             check_covered(model, [Path(f) for f in files])
         unpack_all(model)
@@ -145,8 +174,9 @@ class SurgeryQuantizer(HfQuantizer):
         anatomy's reference names, and the recipe's digest in the metadata."""
         state = packed_state_dict(model)
         state = to_reference_state(_anatomy(model), model, model.state_dict() if state is None else state)
+        state, guard = guard_state(_anatomy(model), state)
         adapter = {ADAPTER_DIGEST_KEY: vars(model)[ADAPTER_ATTR]} if vars(model).get(ADAPTER_ATTR) else {}
-        return state, {DIGEST_KEY: recipe_digest(read_steps(model.config)), **adapter}
+        return state, {DIGEST_KEY: recipe_digest(read_steps(model.config)), **guard, **adapter}
 
     def update_missing_keys(self, model, missing_keys: list[str], prefix: str) -> list[str]:
         packed = packed_away_keys(model)
@@ -161,6 +191,14 @@ class SurgeryQuantizer(HfQuantizer):
     @property
     def is_trainable(self) -> bool:
         return True
+
+
+def _set_parameter(model: Any, name: str, value: torch.Tensor, device: Any) -> None:
+    module, _, leaf = name.rpartition(".")
+    owner = model.get_submodule(module)
+    old = owner._parameters[leaf]
+    value = value.to(device=device if device is not None else value.device, dtype=old.dtype).contiguous()
+    owner._parameters[leaf] = torch.nn.Parameter(value, requires_grad=old.requires_grad)
 
 
 def _anatomy(model: Any):
