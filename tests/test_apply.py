@@ -45,7 +45,7 @@ def test_apply_records_history_and_recipe(spec, arch):
     targets = surgery.plan(model, [spec]).steps[0].targets
     assert surgery.apply(model, [spec]) is model
     (step,) = surgery.history(model)
-    assert (step.plugin, step.targets, step.package) == (spec[0], targets, "surgery")
+    assert (step.plugin, step.targets, step.package) == (spec[0], targets, "vision-surgery")
     assert spec[1].items() <= step.options.items()
     recipe = model.config.to_dict()["quantization_config"]
     # the recipe names the targets in the anatomy's reference layout (transformers 4.57's names)

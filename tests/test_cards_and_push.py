@@ -51,7 +51,7 @@ def test_card_metadata_sections_and_figures(saved):
     path = card(saved, results=RESULTS, model_id="me/vit-tome-ggem")
     parsed = ModelCard.load(path)
     data = parsed.data.to_dict()
-    assert data["library_name"] == "transformers" and data["pipeline_tag"] == "image-classification"
+    assert data["library_name"] == "vision-surgery" and "transformers" in data["tags"] and data["pipeline_tag"] == "image-classification"
     assert data["license"] == "apache-2.0" and data["base_model"] == "google/vit-base-patch16-224"
     assert {"surgery", "token_merge", "ggem", "vit"} <= set(data["tags"])
     (result,) = parsed.data.eval_results
@@ -142,6 +142,10 @@ def test_push_cli_through_hf_endpoint(saved, tmp_path):
         assert result.returncode == 0, result.stderr
         assert "run `surgery card" in result.stderr  # no README.md yet: a note, not an error
         assert (hub.repo("org/model") / "model.safetensors").read_bytes() == (saved / "model.safetensors").read_bytes()
+        hf_order = subprocess.run([sys.executable, "-m", "surgery.cli", "push", "org/model-2", str(saved)],
+                                  capture_output=True, text=True, env=env)  # `hf upload REPO FOLDER`'s order
+        assert hf_order.returncode == 0, hf_order.stderr
+        assert (hub.repo("org/model-2") / "model.safetensors").read_bytes() == (saved / "model.safetensors").read_bytes()
 
 
 def test_push_errors_are_one_line(saved, capsys, monkeypatch, online):
@@ -156,6 +160,15 @@ def test_push_errors_are_one_line(saved, capsys, monkeypatch, online):
     assert main(["push", str(saved), "me/x", "--token", TOKEN]) == 2
     err = capsys.readouterr().err
     assert f"cannot reach the Hub at http://127.0.0.1:{port}: the network is down" in err and "Traceback" not in err
+
+
+def test_push_needs_exactly_one_folder_among_its_two_arguments(saved, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["push", "me/x", "me/y"]) == 2
+    assert "neither 'me/x' nor 'me/y' is a folder here" in capsys.readouterr().err
+    (tmp_path / "me" / "x").mkdir(parents=True)
+    assert main(["push", str(saved), "me/x"]) == 2
+    assert "are folders here, so which one is the repository id is ambiguous" in capsys.readouterr().err
 
 
 def test_push_refuses_offline_mode(saved):
@@ -173,7 +186,7 @@ def test_a_local_base_is_named_portably_and_the_card_says_how_to_install(tmp_pat
     result = RecoveryResult(config=RecoveryConfig().to_dict(), new_parameters=[], accuracy=0.9)
     text = card(tmp_path / "out", measure=False, results=result.figures(str(base), "digits", "digits")).read_text()
     assert str(tmp_path) not in text and "`my-vit` (a local model)" in text
-    assert "pip install surgery" in text
+    assert "pip install vision-surgery" in text and "pip install surgery " not in text
 
 
 def test_the_card_says_what_each_step_does_with_the_familys_traits(tmp_path):

@@ -25,12 +25,24 @@ def model_dir(tmp_path):
     return folder
 
 
-def test_list(capsys):
+@pytest.mark.parametrize("columns", [80, 150])
+def test_list_fits_the_terminal_and_names_every_method_with_its_families(capsys, monkeypatch, columns):
+    monkeypatch.setenv("COLUMNS", str(columns))
     assert main(["list"]) == 0
-    out = capsys.readouterr().out
-    assert out.splitlines()[0].split() == ["name", "summary", "architectures", "package"]
-    assert "ggem" in out and "vit, vit_msn, deit, swin, dinov2, dinov2_with_registers" in out and "surgery 0.1.0" in out
-    assert out.split("token_prune", 1)[1].splitlines()[0].count("swin") == 0  # refused by its windows
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["name", "version", "families", "summary"]
+    assert max(len(line.rstrip()) for line in lines) <= columns
+    host = surgery.get_host()
+    every = [a.model_type for a in host.anatomies.values()]
+    rows = {line.split()[0]: line for line in lines[2:] if line[:1].strip()}  # a method's first line
+    assert sorted(rows) == sorted(host.methods)
+    for name, method in host.methods.items():
+        assert method.version in rows[name].split()[1]
+        families = [t for t in every if method.refusal(host.anatomies[t]) is None]
+        if len(families) == len(every):
+            assert rows[name].split()[2:4] == ["all", str(len(every))]
+    assert "all but swinv2" in rows["bivit"]  # its one refusal
+    assert "swin" not in rows["token_prune"].split("token_prune", 1)[1][:40]  # refused by its windows
 
 
 def test_list_json_describes_options(capsys):
@@ -44,7 +56,7 @@ def test_plan_writes_nothing(model_dir, capsys):
     before = sorted(p.name for p in model_dir.iterdir())
     assert main(["plan", str(model_dir), "--plugin", "ggem:groups=2"]) == 0
     out = capsys.readouterr().out
-    assert "1. ggem 0.1.0 (surgery)  groups=2" in out and "rewrites: vit.layernorm" in out
+    assert "1. ggem 0.1.0 (vision-surgery)  groups=2" in out and "rewrites: vit.layernorm" in out
     assert sorted(p.name for p in model_dir.iterdir()) == before
 
 
@@ -60,7 +72,7 @@ def test_apply_then_inspect(model_dir, tmp_path, capsys):
     capsys.readouterr()
     assert main(["inspect", str(out_dir)]) == 0
     out = capsys.readouterr().out
-    assert "vit, 1 surgery step(s)" in out and "1. ggem 0.1.0 (surgery)  " in out
+    assert "vit, 1 surgery step(s)" in out and "1. ggem 0.1.0 (vision-surgery)  " in out
     assert "p_init=2.0" in out and "learn_p=False" in out and "rewrites: vit.layernorm" in out
     assert main(["inspect", str(out_dir), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["steps"][0]["plugin"] == "ggem"
@@ -119,6 +131,25 @@ def test_apply_with_calibration(model_dir, tmp_path, capsys):
     assert float(layer.input_quant.scale) != 1.0 and int(layer.input_quant.observer_enabled) == 0  # calibrated
 
 
+def test_calibration_takes_the_data_specs_of_data(model_dir, tmp_path, capsys):
+    """--calibration DIR: the first images of the folder's train split, through the model's processor."""
+    from test_imagesets import write_imagefolder
+
+    from surgery.data.imagesets import calibration_batches
+    from surgery.data.processor import load_processor
+
+    data = write_imagefolder(tmp_path / "images", classes=("a", "b"), per_class=5)
+    assert main(["apply", str(model_dir), "-p", "quantize", "--calibration", str(data), "-o", str(tmp_path / "q")]) == 0
+    expected = surgery.apply(surgery.load(model_dir), ["quantize"],
+                             calibration=calibration_batches(str(data), load_processor(model_dir)))
+    assert sum(len(b) for b in calibration_batches(str(data), load_processor(model_dir))) == 10
+    x = torch.rand(2, 3, 32, 32)
+    assert torch.equal(surgery.load(tmp_path / "q")(pixel_values=x).logits, expected(pixel_values=x).logits)
+    assert main(["apply", str(model_dir), "-p", "quantize", "--calibration", str(tmp_path / "nowhere"),
+                 "-o", str(tmp_path / "r")]) == 2
+    assert "could not load the Hub dataset" in capsys.readouterr().err and not (tmp_path / "r").exists()
+
+
 def test_recover_trains_saves_records_and_resumes(digits, tmp_path, capsys, monkeypatch):
     folder = digits[0]
     rewritten, recovered = tmp_path / "ggem", tmp_path / "recovered"
@@ -132,17 +163,48 @@ def test_recover_trains_saves_records_and_resumes(digits, tmp_path, capsys, monk
     log = json.loads((recovered / "recovery_log.json").read_text())
     figures = json.loads((recovered / "surgery_results.json").read_text())
     assert [r["stage"] for r in log["history"]] == ["new parameters", "all parameters"]
-    assert figures["accuracy"] == log["accuracy"] and figures["accuracy_after_surgery"] == log["accuracy_before"]
+    # epochs monitored on the validation split; the test split measured once, after recovery, and reported
+    from surgery.evaluation.measure import dataset_accuracy
+
+    assert log["accuracy"] == dataset_accuracy(recovered, "digits", "validation")["accuracy"]
+    assert figures["accuracy"] == dataset_accuracy(recovered, "digits", "test")["accuracy"]
+    assert figures["accuracy_after_surgery"] == dataset_accuracy(rewritten, "digits", "test")["accuracy"]
+    assert figures["accuracy_before"] == dataset_accuracy(folder, "digits", "test")["accuracy"]
+    assert "360 test images" in figures["dataset"] and "validation" in figures["recovery"]["monitored"]["on"]
+    assert figures["recovery"]["monitored"]["accuracy"] == log["accuracy"]
     assert figures["recovery"]["teacher"] == folder.name  # the base model recorded in the recipe, by name
     reloaded = surgery.load(recovered)
     assert [s.plugin for s in surgery.history(reloaded)] == ["ggem"]
     text = surgery.card(recovered, measure=False).read_text()
-    assert "## Recovery" in text and f"| after recovery | {log['accuracy'] * 100:.2f} % |" in text
+    assert "## Recovery" in text and f"| after recovery | {figures['accuracy'] * 100:.2f} % |" in text
+    assert "The epochs were monitored on" in text
 
     assert main(["recover", str(rewritten), "--data", "digits", "-o", str(recovered), "--epochs", "2",
                  "--warmup-epochs", "1", "--resume", "--eval-split", "none"]) == 0
     log = json.loads((recovered / "recovery_log.json").read_text())
     assert [r["epoch"] for r in log["history"]] == [3] and log["resumed_from"].endswith("epoch-2")
+
+
+def test_recover_on_data_without_a_validation_split_says_so_and_reports_the_test_split(digits, tmp_path, capsys):
+    from test_imagesets import write_imagefolder
+
+    from surgery.evaluation.measure import dataset_accuracy
+
+    folder = digits[0]
+    data = write_imagefolder(tmp_path / "images", classes=tuple("0123456789"), per_class=2)
+    rewritten, recovered = tmp_path / "ggem", tmp_path / "recovered"
+    assert main(["apply", str(folder), "-p", "ggem", "-o", str(rewritten)]) == 0
+    capsys.readouterr()
+    assert main(["recover", str(rewritten), "--data", str(data), "-o", str(recovered), "--epochs", "1",
+                 "--warmup-epochs", "0", "--teacher", str(folder)]) == 0
+    err = capsys.readouterr().err
+    assert "has no split 'validation'" in err and "No per-epoch evaluation (pass --eval-split" in err
+    figures = json.loads((recovered / "surgery_results.json").read_text())
+    assert figures["dataset"] == "images, split 'test', 20 images" and figures["recovery"]["monitored"]["on"] is None
+    assert figures["accuracy"] == dataset_accuracy(recovered, str(data), "test")["accuracy"]
+    assert main(["recover", str(rewritten), "--data", str(data), "-o", str(tmp_path / "x"), "--eval-split", "validation", "--teacher", str(folder),
+                 "--epochs", "1"]) == 2  # asked for by name: it must exist
+    assert "has no split 'validation'" in capsys.readouterr().err
 
 
 def test_recover_without_a_recorded_base_model_asks_for_a_teacher(model_dir, tmp_path, capsys):

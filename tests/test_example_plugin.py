@@ -54,9 +54,9 @@ def test_surgery_list_shows_the_installed_plugin_and_its_package(installed):
     listed = {m["name"]: m for m in json.loads(result.stdout)}
     assert listed["drop_layers"]["package"] == "surgery-drop-layers"
     assert listed["drop_layers"]["model_types"] == ["vit", "deit"]
-    assert listed["ggem"]["package"] == "surgery"
+    assert listed["ggem"]["package"] == "vision-surgery"
     table = run_cli("list", pythonpath=installed).stdout
-    assert "drop_layers" in table and "surgery-drop-layers 0.1.0" in table
+    assert "drop_layers" in table and "from other packages than vision-surgery: drop_layers (surgery-drop-layers)" in table
 
 
 @pytest.mark.parametrize("arch", ["vit", "deit-distilled"])

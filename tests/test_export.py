@@ -188,3 +188,19 @@ def test_unknown_format():
 def test_top_level_api(tmp_path):
     result = surgery.export(surgery.apply(tiny("vit"), "ggem"), tmp_path, to="onnx")
     assert result.path.name == "model.onnx" and callable(surgery.card) and callable(surgery.push)
+
+
+@pytest.mark.parametrize("exporter", ["torch", "auto"])
+def test_the_tracers_warnings_go_to_the_report_not_the_terminal(tmp_path, exporter):
+    """A token reduction's shape arithmetic is traced as constants (the graph fixes every dimension but
+    the batch, which the parity check varies): the tracer's warnings are listed in the report, never
+    printed; other warnings still are."""
+    import warnings
+
+    model = surgery.apply(tiny("vit"), [("token_merge", {"r": 2})])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        surgery.export(model, tmp_path / "onnx", to="onnx", exporter=exporter)
+    assert not [w for w in caught if issubclass(w.category, torch.jit.TracerWarning)]
+    report = json.loads((tmp_path / "onnx" / "export_report.json").read_text())
+    assert any(entry.startswith("merge.py:") for entry in report["traced_as_constants"]), report["traced_as_constants"]

@@ -98,7 +98,7 @@ def test_export_without_the_export_extra_says_what_to_install(saved, tmp_path, m
     monkeypatch.setattr(importlib, "import_module", lambda name: no_optimum(name, fromlist=["x"]))
     assert main(["export", str(saved), "--to", "onnx", "--exporter", "optimum", "-o", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == 'surgery: error: export needs optimum, which is not installed: pip install "surgery[export]"'
+    assert err == 'surgery: error: export needs optimum, which is not installed: pip install "vision-surgery[export]"'
     assert not (tmp_path / "out").exists()
 
 

@@ -51,7 +51,7 @@ def test_the_readme_table_is_the_generated_one():
     text = (ROOT / "README.md").read_text()
     assert BEGIN in text and END in text, "README.md lacks the support table markers"
     table = text.split(BEGIN, 1)[1].split(END, 1)[0].strip()
-    methods = [m for m in surgery.list_methods() if m.package == "surgery"]
+    methods = [m for m in surgery.list_methods() if m.package == "vision-surgery"]
     assert table == support_table(methods, list(surgery.get_host().anatomies.values())), \
         "README.md's support table is stale: paste the output of `surgery families` between its markers"
 

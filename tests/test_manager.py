@@ -43,7 +43,7 @@ BROKEN = {
     ),
     "duplicate-name": (
         GOOD.replace('name="noop"', 'name="ggem"'),
-        "method 'ggem' is already provided by 'surgery'",
+        "method 'ggem' is already provided by 'vision-surgery'",
     ),
 }
 
@@ -69,8 +69,8 @@ def entry_points(site):
 
 def test_builtins_are_registered_like_plugins():
     host = build_host(entry_points=[])
-    assert host.methods["ggem"].package == "surgery"
-    assert host.distributions["ggem"] == "surgery"
+    assert host.methods["ggem"].package == "vision-surgery"
+    assert host.distributions["ggem"] == "vision-surgery"
     assert host.problems == []
 
 
@@ -87,7 +87,7 @@ def test_broken_plugins_are_reported_and_do_not_break_the_others(site):
         fake_distribution(site, f"surgery-{dist}", f"broken_plugin_{index}", source)
     host = build_host(entry_points=entry_points(site))
     assert set(host.methods) == set(BUILTIN_PLUGINS) | {"noop"}
-    assert host.methods["ggem"].package == "surgery"
+    assert host.methods["ggem"].package == "vision-surgery"
     reported = {p.distribution: str(p) for p in host.problems}
     assert set(reported) == {f"surgery-{d}" for d in BROKEN}
     import re

@@ -23,7 +23,7 @@ def canonical(name: str) -> str:
 
 @pytest.mark.parametrize("requirement", REQUIREMENTS)
 def test_requirements_are_ranges_with_a_lower_bound(requirement):
-    if requirement.startswith("surgery["):
+    if requirement.startswith(f"{PROJECT['name']}["):  # one extra naming others
         return
     assert "==" not in requirement and "~=" not in requirement, f"{requirement}: a library states ranges, not pins"
     assert ">=" in requirement, f"{requirement}: give the oldest version surgery works with"
@@ -40,12 +40,12 @@ def _pins(name: str) -> dict[str, str]:
 
 def _named(extras: tuple[str, ...]) -> set[str]:
     requirements = PROJECT["dependencies"] + [r for extra in extras for r in PROJECT["optional-dependencies"][extra]]
-    return {canonical(NAME.match(r).group(1)) for r in requirements if not r.startswith("surgery[")}
+    return {canonical(NAME.match(r).group(1)) for r in requirements if not r.startswith(f"{PROJECT['name']}[")}
 
 
 @pytest.mark.parametrize(("constraints", "extras", "transformers"), [
-    ("tf4.57-optimum.txt", ("export", "test", "optimum"), "4.57.6"),
-    ("latest.txt", ("export", "test"), "5."),
+    ("tf4.57-optimum.txt", ("onnx", "openvino", "test", "optimum-tf457"), "4.57.6"),
+    ("latest.txt", ("onnx", "openvino", "test"), "5."),
 ])
 def test_the_constraints_pin_everything_the_metadata_names(constraints, extras, transformers):
     pinned = _pins(constraints)
@@ -60,17 +60,25 @@ def test_the_newest_set_is_transformers_5_with_huggingface_hub_2_and_no_optimum(
     assert not {"optimum", "optimum-onnx", "optimum-intel"} & set(pinned)
 
 
-def test_installing_into_the_tested_environment_changes_nothing_but_surgery():
-    """pip's resolver, offline, against what is installed: surgery's ranges admit every installed
-    version (on the newest set: transformers 5.x and huggingface_hub 2.x), so nothing would be upgraded
-    or downgraded."""
-    import importlib.util
+# an extra whose name says which transformers it needs (optimum-tf457): the only kind allowed to change one
+NEEDS_TRANSFORMERS = re.compile(r"-tf\d+$")
 
-    extras = "test,optimum" if importlib.util.find_spec("optimum") else "test"
+
+def test_installing_into_the_tested_environment_changes_nothing_but_surgery():
+    """pip's resolver, offline, against what is installed: surgery's ranges, with every extra (read from
+    pyproject.toml, so a new extra is covered), admit every installed version (on the newest set:
+    transformers 5.x and huggingface_hub 2.x), so nothing would be upgraded or downgraded. Only an
+    extra named for the transformers it needs is left out where that transformers is not installed."""
+    import transformers
+
+    tf457 = transformers.__version__.startswith("4.57.")
+    chosen = [extra for extra in PROJECT["optional-dependencies"] if tf457 or not NEEDS_TRANSFORMERS.search(extra)]
+    assert {"onnx", "openvino", "export"} <= set(chosen)
+    extras = ",".join(chosen)
     result = subprocess.run(
         [sys.executable, "-m", "pip", "install", "--dry-run", "--no-index", "--no-build-isolation", "--quiet",
          "--report", "-", "-e", f"{REPO}[{extras}]"], capture_output=True, text=True,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     installs = [(item["metadata"]["name"], item["metadata"]["version"]) for item in json.loads(result.stdout)["install"]]
-    assert [name for name, _ in installs] == ["surgery"], installs
+    assert [name for name, _ in installs] == ["vision-surgery"], installs

@@ -165,7 +165,12 @@ def test_a_recipe_saved_before_activation_bits_existed_reloads_with_8_bits(tmp_p
     (tmp_path / "config.json").write_text(json.dumps(config))
     from safetensors.torch import load_file, save_file
 
-    weights = load_file(tmp_path / "model.safetensors")  # and without the recipe digest, as it wrote them
+    from surgery.checkpoint.files import weights_metadata
+    from surgery.checkpoint.guard import GUARD_KEY
+
+    guarded = weights_metadata(tmp_path / "model.safetensors")[GUARD_KEY]
+    weights = load_file(tmp_path / "model.safetensors")  # without the recipe digest or the guard, as it wrote them
+    weights[guarded] = weights[guarded].squeeze(0)
     save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
     from surgery.errors import RecipeError
 

@@ -131,7 +131,7 @@ def test_saved_config_is_marked_and_both_paths_give_the_saved_model(saved):
 
 def test_plugin_versions_newer_major_refused_newer_minor_warned(saved):
     edit(saved, lambda c: recipe(c)["steps"][1].update(plugin_version="9.0.0"))
-    with pytest.raises(RecipeError, match=r"saved by ggem 9.0.0, and surgery installs ggem .*upgrade it"):
+    with pytest.raises(RecipeError, match=r"saved by ggem 9.0.0, and vision-surgery installs ggem .*upgrade it \(pip install -U vision-surgery\)"):
         surgery.load(saved)
     installed = surgery.get_host().method("ggem").version
     major, minor = installed.split(".")[:2]
@@ -187,7 +187,7 @@ def test_transformers_without_surgery_refuses_a_surgery_checkpoint_and_names_the
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 3 and not any("LOADED" in line for line in lines), lines
-    assert all("pip install surgery" in line for line in lines), lines
+    assert all("pip install vision-surgery" in line for line in lines), lines
 
 
 def test_a_marked_config_with_an_unknown_base_type_or_the_wrong_class_is_refused(saved):
@@ -265,3 +265,18 @@ def test_a_guarded_tensor_of_another_shape_is_refused(saved):
     for load in loaders(saved).values():
         with pytest.raises(RecipeError, match="guarded tensor has shape"):
             load()
+
+
+def test_a_recipe_from_before_the_rename_names_the_new_distribution(saved):
+    """Recipes written before the distribution was renamed record package 'surgery' (another tool on the
+    index) and the old marker: they load, and a missing plugin's hint names vision-surgery."""
+    from surgery.checkpoint.integration import MARKERS
+
+    edit(saved, lambda c: c.update(model_type=MARKERS[1]))
+    edit(saved, lambda c: [step.update(package="surgery") for step in recipe(c)["steps"]])
+    expected = surgery.load(saved)(pixel_values=images()).logits  # the package is not part of the digest
+    assert torch.equal(ViTForImageClassification.from_pretrained(saved)(pixel_values=images()).logits, expected)
+    edit(saved, lambda c: recipe(c)["steps"][0].update(plugin="gone"))
+    with pytest.raises(RecipeError, match=r"plugin 'gone' .*from package 'vision-surgery', which is not installed: "
+                                          r"pip install vision-surgery$"):
+        surgery.load(saved)

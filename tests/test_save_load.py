@@ -53,7 +53,7 @@ def test_recipe_in_config_json(tmp_path):
     recipe = json.loads((tmp_path / "config.json").read_text())["quantization_config"]
     assert recipe["quant_method"] == "surgery" and recipe["format_version"] == FORMAT_VERSION
     (step,) = recipe["steps"]
-    assert step["plugin"] == "ggem" and step["package"] == "surgery" and step["options"]["groups"] == 2
+    assert step["plugin"] == "ggem" and step["package"] == "vision-surgery" and step["options"]["groups"] == 2
     assert step["targets"] == ["vit.layernorm"]
     assert set(step["versions"]) == {"surgery", "torch", "transformers"}
     assert (tmp_path / "model.safetensors").exists() and not list(tmp_path.glob("*.bin"))

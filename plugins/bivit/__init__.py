@@ -13,6 +13,7 @@ from surgery.core.searchable import SearchSpace
 from surgery.core.hookspecs import hookimpl
 from surgery.plugins.bivit import rewrite, training
 from surgery.plugins.bivit.config import BiViTConfig
+from surgery.plugins.bivit.layers import OPENVINO_W1A1
 from surgery.toolkit.register import define_method, registration
 
 SOFTMAX_REWRITERS = {
@@ -26,9 +27,7 @@ SOFTMAX_REWRITERS = {
 
 def refuse_export(to: str, options: dict) -> str | None:
     if to == "openvino" and options.get("activations", "binary") == "binary":
-        return ("1-bit activations (sign of every linear input) flip on the small rounding differences of OpenVINO's "
-                "CPU kernels, so outputs drift far beyond the 1e-3 check; export W1A1 to ONNX, or use activations='full' "
-                "(W1A32) for OpenVINO")
+        return OPENVINO_W1A1
     return None
 
 

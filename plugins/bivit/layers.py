@@ -13,6 +13,12 @@ from surgery.plugins.bivit.binarize import binary_weight, sign_ste, softmax_bina
 from surgery.toolkit.adapters import LatentWeight
 from surgery.toolkit.inference import InferenceCache, inference_only, state_key
 from surgery.toolkit.packing import pack_bits, unpack_bits
+from surgery.toolkit.tracing import refuse_trace_by
+
+
+OPENVINO_W1A1 = ("1-bit activations (sign of every linear input) flip on the small rounding differences of OpenVINO's "
+                 "CPU kernels, so outputs drift far beyond the 1e-3 check; export W1A1 to ONNX, or use activations='full' "
+                 "(W1A32) for OpenVINO")
 
 
 class BinaryLinear(LatentWeight, InferenceCache, nn.Linear):
@@ -60,6 +66,8 @@ class BinaryLinear(LatentWeight, InferenceCache, nn.Linear):
         # the sum, its rounding follows the summation order, so an exact tie (a sum of 0, common at
         # widths like 768 with zero biases) comes out as +-tiny and the next sign() flips differently
         # in every runtime, thread count and batch size (measured: ONNX Runtime off by 2.4 on ViT-B).
+        if torch.jit.is_tracing():  # OpenVINO's own frontend (optimum-intel export=True) drifts on 1-bit inputs
+            refuse_trace_by("openvino", "bivit", OPENVINO_W1A1)
         out = F.linear(sign_ste(x), weight) * scale.reshape(-1)
         return out if self.bias is None else out + self.bias
 

@@ -11,7 +11,7 @@ the checkpoint lacks are an error, and the recipe must be the one the weights we
 Without ``import surgery``, transformers would skip the unknown quantization method with a log
 line and return a different model. So a saved ``config.json`` names the model type
 :data:`MARKER` (the real one is kept under :data:`BASE_TYPE_KEY`): transformers alone refuses it
-with "model type `surgery (pip install surgery)` ... not recognize", in ``AutoConfig``, the Auto
+with "model type `surgery (pip install vision-surgery)` ... not recognize", in ``AutoConfig``, the Auto
 model classes and ``pipeline()``; with surgery imported, the marker resolves to the real config. A
 concrete model class only warns about the marker, so one tensor is saved in a shape the plain class
 refuses (:mod:`surgery.checkpoint.guard`) and the quantizer takes it back here.
@@ -33,6 +33,7 @@ from transformers.quantizers.auto import AUTO_QUANTIZER_MAPPING, register_quanti
 from transformers.quantizers.base import HfQuantizer
 from transformers.utils import logging as hf_logging
 
+from surgery._version import DISTRIBUTION, LEGACY_DISTRIBUTIONS
 from surgery.checkpoint.adapter import ADAPTER_ATTR, ADAPTER_DIGEST_KEY
 from surgery.checkpoint.files import DIGEST_KEY, check_digest, check_weight_files, weights_metadata
 from surgery.checkpoint.guard import guard_state, guarded_reference, unguard
@@ -45,7 +46,9 @@ from surgery.errors import RecipeError
 from surgery.toolkit.completeness import refuse_incomplete
 from surgery.toolkit.packing import packed_away_keys, packed_state_dict, unpack_all
 
-MARKER = "surgery (pip install surgery)"
+MARKER = f"surgery (pip install {DISTRIBUTION})"
+# the markers written before the distribution was renamed: still read
+MARKERS = (MARKER, *(f"surgery (pip install {name})" for name in LEGACY_DISTRIBUTIONS))
 BASE_TYPE_KEY = "surgery_base_model_type"
 
 
@@ -75,7 +78,7 @@ def mark_config_file(folder: str | Path) -> None:
     path = Path(folder) / "config.json"
     data = json.loads(path.read_text())
     recipe = data.get("quantization_config")
-    if isinstance(recipe, dict) and recipe.get("quant_method") == QUANT_METHOD and data.get("model_type") != MARKER:
+    if isinstance(recipe, dict) and recipe.get("quant_method") == QUANT_METHOD and data.get("model_type") not in MARKERS:
         data[BASE_TYPE_KEY], data["model_type"] = data["model_type"], MARKER
         path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
@@ -84,7 +87,7 @@ def unmark(config: Any) -> None:
     """Undo what a model class's own ``config_class.from_pretrained`` reads from a marked file (it keeps
     the marker and the base type as attributes of the instance)."""
     attributes = vars(config)
-    if attributes.get("model_type") == MARKER:
+    if attributes.get("model_type") in MARKERS:
         base = attributes.pop(BASE_TYPE_KEY, None)
         del attributes["model_type"]
         if base != type(config).model_type:
@@ -287,5 +290,7 @@ def _source_weights(config: Any) -> list[str]:
 
 if QUANT_METHOD not in AUTO_QUANTIZER_MAPPING:  # importable twice (reloads) without error
     register_quantizer(QUANT_METHOD)(SurgeryQuantizer)
-if MARKER not in CONFIG_MAPPING:
-    AutoConfig.register(MARKER, SurgeryCheckpointConfig)
+for _marker in MARKERS:
+    if _marker not in CONFIG_MAPPING:
+        AutoConfig.register(_marker, SurgeryCheckpointConfig if _marker == MARKER else
+                            type("LegacySurgeryCheckpointConfig", (SurgeryCheckpointConfig,), {"model_type": _marker}))

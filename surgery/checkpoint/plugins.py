@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from surgery._version import DISTRIBUTION as SELF, LEGACY_DISTRIBUTIONS
 from surgery.core.host import get_host
 from surgery.errors import RecipeError, clean_text
 
@@ -21,6 +22,7 @@ def check_plugins_installed(steps: list[dict[str, Any]], versions: bool = True) 
         plugin = clean_text(step["plugin"])
         if step["plugin"] not in host.methods:
             package = step.get("package")
+            package = SELF if package in LEGACY_DISTRIBUTIONS else package  # this project, before its rename
             version = f" {clean_text(step['plugin_version'])}" if step.get("plugin_version") else ""
             if isinstance(package, str) and DISTRIBUTION.fullmatch(package):
                 source, hint = f"from package '{package}'", f"pip install {package}"

@@ -22,6 +22,7 @@ from typing import Any
 from transformers.quantizers.auto import AUTO_QUANTIZATION_CONFIG_MAPPING, register_quantization_config
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
+from surgery._version import DISTRIBUTION
 from surgery.errors import RecipeError, clean_text
 
 QUANT_METHOD = "surgery"
@@ -98,7 +99,7 @@ def validate_recipe(data: Any) -> list[dict[str, Any]]:
     if version > FORMAT_VERSION:
         raise RecipeError(
             f"the recipe has format_version {version}; this surgery reads up to {FORMAT_VERSION}. "
-            "Upgrade surgery (pip install -U surgery)."
+            f"Upgrade surgery (pip install -U {DISTRIBUTION})."
         )
     unknown = sorted(set(data) - {"quant_method", "format_version", "steps"})
     if unknown:

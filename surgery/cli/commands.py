@@ -20,15 +20,41 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([_method_json(m, host) for m in methods], indent=2))
     else:
-        rows = [("name", "summary", "architectures", "package")]
-        anatomies = list(host.anatomies.values())
-        rows += [(m.name, m.summary, ", ".join(supported_families(m, anatomies)), f"{m.package} {m.version}") for m in methods]
-        widths = [max(len(r[i]) for r in rows) for i in range(3)]
-        for row in rows:
-            print("  ".join(cell.ljust(widths[i]) if i < 3 else cell for i, cell in enumerate(row)))
+        _print_methods(methods, list(host.anatomies.values()))
     for problem in host.problems:
         print(f"surgery: warning: {problem}", file=sys.stderr)
     return 0
+
+
+def _print_methods(methods: list[Any], anatomies: list[Any]) -> None:
+    """A table that rich fits to the terminal (80 columns where the width is unknown), wrapping cells at
+    spaces: families read "all N" or "all but X" where a method takes (nearly) every installed one;
+    plugins from other packages are named under the table."""
+    import shutil
+
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    from surgery._version import DISTRIBUTION
+
+    every = [a.model_type for a in anatomies]
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    table.add_column("name", no_wrap=True)
+    table.add_column("version", no_wrap=True)
+    table.add_column("families", ratio=1, min_width=max(len(name) for name in every) + 1)
+    table.add_column("summary", ratio=2)
+    for method in methods:
+        families = supported_families(method, anatomies)
+        missing = [name for name in every if name not in families]
+        shown = (f"all {len(every)}" if not missing else f"all but {', '.join(missing)}" if len(missing) <= 2
+                 else ", ".join(families) or "none")
+        table.add_row(method.name, method.version, shown, method.summary)
+    console = Console(width=shutil.get_terminal_size((80, 24)).columns, no_color=True, highlight=False)
+    console.print(table)
+    others = [f"{m.name} ({m.package})" for m in methods if m.package != DISTRIBUTION]
+    if others:
+        console.print(f"from other packages than {DISTRIBUTION}: {', '.join(others)}", soft_wrap=False)
 
 
 def cmd_families(args: argparse.Namespace) -> int:
@@ -97,14 +123,20 @@ def cmd_apply(args: argparse.Namespace) -> int:
     return 0
 
 
-def _calibration(name: str | None, model: str) -> Any:
-    """Batches of pixel_values for steps that calibrate: a built-in task's training split (the first
-    256 shapes; the 1149 digits), through the model's own image processor."""
-    if name is None:
+def _calibration(source: str | None, model: str) -> Any:
+    """Batches of pixel_values for steps that calibrate, through the model's own image processor: a
+    built-in task's training split (the first 256 shapes; the 1149 digits), or the first 256 images
+    of the train split of an imagefolder or Hub dataset (the same specs as --data)."""
+    if source is None:
         return None
-    from surgery.data.tasks import task, task_tensors
+    from surgery.data.tasks import TASKS, task, task_tensors
 
-    return task_tensors(model, "train", name, limit=task(name).calibration_images)[0].split(32)
+    if source in TASKS:
+        return task_tensors(model, "train", source, limit=task(source).calibration_images)[0].split(32)
+    from surgery.data.imagesets import calibration_batches
+    from surgery.data.processor import load_processor
+
+    return calibration_batches(source, load_processor(model))
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -176,69 +208,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_recover(args: argparse.Namespace) -> int:
-    from accelerate import PartialState
-
-    import surgery
-    from surgery.checkpoint.saving import save_from
-    from surgery.data.imagesets import load_images
-    from surgery.data.processor import load_processor
-    from surgery.evaluation.measure import describe_data, record
-    from surgery.recovery import RecoveryConfig, recover
-
-    config = RecoveryConfig.from_strings({k: v for k, v in _recovery_options(args).items() if v is not None})
-    model = surgery.load(_without_adapter(args.model, "recover"))
-    teacher_source = args.teacher or _base_model(model, args.model)
-    teacher = surgery.load(teacher_source)
-    processor = load_processor(args.model)
-    train = load_images(args.data, args.train_split)
-    evaluation = load_images(args.data, args.eval_split) if args.eval_split != "none" else None
-    checkpoints = Path(args.checkpoint_dir or Path(args.output) / "checkpoints")
-    result = recover(model, teacher, train, evaluation, config, processor=processor, checkpoint_dir=checkpoints,
-                     resume=args.resume, lora=args.lora)
-    if not PartialState().is_main_process:
-        return 0
-    save_from(model if result.adapter is None else result.adapter, args.output, source=args.model)
-    (Path(args.output) / "recovery_log.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
-    if result.accuracy is not None:
-        dataset = describe_data(args.data, args.eval_split, len(evaluation))
-        record(args.output, result.figures(str(teacher_source), args.data, dataset))  # names only, never paths
-    figures = ", ".join(f"{label} {value:.2%}" for label, value in (
-        ("teacher", result.teacher_accuracy), ("after surgery", result.accuracy_before), ("recovered", result.accuracy))
-        if value is not None)
-    print(f"recovered {args.model} in {result.seconds:.0f} s ({figures}); saved to {args.output}")
-    return 0
-
-
-def _base_model(model: Any, folder: str) -> str:
-    """The model the surgery started from, as recorded in the recipe: a Hub id, or a local model's
-    name (folders never record paths), looked for in the current folder, beside ``folder`` and among
-    the built-in models (recipes written before names were recorded hold a path, used as it is)."""
-    import surgery
-    from surgery.core.history import HUB_ID
-    from surgery.demo.model import cache_dir
-    from surgery.errors import SurgeryError
-
-    source = next((step.base_model for step in surgery.history(model) if step.base_model), None)
-    if source is None:
-        raise SurgeryError(f"{folder} records no base model to distil from; pass --teacher (the original model's folder or Hub id)")
-    places = [Path(source), Path(folder).resolve().parent / source, cache_dir() / "models" / source]
-    found = next((place for place in places if (place / "config.json").is_file()), None)
-    if found is not None:
-        return str(found)
-    if HUB_ID.fullmatch(source):
-        return source
-    raise SurgeryError(f"{folder} was made from the local model '{source}' (model folders record a local model by its "
-                       f"name, not its path), which is not in the current folder, beside {folder} or among the built-in "
-                       "models; pass --teacher (the original model's folder)")
-
-
-def _recovery_options(args: argparse.Namespace) -> dict[str, str | None]:
-    from surgery.recovery import RecoveryConfig
-
-    return {name: getattr(args, name) for name, _, _ in RecoveryConfig.describe_options()}
-
-
 def cmd_card(args: argparse.Namespace) -> int:
     from surgery.publish.cards import card
 
@@ -251,6 +220,7 @@ def cmd_card(args: argparse.Namespace) -> int:
 def cmd_push(args: argparse.Namespace) -> int:
     from surgery.publish.hub import publishable_files, push
 
+    args.model, args.repo_id = _folder_and_repo(args.model, args.repo_id)
     if Path(args.model).is_dir():
         skipped = publishable_files(args.model)[1]
         if skipped:
@@ -261,6 +231,23 @@ def cmd_push(args: argparse.Namespace) -> int:
     url = push(args.model, args.repo_id, private=args.private, token=args.token, new=args.new)
     print(f"pushed {args.model} to {args.repo_id}: {url}")
     return 0
+
+
+def _folder_and_repo(first: str, second: str) -> tuple[str, str]:
+    """``(folder, repo id)`` from two arguments in either order: the one that is a folder here is the
+    model (``hf upload`` puts the repository first); neither or both being folders is an error."""
+    from surgery.errors import SurgeryError
+
+    folders = [Path(first).is_dir(), Path(second).is_dir()]
+    if folders == [True, False]:
+        return first, second
+    if folders == [False, True]:
+        return second, first
+    if not any(folders):
+        raise SurgeryError(f"push: neither {first!r} nor {second!r} is a folder here; give the saved model's folder "
+                           "and the repository id (in either order)")
+    raise SurgeryError(f"push: both {first!r} and {second!r} are folders here, so which one is the repository id is "
+                       "ambiguous; run it from another folder or give the model folder's path with a ./ or /")
 
 
 def cmd_demo_model(args: argparse.Namespace) -> int:

@@ -17,10 +17,10 @@ from surgery.cli.commands import (
     cmd_list,
     cmd_plan,
     cmd_push,
-    cmd_recover,
 )
 from surgery.cli.env_command import add_parser as add_env
 from surgery.cli.env_command import version_line
+from surgery.cli.recover_command import add_parser as add_recover
 from surgery.data.tasks import TASKS
 
 
@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="a local model folder or a Hub id")
     p.add_argument("--plugin", "-p", action="append", required=True, help=plugin_help)
     p.add_argument("--output", "-o", required=True, help="folder to save the rewritten model to")
-    p.add_argument("--calibration", choices=list(TASKS), help="data for steps that calibrate (quantize): a built-in task's train split")
+    p.add_argument("--calibration", metavar="DATA", help="data for steps that calibrate (quantize), as --data takes it: "
+                   "'digits' or 'shapes' (built in), a local imagefolder or a Hub dataset id (its train split)")
     p.set_defaults(run=cmd_apply)
 
     p = sub.add_parser("inspect", help="print the surgery recipe of a saved model")
@@ -60,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="a saved model folder or a Hub id")
     p.add_argument("--to", required=True, choices=["onnx", "openvino"])
     p.add_argument("--int8", action="store_true", help="add an int8 `quantize` step first (needs --calibration)")
-    p.add_argument("--calibration", choices=list(TASKS), help="calibration data for --int8: a built-in task's train split")
+    p.add_argument("--calibration", metavar="DATA", help="calibration data for --int8, as --data takes it: 'digits' or "
+                   "'shapes' (built in), a local imagefolder or a Hub dataset id (its train split)")
     p.add_argument("--output", "-o", required=True, help="folder for the exported model (not the model's own folder)")
     p.add_argument("--overwrite", action="store_true", help="export into a folder that holds other files")
     p.add_argument("--exporter", choices=["auto", "optimum", "torch"], default="auto",
@@ -80,25 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the figures as JSON on stdout (and nothing else there)")
     p.set_defaults(run=cmd_eval)
 
-    p = sub.add_parser("recover", help="fine-tune a rewritten model with distillation from its original (accelerate)",
-                       description="Runs on one CPU or GPU as is, and on several with `accelerate launch -m surgery.cli recover ...`.")
-    p.add_argument("model", help="a saved rewritten model folder")
-    p.add_argument("--data", required=True, help=data_help)
-    p.add_argument("--output", "-o", required=True, help="folder for the recovered model")
-    p.add_argument("--teacher", help="the original model (default: the base model recorded in the recipe)")
-    p.add_argument("--train-split", default="train")
-    p.add_argument("--eval-split", default="test", help="evaluated before and after every epoch; 'none' to skip")
-    p.add_argument("--checkpoint-dir", help="epoch checkpoints (default: OUTPUT/checkpoints)")
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --checkpoint-dir")
-    p.add_argument("--lora", metavar="K=V,...", help="train LoRA adapters (PEFT) instead of every weight: "
-                   "r=8,alpha=16[,dropout=0][,targets=attention+mlp][,merge=false] (merge=false keeps them in OUTPUT/adapter)")
-    from surgery.recovery import RecoveryConfig
-
-    for name, kind, default in RecoveryConfig.describe_options():
-        metavar = "{" + ",".join(x.strip("' ") for x in kind.split("|")) + "}" if "|" in kind else kind.upper()
-        p.add_argument("--" + name.replace("_", "-"), dest=name, metavar=metavar,
-                       help=f"{kind}, default {default}")
-    p.set_defaults(run=cmd_recover)
+    add_recover(sub, data_help)
 
     p = sub.add_parser("card", help="write README.md (model card) for a saved rewritten model")
     p.add_argument("model", help="a saved model folder")
@@ -110,9 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-measure", action="store_true", help="do not load the model to measure FLOPs and latency")
     p.set_defaults(run=cmd_card)
 
-    p = sub.add_parser("push", help="upload a model folder to the Hugging Face Hub")
-    p.add_argument("model", help="a saved model folder")
-    p.add_argument("repo_id", help="namespace/name on the Hub")
+    p = sub.add_parser("push", help="upload a model folder to the Hugging Face Hub",
+                       description="The folder and the repository id go in either order: `surgery push FOLDER REPO_ID` "
+                                   "or, as `hf upload` has them, `surgery push REPO_ID FOLDER`.")
+    p.add_argument("model", metavar="FOLDER", help="a saved model folder (or the repository id, with the folder second)")
+    p.add_argument("repo_id", metavar="REPO_ID", help="namespace/name on the Hub (or the folder, with the id first)")
     p.add_argument("--private", action="store_true", help="create the repository as private")
     p.add_argument("--token", help="a Hugging Face token with write access (default: HF_TOKEN or the stored login)")
     p.add_argument("--new", action="store_true", help="fail if the repository already exists")

@@ -22,12 +22,13 @@ from surgery.core import hookspecs
 from surgery.core.anatomy import Anatomy
 from surgery.core.families import builtin_anatomies
 from surgery.core.method import SurgeryMethod
+from surgery._version import DISTRIBUTION, LEGACY_DISTRIBUTIONS
 from surgery.errors import SurgeryError, UnknownPluginError, UnsupportedModelError, did_you_mean
 
 logger = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "surgery"
-SELF_DISTRIBUTION = "surgery"
+SELF_DISTRIBUTION = DISTRIBUTION
 BUILTIN_PACKAGE = "surgery.plugins"  # plugins/ in the repository
 
 
@@ -98,7 +99,7 @@ class Host:
             entry_points = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
         for ep in entry_points:
             distribution = ep.dist.name if ep.dist is not None else "unknown"
-            if distribution == SELF_DISTRIBUTION or self.pm.has_plugin(ep.name):
+            if distribution in (SELF_DISTRIBUTION, *LEGACY_DISTRIBUTIONS) or self.pm.has_plugin(ep.name):
                 continue
             try:
                 target = ep.load()

@@ -138,3 +138,21 @@ def batches(data, config, processor=None, batch_size: int = 32, shuffle: bool = 
     image, label = columns(data)
     collate = ProcessedCollator(processor, image, label, label_mapping(data, label, config))
     return DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=generator, collate_fn=collate)
+
+
+def calibration_batches(source: str, processor, split: str = "train", limit: int = 256,
+                        batch_size: int = 32) -> list[torch.Tensor]:
+    """Batches of ``pixel_values`` for steps that calibrate, from the first ``limit`` images of
+    ``split`` of ``source`` (the same specs as ``load_images``: an imagefolder or a Hub dataset id;
+    labels are not needed), through the model's image ``processor``."""
+    dataset = load_images(source, split)
+    features = dataset.features
+    import datasets
+
+    image = next((n for n, f in features.items() if isinstance(f, datasets.Image)), None)
+    image = image or next((n for n in IMAGE_COLUMNS if n in features), None)
+    if image is None:
+        raise SurgeryError(f"calibration data '{source}' needs an image column; it has {list(features)}")
+    rows = dataset.select(range(min(limit, len(dataset))))[image]
+    pixels = processor(images=[picture.convert("RGB") for picture in rows], return_tensors="pt")["pixel_values"]
+    return list(pixels.split(batch_size))

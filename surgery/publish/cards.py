@@ -20,6 +20,7 @@ from typing import Any
 import jinja2
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from surgery._version import DISTRIBUTION
 from surgery.checkpoint.loading import load
 from surgery.checkpoint.recipe import read_steps
 from surgery.core.history import HUB_ID
@@ -88,16 +89,17 @@ def card(folder: str | Path, results: dict[str, Any] | str | Path | None = None,
         "plot": plot and PLOT_FILE,
         "plot_title": "accuracy and latency before and after surgery",
         "model_id": model_id,
-        "packages": sorted({s["package"] for s in steps if s.get("package")}) or ["surgery"],
+        "distribution": DISTRIBUTION,
+        "packages": sorted({s["package"] for s in steps if s.get("package")}) or [DISTRIBUTION],
         "exports": _exports(folder),
         "begin_marker": BEGIN,
         "end_marker": END,
     }
     data = ModelCardData(
         license=license,
-        library_name="transformers",
+        library_name=DISTRIBUTION,  # not transformers: the Hub's transformers snippet fails without surgery
         pipeline_tag="image-classification",
-        tags=["surgery", "image-classification", config.model_type] + [s["plugin"] for s in steps],
+        tags=["surgery", "transformers", "image-classification", config.model_type] + [s["plugin"] for s in steps],
         base_model=_hub_model(base_model),
         datasets=datasets or ([dataset] if dataset and _is_hub_dataset(dataset) else None),
         model_name=model_id,

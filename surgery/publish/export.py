@@ -101,7 +101,7 @@ def export(model: Any, output: str | Path, to: Literal["onnx", "openvino"] = "on
     output.absolute().parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{output.name}.export-", dir=output.absolute().parent) as tmp:
         stage = Path(tmp) / "out"
-        exporter = write_onnx(model, stage if to == "onnx" else Path(tmp) / "onnx", exporter)
+        exporter, traced = write_onnx(model, stage if to == "onnx" else Path(tmp) / "onnx", exporter)
         if to == "openvino":
             path = _onnx_to_openvino(Path(tmp) / "onnx" / "model.onnx", stage)
         else:
@@ -128,6 +128,7 @@ def export(model: Any, output: str | Path, to: Literal["onnx", "openvino"] = "on
             "steps": [s.plugin for s in get_history(model)], "cpu": cpu_description(), "exporter": exporter,
             "path": f"{'Optimum onnx_export_from_model' if exporter == 'optimum' else 'torch.onnx.export'}"
                     + (" -> openvino.convert_model (from the ONNX graph)" if to == "openvino" else ""),
+            "traced_as_constants": traced,  # the tracer's warnings: fixed shapes, the batch varied by the check above
         }, indent=2, allow_nan=False) + "\n")
         _move_into(stage, output)
     result = ExportResult(output / path.name, to, difference, quantized)

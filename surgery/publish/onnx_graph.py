@@ -8,10 +8,12 @@ from __future__ import annotations
 import contextlib
 import importlib
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
 
+from surgery._version import DISTRIBUTION
 from surgery.errors import ExportError
 from surgery.evaluation.measure import image_side
 
@@ -24,11 +26,25 @@ def needs(module: str):
         return importlib.import_module(module)
     except ImportError as error:
         raise ExportError(f"export needs {module.split('.')[0]}, which is not installed: "
-                          'pip install "surgery[export]"') from error
+                          f'pip install "{DISTRIBUTION}[export]"') from error
 
 
-def write_onnx(model, folder: Path, exporter: str) -> str:
-    """Write ``folder/model.onnx``; returns the exporter that ran ("optimum" or "torch")."""
+def write_onnx(model, folder: Path, exporter: str) -> tuple[str, list[str]]:
+    """Write ``folder/model.onnx``; returns the exporter that ran ("optimum" or "torch") and where the
+    tracer said a Python value became a constant (``file:line``). Those are shapes: the graph fixes
+    every input dimension but the batch, which the export's parity check varies; so they are kept for
+    the report instead of printed (other warnings are printed as they come)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        exporter = _write_onnx(model, folder, exporter)
+    traced = sorted({f"{Path(w.filename).name}:{w.lineno}" for w in caught if issubclass(w.category, torch.jit.TracerWarning)})
+    for warning in caught:
+        if not issubclass(warning.category, torch.jit.TracerWarning):
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    return exporter, traced
+
+
+def _write_onnx(model, folder: Path, exporter: str) -> str:
     if exporter == "auto":  # optimum-onnx installs only next to transformers 4.57; elsewhere torch.onnx writes the graph
         exporter = "optimum" if _optimum_knows(model.config.model_type) is True else "torch"
     if exporter == "optimum":

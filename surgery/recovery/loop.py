@@ -20,8 +20,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -34,7 +32,7 @@ from surgery.recovery.checkpoints import latest_checkpoint, load_checkpoint, pru
 from surgery.recovery.config import RecoveryConfig, RecoveryResult
 from surgery.recovery.hooks import step_hooks
 from surgery.recovery.lora import LoraOptions, base_of, canonical, describe, discard, finish, is_adapter_parameter, wrap
-from surgery.recovery.losses import distillation_loss, feature_loss, random_shift
+from surgery.recovery.losses import loss_terms
 from surgery.recovery.schedule import new_parameter_names, optimizer_and_schedule
 from surgery.toolkit.adapters import is_peft_model
 
@@ -178,7 +176,7 @@ def _train_epoch(student, teacher, loader, optimizer, schedule, hooks, config: R
         run_progress = (epoch * steps + step) / (config.total_epochs * steps)
         for hook in hooks:
             hook.schedule(run_progress)
-        terms = _loss_terms(student, teacher, batch, hooks, config, accelerator)
+        terms = loss_terms(student, teacher, batch, hooks, config, accelerator.autocast)
         accelerator.backward(terms["loss"])
         if config.max_grad_norm > 0 and accelerator.sync_gradients:
             accelerator.clip_grad_norm_([p for p in student.parameters() if p.requires_grad], config.max_grad_norm)
@@ -195,28 +193,3 @@ def _train_epoch(student, teacher, loader, optimizer, schedule, hooks, config: R
         record.update(hook.describe((epoch + 1) / config.total_epochs))
     record["seconds"] = round(time.perf_counter() - started, 2)
     return record
-
-
-def _loss_terms(student, teacher, batch, hooks, config: RecoveryConfig, accelerator) -> dict[str, torch.Tensor]:
-    features = config.feature_weight > 0
-    pixel_values = random_shift(batch["pixel_values"], config.shift)
-    with accelerator.autocast():
-        out = student(pixel_values=pixel_values, output_hidden_states=features)
-        terms: dict[str, torch.Tensor] = {}
-        if teacher is not None:
-            with torch.no_grad():
-                reference = teacher(pixel_values=pixel_values, output_hidden_states=features)
-            loss, terms["cross_entropy"], terms["distillation"] = distillation_loss(
-                out.logits.float(), reference.logits.float(), batch["labels"], config.temperature, config.distill_weight)
-            if features:
-                terms["features"] = feature_loss(out.hidden_states[1:], reference.hidden_states[1:])
-                loss = loss + config.feature_weight * terms["features"]
-        else:
-            loss = terms["cross_entropy"] = F.cross_entropy(out.logits.float(), batch["labels"])
-        for hook in hooks:
-            extra = hook.loss()
-            if extra is not None:
-                terms[f"{type(hook).__name__}"] = extra
-                loss = loss + extra
-    terms["loss"] = loss
-    return terms

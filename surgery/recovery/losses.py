@@ -3,6 +3,8 @@ image shift."""
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 
@@ -40,3 +42,31 @@ def random_shift(pixel_values: torch.Tensor, fraction: float) -> torch.Tensor:
     offsets = torch.randint(0, 2 * pad + 1, (len(pixel_values), 2)).tolist()
     height, width = pixel_values.shape[-2:]
     return torch.stack([padded[i, :, dy:dy + height, dx:dx + width] for i, (dy, dx) in enumerate(offsets)])
+
+
+def loss_terms(student, teacher, batch, hooks, config, autocast=contextlib.nullcontext) -> dict[str, torch.Tensor]:
+    """One step's loss and its terms, shared by :func:`surgery.recover` and the Trainer path: the
+    batch shifted (``config.shift``), label cross-entropy and distillation from ``teacher`` (with
+    hidden states where ``config.feature_weight`` > 0), plus every plugin training hook's loss."""
+    features = config.feature_weight > 0
+    pixel_values = random_shift(batch["pixel_values"], config.shift)
+    with autocast():
+        out = student(pixel_values=pixel_values, output_hidden_states=features)
+        terms: dict[str, torch.Tensor] = {}
+        if teacher is not None:
+            with torch.no_grad():
+                reference = teacher(pixel_values=pixel_values, output_hidden_states=features)
+            loss, terms["cross_entropy"], terms["distillation"] = distillation_loss(
+                out.logits.float(), reference.logits.float(), batch["labels"], config.temperature, config.distill_weight)
+            if features:
+                terms["features"] = feature_loss(out.hidden_states[1:], reference.hidden_states[1:])
+                loss = loss + config.feature_weight * terms["features"]
+        else:
+            loss = terms["cross_entropy"] = F.cross_entropy(out.logits.float(), batch["labels"])
+        for hook in hooks:
+            extra = hook.loss()
+            if extra is not None:
+                terms[f"{type(hook).__name__}"] = extra
+                loss = loss + extra
+    terms["loss"] = loss
+    return terms
