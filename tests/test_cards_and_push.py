@@ -199,3 +199,25 @@ def test_the_card_says_what_each_step_does_with_the_familys_traits(tmp_path):
     assert "cls mean readout: the cls half of the read-out becomes the GGeM pool; the mean half stays" in text
     surgery.apply(tiny("vit"), ["ggem"]).save_pretrained(tmp_path / "vit")
     assert "On ViT" not in card(tmp_path / "vit", measure=False).read_text()  # nothing to say on a plain ViT
+
+
+def test_eval_and_bench_take_a_hub_id_and_print_json(digits, tmp_path, online):
+    """A model named by Hub id (the loopback stand-in) is scored and timed, the JSON is valid on stdout,
+    and the figures are not written anywhere (no local folder to keep them beside)."""
+    folder = digits[0]
+    with FakeHub(tmp_path / "hub", token=TOKEN) as hub:
+        push(folder, "me/digits", token=TOKEN, endpoint=hub.url)
+        env = dict(os.environ, HF_ENDPOINT=hub.url, HF_HUB_OFFLINE="0", HF_HOME=str(tmp_path / "hf-home"),
+                   HF_HUB_DISABLE_UPDATE_CHECK="1", HF_TOKEN=TOKEN)
+        runs = {command: subprocess.run([sys.executable, "-m", "surgery.cli", *command], capture_output=True,
+                                        text=True, env=env, timeout=300, cwd=tmp_path)
+                for command in (("eval", "me/digits", "--data", "digits", "--json"), ("bench", "me/digits", "--repeats", "2"))}
+    for command, run in runs.items():
+        assert run.returncode == 0, (command, run.stderr[-2000:])
+        assert "not recorded: me/digits is a Hub id" in run.stderr, (command, run.stderr[-500:])
+    scored = json.loads(runs[("eval", "me/digits", "--data", "digits", "--json")].stdout)
+    from surgery.evaluation.measure import dataset_accuracy
+
+    assert scored["accuracy"] == dataset_accuracy(folder, "digits", "test")["accuracy"]
+    timed = json.loads(runs[("bench", "me/digits", "--repeats", "2")].stdout)
+    assert timed["latency_ms"] > 0 and not list(tmp_path.glob("**/surgery_results.json"))
