@@ -267,3 +267,17 @@ def test_every_plugin_folder_is_packaged():
     folders = {f"surgery.plugins.{p.name}" for p in (REPO / "plugins").iterdir() if (p / "__init__.py").is_file()}
     subpackages = {name for name, path in MODULES.items() if path.name == "__init__.py"}
     assert folders <= packages and subpackages <= packages, sorted((folders | subpackages) - packages)
+
+
+def test_package_docstrings_state_their_layer_as_the_table_above_has_it():
+    """A package docstring that says "Layer N" says its rank in LAYERS (they drifted once)."""
+    import re
+
+    wrong = []
+    for name, path in modules().items():
+        if path.name != "__init__.py":
+            continue
+        stated = re.match(r'"""Layer (\d+)', path.read_text())
+        if stated and int(stated.group(1)) != rank(name):
+            wrong.append(f"{name}: says layer {stated.group(1)}, is {rank(name)}")
+    assert not wrong, wrong

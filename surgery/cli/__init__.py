@@ -1,4 +1,4 @@
-"""Layer 7, the command line: parser and commands, glue only. ``surgery = surgery.cli:main``."""
+"""Layer 10, the command line: parser and commands, glue only. ``surgery = surgery.cli:main``."""
 
 from surgery.cli.main import main
 

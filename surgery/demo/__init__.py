@@ -1,1 +1,1 @@
-"""Layer 6, demo: the built-in digits model, the tiny-model zoo and the end-to-end demo."""
+"""Layer 9, demo: the built-in digits model, the tiny-model zoo and the end-to-end demo."""

@@ -1,1 +1,1 @@
-"""Layer 5, publish: export (ONNX, OpenVINO), model cards and the Hub. Imports everything below."""
+"""Layer 6, publish: export (ONNX, OpenVINO), model cards and the Hub. Imports everything below."""

@@ -1,4 +1,4 @@
-"""The recipe search: from a model, data, a runtime and a budget to a saved, measured recipe.
+"""Layer 7, the recipe search: from a model, data, a runtime and a budget to a saved, measured recipe.
 
     result = surgery.search("folder", "digits", runtime="openvino", latency=0.5, max_drop=1.0, output="out/")
 

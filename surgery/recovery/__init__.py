@@ -1,4 +1,4 @@
-"""Layer 4, recovery: distillation fine-tuning after surgery (config, losses, schedule, checkpoints,
+"""Layer 5, recovery: distillation fine-tuning after surgery (config, losses, schedule, checkpoints,
 loop) and the plugins' training hooks. Imports core, checkpoint, toolkit, data and evaluation; never a
 plugin. ``recover`` and its config are the public names."""
 
