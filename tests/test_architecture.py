@@ -281,3 +281,37 @@ def test_package_docstrings_state_their_layer_as_the_table_above_has_it():
         if stated and int(stated.group(1)) != rank(name):
             wrong.append(f"{name}: says layer {stated.group(1)}, is {rank(name)}")
     assert not wrong, wrong
+
+
+def test_no_import_cycles_not_even_for_typing():
+    """No module reaches itself through imports, counting those under TYPE_CHECKING (``from pkg import
+    submodule`` is an import of the submodule)."""
+    import ast
+
+    found = modules()
+    graph = {}
+    for name, path in found.items():
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module in found:
+                for alias in node.names:
+                    submodule = f"{node.module}.{alias.name}"
+                    targets.add(submodule if submodule in found else node.module)
+            elif isinstance(node, ast.Import):
+                targets |= {alias.name for alias in node.names if alias.name in found}
+        graph[name] = targets - {name}
+    cycles = []
+
+    def visit(name, path):
+        for target in graph[name]:
+            if target in path:
+                cycles.append(path[path.index(target):] + [target])
+            elif target not in done:
+                visit(target, path + [target])
+        done.add(name)
+
+    done: set[str] = set()
+    for name in graph:
+        if name not in done:
+            visit(name, [name])
+    assert not cycles, cycles[:3]

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from surgery.core.anatomy import Anatomy
     from surgery.core.history import AppliedStep
     from surgery.core.method import SurgeryMethod
-    from surgery.core.specs import PlannedStep
+    from surgery.core.method import PlannedStep
 
 PROJECT = "surgery"
 hookspec = pluggy.HookspecMarker(PROJECT)

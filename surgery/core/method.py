@@ -152,3 +152,20 @@ class SurgeryMethod:
                 )
             return options
         return self.config_class.from_dict(dict(options or {}))
+
+
+@dataclasses.dataclass
+class PlannedStep:
+    """One validated step: the method, its options and the modules it will rewrite."""
+
+    method: SurgeryMethod
+    config: SurgeryConfig
+    targets: list[str] = dataclasses.field(default_factory=list)
+
+    def describe(self) -> str:
+        options = " ".join(f"{k}={v}" for k, v in self.config.to_dict().items())
+        head = f"{self.method.name} {self.method.version} ({self.method.package})"
+        lines = [f"{head}  {options}".rstrip()]
+        lines.append(f"   rewrites: {', '.join(self.targets) or '(nothing)'}")
+        lines.append(f"   reversible: {'yes' if self.method.reversible else 'no'}")
+        return "\n".join(lines)

@@ -6,33 +6,15 @@ Values stay strings here; each plugin's config parses its own (``SurgeryConfig.f
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any, Union
 
 from surgery.core.host import Host, get_host
-from surgery.core.method import SurgeryMethod
+from surgery.core.method import PlannedStep, SurgeryMethod  # PlannedStep: also importable from here
 from surgery.core.options import SurgeryConfig
 from surgery.errors import ConfigError
 
 Spec = Union[str, tuple[str, Mapping[str, Any]], SurgeryConfig]
-
-
-@dataclasses.dataclass
-class PlannedStep:
-    """One validated step: the method, its options and the modules it will rewrite."""
-
-    method: SurgeryMethod
-    config: SurgeryConfig
-    targets: list[str] = dataclasses.field(default_factory=list)
-
-    def describe(self) -> str:
-        options = " ".join(f"{k}={v}" for k, v in self.config.to_dict().items())
-        head = f"{self.method.name} {self.method.version} ({self.method.package})"
-        lines = [f"{head}  {options}".rstrip()]
-        lines.append(f"   rewrites: {', '.join(self.targets) or '(nothing)'}")
-        lines.append(f"   reversible: {'yes' if self.method.reversible else 'no'}")
-        return "\n".join(lines)
 
 
 def parse_plugin_spec(text: str) -> tuple[str, dict[str, str]]:
