@@ -125,3 +125,16 @@ def cpu_metadata() -> dict[str, str]:
 
     cpu = cpu_description()
     return {"cpu": cpu["model"], "int8_flags": cpu["int8_flags"]}
+
+
+@pytest.fixture
+def online(monkeypatch):
+    """The tests run with HF_HUB_OFFLINE=1; uploads to the loopback stand-in need it off."""
+    from huggingface_hub import constants, utils
+
+    reset_sessions = getattr(utils, "reset_sessions", None) or utils.close_session  # huggingface_hub < 1 / >= 1
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    reset_sessions()
+    yield
+    monkeypatch.undo()
+    reset_sessions()

@@ -16,7 +16,7 @@ from surgery.toolkit.packing import pack_bits, unpack_bits
 from surgery.plugins.bivit.binarize import binary_weight, sign_ste, softmax_binarize
 from surgery.plugins.bivit.layers import BinaryAttention, BinaryLinear
 
-from conftest import ARCHS, core, images, parts, supported, tiny
+from conftest import core, images, parts, supported, tiny
 
 
 def rng(seed=0):

@@ -9,7 +9,7 @@ import copy
 import pytest
 import torch
 from conftest import images, tiny
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import LoraConfig, get_peft_model
 from test_recover import as_if_trained, noisy_data
 
 import surgery

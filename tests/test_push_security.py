@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import images, tiny
 from fakehub import FakeHub
-from test_cards_and_push import TOKEN, online  # noqa: F401  (fixture)
+from test_cards_and_push import TOKEN
 
 import surgery
 from surgery.cli import main

@@ -15,7 +15,7 @@ import torch
 from conftest import images, tiny
 from fakehub import FakeHub
 from safetensors.torch import load_file, save_file
-from test_cards_and_push import TOKEN, online  # noqa: F401  (fixture)
+from test_cards_and_push import TOKEN
 from transformers import AutoModelForImageClassification
 
 import surgery
