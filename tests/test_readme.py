@@ -29,7 +29,8 @@ def test_quick_start_has_two_commands_and_ci_runs_the_test_one():
 def test_every_documented_command_exists():
     parser = build_parser()
     commands = set(parser._subparsers._group_actions[0].choices)
-    documented = set(re.findall(r"^surgery ([a-z-]+)", (ROOT / "README.md").read_text(), re.M))
+    text = "".join(path.read_text() for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))])
+    documented = set(re.findall(r"^surgery ([a-z-]+)", text, re.M))
     options = {o for action in parser._actions for o in action.option_strings}  # surgery --version
     assert documented <= commands | options, documented - commands - options
 
@@ -38,7 +39,7 @@ def test_every_documented_import_resolves():
     """Import lines in the README's Python blocks name modules and objects that exist."""
     import importlib
 
-    text = (ROOT / "README.md").read_text() + (ROOT / "docs" / "architecture.md").read_text()
+    text = "".join(path.read_text() for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))])
     blocks = re.findall(r"```python\n(.*?)```", text, re.S)
     lines = [m for block in blocks for m in re.findall(r"^from (surgery[\w.]*) import ([\w, ]+)", block, re.M)]
     assert lines
@@ -46,3 +47,13 @@ def test_every_documented_import_resolves():
         imported = importlib.import_module(module)
         for name in (n.strip() for n in names.split(",")):
             assert hasattr(imported, name), f"README: `from {module} import {name}` fails"
+
+
+def test_every_relative_link_in_the_docs_leads_somewhere():
+    """The README and the pages under docs/ link files of the repository that exist."""
+    broken = []
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)\s#]+)(?:#[^)]*)?\)", page.read_text()):
+            if not re.match(r"(https?|mailto):", target) and not (page.parent / target).exists():
+                broken.append(f"{page.relative_to(ROOT)}: {target}")
+    assert not broken, broken
