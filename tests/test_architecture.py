@@ -315,3 +315,25 @@ def test_no_import_cycles_not_even_for_typing():
         if name not in done:
             visit(name, [name])
     assert not cycles, cycles[:3]
+
+
+def test_a_plugins_name_appears_only_in_its_own_folder():
+    """Method interactions are declared capabilities (``provides``), never another plugin's name: outside its
+    own folder, no plugin's name is a string in the code (docstrings, the demo's default and the tests aside)."""
+    import ast
+
+    names = [path.name for path in ROOTS["surgery.plugins"].iterdir() if (path / "__init__.py").is_file()]
+    found = []
+    for module, path in modules().items():
+        if module.startswith("surgery.demo"):
+            continue
+        tree = ast.parse(path.read_text())
+        docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                      if isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef))
+                      and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+                for name in names:
+                    if node.value == name and not module.startswith(f"surgery.plugins.{name}"):
+                        found.append(f"{module}: '{name}'")
+    assert not found, found

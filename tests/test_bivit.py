@@ -162,7 +162,7 @@ def test_cross_layer_binarization_in_two_steps(tmp_path):
 
 
 def test_attention_rewrites_and_binary_attention_are_refused_together():
-    with pytest.raises(IncompatibleStepsError, match=r"bivit binary attention cannot follow agent_attention: agent attention has no single softmax"):
+    with pytest.raises(IncompatibleStepsError, match=r"bivit binary attention cannot follow agent_attention: it replaces the softmax attention with one that has no softmax map"):
         surgery.plan(tiny("vit"), [("agent_attention", {"agents": 4}), "bivit"])
     with pytest.raises(IncompatibleStepsError, match=r"token_merge cannot follow bivit's attention binarization"):
         surgery.plan(tiny("vit"), ["bivit", "token_merge"])

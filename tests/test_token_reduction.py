@@ -188,6 +188,21 @@ def test_reductions_do_not_stack_and_refuse_linear_attention():
         surgery.plan(tiny("vit"), ["bivit", "token_transform"])
 
 
+def test_conflicts_follow_the_capabilities_methods_provide_not_their_names():
+    """Every token reduction refuses every method that provides linear_attention (ecoformer included, which a
+    list of names once missed) and every other reduction, both orders; what the registry holds decides."""
+    host = surgery.get_host()
+    reductions = [m for m in host.methods.values() if "token_reduction" in m.provides]
+    linear = [m for m in host.methods.values() if "linear_attention" in m.provides]
+    assert {m.name for m in linear} >= {"agent_attention", "castling", "ecoformer"} and len(reductions) >= 3
+    for reduction in reductions:
+        for other in linear + [m for m in reductions if m is not reduction]:
+            for order in ([other.name, reduction.name], [reduction.name, other.name]):
+                with pytest.raises(IncompatibleStepsError, match=rf"{reduction.name} conflicts with {other.name}|"
+                                                                 rf"{other.name} conflicts with {reduction.name}"):
+                    surgery.plan(tiny("vit"), order)
+
+
 @pytest.mark.parametrize("options, match", [
     ({"temperature": 0}, r"token_transform: option 'temperature' got 0.0; allowed: a number in \[0.001, 1000\]"),
     ({"temperature": 1e-40}, r"option 'temperature' got 1e-40; allowed: a number in \[0.001, 1000\]"),

@@ -15,6 +15,7 @@ from surgery.toolkit.register import define_method, registration
 
 METHOD = define_method(
     __name__,
+    provides=("linear_attention",),  # replaces the softmax attention core (what other methods conflict with)
     summary="Agent Attention: two softmaxes through pooled agent tokens plus a depthwise conv on V",
     config_class=AgentAttentionConfig,
     trait_notes={

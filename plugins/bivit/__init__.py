@@ -11,19 +11,24 @@ from __future__ import annotations
 
 from surgery.core.searchable import SearchSpace
 from surgery.core.hookspecs import hookimpl
+from surgery.core.host import get_host
 from surgery.plugins.bivit import rewrite, training
 from surgery.plugins.bivit.config import BiViTConfig
 from surgery.plugins.bivit.layers import OPENVINO_W1A1
 from surgery.toolkit.register import define_method, registration
 
+# what bivit's binary attention cannot follow, by the capability a method provides (never by its name)
 SOFTMAX_REWRITERS = {
-    "agent_attention": "agent attention has no single softmax map to binarize",
-    "castling": "linear-angular attention has no softmax map to binarize",
-    "ecoformer": "EcoFormer attention has no softmax map to binarize (its q/k codes are binary already)",
-    "token_merge": "token merging runs its own attention forward, which would bypass the binary one",
-    "token_transform": "token transforming runs its own attention forward, which would bypass the binary one",
-    "token_prune": "token pruning runs its own attention forward, which would bypass the binary one",
+    "linear_attention": "it replaces the softmax attention with one that has no softmax map to binarize",
+    "token_reduction": "it runs its own attention forward, which would bypass the binary one",
 }
+
+
+def _rewrites_softmax(plugin: str) -> str | None:
+    """Why a step of ``plugin`` and binary attention do not stack (None: they do)."""
+    method = get_host().methods.get(plugin)
+    provided = method.provides if method is not None else ()
+    return next((reason for capability, reason in SOFTMAX_REWRITERS.items() if capability in provided), None)
 
 def refuse_export(to: str, options: dict) -> str | None:
     if to == "openvino" and options.get("activations", "binary") == "binary":
@@ -33,6 +38,7 @@ def refuse_export(to: str, options: dict) -> str | None:
 
 METHOD = define_method(
     __name__,
+    provides=("binary_linears",),  # linears below 8 bits (what quantize conflicts with)
     summary="BiViT: 1-bit weights (alpha*sign), sign activations and softmax-aware binary attention",
     config_class=BiViTConfig,
     refused_traits={"cosine_attention": "binary attention computes sign(q)·sign(k)/sqrt(d) logits; a cosine-attention "
@@ -75,10 +81,10 @@ def surgery_veto(model, steps, history) -> list[str]:
             for part in sorted(parts & done):
                 reasons.append(f"bivit already binarized the {part} of this model (cross-layer binarization: 'attention' then 'mlp').")
             if "attention" in parts and options.get("activations", "binary") == "binary":
-                reasons += [f"bivit binary attention cannot follow {other}: {SOFTMAX_REWRITERS[other]}; use parts='mlp' or activations='full'."
-                            for other in earlier if other in SOFTMAX_REWRITERS]
+                reasons += [f"bivit binary attention cannot follow {other}: {_rewrites_softmax(other)}; use parts='mlp' or "
+                            "activations='full'." for other in earlier if _rewrites_softmax(other)]
             done |= parts
-        elif plugin in SOFTMAX_REWRITERS and "attention" in done:
+        elif _rewrites_softmax(plugin) and "attention" in done:
             reasons.append(f"{plugin} cannot follow bivit's attention binarization: it would replace or bypass the binary attention.")
         earlier.append(plugin)
     return reasons

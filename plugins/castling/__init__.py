@@ -15,6 +15,7 @@ from surgery.toolkit.register import define_method, registration
 
 METHOD = define_method(
     __name__,
+    provides=("linear_attention",),  # replaces the softmax attention core (what other methods conflict with)
     summary="Castling-ViT linear-angular attention (linear in tokens at inference)",
     config_class=CastlingConfig,
     trait_notes={

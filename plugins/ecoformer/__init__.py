@@ -16,6 +16,7 @@ from surgery.toolkit.register import define_method, registration
 
 METHOD = define_method(
     __name__,
+    provides=("linear_attention",),  # replaces the softmax attention core (what other methods conflict with)
     summary="EcoFormer: shared q/k hashed to binary codes, linear attention by accumulation",
     config_class=EcoFormerConfig,
     trait_notes={

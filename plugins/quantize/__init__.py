@@ -26,7 +26,7 @@ METHOD = define_method(
     roles=("linears",),
     export_exact=False,
     provides=("int8",),
-    conflicts={"bivit": "bivit's binary linears are already below 8 bits; quantize the float model or binarize it, not both"},
+    conflicts={"binary_linears": "bivit's binary linears are already below 8 bits; quantize the float model or binarize it, not both"},
     paper="https://arxiv.org/abs/1712.05877",
     reference="torch.ao.quantization observers and fake-quant; ONNX QDQ format",
     # which linears stay float is per-layer, as NNCF's accuracy control chooses it: the first or last

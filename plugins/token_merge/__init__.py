@@ -24,7 +24,7 @@ METHOD = define_method(
     __name__,
     summary="ToMe: merge r similar tokens per block (bipartite soft matching), training-free",
     config_class=ToMeConfig,
-    **reduction_fields(_NOT_WITH_LINEAR_ATTENTION, _SWIN, other_reductions=("token_transform", "token_prune")),
+    **reduction_fields(_NOT_WITH_LINEAR_ATTENTION, _SWIN),
     apply=rewrite.apply,
     paper="https://arxiv.org/abs/2210.09461",
     reference="https://github.com/facebookresearch/ToMe (af95e4b)",

@@ -170,7 +170,7 @@ def overlaps(model: nn.Module, anatomy: Anatomy, planned: list[tuple[str, list[s
     for first, _ in applied + planned:
         for second, _ in applied + planned:
             a, b = host.methods.get(first), host.methods.get(second)
-            if a is not None and b is not None and (second in a.conflicts or first in b.conflicts):
+            if a is not None and b is not None and (a.conflict_with(b) or b.conflict_with(a)):
                 declared[(first, second)] = declared[(second, first)] = True
     return overlap_reasons(model, anatomy, applied, planned, declared)
 
@@ -186,7 +186,7 @@ def _conflicts(steps: list[PlannedStep], applied: list[AppliedStep], host: Host)
                 continue
             if old.name == new.name and not new.repeatable:
                 reasons.append(f"{new.name} is already applied (it can appear once per model).")
-            reason = new.conflicts.get(old.name) or old.conflicts.get(new.name)
+            reason = new.conflict_with(old) or old.conflict_with(new)
             if reason:
                 reasons.append(f"{new.name} conflicts with {old.name}: {reason}")
         earlier.append(new)

@@ -55,7 +55,9 @@ class SurgeryMethod:
             those values come from the checkpoint.
         needs_data: ``needs_data(config) -> bool``; when true, ``apply`` refuses to start without
             calibration data.
-        conflicts: other method names mapped to the reason they cannot be combined with this one.
+        conflicts: what this method cannot be combined with, mapped to the reason: another method's name, or a
+            capability another method ``provides`` (so a new method that declares the capability is covered
+            without naming it here).
         refuse_export: ``refuse_export(format, options) -> reason or None`` for the export formats
             ("onnx", "openvino") a step cannot go to; checked before exporting.
         training: ``training(model, config, targets, anatomy) -> TrainingHooks`` for methods with
@@ -73,8 +75,10 @@ class SurgeryMethod:
         export_exact: False when an export may differ from PyTorch beyond float rounding (int8 kernels
             round differently from the fake-quant simulation); export then reports the difference
             instead of failing on it.
-        provides: capabilities other parts of surgery may ask for by name instead of naming the
-            plugin (``"int8"``: the method the CLI's ``export --int8`` adds).
+        provides: capabilities other parts of surgery (and other methods' ``conflicts``) ask for instead of
+            naming the plugin: ``"int8"`` (what the CLI's ``export --int8`` adds), ``"linear_attention"``
+            (replaces the softmax attention core), ``"token_reduction"`` (runs its own attention forward on
+            fewer tokens), ``"binary_linears"`` (linears below 8 bits).
         search: the options ``surgery search`` tries and whether the method needs recovery
             (:class:`~surgery.core.searchable.SearchSpace`); None leaves the method out of searches.
         package: the distribution that provides it (filled in by the plugin manager).
@@ -105,6 +109,14 @@ class SurgeryMethod:
     provides: tuple[str, ...] = ()
     search: SearchSpace | None = None
     package: str = ""
+
+    def conflict_with(self, other: SurgeryMethod) -> str | None:
+        """Why this method cannot be combined with ``other``, by its name or a capability it provides (this
+        side's declaration only; a method is never in conflict with itself here: repeats are another rule)."""
+        if other.name == self.name:
+            return None
+        return next((reason for key, reason in self.conflicts.items() if key == other.name or key in other.provides),
+                    None)
 
     @property
     def reversible(self) -> bool:

@@ -127,8 +127,7 @@ def _clear(sizes: TokenSizes) -> None:
 ONE_REDUCTION = "one token reduction per model: both reduce the tokens of the same blocks between attention and MLP"
 
 
-def reduction_fields(linear_attention: str, windowed: str, other_reductions: tuple[str, ...],
-                     needs_prefix: bool = False) -> dict[str, Any]:
+def reduction_fields(linear_attention: str, windowed: str, needs_prefix: bool = False) -> dict[str, Any]:
     """The method fields a token-reduction plugin shares with the others (for ``define_method``): every
     family without windows (``windowed``: why not Swin), a relative position bias or cosine attention;
     with ``needs_prefix`` (importance from the prefix tokens' attention) none without a cls token; the
@@ -151,6 +150,8 @@ def reduction_fields(linear_attention: str, windowed: str, other_reductions: tup
             "mean_readout": "the head's mean runs over the reduced tokens (unweighted by size: the model's own mean)",
         },
         "roles": ("encoder", "block", "attention", "parts", "mlp_in", "mlp_out"),  # the reducing block runs the MLP
-        "conflicts": {"agent_attention": linear_attention, "castling": linear_attention,
-                      **{other: ONE_REDUCTION for other in other_reductions}},
+        # by capability: every linear attention (agent attention, castling, ecoformer, a third party's) and
+        # every other token reduction
+        "conflicts": {"linear_attention": linear_attention, "token_reduction": ONE_REDUCTION},
+        "provides": ("token_reduction",),
     }
