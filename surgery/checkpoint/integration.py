@@ -137,7 +137,7 @@ class SurgeryQuantizer(HfQuantizer):
         if reference is None:
             return None
         names = [name for name, _ in model.named_parameters()]
-        name = {ref: own for ref, own in _reference_names(model, names).items()}.get(reference)
+        name = _reference_names(model, names).get(reference)
         if name is None:
             raise RecipeError(f"{Path(files[0]).parent}: the checkpoint guards {reference[:120]!r}, which this model "
                               "does not have (edited checkpoint or another model class).")

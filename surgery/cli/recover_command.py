@@ -46,7 +46,7 @@ def add_parser(sub: Any, data_help: str) -> None:
     p.set_defaults(run=cmd_recover)
 
 
-def _split(data: str, asked: str | None, default: str, role: str):
+def _split(data: str, asked: str | None, default: str, role: str, flag: str):
     """``(name, images)`` of the split asked for, or of ``default`` when the data has it; ``(None, None)``
     for 'none' or a missing default (with a note)."""
     from surgery.data.imagesets import load_images
@@ -59,8 +59,7 @@ def _split(data: str, asked: str | None, default: str, role: str):
     except SurgeryError as error:
         if asked is not None or "has no split" not in str(error):
             raise
-        print(f"surgery: note: {error} No {role} (pass --{'eval' if role == 'per-epoch evaluation' else 'test'}-split "
-              "to name one).", file=sys.stderr)
+        print(f"surgery: note: {error} No {role} (pass {flag} to name one).", file=sys.stderr)
         return None, None
 
 
@@ -81,8 +80,8 @@ def cmd_recover(args: argparse.Namespace) -> int:
     teacher = surgery.load(teacher_source)
     processor = load_processor(args.model)
     train = load_images(args.data, args.train_split)
-    monitor_split, monitor = _split(args.data, args.eval_split, MONITOR_SPLIT, "per-epoch evaluation")
-    test_split, test = _split(args.data, args.test_split, TEST_SPLIT, "test measurement")
+    monitor_split, monitor = _split(args.data, args.eval_split, MONITOR_SPLIT, "per-epoch evaluation", "--eval-split")
+    test_split, test = _split(args.data, args.test_split, TEST_SPLIT, "test measurement", "--test-split")
 
     def on_test(student) -> float:
         return loader_accuracy(student, batches(test, model.config, processor, 256))
