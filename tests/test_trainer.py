@@ -78,3 +78,14 @@ def test_arguments_the_trainer_cannot_run_as_recover_are_refused(tmp_path):
         DistillationTrainer(student, teacher, args, RECIPE)
     with pytest.raises(SurgeryError, match="without a teacher, set distill_weight=0"):
         DistillationTrainer(student, None, DistillationTrainer.arguments(RECIPE, tmp_path, use_cpu=True), RECIPE)
+
+
+def test_pickled_checkpoints_are_refused(tmp_path):
+    from transformers import TrainingArguments
+
+    if "save_safetensors" not in TrainingArguments.__dataclass_fields__:
+        pytest.skip("this transformers always saves safetensors")
+    student, teacher = _rewritten(["ggem"])
+    args = DistillationTrainer.arguments(RECIPE, tmp_path, use_cpu=True, save_safetensors=False)
+    with pytest.raises(SurgeryError, match="save_safetensors=False is refused; surgery checkpoints load from safetensors"):
+        DistillationTrainer(student, teacher, args, RECIPE)
