@@ -16,13 +16,13 @@ def test_int8_linears_count_as_the_matmuls_they_replace():
     """oneDNN's int8 linear is counted like the float one, and the kernels' one-time self-check is not."""
     import surgery
     from surgery.evaluation.flops import model_flops
-    from surgery.plugins.quantize import engine
+    from surgery.plugins.quantize import engine, kernels
 
     from conftest import images, tiny
 
     x = images(1)
     fp32 = model_flops(tiny("vit").eval(), x)
-    engine.exact_for.cache_clear()  # as in a fresh process
+    kernels.forget()  # as in a fresh process
     model = surgery.apply(tiny("vit"), "quantize", calibration=[images(4)]).eval()
     linears = [m for m in model.modules() if hasattr(m, "int8_engine")]
     assert linears and model_flops(model, x) == fp32

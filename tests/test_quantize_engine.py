@@ -7,7 +7,9 @@ import pytest
 import torch
 
 import surgery
+from surgery.errors import SurgeryError
 import surgery.plugins.quantize.engine as engine
+import surgery.plugins.quantize.kernels as kernels
 from surgery.plugins.quantize.layers import QuantLinear
 
 from conftest import ARCHS, images, tiny
@@ -31,15 +33,19 @@ def simulate(model, on: bool = True) -> None:
 
 def count_engine_calls(monkeypatch) -> list[int]:
     calls = []
-    real = engine.linear
-    monkeypatch.setattr(engine, "linear", lambda *a: calls.append(1) or real(*a))
+    real = engine.Int8Linear.__call__
+    monkeypatch.setattr(engine.Int8Linear, "__call__", lambda *a: calls.append(1) or real(*a))
     return calls
 
 
+@pytest.mark.parametrize("kernel", list(kernels.KERNELS))
 @pytest.mark.parametrize("bits", [7, 8])
-def test_one_layer_equals_integer_arithmetic_in_float64(bits):
+def test_one_layer_equals_integer_arithmetic_in_float64(bits, kernel):
+    if not kernels.exact(kernels.KERNELS[kernel], 2**bits - 1):
+        pytest.skip(f"{kernel} is missing or not exact for {bits}-bit codes on this CPU")
     model = calibrated(activation_bits=bits)
     layer = layers(model)[0]
+    layer.int8_kernel = kernel
     x = torch.randn(2, 17, layer.in_features, generator=torch.Generator().manual_seed(5)) * 2
     with torch.no_grad():
         got = layer(x).double()
@@ -126,14 +132,22 @@ def test_kernels_that_are_not_exact_here_are_not_used(monkeypatch):
     assert calls == []
 
 
-def test_the_self_check_sees_a_wrong_kernel(monkeypatch):
-    engine.exact_for.cache_clear()
-    real = engine.linear
-    monkeypatch.setattr(engine, "linear", lambda *a: real(*a) + 1.0)
+@pytest.mark.parametrize("name", list(kernels.KERNELS))
+def test_the_self_check_sees_a_wrong_kernel(name, monkeypatch):
+    import dataclasses
+
+    kernel = kernels.KERNELS[name]
+    if not kernel.available():
+        pytest.skip(f"this torch has no {name} int8 linear")
+    assert kernels.exact(kernel, 127)
+    wrong = dataclasses.replace(kernel, run=lambda *a: kernel.run(*a) + 1.0)
+    assert kernels.exact(wrong, 127) is False
+    kernels.forget()
+    monkeypatch.setitem(kernels.KERNELS, name, wrong)
     try:
-        assert engine.exact_for(127) is False
+        assert kernels.choice(127)[0] is not wrong
     finally:
-        engine.exact_for.cache_clear()
+        kernels.forget()
 
 
 @pytest.mark.parametrize("spec", ["quantize", "bivit"])
@@ -149,3 +163,40 @@ def test_a_model_that_has_run_inference_copies_and_takes_another_step(spec):
         assert torch.equal(copied(pixel_values=x).logits, before)
     surgery.apply(model, "ggem")  # plans on a copy of the model
     assert [s.plugin for s in surgery.history(model)] == [spec, "ggem"]
+
+
+def test_the_kernel_is_chosen_by_measurement_and_can_be_set(monkeypatch):
+    kernels.forget()
+    try:
+        chosen, reason = kernels.choice(127)
+        assert chosen is not None and chosen.name in kernels.KERNELS
+        exact_here = [k for k in kernels.KERNELS.values() if kernels.exact(k, 127)]
+        assert reason.startswith("fastest here") if len(exact_here) > 1 else reason == "the only exact kernel here"
+        for name in (k.name for k in exact_here):
+            monkeypatch.setenv(kernels.ENVIRONMENT, name)
+            kernels.forget()
+            assert kernels.choice(127) == (kernels.KERNELS[name], f"set by {kernels.ENVIRONMENT}")
+        monkeypatch.setenv(kernels.ENVIRONMENT, "onedn")
+        kernels.forget()
+        with pytest.raises(SurgeryError, match=r"SURGERY_INT8_KERNEL got 'onedn'; allowed: onednn, fbgemm.*'onednn'"):
+            kernels.choice(127)
+    finally:
+        kernels.forget()
+
+
+def test_a_layer_pinned_to_another_kernel_gives_the_same_numbers_and_a_wrong_name_is_refused():
+    model = calibrated()
+    x = images(seed=4)
+    results = {}
+    for name, kernel in kernels.KERNELS.items():
+        if kernels.exact(kernel, 127):
+            for layer in layers(model):
+                layer.int8_kernel = name
+            with torch.inference_mode():
+                results[name] = model(pixel_values=x).logits
+    assert results
+    for got in results.values():  # the same integer products; only the float epilogues differ
+        torch.testing.assert_close(got, next(iter(results.values())), rtol=0, atol=1e-5)
+    layers(model)[0].int8_kernel = "cuda"
+    with pytest.raises(SurgeryError, match=r"int8_kernel got 'cuda'; allowed: onednn, fbgemm"), torch.inference_mode():
+        model(pixel_values=x)

@@ -29,6 +29,7 @@ from surgery.core.parts import AttentionParts
 from surgery.errors import SurgeryError
 from surgery.plugins.ecoformer.hashing import KernelHash
 from surgery.toolkit.attention import AttentionCore, unit
+from surgery.toolkit.inference import remembered
 
 logger = logging.getLogger(__name__)
 
@@ -63,16 +64,19 @@ class EcoFormerAttention(AttentionCore):
         """h(qk) for hidden states ``x`` (B, N, C): (B, H, N, b); learns the hash first where it must."""
         qk = self.shared_qk(x)
         if self.learn_next or not self.hash_learned():
-            if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
-                raise SurgeryError("ecoformer: this block's hash was never learned, so the graph would learn it from the "
-                                   "export's dummy inputs; apply with calibration data, run a batch, or recover first.")
+            if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling():
+                raise SurgeryError("ecoformer: this block's hash was never learned (or never read outside a trace), so "
+                                   "the graph would learn it from the trace's inputs; apply with calibration data, run a "
+                                   "batch, or recover first.")
             self.hash.learn(qk)
-            self.learn_next = False
+            self.learn_next = not self.hash_learned()  # read again, for later traces
             logger.info("ecoformer: learned the %d-bit hash of a block on a batch of %d", self.bits, qk.shape[0])
         return self.hash(qk)
 
     def hash_learned(self) -> bool:
-        return bool(self.hash.learned)
+        """Whether the hash is fitted; while compiling, as last read outside the trace (loading, saving
+        and every eager call read it), since the flag is a buffer."""
+        return bool(remembered(self, "hash_learned", lambda: bool(self.hash.learned)))
 
     def attend(self, x: torch.Tensor) -> torch.Tensor:
         batch, tokens, channels = x.shape

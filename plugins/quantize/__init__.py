@@ -2,8 +2,9 @@
 
 Per-channel symmetric int8 weights and per-tensor uint8 activations calibrated with torch's
 observers (``torch.ao.quantization``); simulated with fake-quant while calibrating and training,
-executed in int8 at inference in PyTorch (oneDNN's int8 kernels, ``engine.py``) and by ONNX Runtime
-and OpenVINO after export (QuantizeLinear/DequantizeLinear). Checkpoints store int8 weights with
+executed in int8 at inference in PyTorch (oneDNN's or fbgemm's int8 kernels, whichever measures
+faster on the CPU: ``kernels.py``; PyTorch 2's quantized form under ``torch.compile``/``torch.export``)
+and by ONNX Runtime and OpenVINO after export (QuantizeLinear/DequantizeLinear). Checkpoints store int8 weights with
 their scales. ``float_blocks`` and ``float_roles`` keep chosen linears float (the per-layer choice of
 NNCF's accuracy control, made here by the recipe search's measurements, not by a ranking).
 Training-free; reversible.

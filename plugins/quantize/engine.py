@@ -1,51 +1,55 @@
 """Real int8 matrix multiplies for a calibrated ``QuantLinear`` at inference, on the CPU's int8 kernels.
 
-The engine is oneDNN's quantized linear (``torch.ops.onednn.qlinear_prepack`` /
-``qlinear_pointwise``, the kernels PyTorch's own x86 int8 lowering uses): uint8 activation codes
-times prepacked per-channel int8 weights, accumulated in int32 and written back as float32 with the
-bias added. oneDNN picks the instruction set at run time (AVX2, AVX-512, AVX-512 VNNI, AMX). Chosen by
-measurement (``benchmarks/pytorch_speed.py``): on a ViT-B/16 linear (1576 x 768 x 3072, 2 threads,
-AVX-512 VNNI/AMX) it ran 3.2x fp32, against 2.3x for fbgemm's dynamic ``quantized.linear_dynamic``,
-2.1x for fbgemm's static ``quantized.linear`` (which also requantizes its output) and 1.8x for
-``torch._int_mm`` plus a float epilogue.
+The kernels (oneDNN's and fbgemm's quantized linears, :mod:`.kernels`) take uint8 activation codes
+times prepacked per-channel int8 weights, accumulate in int32 and write float32 with the bias added.
+Which one runs is chosen per process by measurement on this CPU (:func:`.kernels.choice`): on
+AVX-512 VNNI / AMX oneDNN's, on AVX2 without VNNI fbgemm's (``benchmarks/int8_kernels.py``). Measured
+on a ViT-B/16 linear (1576 x 768 x 3072, 2 threads, AVX-512 VNNI/AMX), oneDNN's ran 3.2x fp32, against
+2.3x for fbgemm's dynamic ``quantized.linear_dynamic``, 2.1x for fbgemm's static ``quantized.linear``
+(which also requantizes its output) and 1.8x for ``torch._int_mm`` plus a float epilogue.
 
 The codes are the fake-quant's own (``nearbyint(x * (1 / scale)) + zero_point``, clamped to the
 calibrated range), so the engine computes the same integer products as the simulation, without its
 float rounding. Used only where that holds: float32 on the CPU, eval mode, no gradient recorded,
-not tracing (exports keep the QDQ graph), and a self-check that the kernels give the exact integer
-result for this process's instruction set and activation range (8-bit codes saturate the u8 x s8
-instruction on CPUs without VNNI); otherwise the fake-quant simulation runs, with the same numbers.
+not tracing (exports keep the QDQ graph; ``torch.compile`` traces :func:`decomposed_linear`), and a
+self-check that the chosen kernel gives the exact integer result for this process's instruction set
+and activation range (8-bit codes saturate the u8 x s8 instruction on CPUs without VNNI); otherwise
+the fake-quant simulation runs, with the same numbers.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any
 
 import torch
 
+from surgery.plugins.quantize.kernels import KERNELS, Kernel, choice, exact_here, named
+
 
 def available() -> bool:
-    return hasattr(torch.ops, "onednn") and hasattr(torch.ops.onednn, "qlinear_pointwise") and \
-        hasattr(torch.ops.onednn, "qlinear_prepack") and torch.backends.mkldnn.is_available()
+    """Whether this torch has any of the int8 kernels."""
+    return any(kernel.available() for kernel in KERNELS.values())
 
 
-def prepack(weight_int8: torch.Tensor):
-    return torch.ops.onednn.qlinear_prepack(weight_int8, None)
+def exact_for(quant_max: int) -> bool:
+    """Whether an int8 kernel gives the exact integer products for codes up to ``quant_max`` on this
+    CPU (the first call in a process self-checks the kernels)."""
+    return any(exact_here(name, quant_max) for name in KERNELS)
 
 
-def linear(x2d_codes: torch.Tensor, x_scale: float, x_zero_point: int, packed, w_scale: torch.Tensor,
-           w_zero_point: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    return torch.ops.onednn.qlinear_pointwise(x2d_codes, x_scale, x_zero_point, packed, w_scale, w_zero_point, bias,
-                                              1.0, 0, torch.float32, "none", [], "")
+def choose(quant_max: int, inputs: int, outputs: int) -> Kernel | None:
+    """The kernel ``inputs`` -> ``outputs`` layers run on here (self-checked and timed once per process
+    and shape: :func:`.kernels.choice`), or None where none is exact."""
+    return choice(quant_max, inputs, outputs)[0]
 
 
 @dataclasses.dataclass(frozen=True)
 class Int8Linear:
-    """One calibrated layer, ready for the kernels: prepacked weights and everything per call derives
-    from its scales, computed once."""
+    """One calibrated layer, ready for the chosen kernel: prepacked weights and everything per call
+    derives from its scales, computed once."""
 
+    kernel: Kernel
     packed: Any
     w_scale: torch.Tensor
     w_zero_point: torch.Tensor
@@ -57,38 +61,33 @@ class Int8Linear:
 
     @classmethod
     def build(cls, weight_int8: torch.Tensor, w_scale: torch.Tensor, x_scale: torch.Tensor, x_zero_point: torch.Tensor,
-              quant_min: int, quant_max: int) -> Int8Linear:
+              quant_min: int, quant_max: int, kernel: str | None = None) -> Int8Linear:
+        """``kernel``: a name from :data:`.kernels.KERNELS` (refused unless exact here), or None for the
+        process's choice."""
+        outputs, inputs = weight_int8.shape
+        kernel = choice(quant_max, inputs, outputs)[0] if kernel is None else named(kernel, quant_max)
         scale = x_scale.detach().float().reshape(())
-        return cls(prepack(weight_int8), w_scale.detach().float(), torch.zeros(w_scale.shape[0], dtype=torch.long),
+        w_scale = w_scale.detach().float()
+        return cls(kernel, kernel.prepack(weight_int8, w_scale), w_scale, torch.zeros(w_scale.shape[0], dtype=torch.long),
                    torch.reciprocal(scale), float(scale), int(x_zero_point.reshape(())), quant_min, quant_max)
 
-    def codes(self, x: torch.Tensor) -> torch.Tensor:
-        """The uint8 codes torch's fake-quant rounds ``x`` to."""
-        return (x * self.x_inverse).round_().add_(self.x_zero_point).clamp_(self.quant_min, self.quant_max).to(torch.uint8)
-
     def __call__(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        flat = self.codes(x.reshape(-1, x.shape[-1]))
-        out = linear(flat, self.x_scale, self.x_zero_point, self.packed, self.w_scale, self.w_zero_point, bias)
+        out = self.kernel.run(x.reshape(-1, x.shape[-1]), self, self.packed, bias)
         return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
-@functools.lru_cache(maxsize=4)
-def exact_for(quant_max: int) -> bool:
-    """Whether the kernels give the exact integer products for codes up to ``quant_max`` here: a
-    small problem with extreme codes (where u8 x s8 pairs saturate an int16 sum) against int64."""
-    if not available():
-        return False
-    generator = torch.Generator().manual_seed(0)
-    rows, columns, outputs = 16, 64, 32
-    x = torch.randint(0, quant_max + 1, (rows, columns), generator=generator, dtype=torch.uint8)
-    x[:4] = quant_max  # the worst case: every product of a row at its largest
-    w = torch.randint(-128, 128, (outputs, columns), generator=generator, dtype=torch.int8)
-    w[:4] = -128
-    zero_point, x_scale = 3, 0.5
-    w_scale = torch.rand(outputs, generator=generator) + 0.5
-    try:
-        got = linear(x, x_scale, zero_point, prepack(w), w_scale, torch.zeros(outputs, dtype=torch.long), None)
-    except RuntimeError:
-        return False
-    exact = ((x.long() - zero_point) @ w.long().T).double() * x_scale * w_scale.double()
-    return bool(torch.allclose(got.double(), exact, rtol=1e-6, atol=1e-6))
+def decomposed_linear(x: torch.Tensor, weight: torch.Tensor, w_scale: torch.Tensor, w_zero_point: torch.Tensor,
+                      x_scale: torch.Tensor, x_zero_point: torch.Tensor, quant_min: int, quant_max: int,
+                      bias: torch.Tensor | None) -> torch.Tensor:
+    """A W8A8 linear as PyTorch 2's quantization writes it for ``torch.compile`` / ``torch.export``
+    (``quantized_decomposed`` quantize and dequantize ops around a float linear): the same codes as
+    the fake-quants; Inductor, with ``freezing`` on, folds the weight's codes and lowers the pattern
+    to oneDNN's int8 linear."""
+    import torch.ao.quantization.fx._decomposed  # noqa: F401  (registers the quantized_decomposed ops)
+
+    ops = torch.ops.quantized_decomposed
+    codes = ops.quantize_per_tensor.tensor(x, x_scale, x_zero_point, quant_min, quant_max, torch.uint8)
+    x = ops.dequantize_per_tensor.tensor(codes, x_scale, x_zero_point, quant_min, quant_max, torch.uint8)
+    w_codes = ops.quantize_per_channel(weight, w_scale, w_zero_point, 0, -128, 127, torch.int8)
+    w = ops.dequantize_per_channel(w_codes, w_scale, w_zero_point, 0, -128, 127, torch.int8)
+    return torch.nn.functional.linear(x, w, bias)

@@ -7,6 +7,10 @@ calibration simulate the arithmetic in float (``torch.fake_quantize_*``, so grad
 in PyTorch runs real int8 matrix multiplies on the CPU's int8 kernels (:mod:`.engine`), with the same
 codes; exported to ONNX, each fake-quant becomes a QuantizeLinear/DequantizeLinear pair that ONNX
 Runtime and OpenVINO execute in int8.
+Under ``torch.compile`` / ``torch.export`` a calibrated layer at inference is traced as PyTorch 2's
+quantized form (``quantized_decomposed`` quantize/dequantize around a float linear, as pt2e writes it),
+which Inductor lowers to the same oneDNN int8 kernels when ``torch._inductor.config.freezing`` is on;
+in training it is traced as the functional fake-quants, so gradients flow. Either way, no graph break.
 Checkpoints store the weights as int8 with their scales and zero points; the observers' calibration
 statistics (a 2048-bin histogram per layer) are left out, and come back empty on reload.
 """
@@ -19,7 +23,7 @@ from torch.ao.quantization import FakeQuantize, HistogramObserver, MinMaxObserve
 
 from surgery.plugins.quantize import engine
 from surgery.toolkit.adapters import LatentWeight
-from surgery.toolkit.inference import InferenceCache, inference_only, state_key
+from surgery.toolkit.inference import InferenceCache, inference_only, remembered, state_key
 
 OBSERVERS = {"histogram": HistogramObserver, "minmax": MinMaxObserver}
 
@@ -58,13 +62,15 @@ class QuantLinear(LatentWeight, InferenceCache, nn.Linear):
     """A Linear whose weight (and, unless weight-only, input) is quantized to int8.
 
     At inference (eval mode, no gradient recorded, not tracing) a calibrated W8A8 layer runs on
-    :mod:`.engine`'s int8 kernels where they are exact on this CPU (``int8_engine = False`` forces
-    the float simulation), and a weight-only layer multiplies by its dequantized weight, computed
+    :mod:`.engine`'s int8 kernels where they are exact on this CPU, on the kernel measured fastest
+    here (``int8_kernel = "onednn"`` or ``"fbgemm"`` picks one; ``int8_engine = False`` forces the
+    float simulation), and a weight-only layer multiplies by its dequantized weight, computed
     once. Both are cached as :mod:`surgery.toolkit.inference` describes (rebuilt when a weight, a
     scale or a zero point changes; not saved).
     """
 
     int8_engine: bool = True
+    int8_kernel: str | None = None  # a kernel of .kernels.KERNELS for this layer; None: the process's measured choice
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, activations: str = "int8",
                  observer: str = "histogram", device=None, dtype=None, activation_bits: int = 8):
@@ -74,8 +80,8 @@ class QuantLinear(LatentWeight, InferenceCache, nn.Linear):
         self.weight_quant = weight_fake_quant(out_features).to(device)
         self.input_quant = input_fake_quant(observer, activation_bits).to(device) if activations == "int8" else None
         self.register_buffer("weight_int8", torch.zeros(out_features, in_features, dtype=torch.int8, device=device))
-        if self.input_quant is not None:  # the kernels' one-time self-check (cached) here, not inside a first forward
-            engine.exact_for(int(self.input_quant.quant_max))
+        if self.input_quant is not None:  # the kernels' self-check and timing (once per process and shape) here,
+            engine.choose(int(self.input_quant.quant_max), in_features, out_features)  # not inside a first forward
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, activations: str, observer: str, activation_bits: int = 8) -> QuantLinear:
@@ -95,35 +101,75 @@ class QuantLinear(LatentWeight, InferenceCache, nn.Linear):
         new.weight_quant.disable_observer()
         if new.input_quant is not None:
             new.input_quant.disable_fake_quant()  # observe only, until calibrated
+        new.state()
         return new.train(linear.training)
 
     def start_calibration(self) -> None:
         if self.input_quant is not None:
             self.input_quant.enable_observer()
             self.input_quant.disable_fake_quant()
+        self.state()
 
     def finish_calibration(self) -> None:
         if self.input_quant is not None:
             self.input_quant.disable_observer()
             self.input_quant.enable_fake_quant()
+        self.state()
+
+    def state(self) -> str | None:
+        """The layer's state: "weight-only", "calibrated" (W8A8 with fixed scales), "observing" (before or
+        during calibration) or "other" (fake-quants switched some other way), from the fake-quants' flags;
+        while compiling, the state last read (:func:`surgery.toolkit.inference.remembered`); None on the
+        meta device."""
+        def read() -> str | None:
+            weight = self.weight_quant
+            if weight.fake_quant_enabled.is_meta:  # a dry run on the meta device: nothing to read
+                return None
+            if not bool(weight.fake_quant_enabled[0]) or bool(weight.observer_enabled[0]):
+                return "other"
+            if self.input_quant is None:
+                return "weight-only"
+            quant = self.input_quant
+            if bool(quant.fake_quant_enabled[0]):
+                return "other" if bool(quant.observer_enabled[0]) else "calibrated"
+            return "observing" if bool(quant.observer_enabled[0]) else "other"
+        return remembered(self, "state", read)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._inferring(x):
+        if torch.compiler.is_compiling():
+            state = self.state()
+            if state in ("weight-only", "calibrated"):
+                return self._traced_forward(x, state)
+        elif self._inferring(x):
             return self._inference_forward(x)
         if self.input_quant is not None:
             x = self.input_quant(x)
         return nn.functional.linear(x, self.weight_quant(self.weight), self.bias)
 
+    def _traced_forward(self, x: torch.Tensor, state: str) -> torch.Tensor:
+        """The layer as ``torch.compile`` / ``torch.export`` trace it: the same codes as the fake-quant
+        modules, with no buffer read that steers the graph."""
+        weight, quant = self.weight_quant, self.input_quant
+        recording = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
+        if state == "calibrated" and not (self.training or recording) and x.dtype == torch.float32:
+            return engine.decomposed_linear(x, self.weight, weight.scale, weight.zero_point, quant.scale,
+                                            quant.zero_point, int(quant.quant_min), int(quant.quant_max), self.bias)
+        w = torch.fake_quantize_per_channel_affine(self.weight, weight.scale, weight.zero_point, weight.ch_axis,
+                                                   weight.quant_min, weight.quant_max)
+        if state == "calibrated":
+            x = torch.fake_quantize_per_tensor_affine(x, quant.scale, quant.zero_point, quant.quant_min, quant.quant_max)
+        return nn.functional.linear(x, w, self.bias)
+
     # -- inference ----------------------------------------------------------------------------------------
     def _inferring(self, x: torch.Tensor) -> bool:
+        state = self.state()  # read on every eager call, so that a later trace knows it
         if not inference_only(self, x, self.weight, self.bias):
             self.clear_inference_cache()
             return False
         if self.input_quant is None:
-            return True
+            return state == "weight-only"
         quant = self.input_quant
-        calibrated = bool(quant.fake_quant_enabled[0]) and not bool(quant.observer_enabled[0])
-        return (calibrated and self.int8_engine and x.dtype == torch.float32 and x.device.type == "cpu"
+        return (state == "calibrated" and self.int8_engine and x.dtype == torch.float32 and x.device.type == "cpu"
                 and self.weight.dtype == torch.float32 and engine.exact_for(int(quant.quant_max)))
 
     def _inference_forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -134,9 +180,10 @@ class QuantLinear(LatentWeight, InferenceCache, nn.Linear):
                                  lambda: self.weight_quant(self.weight.detach()))
             return nn.functional.linear(x, weight, bias)
         layer = self.cached(
-            state_key(self.weight, self.weight_quant.scale, quant.scale, quant.zero_point),
+            state_key(self.weight, self.weight_quant.scale, quant.scale, quant.zero_point) + (self.int8_kernel,),
             lambda: engine.Int8Linear.build(self.int8_weight(self.weight), self.weight_quant.scale, quant.scale,
-                                            quant.zero_point, int(quant.quant_min), int(quant.quant_max)))
+                                            quant.zero_point, int(quant.quant_min), int(quant.quant_max),
+                                            self.int8_kernel))
         return layer(x, bias)
 
     # -- int8 checkpoints (see surgery.toolkit.packing) -----------------------------------------------------
@@ -162,6 +209,7 @@ class QuantLinear(LatentWeight, InferenceCache, nn.Linear):
         for quant in (self.weight_quant, self.input_quant):
             if quant is not None:
                 reset_observer(quant.activation_post_process, scale.device)
+        self.state()
 
     def _observer_keys(self) -> list[str]:
         return [key for key in self.state_dict(keep_vars=True) if ".activation_post_process." in key]

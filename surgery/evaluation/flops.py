@@ -1,10 +1,11 @@
 """FLOPs with ``torch.utils.flop_counter``, including the CPU kernel of scaled-dot-product attention
-and oneDNN's int8 linear.
+and the int8 linears.
 
 torch's counter knows the CUDA SDPA kernels but not ``_scaled_dot_product_flash_attention_for_cpu``,
 the one transformers' SDPA attention runs on the CPU, so softmax attention would count as free.
-This module registers the same formula for it once, on import, and the matmul formula for
-``onednn.qlinear_pointwise`` (which the counter does not know either, so int8 linears counted as free).
+This module registers the same formula for it once, on import, and the matmul formula for the int8
+linears (``onednn.qlinear_pointwise`` and fbgemm's ``quantized.linear_with_input_q_dq_qweight_dq_output_fp32``,
+which the counter does not know either, so int8 linears counted as free).
 """
 
 from __future__ import annotations
@@ -26,23 +27,21 @@ if _CPU_SDPA is not None:
     except ValueError:  # already registered (module reloaded, or a newer torch knows it)
         pass
 
-# oneDNN's int8 linear (the quantize plugin's inference engine): a matmul of (M, K) codes by the
-# prepacked (K, N) weight, counted as the float matmul it replaces (int8 changes precision, not FLOPs)
-_QLINEAR = getattr(getattr(torch.ops, "onednn", None), "qlinear_pointwise", None)
+# The int8 linears (the quantize plugin's inference kernels: oneDNN's and fbgemm's): a matmul of (M, K)
+# codes by the prepacked (K, N) weight, counted as the float matmul it replaces (int8 changes precision,
+# not FLOPs)
+def _qlinear_flop(x_shape, *args, out_shape=None, **kwargs) -> int:
+    rows = 1
+    for dim in x_shape[:-1]:
+        rows *= dim
+    return 2 * rows * x_shape[-1] * out_shape[-1]
 
-if _QLINEAR is not None:
+
+for _namespace, _name in (("onednn", "qlinear_pointwise"), ("quantized", "linear_with_input_q_dq_qweight_dq_output_fp32")):
     try:
-
-        @register_flop_formula(_QLINEAR)
-        def _qlinear_flop(x_shape, *args, out_shape=None, **kwargs) -> int:
-            rows = 1
-            for dim in x_shape[:-1]:
-                rows *= dim
-            return 2 * rows * x_shape[-1] * out_shape[-1]
-
-    except ValueError:
+        register_flop_formula(getattr(getattr(torch.ops, _namespace), _name))(_qlinear_flop)
+    except (AttributeError, RuntimeError, ValueError):  # not in this torch, or already registered
         pass
-
 
 def count_flops(run: Callable[[], object]) -> int:
     """Total FLOPs of one call of ``run`` (a multiply-add counts as 2)."""

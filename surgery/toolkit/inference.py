@@ -7,6 +7,11 @@ whether this call may use the cache, and gets the cached value with ``self.cache
 ``eval()`` and from copies and pickles, and rebuilt whenever a tensor it was built from is another
 tensor or changed in place in a way autograd tracks (optimizer steps, ``load_state_dict``, ``copy_``
 under ``no_grad``); an edit through ``.data`` is not tracked, so call ``eval()`` after one.
+
+:func:`remembered` serves ``torch.compile`` and ``torch.export``: a buffer's value (a calibration
+state, a fitted flag) cannot steer a traced graph without a graph break (``torch.compile``) or a
+data-dependent-guard error (``torch.export``), so a layer reads such state eagerly at the moments it
+changes (apply, calibration, loading, every eager call) and the trace takes the value last read.
 """
 
 from __future__ import annotations
@@ -30,6 +35,17 @@ def state_key(*tensors: torch.Tensor) -> tuple:
     version, dtype and device, and whether inference mode is on (a value built in inference mode
     serves inference mode only)."""
     return tuple((id(t), t._version, t.data_ptr(), t.dtype, t.device) for t in tensors) + (torch.is_inference_mode_enabled(),)
+
+
+def remembered(module: nn.Module, key: str, read: Callable[[], Any]) -> Any:
+    """``read()``, a value held in ``module``'s buffers, as a Python value. Outside compiling it is read
+    and remembered; while ``torch.compile`` or ``torch.export`` traces, the value last read is taken
+    (None when it was never read, so the caller keeps its buffer-reading path)."""
+    if torch.compiler.is_compiling():
+        return module.__dict__.get("_surgery_remembered", {}).get(key)
+    value = read()
+    module.__dict__.setdefault("_surgery_remembered", {})[key] = value
+    return value
 
 
 class InferenceCache:
