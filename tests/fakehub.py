@@ -1,5 +1,7 @@
 """A small stand-in for the Hub's HTTP API on loopback: repo creation, pre-upload, commit, and the
-read routes a download takes (model info, ``resolve`` with HEAD and GET).
+read routes a download takes (model and dataset info, ``resolve`` with HEAD and GET, and the tree
+listing and paths-info that 🤗 datasets reads a dataset repo through). Dataset repos live under
+``store/datasets/<owner>/<name>`` (:meth:`FakeHub.repo` with ``kind="dataset"``).
 
 Like the real Hub, answers carry public ``https://huggingface.co/...`` URLs (huggingface_hub parses
 them against its default endpoint).
@@ -18,7 +20,7 @@ import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import unquote, urlparse
+from urllib.parse import parse_qs, unquote, urlparse
 
 
 PUBLIC = "https://huggingface.co"
@@ -40,8 +42,8 @@ class FakeHub:
         self.server.shutdown()
         self.server.server_close()
 
-    def repo(self, repo_id: str) -> Path:
-        return self.store / repo_id
+    def repo(self, repo_id: str, kind: str = "model") -> Path:
+        return self.store / repo_id if kind == "model" else self.store / "datasets" / repo_id
 
     def head(self, repo_id: str) -> str:
         """The newest commit of ``repo_id`` (40 hex digits, as the Hub's X-Repo-Commit)."""
@@ -77,9 +79,22 @@ class FakeHub:
                 self._reply(401, {"error": "Invalid credentials"})
                 return False
 
+            def _entry(self, folder: Path, file: Path) -> dict:
+                name = file.relative_to(folder).as_posix()
+                if file.is_dir():
+                    return {"type": "directory", "path": name, "oid": "0" * 40}
+                data = file.read_bytes()
+                return {"type": "file", "path": name, "size": len(data), "oid": hashlib.sha1(data).hexdigest()}
+
             def do_POST(self) -> None:
                 path = unquote(urlparse(self.path).path)
                 body = self._body()
+                match = re.fullmatch(r"/api/datasets/([^/]+/[^/]+)/paths-info/([^/]+)", path)
+                if match:  # read-only: no token needed
+                    folder = hub.repo(match.group(1), "dataset")
+                    asked = parse_qs(body.decode()).get("paths", [])  # form-encoded, as huggingface_hub sends it
+                    found = [self._entry(folder, folder / name) for name in asked if (folder / name).exists()]
+                    return self._reply(200, found)
                 if not self._authorized():
                     return
                 if path == "/api/repos/create":
@@ -140,20 +155,29 @@ class FakeHub:
 
             def do_GET(self, head: bool = False) -> None:
                 path = unquote(urlparse(self.path).path)
-                match = re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)
+                match = re.fullmatch(r"/(datasets/)?([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)
                 if match:
-                    repo_id, _, name = match.groups()
-                    file = hub.repo(repo_id) / name
-                    if not hub.repo(repo_id).is_dir():
+                    dataset, repo_id, _, name = match.groups()
+                    kind = "dataset" if dataset else "model"
+                    file = hub.repo(repo_id, kind) / name
+                    if not hub.repo(repo_id, kind).is_dir():
                         return self._reply(404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"})
                     if not file.is_file() or file.name == ".private":
                         return self._reply(404, {"error": "Entry not found"}, {"X-Error-Code": "EntryNotFound",
                                                                              "X-Repo-Commit": hub.head(repo_id)})
                     return self._send_file(file, repo_id, head)
-                match = re.fullmatch(r"/api/models/([^/]+/[^/]+?)(?:/revision/([^/]+))?", path)
+                match = re.fullmatch(r"/api/datasets/([^/]+/[^/]+)/tree/([^/]+)(?:/(.*))?", path)
                 if match:
-                    repo_id = match.group(1)
-                    folder = hub.repo(repo_id)
+                    folder = hub.repo(match.group(1), "dataset")
+                    start = folder / (match.group(3) or "")
+                    if not start.is_dir():
+                        return self._reply(404, {"error": "Entry not found"}, {"X-Error-Code": "EntryNotFound"})
+                    walk = start.rglob("*") if "recursive=true" in self.path.lower() else start.iterdir()
+                    return self._reply(200, [self._entry(folder, p) for p in sorted(walk) if p.name != ".private"])
+                match = re.fullmatch(r"/api/(models|datasets)/([^/]+/[^/]+?)(?:/revision/([^/]+))?", path)
+                if match:
+                    repo_id = match.group(2)
+                    folder = hub.repo(repo_id, match.group(1)[:-1])
                     if not folder.is_dir():
                         return self._reply(404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"})
                     siblings = [{"rfilename": p.relative_to(folder).as_posix()} for p in sorted(folder.rglob("*"))

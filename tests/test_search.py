@@ -329,3 +329,36 @@ def test_the_command_line_writes_the_pick_and_exits_1_when_nothing_fits(digits, 
                  "--repeats", "1", "--include", "token_merge", "--json", "-o", str(tmp_path / "none")]) == 1
     summary = json.loads(capsys.readouterr().out)
     assert summary["chosen"] is None and summary["message"].startswith("search: no candidate meets")
+
+
+def test_a_hub_dataset_is_searched_through_the_hub_api(digits, tmp_path):
+    """``--data OWNER/NAME``: 🤗 datasets reads the dataset repo from the (loopback) Hub, with every
+    route it takes known to the stand-in, and the search scores the same images as from disk."""
+    import os
+    import subprocess
+    import sys
+
+    from fakehub import FakeHub
+
+    from surgery.data.imagesets import task_dataset
+    from surgery.data.tasks import task_tensors
+    from surgery.evaluation.accuracy import predict_logits
+
+    with FakeHub(tmp_path / "hub") as hub:
+        repo = hub.repo("me/digits-mini", "dataset") / "data"
+        repo.mkdir(parents=True)
+        for split in ("train", "validation", "test"):  # the layout `Dataset.push_to_hub` writes
+            task_dataset("digits", split).select(range(40)).to_parquet(str(repo / f"{split}-00000-of-00001.parquet"))
+        env = dict(os.environ, HF_ENDPOINT=hub.url, HF_HUB_OFFLINE="0", HF_DATASETS_OFFLINE="0",
+                   HF_HOME=str(tmp_path / "home"), HF_HUB_DISABLE_UPDATE_CHECK="1")
+        command = [sys.executable, "-m", "surgery.cli", "search", str(digits[0]), "--data", "me/digits-mini", "--objective",
+                   "flops", "--flops", "0.95", "--max-drop", "5", "--trials", "2", "--repeats", "1", "--include",
+                   "token_merge", "--json", "-o", str(tmp_path / "out")]
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+        assert hub.unknown == [], hub.unknown
+    assert done.returncode in (0, 1) and (tmp_path / "out" / "search.json").exists(), done.stdout[-2000:] + done.stderr[-3000:]
+    record = json.loads((tmp_path / "out" / "search.json").read_text())
+    x, y = task_tensors(digits[0], "validation", "digits", limit=40)
+    expected = (predict_logits(surgery.load(digits[0]), x).argmax(-1) == y).float().mean().item()
+    assert record["original"]["accuracy"] == pytest.approx(expected)
+    assert record["data"]["name"] == "me/digits-mini" and record["data"]["images"]["validation"] == 40
