@@ -29,6 +29,20 @@ def supported(plugin: str, archs=None) -> list[str]:
             if method.refusal(host.anatomy(tiny(arch).config.model_type)) is None]
 
 
+def data_for(steps) -> dict:
+    """``apply``'s calibration keyword for ``steps`` whose methods cannot do without data (quantize's
+    W8A8), else nothing: the others keep their own first-batch behaviour (EcoFormer learns its hash)."""
+    import surgery
+
+    host = surgery.get_host()
+    for spec in steps:
+        name, options = (spec, {}) if isinstance(spec, str) else spec
+        method = host.method(name)
+        if method.needs_data is not None and method.needs_data(method.make_config(options)):
+            return {"calibration": [images(4, seed=s) for s in range(2)]}
+    return {}
+
+
 def tiny(arch: str, seed: int = 0, **overrides):
     return build_model(arch, "tiny", image_size=32, seed=seed, **overrides)
 

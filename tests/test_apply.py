@@ -16,11 +16,14 @@ from surgery.plugins.ggem.config import GGeMConfig
 
 from conftest import ARCHS, images, module_tree, state_values, supported, tiny
 
-# (spec, architectures): every built-in plugin over the architectures its declarations support
-SPECS = [("ggem", {"p_init": 2.5}), ("token_merge", {"r": 6}), ("token_transform", {"r": 6, "topk": 3}),
-         ("token_prune", {"r": 6}), ("agent_attention", {"agents": 4, "init": "paper"}),
-         ("castling", {"init": "paper", "kernel_size": 3}), ("bivit", {"softmax_ratio": 0.3}),
-         ("quantize", {"activations": "none"}), ("ecoformer", {"bits": 8, "anchors": 9, "topk": 4})]
+# (spec, architectures): every installed plugin (the registry: a new one is tested here unedited) over the
+# architectures its declarations support, with its defaults or the non-default options below (which
+# also test that options reach the rewrite)
+OPTIONS = {"ggem": {"p_init": 2.5}, "token_merge": {"r": 6}, "token_transform": {"r": 6, "topk": 3}, "token_prune": {"r": 6},
+           "agent_attention": {"agents": 4, "init": "paper"}, "castling": {"init": "paper", "kernel_size": 3},
+           "bivit": {"softmax_ratio": 0.3}, "quantize": {"activations": "none"},
+           "ecoformer": {"bits": 8, "anchors": 9, "topk": 4}}
+SPECS = [(method.name, OPTIONS.get(method.name, {})) for method in surgery.list_methods()]
 CASES = [(spec, arch) for spec in SPECS for arch in supported(spec[0])]
 CASES += [(("token_transform", {"flops": 0.6}), "deit-distilled")]
 CASES += [(("bivit", {"activations": "full", "pack": False}), arch) for arch in ("vit", "swin")]

@@ -8,7 +8,7 @@ import copy
 
 import pytest
 import torch
-from conftest import images, tiny
+from conftest import data_for, images, tiny
 from peft import LoraConfig, get_peft_model
 from test_recover import as_if_trained, noisy_data
 
@@ -21,26 +21,16 @@ from surgery.recovery.lora import canonical, finish, fully_trained, target_modul
 from surgery.recovery.schedule import new_parameter_names
 from surgery.toolkit.adapters import is_latent, is_peft_model
 
-CALIBRATION = [images(4, seed=s) for s in range(2)]
-PLUGINS = {
-    "ggem": ["ggem"],
-    "token_merge": [("token_merge", {"r": 2})],
-    "token_transform": [("token_transform", {"r": 2})],
-    "token_prune": [("token_prune", {"r": 2})],
-    "agent_attention": [("agent_attention", {"agents": 4})],
-    "castling": ["castling"],
-    "ecoformer": ["ecoformer"],
-    "bivit": ["bivit"],
-    "bivit-w1a32": [("bivit", {"activations": "full"})],
-    "quantize": ["quantize"],
-    "quantize-weights": [("quantize", {"activations": "none"})],
-}
+OPTIONS = {"token_merge": {"r": 2}, "token_transform": {"r": 2}, "token_prune": {"r": 2}, "agent_attention": {"agents": 4}}
+# every installed plugin (the registry: a new one is tested here unedited), plus variants
+PLUGINS = {method.name: [(method.name, OPTIONS.get(method.name, {}))] for method in surgery.list_methods()}
+PLUGINS.update({"bivit-w1a32": [("bivit", {"activations": "full"})], "quantize-weights": [("quantize", {"activations": "none"})]})
 
 
 def rewritten(name: str, arch: str = "vit"):
     teacher = as_if_trained(tiny(arch, num_labels=10).eval())
     student = copy.deepcopy(teacher)
-    surgery.apply(student, PLUGINS[name], **({"calibration": CALIBRATION} if name.startswith("quantize") else {}))
+    surgery.apply(student, PLUGINS[name], **data_for(PLUGINS[name]))
     return student, teacher
 
 

@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from conftest import ARCHS, images, supported, tiny
+from conftest import ARCHS, data_for, images, supported, tiny
 
 import surgery
 from surgery.errors import ConfigError, SurgeryError
@@ -41,7 +41,7 @@ def as_if_trained(model):
 def pair(arch: str = "vit", steps=("ggem",)):
     teacher = as_if_trained(tiny(arch, num_labels=10).eval())
     student = copy.deepcopy(teacher)
-    surgery.apply(student, list(steps))
+    surgery.apply(student, list(steps), **data_for(steps))
     return student, teacher
 
 
@@ -207,12 +207,14 @@ def test_mixed_precision_run_leaves_a_plain_fp32_model():
     recover(student, teacher, noisy_data(16), epochs=1, batch_size=8, mixed_precision="no", progress=False)
 
 
-RECOVERABLE = [("ggem",), ("agent_attention",), ("castling",), (("bivit", {"activations": "full"}),), ("bivit",), ("ecoformer",),
-               (("token_merge", {"r": 2}),), (("token_merge", {"r": 2}), "ggem")]
+OPTIONS = {name: {"r": 2} for name in ("token_merge", "token_prune", "token_transform")}
+# every installed plugin (the registry: a new one is tested here unedited), plus variants
+RECOVERABLE = [((method.name, OPTIONS.get(method.name, {})),) for method in surgery.list_methods()]
+RECOVERABLE += [(("bivit", {"activations": "full"}),), (("token_merge", {"r": 2}), "ggem")]
 
 
 def _id(steps) -> str:
-    return "+".join(s if isinstance(s, str) else f"{s[0]}-{'-'.join(map(str, s[1].values()))}" for s in steps)
+    return "+".join(s if isinstance(s, str) else "-".join([s[0], *map(str, s[1].values())]) for s in steps)
 
 
 # every recoverable step on every family whose declarations take all of it
