@@ -38,7 +38,8 @@ def _pool_1d(size_in: int, size_out: int) -> torch.Tensor:
 
 def pool_matrix(height: int, width: int, side: int) -> torch.Tensor:
     """(side*side, height*width) float64 matrix equal to adaptive_avg_pool2d((height, width) -> (side, side))."""
-    rows, cols = _pool_1d(height, side), _pool_1d(width, side)
+    pool = _pool_1d.__wrapped__ if torch.compiler.is_compiling() else _pool_1d  # a trace computes it, uncached
+    rows, cols = pool(height, side), pool(width, side)
     return (rows[:, None, :, None] * cols[None, :, None, :]).reshape(side * side, height * width)
 
 

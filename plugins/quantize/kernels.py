@@ -9,7 +9,8 @@ return float32, so each computes the same integer products as the fake-quant sim
 - ``fbgemm``: fbgemm's static linear with float output
   (``quantized.linear_with_input_q_dq_qweight_dq_output_fp32``, the kernels behind
   ``quantize_dynamic``), fed the activations already on the codes' grid (``(code - zero_point) *
-  scale``, which it quantizes back to the same codes exactly).
+  scale``, which it quantizes back to the same codes exactly). Its prepack takes a quantized tensor,
+  an API torch 2.13 deprecates; where a torch lacks it, the self-check leaves this kernel out.
 
 Which is faster depends on the CPU: on AVX-512 VNNI / AMX oneDNN's kernels win; on AVX2 without VNNI
 oneDNN's int8 kernels barely beat fp32 while fbgemm's keep their speed (``benchmarks/int8_kernels.py``).
@@ -29,6 +30,7 @@ import functools
 import logging
 import os
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -69,7 +71,9 @@ def _fbgemm_available() -> bool:
 
 def _fbgemm_prepack(weight_int8: torch.Tensor, w_scale: torch.Tensor) -> Any:
     zeros = torch.zeros(w_scale.shape[0], dtype=torch.long)
-    weight = torch._make_per_channel_quantized_tensor(weight_int8, w_scale.double(), zeros, 0)
+    with warnings.catch_warnings():  # torch 2.13 deprecates quantized tensors; fbgemm's prepack still takes one
+        warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*deprecated")
+        weight = torch._make_per_channel_quantized_tensor(weight_int8, w_scale.double(), zeros, 0)
     return torch.ops.quantized.linear_prepack(weight, None)
 
 
@@ -118,7 +122,7 @@ def exact(kernel: Kernel, quant_max: int) -> bool:
     x = (codes - problem.x_zero_point).float() * problem.x_scale  # exactly on the grid
     try:
         got = kernel.run(x, problem, kernel.prepack(w, problem.w_scale), None)
-    except (RuntimeError, NotImplementedError):
+    except (RuntimeError, NotImplementedError, AttributeError):  # AttributeError: a torch without the API
         return False
     expected = ((codes - problem.x_zero_point) @ w.long().T).double() * problem.x_scale * problem.w_scale.double()
     return bool(torch.allclose(got.double(), expected, rtol=1e-6, atol=1e-6))
