@@ -2,8 +2,9 @@
 
 The kernels (oneDNN's and fbgemm's quantized linears, :mod:`.kernels`) take uint8 activation codes
 times prepacked per-channel int8 weights, accumulate in int32 and write float32 with the bias added.
-Which one runs is chosen per process by measurement on this CPU (:func:`.kernels.choice`): on
-AVX-512 VNNI / AMX oneDNN's, on AVX2 without VNNI fbgemm's (``benchmarks/int8_kernels.py``). Measured
+Which one runs is chosen per process and layer shape by measurement on this CPU
+(:func:`.kernels.choice`; ``benchmarks/int8_kernels.py`` shows the choice per emulated instruction set:
+mostly oneDNN's here, with no real AVX2-only CPU measured). Measured
 on a ViT-B/16 linear (1576 x 768 x 3072, 2 threads, AVX-512 VNNI/AMX), oneDNN's ran 3.2x fp32, against
 2.3x for fbgemm's dynamic ``quantized.linear_dynamic``, 2.1x for fbgemm's static ``quantized.linear``
 (which also requantizes its output) and 1.8x for ``torch._int_mm`` plus a float epilogue.
