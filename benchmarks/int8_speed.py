@@ -3,7 +3,7 @@
 Speed: a ViT-B/16 shape (random weights), 224 px, batch 8, every variant timed in one run (medians
 over repeats after warm-up, each repeat running every variant in turn):
 - PyTorch eager (``torch.inference_mode()``): fp32; surgery ``quantize`` (static W8A8 on oneDNN's int8
-  kernels); ``torch.ao.quantization.quantize_dynamic``; torchao's
+  kernels; and with ``attention="int8"``, the attention matmuls' inputs on int8 grids too); ``torch.ao.quantization.quantize_dynamic``; torchao's
   ``Int8DynamicActivationInt8WeightConfig`` (when torchao is installed);
 - ONNX Runtime: fp32; surgery ``quantize`` exported as QDQ; Optimum's ``ORTQuantizer`` dynamic and
   static (calibrated on the same images, min-max) on the fp32 ONNX;
@@ -38,6 +38,7 @@ from surgery.publish.export import export
 from _common import markdown_table, time_side_by_side, timing_arguments, vit_base, write_report
 
 MISSING = "not installed"
+INT8_ATTENTION = ("quantize", {"attention": "int8"})  # the attention matmuls too, as NNCF's transformer preset
 
 
 
@@ -51,6 +52,8 @@ def torch_variants(model, calibration: list[torch.Tensor]) -> dict[str, object]:
         "fp32": model,
         "surgery quantize (static W8A8, oneDNN int8)": surgery.apply(copy.deepcopy(model), "quantize",
                                                                      calibration=calibration).eval(),
+        "surgery quantize, attention=int8 (+ q k^T, P v)": surgery.apply(copy.deepcopy(model), [INT8_ATTENTION],
+                                                                         calibration=calibration).eval(),
         "torch quantize_dynamic (int8)": torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), {torch.nn.Linear},
                                                                                dtype=torch.qint8),
     }
@@ -74,7 +77,10 @@ def torch_logits(model, pixels: torch.Tensor) -> np.ndarray:
 def ort_variants(model_fn, calibration: list[torch.Tensor], tmp: Path) -> dict[str, object]:
     fp32 = export(model_fn(), tmp / "fp32", to="onnx").path
     int8 = export(surgery.apply(model_fn(), "quantize", calibration=calibration), tmp / "int8", to="onnx").path
-    variants: dict[str, object] = {"fp32": fp32, "surgery quantize (static QDQ)": int8}
+    attention = export(surgery.apply(model_fn(), [INT8_ATTENTION], calibration=calibration), tmp / "int8-attention",
+                       to="onnx").path
+    variants: dict[str, object] = {"fp32": fp32, "surgery quantize (static QDQ)": int8,
+                                   "surgery quantize, attention=int8 (static QDQ)": attention}
     if has("optimum.onnxruntime"):
         variants["Optimum ORTQuantizer dynamic"] = optimum_quantize(fp32.parent, tmp / "dynamic", None)
         variants["Optimum ORTQuantizer static (min-max)"] = optimum_quantize(fp32.parent, tmp / "static", calibration)
@@ -116,6 +122,8 @@ def ov_variants(onnx_files: dict[str, object], calibration: list[torch.Tensor]) 
     return {
         "fp32 (f32 hint)": core.compile_model(fp32, "CPU", {"INFERENCE_PRECISION_HINT": "f32"}),
         "surgery quantize (QDQ ONNX)": core.compile_model(str(onnx_files["surgery quantize (static QDQ)"]), "CPU"),
+        "surgery quantize, attention=int8 (QDQ ONNX)": core.compile_model(
+            str(onnx_files["surgery quantize, attention=int8 (static QDQ)"]), "CPU"),
         "NNCF nncf.quantize (transformer preset)": core.compile_model(nncf_model, "CPU"),
     }
 

@@ -4,6 +4,7 @@ never a mix; concurrent saves serialize; the next save cleans up what a killed o
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -82,11 +83,18 @@ def leftovers(folder):
     return sorted(p.name for p in folder.parent.iterdir() if p.name.startswith(f".{folder.name}."))
 
 
+@pytest.fixture(scope="module")
+def saved_a(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("saved") / "m"
+    assert run(folder.parent, "a", folder) == 0
+    return folder
+
+
 @pytest.mark.parametrize("kill,survivor", [("weights", "a"), ("before-swap", "a"), ("between-renames", "a"),
                                            ("after-swap", "b")])
-def test_a_save_killed_at_any_point_leaves_the_old_or_the_new_model(tmp_path, kill, survivor):
+def test_a_save_killed_at_any_point_leaves_the_old_or_the_new_model(tmp_path, kill, survivor, saved_a):
     folder = tmp_path / "models" / "m"
-    assert run(tmp_path, "a", folder) == 0
+    shutil.copytree(saved_a, folder)  # model "a" as a save in another process left it (shared: one process for all)
     (folder / "README.md").write_text("my card")
     assert run(tmp_path, "b", folder, kill) == -9
     if kill == "between-renames":  # the window of the fallback: the old copy waits beside the folder

@@ -28,10 +28,15 @@ class QuantizeConfig(SurgeryConfig):
             second linear, whose GELU-output input has the widest range). Together these are the
             per-layer choice NNCF's accuracy control makes by ranking layers; the recipe search
             measures them (``search``). Names a role the model's layout lacks: an error at apply.
+        attention: "int8" also puts the inputs of every block's attention matmuls (q k^T and P v) on
+            int8 grids (q, k, v calibrated, the probabilities on a fixed grid: ``attention.py``), as
+            NNCF's transformer preset does, so ONNX Runtime and OpenVINO run them in int8; "float"
+            (the default) leaves the attention in float. Needs the host's softmax attention (not a
+            linear attention swap, not Swinv2's cosine attention) and ``activations="int8"``.
     """
 
     plugin: ClassVar[str] = "quantize"
-    legacy_defaults: ClassVar[dict] = {"activation_bits": 8}
+    legacy_defaults: ClassVar[dict] = {"activation_bits": 8, "attention": "float"}
 
     activations: Literal["int8", "none"] = "int8"
     observer: Literal["histogram", "minmax"] = "histogram"
@@ -39,7 +44,10 @@ class QuantizeConfig(SurgeryConfig):
     activation_bits: Literal[7, 8] = 7
     float_blocks: tuple[int, ...] = ()
     float_roles: tuple[Literal["query", "key", "value", "qkv", "attn_output", "mlp_in", "mlp_out"], ...] = ()
+    attention: Literal["float", "int8"] = "float"
 
     def validate(self) -> None:
         if self.calibration_batches < 1:
             raise self.invalid("calibration_batches", self.calibration_batches, "an integer >= 1")
+        if self.attention == "int8" and self.activations != "int8":
+            raise self.invalid("attention", self.attention, '"float" with weight-only quantization (activations="none")')

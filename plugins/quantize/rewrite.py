@@ -15,7 +15,9 @@ from torch import nn
 from surgery.core.anatomy import Anatomy
 from surgery.core.method import Rewrite
 from surgery.plugins.quantize.config import QuantizeConfig
+from surgery.plugins.quantize.attention import AttentionQuant, QuantAttention
 from surgery.plugins.quantize.layers import QuantLinear
+from surgery.toolkit.attention import AttentionCore
 from surgery.toolkit.modules import Changes, eval_mode
 
 
@@ -25,10 +27,24 @@ def apply(model: nn.Module, config: QuantizeConfig, anatomy: Anatomy) -> Rewrite
     if len(kept) == len(linears):
         raise config.invalid("float_blocks/float_roles", (config.float_blocks, config.float_roles),
                              f"choices that leave at least one of the {len(linears)} linears to quantize")
+    blocks = anatomy.blocks(model) if config.attention == "int8" else []
+    for parts in blocks:
+        if isinstance(parts.attention.core, AttentionCore):
+            raise config.invalid("attention", config.attention, '"float" after a step that replaced the softmax attention '
+                                 f"(block {parts.index} runs {type(parts.attention.core).__name__}: no q k^T to quantize)")
+    if "cosine_attention" in anatomy.traits and blocks:
+        raise config.invalid("attention", config.attention, '"float" on models with cosine attention (Swinv2: '
+                             "q and k are normalised and scaled by a learned temperature, not quantized here)")
     changes = Changes(model)
     for name, old in linears:
         if name not in kept:
             changes.replace(name, QuantLinear.from_linear(old, config.activations, config.observer, config.activation_bits))
+    for parts in blocks:
+        core = parts.attention.core
+        quant = AttentionQuant(config.observer, config.activation_bits).to(next(core.parameters()).device)
+        # not claimed: token reduction's swap of this core composes with it (its attention reads the quantizers)
+        changes.swap_class(parts.attention_name, QuantAttention, "Int8", claim=False, surgery_attention_quant=quant,
+                           quant_parts=parts.attention)
     return changes.rewrite()
 
 
@@ -58,8 +74,12 @@ def needs_data(config: QuantizeConfig) -> bool:
 def calibrate(model: nn.Module, config: QuantizeConfig, rewrite: Rewrite, batches: Iterable[Any]) -> None:
     """Observe the inputs of every int8 linear on up to ``calibration_batches`` batches."""
     layers = [model.get_submodule(name) for name in rewrite.targets]
+    # the attention cores are swapped unclaimed (see apply): found in the model (quantize applies once)
+    attention = [core.surgery_attention_quant for core in model.modules() if isinstance(core, QuantAttention)]
     for layer in layers:
         layer.start_calibration()
+    for quant in attention:
+        quant.observe(True)
     seen = 0
     with torch.no_grad(), eval_mode(model):
         for batch in batches:
@@ -72,3 +92,5 @@ def calibrate(model: nn.Module, config: QuantizeConfig, rewrite: Rewrite, batche
         raise config.invalid("calibration", "an empty iterable", "at least one batch of pixel_values")
     for layer in layers:
         layer.finish_calibration()
+    for quant in attention:
+        quant.observe(False)

@@ -11,6 +11,7 @@ writes ``attend(hidden) -> context`` (B, N, C).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from surgery.core.parts import AttentionParts, BlockParts
@@ -28,6 +29,25 @@ NORM_EPS = 1e-6
 def unit(x: torch.Tensor, eps: float = NORM_EPS) -> torch.Tensor:
     """``x / max(||x||, eps)`` along the last axis, with a finite gradient at x = 0."""
     return x * torch.rsqrt(torch.clamp_min(x.pow(2).sum(dim=-1, keepdim=True), eps * eps))
+
+
+def softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, bias: torch.Tensor | None = None,
+                      dropout: float = 0.0, quant=None) -> torch.Tensor:
+    """softmax(q k^T * scale + bias) v over (B, heads, N, head_dim) inputs.
+
+    ``quant`` (a core's ``surgery_attention_quant``, or None): a callable ``quant(role, x)`` that puts
+    the matmuls' inputs on their integer grids (roles "query", "key", "value", "probs"); the bias is
+    added after the quantized q k^T. Without it, ``scaled_dot_product_attention``.
+    """
+    if quant is None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout, scale=scale)
+    scores = torch.matmul(quant("query", q), quant("key", k).transpose(-1, -2)) * scale
+    if bias is not None:
+        scores = scores + bias
+    probs = quant("probs", scores.softmax(dim=-1))
+    if dropout:
+        probs = F.dropout(probs, dropout)
+    return torch.matmul(probs, quant("value", v))
 
 
 class AttentionCore(nn.Module):

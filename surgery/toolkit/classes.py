@@ -20,14 +20,18 @@ def swapped_class(mixin: type, base: type, prefix: str) -> type:
 
 
 def swap_class(module: nn.Module, mixin: type, prefix: str, **settings) -> None:
-    """Swap ``module`` to ``<prefix><its class>`` and set plain attributes ``settings`` on it."""
+    """Swap ``module`` to ``<prefix><its class>`` and set attributes ``settings`` on it (a module among them
+    is registered as a submodule: its state is saved with the model)."""
     module.__class__ = swapped_class(mixin, type(module), prefix)
     for key, value in settings.items():
         setattr(module, key, value)
 
 
 def unswap_class(module: nn.Module, *settings: str) -> None:
-    """Undo :func:`swap_class`: the original class back, the ``settings`` attributes removed."""
+    """Undo :func:`swap_class`: the original class back, the ``settings`` attributes removed (a setting
+    that is a module or a buffer is unregistered, so the state_dict is the original's again)."""
     module.__class__ = module.surgery_original_class
     for setting in settings:
         module.__dict__.pop(setting, None)
+        module._modules.pop(setting, None)
+        module._buffers.pop(setting, None)

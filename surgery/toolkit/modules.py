@@ -48,12 +48,16 @@ class Changes:
         self.records.append(("call", (setattr, (parent, attribute, old))))
         return old
 
-    def swap_class(self, name: str, mixin: type, prefix: str, **settings: Any) -> nn.Module:
-        """Swap the class of the module at ``name`` (see :func:`surgery.toolkit.classes.swap_class`)."""
+    def swap_class(self, name: str, mixin: type, prefix: str, claim: bool = True, **settings: Any) -> nn.Module:
+        """Swap the class of the module at ``name`` (see :func:`surgery.toolkit.classes.swap_class`).
+
+        ``claim=False`` for a swap that composes with another method's swap of the same module (the
+        other reads what this one adds), so that the two are not refused as rewriting one module."""
         module = self.model.get_submodule(name)
         swap_class(module, mixin, prefix, **settings)
         self.records.append(("class", (name, tuple(settings))))
-        self.claim(name)
+        if claim:
+            self.claim(name)
         return module
 
     def call_on_undo(self, function, *args: Any) -> None:

@@ -19,12 +19,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.profiler import record_function
 
 from surgery.core.anatomy import Anatomy
 from surgery.core.parts import AttentionParts, BlockParts
+from surgery.toolkit.attention import softmax_attention
 from surgery.toolkit.modules import Changes
 from surgery.toolkit.tokens import TokenSizes, token_sizes
 
@@ -45,7 +45,7 @@ class ReducingAttention:
         query, key, value = parts.qkv(hidden)
         bias = None if size is None else size.log().to(query.dtype)[:, None, None, :, 0]
         dropout = parts.dropout if self.training else 0.0
-        context = F.scaled_dot_product_attention(query, key, value, attn_mask=bias, dropout_p=dropout, scale=parts.scale)
+        context = softmax_attention(query, key, value, parts.scale, bias, dropout, getattr(self, "surgery_attention_quant", None))
         importance = None
         if importance_rows:
             with torch.no_grad():
