@@ -145,7 +145,7 @@ def test_the_front_and_the_pick_follow_the_budget():
         {"latency_ratio": 0.1, "accuracy_drop": 4.0})
 
 
-FLOAT = {"float_blocks": [], "float_roles": []}  # quantize's per-layer choices: every linear int8
+FLOAT = {"float_blocks": [], "float_roles": [], "attention": "float"}  # quantize's per-layer choices: every linear int8
 
 
 def test_pairs_of_front_points_whose_methods_compose_are_measured_next():
@@ -193,7 +193,7 @@ def test_a_search_picks_within_budget_saves_the_pick_and_reports_once_on_test(di
 
 
 def test_the_same_seed_proposes_the_same_candidates(digits, tmp_path):
-    # 14 starting points (token_merge alone at 9 values, quantize's 3 options swept: 5), then pairs and the sampler's proposals
+    # 15 starting points (token_merge alone at 9 values, quantize's 4 options swept: 6), then pairs and the sampler's proposals
     first = small(digits[0], tmp_path / "a", trials=20)
     second = small(digits[0], tmp_path / "b", trials=20)
     keys = [json.loads((tmp_path / name / CACHE_FILE).read_text())["trials"] for name in ("a", "b")]
@@ -202,7 +202,7 @@ def test_the_same_seed_proposes_the_same_candidates(digits, tmp_path):
     assert any("+" in c["label"] for c in first.candidates)
     small(digits[0], tmp_path / "c", trials=20, seed=1)
     other = json.loads((tmp_path / "c" / CACHE_FILE).read_text())["trials"]
-    assert other[:14] == keys[0][:14] and other != keys[0]  # the same starting points, then other proposals
+    assert other[:15] == keys[0][:15] and other != keys[0]  # the same starting points, then other proposals
 
 
 def test_a_killed_search_resumes_measures_nothing_twice_and_reaches_the_same_front(digits, tmp_path, monkeypatch):

@@ -43,9 +43,10 @@ class Candidate:
 
     @property
     def label(self) -> str:
-        """``token_merge(r=8) + quantize(activations=int8)``: options whose value is an empty list
-        (nothing chosen, e.g. no block kept float) are left out."""
-        shown = [(plugin, [(k, v) for k, v in options if v != []]) for plugin, options in self.steps]
+        """``token_merge(r=8) + quantize(activations=int8)``: options whose value says nothing was chosen
+        are left out: an empty list (no block kept float) or "float" (a part left float, e.g. quantize's
+        attention)."""
+        shown = [(plugin, [(k, v) for k, v in options if v != [] and v != "float"]) for plugin, options in self.steps]
         return " + ".join(plugin + (f"({', '.join(f'{k}={v}' for k, v in options)})" if options else "")
                           for plugin, options in shown)
 

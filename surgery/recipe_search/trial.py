@@ -77,8 +77,8 @@ class Bench:
                                   "versions": {p: get_host().methods[p].version for p, _ in candidate.steps}}
         model = copy.deepcopy(self.original)
         methods = [(get_host().methods[plugin], dict(options)) for plugin, options in candidate.steps]
-        needs_data = any(m.needs_data is not None and m.needs_data(m.make_config(o)) for m, o in methods)
-        try:
+        try:  # options that refuse each other (quantize's int8 attention with weight-only linears): refused
+            needs_data = any(m.needs_data is not None and m.needs_data(m.make_config(o)) for m, o in methods)
             apply(model, candidate.specs(), calibration=self.data.calibration() if needs_data else None)
         except SurgeryError as error:
             return _done(record, started, "refused", error), None
