@@ -24,7 +24,7 @@ from torch import nn
 from torch.ao.quantization import FakeQuantize
 
 from surgery.core.parts import AttentionParts
-from surgery.plugins.quantize.layers import OBSERVERS, reset_observer
+from surgery.plugins.quantize.layers import OBSERVERS, observer_keys, reset_observer
 from surgery.toolkit.attention import softmax_attention
 from surgery.toolkit.inference import inference_only, remembered
 
@@ -83,7 +83,7 @@ class AttentionQuant(nn.Module):
             state.pop(key, None)
 
     def surgery_packed_away(self, prefix: str) -> list[str]:
-        return [prefix + key for key in self.state_dict(keep_vars=True) if ".activation_post_process." in key]
+        return [prefix + key for key in observer_keys(self)]
 
     def surgery_unpack(self) -> None:
         for name in INPUTS:

@@ -58,6 +58,12 @@ def reset_observer(observer: nn.Module, device: torch.device) -> None:
             setattr(observer, name, torch.full(buffer.shape, initial[name], dtype=buffer.dtype, device=device))
 
 
+def observer_keys(module: nn.Module) -> list[str]:
+    """The state_dict keys of ``module``'s observers' calibration statistics (min/max, histograms): left
+    out of checkpoints, which keep the scales and zero points."""
+    return [key for key in module.state_dict(keep_vars=True) if ".activation_post_process." in key]
+
+
 class QuantLinear(LatentWeight, InferenceCache, nn.Linear):
     """A Linear whose weight (and, unless weight-only, input) is quantized to int8.
 
@@ -197,11 +203,11 @@ class QuantLinear(LatentWeight, InferenceCache, nn.Linear):
 
     def surgery_pack(self, prefix: str, state: dict[str, torch.Tensor]) -> None:
         state[prefix + "weight_int8"] = self.int8_weight(state.pop(prefix + "weight"))
-        for key in self._observer_keys():  # calibration-only statistics; scales and zero points stay
+        for key in observer_keys(self):  # calibration-only statistics; scales and zero points stay
             state.pop(prefix + key, None)
 
     def surgery_packed_away(self, prefix: str) -> list[str]:
-        return [prefix + "weight"] + [prefix + key for key in self._observer_keys()]
+        return [prefix + "weight"] + [prefix + key for key in observer_keys(self)]
 
     def surgery_unpack(self) -> None:
         scale = self.weight_quant.scale  # the checkpoint never holds the float weight: rebuild it from the codes
@@ -210,9 +216,6 @@ class QuantLinear(LatentWeight, InferenceCache, nn.Linear):
             if quant is not None:
                 reset_observer(quant.activation_post_process, scale.device)
         self.state()
-
-    def _observer_keys(self) -> list[str]:
-        return [key for key in self.state_dict(keep_vars=True) if ".activation_post_process." in key]
 
     def extra_repr(self) -> str:
         mode = f"W8A8 (static, {self.activation_bits}-bit range)" if self.input_quant is not None else "W8 (weight-only)"
