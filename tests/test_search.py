@@ -362,3 +362,16 @@ def test_a_hub_dataset_is_searched_through_the_hub_api(digits, tmp_path):
     expected = (predict_logits(surgery.load(digits[0]), x).argmax(-1) == y).float().mean().item()
     assert record["original"]["accuracy"] == pytest.approx(expected)
     assert record["data"]["name"] == "me/digits-mini" and record["data"]["images"]["validation"] == 40
+
+
+def test_options_that_refuse_each_other_are_recorded_as_refused_with_the_reason(digits, tmp_path):
+    """quantize's int8 attention with weight-only linears: the search records the mix and goes on."""
+    from surgery.recipe_search.data import resolve
+    from surgery.recipe_search.space import Candidate
+
+    original = surgery.load(digits[0])
+    bench = Bench(original, "torch", resolve("digits", digits[0], original.config), 4, tmp_path, repeats=1)
+    steps = (("quantize", (("activations", "none"), ("attention", "int8"))),)
+    record, model = bench.measure(Candidate(steps), None, lambda r: None)
+    assert model is None and record["status"] == "refused"
+    assert record["reason"].startswith("quantize: option 'attention' got 'int8'; allowed: \"float\" with weight-only")
