@@ -2,12 +2,13 @@
 
 Speed: a ViT-B/16 shape (random weights), 224 px, batch 8, every variant timed in one run (medians
 over repeats after warm-up, each repeat running every variant in turn):
-- PyTorch eager (``torch.inference_mode()``): fp32; surgery ``quantize`` (static W8A8 on oneDNN's int8
-  kernels; and with ``attention="int8"``, the attention matmuls' inputs on int8 grids too); ``torch.ao.quantization.quantize_dynamic``; torchao's
+- PyTorch eager (``torch.inference_mode()``): fp32; surgery ``quantize`` (static W8A8 on the int8 kernels
+  measured fastest here; with ``attention="int8"``, the attention matmuls' inputs on int8 grids too; and with
+  ``patch_embed`` and ``classifier`` "int8" as well, everything NNCF quantizes); ``torch.ao.quantization.quantize_dynamic``; torchao's
   ``Int8DynamicActivationInt8WeightConfig`` (when torchao is installed);
-- ONNX Runtime: fp32; surgery ``quantize`` exported as QDQ; Optimum's ``ORTQuantizer`` dynamic and
+- ONNX Runtime: fp32; surgery's three ``quantize`` variants exported as QDQ; Optimum's ``ORTQuantizer`` dynamic and
   static (calibrated on the same images, min-max) on the fp32 ONNX;
-- OpenVINO: fp32 (f32 hint); surgery's QDQ ONNX compiled by OpenVINO; NNCF post-training quantization
+- OpenVINO: fp32 (f32 hint); surgery's QDQ ONNX files compiled by OpenVINO; NNCF post-training quantization
   (``nncf.quantize``, transformer preset) of the fp32 model, calibrated on the same images.
 Accuracy: the same variants built from the built-in digits model (360 test images), calibrated on 256
 training digits, each in its own runtime.
@@ -38,7 +39,14 @@ from surgery.publish.export import export
 from _common import markdown_table, time_side_by_side, timing_arguments, vit_base, write_report
 
 MISSING = "not installed"
-INT8_ATTENTION = ("quantize", {"attention": "int8"})  # the attention matmuls too, as NNCF's transformer preset
+# surgery's variants, by row name: the linears; the attention matmuls too (as NNCF's transformer preset); and also
+# the patch embedding and the classifier (everything NNCF's preset quantizes)
+SURGERY = {
+    "surgery quantize": "quantize",
+    "surgery quantize, attention=int8": ("quantize", {"attention": "int8"}),
+    "surgery quantize, attention + patch_embed + classifier int8": (
+        "quantize", {"attention": "int8", "patch_embed": "int8", "classifier": "int8"}),
+}
 
 
 
@@ -50,10 +58,7 @@ def has(module: str) -> bool:
 def torch_variants(model, calibration: list[torch.Tensor]) -> dict[str, object]:
     variants = {
         "fp32": model,
-        "surgery quantize (static W8A8, oneDNN int8)": surgery.apply(copy.deepcopy(model), "quantize",
-                                                                     calibration=calibration).eval(),
-        "surgery quantize, attention=int8 (+ q k^T, P v)": surgery.apply(copy.deepcopy(model), [INT8_ATTENTION],
-                                                                         calibration=calibration).eval(),
+        **{name: surgery.apply(copy.deepcopy(model), [step], calibration=calibration).eval() for name, step in SURGERY.items()},
         "torch quantize_dynamic (int8)": torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), {torch.nn.Linear},
                                                                                dtype=torch.qint8),
     }
@@ -76,11 +81,10 @@ def torch_logits(model, pixels: torch.Tensor) -> np.ndarray:
 # -- ONNX Runtime -----------------------------------------------------------------------------------------
 def ort_variants(model_fn, calibration: list[torch.Tensor], tmp: Path) -> dict[str, object]:
     fp32 = export(model_fn(), tmp / "fp32", to="onnx").path
-    int8 = export(surgery.apply(model_fn(), "quantize", calibration=calibration), tmp / "int8", to="onnx").path
-    attention = export(surgery.apply(model_fn(), [INT8_ATTENTION], calibration=calibration), tmp / "int8-attention",
-                       to="onnx").path
-    variants: dict[str, object] = {"fp32": fp32, "surgery quantize (static QDQ)": int8,
-                                   "surgery quantize, attention=int8 (static QDQ)": attention}
+    variants: dict[str, object] = {"fp32": fp32}
+    for index, (name, step) in enumerate(SURGERY.items()):  # static QDQ
+        variants[name] = export(surgery.apply(model_fn(), [step], calibration=calibration), tmp / f"int8-{index}",
+                                to="onnx").path
     if has("optimum.onnxruntime"):
         variants["Optimum ORTQuantizer dynamic"] = optimum_quantize(fp32.parent, tmp / "dynamic", None)
         variants["Optimum ORTQuantizer static (min-max)"] = optimum_quantize(fp32.parent, tmp / "static", calibration)
@@ -121,9 +125,7 @@ def ov_variants(onnx_files: dict[str, object], calibration: list[torch.Tensor]) 
     nncf_model = nncf.quantize(fp32, dataset, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(calibration))
     return {
         "fp32 (f32 hint)": core.compile_model(fp32, "CPU", {"INFERENCE_PRECISION_HINT": "f32"}),
-        "surgery quantize (QDQ ONNX)": core.compile_model(str(onnx_files["surgery quantize (static QDQ)"]), "CPU"),
-        "surgery quantize, attention=int8 (QDQ ONNX)": core.compile_model(
-            str(onnx_files["surgery quantize, attention=int8 (static QDQ)"]), "CPU"),
+        **{name: core.compile_model(str(onnx_files[name]), "CPU") for name in SURGERY},  # surgery's QDQ ONNX
         "NNCF nncf.quantize (transformer preset)": core.compile_model(nncf_model, "CPU"),
     }
 

@@ -96,6 +96,8 @@ INT8 = {
     "castling+quantize": ["castling", "quantize"],
     "quantize-attention": [("quantize", {"attention": "int8"})],
     "token_merge+quantize-attention": [("token_merge", {"r": 4}), ("quantize", {"attention": "int8"})],
+    # everything NNCF's transformer preset quantizes: an int8 Conv (QDQ on the pixels) and an int8 head too
+    "quantize-every-layer": [("quantize", {"attention": "int8", "patch_embed": "int8", "classifier": "int8"})],
 }
 
 

@@ -40,7 +40,9 @@ DOOR = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("runtime", ["onnx", "openvino"])
+# optimum-intel's door converts every plugin's model with openvino's PyTorch frontend (38 s of the suite's 15 minutes):
+# `pytest -m slow`; surgery's own OpenVINO export of every plugin (test_export) stays in the default run
+@pytest.mark.parametrize("runtime", ["onnx", pytest.param("openvino", marks=pytest.mark.slow)])
 def test_optimums_export_true_gives_the_logits_or_refuses(tmp_path, runtime):
     host = surgery.get_host()
     folders = {}

@@ -233,6 +233,10 @@ def _every_plugin_saved(tmp_path, arch):
 def test_the_concrete_model_class_without_surgery_refuses_every_plugin_and_with_it_gives_the_same_logits(tmp_path):
     """ViT, Swin and DINOv2, every plugin each: one process without surgery loads them all."""
     folders = {(arch, name): folder for arch in ("vit", "swin", "dinov2") for name, folder in _every_plugin_saved(tmp_path, arch).items()}
+    # the patch embedding as int8 codes: its float weight is not in the file, so the bias carries the guard
+    outer = surgery.apply(tiny("swin"), [("quantize", {"patch_embed": "int8"})], calibration=[images(4, seed=1)])
+    outer.save_pretrained(tmp_path / "swin-patch-embed-int8")
+    folders[("swin", "quantize patch_embed=int8")] = tmp_path / "swin-patch-embed-int8"
     assert all(sum(a == arch for a, _ in folders) >= 4 for arch in ("vit", "swin", "dinov2"))
     result = subprocess.run([sys.executable, "-c", CONCRETE_CLASS_WITHOUT_SURGERY, *map(str, folders.values())],
                             capture_output=True, text=True, timeout=600,

@@ -145,7 +145,7 @@ def test_the_front_and_the_pick_follow_the_budget():
         {"latency_ratio": 0.1, "accuracy_drop": 4.0})
 
 
-FLOAT = {"float_blocks": [], "float_roles": [], "attention": "float"}  # quantize's per-layer choices: every linear int8
+FLOAT = {"float_blocks": [], "float_roles": [], "attention": "float", "patch_embed": "float"}  # quantize's per-layer choices: every linear int8
 
 
 def test_pairs_of_front_points_whose_methods_compose_are_measured_next():
@@ -193,7 +193,7 @@ def test_a_search_picks_within_budget_saves_the_pick_and_reports_once_on_test(di
 
 
 def test_the_same_seed_proposes_the_same_candidates(digits, tmp_path):
-    # 15 starting points (token_merge alone at 9 values, quantize's 4 options swept: 6), then pairs and the sampler's proposals
+    # 16 starting points (token_merge alone at 9 values, quantize's 5 options swept: 7), then pairs and the sampler's proposals
     first = small(digits[0], tmp_path / "a", trials=20)
     second = small(digits[0], tmp_path / "b", trials=20)
     keys = [json.loads((tmp_path / name / CACHE_FILE).read_text())["trials"] for name in ("a", "b")]
@@ -202,16 +202,16 @@ def test_the_same_seed_proposes_the_same_candidates(digits, tmp_path):
     assert any("+" in c["label"] for c in first.candidates)
     small(digits[0], tmp_path / "c", trials=20, seed=1)
     other = json.loads((tmp_path / "c" / CACHE_FILE).read_text())["trials"]
-    assert other[:15] == keys[0][:15] and other != keys[0]  # the same starting points, then other proposals
+    assert other[:16] == keys[0][:16] and other != keys[0]  # the same starting points, then other proposals
 
 
 def test_a_killed_search_resumes_measures_nothing_twice_and_reaches_the_same_front(digits, tmp_path, monkeypatch):
     whole = small(digits[0], tmp_path / "whole", trials=18)
     measure, calls = Bench.measure, []
 
-    def dying(self, candidate, *args):  # killed while measuring the 16th candidate, after the starting points
+    def dying(self, candidate, *args):  # killed while measuring the 17th candidate, after the starting points
         calls.append(candidate.key)
-        if len(calls) == 16:
+        if len(calls) == 17:
             raise KeyboardInterrupt
         return measure(self, candidate, *args)
 
@@ -219,13 +219,13 @@ def test_a_killed_search_resumes_measures_nothing_twice_and_reaches_the_same_fro
     with pytest.raises(KeyboardInterrupt):
         small(digits[0], tmp_path / "killed", trials=18)
     cached = json.loads((tmp_path / "killed" / CACHE_FILE).read_text())
-    assert len(cached["measured"]) == 15
+    assert len(cached["measured"]) == 16
     monkeypatch.setattr(Bench, "measure", measure)
     measured_again = []
     monkeypatch.setattr(Bench, "measure", lambda self, c, *a: measured_again.append(c.key) or measure(self, c, *a))
     lines = []
     resumed = small(digits[0], tmp_path / "killed", trials=18, log=lines.append)
-    assert any("resuming from" in line and "15 candidate(s) measured" in line for line in lines), lines
+    assert any("resuming from" in line and "16 candidate(s) measured" in line for line in lines), lines
     *searched, rebuilt = measured_again  # the last one builds the pick again, to save it
     assert not set(searched) & set(cached["measured"])
     assert json.loads(rebuilt) == resumed.chosen["steps"]

@@ -7,8 +7,9 @@ faster on the CPU: ``kernels.py``; PyTorch 2's quantized form under ``torch.comp
 and by ONNX Runtime and OpenVINO after export (QuantizeLinear/DequantizeLinear). Checkpoints store int8 weights with
 their scales. ``float_blocks`` and ``float_roles`` keep chosen linears float (the per-layer choice of
 NNCF's accuracy control, made here by the recipe search's measurements, not by a ranking).
-``attention="int8"`` also puts the inputs of the attention matmuls on int8 grids (``attention.py``), as
-NNCF's transformer preset does. Training-free; reversible.
+``attention="int8"`` also puts the inputs of the attention matmuls on int8 grids (``attention.py``), and
+``patch_embed`` / ``classifier`` "int8" quantize the patch embedding convolution (``conv.py``) and the head,
+as NNCF's transformer preset does. Training-free; reversible.
 """
 
 from __future__ import annotations
@@ -34,9 +35,12 @@ METHOD = define_method(
     # which linears stay float is per-layer, as NNCF's accuracy control chooses it: the first or last
     # block, or every block's MLP output linear
     # and whether the attention matmuls are int8 too (pays off in ONNX Runtime and OpenVINO, costs in PyTorch
-    # eager: measured, per runtime; the weight-only and linear-attention mixes are refused and recorded so)
+    # eager: measured, per runtime; the weight-only and linear-attention mixes are refused and recorded so), and
+    # the patch embedding (a few per cent of a ViT's time at most). Not the classifier: about 0.1 % of a ViT-B's
+    # time, a trial measures nothing there
     search=SearchSpace(options={"activations": ("int8", "none"), "float_blocks": ((), (0,), (-1,)),
-                                "float_roles": ((), ("mlp_out",)), "attention": ("float", "int8")}),
+                                "float_roles": ((), ("mlp_out",)), "attention": ("float", "int8"),
+                                "patch_embed": ("float", "int8")}),
 )
 
 

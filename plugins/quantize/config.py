@@ -33,10 +33,16 @@ class QuantizeConfig(SurgeryConfig):
             NNCF's transformer preset does, so ONNX Runtime and OpenVINO run them in int8; "float"
             (the default) leaves the attention in float. Needs the host's softmax attention (not a
             linear attention swap, not Swinv2's cosine attention) and ``activations="int8"``.
+        patch_embed: "int8" also quantizes the patch embedding convolution (int8 weights per output
+            channel; its input, the normalised pixels, calibrated like the linears' unless weight-only),
+            as NNCF does; "float" (the default) keeps it float.
+        classifier: "int8" also quantizes the classification head's linear(s) (both heads of a distilled
+            DeiT), as NNCF does; "float" (the default) keeps them float.
     """
 
     plugin: ClassVar[str] = "quantize"
-    legacy_defaults: ClassVar[dict] = {"activation_bits": 8, "attention": "float"}
+    legacy_defaults: ClassVar[dict] = {"activation_bits": 8, "attention": "float", "patch_embed": "float",
+                                       "classifier": "float"}
 
     activations: Literal["int8", "none"] = "int8"
     observer: Literal["histogram", "minmax"] = "histogram"
@@ -45,6 +51,8 @@ class QuantizeConfig(SurgeryConfig):
     float_blocks: tuple[int, ...] = ()
     float_roles: tuple[Literal["query", "key", "value", "qkv", "attn_output", "mlp_in", "mlp_out"], ...] = ()
     attention: Literal["float", "int8"] = "float"
+    patch_embed: Literal["float", "int8"] = "float"
+    classifier: Literal["float", "int8"] = "float"
 
     def validate(self) -> None:
         if self.calibration_batches < 1:

@@ -1,7 +1,7 @@
 """Replace the blocks' linear layers with int8 ones, calibrate their inputs, and undo it.
 
-The patch embedding and the classifier stay in float, as is usual for ViT post-training
-quantization.
+The patch embedding and the classifier stay in float unless ``patch_embed`` / ``classifier`` say
+"int8" (NNCF quantizes both; ViT post-training quantization papers usually keep them float).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from surgery.core.anatomy import Anatomy
 from surgery.core.method import Rewrite
 from surgery.plugins.quantize.config import QuantizeConfig
 from surgery.plugins.quantize.attention import AttentionQuant, QuantAttention
+from surgery.plugins.quantize.conv import QuantConv2d
 from surgery.plugins.quantize.layers import QuantLinear
 from surgery.toolkit.attention import AttentionCore
 from surgery.toolkit.modules import Changes, eval_mode
@@ -35,10 +36,12 @@ def apply(model: nn.Module, config: QuantizeConfig, anatomy: Anatomy) -> Rewrite
     if "cosine_attention" in anatomy.traits and blocks:
         raise config.invalid("attention", config.attention, '"float" on models with cosine attention (Swinv2: '
                              "q and k are normalised and scaled by a learned temperature, not quantized here)")
+    ends = outer_layers(model, config, anatomy)
     changes = Changes(model)
-    for name, old in linears:
+    for name, old in linears + ends:
         if name not in kept:
-            changes.replace(name, QuantLinear.from_linear(old, config.activations, config.observer, config.activation_bits))
+            new = QuantConv2d.from_conv if isinstance(old, nn.Conv2d) else QuantLinear.from_linear
+            changes.replace(name, new(old, config.activations, config.observer, config.activation_bits))
     for parts in blocks:
         core = parts.attention.core
         quant = AttentionQuant(config.observer, config.activation_bits).to(next(core.parameters()).device)
@@ -46,6 +49,21 @@ def apply(model: nn.Module, config: QuantizeConfig, anatomy: Anatomy) -> Rewrite
         changes.swap_class(parts.attention_name, QuantAttention, "Int8", claim=False, surgery_attention_quant=quant,
                            quant_parts=parts.attention)
     return changes.rewrite()
+
+
+def outer_layers(model: nn.Module, config: QuantizeConfig, anatomy: Anatomy) -> list[tuple[str, nn.Module]]:
+    """The patch embedding convolution and the classifier linears, where the options quantize them."""
+    layers: list[tuple[str, nn.Module]] = []
+    roles = anatomy.layout_of(model).roles
+    for option, role, kind in (("patch_embed", "patch_embed", nn.Conv2d), ("classifier", "classifier", nn.Linear)):
+        if getattr(config, option) != "int8":
+            continue
+        found = [(name, module) for name, module in anatomy.find(model, role) if type(module) is kind] if role in roles else []
+        if not found:
+            raise config.invalid(option, "int8", f'"float" on this {anatomy.model_type} model: it has no plain '
+                                 f"{kind.__name__} as its {role.replace('_', ' ')}")
+        layers += found
+    return layers
 
 
 def kept_float(model: nn.Module, config: QuantizeConfig, anatomy: Anatomy, linears: list[str]) -> set[str]:

@@ -6,8 +6,9 @@ config with its own config class, which only warns about the marker, and transfo
 unknown recipe with a log line: without this guard it returned the base model (a token-merging model
 silently unmerged, a quantized one with newly initialised weights).
 
-So one tensor that every plain model of the family has, the patch embedding's weight, is saved with a
-leading dimension of 1, and the file's metadata names it (:data:`GUARD_KEY`). transformers without
+So one tensor that every plain model of the family has, the patch embedding's weight (its bias where a
+method stores the weight in another form, as int8 codes), is saved with a leading dimension of 1, and
+the file's metadata names it (:data:`GUARD_KEY`). transformers without
 surgery refuses the shape ("size mismatch ... ignore_mismatched_sizes") in 4.57 and in 5.x; surgery's
 quantizer takes that one tensor itself (``param_needs_quantization``) and removes the dimension.
 Checkpoints saved before the guard have no such metadata and load as before.
@@ -28,7 +29,8 @@ GUARD_KEY = "surgery_guarded_tensor"
 def guard_state(anatomy: Any, state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """``state`` (reference names) with its guarded tensor given a leading dimension, and the metadata
     that names it; unchanged (and no metadata) for a model whose patch embedding is not in ``state``."""
-    names = [f"{path}.weight" for path in (anatomy.roles.get("patch_embed", ()) if anatomy is not None else ())]
+    paths = anatomy.roles.get("patch_embed", ()) if anatomy is not None else ()
+    names = [f"{path}.{tensor}" for tensor in ("weight", "bias") for path in paths]
     key = next((name for name in names if name in state), None)
     if key is None:
         return dict(state), {}
