@@ -89,6 +89,20 @@ def test_a_declared_space_is_checked_against_the_methods_options():
     with pytest.raises(ConfigError, match=r"option 'k' has the value \{1: 2\}"):
         SearchSpace(options={"k": ({1: 2},)})
     assert _method(options={"k": (1, 2, 3)}).search.size() == 3
+    with pytest.raises(ConfigError, match=r"quiet names 'kk', which is not among its options: k.*Did you mean 'k'"):
+        SearchSpace(options={"k": (1, 2)}, quiet={"kk": 1})
+    with pytest.raises(ConfigError, match=r"quiet gives 'k' the value 3, which is not among its values: \[1, 2\]"):
+        SearchSpace(options={"k": (1, 2)}, quiet={"k": 3})
+
+
+def test_labels_leave_out_the_options_a_space_declares_quiet():
+    """quantize declares its "nothing chosen" values; a list read back from JSON matches its tuple."""
+    from surgery.recipe_search.space import Candidate
+
+    steps = (("quantize", (("activations", "int8"), ("float_blocks", []), ("float_roles", ("mlp_out",)),
+                           ("attention", "float"), ("patch_embed", "int8"))), ("token_merge", (("r", 8),)))
+    assert Candidate(steps).label == "quantize(activations=int8, float_roles=('mlp_out',), patch_embed=int8) + token_merge(r=8)"
+    assert Candidate((("not_installed", (("a", "float"),)),)).label == "not_installed(a=float)"  # no space: all shown
 
 
 def test_refusals_name_the_field_the_value_and_what_is_allowed(digits):

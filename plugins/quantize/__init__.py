@@ -40,7 +40,8 @@ METHOD = define_method(
     # time, a trial measures nothing there
     search=SearchSpace(options={"activations": ("int8", "none"), "float_blocks": ((), (0,), (-1,)),
                                 "float_roles": ((), ("mlp_out",)), "attention": ("float", "int8"),
-                                "patch_embed": ("float", "int8")}),
+                                "patch_embed": ("float", "int8")},
+                       quiet={"float_blocks": (), "float_roles": (), "attention": "float", "patch_embed": "float"}),
 )
 
 

@@ -9,7 +9,9 @@ plugins included, and never names a plugin. A method without a declaration is le
     SearchSpace()                                           # on or off, with its defaults
 
 ``options`` maps option names to the values to try (JSON values: None, bool, int, float, str, or a
-list of them, e.g. block indices); options not named keep their defaults. ``needs_recovery``: the rewritten model must be fine-tuned
+list of them, e.g. block indices); options not named keep their defaults. ``quiet`` names, for some of
+them, the value that says "nothing chosen" (no block kept float, a part left float): candidate labels
+leave an option out at that value, ``quantize(activations=int8)`` rather than listing every default. ``needs_recovery``: the rewritten model must be fine-tuned
 before its accuracy means anything (new parameters, a changed readout), so the search recovers it
 briefly, and only when its measured cost can reach the front.
 """
@@ -29,6 +31,7 @@ SCALARS = (type(None), bool, int, float, str)
 class SearchSpace:
     options: Mapping[str, tuple[Any, ...]] = dataclasses.field(default_factory=dict)
     needs_recovery: bool = False
+    quiet: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "options", {name: tuple(values) for name, values in dict(self.options).items()})
@@ -41,6 +44,19 @@ class SearchSpace:
                                   "allowed: None, bool, int, float, str, or a tuple of them")
             if len(set(map(repr, values))) != len(values):
                 raise ConfigError(f"search space: option '{name}' lists a value twice: {list(values)}")
+        object.__setattr__(self, "quiet", dict(self.quiet))
+        for name, value in self.quiet.items():
+            if name not in self.options:
+                raise ConfigError(f"search space: quiet names '{name}', which is not among its options: "
+                                  f"{', '.join(self.options) or 'none'}" + did_you_mean(name, list(self.options)))
+            if not any(_same(value, v) for v in self.options[name]):
+                raise ConfigError(f"search space: quiet gives '{name}' the value {value!r}, which is not among its "
+                                  f"values: {list(self.options[name])}")
+
+    def shown(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """``options`` without those at their quiet value (what a label shows)."""
+        return {name: value for name, value in options.items()
+                if not (name in self.quiet and _same(self.quiet[name], value))}
 
     def check(self, method: str, config_class: type) -> None:
         """Refuse option names ``config_class`` lacks and values it rejects, naming the method."""

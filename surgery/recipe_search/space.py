@@ -43,10 +43,13 @@ class Candidate:
 
     @property
     def label(self) -> str:
-        """``token_merge(r=8) + quantize(activations=int8)``: options whose value says nothing was chosen
-        are left out: an empty list (no block kept float) or "float" (a part left float, e.g. quantize's
-        attention)."""
-        shown = [(plugin, [(k, v) for k, v in options if v != [] and v != "float"]) for plugin, options in self.steps]
+        """``token_merge(r=8) + quantize(activations=int8)``: an option at the value its method's search
+        space declares quiet ("nothing chosen": no block kept float, a part left float) is left out."""
+        methods = get_host().methods
+        shown = []
+        for plugin, options in self.steps:
+            space = getattr(methods.get(plugin), "search", None)
+            shown.append((plugin, list((space.shown(dict(options)) if space is not None else dict(options)).items())))
         return " + ".join(plugin + (f"({', '.join(f'{k}={v}' for k, v in options)})" if options else "")
                           for plugin, options in shown)
 
