@@ -15,16 +15,16 @@ checked against the exact integer product (numpy), then all are timed side by si
 The sign convention is bivit's: sign(0) = +1 (the threshold sits just below zero).
 
 Whole model: a ViT-B/16 (random weights) with ``bivit`` W1A1 (its defaults: every block linear binary, binary
-attention) exported to ONNX by surgery, read by OpenVINO, and the same graph with every W1A1 linear
-(``MatMul(sign(x), +-1 constant)``) replaced by the BinaryConvolution form above (:func:`binary_linears`,
-a rewrite of the OpenVINO graph done here, not yet by ``surgery.export``); fp32 (the unrewritten ViT) beside
-them; batch 8 at 224 px; the rewritten model's logits against the unrewritten graph's.
+attention): its ONNX export read by OpenVINO (+-1 float matmuls), and ``surgery.export(to="openvino")``, which
+rewrites every W1A1 linear to the BinaryConvolution form above (``surgery.plugins.bivit.openvino``); fp32
+beside them; batch 8 at 224 px; both against PyTorch's logits.
 
     python benchmarks/binary_openvino.py [--repeats 15] [--model-repeats 7]
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -34,9 +34,9 @@ import openvino as ov
 import openvino.opset1 as op1
 import openvino.opset13 as ops
 import torch
-from openvino.passes import ConstantFolding, Manager
 
 import surgery
+from surgery.plugins.bivit.openvino import THRESHOLD, binary_product, u1_constant
 from surgery.publish.export import export
 
 from _common import markdown_table, time_side_by_side, vit_base, write_report
@@ -44,7 +44,6 @@ from _common import markdown_table, time_side_by_side, vit_base, write_report
 BATCH, TOKENS = 8, 197
 SHAPES = {"query/key/value, attention output (768 -> 768)": (768, 768), "MLP in (768 -> 3072)": (768, 3072),
           "MLP out (3072 -> 768)": (3072, 768)}
-THRESHOLD = -np.finfo(np.float32).tiny  # x >= 0 -> 1 (+1), as bivit's sign; x < 0 -> 0 (-1)
 
 
 def float_linear(weight: np.ndarray, bias: np.ndarray) -> ov.Model:
@@ -59,79 +58,16 @@ def signs_matmul(signs: np.ndarray, alpha: np.ndarray, bias: np.ndarray) -> ov.M
     return ov.Model([ops.add(ops.multiply(product, ops.constant(alpha)), ops.constant(bias))], [x])
 
 
-def u1_constant(signs: np.ndarray) -> ov.Node:
-    """(out, in) +-1 as a (out, in, 1, 1) u1 constant: bit 1 for +1, least significant bit first."""
-    tensor = ov.Tensor(ov.Type.u1, ov.Shape([signs.shape[0], signs.shape[1], 1, 1]))
-    packed = np.packbits((signs > 0).reshape(-1), bitorder="little")
-    tensor.data[:] = packed[: tensor.data.size]
-    return ov.op.Constant(tensor)
-
-
-def binarized(x: ov.Output) -> ov.Node:
-    """(B, C, T, 1) 0/1 codes of x (B, T, C), as BinaryConvolution takes them: sign(x) >= 0 -> 1."""
-    image = ops.unsqueeze(ops.transpose(x, np.array([0, 2, 1])), np.array([3]))
-    return ops.fake_quantize(image, np.float32(THRESHOLD), np.float32(THRESHOLD), np.float32(0), np.float32(1), 2)
-
-
-def uniform(node: ov.Node) -> float | None:
-    """The one value every element of ``node`` holds where it is a constant, broadcast or negated
-    (the export's ``ones_like`` / ``-ones_like``), else None."""
-    kind = node.get_type_name()
-    if kind == "Constant":
-        values = np.unique(np.asarray(node.get_data(), dtype=np.float64))
-        return float(values[0]) if values.size == 1 else None
-    if kind in ("Broadcast", "Convert", "Negative"):
-        value = uniform(node.input(0).get_source_output().get_node())
-        return None if value is None else (-value if kind == "Negative" else value)
-    return None
-
-
-def binary_linears(model: ov.Model) -> int:
-    """Replace every ``MatMul(Select(x >= 0, 1, -1), C)`` with a constant +-1 C on a rank-3 x by the
-    BinaryConvolution form (the same integers); returns how many were replaced. The CPU plugin runs
-    BinaryConvolution on static shapes only: reshape ``model`` to its input shape first."""
-    manager = Manager()
-    manager.register_pass(ConstantFolding())
-    manager.run_passes(model)
-    replaced = 0
-    for node in model.get_ordered_ops():
-        if node.get_type_name() != "MatMul" or node.get_attributes()["transpose_a"]:
-            continue
-        sign, weight = (node.input(i).get_source_output().get_node() for i in range(2))
-        if sign.get_type_name() != "Select" or weight.get_type_name() != "Constant":
-            continue
-        compare = sign.input(0).get_source_output().get_node()
-        if compare.get_type_name() != "GreaterEqual" or [uniform(sign.input(i).get_source_output().get_node())
-                                                          for i in (1, 2)] != [1.0, -1.0]:
-            continue
-        zero = compare.input(1).get_source_output().get_node()
-        x = compare.input(0).get_source_output()
-        values = np.asarray(weight.get_data(), dtype=np.float32)
-        signs = values if node.get_attributes()["transpose_b"] else values.T  # (out, in)
-        if x.get_partial_shape().rank.get_length() != 3 or uniform(zero) != 0.0 or not np.isin(signs, (-1.0, 1.0)).all():
-            continue
-        product = op1.binary_convolution(binarized(x), u1_constant(signs), [1, 1], [0, 0], [0, 0], [1, 1], "xnor-popcount", 0.0)
-        back = ops.transpose(ops.squeeze(product, np.array([3])), np.array([0, 2, 1]))
-        for target in list(node.output(0).get_target_inputs()):
-            target.replace_source_output(back.output(0))
-        replaced += 1
-    model.validate_nodes_and_infer_types()
-    return replaced
-
-
 def binary_convolution(signs: np.ndarray, alpha: np.ndarray, bias: np.ndarray, layout: str) -> ov.Model:
     outputs, inputs = signs.shape
     x = ops.parameter([BATCH, TOKENS, inputs], np.float32)
-    if layout == "(B, C, T, 1)":
-        image = ops.reshape(ops.transpose(x, np.array([0, 2, 1])), np.array([BATCH, inputs, TOKENS, 1]), False)
+    if layout == "(B, C, T, 1)":  # what surgery's export writes (surgery.plugins.bivit.openvino)
+        y = binary_product(x.output(0), signs)
     else:
         rows = ops.reshape(x, np.array([BATCH * TOKENS, inputs]), False)
         image = ops.reshape(ops.transpose(rows, np.array([1, 0])), np.array([1, inputs, BATCH * TOKENS, 1]), False)
-    bits = ops.fake_quantize(image, np.float32(THRESHOLD), np.float32(THRESHOLD), np.float32(0), np.float32(1), 2)
-    product = op1.binary_convolution(bits, u1_constant(signs), [1, 1], [0, 0], [0, 0], [1, 1], "xnor-popcount", 0.0)
-    if layout == "(B, C, T, 1)":
-        y = ops.transpose(ops.reshape(product, np.array([BATCH, outputs, TOKENS]), False), np.array([0, 2, 1]))
-    else:
+        bits = ops.fake_quantize(image, np.float32(THRESHOLD), np.float32(THRESHOLD), np.float32(0), np.float32(1), 2)
+        product = op1.binary_convolution(bits, u1_constant(signs), [1, 1], [0, 0], [0, 0], [1, 1], "xnor-popcount", 0.0)
         y = ops.reshape(ops.transpose(ops.reshape(product, np.array([outputs, BATCH * TOKENS]), False), np.array([1, 0])),
                         np.array([BATCH, TOKENS, outputs]), False)
     return ov.Model([ops.add(ops.multiply(y, ops.constant(alpha)), ops.constant(bias))], [x])
@@ -156,14 +92,16 @@ def whole_model(repeats: int) -> tuple[list[list[object]], list[str]]:
         with torch.inference_mode():
             reference = model(pixel_values=torch.from_numpy(x)).logits.numpy()
         binary = export(model, Path(tmp) / "bivit", to="onnx").path
-        rewritten = core.read_model(str(binary))
-        rewritten.reshape(list(x.shape))  # the CPU plugin's BinaryConvolution takes static shapes only
-        count = binary_linears(rewritten)
+        # surgery's OpenVINO export: the W1A1 linears as BinaryConvolution, the IR's batch fixed at 8
+        bits = export(model, Path(tmp) / "bivit-ov", to="openvino", batch=len(x))
+        rewrites = json.loads((Path(tmp) / "bivit-ov" / "export_report.json").read_text())["openvino_rewrites"]
         variants = {"fp32 (f32 hint)": core.compile_model(str(fp32), "CPU", f32),
-                    "bivit W1A1 as exported (+-1 float matmuls, f32 hint)": core.compile_model(str(binary), "CPU", f32),
-                    "bivit W1A1, linears as BinaryConvolution (f32 hint)": core.compile_model(rewritten, "CPU", f32)}
-    notes = [f"{count} W1A1 linears replaced; the CPU plugin runs "
-             f"{executed(variants['bivit W1A1, linears as BinaryConvolution (f32 hint)'])}"]
+                    "bivit W1A1, the ONNX graph in OpenVINO (+-1 float matmuls, f32 hint)":
+                        core.compile_model(str(binary), "CPU", f32),
+                    "bivit W1A1, surgery's OpenVINO export (BinaryConvolution linears, f32 hint)":
+                        core.compile_model(str(bits.path), "CPU", f32)}
+    notes = [f"{'; '.join(rewrites)}; the CPU plugin runs "
+             f"{executed(variants['bivit W1A1, surgery' + chr(39) + 's OpenVINO export (BinaryConvolution linears, f32 hint)'])}"]
     for name in list(variants)[1:]:
         logits = variants[name](x)[0]
         agree = float((logits.argmax(-1) == reference.argmax(-1)).mean())

@@ -312,3 +312,30 @@ def test_wide_w1a1_model_matches_its_onnx_export(tmp_path):
                        intermediate_size=1536, num_labels=10)
     model = surgery.apply(ViTForImageClassification(config).eval(), "bivit")
     assert export(model, tmp_path / "onnx", to="onnx", check=False).max_abs_diff < 1e-5
+
+
+@pytest.mark.parametrize("arch", ["vit", "swin"])
+def test_w1a1_goes_to_openvino_as_binary_convolution_with_the_pytorch_logits(arch, tmp_path):
+    """surgery's OpenVINO export runs every W1A1 linear as BinaryConvolution on u1 bits (exact integers), at
+    the export's static batch; W1A32 keeps its float graph and its dynamic batch."""
+    import json
+
+    import openvino as ov
+
+    from surgery.publish.export import export
+
+    model = surgery.apply(tiny(arch), ["bivit"]).eval()
+    linears = sum(isinstance(m, BinaryLinear) for m in model.modules())
+    result = export(model, tmp_path / "w1a1", to="openvino", batch=4)  # raises beyond 1e-3 of the logits' scale
+    report = json.loads((tmp_path / "w1a1" / "export_report.json").read_text())
+    assert report["openvino_rewrites"] == [f"bivit: {linears} W1A1 linears run as BinaryConvolution (xnor-popcount "
+                                           "on u1 bits); static input shape [4, 3, 32, 32]"]
+    assert result.max_abs_diff < 1e-5  # exact integers: float rounding only (the float graph drifted by 0.1-0.3)
+    compiled = ov.Core().compile_model(str(result.path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    kinds = [(op.get_rt_info()["layerType"].astype(str), op.get_rt_info()["runtimePrecision"].astype(str))
+             for op in compiled.get_runtime_model().get_ops()]
+    assert kinds.count(("BinaryConvolution", "u1")) == linears
+    assert list(compiled.inputs[0].get_partial_shape().to_shape()) == [4, 3, 32, 32]
+    w1a32 = export(surgery.apply(tiny(arch), [("bivit", {"activations": "full"})]), tmp_path / "w1a32", to="openvino")
+    assert "openvino_rewrites" not in json.loads((tmp_path / "w1a32" / "export_report.json").read_text())
+    assert ov.Core().read_model(str(w1a32.path)).inputs[0].get_partial_shape()[0].is_dynamic

@@ -66,6 +66,11 @@ def test_optimums_export_true_gives_the_logits_or_refuses(tmp_path, runtime):
         if refusal:  # what surgery.export refuses, this door refuses too, with the reason
             assert "error" in outcome and f"{name}: openvino's own PyTorch frontend" in outcome["error"], (name, outcome)
             continue
+        if runtime == "openvino" and method.openvino_graph is not None and "error" in outcome:
+            # a method that rewrites surgery's own OpenVINO graph (bivit's W1A1 as BinaryConvolution) may refuse
+            # OpenVINO's PyTorch frontend, naming itself (the message then points to surgery's export)
+            assert f"{name}: openvino's own PyTorch frontend" in outcome["error"], (name, outcome)
+            continue
         assert "error" not in outcome, (name, outcome)
         # int8 (export_exact False): the runtime's own int8 rounding, 5.9e-3 measured on this model
         allowed = (1e-4 if runtime == "onnx" else 1e-3) if method.export_exact else 2e-2

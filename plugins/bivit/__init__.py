@@ -14,7 +14,7 @@ from surgery.core.hookspecs import hookimpl
 from surgery.core.host import get_host
 from surgery.plugins.bivit import rewrite, training
 from surgery.plugins.bivit.config import BiViTConfig
-from surgery.plugins.bivit.layers import OPENVINO_W1A1
+from surgery.plugins.bivit.openvino import rewrite_graph
 from surgery.toolkit.register import define_method, registration
 
 # what bivit's binary attention cannot follow, by the capability a method provides (never by its name)
@@ -30,12 +30,6 @@ def _rewrites_softmax(plugin: str) -> str | None:
     provided = method.provides if method is not None else ()
     return next((reason for capability, reason in SOFTMAX_REWRITERS.items() if capability in provided), None)
 
-def refuse_export(to: str, options: dict) -> str | None:
-    if to == "openvino" and options.get("activations", "binary") == "binary":
-        return OPENVINO_W1A1
-    return None
-
-
 METHOD = define_method(
     __name__,
     provides=("binary_linears",),  # linears below 8 bits (what quantize conflicts with)
@@ -49,7 +43,8 @@ METHOD = define_method(
     training=training.training,
     roles=("attention", "linears", "parts"),
     repeatable=True,
-    refuse_export=refuse_export,
+    # W1A1 goes to OpenVINO as BinaryConvolution (the float graph drifts on 1-bit inputs): openvino.py
+    openvino_graph=rewrite_graph,
     version="0.2.0",
     changes={"0.2.0": ("W1A1 (activations='binary') sums the +-1 products exactly and scales by alpha after the sum; "
                        "0.1.0 checkpoints saved before that change (2026-12-01) scaled inside the sum, whose rounding "

@@ -17,8 +17,8 @@ from surgery.toolkit.tracing import refuse_trace_by
 
 
 OPENVINO_W1A1 = ("1-bit activations (sign of every linear input) flip on the small rounding differences of OpenVINO's "
-                 "CPU kernels, so outputs drift far beyond the 1e-3 check; export W1A1 to ONNX, or use activations='full' "
-                 "(W1A32) for OpenVINO")
+                 "float CPU kernels, so outputs drift far beyond the 1e-3 check; surgery's own export runs the W1A1 "
+                 "linears as OpenVINO BinaryConvolution instead (exact), or use activations='full' (W1A32)")
 
 
 class BinaryLinear(LatentWeight, InferenceCache, nn.Linear):

@@ -60,6 +60,10 @@ class SurgeryMethod:
             without naming it here).
         refuse_export: ``refuse_export(format, options) -> reason or None`` for the export formats
             ("onnx", "openvino") a step cannot go to; checked before exporting.
+        openvino_graph: ``openvino_graph(ov_model, options, input_shape) -> note or None`` rewriting OpenVINO's
+            graph of the exported model after its conversion from ONNX, for ops ONNX cannot express (bivit's
+            W1A1 linears as BinaryConvolution); it may fix the input shape to ``input_shape`` (the export's
+            check batch). The note goes into the export report. The export's check runs after it.
         training: ``training(model, config, targets, anatomy) -> TrainingHooks`` for methods with
             training-only behaviour (auxiliary losses, staged schedules) that
             :func:`surgery.recover` drives; None when plain fine-tuning is all it needs.
@@ -98,6 +102,7 @@ class SurgeryMethod:
     trait_notes: Mapping[str, str] = dataclasses.field(default_factory=dict)
     conflicts: Mapping[str, str] = dataclasses.field(default_factory=dict)
     refuse_export: Callable[[str, Mapping[str, Any]], str | None] | None = None
+    openvino_graph: Callable[[Any, Mapping[str, Any], list[int]], str | None] | None = None
     training: Callable[[nn.Module, SurgeryConfig, list[str], Anatomy], Any] | None = None
     repeatable: bool = False
     version: str = "0.1.0"

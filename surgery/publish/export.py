@@ -102,12 +102,12 @@ def export(model: Any, output: str | Path, to: Literal["onnx", "openvino"] = "on
     with tempfile.TemporaryDirectory(prefix=f".{output.name}.export-", dir=output.absolute().parent) as tmp:
         stage = Path(tmp) / "out"
         exporter, traced = write_onnx(model, stage if to == "onnx" else Path(tmp) / "onnx", exporter)
+        pixels, rewrites = inputs(model, batch, seed), []
         if to == "openvino":
-            path = _onnx_to_openvino(Path(tmp) / "onnx" / "model.onnx", stage)
+            path, rewrites = _onnx_to_openvino(Path(tmp) / "onnx" / "model.onnx", stage, model, list(pixels.shape))
         else:
             path = stage / "model.onnx"
         _write_deployable_config(model, stage, source)
-        pixels = inputs(model, batch, seed)
         with torch.no_grad():  # not inference_mode: see surgery.evaluation.accuracy
             expected = model(pixel_values=pixels).logits.numpy()
         try:
@@ -129,6 +129,7 @@ def export(model: Any, output: str | Path, to: Literal["onnx", "openvino"] = "on
             "path": f"{'Optimum onnx_export_from_model' if exporter == 'optimum' else 'torch.onnx.export'}"
                     + (" -> openvino.convert_model (from the ONNX graph)" if to == "openvino" else ""),
             "traced_as_constants": traced,  # the tracer's warnings: fixed shapes, the batch varied by the check above
+            **({"openvino_rewrites": rewrites} if rewrites else {}),  # the methods' own graph rewrites (static shapes)
         }, indent=2, allow_nan=False) + "\n")
         _move_into(stage, output)
     result = ExportResult(output / path.name, to, difference, quantized)
@@ -196,13 +197,23 @@ def refuse_unexportable(model: Any, to: str) -> None:
         raise ExportError(f"cannot export to {to}:\n  - " + "\n  - ".join(reasons))
 
 
-def _onnx_to_openvino(onnx_path: Path, folder: Path) -> Path:
+def _onnx_to_openvino(onnx_path: Path, folder: Path, model: Any, shape: list[int]) -> tuple[Path, list[str]]:
+    """The IR converted from the checked ONNX graph, after each step's ``openvino_graph`` rewrite (with the
+    notes they return: the rewrite may fix the input ``shape``)."""
     ov = needs("openvino")
 
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "openvino_model.xml"
-    ov.save_model(ov.convert_model(str(onnx_path)), str(path))
-    return path
+    graph, notes = ov.convert_model(str(onnx_path)), []
+    for step in get_history(model):
+        method = get_host().methods.get(step.plugin)
+        if method is not None and method.openvino_graph is not None:
+            note = method.openvino_graph(graph, step.options, shape)
+            notes += [note] if note else []
+    # weights in fp16 (OpenVINO's default) move a rewritten graph's float scales off the values its exact integer
+    # products are scaled by, so a sign downstream can flip: such graphs keep fp32 weights
+    ov.save_model(graph, str(path), compress_to_fp16=not notes)
+    return path, notes
 
 
 def _write_deployable_config(model, output: Path, source: str | Path | None) -> None:
