@@ -65,6 +65,8 @@ CASES = {
     "eval, 5,000-digit option": (["eval", "{root}/long-number", "--data", "digits"], "config.json is not readable JSON"),
     "recover --checkpoint-dir a file": (["recover", "{root}/model", "--data", "digits", "-o", "{root}/r2",
                                          "--checkpoint-dir", "{root}/list.json"], "cannot save to {root}/list.json (--checkpoint-dir): it is a file"),
+    "export --batch 0": (["export", "{root}/model", "--to", "onnx", "-o", "{root}/e3", "--batch", "0"],
+                         "export: 'batch' got 0; allowed: an integer >= 1"),
     "push ../x": (["push", "{root}/model", "../x", "--token", "t"], "is not a Hub repository id"),
     "push a/b/c": (["push", "{root}/model", "a/b/c", "--token", "t"], "is not a Hub repository id"),
 }

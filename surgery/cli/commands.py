@@ -169,7 +169,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     int8 = surgery.get_host().provider("int8")
     if args.int8 and not any(step.plugin == int8.name for step in surgery.history(model)):
         surgery.apply(model, int8.name, calibration=_calibration(args.calibration, args.model))
-    result = export(model, args.output, to=args.to, source=args.model, overwrite=args.overwrite, exporter=args.exporter)
+    result = export(model, args.output, to=args.to, source=args.model, overwrite=args.overwrite, exporter=args.exporter,
+                    batch=args.batch)
     kind = "int8" if any(step.plugin == int8.name for step in surgery.history(model)) else "fp32"
     print(f"exported {kind} {args.to} to {result.path}; max |logit difference| vs PyTorch: {result.max_abs_diff:.2e}")
     return 0

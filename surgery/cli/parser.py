@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="export into a folder that holds other files")
     p.add_argument("--exporter", choices=["auto", "optimum", "torch"], default="auto",
                    help="what writes the ONNX graph: Optimum (transformers 4.57), torch.onnx, or auto (Optimum where installed)")
+    p.add_argument("--batch", type=int, default=3, help="images in the check against PyTorch (default 3); also the fixed "
+                   "batch of an OpenVINO graph a method needs static shapes for (bivit's W1A1 as BinaryConvolution)")
     p.set_defaults(run=cmd_export)
 
     p = sub.add_parser("bench", help="parameters, checkpoint size, FLOPs and latency of a saved model (JSON)")

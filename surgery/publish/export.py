@@ -73,7 +73,9 @@ def export(model: Any, output: str | Path, to: Literal["onnx", "openvino"] = "on
            exporter: Literal["auto", "optimum", "torch"] = "auto") -> ExportResult:
     """Export ``model`` (a model or a saved folder) to ``output`` and compare it with PyTorch.
 
-    ``exporter`` writes the ONNX graph (also the input of the OpenVINO conversion): "optimum"
+    ``batch``: images in the check against PyTorch, and the fixed batch of an OpenVINO graph that a method's
+    ``openvino_graph`` rewrite gives static shapes (bivit's W1A1 as BinaryConvolution); otherwise the batch
+    axis stays dynamic. ``exporter`` writes the ONNX graph (also the input of the OpenVINO conversion): "optimum"
     (Optimum's ``onnx_export_from_model``, optimum-onnx: transformers 4.57 only), "torch"
     (``torch.onnx.export``, TorchScript, the same dynamic batch axis; any transformers), or "auto":
     Optimum where it is installed and has an ONNX config for the model type (it has none for
@@ -91,6 +93,8 @@ def export(model: Any, output: str | Path, to: Literal["onnx", "openvino"] = "on
         raise ExportError(f"export: 'to' got {to!r}; allowed: {', '.join(FORMATS)}.")
     if exporter not in EXPORTERS:
         raise ExportError(f"export: 'exporter' got {exporter!r}; allowed: {', '.join(EXPORTERS)}.")
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ExportError(f"export: 'batch' got {batch!r}; allowed: an integer >= 1 (images in the check against PyTorch).")
     if isinstance(model, (str, Path)):
         source, model = Path(model), load(model)
     output = Path(output)
