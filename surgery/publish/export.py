@@ -214,9 +214,7 @@ def _onnx_to_openvino(onnx_path: Path, folder: Path, model: Any, shape: list[int
         if method is not None and method.openvino_graph is not None:
             note = method.openvino_graph(graph, step.options, shape)
             notes += [note] if note else []
-    # weights in fp16 (OpenVINO's default) move a rewritten graph's float scales off the values its exact integer
-    # products are scaled by, so a sign downstream can flip: such graphs keep fp32 weights
-    ov.save_model(graph, str(path), compress_to_fp16=not notes)
+    ov.save_model(graph, str(path))
     return path, notes
 
 
