@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
 
 import numpy as np
@@ -337,15 +336,16 @@ def test_w1a1_goes_to_openvino_as_binary_convolution_with_the_pytorch_logits(arc
              for op in compiled.get_runtime_model().get_ops()]
     assert kinds.count(("BinaryConvolution", "u1")) == linears
     assert list(compiled.inputs[0].get_partial_shape().to_shape()) == [4, 3, 32, 32]
-    if importlib.util.find_spec("optimum.intel") is not None:  # optimum-intel loads it with static shapes
-        from optimum.intel import OVModelForImageClassification
-
-        pixels = images(4)
-        door = OVModelForImageClassification.from_pretrained(tmp_path / "w1a1", dynamic_shapes=False,
-                                                             ov_config={"INFERENCE_PRECISION_HINT": "f32"})
-        with torch.no_grad():
-            expected = model(pixel_values=pixels).logits
-        assert float((torch.as_tensor(door(pixel_values=pixels).logits) - expected).abs().max()) < 1e-5
     w1a32 = export(surgery.apply(tiny(arch), [("bivit", {"activations": "full"})]), tmp_path / "w1a32", to="openvino")
     assert "openvino_rewrites" not in json.loads((tmp_path / "w1a32" / "export_report.json").read_text())
     assert ov.Core().read_model(str(w1a32.path)).inputs[0].get_partial_shape()[0].is_dynamic
+    try:  # optimum-intel (the transformers 4.57 set only) loads it with static shapes
+        from optimum.intel import OVModelForImageClassification
+    except ImportError:
+        return
+    pixels = images(4)
+    door = OVModelForImageClassification.from_pretrained(tmp_path / "w1a1", dynamic_shapes=False,
+                                                         ov_config={"INFERENCE_PRECISION_HINT": "f32"})
+    with torch.no_grad():
+        expected = model(pixel_values=pixels).logits
+    assert float((torch.as_tensor(door(pixel_values=pixels).logits) - expected).abs().max()) < 1e-5
