@@ -28,7 +28,7 @@ METHOD = define_method(
     apply=rewrite.apply,
     paper="https://arxiv.org/abs/2210.09461",
     reference="https://github.com/facebookresearch/ToMe (af95e4b)",
-    search=SearchSpace(options={"r": (2, 4, 6, 8, 10, 12, 16, 20, 24)}),
+    search=SearchSpace(options={"r": (2, 4, 6, 8, 10, 12, 16, 20, 24)}, fastest={"r": 24}),
 )
 
 

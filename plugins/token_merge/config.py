@@ -21,6 +21,11 @@ class ToMeConfig(SurgeryConfig):
         r_per_layer: an explicit r for each block (zero-padded to the depth); overrides r/inflect.
         prop_attn: proportional attention, log(token size) added to the attention logits (True for
             supervised models; the paper turns it off for off-the-shelf MAE models).
+        unmerge: merge, compute, unmerge (ToMe for Stable Diffusion): each block merges r tokens of its
+            input, runs attention and the MLP on the merged set, and copies each merged output back to
+            every token merged into it, so every block keeps its full token count and order (hidden
+            states and feature maps stay whole: backbones, dense prediction). r is then per block, not
+            cumulative, and capped at half the patch tokens. False (default): ToMe's reducing blocks.
     """
 
     plugin: ClassVar[str] = "token_merge"
@@ -29,6 +34,8 @@ class ToMeConfig(SurgeryConfig):
     inflect: float = 0.0
     r_per_layer: tuple[int, ...] | None = None
     prop_attn: bool = True
+    unmerge: bool = False
+    legacy_defaults: ClassVar[dict] = {"unmerge": False}  # recipes from before the option: ToMe's reducing blocks
 
     def validate(self) -> None:
         validate_schedule(self)

@@ -13,7 +13,7 @@ import torch
 
 from surgery.core.parts import AttentionParts
 from surgery.plugins.token_merge.merge import Matching, bipartite_soft_matching
-from surgery.toolkit.reducing import ReducingAttention, ReducingEncoder, ReducingLayer
+from surgery.toolkit.reducing import ReducingAttention, ReducingEncoder, ReducingLayer, UnmergingLayer
 
 MERGE_REGION = "token_merge::merge"  # profiler label of the matching + merging work
 
@@ -48,6 +48,10 @@ class ToMeSelfAttention(ReducingAttention):
 
 class ToMeLayer(ReducingLayer):
     """A block that merges ``reduction_r`` tokens between attention and MLP (ToMe's ToMeBlock)."""
+
+
+class ToMeUnmergingLayer(UnmergingLayer):
+    """A block that merges ``reduction_r`` tokens of its input, computes on them and unmerges (ToMe for SD)."""
 
 
 class ToMeEncoder(ReducingEncoder):

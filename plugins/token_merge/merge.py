@@ -11,6 +11,11 @@ output starts with the P prefix tokens in their order, then the rest of A, then 
 and P = 2 are exactly the official cases. Deviation, exact in value: sums use ``scatter_add`` instead of ``scatter_reduce(sum)`` so that
 every exporter handles them. As in the official code, the order of exactly equal edge scores is
 left to the sort kernel (a plain argsort, which the ONNX exporter supports).
+
+:meth:`Matching.unmerge` is ToMe for Stable Diffusion's unmerge (Bolya and Hoffman, 2023,
+``tomesd/merge.py``): every token takes the output of the token it was merged into. ToMe for SD
+draws one destination per 2x2 region of the image at random; here the split stays ToMe's
+alternating one (the same matching serves both modes), so at most half the patch tokens merge.
 """
 
 from __future__ import annotations
@@ -50,6 +55,26 @@ class Matching:
     def apply(self, x: torch.Tensor, size: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """The size-weighted merge (:func:`merge_weighted`): the reduction interface."""
         return merge_weighted(self, x, size)
+
+    def unmerge(self, y: torch.Tensor) -> torch.Tensor:
+        """T^T y: every one of the N original tokens takes the row of ``y`` (B, N - r, C, in merge_sum's
+        order) it was merged into, as ToMe for Stable Diffusion's unmerge (a merged token's output is
+        copied to each of its sources); the original order."""
+        batch, _, channels = y.shape
+        in_a, in_b = (self.prefix + 1) // 2, self.prefix // 2
+        kept_count = self.keep.shape[1]
+        if in_b == 0:
+            kept, b = y[:, :kept_count], y[:, kept_count:]
+        else:
+            front = y[:, :self.prefix]
+            kept = torch.cat([front[:, 0::2], y[:, self.prefix:self.prefix + kept_count - in_a]], dim=1)
+            b = torch.cat([front[:, 1::2], y[:, self.prefix + kept_count - in_a:]], dim=1)
+        a = y.new_zeros(batch, kept_count + self.r, channels)
+        a = a.scatter(1, self.keep.expand(batch, kept_count, channels), kept)
+        a = a.scatter(1, self.src.expand(batch, self.r, channels), b.gather(1, self.dst.expand(batch, self.r, channels)))
+        if a.shape[1] > b.shape[1]:  # an odd count: A holds one more token
+            b = torch.cat([b, b[:, -1:]], dim=1)
+        return torch.stack([a, b], dim=2).reshape(batch, -1, channels)[:, :a.shape[1] + y.shape[1] - kept_count]
 
     def matrix(self, n: int) -> torch.Tensor:
         """The merge as the dense (B, N - r, N) 0/1 matrix T (:mod:`surgery.toolkit.reduction`):

@@ -145,10 +145,16 @@ class Anatomy:
 
     def layout_of(self, model: nn.Module) -> Layout:
         """The first layout whose probe roles (``block``, ``attention``, ``query`` where it has them;
-        else any role) all match modules of ``model``: the model decides, never a version string."""
+        else any role) all match modules of ``model``: the model decides, never a version string. A base
+        model or backbone (``ViTModel``, ``Dinov2Backbone``: no head, its modules at the top) gets the
+        layouts without the base model's prefix, and without the roles outside it (the classifier)."""
         names = [name for name, _ in model.named_modules()]
-        chosen = self.all_layouts()[0]
-        for layout in self.all_layouts():
+        layouts = self.all_layouts()
+        prefix = getattr(model, "base_model_prefix", "")
+        if prefix and getattr(model, "base_model", None) is model:
+            layouts = [_headless(layout, prefix + ".") for layout in layouts]
+        chosen = layouts[0]
+        for layout in layouts:
             probe = [role for role in PROBE_ROLES if role in layout.roles] or list(layout.roles)[:1]
             if all(any(_compile(tuple(layout.roles[role])).fullmatch(n) for n in names) for role in probe):
                 chosen = layout
@@ -205,7 +211,8 @@ class Anatomy:
                     f"{type(model).__name__} ({self.model_type}) has no module for role '{role}' "
                     f"(looked for {', '.join(layout.roles.get(role, ()))} in the layouts "
                     f"{', '.join(repr(x.name) for x in self.all_layouts())}; its top-level modules: "
-                    f"{', '.join(found) or 'none'}). surgery supports the *ForImageClassification classes of this architecture."
+                    f"{', '.join(found) or 'none'}). surgery supports the *ForImageClassification classes of this architecture "
+                    "(and, for the roles they have, its base model and backbone classes)."
                 )
 
     # -- parts ----------------------------------------------------------------------------------
@@ -231,6 +238,16 @@ class Anatomy:
             return []
         pattern = _compile(tuple(patterns))
         return [(name, p) for name, p in model.named_parameters() if pattern.fullmatch(name)]
+
+
+def _headless(layout: Layout, prefix: str) -> Layout:
+    """``layout`` for the base model itself: patterns under ``prefix`` without it; roles outside it dropped."""
+    def strip(patterns: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(p[len(prefix):] for p in patterns if p.startswith(prefix))
+
+    roles = {role: strip(tuple(patterns)) for role, patterns in layout.roles.items()}
+    return Layout(f"{layout.name}, base model", {r: p for r, p in roles.items() if p}, layout.block,
+                  strip(layout.prefix_parameters))
 
 
 def patch_grid(config) -> tuple[int, int]:

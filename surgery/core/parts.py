@@ -7,16 +7,8 @@ layer scale, residual, the window of windowed attention, the patch grid) and nev
 attribute. The parts resolve their modules when used, not when made, so a part that a later step
 replaces (a binary or int8 linear) is the one a class-swapped forward calls.
 
-The real layouts that shaped the fields (docs/architecture.md):
-
-- transformers 4.57 ViT/DeiT/Swin: ``layer.N.attention.attention.{query,key,value}``, the output
-  projection outside the core (``attention.output.dense``), the MLP as ``intermediate.dense`` and
-  ``output.dense``, ``head_mask`` as the core's second argument; Swin adds windows, shifts and a
-  relative position bias table;
-- transformers >= 5.9 ViT/Swin: ``layers.N.attention.{q,k,v,o}_proj`` (the core owns the output
-  projection) and ``mlp.fc1/fc2``, no encoder module, blocks return a tensor;
-- DINOv2: ``norm1/norm2``, ``layer_scale1/2``, ``drop_path``, registers; Swinv2: post-norm residuals,
-  cosine attention, a continuous position bias; BEiT >= 5: the block passes the core its position bias.
+The real layouts that shaped the fields are in docs/architecture.md (ViT/DeiT/Swin in transformers
+4.57 and >= 5.9, DINOv2's layer scales and registers, Swinv2's post-norm and cosine attention, BEiT).
 """
 
 from __future__ import annotations
@@ -249,9 +241,11 @@ class BlockParts:
         dropout = self.part("output_dropout")
         return dropout(out) if dropout is not None else out
 
-    def _residual(self, hidden: torch.Tensor, branch: torch.Tensor, scale_field: str, norm_field: str) -> torch.Tensor:
-        """hidden + drop_path(scale * branch), with post-norm hidden + drop_path(norm(branch)) (Swinv2).
+    def add_branch(self, hidden: torch.Tensor, branch: torch.Tensor, kind: str) -> torch.Tensor:
+        """``hidden`` plus the computed ``kind`` branch ("attention": after the output projection; "mlp"):
+        hidden + drop_path(scale * branch), with post-norm hidden + drop_path(norm(branch)) (Swinv2).
         A layer scale is a module (DINOv2's ``layer_scale1``), a parameter (BEiT's ``lambda_1``) or a float."""
+        scale_field, norm_field = {"attention": ("layer_scale1", "norm1"), "mlp": ("layer_scale2", "norm2")}[kind]
         scale, drop_path = self.part(scale_field), self.part("drop_path")
         if self.layout.residual == "post_norm":
             branch = self.part(norm_field)(branch)
@@ -263,20 +257,25 @@ class BlockParts:
 
     def attention_residual(self, hidden: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """``hidden`` plus the attention branch, given the core's merged-heads context."""
-        return self._residual(hidden, self.attention_output(context), "layer_scale1", "norm1")
+        return self.add_branch(hidden, self.attention_output(context), "attention")
 
     def attention_input(self, hidden: torch.Tensor) -> torch.Tensor:
         return hidden if self.layout.residual == "post_norm" else self.part("norm1")(hidden)
 
-    def mlp(self, hidden: torch.Tensor) -> torch.Tensor:
-        """The MLP branch (without the residual): out(act(in(norm2(hidden)))) and its dropout."""
-        inputs = hidden if self.layout.residual == "post_norm" else self.part("norm2")(hidden)
+    def mlp_input(self, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden if self.layout.residual == "post_norm" else self.part("norm2")(hidden)
+
+    def mlp_on(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The MLP on its (normed) inputs, out(act(in(inputs))), and its dropout; ``mlp(hidden)`` normalises first."""
         out = self.part("mlp_out")(self.part("activation")(self.part("mlp_in")(inputs)))
         dropout = self.part("mlp_dropout")
         return dropout(out) if dropout is not None else out
 
+    def mlp(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.mlp_on(self.mlp_input(hidden))
+
     def mlp_residual(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self._residual(hidden, self.mlp(hidden), "layer_scale2", "norm2")
+        return self.add_branch(hidden, self.mlp(hidden), "mlp")
 
 
 def attention_parts(core: nn.Module, layout: BlockLayout) -> AttentionParts:

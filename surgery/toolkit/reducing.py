@@ -86,6 +86,37 @@ class ReducingLayer:
         return f"r={self.reduction_r}, prop_attn={self.reduction_prop_attn}" + (f", {extra}" if extra else "")
 
 
+class UnmergingLayer(ReducingLayer):
+    """Merge, compute, unmerge (Bolya and Hoffman, "Token Merging for Fast Stable Diffusion", 2023): the
+    block reduces its tokens before attention and again before the MLP (one reduction per block, built
+    from the block's input), computes both branches on the reduced set, and unmerges each branch back
+    to every original position (each token takes the outputs it was reduced into, by the reduction's
+    weights: T^T) before its residual. The block's output keeps the token count and order, so hidden
+    states and feature maps stay whole; sizes start at one in every block (the tokens are whole
+    again), and proportional attention adds log(size) of the reduced set. The reduction needs
+    ``unmerge(y)`` besides ``apply``; its metric is the block's input (ToMe for Stable Diffusion's)."""
+
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        parts, builder = self.reduction_parts, self.reduction_builder
+        reduction = None
+        if self.reduction_r > 0:
+            with record_function(builder.region):
+                reduction = builder(hidden_states, None, self.reduction_r)
+        core = parts.attention.core
+        if reduction is None:  # nothing to merge here: the block as it was
+            context, _, _ = core.reducing_attention(parts.attention_input(hidden_states), None)
+            return parts.mlp_residual(parts.attention_residual(hidden_states, context))
+        reduced, size = reduction.apply(parts.attention_input(hidden_states), None)
+        context, _, _ = core.reducing_attention(reduced, size if self.reduction_prop_attn else None)
+        branch = reduction.unmerge(parts.attention_output(context))
+        hidden_states = parts.add_branch(hidden_states, branch, "attention")
+        reduced, _ = reduction.apply(parts.mlp_input(hidden_states), None)
+        return parts.add_branch(hidden_states, reduction.unmerge(parts.mlp_on(reduced)), "mlp")
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ", unmerge=True"
+
+
 class ReducingEncoder:
     """The module that runs the blocks (an encoder, or the backbone where there is none), as the host
     does, with the token sizes reset first (the blocks update them)."""

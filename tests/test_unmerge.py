@@ -1,0 +1,158 @@
+"""Merge, compute, unmerge (``token_merge(unmerge=True)``, ToMe for Stable Diffusion's scheme): every
+block keeps its token count and order. Against float64 references: the unmerge is T^T, a block is the
+reference computation of merge-attention-unmerge-residual, merge-MLP-unmerge-residual; r=0 is the
+original model; hidden states and backbone feature maps keep the token map; save/reload, revert and
+export are exact."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import surgery
+from surgery.plugins.token_merge.config import ToMeConfig
+from surgery.plugins.token_merge.merge import bipartite_soft_matching
+
+from conftest import images, parts, supported, tiny
+from test_token_merge import reference_merge
+
+UNMERGE = [("token_merge", {"r": 12, "unmerge": True})]
+
+
+@pytest.mark.parametrize("n, r, prefix", [(n, r, p) for n in (9, 10, 17, 66) for r in (1, 4, 100) for p in (0, 1, 2, 5)])
+def test_unmerge_is_the_transpose_of_the_merge_matrix(n, r, prefix):
+    """Each token takes the row it was merged into; a merged group's tokens all get its output."""
+    g = torch.Generator().manual_seed(n + r)
+    matching = bipartite_soft_matching(torch.randn(2, n, 4, generator=g, dtype=torch.float64), r, prefix)
+    y = torch.randn(2, n - matching.r, 3, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(matching.unmerge(y), matching.matrix(n).transpose(1, 2) @ y, rtol=0, atol=0)
+    x = torch.randn(2, n, 3, generator=g, dtype=torch.float64)
+    merged, _ = matching.apply(x, None)
+    assert torch.equal(matching.unmerge(merged)[:, :prefix], x[:, :prefix])  # prefix tokens come back as they were
+
+
+def _reference_block(block, hidden: torch.Tensor, r: int, prefix: int) -> torch.Tensor:
+    """One pre-norm block, merge-compute-unmerge, sample by sample in float64 with the independent ToMe
+    reference: the groups from the block's input, size-weighted means, attention with log(size), each
+    branch copied back to every member of its group, through the layer scale where the family has one."""
+    heads, d = block.attention.heads, block.attention.head_dim
+    out = []
+    for h in hidden:
+        n = h.shape[0]
+        metric = h.numpy()
+        rows, sizes = reference_merge(np.eye(n), np.ones(n), metric, r, prefix)  # rows[m, j] = 1/size_m for members
+        average, members = torch.tensor(rows), torch.tensor((rows > 0).T.astype(np.float64))  # (M, N), (N, M)
+        x = average @ block.part("norm1")(h)
+        q, k, v = (block.attention.projection(role)(x).view(-1, heads, d).transpose(0, 1) for role in ("query", "key", "value"))
+        logits = q @ k.transpose(-1, -2) / math.sqrt(d) + torch.tensor(np.log(sizes))[None, None, :]
+        context = (logits.softmax(-1) @ v).transpose(0, 1).reshape(-1, heads * d)
+        branch = members @ block.attention_output(context[None])[0]
+        scale = block.part("layer_scale1")
+        h = h + (scale(branch) if scale is not None else branch)
+        x = average @ block.part("norm2")(h)
+        branch = members @ block.part("mlp_out")(block.part("activation")(block.part("mlp_in")(x)))
+        scale = block.part("layer_scale2")
+        out.append(h + (scale(branch) if scale is not None else branch))
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("arch, prefix", [("vit", 1), ("deit-distilled", 2), ("dinov2-registers", 5)])
+def test_an_unmerging_block_matches_a_float64_reference(arch, prefix):
+    model = surgery.apply(tiny(arch).double(), [("token_merge", {"r": 9, "unmerge": True})])
+    block = parts(model)
+    hidden = torch.randn(3, 64 + prefix, model.config.hidden_size, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    with torch.no_grad():
+        got = block.module(hidden)
+        want = _reference_block(block, hidden, 9, prefix)
+    got = got[0] if isinstance(got, tuple) else got
+    assert got.shape == hidden.shape
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("arch", supported("token_merge"))
+def test_every_layer_keeps_the_token_map_and_r_zero_is_the_original(arch):
+    model, x = tiny(arch), images()
+    with torch.no_grad():
+        before = model(pixel_values=x, output_hidden_states=True)
+        same = surgery.apply(tiny(arch), [("token_merge", {"r": 0, "unmerge": True})])(pixel_values=x).logits
+        merged = surgery.apply(tiny(arch), UNMERGE)(pixel_values=x, output_hidden_states=True)
+    assert torch.equal(same, before.logits)
+    assert [h.shape for h in merged.hidden_states] == [h.shape for h in before.hidden_states]
+    assert not torch.equal(merged.hidden_states[-1], before.hidden_states[-1])  # it did merge
+    # the same tokens in the same places: each token's features stay closest to its own unreduced ones
+    last, reference = merged.hidden_states[-1], before.hidden_states[-1]
+    similarity = torch.nn.functional.normalize(last, dim=-1) @ torch.nn.functional.normalize(reference, dim=-1).transpose(1, 2)
+    assert (similarity.argmax(-1) == torch.arange(last.shape[1])).float().mean() > 0.9
+
+
+def test_a_base_model_keeps_its_token_map():
+    """``ViTModel``: the anatomy finds its blocks without the head's prefix; the last hidden state stays whole."""
+    from transformers import ViTModel
+
+    torch.manual_seed(0)
+    base, x = ViTModel(tiny("vit").config, add_pooling_layer=False).eval(), images()
+    with torch.no_grad():
+        before = base(pixel_values=x).last_hidden_state
+        surgery.apply(base, UNMERGE)
+        after = base(pixel_values=x).last_hidden_state
+    assert after.shape == before.shape and not torch.equal(after, before)
+    assert torch.nn.functional.cosine_similarity(after, before, dim=-1).mean() > 0.9
+    surgery.revert(base)
+    with torch.no_grad():
+        assert torch.equal(base(pixel_values=x).last_hidden_state, before)
+
+
+def test_a_dinov2_backbone_keeps_its_feature_maps():
+    from transformers import Dinov2Backbone
+
+    config = tiny("dinov2").config
+    config.out_features = ["stage1", "stage2"]
+    torch.manual_seed(0)
+    backbone = Dinov2Backbone(config).eval()
+    x = images()
+    with torch.no_grad():
+        before = backbone(pixel_values=x).feature_maps
+        surgery.apply(backbone, [("token_merge", {"r": 16, "unmerge": True})])
+        after = backbone(pixel_values=x).feature_maps
+    assert [f.shape for f in after] == [f.shape for f in before] == [(3, config.hidden_size, 8, 8)] * 2
+    cosine = torch.nn.functional.cosine_similarity(after[-1], before[-1], dim=1)
+    assert cosine.mean() > 0.9 and not torch.equal(after[-1], before[-1])
+
+
+def test_save_reload_revert_and_the_option_default(tmp_path):
+    model, x = tiny("vit"), images()
+    original = model(pixel_values=x).logits
+    surgery.apply(model, UNMERGE)
+    logits = model(pixel_values=x).logits
+    surgery.save(model, tmp_path / "m")
+    assert torch.equal(surgery.load(tmp_path / "m")(pixel_values=x).logits, logits)
+    from surgery.publish.cards import card
+
+    text = card(tmp_path / "m", measure=False).read_text()
+    assert "Merge, compute, unmerge" in text and "keeps its full token count" in text
+    surgery.revert(model)
+    assert torch.equal(model(pixel_values=x).logits, original)
+    assert ToMeConfig().unmerge is False  # ToMe's reducing blocks stay the default (faster for classification)
+    assert ToMeConfig.from_recipe({"r": 8}).unmerge is False  # a recipe from before the option
+    assert "unmerge=True" in repr(surgery.apply(tiny("vit"), UNMERGE))
+
+
+@pytest.mark.parametrize("to", ["onnx", "openvino"])
+def test_export_matches_pytorch(tmp_path, to):
+    pytest.importorskip("onnxruntime" if to == "onnx" else "openvino")
+    model = surgery.apply(tiny("dinov2"), UNMERGE)
+    result = surgery.export(model, tmp_path / to, to=to)  # raises beyond the float tolerance
+    assert result.max_abs_diff < 1e-4
+
+
+def test_torch_export_and_compile_give_the_eager_logits():
+    model, x = surgery.apply(tiny("vit"), UNMERGE), images()
+    with torch.no_grad():
+        eager = model(pixel_values=x).logits
+        exported = torch.export.export(model, (), {"pixel_values": x}).module()(pixel_values=x).logits
+        compiled = torch.compile(model, backend="eager", fullgraph=True)(pixel_values=x).logits
+    torch.testing.assert_close(exported, eager, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
