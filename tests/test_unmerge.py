@@ -1,5 +1,5 @@
-"""Merge, compute, unmerge (``token_merge(unmerge=True)``, ToMe for Stable Diffusion's scheme): every
-block keeps its token count and order. Against float64 references: the unmerge is T^T, a block is the
+"""Reduce, compute, unmerge (``unmerge=True`` on every token reduction; ToMe for Stable Diffusion's scheme):
+every block keeps its token count and order. Against float64 references: the unmerge is T^T, a block is the
 reference computation of merge-attention-unmerge-residual, merge-MLP-unmerge-residual; r=0 is the
 original model; hidden states and backbone feature maps keep the token map; save/reload, revert and
 export are exact."""
@@ -20,6 +20,21 @@ from conftest import images, parts, supported, tiny
 from test_token_merge import reference_merge
 
 UNMERGE = [("token_merge", {"r": 12, "unmerge": True})]
+REDUCTIONS = [name for name, m in sorted(surgery.get_host().methods.items()) if "token_reduction" in m.provides]
+
+
+class Capture:
+    """A builder that records the reductions the wrapped one builds (the block's own choice of tokens)."""
+
+    def __init__(self, builder):
+        self.builder, self.importance, self.region, self.built = builder, builder.importance, builder.region, []
+
+    def __call__(self, metric, importance, r):
+        self.built.append(self.builder(metric, importance, r))
+        return self.built[-1]
+
+    def describe(self):
+        return self.builder.describe()
 
 
 @pytest.mark.parametrize("n, r, prefix", [(n, r, p) for n in (9, 10, 17, 66) for r in (1, 4, 100) for p in (0, 1, 2, 5)])
@@ -72,13 +87,55 @@ def test_an_unmerging_block_matches_a_float64_reference(arch, prefix):
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("plugin", REDUCTIONS)
+@pytest.mark.parametrize("arch, prefix", [("vit", 1), ("deit-distilled", 2), ("dinov2-registers", 5)])
+def test_every_reduction_unmerges_as_its_matrix_in_a_float64_block(plugin, arch, prefix):
+    """Any reduction T the block builds: reduced = diag(1/s) T x (s = T 1), each branch computed on it and
+    given back as T^T branch; pruned tokens (zero columns) pass unchanged."""
+    model = surgery.apply(tiny(arch).double(), [(plugin, {"r": 9, "unmerge": True})])
+    block = parts(model)
+    capture = Capture(block.module.reduction_builder)
+    block.module.reduction_builder = capture
+    n = 64 + prefix
+    hidden = torch.randn(3, n, model.config.hidden_size, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    with torch.no_grad():
+        got = block.module(hidden)
+        (reduction,) = capture.built
+        matrix = reduction.matrix(n).to(torch.float64)  # (B, M, N)
+        sizes = matrix.sum(-1, keepdim=True)
+        heads, d = block.attention.heads, block.attention.head_dim
+        x = (matrix @ block.part("norm1")(hidden)) / sizes
+        q, k, v = (block.attention.projection(role)(x).view(3, -1, heads, d).transpose(1, 2) for role in ("query", "key", "value"))
+        logits = q @ k.transpose(-1, -2) / math.sqrt(d) + sizes.log()[:, None, None, :, 0]
+        context = (logits.softmax(-1) @ v).transpose(1, 2).reshape(3, -1, heads * d)
+        branch = matrix.transpose(1, 2) @ block.attention_output(context)
+        scale = block.part("layer_scale1")
+        h = hidden + (scale(branch) if scale is not None else branch)
+        x = (matrix @ block.part("norm2")(h)) / sizes
+        branch = matrix.transpose(1, 2) @ block.part("mlp_out")(block.part("activation")(block.part("mlp_in")(x)))
+        scale = block.part("layer_scale2")
+        want = h + (scale(branch) if scale is not None else branch)
+        if capture.importance:  # chosen before attention by the same scores attention would give
+            normed = block.part("norm1")(hidden)
+            metric, importance = block.attention.core.reduction_scores(normed, prefix)
+            _, want_metric, want_importance = block.attention.core.reducing_attention(normed, None, prefix)
+            torch.testing.assert_close(importance, want_importance, rtol=1e-10, atol=1e-12)
+            torch.testing.assert_close(metric, want_metric, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    y = torch.randn(3, matrix.shape[1], 5, dtype=torch.float64)
+    torch.testing.assert_close(reduction.unmerge(y, n), matrix.transpose(1, 2) @ y, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("plugin", REDUCTIONS)
 @pytest.mark.parametrize("arch", supported("token_merge"))
-def test_every_layer_keeps_the_token_map_and_r_zero_is_the_original(arch):
+def test_every_layer_keeps_the_token_map_and_r_zero_is_the_original(plugin, arch):
+    if arch not in supported(plugin):
+        pytest.skip(f"{plugin} refuses {arch} (test_families checks the reason)")
     model, x = tiny(arch), images()
     with torch.no_grad():
         before = model(pixel_values=x, output_hidden_states=True)
-        same = surgery.apply(tiny(arch), [("token_merge", {"r": 0, "unmerge": True})])(pixel_values=x).logits
-        merged = surgery.apply(tiny(arch), UNMERGE)(pixel_values=x, output_hidden_states=True)
+        same = surgery.apply(tiny(arch), [(plugin, {"r": 0, "unmerge": True})])(pixel_values=x).logits
+        merged = surgery.apply(tiny(arch), [(plugin, {"r": 12, "unmerge": True})])(pixel_values=x, output_hidden_states=True)
     assert torch.equal(same, before.logits)
     assert [h.shape for h in merged.hidden_states] == [h.shape for h in before.hidden_states]
     assert not torch.equal(merged.hidden_states[-1], before.hidden_states[-1])  # it did merge
@@ -138,12 +195,19 @@ def test_save_reload_revert_and_the_option_default(tmp_path):
     assert ToMeConfig().unmerge is False  # ToMe's reducing blocks stay the default (faster for classification)
     assert ToMeConfig.from_recipe({"r": 8}).unmerge is False  # a recipe from before the option
     assert "unmerge=True" in repr(surgery.apply(tiny("vit"), UNMERGE))
+    for plugin in REDUCTIONS:
+        config = surgery.get_host().method(plugin).config_class
+        assert config.from_recipe({"r": 8}).unmerge is False
+        surgery.save(surgery.apply(tiny("vit"), [(plugin, {"r": 4, "unmerge": True})]), tmp_path / plugin)
+        assert "unmerge" in card(tmp_path / plugin, measure=False).read_text().lower()
+    with pytest.raises(surgery.ConfigError, match=r"token_prune: option 'flops' got 0.5; allowed: None with unmerge=True"):
+        surgery.apply(tiny("vit"), [("token_prune", {"flops": 0.5, "unmerge": True})])
 
 
-@pytest.mark.parametrize("to", ["onnx", "openvino"])
-def test_export_matches_pytorch(tmp_path, to):
+@pytest.mark.parametrize("plugin, to", [(p, "onnx") for p in REDUCTIONS] + [("token_merge", "openvino")])
+def test_export_matches_pytorch(tmp_path, plugin, to):
     pytest.importorskip("onnxruntime" if to == "onnx" else "openvino")
-    model = surgery.apply(tiny("dinov2"), UNMERGE)
+    model = surgery.apply(tiny("dinov2"), [(plugin, {"r": 12, "unmerge": True})])
     result = surgery.export(model, tmp_path / to, to=to)  # raises beyond the float tolerance
     assert result.max_abs_diff < 1e-4
 

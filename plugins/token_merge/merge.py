@@ -56,10 +56,10 @@ class Matching:
         """The size-weighted merge (:func:`merge_weighted`): the reduction interface."""
         return merge_weighted(self, x, size)
 
-    def unmerge(self, y: torch.Tensor) -> torch.Tensor:
+    def unmerge(self, y: torch.Tensor, tokens: int | None = None) -> torch.Tensor:
         """T^T y: every one of the N original tokens takes the row of ``y`` (B, N - r, C, in merge_sum's
         order) it was merged into, as ToMe for Stable Diffusion's unmerge (a merged token's output is
-        copied to each of its sources); the original order."""
+        copied to each of its sources); the original order (``tokens``, N, follows from the matching)."""
         batch, _, channels = y.shape
         in_a, in_b = (self.prefix + 1) // 2, self.prefix // 2
         kept_count = self.keep.shape[1]

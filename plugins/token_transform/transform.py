@@ -43,6 +43,16 @@ class ManyToMany:
         merged = (kept + spread @ moved) / new_size
         return torch.cat([x[:, :self.prefix], merged], dim=1), torch.cat([size[:, :self.prefix], new_size], dim=1)
 
+    def unmerge(self, y: torch.Tensor, tokens: int) -> torch.Tensor:
+        """T^T y over ``tokens`` positions: prefix and kept tokens take their own rows, each removed token
+        the mix of the kept rows it spread over, by its weights."""
+        channels = y.shape[-1]
+        kept = y[:, self.prefix:]
+        out = torch.cat([y[:, :self.prefix], y.new_zeros(y.shape[0], tokens - self.prefix, channels)], dim=1)
+        out = out.scatter(1, self.targets.unsqueeze(-1).expand(-1, -1, channels), kept)
+        moved = self.weights.to(y.dtype) @ kept  # (B, r, C)
+        return out.scatter(1, self.sources.unsqueeze(-1).expand(-1, -1, channels), moved)
+
     def matrix(self, n: int) -> torch.Tensor:
         batch, kept = self.targets.shape
         rows = torch.zeros(batch, self.prefix + kept, n, dtype=torch.float64)

@@ -56,6 +56,22 @@ class ReducingAttention:
         return context.transpose(1, 2).reshape(hidden.shape[0], -1, parts.width), key.mean(dim=1), importance
 
 
+    def reduction_scores(self, hidden: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Before attention (an unmerging block): ``(keys averaged over heads (B, N, d), the attention the
+        first ``rows`` tokens pay each token (B, N))``, as :meth:`reducing_attention` computes them, from
+        the query projection of those rows and the key projection of every token."""
+        parts = self.reduction_parts
+        with torch.no_grad():
+            if "qkv" in parts.projections:  # a fused projection: all three, the queries cut to the rows
+                query, key, _ = parts.qkv(hidden)
+                query = query[:, :, :rows]
+            else:
+                query = parts.split_heads(parts.projection("query")(hidden[:, :rows]))
+                key = parts.split_heads(parts.projection("key")(hidden))
+            importance = ((query @ key.transpose(-1, -2)) * parts.scale).softmax(dim=-1).mean(dim=(1, 2))
+        return key.mean(dim=1), importance
+
+
 class ReducingLayer:
     """A block that removes ``reduction_r`` tokens between attention and MLP."""
 
@@ -94,24 +110,30 @@ class UnmergingLayer(ReducingLayer):
     weights: T^T) before its residual. The block's output keeps the token count and order, so hidden
     states and feature maps stay whole; sizes start at one in every block (the tokens are whole
     again), and proportional attention adds log(size) of the reduced set. The reduction needs
-    ``unmerge(y)`` besides ``apply``; its metric is the block's input (ToMe for Stable Diffusion's)."""
+    ``unmerge(y, n)`` besides ``apply``. A builder without importance scores matches the block's input
+    (ToMe for Stable Diffusion's metric); one with them gets the keys and the prefix tokens' attention,
+    computed before attention from the normed input (:meth:`ReducingAttention.reduction_scores`: the
+    key projection of every token once more, the price of choosing before attending). A token that
+    no output holds (pruned) gets no branch: it passes the block unchanged."""
 
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         parts, builder = self.reduction_parts, self.reduction_builder
-        reduction = None
+        core, normed, reduction = parts.attention.core, parts.attention_input(hidden_states), None
         if self.reduction_r > 0:
             with record_function(builder.region):
-                reduction = builder(hidden_states, None, self.reduction_r)
-        core = parts.attention.core
-        if reduction is None:  # nothing to merge here: the block as it was
-            context, _, _ = core.reducing_attention(parts.attention_input(hidden_states), None)
+                metric, importance = (core.reduction_scores(normed, self.reduction_prefix) if builder.importance
+                                      else (hidden_states, None))
+                reduction = builder(metric, importance, self.reduction_r)
+        if reduction is None:  # nothing to reduce here: the block as it was
+            context, _, _ = core.reducing_attention(normed, None)
             return parts.mlp_residual(parts.attention_residual(hidden_states, context))
-        reduced, size = reduction.apply(parts.attention_input(hidden_states), None)
+        tokens = hidden_states.shape[1]
+        reduced, size = reduction.apply(normed, None)
         context, _, _ = core.reducing_attention(reduced, size if self.reduction_prop_attn else None)
-        branch = reduction.unmerge(parts.attention_output(context))
+        branch = reduction.unmerge(parts.attention_output(context), tokens)
         hidden_states = parts.add_branch(hidden_states, branch, "attention")
         reduced, _ = reduction.apply(parts.mlp_input(hidden_states), None)
-        return parts.add_branch(hidden_states, reduction.unmerge(parts.mlp_on(reduced)), "mlp")
+        return parts.add_branch(hidden_states, reduction.unmerge(parts.mlp_on(reduced), tokens), "mlp")
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ", unmerge=True"

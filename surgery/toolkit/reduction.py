@@ -14,8 +14,9 @@ non-negative M x N matrix T, read column by column: column n says where token n'
   ``token_transform`` plugin's construction); :func:`transport` applies any dense T.
 
 A reduction object has ``apply(x, size) -> (y, size')`` (sizes (B, N, 1), None meaning all ones) and
-``matrix(n) -> T`` (B, M, N), the dense form, for analysis and tests; each construction applies itself
-in the cheapest exact way (a gather, a scatter, a batched matmul).
+``matrix(n) -> T`` (B, M, N), the dense form, for analysis and tests, and ``unmerge(y, n) -> T^T y``
+(B, N, C), each original token taking the outputs it went into (merge, compute, unmerge); each
+construction applies itself in the cheapest exact way (a gather, a scatter, a batched matmul).
 
 Also here: the reduction schedule (tokens removed per block) shared by the reducing plugins, and the
 schedule that meets a FLOPs target.
@@ -58,6 +59,11 @@ class Selection:
 
     def matrix(self, n: int) -> torch.Tensor:
         return torch.nn.functional.one_hot(self.index, n).to(torch.float64)
+
+    def unmerge(self, y: torch.Tensor, tokens: int) -> torch.Tensor:
+        """T^T y over ``tokens`` positions: each kept token takes its row, a pruned one zeros."""
+        rows = self.index.unsqueeze(-1).expand(-1, -1, y.shape[-1])
+        return y.new_zeros(y.shape[0], tokens, y.shape[-1]).scatter(1, rows, y)
 
 
 # -- schedules ------------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 from surgery.core.options import SurgeryConfig
 from surgery.core.parts import BlockParts
@@ -27,6 +27,11 @@ class ReductionConfig(SurgeryConfig):
         r_per_layer: an explicit r for each block (zero-padded to the depth); overrides r/inflect.
         flops: the fraction of the blocks' FLOPs to keep (in (0, 1]); solves r (overrides it).
         prop_attn: proportional attention, log(token size) added to the attention logits.
+        unmerge: reduce, compute, unmerge (as ToMe for Stable Diffusion): each block reduces r tokens of
+            its input, runs attention and the MLP on the rest and gives every token back the outputs it
+            went into, so every block keeps its token count and order (backbones, dense features; a
+            pruned token passes the block unchanged). r is per block, not cumulative. False (default):
+            the reducing blocks.
     """
 
     r: int = 8
@@ -34,6 +39,8 @@ class ReductionConfig(SurgeryConfig):
     r_per_layer: tuple[int, ...] | None = None
     flops: float | None = None
     prop_attn: bool = True
+    unmerge: bool = False
+    legacy_defaults: ClassVar[dict] = {"unmerge": False}  # recipes from before the option: the reducing blocks
 
     def validate(self) -> None:
         validate_schedule(self)
@@ -41,6 +48,9 @@ class ReductionConfig(SurgeryConfig):
             raise self.invalid("flops", self.flops, "a fraction of the FLOPs to keep, in (0, 1] (0.6 = 40 % fewer)")
         if self.flops is not None and self.r_per_layer is not None:
             raise self.invalid("flops", self.flops, "None when r_per_layer is given (each sets the whole schedule)")
+        if self.flops is not None and self.unmerge:
+            raise self.invalid("flops", self.flops, "None with unmerge=True (the FLOPs target solves the reducing "
+                                                    "blocks' schedule); give r, tokens reduced in every block")
 
     def removals(self, blocks: list[BlockParts], prefix: int, cap: Callable[[int, int], int], config: Any = None,
                  overhead: Callable[[int, int], float] | None = None) -> list[int]:
