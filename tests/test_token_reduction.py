@@ -241,3 +241,15 @@ def test_dinov2_with_a_swiglu_mlp_is_refused_up_front(plugin):
     with pytest.raises(UnsupportedModelError, match=r"has no module for role 'mlp_in'"):
         surgery.plan(model, [plugin])
 
+
+
+@pytest.mark.parametrize("plugin", [n for n, m in sorted(surgery.get_host().methods.items()) if "token_reduction" in m.provides])
+@pytest.mark.parametrize("arch", ["vit", "dinov2"])
+def test_hidden_states_are_recorded_with_the_reduced_token_counts(plugin, arch):
+    """transformers 5 records ``output_hidden_states`` by the model's class, so the reductions never swap the
+    class of the module that runs the blocks (a hook resets the sizes): every block's output is there."""
+    model = surgery.apply(tiny(arch), [(plugin, {"r": 6})])
+    with torch.no_grad():
+        states = model(pixel_values=images(), output_hidden_states=True).hidden_states
+    assert states is not None and len(states) == model.config.num_hidden_layers + 1
+    assert [s.shape[1] for s in states] == [65, 59, 53]  # the embeddings, then 6 fewer tokens after each block

@@ -13,7 +13,7 @@ import torch
 
 from surgery.core.parts import AttentionParts
 from surgery.plugins.token_merge.merge import Matching, bipartite_soft_matching
-from surgery.toolkit.reducing import ReducingAttention, ReducingEncoder, ReducingLayer, UnmergingLayer
+from surgery.toolkit.reducing import ReducingAttention, ReducingLayer, UnmergingLayer
 
 MERGE_REGION = "token_merge::merge"  # profiler label of the matching + merging work
 
@@ -53,6 +53,3 @@ class ToMeLayer(ReducingLayer):
 class ToMeUnmergingLayer(UnmergingLayer):
     """A block that merges ``reduction_r`` tokens of its input, computes on them and unmerges (ToMe for SD)."""
 
-
-class ToMeEncoder(ReducingEncoder):
-    """The encoder, with the token sizes reset at every forward."""

@@ -7,7 +7,7 @@ from torch import nn
 from surgery.core.anatomy import Anatomy
 from surgery.core.method import Rewrite
 from surgery.plugins.token_merge.config import ToMeConfig
-from surgery.plugins.token_merge.layers import BipartiteMerge, ToMeEncoder, ToMeLayer, ToMeSelfAttention, ToMeUnmergingLayer
+from surgery.plugins.token_merge.layers import BipartiteMerge, ToMeLayer, ToMeSelfAttention, ToMeUnmergingLayer
 from surgery.toolkit.reducing import swap_reducing
 
 
@@ -15,4 +15,4 @@ def apply(model: nn.Module, config: ToMeConfig, anatomy: Anatomy) -> Rewrite:
     builder = BipartiteMerge(prefix=anatomy.prefix_tokens_of(model.config))
     blocks = anatomy.blocks(model)
     return swap_reducing(model, anatomy, blocks, "token_merge", "ToMe", config.schedule(len(blocks)), builder, config.prop_attn,
-                         classes=(ToMeEncoder, ToMeUnmergingLayer if config.unmerge else ToMeLayer, ToMeSelfAttention))
+                         classes=(ToMeUnmergingLayer if config.unmerge else ToMeLayer, ToMeSelfAttention))

@@ -10,7 +10,7 @@ from surgery.core.anatomy import Anatomy
 from surgery.core.method import Rewrite
 from surgery.plugins.token_transform.config import TokenTransformConfig
 from surgery.plugins.token_transform.transform import ManyToManyBuilder, overhead
-from surgery.toolkit.reducing import ReducingAttention, ReducingEncoder, ReducingLayer, UnmergingLayer, swap_reducing
+from surgery.toolkit.reducing import ReducingAttention, ReducingLayer, UnmergingLayer, swap_reducing
 from surgery.toolkit.reduction import removable
 
 
@@ -21,4 +21,4 @@ def apply(model: nn.Module, config: TokenTransformConfig, anatomy: Anatomy) -> R
     removals = config.removals(blocks, prefix, functools.partial(removable, prefix=prefix), model.config, cost)
     builder = ManyToManyBuilder(prefix=prefix, temperature=config.temperature, topk=config.topk)
     return swap_reducing(model, anatomy, blocks, "token_transform", "TokenTransform", removals, builder, config.prop_attn,
-                        classes=(ReducingEncoder, UnmergingLayer if config.unmerge else ReducingLayer, ReducingAttention))
+                        classes=(UnmergingLayer if config.unmerge else ReducingLayer, ReducingAttention))

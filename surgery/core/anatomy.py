@@ -242,8 +242,8 @@ class Anatomy:
 
 def _headless(layout: Layout, prefix: str) -> Layout:
     """``layout`` for the base model itself: patterns under ``prefix`` without it; roles outside it dropped."""
-    def strip(patterns: tuple[str, ...]) -> tuple[str, ...]:
-        return tuple(p[len(prefix):] for p in patterns if p.startswith(prefix))
+    def strip(patterns: tuple[str, ...]) -> tuple[str, ...]:  # the base model itself is the root, ""
+        return tuple("" if p == prefix[:-1] else p[len(prefix):] for p in patterns if p.startswith(prefix) or p == prefix[:-1])
 
     roles = {role: strip(tuple(patterns)) for role, patterns in layout.roles.items()}
     return Layout(f"{layout.name}, base model", {r: p for r, p in roles.items() if p}, layout.block,

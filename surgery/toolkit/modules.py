@@ -1,4 +1,4 @@
-"""Replace and restore modules, swap classes, run undo calls: recorded once, undone in reverse.
+"""Replace and restore modules, swap classes, add hooks, run undo calls: recorded once, undone in reverse.
 
 Every built-in plugin's ``apply`` records what it changes on a :class:`Changes` and returns
 ``changes.rewrite()``; its ``revert`` is :func:`undo` (PEFT writes this loop once in ``BaseTuner``).
@@ -60,6 +60,14 @@ class Changes:
             self.claim(name)
         return module
 
+    def pre_hook(self, name: str, hook: Any) -> None:
+        """Run ``hook(module, args, kwargs)`` before the module at ``name`` runs (a forward pre-hook with
+        kwargs), removed on undo. The module keeps its class: transformers 5 finds what it records
+        (``output_hidden_states``) by the model's class, so a model's class is never swapped."""
+        handle = self.model.get_submodule(name).register_forward_pre_hook(hook, with_kwargs=True)
+        self.records.append(("hook", (name, handle.id)))  # by key: a deep copy holds the same keys
+        self.claim(name)
+
     def call_on_undo(self, function, *args: Any) -> None:
         """Run ``function(*args)`` when the rewrite is undone (for state outside the module tree)."""
         self.records.append(("call", (function, args)))
@@ -80,6 +88,11 @@ def undo(model: nn.Module, rewrite: Rewrite) -> None:
         elif kind == "class":
             name, settings = record
             unswap_class(model.get_submodule(name), *settings)
+        elif kind == "hook":
+            name, key = record
+            module = model.get_submodule(name)
+            module._forward_pre_hooks.pop(key, None)
+            module._forward_pre_hooks_with_kwargs.pop(key, None)
         else:
             function, args = record
             function(*args)

@@ -1,12 +1,13 @@
-"""The class swaps token reduction is built from: encoder, block and self-attention, over the anatomy's parts.
+"""The class swaps token reduction is built from: block and self-attention, over the anatomy's parts,
+and a hook on the encoder.
 
 Only ``forward`` changes, so the classes are swapped in place (ToMe's own habit): no new parameters,
-the same state_dict, and ``revert`` swaps the original classes back. A block runs attention, then
+the same state_dict, and ``revert`` swaps the original classes back (and removes the hook). A block runs attention, then
 reduces its tokens with a :mod:`~surgery.toolkit.reduction` built by the plugin's *builder* (from the
 attention's metric, the keys averaged over heads, and, where the builder asks, each token's
 importance: the attention the prefix tokens pay it), then the MLP on the fewer tokens. Token sizes
 travel between blocks in the model's :class:`~surgery.toolkit.tokens.TokenSizes` side channel, which
-the encoder resets at the start of every forward; proportional attention adds log(size) to the
+a hook on the encoder resets at the start of every forward (:class:`SizeReset`); proportional attention adds log(size) to the
 attention logits. Prefix tokens (cls, distillation) are never reduced: builders keep them in front.
 
 A builder is a small frozen object: ``builder(metric, importance, r) -> reduction or None``, with
@@ -16,6 +17,7 @@ A builder is a small frozen object: ``builder(metric, importance, r) -> reductio
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -139,32 +141,34 @@ class UnmergingLayer(ReducingLayer):
         return super().extra_repr() + ", unmerge=True"
 
 
-class ReducingEncoder:
-    """The module that runs the blocks (an encoder, or the backbone where there is none), as the host
-    does, with the token sizes reset first (the blocks update them)."""
+@dataclasses.dataclass
+class SizeReset:
+    """The forward pre-hook on the module that runs the blocks (an encoder, or the backbone where there is
+    none): the token sizes reset at the start of every forward (the blocks update them); ``head_mask``
+    refused. A hook, not a class swap: the backbone is a transformers model in version 5, which finds
+    what it records (``output_hidden_states``) by the model's class."""
 
-    reduction_sizes: TokenSizes
-    reduction_plugin: str = "token reduction"
+    sizes: TokenSizes
+    plugin: str
 
-    def forward(self, *args, **kwargs):
-        head_mask = kwargs.pop("head_mask", None)
+    def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        head_mask = kwargs.get("head_mask")
         if head_mask is not None and any(mask is not None for mask in head_mask):
-            raise ValueError(f"{self.reduction_plugin}: head_mask is not supported on a model whose tokens are reduced.")
-        self.reduction_sizes.sizes = None
-        return super().forward(*args, **kwargs)
+            raise ValueError(f"{self.plugin}: head_mask is not supported on a model whose tokens are reduced.")
+        self.sizes.sizes = None
 
 
 def swap_reducing(model: nn.Module, anatomy: Anatomy, blocks: list[BlockParts], plugin: str, prefix: str,
                   removals: list[int], builder: Any, prop_attn: bool,
-                  classes: tuple[type, type, type] = (ReducingEncoder, ReducingLayer, ReducingAttention)):
-    """Swap the encoder, every block (``blocks``: the anatomy's, one ``removals`` entry each) and its
-    attention core to the reducing classes (``classes``: subclasses of the three above), named
-    ``<prefix><Original>``; returns the rewrite."""
-    encoder_cls, layer_cls, attention_cls = classes
+                  classes: tuple[type, type] = (ReducingLayer, ReducingAttention)):
+    """Hook the encoder (:class:`SizeReset`) and swap every block (``blocks``: the anatomy's, one
+    ``removals`` entry each) and its attention core to the reducing classes (``classes``: subclasses of
+    the two above), named ``<prefix><Original>``; returns the rewrite."""
+    layer_cls, attention_cls = classes
     encoder_name, _ = anatomy.one(model, "encoder")
     sizes = token_sizes(model)
     changes = Changes(model)
-    changes.swap_class(encoder_name, encoder_cls, prefix, reduction_sizes=sizes, reduction_plugin=plugin)
+    changes.pre_hook(encoder_name, SizeReset(sizes, plugin))
     for parts, r in zip(blocks, removals):
         changes.swap_class(parts.name, layer_cls, prefix, reduction_r=r, reduction_prop_attn=prop_attn, reduction_parts=parts,
                            reduction_sizes=sizes, reduction_prefix=anatomy.prefix_tokens_of(model.config), reduction_builder=builder)
