@@ -51,7 +51,7 @@ from surgery.recovery import recover
 
 from surgery.evaluation.flops import model_flops
 
-import runtime_speed
+import speed_table
 from _common import RESULTS, markdown_table, time_side_by_side, write_report
 from _proof_report import write_task_report
 
@@ -83,7 +83,7 @@ class Row:
     quantize: bool = False  # an int8 `quantize` step after recovery
     target: str = ""  # what the issue asks, checked by `check`
     check: Any = None  # (original, after surgery, after recovery, flops ratio) -> bool
-    runtime: str | None = None  # the runtime_speed case that times this method at ViT-B/16 size
+    runtime: str | None = None  # the speed_table case that times this method at ViT-B/16 size
 
 
 def at_least_original(o, s, r, f):
@@ -302,9 +302,9 @@ def main() -> None:
         report(base, rows, times, runtimes)
         return
     if not args.skip_runtimes:
-        print("latency at ViT-B/16 size in each runtime (benchmarks/runtime_speed.py) ...", flush=True)
+        print("latency at ViT-B/16 size in each runtime (benchmarks/speed_table.py) ...", flush=True)
         wanted = {r["runtime"] for r in rows}
-        runtimes = runtime_speed.measure(tuple(c for c in runtime_speed.CASES if c.name in wanted), repeats=5)
+        runtimes = speed_table.measure(tuple(c for c in speed_table.CASES if c.name in wanted), repeats=5)
     report(base, rows, times, runtimes)
 
 
@@ -388,7 +388,7 @@ def report(base: dict[str, Any], rows: list[dict[str, Any]], times: dict[str, fl
     def pays_off(row: dict[str, Any]) -> str:
         if runtimes is None or row["runtime"] not in runtimes:
             return "-"
-        return f"{runtime_speed.pays_off(runtimes, row['runtime'])} ({row['runtime']})"
+        return f"{speed_table.pays_off(runtimes, row['runtime'])} ({row['runtime']})"
 
     others = other_families()
     by_name = {arch: {r["name"]: r for r in data["rows"]} for arch, data in others.items()}
@@ -448,9 +448,9 @@ def report(base: dict[str, Any], rows: list[dict[str, Any]], times: dict[str, fl
         + "\n\n![accuracy per row](proof_table.png)\n\nRecovery recipes (`surgery.recover` options):\n\n" + recipes
         + ("" if runtimes is None else
            "\n\n## Where each method pays off\n\nThe \"pays off in\" column: each method on a ViT-B/16 shape (random "
-           "weights) at the size it is meant for, in PyTorch eager, ONNX Runtime and OpenVINO, each runtime timed side by "
-           "side with fp32 in the same run (`benchmarks/runtime_speed.py`; token_merge at ViT-B/16 uses r=16, ToMe's "
-           "setting, where the digits model uses r=20):\n\n" + runtime_speed.table(runtimes))
+           "weights) at the size it is meant for, in PyTorch eager and compiled, ONNX Runtime and OpenVINO, each runtime "
+           "timed side by side with fp32 in the same run (`benchmarks/speed_table.py`; token_merge at ViT-B/16 uses r=16, ToMe's "
+           "setting, where the digits model uses r=20):\n\n" + speed_table.table(runtimes))
     )
     (RESULTS / "proof_table.json").write_text(json.dumps(
         {"original": base, "rows": [{k: v for k, v in r.items() if k != "check"} for r in rows],

@@ -93,6 +93,11 @@ def test_a_declared_space_is_checked_against_the_methods_options():
         SearchSpace(options={"k": (1, 2)}, quiet={"kk": 1})
     with pytest.raises(ConfigError, match=r"quiet gives 'k' the value 3, which is not among its values: \[1, 2\]"):
         SearchSpace(options={"k": (1, 2)}, quiet={"k": 3})
+    with pytest.raises(ConfigError, match=r"fastest names 'kk', which is not among its options: k.*Did you mean 'k'"):
+        SearchSpace(options={"k": (1, 2)}, fastest={"kk": 1})
+    with pytest.raises(ConfigError, match=r"fastest gives 'k' the value 3, which is not among its values: \[1, 2\]"):
+        SearchSpace(options={"k": (1, 2)}, fastest={"k": 3})
+    assert SearchSpace(options={"k": (1, 2), "j": ("a", "b")}, fastest={"k": 2}).fastest_point() == {"k": 2, "j": "a"}
 
 
 def test_labels_leave_out_the_options_a_space_declares_quiet():
@@ -163,15 +168,13 @@ FLOAT = {"float_blocks": [], "float_roles": [], "attention": "float", "patch_emb
 
 
 def test_pairs_of_front_points_whose_methods_compose_are_measured_next():
-    from surgery.recipe_search.runner import _compositions
-
     space = Space.build(tiny("vit"), max_steps=2, include=["token_merge", "token_prune", "quantize"])
     singles = [dict(_record("m8", 0.7, 0.95), steps=[["token_merge", {"r": 8}]]),
                dict(_record("m16", 0.5, 0.94), steps=[["token_merge", {"r": 16}]]),
                dict(_record("p", 0.45, 0.93), steps=[["token_prune", {"flops": 0.5}]]),
                dict(_record("q", 0.8, 0.96), steps=[["quantize", {"activations": "int8", **FLOAT}]]),
                dict(_record("worse", 0.9, 0.90), steps=[["quantize", {"activations": "none", **FLOAT}]])]  # off the front
-    labels = [c.label for c in _compositions(space, singles, "latency")]
+    labels = [c.label for c in space.compositions(singles, "latency")]
     # token_merge and token_prune declare a conflict, and a method never pairs with itself
     assert labels == ["quantize(activations=int8) + token_prune(flops=0.5)", "quantize(activations=int8) + token_merge(r=16)",
                       "quantize(activations=int8) + token_merge(r=8)"]  # in the order the host plans them
@@ -329,7 +332,8 @@ def test_a_local_imagefolder_is_searched_through_the_models_processor(digits, tm
 def test_onnx_runtime_candidates_are_exported_checked_and_timed(digits, tmp_path):
     pytest.importorskip("onnxruntime")
     result = small(digits[0], None, runtime="onnx", objective="latency", flops=None, latency=None, trials=2,
-                   include=["token_merge"])
+                   include=["token_merge"], min_speedup=None)  # measure, whatever the tiny model's speed-up
+    assert len(result.candidates) == 2 and result.summary["pays_off"] == {}
     assert all("export_max_abs_diff" in c and c["export_max_abs_diff"] < 1e-4 for c in result.candidates)
     assert all(c["latency_ratio"] > 0 and c["latency_ms_original"] > 0 for c in result.candidates)
 
@@ -389,3 +393,46 @@ def test_options_that_refuse_each_other_are_recorded_as_refused_with_the_reason(
     record, model = bench.measure(Candidate(steps), None, lambda r: None)
     assert model is None and record["status"] == "refused"
     assert record["reason"].startswith("quantize: option 'attention' got 'int8'; allowed: \"float\" with weight-only")
+    assert bench.speed(Candidate(steps))["reason"] == record["reason"]  # a probe the host refuses says why
+    probe = bench.speed(Candidate((("token_merge", (("r", 8),)),)))
+    assert probe["speed"] == pytest.approx(probe["latency_ms_original"] / probe["latency_ms"]) and probe["speed"] > 0
+
+
+# -- where methods pay off ---------------------------------------------------------------------
+def test_a_method_that_does_not_pay_off_on_the_runtime_is_left_out_before_the_search(digits, tmp_path, monkeypatch, capsys):
+    """Each method's fastest declared point is timed first (here: stand-in speeds, so the test does not
+    depend on this machine's timings); one below min_speedup is left out with its speed as the reason."""
+    speeds, probed = {"token_merge": 1.6, "quantize": 0.9}, []
+
+    def speed(self, candidate):
+        probed.append(candidate.label)
+        return {"speed": speeds[candidate.steps[0][0]], "latency_ms": 1.0, "latency_ms_original": 1.0}
+
+    monkeypatch.setattr(Bench, "speed", speed)
+    result = small(digits[0], tmp_path / "out", objective="latency", flops=None, trials=3)
+    assert probed == ["quantize(activations=int8)", "token_merge(r=24)"]  # each method alone at its fastest point
+    reason = result.summary["space"]["left_out"]["quantize"]
+    assert reason == ("does not pay off on torch here: its fastest declared point, quantize(activations=int8), ran at "
+                      "0.90x of the original's speed (min_speedup: 1.05x)")
+    assert "token_merge+quantize" not in result.summary["space"]["sets"] and "quantize" not in result.summary["space"]["methods"]
+    assert result.candidates and all(c["steps"][0][0] == "token_merge" for c in result.candidates)
+    assert result.summary["pays_off"]["quantize"] == {"label": "quantize(activations=int8)", "speed": 0.9, "latency_ms": 1.0,
+                                                      "latency_ms_original": 1.0}
+    assert "| quantize | quantize(activations=int8) | 0.90x | no: left out |" in (tmp_path / "out" / "search.md").read_text()
+    small(digits[0], tmp_path / "out", objective="latency", flops=None, trials=3)
+    assert len(probed) == 2  # resumed: the probes come from the cache
+    assert any(c["label"].startswith("quantize") for c in
+               small(digits[0], None, objective="latency", flops=None, trials=3, min_speedup=None).candidates)
+    small(digits[0], None, trials=3)  # a FLOPs search: speed does not matter, nothing is probed
+    assert len(probed) == 2
+    args = [str(digits[0]), "--objective", "latency", "--min-speedup", "2", "--trials", "2", "--repeats", "1", "--include",
+            "token_merge", "--include", "quantize", "-o", str(tmp_path / "none")]
+    assert main(["search", *args]) == 1  # nothing pays off: nothing is searched, no model saved
+    assert "search: no method pays off on torch here" in capsys.readouterr().out
+    assert not (tmp_path / "none" / "config.json").exists()
+    from surgery.cli.parser import build_parser
+    from surgery.recipe_search.payoff import PAYS_OFF
+
+    assert build_parser().parse_args(["search", "m", "-o", "x"]).min_speedup == PAYS_OFF  # the CLI's default is the rule's
+    with pytest.raises(ConfigError, match=r"'min_speedup' got -1; allowed: a speed-up >= 0"):
+        small(digits[0], None, objective="latency", min_speedup=-1)

@@ -28,7 +28,7 @@ METHOD = define_method(
     roles=("block", "attention", "parts"),
     paper="https://arxiv.org/abs/2312.08874",
     reference="https://github.com/LeapLabTHU/Agent-Attention (207ce3e)",
-    search=SearchSpace(options={"layers": ("default", "all")}, needs_recovery=True),
+    search=SearchSpace(options={"layers": ("default", "all")}, fastest={"layers": "all"}, needs_recovery=True),
 )
 
 

@@ -32,7 +32,7 @@ METHOD = define_method(
                        "0.1.0 checkpoints reload within float rounding (6e-8 measured), not bit for bit.")},
     paper="https://arxiv.org/abs/2211.10526",
     reference="https://github.com/GATECH-EIC/Castling-ViT (c7b75c1, unofficial miniature core)",
-    search=SearchSpace(options={"layers": ("default", "all")}, needs_recovery=True),
+    search=SearchSpace(options={"layers": ("default", "all")}, fastest={"layers": "all"}, needs_recovery=True),
 )
 
 

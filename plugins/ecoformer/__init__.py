@@ -31,7 +31,7 @@ METHOD = define_method(
     roles=("block", "attention", "parts"),
     paper="https://arxiv.org/abs/2209.09004",
     reference="https://github.com/ziplab/EcoFormer (pvt/performer.py, pvt/hashing/ksh.py)",
-    search=SearchSpace(options={"layers": ("default", "all")}, needs_recovery=True),
+    search=SearchSpace(options={"layers": ("default", "all")}, fastest={"layers": "all"}, needs_recovery=True),
 )
 
 

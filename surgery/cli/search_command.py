@@ -32,6 +32,9 @@ def add_parser(sub) -> None:
     p.add_argument("--max-steps", type=int, default=2, help="methods combined at most in one recipe (default 2)")
     p.add_argument("--include", action="append", metavar="METHOD", help="search only these methods (repeat)")
     p.add_argument("--exclude", action="append", default=[], metavar="METHOD", help="leave these methods out (repeat)")
+    p.add_argument("--min-speedup", type=float, default=1.05, metavar="X",
+                   help="where latency matters, leave out a method whose fastest declared point is below X times the "
+                        "original's speed on the runtime (default 1.05; 0: search every method)")
     p.add_argument("--repeats", type=int, default=7, help="timed repeats per candidate, after warm-up (default 7)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the summary as JSON instead of the table")
@@ -46,7 +49,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                     max_drop=args.max_drop, objective=args.objective, batch_size=args.batch_size, image_size=args.image_size,
                     trials=args.trials, time_budget=args.time_budget, recover_epochs=args.recover_epochs, lora=args.lora,
                     max_steps=args.max_steps, include=args.include, exclude=args.exclude, seed=args.seed,
-                    output=args.output, repeats=args.repeats, log=(lambda text: None) if args.json else print)
+                    output=args.output, repeats=args.repeats, min_speedup=args.min_speedup, log=(lambda text: None) if args.json else print)
     if args.json:
         summary = dict(result.summary, candidates=[{k: v for k, v in c.items() if k != "correct"} for c in result.candidates])
         print(json.dumps(summary, indent=1, default=str))

@@ -11,7 +11,11 @@ plugins included, and never names a plugin. A method without a declaration is le
 ``options`` maps option names to the values to try (JSON values: None, bool, int, float, str, or a
 list of them, e.g. block indices); options not named keep their defaults. ``quiet`` names, for some of
 them, the value that says "nothing chosen" (no block kept float, a part left float): candidate labels
-leave an option out at that value, ``quantize(activations=int8)`` rather than listing every default. ``needs_recovery``: the rewritten model must be fine-tuned
+leave an option out at that value, ``quantize(activations=int8)`` rather than listing every default.
+``fastest`` names, for some of them, the value of the method's fastest declared point (token_merge's
+largest ``r``); the others count at their first value. A search where latency matters measures that
+point first, and leaves the method out when even it is no faster than the original on the user's
+runtime (it does not pay off there). ``needs_recovery``: the rewritten model must be fine-tuned
 before its accuracy means anything (new parameters, a changed readout), so the search recovers it
 briefly, and only when its measured cost can reach the front.
 """
@@ -32,6 +36,7 @@ class SearchSpace:
     options: Mapping[str, tuple[Any, ...]] = dataclasses.field(default_factory=dict)
     needs_recovery: bool = False
     quiet: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    fastest: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "options", {name: tuple(values) for name, values in dict(self.options).items()})
@@ -44,14 +49,19 @@ class SearchSpace:
                                   "allowed: None, bool, int, float, str, or a tuple of them")
             if len(set(map(repr, values))) != len(values):
                 raise ConfigError(f"search space: option '{name}' lists a value twice: {list(values)}")
-        object.__setattr__(self, "quiet", dict(self.quiet))
-        for name, value in self.quiet.items():
-            if name not in self.options:
-                raise ConfigError(f"search space: quiet names '{name}', which is not among its options: "
-                                  f"{', '.join(self.options) or 'none'}" + did_you_mean(name, list(self.options)))
-            if not any(_same(value, v) for v in self.options[name]):
-                raise ConfigError(f"search space: quiet gives '{name}' the value {value!r}, which is not among its "
-                                  f"values: {list(self.options[name])}")
+        for field in ("quiet", "fastest"):
+            object.__setattr__(self, field, dict(getattr(self, field)))
+            for name, value in getattr(self, field).items():
+                if name not in self.options:
+                    raise ConfigError(f"search space: {field} names '{name}', which is not among its options: "
+                                      f"{', '.join(self.options) or 'none'}" + did_you_mean(name, list(self.options)))
+                if not any(_same(value, v) for v in self.options[name]):
+                    raise ConfigError(f"search space: {field} gives '{name}' the value {value!r}, which is not among "
+                                      f"its values: {list(self.options[name])}")
+
+    def fastest_point(self) -> dict[str, Any]:
+        """The option values of the method's fastest declared point: ``fastest``'s, the rest at their first."""
+        return {name: self.fastest.get(name, values[0]) for name, values in self.options.items()}
 
     def shown(self, options: Mapping[str, Any]) -> dict[str, Any]:
         """``options`` without those at their quiet value (what a label shows)."""

@@ -3,7 +3,8 @@
 It is written after each trial (atomically: a killed search leaves the last complete file). A search
 started again on the same output folder replays the cached trials into the optimiser, in order, and
 measures nothing it already has; the optimiser's seed is derived per trial, so the resumed search
-proposes what the uninterrupted one would have. The cache holds a fingerprint of what the
+proposes what the uninterrupted one would have. Where latency matters, it also keeps each method's
+speed at its fastest declared point (whether the method pays off on the runtime). The cache holds a fingerprint of what the
 measurements depend on: the model's weights, the data, the runtime, batch and image size, the
 machine (CPU, threads, library versions) and the space (methods, options, plugin versions). When any
 of them changed, the cache is set aside (``search_cache.stale.json``) and the search says which.
@@ -63,6 +64,7 @@ class Cache:
         self.fingerprint = fingerprint
         self.trials: list[str] = []
         self.measured: dict[str, dict[str, Any]] = {}
+        self.probes: dict[str, dict[str, Any]] = {}  # method -> its fastest point's speed (whether it pays off)
         self.original: dict[str, Any] | None = None
         if self.path is None or not self.path.exists():
             return
@@ -78,6 +80,7 @@ class Cache:
                 f"{', '.join(changed) if changed else 'cache format'}; it is set aside as {STALE_FILE} and the search starts over")
             return
         self.trials, self.measured, self.original = saved["trials"], saved["measured"], saved.get("original")
+        self.probes = saved.get("probes", {})
         log(f"search: resuming from {self.path}: {len(self.trials)} trial(s), {len(self.measured)} candidate(s) measured")
 
     def add(self, key: str, record: dict[str, Any] | None = None) -> None:
@@ -92,5 +95,5 @@ class Cache:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         staging = self.path.with_name(f".{CACHE_FILE}.tmp")
         staging.write_text(json.dumps({"format": FORMAT, "fingerprint": self.fingerprint, "original": self.original,
-                                       "trials": self.trials, "measured": self.measured}, indent=1) + "\n")
+                                       "trials": self.trials, "measured": self.measured, "probes": self.probes}, indent=1) + "\n")
         os.replace(staging, self.path)

@@ -143,8 +143,25 @@ def write(folder: Path, summary: dict[str, Any]) -> None:
              f"{len(summary['candidates'])} candidates measured in {summary['seconds']:.0f} s; counts by status: "
              + ", ".join(f"{k} {v}" for k, v in summary["statuses"].items()) + ".",
              "Accuracy on the search split; latency in the target runtime beside the original, in the same process."]
+    if summary.get("pays_off"):
+        lines += ["", "## Where each method pays off on this runtime", "",
+                  "Each method alone at its fastest declared point, timed beside the original before the search; a method "
+                  f"below {summary['settings']['min_speedup']:g}x was left out.", "",
+                  payoff_table(summary["pays_off"], summary["settings"]["min_speedup"])]
     if summary.get("test"):
         test = summary["test"]
         lines += ["", f"Test split, measured once: original {test['original']:.2%}, pick {test['pick']:.2%}, "
                       f"difference {test['difference']}, McNemar p {test['mcnemar_p']}."]
     (folder / "search.md").write_text("\n".join(lines) + "\n")
+
+
+def payoff_table(probes: dict[str, dict[str, Any]], min_speedup: float) -> str:
+    """The probes as markdown: where each method pays off on this runtime."""
+    lines = ["| method | fastest declared point | speed vs original | pays off here |", "|---|---|---|---|"]
+    for name, record in probes.items():
+        if "speed" in record:
+            lines.append(f"| {name} | {record['label']} | {record['speed']:.2f}x | "
+                         f"{'yes' if record['speed'] >= min_speedup else 'no: left out'} |")
+        else:
+            lines.append(f"| {name} | {record['label']} | refused: {record['reason'][:120]} | kept (its points say why) |")
+    return "\n".join(lines)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import itertools
 import tempfile
 import time
 import warnings
@@ -33,6 +32,7 @@ from surgery.evaluation.paired import bootstrap_difference, format_p, mcnemar
 from surgery.recipe_search import report
 from surgery.recipe_search.cache import Cache, machine, model_digest, tensor_digest
 from surgery.recipe_search.data import resolve
+from surgery.recipe_search.payoff import PAYS_OFF, gate
 from surgery.recipe_search.report import Budget
 from surgery.recipe_search.runtimes import check_runtime, compile_for, correct
 from surgery.recipe_search.space import SEP, Space
@@ -59,13 +59,15 @@ def search(model: Any, data: Any = "digits", *, runtime: str = "torch", latency:
            image_size: int | None = None, trials: int = 40, time_budget: float | None = None, recover_epochs: int = 0,
            lora: Any = None, recovery: dict[str, Any] | None = None, train_images: int | None = 6000, max_steps: int = 2,
            include: list[str] | None = None, exclude: list[str] = (), seed: int = 0, output: str | Path | None = None,
-           repeats: int = 7, progress: bool = True, log=print) -> SearchResult:
+           repeats: int = 7, min_speedup: float | None = PAYS_OFF, progress: bool = True, log=print) -> SearchResult:
     """Search the installed methods for the recipe that meets the budget on ``runtime``.
 
     ``model``: a saved folder (its image processor reads ``data`` by name) or a model. ``latency``,
     ``size``, ``flops``: budgets as ratios to the original; ``max_drop``: accuracy points the pick may
     lose on the search split. ``objective``: the cost the front trades against accuracy. ``trials``
-    and ``time_budget`` (minutes) bound the search. ``output``: where the chosen model, ``search.json``,
+    and ``time_budget`` (minutes) bound the search. Where latency matters (the objective, or a latency
+    budget), a method whose fastest declared point is below ``min_speedup`` times the original's speed
+    on ``runtime`` is left out (:mod:`~surgery.recipe_search.payoff`; None: every method is searched). ``output``: where the chosen model, ``search.json``,
     ``search.md``, the plot and the resumable cache go (None: nothing is written).
     """
     check_runtime(runtime)
@@ -73,6 +75,9 @@ def search(model: Any, data: Any = "digits", *, runtime: str = "torch", latency:
     for name, value, low in (("trials", trials, 1), ("batch_size", batch_size, 1), ("repeats", repeats, 1), ("max_steps", max_steps, 1)):
         if not isinstance(value, int) or value < low:
             raise ConfigError(f"search: '{name}' got {value!r}; allowed: an integer >= {low}")
+    if min_speedup is not None and (isinstance(min_speedup, bool) or not isinstance(min_speedup, (int, float)) or min_speedup < 0):
+        raise ConfigError(f"search: 'min_speedup' got {min_speedup!r}; allowed: a speed-up >= 0 (1.05: a method must be 5 % "
+                          "faster than the original at its fastest point to be searched), or None to search every method")
     if recover_epochs < 0:
         raise ConfigError(f"search: 'recover_epochs' got {recover_epochs!r}; allowed: an integer >= 0 (0: no recovery)")
     lora = _lora_options(lora, recover_epochs)
@@ -89,7 +94,8 @@ def search(model: Any, data: Any = "digits", *, runtime: str = "torch", latency:
     space = Space.build(original, max_steps, include, exclude)
     settings = {"runtime": runtime, "objective": objective, "batch_size": batch_size, "image_size": side, "trials": trials,
                 "time_budget_minutes": time_budget, "recover_epochs": recover_epochs, "lora": _plain(lora),
-                "recovery": recovery or {}, "max_steps": max_steps, "seed": seed, "repeats": repeats}
+                "recovery": recovery or {}, "max_steps": max_steps, "seed": seed, "repeats": repeats,
+                "min_speedup": min_speedup}
     fingerprint = {"model": model_digest(original), "data": tensor_digest(*chosen_data.search), "runtime": runtime,
                    "batch_size": batch_size, "machine": machine(), "space": space.describe(),
                    "recovery": [recover_epochs, _plain(lora), recovery or {}, train_images]}
@@ -97,11 +103,14 @@ def search(model: Any, data: Any = "digits", *, runtime: str = "torch", latency:
     cache = Cache(output, fingerprint, log)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="surgery-search-") as tmp:
-        bench = Bench(original, runtime, chosen_data, batch_size, Path(tmp), repeats, seed,
-                      drop_slower=objective == "latency" or latency is not None)
+        latency_matters = objective == "latency" or latency is not None
+        bench = Bench(original, runtime, chosen_data, batch_size, Path(tmp), repeats, seed, drop_slower=latency_matters)
         cache.original = bench.original_record()
+        probes = {}
+        if latency_matters and min_speedup:
+            space, probes = gate(space, cache, bench, min_speedup, log)
         records = _run(space, cache, bench, budget, trials, time_budget, recover_epochs, lora, recovery, seed, progress, log)
-        summary = _summary(space, cache, bench, budget, settings, chosen_data, started)
+        summary = _summary(space, cache, bench, budget, settings, chosen_data, started, probes)
         chosen = summary["chosen"]
         picked, test = None, None
         if chosen is not None:
@@ -163,8 +172,10 @@ def _run(space: Space, cache: Cache, bench: Bench, budget: Budget, trials: int, 
             return None
         return [record[cost], record["accuracy"]]
 
-    for key in cache.trials:  # replay, in order
+    for key in cache.trials:  # replay, in order (a method left out since, as not paying off, stays out)
         record = cache.measured[key]
+        if SEP.join(sorted(plugin for plugin, _ in record["steps"])) not in space.combos:
+            continue
         candidate = space.from_steps(record["steps"])
         params = space.params(candidate)
         values = tell_values(record)
@@ -190,7 +201,7 @@ def _run(space: Space, cache: Cache, bench: Bench, budget: Budget, trials: int, 
                 return f"{other['label']} already holds the original's accuracy at a lower cost"
         return None
 
-    total = sum(_combo_size(space, combo) for combo in space.combos)
+    total = sum(space.combo_size(combo) for combo in space.combos)
     bar = tqdm(total=trials, initial=min(len(cache.trials), trials), desc=f"search ({bench.runtime})", unit="trial", disable=not progress)
     started = time.perf_counter()
     while len(cache.trials) < trials and len(cache.measured) < total:
@@ -199,7 +210,7 @@ def _run(space: Space, cache: Cache, bench: Bench, budget: Budget, trials: int, 
             break
         if not composed and all(c.key in cache.measured for c in starting):
             composed = True
-            for candidate in _compositions(space, [cache.measured[c.key] for c in starting], budget.objective):
+            for candidate in space.compositions([cache.measured[c.key] for c in starting], budget.objective):
                 if candidate.key not in cache.measured:
                     study.enqueue_trial(space.params(candidate), skip_if_exists=False)
         with warnings.catch_warnings():  # group and multivariate are marked experimental
@@ -224,38 +235,23 @@ def _run(space: Space, cache: Cache, bench: Bench, budget: Budget, trials: int, 
         left = "" if time_budget is None else f", {max(0.0, time_budget - elapsed / 60):.1f} min left"
         bar.set_postfix_str((f"best {best['label'][:40]} {best[cost]:.2f}x {best['accuracy']:.1%}" if best else "none within budget") + left)
     bar.close()
-    return list(cache.measured.values())
+    return _searched(space, cache)
 
 
-def _compositions(space: Space, singles: list[dict[str, Any]], objective: str, limit: int = 8) -> list:
-    """Pairs of the methods on the front of the single-method starting points, each at its value on
-    that front, where the two compose: the cheapest products of their cost ratios first. The sampler
-    would find them too, but a pair of front points is the likeliest way past what either reaches
-    alone, so they are measured before the sampler takes over."""
-    cost = report.OBJECTIVES[objective]
-    pairs = []
-    for a, b in itertools.combinations(report.front(singles, objective), 2):
-        (first, first_options), (second, second_options) = a["steps"][0], b["steps"][0]
-        combo = SEP.join(sorted((first, second)))
-        if first == second or combo not in space.combos:
-            continue
-        values = {**{f"{first}.{k}": v for k, v in first_options.items()}, **{f"{second}.{k}": v for k, v in second_options.items()}}
-        pairs.append((a[cost] * b[cost], len(pairs), space.candidate(combo, values)))
-    return [candidate for _, _, candidate in sorted(pairs, key=lambda p: p[:2])][:limit]
+def _searched(space: Space, cache: Cache) -> list[dict[str, Any]]:
+    """The measured candidates of this space (a resumed cache may hold those of a method left out since)."""
+    return [r for r in cache.measured.values() if SEP.join(sorted(p for p, _ in r["steps"])) in space.combos]
 
 
-def _combo_size(space: Space, combo: str) -> int:
-    count = 1
-    for name in space.combos[combo]:
-        count *= space.methods[name].search.size()
-    return count
-
-
-def _summary(space: Space, cache: Cache, bench: Bench, budget: Budget, settings: dict[str, Any], data, started: float) -> dict[str, Any]:
-    records = list(cache.measured.values())
+def _summary(space: Space, cache: Cache, bench: Bench, budget: Budget, settings: dict[str, Any], data, started: float,
+             probes: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    records = _searched(space, cache)
     accuracy = bench.accuracy
     chosen = report.pick(records, budget, accuracy)
-    if chosen is not None:
+    if not space.combos:
+        message = (f"search: no method pays off on {bench.runtime} here: each one's fastest declared point ran below "
+                   f"{settings['min_speedup']:g}x of the original's speed (search.json: pays_off), so nothing was searched")
+    elif chosen is not None:
         message = f"search: picked {report.describe_point(chosen, accuracy)} (within {budget.describe()})"
     else:
         near = report.closest(records, budget, accuracy)
@@ -266,6 +262,7 @@ def _summary(space: Space, cache: Cache, bench: Bench, budget: Budget, settings:
         statuses[record["status"]] = statuses.get(record["status"], 0) + 1
     return {"settings": settings, "budget": budget.describe(), "data": data.describe(), "space": space.describe(),
             "machine": cache.fingerprint["machine"], "original": cache.original, "candidates": records,
+            "pays_off": {name: {k: v for k, v in probe.items() if k != "key"} for name, probe in probes.items()},
             "chosen": chosen, "message": message, "statuses": statuses, "trials": len(cache.trials),
             "seconds": round(time.perf_counter() - started, 1), "test": None}
 

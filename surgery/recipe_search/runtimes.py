@@ -4,7 +4,7 @@
 PyTorch runs the model itself (``torch.no_grad``); ONNX Runtime and OpenVINO run surgery's export
 (:func:`surgery.publish.export.export`, whose parity check against PyTorch must pass, or for int8
 models report the difference). OpenVINO compiles with the f32 inference-precision hint, as
-``benchmarks/runtime_speed.py`` does, so a float model is compared at one precision on every CPU
+``benchmarks/speed_table.py`` does, so a float model is compared at one precision on every CPU
 (int8 layers run int8 either way). :func:`surgery.evaluation.timing.time_side_by_side` times the original and a candidate in
 turns within one process (medians after warm-up), so their ratio survives a noisy machine.
 """

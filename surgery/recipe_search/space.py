@@ -22,6 +22,7 @@ from surgery.core.apply import plan
 from surgery.core.host import get_host
 from surgery.core.method import SurgeryMethod
 from surgery.errors import ConfigError, SurgeryError, did_you_mean
+from surgery.recipe_search import report
 
 SEP = "+"
 
@@ -164,6 +165,45 @@ class Space:
             else:
                 sweeps.append(candidates)
         return [c for round_ in itertools.zip_longest(*sweeps) for c in round_ if c is not None] + costly
+
+    def combo_size(self, combo: str) -> int:
+        """How many candidates the set ``combo`` holds."""
+        count = 1
+        for name in self.combos[combo]:
+            count *= self.methods[name].search.size()
+        return count
+
+    def compositions(self, singles: list[dict[str, Any]], objective: str, limit: int = 8) -> list[Candidate]:
+        """Pairs of the methods on the front of the single-method starting points, each at its value on
+        that front, where the two compose: the cheapest products of their cost ratios first. The sampler
+        would find them too, but a pair of front points is the likeliest way past what either reaches
+        alone, so they are measured before the sampler takes over."""
+        cost = report.OBJECTIVES[objective]
+        pairs = []
+        for a, b in itertools.combinations(report.front(singles, objective), 2):
+            (first, first_options), (second, second_options) = a["steps"][0], b["steps"][0]
+            combo = SEP.join(sorted((first, second)))
+            if first == second or combo not in self.combos:
+                continue
+            values = {**{f"{first}.{k}": v for k, v in first_options.items()},
+                      **{f"{second}.{k}": v for k, v in second_options.items()}}
+            pairs.append((a[cost] * b[cost], len(pairs), self.candidate(combo, values)))
+        return [candidate for _, _, candidate in sorted(pairs, key=lambda p: p[:2])][:limit]
+
+    def probe(self, name: str) -> Candidate:
+        """``name`` alone at its fastest declared point (``SearchSpace.fastest``)."""
+        point = self.methods[name].search.fastest_point()
+        return self.candidate(name, {f"{name}.{option}": value for option, value in point.items()})
+
+    def without(self, dropped: Mapping[str, str]) -> Space:
+        """This space less the methods in ``dropped`` (method -> why) and every set holding one of them."""
+        methods = {n: m for n, m in self.methods.items() if n not in dropped}
+        combos = {c: order for c, order in self.combos.items() if not set(order) & set(dropped)}
+        left_out = {**self.left_out, **dropped}
+        for combo, order in self.combos.items():
+            if combo not in combos and SEP in combo:
+                left_out[combo] = next(f"{n}: {dropped[n]}" for n in order if n in dropped)
+        return Space(methods, combos, left_out)
 
     def describe(self) -> dict[str, Any]:
         return {

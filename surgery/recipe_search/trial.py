@@ -69,6 +69,23 @@ class Bench:
         return {"label": "original", "steps": [], "status": "ok", "accuracy": self.accuracy, "correct": pack(self.correct),
                 "latency_ratio": 1.0, "flops_ratio": 1.0, "size_ratio": 1.0, "flops": self.flops, "size_mb": self.bytes / 1e6}
 
+    def speed(self, candidate: Candidate) -> dict[str, Any]:
+        """The candidate's speed against the original in the runtime (the original's time over its own,
+        timed in turns), and nothing else: whether a method pays off here. ``{"speed", "latency_ms",
+        "latency_ms_original"}``, or ``{"reason"}`` when the host or the runtime refuses it."""
+        model = copy.deepcopy(self.original)
+        methods = [(get_host().methods[plugin], dict(options)) for plugin, options in candidate.steps]
+        try:
+            needs_data = any(m.needs_data is not None and m.needs_data(m.make_config(o)) for m, o in methods)
+            apply(model, candidate.specs(), calibration=self.data.calibration() if needs_data else None)
+            run, _ = compile_for(model.eval(), self.runtime, self.workdir / "probe")
+        except SurgeryError as error:
+            return {"reason": " ".join(str(error).split())[:400]}
+        x = self.timing_batch
+        timed = time_side_by_side({"original": lambda: self.run_original(x), "candidate": lambda: run(x)}, repeats=self.repeats)
+        return {"speed": timed["original"] / timed["candidate"], "latency_ms": timed["candidate"] * 1e3,
+                "latency_ms_original": timed["original"] * 1e3}
+
     def measure(self, candidate: Candidate, recovery: Callable[[torch.nn.Module], dict[str, Any]] | None,
                 worth_recovering: Callable[[dict[str, Any]], str | None]) -> tuple[dict[str, Any], torch.nn.Module | None]:
         """The candidate's record, and its model when it was measured."""
