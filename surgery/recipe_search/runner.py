@@ -35,7 +35,7 @@ from surgery.recipe_search.data import resolve
 from surgery.recipe_search.payoff import PAYS_OFF, gate
 from surgery.recipe_search.report import Budget
 from surgery.recipe_search.runtimes import check_runtime, compile_for, correct
-from surgery.recipe_search.space import SEP, Space
+from surgery.recipe_search.space import Space
 from surgery.recipe_search.trial import Bench, unpack
 
 
@@ -174,7 +174,7 @@ def _run(space: Space, cache: Cache, bench: Bench, budget: Budget, trials: int, 
 
     for key in cache.trials:  # replay, in order (a method left out since, as not paying off, stays out)
         record = cache.measured[key]
-        if SEP.join(sorted(plugin for plugin, _ in record["steps"])) not in space.combos:
+        if space.combo_of(record["steps"]) not in space.combos:
             continue
         candidate = space.from_steps(record["steps"])
         params = space.params(candidate)
@@ -240,7 +240,7 @@ def _run(space: Space, cache: Cache, bench: Bench, budget: Budget, trials: int, 
 
 def _searched(space: Space, cache: Cache) -> list[dict[str, Any]]:
     """The measured candidates of this space (a resumed cache may hold those of a method left out since)."""
-    return [r for r in cache.measured.values() if SEP.join(sorted(p for p, _ in r["steps"])) in space.combos]
+    return [r for r in cache.measured.values() if space.combo_of(r["steps"]) in space.combos]
 
 
 def _summary(space: Space, cache: Cache, bench: Bench, budget: Budget, settings: dict[str, Any], data, started: float,

@@ -116,10 +116,14 @@ class Space:
                       for name in order)
         return Candidate(steps, self.needs_recovery(order))
 
+    @staticmethod
+    def combo_of(steps: Sequence[Sequence[Any]]) -> str:
+        """The set a record's ``[[plugin, {option: value}], ...]`` belongs to (its key in ``combos``)."""
+        return SEP.join(sorted(plugin for plugin, _ in steps))
+
     def from_steps(self, steps: Sequence[Sequence[Any]]) -> Candidate:
         """The candidate of a record's ``[[plugin, {option: value}], ...]`` (as the cache keeps it)."""
-        combo = SEP.join(sorted(plugin for plugin, _ in steps))
-        return self.candidate(combo, {f"{plugin}.{k}": v for plugin, options in steps for k, v in options.items()})
+        return self.candidate(self.combo_of(steps), {f"{plugin}.{k}": v for plugin, options in steps for k, v in options.items()})
 
     def suggest(self, trial: Any) -> Candidate:
         """Ask an Optuna trial for a set of methods, then for each chosen method's options (by the
@@ -133,7 +137,7 @@ class Space:
 
     def params(self, candidate: Candidate) -> dict[str, Any]:
         """The Optuna parameters that give ``candidate`` (for replaying cached trials)."""
-        combo = SEP.join(sorted(plugin for plugin, _ in candidate.steps))
+        combo = self.combo_of(candidate.steps)
         return {"recipe": combo, **{f"{plugin}.{k}": self.methods[plugin].search.index(k, v)
                                     for plugin, options in candidate.steps for k, v in options}}
 

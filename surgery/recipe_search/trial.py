@@ -69,16 +69,20 @@ class Bench:
         return {"label": "original", "steps": [], "status": "ok", "accuracy": self.accuracy, "correct": pack(self.correct),
                 "latency_ratio": 1.0, "flops_ratio": 1.0, "size_ratio": 1.0, "flops": self.flops, "size_mb": self.bytes / 1e6}
 
+    def rewritten(self, candidate: Candidate) -> torch.nn.Module:
+        """A copy of the original with ``candidate`` applied (calibrated where a step needs data), in eval mode."""
+        model = copy.deepcopy(self.original)
+        methods = [(get_host().methods[plugin], dict(options)) for plugin, options in candidate.steps]
+        needs_data = any(m.needs_data is not None and m.needs_data(m.make_config(o)) for m, o in methods)
+        apply(model, candidate.specs(), calibration=self.data.calibration() if needs_data else None)
+        return model.eval()
+
     def speed(self, candidate: Candidate) -> dict[str, Any]:
         """The candidate's speed against the original in the runtime (the original's time over its own,
         timed in turns), and nothing else: whether a method pays off here. ``{"speed", "latency_ms",
         "latency_ms_original"}``, or ``{"reason"}`` when the host or the runtime refuses it."""
-        model = copy.deepcopy(self.original)
-        methods = [(get_host().methods[plugin], dict(options)) for plugin, options in candidate.steps]
         try:
-            needs_data = any(m.needs_data is not None and m.needs_data(m.make_config(o)) for m, o in methods)
-            apply(model, candidate.specs(), calibration=self.data.calibration() if needs_data else None)
-            run, _ = compile_for(model.eval(), self.runtime, self.workdir / "probe")
+            run, _ = compile_for(self.rewritten(candidate), self.runtime, self.workdir / "probe")
         except SurgeryError as error:
             return {"reason": " ".join(str(error).split())[:400]}
         x = self.timing_batch
@@ -92,14 +96,10 @@ class Bench:
         started = time.perf_counter()
         record: dict[str, Any] = {"label": candidate.label, "steps": candidate.specs(), "needs_recovery": candidate.needs_recovery,
                                   "versions": {p: get_host().methods[p].version for p, _ in candidate.steps}}
-        model = copy.deepcopy(self.original)
-        methods = [(get_host().methods[plugin], dict(options)) for plugin, options in candidate.steps]
         try:  # options that refuse each other (quantize's int8 attention with weight-only linears): refused
-            needs_data = any(m.needs_data is not None and m.needs_data(m.make_config(o)) for m, o in methods)
-            apply(model, candidate.specs(), calibration=self.data.calibration() if needs_data else None)
+            model = self.rewritten(candidate)
         except SurgeryError as error:
             return _done(record, started, "refused", error), None
-        model.eval()
         record["flops_ratio"] = model_flops(model, torch.from_numpy(self.timing_batch[:1])) / self.flops
         size = size_bytes(model, self.workdir / "size")
         record["size_ratio"], record["size_mb"] = size / self.bytes, size / 1e6
