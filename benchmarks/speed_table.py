@@ -22,9 +22,10 @@ methods (ToMe's official code is not a package), so they stand against fp32 alon
 within a shared machine's noise); ``surgery search`` applies the same rule on the user's runtime to leave out
 what does not pay off there (``surgery.recipe_search.payoff``). int8 is calibrated on two random batches.
 
-    python benchmarks/speed_table.py [--repeats 5] [--threads 2] [--only NAME] [--no-compile]
+    python benchmarks/speed_table.py [--repeats 5] [--threads 2] [--only NAME ...] [--no-compile] [--report NAME]
 
-Writes benchmarks/results/speed_table.md and .json; ``benchmarks/proof_table.py`` runs the same
+Writes benchmarks/results/speed_table.md and .json (``--report`` names another pair: one per CPU kind, as
+``speed_table_avx2`` for a CPU without AVX-512 and VNNI, where the int8 kernels differ); ``benchmarks/proof_table.py`` runs the same
 measurement for its "pays off in" column.
 """
 
@@ -254,19 +255,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--only", help="run only the cases whose name contains this text")
+    parser.add_argument("--only", action="append", help="run only the cases whose name contains this text (repeat: any of them)")
     parser.add_argument("--no-compile", action="store_true", help="leave out the PyTorch compiled column")
     parser.add_argument("--size", type=int, choices=sorted(SHAPES), help="run one shape group only, keeping the other "
                         "group's rows from the last run's speed_table.json")
+    parser.add_argument("--report", default="speed_table", help="the results' name under benchmarks/results "
+                        "(default speed_table; another CPU kind gets its own, e.g. speed_table_avx2)")
     parser.add_argument("--runtime", action="append", choices=RUNTIMES, help="measure only this runtime (repeat), "
                         "keeping the other runtimes' cells of the same rows from the last run's speed_table.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    cases = tuple(c for c in CASES if (not args.only or args.only in c.name) and (args.size is None or c.size == args.size))
+    cases = tuple(c for c in CASES if (not args.only or any(text in c.name for text in args.only))
+                  and (args.size is None or c.size == args.size))
     runtimes = tuple(rt for rt in RUNTIMES if not (args.no_compile and rt == "PyTorch compiled")
                      and (not args.runtime or rt in args.runtime))
     started = time.perf_counter()
-    saved = RESULTS / "speed_table.json"
+    saved = RESULTS / f"{args.report}.json"
     kept = json.loads(saved.read_text()) if (args.size or args.runtime) and saved.exists() else {}
     if args.size is not None:
         kept = {n: r for n, r in kept.items() if r["size"] != args.size or args.runtime}
@@ -289,13 +293,15 @@ def main() -> None:
         "`surgery export --to openvino` does (the methods' graph rewrites applied), f32 precision hint. "
         f"A method pays off where its ratio is >= {PAYS_OFF}x; `surgery search` applies that rule on the user's "
         f"runtime. This run: {(time.perf_counter() - started) / 60:.0f} min"
-        + (f" ({args.size} px only; the other shape's rows are from the run before)" if args.size else "")
+        + (f" ({args.size} px only" + ("; the other shape's rows are from the run before" if any(
+            r["size"] != args.size for r in kept.values()) else "") + ")" if args.size else "")
+        + (f" (the cases whose name contains: {', '.join(args.only)})" if args.only else "")
         + (f" (measured here: {', '.join(runtimes)}; the other columns are from the run before, the same day)"
            if args.runtime else "") + ".\n\n"
         + table(results)
         + (f"\n\nFirst-call (compile) seconds: {compile_note}." if compile_note else "")
     )
-    write_report("speed_table", "The speed table: every method, every runtime, beside fp32 and the peer", body)
+    write_report(args.report, "The speed table: every method, every runtime, beside fp32 and the peer", body)
 
 
 if __name__ == "__main__":

@@ -3,8 +3,8 @@
 The kernels (oneDNN's and fbgemm's quantized linears, :mod:`.kernels`) take uint8 activation codes
 times prepacked per-channel int8 weights, accumulate in int32 and write float32 with the bias added.
 Which one runs is chosen per process and layer shape by measurement on this CPU
-(:func:`.kernels.choice`; ``benchmarks/int8_kernels.py`` shows the choice per emulated instruction set:
-mostly oneDNN's here, with no real AVX2-only CPU measured). Measured
+(:func:`.kernels.choice`; ``benchmarks/int8_kernels.py`` shows the choice per emulated instruction set,
+``benchmarks/results/speed_table_avx2.md`` the model on a real AVX2-only CPU: oneDNN's in both). Measured
 on a ViT-B/16 linear (1576 x 768 x 3072, 2 threads, AVX-512 VNNI/AMX), oneDNN's ran 3.2x fp32, against
 2.3x for fbgemm's dynamic ``quantized.linear_dynamic``, 2.1x for fbgemm's static ``quantized.linear``
 (which also requantizes its output) and 1.8x for ``torch._int_mm`` plus a float epilogue.

@@ -13,8 +13,9 @@ return float32, so each computes the same integer products as the fake-quant sim
   an API torch 2.13 deprecates; where a torch lacks it, the self-check leaves this kernel out.
 
 Which is faster depends on the CPU: on AVX-512 VNNI / AMX oneDNN's kernels won our measurements; on
-one AVX2-only AMD EPYC oneDNN's int8 kernels barely beat fp32 while ``quantize_dynamic`` (fbgemm) ran
-1.49x (issue 32), which an emulated AVX2 on a newer CPU does not reproduce (``benchmarks/int8_kernels.py``).
+one AVX2-only AMD EPYC an earlier engine's int8 barely beat fp32 while ``quantize_dynamic`` (fbgemm) ran
+1.49x (issue 32); on another (Zen 3, AVX2 without VNNI) oneDNN's won each ViT-B shape, by 1-20 % over
+fbgemm's static linear, and the model ran ahead of ``quantize_dynamic`` (``benchmarks/results/speed_table_avx2.md``).
 The ranking also depends on the layer's shape. So the first int8 layer built in a process runs a
 self-check of every kernel (exact integer results for this CPU's instruction set and the activation
 range: 8-bit codes saturate the u8 x s8 instruction on CPUs without VNNI), and each layer shape is
