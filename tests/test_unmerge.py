@@ -199,7 +199,8 @@ def test_save_reload_revert_and_the_option_default(tmp_path):
         config = surgery.get_host().method(plugin).config_class
         assert config.from_recipe({"r": 8}).unmerge is False
         surgery.save(surgery.apply(tiny("vit"), [(plugin, {"r": 4, "unmerge": True})]), tmp_path / plugin)
-        assert "unmerge" in card(tmp_path / plugin, measure=False).read_text().lower()
+        text = card(tmp_path / plugin, measure=False).read_text()
+        assert "unmerge" in text.lower() and "Between attention and MLP" not in text  # the card says where it reduces
     with pytest.raises(surgery.ConfigError, match=r"token_prune: option 'flops' got 0.5; allowed: None with unmerge=True"):
         surgery.apply(tiny("vit"), [("token_prune", {"flops": 0.5, "unmerge": True})])
 
