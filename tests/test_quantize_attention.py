@@ -55,7 +55,8 @@ def _reference(core, x: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
     grid = lambda t, s, lo, hi: np.clip(np.rint(t * (1.0 / s)), lo, hi) * s  # noqa: E731  (torch: x * (1 / scale))
     heads = [parts.projection(role)(torch.from_numpy(x)).detach().double().numpy().reshape(b, n, parts.heads, -1).transpose(0, 2, 1, 3)
              for role in ("query", "key", "value")]
-    q, k, v = (grid(t, float(quant.get_submodule(role).scale), -128, 127) for t, role in zip(heads, ("query", "key", "value")))
+    half = 2 ** (quant.qkv_bits - 1)  # attention_bits: 7 -> codes in [-64, 63] (the default), 8 -> [-128, 127]
+    q, k, v = (grid(t, float(quant.get_submodule(role).scale), -half, half - 1) for t, role in zip(heads, ("query", "key", "value")))
     scores = q @ k.transpose(0, 1, 3, 2) * parts.scale
     if bias is not None:
         scores = scores + bias
@@ -198,3 +199,24 @@ def test_the_inference_fast_path_gives_the_fake_quant_kernels_values():
             fast = quant(role, x)
         slow = quant(role, x.clone().requires_grad_())
         assert torch.equal(fast, slow.detach()), role
+
+
+def test_q_k_v_codes_stay_in_seven_bits_by_default_and_older_recipes_keep_eight():
+    """attention_bits=7 (the default): no code of q, k or v leaves [-64, 63], so no pair of products saturates
+    the int16 sums of CPUs without VNNI; a recipe from before the option reloads with 8 ([-128, 127])."""
+    from surgery.plugins.quantize.config import QuantizeConfig
+
+    model = surgery.apply(untie(tiny("vit")), [INT8_ATTENTION], calibration=CALIBRATION).eval()
+    quant = _cores(model)[0].surgery_attention_quant
+    for role in ("query", "key", "value"):
+        scale = quant.get_submodule(role).scale
+        x = torch.randn(2, 2, 9, 9, generator=torch.Generator().manual_seed(1)) * 200 * scale
+        for tracked in (False, True):  # the inference path and the fake-quant path (training, export)
+            with torch.set_grad_enabled(tracked):
+                codes = torch.round(quant(role, x.clone().requires_grad_(tracked)) / scale)
+            assert codes.min() == -64 and codes.max() == 63, role
+    assert QuantizeConfig().attention_bits == 7
+    assert QuantizeConfig.from_recipe({"attention": "int8"}).attention_bits == 8
+    legacy = surgery.apply(untie(tiny("vit")), [("quantize", {"attention": "int8", "attention_bits": 8})],
+                           calibration=CALIBRATION)
+    assert _cores(legacy)[0].surgery_attention_quant.get_submodule("query").quant_min == -128

@@ -2,7 +2,9 @@
 quantizes them.
 
 ``q``, ``k`` and ``v`` get one symmetric int8 scale each per block (observed on calibration data, like
-the linears' inputs); the softmax probabilities ``P`` take the fixed grid ``i / (2**bits - 1)`` over
+the linears' inputs; codes in [-64, 63] with ``attention_bits=7``, the default, so no pair of products
+saturates the int16 sums of CPUs without VNNI; exported as a clip to that range in front of ONNX's
+[-128, 127] QuantizeLinear, which only allows the full range); the softmax probabilities ``P`` take the fixed grid ``i / (2**bits - 1)`` over
 [0, 1] (``bits`` is the quantizer's ``activation_bits``: 7 by default, for the reason the linears use
 it), so they need no calibration. Exported to ONNX, each becomes a QuantizeLinear/DequantizeLinear pair
 in front of the MatMul, which ONNX Runtime and OpenVINO run in int8. In PyTorch the products of the
@@ -31,20 +33,20 @@ from surgery.toolkit.inference import inference_only, remembered
 INPUTS = ("query", "key", "value")
 
 
-def symmetric_fake_quant(observer: str) -> FakeQuantize:
-    """Per-tensor symmetric int8 over [-128, 127] (zero point 0)."""
-    return FakeQuantize(observer=OBSERVERS[observer], quant_min=-128, quant_max=127, dtype=torch.qint8,
-                        qscheme=torch.per_tensor_symmetric, reduce_range=False)
+def symmetric_fake_quant(observer: str, bits: int = 8) -> FakeQuantize:
+    """Per-tensor symmetric int8 over [-2**(bits-1), 2**(bits-1) - 1] (zero point 0)."""
+    return FakeQuantize(observer=OBSERVERS[observer], quant_min=-(2 ** (bits - 1)), quant_max=2 ** (bits - 1) - 1,
+                        dtype=torch.qint8, qscheme=torch.per_tensor_symmetric, reduce_range=False)
 
 
 class AttentionQuant(nn.Module):
     """The four quantizers of one block's attention matmuls (see the module docstring)."""
 
-    def __init__(self, observer: str = "histogram", bits: int = 7) -> None:
+    def __init__(self, observer: str = "histogram", bits: int = 7, qkv_bits: int = 8) -> None:
         super().__init__()
-        self.bits = bits
+        self.bits, self.qkv_bits = bits, qkv_bits
         for name in INPUTS:
-            self.add_module(name, symmetric_fake_quant(observer))
+            self.add_module(name, symmetric_fake_quant(observer, qkv_bits))
         self.register_buffer("probs_scale", torch.tensor([1.0 / (2**bits - 1)]))
         self.observe(True)  # observe only (values pass unchanged) until calibrated, as the linears' inputs
 
@@ -71,11 +73,14 @@ class AttentionQuant(nn.Module):
             quant = self.get_submodule(role)
             if self.state() == "observing":
                 return quant(x)
-            scale, low, high = quant.scale, -128, 127
+            scale, low, high = quant.scale, quant.quant_min, quant.quant_max
         if inference_only(self, x):  # torch's own formula, x * (1 / scale) rounded half to even, in four
             # vectorised passes: a quarter of the fake-quant kernel's time here, the same values (tested)
             return torch.clamp(torch.round(x * (1.0 / scale)), low, high) * scale
         zero = torch.zeros(1, dtype=torch.int32, device=x.device)
+        if low < 0 and (low, high) != (-128, 127):  # ONNX's signed Q/DQ takes only [-128, 127]: clip first (the same
+            x = torch.clamp(x, low * scale, high * scale)  # codes: rounding is monotone), then the full range
+            low, high = -128, 127
         return torch.fake_quantize_per_tensor_affine(x, scale, zero, low, high)  # exported as Q/DQ; gradients
 
     def surgery_pack(self, prefix: str, state: dict[str, torch.Tensor]) -> None:
@@ -91,7 +96,7 @@ class AttentionQuant(nn.Module):
         self.state()
 
     def extra_repr(self) -> str:
-        return f"q, k, v: int8 per tensor; P: {self.bits}-bit grid over [0, 1]"
+        return f"q, k, v: {self.qkv_bits}-bit symmetric per tensor; P: {self.bits}-bit grid over [0, 1]"
 
 
 class QuantAttention:

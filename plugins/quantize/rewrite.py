@@ -44,7 +44,7 @@ def apply(model: nn.Module, config: QuantizeConfig, anatomy: Anatomy) -> Rewrite
             changes.replace(name, new(old, config.activations, config.observer, config.activation_bits))
     for parts in blocks:
         core = parts.attention.core
-        quant = AttentionQuant(config.observer, config.activation_bits).to(next(core.parameters()).device)
+        quant = AttentionQuant(config.observer, config.activation_bits, config.attention_bits).to(next(core.parameters()).device)
         # not claimed: token reduction's swap of this core composes with it (its attention reads the quantizers)
         changes.swap_class(parts.attention_name, QuantAttention, "Int8", claim=False, surgery_attention_quant=quant,
                            quant_parts=parts.attention)
