@@ -18,15 +18,18 @@ from surgery.demo.zoo import ARCHITECTURES
 ARCHS = list(ARCHITECTURES)  # every built-in family: vit, vit-msn, deit, deit-distilled, swin, dinov2, dinov2-registers
 
 
-def supported(plugin: str, archs=None) -> list[str]:
-    """The architectures (of ``archs``, default all) whose family ``plugin`` declares it supports: the
-    table-driven tests run each plugin over these, and test_families checks the others are refused."""
+def supported(plugin: str, archs=None, options=None) -> list[str]:
+    """The architectures (of ``archs``, default all) whose family ``plugin`` declares it supports with
+    ``options`` (default: its defaults; a family may need some, as BEiT needs token reduction's
+    ``unmerge=True``): the table-driven tests run each plugin over these, and test_families checks the
+    others are refused."""
     import surgery
 
     host = surgery.get_host()
     method = host.method(plugin)
+    config = method.config_class(**(options or {}))
     return [arch for arch in (archs or ARCHS)
-            if method.refusal(host.anatomy(tiny(arch).config.model_type)) is None]
+            if method.refusal(host.anatomy(tiny(arch).config.model_type), config) is None]
 
 
 def data_for(steps) -> dict:

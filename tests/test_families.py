@@ -34,6 +34,10 @@ def test_each_plugin_works_or_is_refused_up_front_as_declared(plugin, arch):
     verdict = support(host.method(plugin), host.anatomy(model.config.model_type))
     before = state_values(model)
     spec = (plugin, OPTIONS.get(plugin, {}))
+    if verdict.supported and verdict.requires:  # supported with the option values the family needs, refused without
+        with pytest.raises(UnsupportedModelError, match=", ".join(f"option '{k}' got" for k, _ in verdict.requires)):
+            surgery.plan(model, [spec])
+        spec = (plugin, {**spec[1], **dict(verdict.requires)})
     if verdict.supported:
         surgery.apply(model, [spec])
         with torch.no_grad():

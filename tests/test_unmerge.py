@@ -49,6 +49,24 @@ def test_unmerge_is_the_transpose_of_the_merge_matrix(n, r, prefix):
     assert torch.equal(matching.unmerge(merged)[:, :prefix], x[:, :prefix])  # prefix tokens come back as they were
 
 
+def scaled(scale, branch: torch.Tensor) -> torch.Tensor:
+    """A branch through the block's layer scale: none, a module (DINOv2) or a parameter / float (BEiT)."""
+    if scale is None:
+        return branch
+    return scale(branch) if isinstance(scale, torch.nn.Module) else branch * scale
+
+
+def position_bias(block, tokens: int):
+    """The block's relative position bias (1, heads, N, N) as the host computes it, float64, or None: the
+    core's table (BEiT 4.57, data2vec-vision) or the block's (BEiT >= 5), at the config's grid."""
+    owner = getattr(block.attention.core, "relative_position_bias", None) or getattr(block.module, "relative_position_bias", None)
+    if owner is None:
+        return None
+    bias = owner(tuple(owner.window_size))
+    assert bias.shape[-1] == tokens
+    return bias.to(torch.float64)
+
+
 def _reference_block(block, hidden: torch.Tensor, r: int, prefix: int) -> torch.Tensor:
     """One pre-norm block, merge-compute-unmerge, sample by sample in float64 with the independent ToMe
     reference: the groups from the block's input, size-weighted means, attention with log(size), each
@@ -66,11 +84,11 @@ def _reference_block(block, hidden: torch.Tensor, r: int, prefix: int) -> torch.
         context = (logits.softmax(-1) @ v).transpose(0, 1).reshape(-1, heads * d)
         branch = members @ block.attention_output(context[None])[0]
         scale = block.part("layer_scale1")
-        h = h + (scale(branch) if scale is not None else branch)
+        h = h + scaled(scale, branch)
         x = average @ block.part("norm2")(h)
         branch = members @ block.part("mlp_out")(block.part("activation")(block.part("mlp_in")(x)))
         scale = block.part("layer_scale2")
-        out.append(h + (scale(branch) if scale is not None else branch))
+        out.append(h + scaled(scale, branch))
     return torch.stack(out)
 
 
@@ -88,10 +106,12 @@ def test_an_unmerging_block_matches_a_float64_reference(arch, prefix):
 
 
 @pytest.mark.parametrize("plugin", REDUCTIONS)
-@pytest.mark.parametrize("arch, prefix", [("vit", 1), ("deit-distilled", 2), ("dinov2-registers", 5)])
+@pytest.mark.parametrize("arch, prefix", [("vit", 1), ("deit-distilled", 2), ("dinov2-registers", 5), ("beit", 1),
+                                          ("data2vec-vision", 1)])
 def test_every_reduction_unmerges_as_its_matrix_in_a_float64_block(plugin, arch, prefix):
     """Any reduction T the block builds: reduced = diag(1/s) T x (s = T 1), each branch computed on it and
-    given back as T^T branch; pruned tokens (zero columns) pass unchanged."""
+    given back as T^T branch; pruned tokens (zero columns) pass unchanged. A relative position bias B
+    (BEiT, data2vec-vision) is reduced on both axes as the tokens are: diag(1/s) T B T^T diag(1/s)."""
     model = surgery.apply(tiny(arch).double(), [(plugin, {"r": 9, "unmerge": True})])
     block = parts(model)
     capture = Capture(block.module.reduction_builder)
@@ -107,29 +127,33 @@ def test_every_reduction_unmerges_as_its_matrix_in_a_float64_block(plugin, arch,
         x = (matrix @ block.part("norm1")(hidden)) / sizes
         q, k, v = (block.attention.projection(role)(x).view(3, -1, heads, d).transpose(1, 2) for role in ("query", "key", "value"))
         logits = q @ k.transpose(-1, -2) / math.sqrt(d) + sizes.log()[:, None, None, :, 0]
+        bias = position_bias(block, n)
+        if bias is not None:
+            logits = logits + (matrix[:, None] @ bias @ matrix.transpose(1, 2)[:, None]) / (sizes @ sizes.transpose(1, 2))[:, None]
         context = (logits.softmax(-1) @ v).transpose(1, 2).reshape(3, -1, heads * d)
         branch = matrix.transpose(1, 2) @ block.attention_output(context)
         scale = block.part("layer_scale1")
-        h = hidden + (scale(branch) if scale is not None else branch)
+        h = hidden + scaled(scale, branch)
         x = (matrix @ block.part("norm2")(h)) / sizes
         branch = matrix.transpose(1, 2) @ block.part("mlp_out")(block.part("activation")(block.part("mlp_in")(x)))
         scale = block.part("layer_scale2")
-        want = h + (scale(branch) if scale is not None else branch)
+        want = h + scaled(scale, branch)
         if capture.importance:  # chosen before attention by the same scores attention would give
             normed = block.part("norm1")(hidden)
-            metric, importance = block.attention.core.reduction_scores(normed, prefix)
-            _, want_metric, want_importance = block.attention.core.reducing_attention(normed, None, prefix)
+            metric, importance = block.attention.core.reduction_scores(normed, prefix, bias)
+            _, want_metric, want_importance = block.attention.core.reducing_attention(normed, None, prefix, bias)
             torch.testing.assert_close(importance, want_importance, rtol=1e-10, atol=1e-12)
             torch.testing.assert_close(metric, want_metric, rtol=1e-10, atol=1e-12)
+    got = got[0] if isinstance(got, tuple) else got  # BEiT 4.57 and data2vec-vision blocks return a tuple
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
     y = torch.randn(3, matrix.shape[1], 5, dtype=torch.float64)
     torch.testing.assert_close(reduction.unmerge(y, n), matrix.transpose(1, 2) @ y, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("plugin", REDUCTIONS)
-@pytest.mark.parametrize("arch", supported("token_merge"))
+@pytest.mark.parametrize("arch", supported("token_merge", options={"unmerge": True}))
 def test_every_layer_keeps_the_token_map_and_r_zero_is_the_original(plugin, arch):
-    if arch not in supported(plugin):
+    if arch not in supported(plugin, options={"unmerge": True}):
         pytest.skip(f"{plugin} refuses {arch} (test_families checks the reason)")
     model, x = tiny(arch), images()
     with torch.no_grad():
@@ -205,10 +229,13 @@ def test_save_reload_revert_and_the_option_default(tmp_path):
         surgery.apply(tiny("vit"), [("token_prune", {"flops": 0.5, "unmerge": True})])
 
 
-@pytest.mark.parametrize("plugin, to", [(p, "onnx") for p in REDUCTIONS] + [("token_merge", "openvino")])
-def test_export_matches_pytorch(tmp_path, plugin, to):
+@pytest.mark.parametrize("plugin, to, arch", [(p, "onnx", "dinov2") for p in REDUCTIONS] + [("token_merge", "openvino", "dinov2")]
+                         + [(p, "onnx", "beit") for p in REDUCTIONS] + [("token_prune", "openvino", "data2vec-vision")])
+def test_export_matches_pytorch(tmp_path, plugin, to, arch):
+    """The reduced relative position bias (BEiT, data2vec-vision) exports too: ONNX Runtime and OpenVINO
+    give PyTorch's logits."""
     pytest.importorskip("onnxruntime" if to == "onnx" else "openvino")
-    model = surgery.apply(tiny("dinov2"), [(plugin, {"r": 12, "unmerge": True})])
+    model = surgery.apply(tiny(arch), [(plugin, {"r": 12, "unmerge": True})])
     result = surgery.export(model, tmp_path / to, to=to)  # raises beyond the float tolerance
     assert result.max_abs_diff < 1e-4
 

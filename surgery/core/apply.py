@@ -141,7 +141,7 @@ def validate(model: nn.Module, steps: list[PlannedStep], host: Host, collect: bo
         raise UnsupportedModelError(f"{type(model).__name__} is not a transformers model (it has no config.model_type).")
     anatomy = host.anatomy(config.model_type, type(model).__name__)
     for step in steps:
-        reason = step.method.refusal(anatomy)
+        reason = step.method.refusal(anatomy, step.config)
         if reason is not None:
             raise UnsupportedModelError(
                 f"{step.method.name} does not support model_type '{anatomy.model_type}' "

@@ -43,6 +43,9 @@ class SurgeryMethod:
             describes gets the same answer as a built-in one.
         trait_notes: what happens to a trait it accepts (``{"relative_position_bias": "dropped: ..."}``),
             for the support table and the card.
+        trait_options: refused traits it accepts with certain option values (``{"relative_position_bias":
+            {"unmerge": True}}``): a step whose options hold them is applied, any other is refused with
+            the trait's reason and the values that would be accepted.
         refused_model_types: model types it refuses on purpose, each with the reason.
         roles: the anatomy roles it needs (checked before anything mutates); "parts" when it builds
             from the blocks' parts (:meth:`Anatomy.blocks`), which a roles-only layout lacks.
@@ -100,6 +103,7 @@ class SurgeryMethod:
     refused_model_types: Mapping[str, str] = dataclasses.field(default_factory=dict)
     refused_traits: Mapping[str, str] = dataclasses.field(default_factory=dict)
     trait_notes: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    trait_options: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
     conflicts: Mapping[str, str] = dataclasses.field(default_factory=dict)
     refuse_export: Callable[[str, Mapping[str, Any]], str | None] | None = None
     openvino_graph: Callable[[Any, Mapping[str, Any], list[int]], str | None] | None = None
@@ -128,7 +132,7 @@ class SurgeryMethod:
         return self.revert is not None
 
     def __post_init__(self) -> None:
-        for field in ("refused_traits", "trait_notes"):
+        for field in ("refused_traits", "trait_notes", "trait_options"):
             unknown = sorted(set(getattr(self, field)) - set(TRAITS))
             if unknown:
                 raise ConfigError(f"method '{self.name}': {field} names unknown trait(s) {', '.join(unknown)}; "
@@ -136,20 +140,35 @@ class SurgeryMethod:
         if self.search is not None:
             self.search.check(self.name, self.config_class)
 
-    def traits_refused(self, anatomy: Anatomy) -> list[tuple[str, str]]:
-        """``(trait, why)`` for each of ``anatomy``'s traits this method refuses, in trait order."""
-        return [(trait, self.refused_traits[trait]) for trait in sorted(anatomy.traits) if trait in self.refused_traits]
+    def traits_refused(self, anatomy: Anatomy, config: SurgeryConfig | None = None) -> list[tuple[str, str]]:
+        """``(trait, why)`` for each of ``anatomy``'s traits this method refuses, in trait order. A trait it
+        accepts with some option values (``trait_options``) counts only against a ``config`` without
+        them (none given: some configuration is accepted)."""
+        refused = []
+        for trait in sorted(anatomy.traits):
+            needed = self.trait_options.get(trait)
+            if trait not in self.refused_traits or needed is not None and (
+                    config is None or all(getattr(config, k) == v for k, v in needed.items())):
+                continue
+            given = "" if needed is None else " (" + ", ".join(
+                f"option '{k}' got {getattr(config, k)!r}; allowed: {v!r} on this family" for k, v in needed.items()) + ")"
+            refused.append((trait, self.refused_traits[trait] + given))
+        return refused
+
+    def options_required(self, anatomy: Anatomy) -> dict[str, Any]:
+        """The option values ``anatomy``'s traits require of a step (``trait_options``), or {}."""
+        return {k: v for trait in sorted(anatomy.traits) for k, v in self.trait_options.get(trait, {}).items()}
 
     def traits_noted(self, anatomy: Anatomy) -> list[tuple[str, str]]:
         """``(trait, what happens to it)`` for each of ``anatomy``'s traits this method has a note on."""
         return [(trait, self.trait_notes[trait]) for trait in sorted(anatomy.traits) if trait in self.trait_notes]
 
-    def refusal(self, anatomy: Anatomy) -> str | None:
+    def refusal(self, anatomy: Anatomy, config: SurgeryConfig | None = None) -> str | None:
         """Why this method refuses ``anatomy``'s family (a refused model type or trait, or a type it
-        does not list), or None when it supports it."""
+        does not list), with ``config`` (None: in any configuration), or None when it supports it."""
         if anatomy.model_type in self.refused_model_types:
             return self.refused_model_types[anatomy.model_type]
-        refused = self.traits_refused(anatomy)
+        refused = self.traits_refused(anatomy, config)
         if refused:
             return "; ".join(f"{trait}: {why}" for trait, why in refused)
         if ANY_MODEL_TYPE not in self.model_types and anatomy.model_type not in self.model_types:

@@ -7,8 +7,7 @@ layer scale, residual, the window of windowed attention, the patch grid) and nev
 attribute. The parts resolve their modules when used, not when made, so a part that a later step
 replaces (a binary or int8 linear) is the one a class-swapped forward calls.
 
-The real layouts that shaped the fields are in docs/architecture.md (ViT/DeiT/Swin in transformers
-4.57 and >= 5.9, DINOv2's layer scales and registers, Swinv2's post-norm and cosine attention, BEiT).
+The real layouts behind the fields: docs/architecture.md (ViT/DeiT/Swin 4.57 and >= 5.9, DINOv2, Swinv2, BEiT).
 """
 
 from __future__ import annotations
@@ -54,7 +53,8 @@ class BlockLayout:
             surgery refuses head masks), "window_mask" (Swin's additive shifted-window mask),
             "attention_bias" (an additive (1, heads, N, N) logit bias as ``attention_mask``: BEiT >= 5's
             position bias) or "none".
-        core_returns: "pair" (``(context, weights)``) or "single" (``(context,)``).
+        core_returns: "pair" (``(context, weights)``) or "single" (``(context,)``); block_returns, the block's:
+            "tensor" or "tuple" (``(hidden,)``, BEiT 4.57 and data2vec-vision), for a block forward swapped in.
         window_size, shift_size, resolution: attribute paths on the block of windowed attention (Swin)
             and of the feature map it sees; None for global attention.
         window_clamps: whether the block clamps its window to the feature map at every call (Swin), so
@@ -66,6 +66,7 @@ class BlockLayout:
         host_bias: the block-level module (path relative to the block) whose output the block passes
             the core as ``attention_mask`` (BEiT >= 5's relative position bias), or None; an attention
             swap that drops the bias removes it (:func:`surgery.toolkit.attention.install_core`).
+        block_bias: ``block_bias(block, call) -> (1, heads, N, N)``: that bias from the block's own call.
         tensors: names for tensors (paths relative to the block) that another layout of the family keeps
             in a different submodule, so a checkpoint can cross layouts (:mod:`surgery.core.names`).
         saved_buffers: buffers (paths relative to the block) that this layout's checkpoints hold and
@@ -92,12 +93,14 @@ class BlockLayout:
     residual: Literal["pre_norm", "post_norm"] = "pre_norm"
     mask_argument: Literal["head_mask", "window_mask", "attention_bias", "none"] = "head_mask"
     core_returns: Literal["pair", "single"] = "pair"
+    block_returns: Literal["tensor", "tuple"] = "tensor"
     window_size: str | None = None
     shift_size: str | None = None
     resolution: str | None = None
     window_clamps: bool = True
     position_bias: Callable[[nn.Module, Mapping[str, Any]], torch.Tensor] | None = None
     host_bias: str | None = None
+    block_bias: Callable[[nn.Module, Mapping[str, Any]], torch.Tensor | None] | None = None
     tensors: Mapping[str, str] = dataclasses.field(default_factory=dict)
     saved_buffers: Mapping[str, Callable[[Mapping[str, torch.Tensor]], torch.Tensor | None]] = dataclasses.field(
         default_factory=dict)
@@ -228,10 +231,7 @@ class BlockParts:
 
     def attended_tokens(self) -> int:
         """Tokens one attention call sees: a window's (Swin) or the whole patch grid's (ViT/DeiT)."""
-        if self.windowed:
-            side = self.window()[0]
-            return side * side
-        return self.grid[0] * self.grid[1]
+        return self.window()[0] ** 2 if self.windowed else self.grid[0] * self.grid[1]
 
     # -- the residual branches ------------------------------------------------------------------
     def attention_output(self, context: torch.Tensor) -> torch.Tensor:

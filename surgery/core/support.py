@@ -23,12 +23,17 @@ class Support:
     model_type: str
     supported: bool
     notes: tuple[tuple[str, str], ...]
+    requires: tuple[tuple[str, object], ...] = ()  # the option values the family needs (trait_options)
 
 
 def support(method: SurgeryMethod, anatomy: Anatomy) -> Support:
     reason = method.refusal(anatomy)
     if reason is None:
-        return Support(method.name, anatomy.model_type, True, tuple(method.traits_noted(anatomy)))
+        required = method.options_required(anatomy)
+        condition = ", ".join(f"{k}={v!r}" for k, v in required.items())
+        notes = [(t, f"with {condition} only: {text}" if condition and t in method.trait_options else text)
+                 for t, text in method.traits_noted(anatomy)]
+        return Support(method.name, anatomy.model_type, True, tuple(notes), tuple(required.items()))
     refused = method.traits_refused(anatomy)
     if anatomy.model_type in method.refused_model_types or not refused:  # refused by type, not by a trait
         refused = [("model type", reason)]
@@ -53,7 +58,8 @@ def support_table(methods: list[SurgeryMethod], anatomies: list[Anatomy]) -> str
         cells = []
         for cell in row:
             marks = [footnotes.setdefault((trait, text), len(footnotes) + 1) for trait, text in cell.notes]
-            label = "yes" if cell.supported else "**no**"
+            label = ("yes" if not cell.requires else "with " + ", ".join(f"{k}={v!r}" for k, v in cell.requires)) \
+                if cell.supported else "**no**"
             cells.append(label + "".join(f" [{m}]" for m in marks))
         lines.append(f"| {row[0].method} | " + " | ".join(cells) + " |")
     lines.append("")

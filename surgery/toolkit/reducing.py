@@ -36,16 +36,20 @@ class ReducingAttention:
 
     reduction_parts: AttentionParts
 
-    def reducing_attention(self, hidden: torch.Tensor, size: torch.Tensor | None,
-                           importance_rows: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def reducing_attention(self, hidden: torch.Tensor, size: torch.Tensor | None, importance_rows: int = 0,
+                           position_bias: torch.Tensor | None = None
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """``(context (B, N, C), keys averaged over heads (B, N, d), importance (B, N) or None)``.
 
-        log(size) biases the keys. The importance is the attention the first ``importance_rows`` tokens
-        (the prefix) pay each token, averaged over heads and those rows (0: not computed).
+        log(size) biases the keys, and ``position_bias`` (B or 1, heads, N, N), where given, the logits. The
+        importance is the attention the first ``importance_rows`` tokens (the prefix) pay each token,
+        averaged over heads and those rows (0: not computed).
         """
         parts = self.reduction_parts
         query, key, value = parts.qkv(hidden)
         bias = None if size is None else size.log().to(query.dtype)[:, None, None, :, 0]
+        if position_bias is not None:
+            bias = position_bias if bias is None else bias + position_bias
         dropout = parts.dropout if self.training else 0.0
         context = softmax_attention(query, key, value, parts.scale, bias, dropout, getattr(self, "surgery_attention_quant", None))
         importance = None
@@ -53,12 +57,13 @@ class ReducingAttention:
             with torch.no_grad():
                 logits = (query[:, :, :importance_rows] @ key.transpose(-1, -2)) * parts.scale
                 if bias is not None:
-                    logits = logits + bias
+                    logits = logits + (bias if bias.shape[-2] == 1 else bias[..., :importance_rows, :])
                 importance = logits.softmax(dim=-1).mean(dim=(1, 2))
         return context.transpose(1, 2).reshape(hidden.shape[0], -1, parts.width), key.mean(dim=1), importance
 
 
-    def reduction_scores(self, hidden: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def reduction_scores(self, hidden: torch.Tensor, rows: int,
+                         position_bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Before attention (an unmerging block): ``(keys averaged over heads (B, N, d), the attention the
         first ``rows`` tokens pay each token (B, N))``, as :meth:`reducing_attention` computes them, from
         the query projection of those rows and the key projection of every token."""
@@ -70,7 +75,10 @@ class ReducingAttention:
             else:
                 query = parts.split_heads(parts.projection("query")(hidden[:, :rows]))
                 key = parts.split_heads(parts.projection("key")(hidden))
-            importance = ((query @ key.transpose(-1, -2)) * parts.scale).softmax(dim=-1).mean(dim=(1, 2))
+            logits = (query @ key.transpose(-1, -2)) * parts.scale
+            if position_bias is not None:
+                logits = logits + position_bias[..., :rows, :]
+            importance = logits.softmax(dim=-1).mean(dim=(1, 2))
         return key.mean(dim=1), importance
 
 
@@ -97,7 +105,7 @@ class ReducingLayer:
                 if reduction is not None:
                     hidden_states, size = reduction.apply(hidden_states, size)
         self.reduction_sizes.sizes = size
-        return parts.mlp_residual(hidden_states)
+        return returned(parts, parts.mlp_residual(hidden_states))
 
     def extra_repr(self) -> str:
         extra = self.reduction_builder.describe()
@@ -121,24 +129,54 @@ class UnmergingLayer(ReducingLayer):
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         parts, builder = self.reduction_parts, self.reduction_builder
         core, normed, reduction = parts.attention.core, parts.attention_input(hidden_states), None
+        tokens = hidden_states.shape[1]
+        position = block_position_bias(parts, args, kwargs, tokens)
         if self.reduction_r > 0:
             with record_function(builder.region):
-                metric, importance = (core.reduction_scores(normed, self.reduction_prefix) if builder.importance
-                                      else (hidden_states, None))
+                metric, importance = (core.reduction_scores(normed, self.reduction_prefix, position)
+                                      if builder.importance else (hidden_states, None))
                 reduction = builder(metric, importance, self.reduction_r)
         if reduction is None:  # nothing to reduce here: the block as it was
-            context, _, _ = core.reducing_attention(normed, None)
-            return parts.mlp_residual(parts.attention_residual(hidden_states, context))
-        tokens = hidden_states.shape[1]
+            context, _, _ = core.reducing_attention(normed, None, position_bias=position)
+            return returned(parts, parts.mlp_residual(parts.attention_residual(hidden_states, context)))
         reduced, size = reduction.apply(normed, None)
-        context, _, _ = core.reducing_attention(reduced, size if self.reduction_prop_attn else None)
+        position = None if position is None else reduced_bias(reduction, position, hidden_states.shape[0])
+        context, _, _ = core.reducing_attention(reduced, size if self.reduction_prop_attn else None, position_bias=position)
         branch = reduction.unmerge(parts.attention_output(context), tokens)
         hidden_states = parts.add_branch(hidden_states, branch, "attention")
         reduced, _ = reduction.apply(parts.mlp_input(hidden_states), None)
-        return parts.add_branch(hidden_states, reduction.unmerge(parts.mlp_on(reduced), tokens), "mlp")
+        return returned(parts, parts.add_branch(hidden_states, reduction.unmerge(parts.mlp_on(reduced), tokens), "mlp"))
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ", unmerge=True"
+
+
+def returned(parts: BlockParts, hidden: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor]:
+    """A swapped-in block forward's result as the host's encoder expects it (``BlockLayout.block_returns``)."""
+    return (hidden,) if parts.layout.block_returns == "tuple" else hidden
+
+
+def block_position_bias(parts: BlockParts, args: tuple, kwargs: dict, tokens: int) -> torch.Tensor | None:
+    """(1, heads, N, N): the relative position bias the block's attention adds for this call of the block
+    (the core's own, BEiT 4.57 and data2vec-vision, or the one the block computes, BEiT >= 5), or None."""
+    bias = parts.attention.position_bias(tokens, args, kwargs)
+    if parts.layout.block_bias is not None:
+        block = parts.layout.block_bias(parts.module, {"args": tuple(args), "kwargs": dict(kwargs), "tokens": tokens})
+        bias = block if bias is None else bias if block is None else bias + block
+    return bias
+
+
+def reduced_bias(reduction: Any, bias: torch.Tensor, batch: int) -> torch.Tensor:
+    """(B, heads, M, M): a (1 or B, heads, N, N) logit bias reduced on both token axes as the tokens are
+    (``reduction.apply``: diag(1/s) T B T^T diag(1/s)): a kept token keeps its own pairs, a merged or
+    transformed one takes its members' mean, so reduced queries and keys attend with the bias of where
+    they came from (a pruned token's rows and columns drop out)."""
+    heads, tokens = bias.shape[1], bias.shape[-1]
+    rows, _ = reduction.apply(bias.expand(batch, -1, -1, -1).transpose(1, 2).reshape(batch, tokens, heads * tokens), None)
+    kept = rows.shape[1]  # rows: (B, M, heads * N), the query axis reduced
+    columns = rows.reshape(batch, kept, heads, tokens).permute(0, 3, 2, 1).reshape(batch, tokens, heads * kept)
+    both, _ = reduction.apply(columns, None)  # (B, M keys, heads * M queries)
+    return both.reshape(batch, kept, heads, kept).permute(0, 2, 3, 1)
 
 
 @dataclasses.dataclass
@@ -192,15 +230,19 @@ def reduction_fields(linear_attention: str, windowed: str, needs_prefix: bool = 
     every other reduction."""
     refused = {
         "windowed": windowed,
-        "relative_position_bias": ("the bias is indexed by each token's grid position, and a reduced token "
-                                   "has none; the reducing attention adds only log(size)"),
+        "relative_position_bias": ("the bias is indexed by each token's grid position, and a token reduced "
+                                   "between attention and MLP has none for the blocks after it"),
         "cosine_attention": "the reducing attention computes scaled dot-product logits, not cosine ones",
     }
     if needs_prefix:
         refused["no_prefix"] = "tokens are scored by the attention the prefix tokens pay them, and there are none"
     return {
         "refused_traits": refused,
+        "trait_options": {"relative_position_bias": {"unmerge": True}},
         "trait_notes": {
+            "relative_position_bias": ("every block keeps its tokens and their grid positions, and the reduced "
+                                       "tokens attend with the bias reduced as they are (a merged token takes "
+                                       "the mean of its members' pairs)"),
             "registers": ("register tokens are prefix tokens: never reduced, kept in front (their attention counts in "
                           "the importance scores, as the cls token's does)"),
             "cls_mean_readout": "the head's mean runs over the reduced tokens (unweighted by size: the model's own mean)",

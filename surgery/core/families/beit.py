@@ -54,9 +54,24 @@ def beit_position_bias(core: nn.Module, call: Mapping[str, Any]) -> torch.Tensor
     return table(grid, bool(passed.get("interpolate_pos_encoding", False)), dim_size=call["tokens"])
 
 
+def beit5_block_bias(block: nn.Module, call: Mapping[str, Any]) -> torch.Tensor | None:
+    """(1, heads, N+1, N+1): the relative position bias a BEiT >= 5 block computes in its forward from its
+    ``resolution`` (the config's grid without one) and passes its core, for a forward that replaces the
+    block's (token reduction's unmerging block), or None where the block has none."""
+    table = getattr(block, "relative_position_bias", None)
+    if table is None:
+        return None
+    passed = _host_arguments(block, call["args"], call["kwargs"])
+    resolution = passed.get("resolution")
+    if resolution is None:
+        return table(tuple(table.window_size))
+    grid = (int(resolution[0]) // block.patch_size, int(resolution[1]) // block.patch_size)
+    return table(grid, bool(passed.get("interpolate_pos_encoding", False)), dim_size=call["tokens"])
+
+
 def _host_arguments(core: nn.Module, args: tuple, kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    """What the block passed the core, by name: bound to the signature of the transformers class the core
-    was built as (a method swaps in a subclass of it; the block passes its arguments positionally, and
+    """What the block passed the core (or the encoder the block), by name: bound to the signature of the
+    transformers class the module was built as (a method swaps in a subclass of it; the block passes its arguments positionally, and
     BEiT 4.57 has a ``head_mask`` that data2vec-vision 5.x lacks)."""
     try:
         bound = _host_signature(type(core)).bind_partial(core, None, *args, **kwargs)
@@ -89,6 +104,7 @@ BEIT_BLOCK_457 = BlockLayout(
     norm2="layernorm_after", mlp_in="intermediate.dense", activation="intermediate.intermediate_act_fn",
     mlp_out="output.dense", mlp_dropout="output.dropout", layer_scale1="lambda_1", layer_scale2="lambda_2",
     drop_path="drop_path", mask_argument="head_mask", core_returns="single", position_bias=beit_position_bias,
+    block_returns="tuple",
     tensors={"position_bias_table": f"attention.attention.relative_position_bias.{_BIAS_TABLE}"},
 )
 
@@ -98,7 +114,7 @@ BEIT_BLOCK_5 = BlockLayout(
     heads="num_attention_heads", head_dim="head_dim", dropout="attention_dropout", output_dropout="dropout",
     norm2="layernorm_after", mlp_in="mlp.fc1", activation="mlp.activation_fn", mlp_out="mlp.fc2", mlp_dropout="dropout",
     layer_scale1="lambda_1", layer_scale2="lambda_2", drop_path="drop_path",
-    mask_argument="attention_bias", core_returns="pair", host_bias="relative_position_bias",
+    mask_argument="attention_bias", core_returns="pair", host_bias="relative_position_bias", block_bias=beit5_block_bias,
     tensors={"position_bias_table": f"relative_position_bias.{_BIAS_TABLE}"},
 )
 
