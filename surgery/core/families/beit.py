@@ -42,37 +42,34 @@ def beit_position_bias(core: nn.Module, call: Mapping[str, Any]) -> torch.Tensor
     """(1, heads, N+1, N+1) relative position bias of a 4.57 ``BeitSelfAttention`` for the input the host
     passed (its ``resolution``, interpolated as the core does with ``interpolate_pos_encoding``), or
     None where the block has none. Without a resolution, the config's image size (the table's grid)."""
-    table = getattr(core, "relative_position_bias", None)
-    if table is None:
-        return None
-    passed = _host_arguments(core, call["args"], call["kwargs"])
-    resolution = passed.get("resolution")
-    if resolution is None:
-        return table(tuple(table.window_size))
-    patch = core.config.patch_size if isinstance(core.config.patch_size, int) else core.config.patch_size[0]
-    grid = (int(resolution[0]) // patch, int(resolution[1]) // patch)
-    return table(grid, bool(passed.get("interpolate_pos_encoding", False)), dim_size=call["tokens"])
+    patch = getattr(getattr(core, "config", None), "patch_size", 1)
+    return _bias_for_call(core, call, patch if isinstance(patch, int) else patch[0])
 
 
 def beit5_block_bias(block: nn.Module, call: Mapping[str, Any]) -> torch.Tensor | None:
-    """(1, heads, N+1, N+1): the relative position bias a BEiT >= 5 block computes in its forward from its
-    ``resolution`` (the config's grid without one) and passes its core, for a forward that replaces the
-    block's (token reduction's unmerging block), or None where the block has none."""
-    table = getattr(block, "relative_position_bias", None)
+    """The same bias as a BEiT >= 5 block computes it in its forward (from the block's own call) and passes
+    its core: for a forward that replaces the block's (token reduction's unmerging block)."""
+    return _bias_for_call(block, call, getattr(block, "patch_size", 1))
+
+
+def _bias_for_call(owner: nn.Module, call: Mapping[str, Any], patch: int) -> torch.Tensor | None:
+    """``owner``'s ``relative_position_bias`` table evaluated for the call's ``resolution`` (in pixels, over
+    ``patch``-pixel patches), or None where it has no table."""
+    table = getattr(owner, "relative_position_bias", None)
     if table is None:
         return None
-    passed = _host_arguments(block, call["args"], call["kwargs"])
+    passed = _host_arguments(owner, call["args"], call["kwargs"])
     resolution = passed.get("resolution")
     if resolution is None:
         return table(tuple(table.window_size))
-    grid = (int(resolution[0]) // block.patch_size, int(resolution[1]) // block.patch_size)
+    grid = (int(resolution[0]) // patch, int(resolution[1]) // patch)
     return table(grid, bool(passed.get("interpolate_pos_encoding", False)), dim_size=call["tokens"])
 
 
 def _host_arguments(core: nn.Module, args: tuple, kwargs: Mapping[str, Any]) -> dict[str, Any]:
     """What the block passed the core (or the encoder the block), by name: bound to the signature of the
-    transformers class the module was built as (a method swaps in a subclass of it; the block passes its arguments positionally, and
-    BEiT 4.57 has a ``head_mask`` that data2vec-vision 5.x lacks)."""
+    transformers class the module was built as (a method swaps in a subclass of it; the block passes its
+    arguments positionally, and BEiT 4.57 has a ``head_mask`` that data2vec-vision 5.x lacks)."""
     try:
         bound = _host_signature(type(core)).bind_partial(core, None, *args, **kwargs)
     except TypeError:
