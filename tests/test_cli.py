@@ -277,7 +277,8 @@ def test_families_prints_the_table_and_its_json(capsys):
     assert bivit["supported"] is False and bivit["notes"][0][0] == "cosine_attention"
     assert main(["list", "--json"]) == 0
     (merge,) = [m for m in json.loads(capsys.readouterr().out) if m["name"] == "token_merge"]
-    assert merge["model_types"] == ["*"] and "swin" not in merge["families"] and "dinov2_with_registers" in merge["families"]
+    assert merge["model_types"] == ["*"] and "dinov2_with_registers" in merge["families"]
+    assert "swin" in merge["families"] and "swinv2" not in merge["families"]  # Swin with unmerge=True
 
 
 def test_version_names_surgery_and_the_stack_it_runs_in(capsys):

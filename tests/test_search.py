@@ -60,8 +60,24 @@ def test_the_space_is_every_declared_method_that_plans_and_no_set_breaks_the_hos
 
 def test_a_family_a_method_refuses_leaves_it_out_with_the_reason():
     space = Space.build(tiny("swin"), max_steps=1)
-    assert "token_merge" not in space.methods
-    assert "window" in space.left_out["token_merge"].lower()
+    assert "token_prune" not in space.methods and "token_prune" in space.left_out
+    space = Space.build(tiny("swinv2"), max_steps=1)
+    assert "token_merge" not in space.methods and "cosine" in space.left_out["token_merge"].lower()
+
+
+def test_option_values_a_family_requires_are_held_fixed_in_every_candidate():
+    """Swin and BEiT take token reduction with unmerge=True only: the search tries it so, and replays it."""
+    for arch in ("swin", "beit"):
+        model = tiny(arch)
+        space = Space.build(model, max_steps=1, include=["token_merge", "ggem"])
+        assert "token_merge" in space.methods and space.required == {"token_merge": {"unmerge": True}}
+        candidates = [c for c in space.starting_points() if c.steps[0][0] == "token_merge"] + [space.probe("token_merge")]
+        assert candidates and all(dict(c.steps[0][1])["unmerge"] is True for c in candidates)
+        again = space.from_steps(candidates[-1].specs())
+        assert again == candidates[-1] and space.params(again) == {"recipe": "token_merge", "token_merge.r": 8}
+        assert space.describe()["required"] == {"token_merge": {"unmerge": True}}
+        surgery.apply(model, candidates[-1].specs())  # the candidate applies
+    assert Space.build(tiny("vit"), max_steps=1).required == {}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,13 +4,14 @@ quantizes them.
 ``q``, ``k`` and ``v`` get one symmetric int8 scale each per block (observed on calibration data, like
 the linears' inputs; codes in [-64, 63] with ``attention_bits=7``, the default, so no pair of products
 saturates the int16 sums of CPUs without VNNI; exported as a clip to that range in front of ONNX's
-[-128, 127] QuantizeLinear, which only allows the full range); the softmax probabilities ``P`` take the fixed grid ``i / (2**bits - 1)`` over
-[0, 1] (``bits`` is the quantizer's ``activation_bits``: 7 by default, for the reason the linears use
-it), so they need no calibration. Exported to ONNX, each becomes a QuantizeLinear/DequantizeLinear pair
-in front of the MatMul, which ONNX Runtime and OpenVINO run in int8. In PyTorch the products of the
-integer codes are summed in float: exact (a q k^T entry sums ``head_dim`` products of at most 2**14,
-far below float32's 2**24), so PyTorch, ONNX Runtime and OpenVINO compute the same attention; PyTorch
-gains no speed from it (no int8 batched matmul is served by its CPU kernels).
+[-128, 127] QuantizeLinear, which only allows the full range); the softmax probabilities ``P`` take the
+fixed grid ``i / (2**bits - 1)`` over [0, 1] (``bits`` is the quantizer's ``activation_bits``: 7 by
+default, for the reason the linears use it), so they need no calibration. Exported to ONNX, each becomes
+a QuantizeLinear/DequantizeLinear pair in front of the MatMul, which ONNX Runtime and OpenVINO run in
+int8. In PyTorch the products of the integer codes are summed in float: exact (a q k^T entry sums
+``head_dim`` products of at most 2**14, far below float32's 2**24), so PyTorch, ONNX Runtime and
+OpenVINO compute the same attention; PyTorch gains no speed from it (no int8 batched matmul is served by
+its CPU kernels).
 
 :class:`QuantAttention` is mixed into the host's softmax attention core (a class swap; the host's
 parameters stay in place) and computes from the core's parts, so Swin's windows keep their relative

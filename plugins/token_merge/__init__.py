@@ -18,13 +18,14 @@ _NOT_WITH_LINEAR_ATTENTION = (
     "proportional attention biases the softmax logits); the linear attentions have neither"
 )
 
-_SWIN = "Swin attends within fixed windows and merges patches on a fixed grid; merged tokens have no grid position"
+_SWIN = ("Swin attends within fixed windows and merges patches on a fixed grid, and a token merged between "
+         "attention and MLP has no grid position")
 
 METHOD = define_method(
     __name__,
     summary="ToMe: merge r similar tokens per block (bipartite soft matching), training-free",
     config_class=ToMeConfig,
-    **reduction_fields(_NOT_WITH_LINEAR_ATTENTION, _SWIN),
+    **reduction_fields(_NOT_WITH_LINEAR_ATTENTION, _SWIN, windows=True),
     apply=rewrite.apply,
     paper="https://arxiv.org/abs/2210.09461",
     reference="https://github.com/facebookresearch/ToMe (af95e4b)",

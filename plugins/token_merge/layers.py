@@ -14,6 +14,7 @@ import torch
 from surgery.core.parts import AttentionParts
 from surgery.plugins.token_merge.merge import Matching, bipartite_soft_matching
 from surgery.toolkit.reducing import ReducingAttention, ReducingLayer, UnmergingLayer
+from surgery.toolkit.windows import WindowUnmergingLayer
 
 MERGE_REGION = "token_merge::merge"  # profiler label of the matching + merging work
 
@@ -26,8 +27,9 @@ class BipartiteMerge:
     importance: bool = False
     region: str = MERGE_REGION
 
-    def __call__(self, metric: torch.Tensor, importance: torch.Tensor | None, r: int) -> Matching | None:
-        return bipartite_soft_matching(metric, r, self.prefix)
+    def __call__(self, metric: torch.Tensor, importance: torch.Tensor | None, r: int,
+                 groups: torch.Tensor | None = None) -> Matching | None:
+        return bipartite_soft_matching(metric, r, self.prefix, groups)
 
     def describe(self) -> str:
         return ""
@@ -53,3 +55,7 @@ class ToMeLayer(ReducingLayer):
 class ToMeUnmergingLayer(UnmergingLayer):
     """A block that merges ``reduction_r`` tokens of its input, computes on them and unmerges (ToMe for SD)."""
 
+
+
+class ToMeWindowLayer(WindowUnmergingLayer):
+    """A windowed block (Swin) that merges ``reduction_r`` tokens of every window, computes on them and unmerges."""

@@ -82,11 +82,13 @@ class Matching:
         return self.merge_sum(torch.eye(n, dtype=torch.float64).expand(self.keep.shape[0], n, n))
 
 
-def bipartite_soft_matching(metric: torch.Tensor, r: int, prefix: int) -> Matching | None:
+def bipartite_soft_matching(metric: torch.Tensor, r: int, prefix: int, groups: torch.Tensor | None = None) -> Matching | None:
     """Match ``metric`` (B, N, C), whose first ``prefix`` tokens are protected (cls, distillation,
     registers), and return the merge of ``r`` tokens, or None when r caps to 0.
 
-    r is capped at what the layer can merge: (N - prefix) // 2.
+    r is capped at what the layer can merge: (N - prefix) // 2. ``groups`` (B, N), where given (Swin's
+    shifted-window regions; not in the official code): a token is matched only within its group (the
+    scores across groups are -inf), so while r leaves same-group edges no merge crosses groups.
     """
     r = min(r, (metric.shape[1] - prefix) // 2)
     if r <= 0:
@@ -99,6 +101,8 @@ def bipartite_soft_matching(metric: torch.Tensor, r: int, prefix: int) -> Matchi
             scores[:, :in_a, :] = -torch.inf
         if in_b:
             scores[:, :, :in_b] = -torch.inf
+        if groups is not None:
+            scores = scores.masked_fill(groups[:, ::2, None] != groups[:, None, 1::2], -torch.inf)
         best_score, best_partner = scores.max(dim=-1)
         order = best_score.argsort(dim=-1, descending=True).unsqueeze(-1)
         keep, src = order[:, r:], order[:, :r]

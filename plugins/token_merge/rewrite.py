@@ -7,12 +7,14 @@ from torch import nn
 from surgery.core.anatomy import Anatomy
 from surgery.core.method import Rewrite
 from surgery.plugins.token_merge.config import ToMeConfig
-from surgery.plugins.token_merge.layers import BipartiteMerge, ToMeLayer, ToMeSelfAttention, ToMeUnmergingLayer
+from surgery.plugins.token_merge.layers import (BipartiteMerge, ToMeLayer, ToMeSelfAttention, ToMeUnmergingLayer,
+                                                ToMeWindowLayer)
 from surgery.toolkit.reducing import swap_reducing
 
 
 def apply(model: nn.Module, config: ToMeConfig, anatomy: Anatomy) -> Rewrite:
     builder = BipartiteMerge(prefix=anatomy.prefix_tokens_of(model.config))
     blocks = anatomy.blocks(model)
+    unmerging = ToMeWindowLayer if blocks[0].windowed else ToMeUnmergingLayer  # Swin: within each window
     return swap_reducing(model, anatomy, blocks, "token_merge", "ToMe", config.schedule(len(blocks)), builder, config.prop_attn,
-                         classes=(ToMeUnmergingLayer if config.unmerge else ToMeLayer, ToMeSelfAttention))
+                         classes=(unmerging if config.unmerge else ToMeLayer, ToMeSelfAttention))

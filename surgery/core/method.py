@@ -147,8 +147,12 @@ class SurgeryMethod:
         refused = []
         for trait in sorted(anatomy.traits):
             needed = self.trait_options.get(trait)
-            if trait not in self.refused_traits or needed is not None and (
-                    config is None or all(getattr(config, k) == v for k, v in needed.items())):
+            if trait not in self.refused_traits:
+                continue
+            satisfiable = needed is not None and config is None  # some configuration is accepted
+            satisfied = needed is not None and config is not None and all(
+                getattr(config, k) == v for k, v in needed.items())
+            if satisfiable or satisfied:
                 continue
             given = "" if needed is None else " (" + ", ".join(
                 f"option '{k}' got {getattr(config, k)!r}; allowed: {v!r} on this family" for k, v in needed.items()) + ")"

@@ -26,11 +26,16 @@ class Support:
     requires: tuple[tuple[str, object], ...] = ()  # the option values the family needs (trait_options)
 
 
+def _condition(required) -> str:
+    """``k='v', ...``: the option values a family needs, as the notes and the table cells say them."""
+    return ", ".join(f"{k}={v!r}" for k, v in dict(required).items())
+
+
 def support(method: SurgeryMethod, anatomy: Anatomy) -> Support:
     reason = method.refusal(anatomy)
     if reason is None:
         required = method.options_required(anatomy)
-        condition = ", ".join(f"{k}={v!r}" for k, v in required.items())
+        condition = _condition(required)
         notes = [(t, f"with {condition} only: {text}" if condition and t in method.trait_options else text)
                  for t, text in method.traits_noted(anatomy)]
         return Support(method.name, anatomy.model_type, True, tuple(notes), tuple(required.items()))
@@ -58,7 +63,7 @@ def support_table(methods: list[SurgeryMethod], anatomies: list[Anatomy]) -> str
         cells = []
         for cell in row:
             marks = [footnotes.setdefault((trait, text), len(footnotes) + 1) for trait, text in cell.notes]
-            label = ("yes" if not cell.requires else "with " + ", ".join(f"{k}={v!r}" for k, v in cell.requires)) \
+            label = ("yes" if not cell.requires else "with " + _condition(cell.requires)) \
                 if cell.supported else "**no**"
             cells.append(label + "".join(f" [{m}]" for m in marks))
         lines.append(f"| {row[0].method} | " + " | ".join(cells) + " |")

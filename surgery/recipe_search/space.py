@@ -62,6 +62,9 @@ class Space:
     methods: dict[str, SurgeryMethod]
     combos: dict[str, tuple[str, ...]]  # "a+b" -> the order that plans
     left_out: dict[str, str]  # method or set -> why it is not searched
+    # method -> the option values the model's family requires of it (``SurgeryMethod.options_required``:
+    # token reduction's unmerge=True on Swin and BEiT), held fixed in every candidate
+    required: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def build(cls, model: nn.Module, max_steps: int = 2, include: Sequence[str] | None = None,
@@ -82,9 +85,12 @@ class Space:
                                   f"search cannot try it; methods with one: {', '.join(declared)}")
         chosen = [n for n in declared if (include is None or n in include) and n not in exclude]
         left_out: dict[str, str] = {n: "not declared searchable" for n in sorted(host.methods) if n not in declared}
+        anatomy = host.anatomies.get(getattr(model.config, "model_type", None))
+        required = {n: declared[n].options_required(anatomy) for n in chosen} if anatomy is not None else {}
+        required = {n: options for n, options in required.items() if options}
         methods: dict[str, SurgeryMethod] = {}
         for name in chosen:
-            reason = _plan_reason(model, (name,), declared)
+            reason = _plan_reason(model, (name,), declared, required)
             if reason is None:
                 methods[name] = declared[name]
             else:
@@ -94,7 +100,7 @@ class Space:
             for group in itertools.combinations(sorted(methods), size):
                 reasons = []
                 for order in itertools.permutations(group):
-                    reason = _plan_reason(model, order, methods)
+                    reason = _plan_reason(model, order, methods, required)
                     if reason is None:
                         combos[SEP.join(group)] = order
                         break
@@ -104,7 +110,7 @@ class Space:
         if not combos:
             raise SurgeryError("search: no installed method plans on this model; "
                                + "; ".join(f"{n}: {why}" for n, why in left_out.items()))
-        return cls(methods, combos, left_out)
+        return cls(methods, combos, left_out, required)
 
     def needs_recovery(self, order: Sequence[str]) -> bool:
         return any(self.methods[name].search.needs_recovery for name in order)
@@ -112,7 +118,8 @@ class Space:
     def candidate(self, combo: str, values: Mapping[str, Any]) -> Candidate:
         """The candidate of ``combo`` with ``values`` (``{"method.option": value}``)."""
         order = self.combos[combo]
-        steps = tuple((name, tuple((option, _plain(values[f"{name}.{option}"])) for option in self.methods[name].search.options))
+        steps = tuple((name, tuple((option, _plain(values[f"{name}.{option}"])) for option in self.methods[name].search.options)
+                       + tuple((option, _plain(value)) for option, value in self.required.get(name, {}).items()))
                       for name in order)
         return Candidate(steps, self.needs_recovery(order))
 
@@ -139,7 +146,8 @@ class Space:
         """The Optuna parameters that give ``candidate`` (for replaying cached trials)."""
         combo = self.combo_of(candidate.steps)
         return {"recipe": combo, **{f"{plugin}.{k}": self.methods[plugin].search.index(k, v)
-                                    for plugin, options in candidate.steps for k, v in options}}
+                                    for plugin, options in candidate.steps for k, v in options
+                                    if k in self.methods[plugin].search.options}}  # not the required ones
 
     def distributions(self, params: Mapping[str, Any]) -> dict[str, Any]:
         import optuna
@@ -207,7 +215,7 @@ class Space:
         for combo, order in self.combos.items():
             if combo not in combos and SEP in combo:
                 left_out[combo] = next(f"{n}: {dropped[n]}" for n in order if n in dropped)
-        return Space(methods, combos, left_out)
+        return Space(methods, combos, left_out, {n: o for n, o in self.required.items() if n in methods})
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -216,6 +224,7 @@ class Space:
                         for name, m in self.methods.items()},
             "sets": {combo: list(order) for combo, order in self.combos.items()},
             "left_out": self.left_out,
+            **({"required": self.required} if self.required else {}),
         }
 
 
@@ -225,10 +234,12 @@ def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
 
-def _plan_reason(model: nn.Module, order: Sequence[str], methods: Mapping[str, SurgeryMethod]) -> str | None:
-    """None when ``order`` (each method at the first of its declared values) plans on ``model``, else
-    the host's reason."""
-    specs = [(name, {k: _plain(v[0]) for k, v in methods[name].search.options.items()}) for name in order]
+def _plan_reason(model: nn.Module, order: Sequence[str], methods: Mapping[str, SurgeryMethod],
+                 required: Mapping[str, Mapping[str, Any]]) -> str | None:
+    """None when ``order`` (each method at the first of its declared values and the values the family
+    requires of it) plans on ``model``, else the host's reason."""
+    specs = [(name, {**{k: _plain(v[0]) for k, v in methods[name].search.options.items()}, **required.get(name, {})})
+             for name in order]
     try:
         plan(model, specs)
     except SurgeryError as error:

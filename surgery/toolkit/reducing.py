@@ -222,10 +222,12 @@ def _clear(sizes: TokenSizes) -> None:
 ONE_REDUCTION = "one token reduction per model: both reduce the tokens of the same blocks between attention and MLP"
 
 
-def reduction_fields(linear_attention: str, windowed: str, needs_prefix: bool = False) -> dict[str, Any]:
+def reduction_fields(linear_attention: str, windowed: str, needs_prefix: bool = False,
+                     windows: bool = False) -> dict[str, Any]:
     """The method fields a token-reduction plugin shares with the others (for ``define_method``): every
-    family without windows (``windowed``: why not Swin), a relative position bias or cosine attention;
-    with ``needs_prefix`` (importance from the prefix tokens' attention) none without a cls token; the
+    family without windows (``windowed``: why not Swin; with ``windows``, the builder takes ``groups`` and
+    windowed families are taken with ``unmerge=True``: :mod:`surgery.toolkit.windows`), a relative position
+    bias (with ``unmerge=True``) or cosine attention; with ``needs_prefix`` (importance from the prefix tokens' attention) none without a cls token; the
     roles the swaps claim, and conflicts with the linear attentions (``linear_attention``: why) and with
     every other reduction."""
     refused = {
@@ -238,7 +240,7 @@ def reduction_fields(linear_attention: str, windowed: str, needs_prefix: bool = 
         refused["no_prefix"] = "tokens are scored by the attention the prefix tokens pay them, and there are none"
     return {
         "refused_traits": refused,
-        "trait_options": {"relative_position_bias": {"unmerge": True}},
+        "trait_options": {"relative_position_bias": {"unmerge": True}, **({"windowed": {"unmerge": True}} if windows else {})},
         "trait_notes": {
             "relative_position_bias": ("every block keeps its tokens and their grid positions, and the reduced "
                                        "tokens attend with the bias reduced as they are (a merged token takes "
@@ -247,6 +249,10 @@ def reduction_fields(linear_attention: str, windowed: str, needs_prefix: bool = 
                           "the importance scores, as the cls token's does)"),
             "cls_mean_readout": "the head's mean runs over the reduced tokens (unweighted by size: the model's own mean)",
             "mean_readout": "the head's mean runs over the reduced tokens (unweighted by size: the model's own mean)",
+            **({"windowed": ("every window reduces its own tokens (r per window, at most half of them), and tokens "
+                             "of two shifted-window regions are not reduced together while r leaves pairs within "
+                             "one, so the windows, the shift mask and the patch merging between stages stay")}
+               if windows else {}),
         },
         "roles": ("encoder", "block", "attention", "parts", "mlp_in", "mlp_out"),  # the reducing block runs the MLP
         # by capability: every linear attention (agent attention, castling, ecoformer, a third party's) and

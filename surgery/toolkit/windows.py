@@ -1,0 +1,159 @@
+"""Merge, compute, unmerge inside the windows of windowed attention (Swin): the block of
+:class:`~surgery.toolkit.reducing.UnmergingLayer` for a family whose tokens attend within fixed windows.
+
+The block runs as the host's does (norm, pad to whole windows, the cyclic shift, the window partition,
+attention, the reverse of each, residual, MLP), with one reduction per block built from the block's
+input window by window (every window is a sample of the reduction: (B * windows, window^2, C)), used
+before attention and again before the MLP, each branch unmerged back to every position of its window
+before the map is put back together. So the feature map, the windows, the shift and the patch merging
+between stages are untouched, and the reduced tokens attend with the relative position bias and the
+shifted-window mask reduced as the tokens are (diag(1/s) T B T^T diag(1/s):
+:func:`~surgery.toolkit.reducing.reduced_bias`).
+
+The shifted-window mask keeps the regions a shift brings into one window apart. A builder that takes
+``groups`` (ToMe's matching) never reduces tokens of two regions into one, so the reduced mask is the
+host's exactly: a reduced token lies in one region. Positions added by the padding to whole windows
+form groups of their own (they are zeros in the host's attention too, and no output keeps them).
+A block with nothing to reduce (r = 0) runs the host's own forward.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch.nn import functional as F
+from torch.profiler import record_function
+
+from surgery.toolkit.reducing import ReducingLayer, block_position_bias, reduced_bias
+
+MASKED = -100.0  # the host's additive mask between regions (transformers' SwinLayer.get_attn_mask)
+
+
+@dataclasses.dataclass(frozen=True)
+class WindowGrid:
+    """One call's feature map (``height`` x ``width``) cut into ``window`` x ``window`` windows after a
+    cyclic shift of ``shift``, padded at the bottom and right to whole windows, as the host cuts it."""
+
+    height: int
+    width: int
+    window: int
+    shift: int
+
+    @property
+    def padded(self) -> tuple[int, int]:
+        return -(-self.height // self.window) * self.window, -(-self.width // self.window) * self.window
+
+    @property
+    def tokens(self) -> int:
+        """Tokens in one window."""
+        return self.window * self.window
+
+    def windows(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(B, H * W, C) to (B * windows, window^2, C): pad, shift, partition (the host's order)."""
+        batch, _, channels = hidden.shape
+        height_pad, width_pad = self.padded
+        grid = F.pad(hidden.view(batch, self.height, self.width, channels),
+                     (0, 0, 0, width_pad - self.width, 0, height_pad - self.height))
+        if self.shift:
+            grid = torch.roll(grid, shifts=(-self.shift, -self.shift), dims=(1, 2))
+        return _partition(grid, self.window)
+
+    def merge(self, windows: torch.Tensor) -> torch.Tensor:
+        """(B * windows, window^2, C) back to (B, H * W, C): reverse the partition, the shift and the padding."""
+        channels, (height_pad, width_pad) = windows.shape[-1], self.padded
+        rows, columns = height_pad // self.window, width_pad // self.window
+        grid = windows.view(-1, rows, columns, self.window, self.window, channels).transpose(2, 3)
+        grid = grid.reshape(-1, height_pad, width_pad, channels)
+        if self.shift:
+            grid = torch.roll(grid, shifts=(self.shift, self.shift), dims=(1, 2))
+        return grid[:, :self.height, :self.width].reshape(-1, self.height * self.width, channels)
+
+    def regions(self, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(region, padding)``, each (windows, window^2): the shifted-window region of every position
+        (the host's labels: 3 x 3 strips of the shifted map, 0 everywhere without a shift) and whether
+        the padding added it."""
+        height_pad, width_pad = self.padded
+        label = torch.zeros(height_pad, width_pad, dtype=torch.long, device=device)
+        if self.shift:
+            strips = (slice(0, -self.window), slice(-self.window, -self.shift), slice(-self.shift, None))
+            for i, rows in enumerate(strips):
+                for j, columns in enumerate(strips):
+                    label[rows, columns] = 3 * i + j
+        padding = torch.ones(height_pad, width_pad, dtype=torch.bool, device=device)
+        padding[:self.height, :self.width] = False
+        padding = torch.roll(padding, shifts=(-self.shift, -self.shift), dims=(0, 1)) if self.shift else padding
+        labels = _partition(torch.stack([label, padding.long()], dim=-1)[None], self.window)
+        return labels[..., 0], labels[..., 1].bool()
+
+    def mask(self, batch: int, dtype: torch.dtype, device: torch.device | None = None) -> torch.Tensor | None:
+        """(B * windows, 1, window^2, window^2): the host's additive shifted-window mask for each window of
+        the batch (``MASKED`` between positions of two regions), or None without a shift."""
+        if not self.shift:
+            return None
+        region, _ = self.regions(device)
+        mask = (region[:, :, None] != region[:, None, :]).to(dtype) * MASKED
+        return mask.repeat(batch, 1, 1)[:, None]
+
+    def groups(self, batch: int, device: torch.device | None = None) -> torch.Tensor:
+        """(B * windows, window^2): tokens of one group may be reduced together: one region, real or padding."""
+        region, padding = self.regions(device)
+        return (region + 9 * padding).repeat(batch, 1)
+
+
+def _partition(grid: torch.Tensor, window: int) -> torch.Tensor:
+    """(B, H, W, C) with H, W whole windows to (B * windows, window^2, C)."""
+    batch, height, width, channels = grid.shape
+    grid = grid.view(batch, height // window, window, width // window, window, channels)
+    return grid.transpose(2, 3).reshape(-1, window * window, channels)
+
+
+class WindowUnmergingLayer(ReducingLayer):
+    """A windowed block (Swin) that reduces ``reduction_r`` tokens of every window, computes attention and
+    the MLP on the rest and unmerges each branch back to every position (see the module docstring).
+    Called as the host's block: ``(hidden (B, H * W, C), input_dimensions, ...)``; returns
+    ``(hidden, None)`` (no attention weights), which both transformers layouts unpack."""
+
+    def forward(self, hidden_states: torch.Tensor, input_dimensions: tuple[int, int], *args, **kwargs):
+        parts, builder = self.reduction_parts, self.reduction_builder
+        if self.reduction_r <= 0:
+            return super(ReducingLayer, self).forward(hidden_states, input_dimensions, *args, **kwargs)
+        grid = self._grid(input_dimensions, args, kwargs)
+        batch = hidden_states.shape[0]
+        with record_function(builder.region):
+            metric = grid.windows(hidden_states)  # the block's input, as ToMe for Stable Diffusion matches it
+            _, padding = grid.regions(metric.device)
+            metric = metric.masked_fill(padding.repeat(batch, 1)[..., None], 1.0)  # zeros have no direction
+            reduction = builder(metric, None, self.reduction_r, groups=grid.groups(batch, metric.device))
+        if reduction is None:  # the window is too small to reduce
+            return super(ReducingLayer, self).forward(hidden_states, input_dimensions, *args, **kwargs)
+        normed = grid.windows(parts.attention_input(hidden_states))
+        bias = block_position_bias(parts, args, kwargs, grid.tokens)  # (1, heads, N, N), the window's
+        mask = grid.mask(batch, normed.dtype, normed.device)
+        if mask is not None:
+            bias = mask if bias is None else bias + mask
+        reduced, size = reduction.apply(normed, None)
+        bias = None if bias is None else reduced_bias(reduction, bias, normed.shape[0])
+        context, _, _ = parts.attention.core.reducing_attention(
+            reduced, size if self.reduction_prop_attn else None, position_bias=bias)
+        branch = reduction.unmerge(parts.attention_output(context), grid.tokens)
+        hidden_states = parts.add_branch(hidden_states, grid.merge(branch), "attention")
+        reduced, _ = reduction.apply(grid.windows(parts.mlp_input(hidden_states)), None)
+        branch = reduction.unmerge(parts.mlp_on(reduced), grid.tokens)
+        return parts.add_branch(hidden_states, grid.merge(branch), "mlp"), None
+
+    def _grid(self, input_dimensions: tuple[int, int], args: tuple, kwargs: dict) -> WindowGrid:
+        """This call's windows: the host's window clamped to a map no larger than it (shift 0), as the host
+        block clamps it at every call unless told ``always_partition`` (a keyword in transformers 5, the
+        third argument after the dimensions in 4.57)."""
+        parts = self.reduction_parts
+        height, width = (int(v) for v in input_dimensions)
+        always = kwargs.get("always_partition", args[2] if len(args) > 2 else False)
+        window, shift = parts.window()
+        if not always and min(height, width) <= window:
+            window, shift = min(height, width), 0
+            parts.set_window(window, shift)  # as the host does: its later calls see the clamped window
+        return WindowGrid(height, width, window, shift)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ", unmerge=True, within windows"

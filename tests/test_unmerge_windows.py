@@ -1,0 +1,198 @@
+"""Merge, compute, unmerge inside Swin's windows (``token_merge`` with ``unmerge=True``): every window
+merges its own tokens, the block keeps its feature map. Against a float64 reference built from the host's
+own window functions (transformers' ``window_partition`` / ``window_reverse``, the block's padding and
+shifted-window mask): the reduced bias and mask, both branches unmerged; merges stay within one shifted
+region; r=0 is the host's block; save/reload, revert and export are exact."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import surgery
+from surgery.plugins.token_merge.merge import bipartite_soft_matching
+from surgery.toolkit.windows import WindowGrid
+
+from conftest import images, parts, supported
+
+WINDOWED = [arch for arch in supported("token_merge", options={"unmerge": True}) if arch.startswith("swin")]
+
+
+def swin(size: str = "demo", image_size: int = 32, r: int = 6, seed: int = 0) -> torch.nn.Module:
+    """A Swin with a shifted block (demo: depths 2, 2; window 4 on an 8 x 8 map), merged in every window."""
+    from surgery.demo.zoo import build_model
+
+    return surgery.apply(build_model("swin", size, image_size=image_size, seed=seed), [("token_merge", {"r": r, "unmerge": True})])
+
+
+class Capture:
+    def __init__(self, builder):
+        self.builder, self.importance, self.region, self.built = builder, builder.importance, builder.region, []
+
+    def __call__(self, metric, importance, r, groups=None):
+        self.built.append(self.builder(metric, importance, r, groups=groups))
+        return self.built[-1]
+
+    def describe(self):
+        return self.builder.describe()
+
+
+def _reference(block, hidden: torch.Tensor, dims: tuple[int, int], matrix: torch.Tensor) -> torch.Tensor:
+    """The block in float64 from the host's own window functions: T (B * windows, M, N) reduces every
+    window of the block's normed input (s = T 1: diag(1/s) T x), q k^T / sqrt(d) + log(s) + the reduced
+    bias and mask (diag(1/s) T (B + mask) T^T diag(1/s)), each branch given back as T^T y, windows
+    reversed, the shift undone, the padding cut, the residuals added; the MLP on the same windows."""
+    from transformers.models.swin import modeling_swin as swin_module
+
+    host = block.module
+    height, width = dims
+    window, shift = block.window()
+    batch, _, channels = hidden.shape
+    heads, d = block.attention.heads, block.attention.head_dim
+    sizes = matrix.sum(-1, keepdim=True)
+
+    def cut(x):
+        x, pad = host.maybe_pad(x.view(batch, height, width, channels), height, width)
+        x = torch.roll(x, (-shift, -shift), (1, 2)) if shift else x
+        return swin_module.window_partition(x, window).view(-1, window * window, channels), x.shape[1], x.shape[2]
+
+    def paste(y, height_pad, width_pad):
+        y = swin_module.window_reverse(y.view(-1, window, window, channels), window, height_pad, width_pad)
+        y = torch.roll(y, (shift, shift), (1, 2)) if shift else y
+        return y[:, :height, :width].reshape(batch, height * width, channels)
+
+    x, height_pad, width_pad = cut(block.part("norm1")(hidden))
+    bias = block.attention.position_bias(window * window).to(torch.float64)
+    mask = host.get_attn_mask(height_pad, width_pad, torch.float64, hidden.device)
+    if mask is not None:
+        bias = bias + mask.repeat(batch, 1, 1)[:, None]
+    x = matrix @ x / sizes
+    q, k, v = (block.attention.projection(role)(x).view(x.shape[0], -1, heads, d).transpose(1, 2)
+               for role in ("query", "key", "value"))
+    reduced = (matrix[:, None] @ bias @ matrix.transpose(1, 2)[:, None]) / (sizes @ sizes.transpose(1, 2))[:, None]
+    logits = q @ k.transpose(-1, -2) / math.sqrt(d) + sizes.log()[:, None, None, :, 0] + reduced
+    context = (logits.softmax(-1) @ v).transpose(1, 2).reshape(x.shape[0], -1, heads * d)
+    h = hidden + paste(matrix.transpose(1, 2) @ block.attention_output(context), height_pad, width_pad)
+    x, _, _ = cut(block.part("norm2")(h))
+    branch = block.part("mlp_out")(block.part("activation")(block.part("mlp_in")(matrix @ x / sizes)))
+    return h + paste(matrix.transpose(1, 2) @ branch, height_pad, width_pad)
+
+
+@pytest.mark.parametrize("image_size, index, r", [(32, 0, 6), (32, 1, 6), (40, 1, 5), (40, 0, 8)])
+def test_a_windowed_block_matches_a_float64_reference(image_size, index, r):
+    """Blocks 0 (no shift) and 1 (shifted); 40 px: a 10 x 10 map padded to whole 4 x 4 windows."""
+    model = swin(image_size=image_size, r=r).double()
+    block = parts(model, index)
+    capture = Capture(block.module.reduction_builder)
+    block.module.reduction_builder = capture
+    side = image_size // 4
+    hidden = torch.randn(2, side * side, block.width, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    with torch.no_grad():
+        got, weights = block.module(hidden, (side, side))
+        (reduction,) = capture.built
+        matrix = reduction.matrix(16).to(torch.float64)
+        want = _reference(block, hidden, (side, side), matrix)
+    assert weights is None and block.window() == (4, 2 * index)
+    assert matrix.shape[1] == 16 - r  # every window merged r of its 16 tokens
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("image_size", [32, 40])
+def test_merges_stay_within_one_shifted_region_and_padding_merges_only_with_padding(image_size):
+    model = swin(image_size=image_size, r=4).double()
+    block = parts(model, 1)
+    capture = Capture(block.module.reduction_builder)
+    block.module.reduction_builder = capture
+    side = image_size // 4
+    with torch.no_grad():
+        block.module(torch.randn(2, side * side, block.width, dtype=torch.float64), (side, side))
+    grid = WindowGrid(side, side, 4, 2)
+    groups = grid.groups(2)
+    matrix = capture.built[0].matrix(16)  # (B * windows, M, N): the members of every merged token
+    members = matrix > 0
+    first = groups.gather(1, members.float().argmax(-1))  # each output's first member's group
+    assert torch.all(~members | (groups[:, None, :] == first[:, :, None]))
+    assert len((groups % 9).unique()) == 9  # the shift's 3 x 3 regions
+    assert bool((groups >= 9).any()) == (image_size == 40)  # the padding of a 10 x 10 map: groups of its own
+
+
+def test_the_matching_never_pairs_two_groups():
+    metric = torch.randn(3, 16, 8, generator=torch.Generator().manual_seed(0))
+    groups = (torch.arange(16) >= 6).long().expand(3, 16)
+    matching = bipartite_soft_matching(metric, 5, 0, groups)
+    matrix = matching.matrix(16)
+    for b in range(3):
+        for row in matrix[b]:
+            assert len(groups[b][row > 0].unique()) == 1
+    plain = bipartite_soft_matching(metric, 5, 0)  # without groups: the official matching
+    assert torch.equal(bipartite_soft_matching(metric, 5, 0, torch.zeros(3, 16, dtype=torch.long)).src, plain.src)
+
+
+@pytest.mark.parametrize("arch", WINDOWED)
+def test_a_swin_keeps_its_feature_maps_and_r_zero_is_the_host(arch):
+    from surgery.demo.zoo import build_model
+
+    x = images(2, 40)
+    model = build_model(arch, "demo", image_size=40)
+    with torch.no_grad():
+        before = model(pixel_values=x, output_hidden_states=True)
+        same = swin(image_size=40, r=0)(pixel_values=x).logits
+        merged = swin(image_size=40, r=8)(pixel_values=x, output_hidden_states=True)
+    assert torch.equal(same, before.logits)
+    assert [h.shape for h in merged.reshaped_hidden_states] == [h.shape for h in before.reshaped_hidden_states]
+    cosine = torch.nn.functional.cosine_similarity(merged.hidden_states[-1], before.hidden_states[-1], dim=-1)
+    assert 0.9 < cosine.mean() < 1.0
+
+
+def test_a_swin_backbone_keeps_its_feature_maps():
+    from transformers import SwinBackbone
+
+    from surgery.demo.zoo import model_config
+
+    config = model_config("swin", "demo", image_size=32, out_features=["stage1", "stage2"])
+    torch.manual_seed(0)
+    backbone, x = SwinBackbone(config).eval(), images()
+    with torch.no_grad():
+        before = backbone(pixel_values=x).feature_maps
+        surgery.apply(backbone, [("token_merge", {"r": 6, "unmerge": True})])
+        after = backbone(pixel_values=x).feature_maps
+    assert [f.shape for f in after] == [f.shape for f in before]
+    cosine = torch.nn.functional.cosine_similarity(after[0], before[0], dim=1)
+    assert cosine.mean() > 0.9 and not torch.equal(after[0], before[0])
+
+
+def test_save_reload_revert_and_the_refusal_without_unmerge(tmp_path):
+    from surgery.demo.zoo import build_model
+
+    x = images(2)
+    model = swin(r=6)
+    logits = model(pixel_values=x).logits
+    surgery.save(model, tmp_path / "m")
+    assert torch.equal(surgery.load(tmp_path / "m")(pixel_values=x).logits, logits)
+    surgery.revert(model)
+    assert torch.equal(model(pixel_values=x).logits, build_model("swin", "demo")(pixel_values=x).logits)
+    assert "within windows" in repr(swin(r=6))
+    with pytest.raises(surgery.SurgeryError, match=r"token_merge.*windowed.*option 'unmerge' got False; allowed: True"):
+        surgery.apply(build_model("swin", "demo"), [("token_merge", {"r": 6})])
+
+
+@pytest.mark.parametrize("to, image_size", [("onnx", 40), ("openvino", 32)])
+def test_export_matches_pytorch(tmp_path, to, image_size):
+    """At 40 px, windows of the padding have fewer pairs within a group than r, so exactly equal (-inf) edge
+    scores decide some merges, and their order is left to the runtime's sort (as in ToMe): ONNX Runtime
+    sorts them as PyTorch, OpenVINO not always."""
+    pytest.importorskip("onnxruntime" if to == "onnx" else "openvino")
+    result = surgery.export(swin(image_size=image_size, r=6), tmp_path / to, to=to)  # raises beyond the float tolerance
+    assert result.max_abs_diff < 1e-4
+
+
+def test_torch_export_and_compile_give_the_eager_logits():
+    model, x = swin(r=6), images(2)
+    with torch.no_grad():
+        eager = model(pixel_values=x).logits
+        exported = torch.export.export(model, (), {"pixel_values": x}).module()(pixel_values=x).logits
+        compiled = torch.compile(model, backend="eager", fullgraph=True)(pixel_values=x).logits
+    torch.testing.assert_close(exported, eager, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
