@@ -200,3 +200,17 @@ def test_a_layer_pinned_to_another_kernel_gives_the_same_numbers_and_a_wrong_nam
     layers(model)[0].int8_kernel = "cuda"
     with pytest.raises(SurgeryError, match=r"int8_kernel got 'cuda'; allowed: onednn, fbgemm"), torch.inference_mode():
         model(pixel_values=x)
+
+
+def test_the_self_check_runs_on_the_cpu_whatever_the_default_device():
+    """transformers 5 builds a model being loaded under a meta default device: the kernels' self-check and
+    timing, made once per process while the layers are built, must not be made on meta (they were: every
+    kernel then counted as inexact for the rest of the process, and int8 ran as the simulation)."""
+    kernels.forget()
+    with torch.device("meta"):
+        under_meta = {name: kernels.exact_here(name, 127) for name in kernels.KERNELS}
+        chosen, _ = kernels.choice(127, 32, 32)
+    kernels.forget()
+    assert under_meta == {name: kernels.exact(kernel, 127) for name, kernel in kernels.KERNELS.items()}
+    assert (chosen is None) == (not any(under_meta.values()))
+    kernels.forget()

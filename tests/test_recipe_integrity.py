@@ -221,9 +221,11 @@ def _every_plugin_saved(tmp_path, arch):
     host = surgery.get_host()
     folders = {}
     for name in host.methods:
-        if host.method(name).refusal(host.anatomy(tiny(arch).config.model_type)) is not None:
+        anatomy = host.anatomy(tiny(arch).config.model_type)
+        if host.method(name).refusal(anatomy) is not None:
             continue
-        model = surgery.apply(tiny(arch), [name], calibration=[images(4, seed=1)])
+        options = host.method(name).options_required(anatomy)  # what the family needs (Swin: unmerge=True)
+        model = surgery.apply(tiny(arch), [(name, options)], calibration=[images(4, seed=1)])
         model(pixel_values=images(2, seed=7))  # state fitted on first use is fitted before saving
         model.save_pretrained(tmp_path / arch / name)
         folders[name] = tmp_path / arch / name

@@ -113,6 +113,11 @@ def exact(kernel: Kernel, quant_max: int) -> bool:
     problem with extreme codes (where u8 x s8 pairs saturate an int16 sum) against int64."""
     if not kernel.available():
         return False
+    with torch.device("cpu"):  # on the CPU whatever the caller's default device (transformers 5 builds on meta)
+        return _exact(kernel, quant_max)
+
+
+def _exact(kernel: Kernel, quant_max: int) -> bool:
     generator = torch.Generator().manual_seed(0)
     rows, columns, outputs = 16, 64, 32
     codes = torch.randint(0, quant_max + 1, (rows, columns), generator=generator)
@@ -136,6 +141,11 @@ MARGIN = 0.05  # another kernel replaces the first exact one (oneDNN's) only whe
 
 def _milliseconds(kernel: Kernel, quant_max: int, inputs: int, outputs: int, repeats: int = 7) -> float:
     """Median time of ``kernel`` on a ``ROWS`` x ``inputs`` -> ``outputs`` linear, after two warm-up calls."""
+    with torch.device("cpu"):  # as in :func:`exact`
+        return _timed(kernel, quant_max, inputs, outputs, repeats)
+
+
+def _timed(kernel: Kernel, quant_max: int, inputs: int, outputs: int, repeats: int) -> float:
     rows = ROWS
     generator = torch.Generator().manual_seed(0)
     problem = _Problem(0.05, quant_max // 2, 0, quant_max, torch.rand(outputs, generator=generator) * 0.01 + 0.001,
