@@ -6,9 +6,20 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+WORKER = os.environ.get("PYTEST_XDIST_WORKER")  # run by pytest-xdist (-n): one of several processes sharing the cores
+if WORKER:
+    import tempfile
+
+    if "SURGERY_HOME" not in os.environ:  # a model cache per worker: two never copy the shipped models at once
+        os.environ["SURGERY_HOME"] = tempfile.mkdtemp(prefix=f"surgery-home-{WORKER}-")
 
 import pytest
 import torch
+
+THREADS = torch.get_num_threads()  # what a run without workers uses
+if WORKER:
+    torch.set_num_threads(1)  # one thread per worker: two workers on two cores, not four threads
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # and so the command-line runs the tests start
 
 from surgery.core.host import Host, build_host, set_host
 from surgery.demo.zoo import build_model
@@ -111,12 +122,25 @@ def host_with():
 
 
 def _digits_model(tmp_path_factory, arch: str):
+    """Trained once per run: under pytest-xdist the workers share the folder (the first trains it, under a lock)."""
+    from filelock import FileLock
+
     from surgery.data.digits import digits_split, encode
     from surgery.demo.model import build_digits_model
     from surgery.demo.zoo import image_processor
 
-    folder = tmp_path_factory.mktemp(f"digits-{arch}")
-    build_digits_model(folder, arch=arch, size="tiny", epochs=24, progress=False)
+    root = tmp_path_factory.getbasetemp()
+    root = root.parent if WORKER else root  # the run's folder above the workers' own
+    folder = root / f"digits-{arch}-shared"
+    with FileLock(str(folder) + ".lock"):
+        if not (folder / "trained").exists():
+            workers = torch.get_num_threads()
+            torch.set_num_threads(THREADS)  # trained as a run without workers trains it: the same weights
+            try:
+                build_digits_model(folder, arch=arch, size="tiny", epochs=24, progress=False)
+            finally:
+                torch.set_num_threads(workers)
+            (folder / "trained").touch()
     processor = image_processor(32)
     train, test = digits_split()
     return folder, encode(train, processor)[0], *encode(test, processor)
