@@ -49,9 +49,13 @@ def vit_base(layer_norm_eps: float = 1e-12, image_size: int = 224):
     return ViTForImageClassification(config).eval()
 
 
-def timing_arguments(repeats: int = 5) -> argparse.Namespace:
-    """``--repeats`` and ``--threads`` (default 2, applied to torch) from the command line."""
-    parser = argparse.ArgumentParser()
+def timing_arguments(repeats: int = 5, description: str | None = None,
+                     extra: Callable[[argparse.ArgumentParser], object] | None = None) -> argparse.Namespace:
+    """``--repeats`` and ``--threads`` (default 2, applied to torch) from the command line, and the
+    arguments ``extra(parser)`` adds."""
+    parser = argparse.ArgumentParser(description=description)
+    if extra is not None:
+        extra(parser)
     parser.add_argument("--repeats", type=int, default=repeats)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()

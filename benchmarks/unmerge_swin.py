@@ -30,7 +30,7 @@ from surgery.demo.model import build_digits_model
 from surgery.demo.zoo import image_processor
 from surgery.evaluation.flops import model_flops
 
-from _common import RESULTS, markdown_table, time_side_by_side, write_report
+from _common import RESULTS, markdown_table, time_side_by_side, timing_arguments, write_report
 
 QUALITY_R = (2, 4, 6, 8)
 SPEED_R = (8, 16, 24)
@@ -117,14 +117,13 @@ def speed(shapes: list[str], runtimes: list[str], repeats: int, log=print) -> li
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=2)
+def _choices(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     parser.add_argument("--runtimes", nargs="+", default=list(RUNTIMES), choices=list(RUNTIMES))
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+
+
+def main() -> None:
+    args = timing_arguments(description=__doc__.splitlines()[0], extra=_choices)
     with tempfile.TemporaryDirectory() as tmp:
         quality_rows = quality(Path(tmp) / "digits-swin")
     speed_rows = speed(args.shapes, args.runtimes, args.repeats)

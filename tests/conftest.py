@@ -179,3 +179,13 @@ def online(monkeypatch):
     yield
     monkeypatch.undo()
     reset_sessions()
+
+
+def assert_export_and_compile_match_eager(model: torch.nn.Module, x: torch.Tensor) -> None:
+    """``torch.export`` and ``torch.compile`` (one graph, Dynamo's trace) give ``model``'s eager logits on ``x``."""
+    with torch.no_grad():
+        eager = model(pixel_values=x).logits
+        exported = torch.export.export(model, (), {"pixel_values": x}).module()(pixel_values=x).logits
+        compiled = torch.compile(model, backend="eager", fullgraph=True)(pixel_values=x).logits
+    torch.testing.assert_close(exported, eager, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)

@@ -16,7 +16,7 @@ import surgery
 from surgery.plugins.token_merge.config import ToMeConfig
 from surgery.plugins.token_merge.merge import bipartite_soft_matching
 
-from conftest import images, parts, supported, tiny
+from conftest import assert_export_and_compile_match_eager, images, parts, supported, tiny
 from test_token_merge import reference_merge
 
 UNMERGE = [("token_merge", {"r": 12, "unmerge": True})]
@@ -241,10 +241,4 @@ def test_export_matches_pytorch(tmp_path, plugin, to, arch):
 
 
 def test_torch_export_and_compile_give_the_eager_logits():
-    model, x = surgery.apply(tiny("vit"), UNMERGE), images()
-    with torch.no_grad():
-        eager = model(pixel_values=x).logits
-        exported = torch.export.export(model, (), {"pixel_values": x}).module()(pixel_values=x).logits
-        compiled = torch.compile(model, backend="eager", fullgraph=True)(pixel_values=x).logits
-    torch.testing.assert_close(exported, eager, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
+    assert_export_and_compile_match_eager(surgery.apply(tiny("vit"), UNMERGE), images())

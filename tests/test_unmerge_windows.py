@@ -15,7 +15,7 @@ import surgery
 from surgery.plugins.token_merge.merge import bipartite_soft_matching
 from surgery.toolkit.windows import WindowGrid
 
-from conftest import images, parts, supported
+from conftest import assert_export_and_compile_match_eager, images, parts, supported
 
 WINDOWED = [arch for arch in supported("token_merge", options={"unmerge": True}) if arch.startswith("swin")]
 
@@ -189,10 +189,4 @@ def test_export_matches_pytorch(tmp_path, to, image_size):
 
 
 def test_torch_export_and_compile_give_the_eager_logits():
-    model, x = swin(r=6), images(2)
-    with torch.no_grad():
-        eager = model(pixel_values=x).logits
-        exported = torch.export.export(model, (), {"pixel_values": x}).module()(pixel_values=x).logits
-        compiled = torch.compile(model, backend="eager", fullgraph=True)(pixel_values=x).logits
-    torch.testing.assert_close(exported, eager, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
+    assert_export_and_compile_match_eager(swin(r=6), images(2))
