@@ -35,11 +35,14 @@ def test_each_plugin_works_or_is_refused_up_front_as_declared(plugin, arch):
     before = state_values(model)
     spec = (plugin, OPTIONS.get(plugin, {}))
     if verdict.supported and verdict.requires:  # supported with the option values the family needs, refused without
+        # them: left unset, an auto option takes them (so the wrong value is the one it takes elsewhere)
+        elsewhere = {k: host.method(plugin).auto_options[k] for k, _ in verdict.requires} if verdict.automatic else {}
         with pytest.raises(UnsupportedModelError, match=", ".join(f"option '{k}' got" for k, _ in verdict.requires)):
-            surgery.plan(model, [spec])
-        spec = (plugin, {**spec[1], **dict(verdict.requires)})
+            surgery.plan(model, [(plugin, {**spec[1], **elsewhere})])
+        spec = spec if verdict.automatic else (plugin, {**spec[1], **dict(verdict.requires)})
     if verdict.supported:
         surgery.apply(model, [spec])
+        assert dict(verdict.requires).items() <= surgery.history(model)[0].options.items()  # what ran is recorded
         with torch.no_grad():
             assert torch.isfinite(model(pixel_values=images()).logits).all()
         surgery.revert(model)

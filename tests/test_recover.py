@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from conftest import ARCHS, data_for, images, supported, tiny
+from conftest import ARCHS, data_for, images, takes, tiny
 
 import surgery
 from surgery.errors import ConfigError, SurgeryError
@@ -218,8 +218,7 @@ def _id(steps) -> str:
 
 
 # every recoverable step on every family whose declarations take all of it
-PAIRS = [(arch, steps) for steps in RECOVERABLE for arch in ARCHS
-         if all(arch in supported(s if isinstance(s, str) else s[0], [arch]) for s in steps)]
+PAIRS = [(arch, steps) for steps in RECOVERABLE for arch in ARCHS if takes(arch, steps)]
 
 
 @pytest.mark.parametrize("arch, steps", PAIRS, ids=[f"{_id(s)}-{a}" for a, s in PAIRS])
@@ -318,9 +317,10 @@ def test_recovery_restores_digits_accuracy_after_ggem(digits):
     surgery.apply(student, ["ggem"])
     processor = AutoImageProcessor.from_pretrained(folder, use_fast=False)
     result = recover(student, teacher, digits_dataset("train"), digits_dataset("test"), processor=processor,
-                     epochs=8, warmup_epochs=1, lr=1e-3, progress=False)
+                     epochs=10, warmup_epochs=1, lr=1e-3, progress=False)
     assert result.accuracy_before < result.teacher_accuracy - 0.05  # ggem's training-free drop
-    # 8 epochs: within 1.7 pt on an AMD EPYC (4 epochs gave 3.9 pt there but under 3 on an Intel Xeon)
+    # 10 epochs: 8 left a teacher trained on one thread 3.1 pt short under transformers 5 on an AMD EPYC (1.7 pt with
+    # the two-thread teacher; 4 epochs gave 3.9 pt there but under 3 on an Intel Xeon)
     assert result.accuracy >= result.teacher_accuracy - 0.03
     assert result.accuracy > result.accuracy_before + 0.05
-    assert [r["stage"] for r in result.history] == ["new parameters"] + ["all parameters"] * 8
+    assert [r["stage"] for r in result.history] == ["new parameters"] + ["all parameters"] * 10

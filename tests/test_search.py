@@ -213,8 +213,9 @@ def test_a_search_picks_within_budget_saves_the_pick_and_reports_once_on_test(di
         if path.suffix in (".json", ".md"):
             assert str(tmp_path) not in path.read_text() and str(digits[0]) not in path.read_text(), path.name
     reloaded = surgery.load(out)  # a normal surgery folder: the pick's recipe, weights and processor
+    host = surgery.get_host()  # the options the pick names, with those it left unset as the family set them
     assert [[s.plugin, dict(s.options)] for s in surgery.history(reloaded)] == [
-        [p, {**surgery.get_host().method(p).make_config(o).to_dict()}] for p, o in chosen["steps"]]
+        [p, host.method(p).resolved(host.method(p).make_config(o), host.anatomy("vit")).to_dict()] for p, o in chosen["steps"]]
     assert "How this recipe was found" in (out / "README.md").read_text()
     assert result.test["images"] == 360 and 0.0 <= result.test["pick"] <= 1.0
     # the pick's recorded right/wrong answers are those of the saved model on the search split

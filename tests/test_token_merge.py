@@ -157,9 +157,11 @@ def test_ggem_pools_merged_tokens_by_size():
     assert not np.allclose(weights, 1.0)
 
 
-def test_swin_is_refused_with_the_reason():
-    with pytest.raises(UnsupportedModelError, match=r"token_merge does not support model_type 'swin'.*windowed: Swin attends within fixed windows"):
-        surgery.plan(tiny("swin"), ["token_merge"])
+def test_swin_refuses_the_reducing_blocks_with_the_reason():
+    with pytest.raises(UnsupportedModelError, match=r"token_merge does not support model_type 'swin'.*windowed: Swin attends "
+                                                    r"within fixed windows.*option 'unmerge' got False; allowed: True"):
+        surgery.plan(tiny("swin"), [("token_merge", {"unmerge": False})])
+    assert surgery.plan(tiny("swin"), ["token_merge"]).steps[0].config.unmerge is True  # left unset: within windows
 
 
 def test_schedules():

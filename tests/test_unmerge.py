@@ -6,6 +6,7 @@ export are exact."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -13,6 +14,7 @@ import pytest
 import torch
 
 import surgery
+from surgery.checkpoint.replay import replay
 from surgery.plugins.token_merge.config import ToMeConfig
 from surgery.plugins.token_merge.merge import bipartite_soft_matching
 
@@ -216,7 +218,7 @@ def test_save_reload_revert_and_the_option_default(tmp_path):
     assert "Merge, compute, unmerge" in text and "keeps its full token count" in text
     surgery.revert(model)
     assert torch.equal(model(pixel_values=x).logits, original)
-    assert ToMeConfig().unmerge is False  # ToMe's reducing blocks stay the default (faster for classification)
+    assert ToMeConfig().unmerge is None  # the family decides (ViT: ToMe's reducing blocks, faster for classification)
     assert ToMeConfig.from_recipe({"r": 8}).unmerge is False  # a recipe from before the option
     assert "unmerge=True" in repr(surgery.apply(tiny("vit"), UNMERGE))
     for plugin in REDUCTIONS:
@@ -227,6 +229,35 @@ def test_save_reload_revert_and_the_option_default(tmp_path):
         assert "unmerge" in text.lower() and "Between attention and MLP" not in text  # the card says where it reduces
     with pytest.raises(surgery.ConfigError, match=r"token_prune: option 'flops' got 0.5; allowed: None with unmerge=True"):
         surgery.apply(tiny("vit"), [("token_prune", {"flops": 0.5, "unmerge": True})])
+
+
+@pytest.mark.parametrize("plugin", REDUCTIONS)
+def test_unmerge_left_unset_is_the_familys_choice_and_the_recipe_records_it(plugin, tmp_path):
+    method, host = surgery.get_host().method(plugin), surgery.get_host()
+    assert method.config_class().unmerge is None and method.auto_options == {"unmerge": False}
+    for arch in ("vit", "beit", "swin"):
+        if arch not in supported(plugin, [arch]):
+            continue
+        model, x = tiny(arch), images()
+        needed = method.options_required(host.anatomy(model.config.model_type)).get("unmerge", False)
+        assert needed is (arch != "vit")  # the token map is needed by the windows and the position bias
+        surgery.apply(model, [(plugin, {"r": 2})])
+        assert surgery.history(model)[0].options["unmerge"] is needed
+        assert surgery.history(model)[0].config.unmerge is needed
+        surgery.save(model, tmp_path / arch)
+        recipe = json.loads((tmp_path / arch / "config.json").read_text())["quantization_config"]["steps"][0]
+        assert recipe["options"]["unmerge"] is needed  # the value that ran, never None
+        assert torch.equal(surgery.load(tmp_path / arch)(pixel_values=x).logits, model(pixel_values=x).logits)
+        replayed = tiny(arch)  # a hand-written recipe that leaves it null: the family decides on replay too
+        replay(replayed, [{**recipe, "options": {**recipe["options"], "unmerge": None}}])
+        assert surgery.history(replayed)[0].options["unmerge"] is needed
+    with pytest.raises(surgery.ConfigError, match=rf"{plugin}: option 'unmerge' got None; allowed: True or False in a "
+                                                  r"direct call"):
+        method.apply(tiny("vit"), method.config_class(), host.anatomy("vit"))
+    if "flops" in [name for name, _, _ in method.config_class.describe_options()]:  # its FLOPs target: reducing only
+        with pytest.raises(surgery.ConfigError, match=rf"{plugin}: option 'flops' got 0.5; allowed: None with "
+                                                      r"unmerge=True .*\(left unset, unmerge=True is what beit takes\)"):
+            surgery.apply(tiny("beit"), [(plugin, {"flops": 0.5})])
 
 
 @pytest.mark.parametrize("plugin, to, arch", [(p, "onnx", "dinov2") for p in REDUCTIONS] + [("token_merge", "openvino", "dinov2")]

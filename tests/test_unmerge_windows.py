@@ -109,7 +109,7 @@ def test_merges_stay_within_one_shifted_region_and_padding_merges_only_with_padd
     with torch.no_grad():
         block.module(torch.randn(2, side * side, block.width, dtype=torch.float64), (side, side))
     grid = WindowGrid(side, side, 4, 2)
-    groups = grid.groups(2)
+    groups = grid.regions().groups(2)
     matrix = capture.built[0].matrix(16)  # (B * windows, M, N): the members of every merged token
     members = matrix > 0
     first = groups.gather(1, members.float().argmax(-1))  # each output's first member's group
@@ -163,7 +163,7 @@ def test_a_swin_backbone_keeps_its_feature_maps():
     assert cosine.mean() > 0.9 and not torch.equal(after[0], before[0])
 
 
-def test_save_reload_revert_and_the_refusal_without_unmerge(tmp_path):
+def test_save_reload_revert_and_the_refusal_of_the_reducing_blocks(tmp_path):
     from surgery.demo.zoo import build_model
 
     x = images(2)
@@ -175,7 +175,9 @@ def test_save_reload_revert_and_the_refusal_without_unmerge(tmp_path):
     assert torch.equal(model(pixel_values=x).logits, build_model("swin", "demo")(pixel_values=x).logits)
     assert "within windows" in repr(swin(r=6))
     with pytest.raises(surgery.SurgeryError, match=r"token_merge.*windowed.*option 'unmerge' got False; allowed: True"):
-        surgery.apply(build_model("swin", "demo"), [("token_merge", {"r": 6})])
+        surgery.apply(build_model("swin", "demo"), [("token_merge", {"r": 6, "unmerge": False})])
+    unset = surgery.apply(build_model("swin", "demo"), [("token_merge", {"r": 6})])  # left unset: within windows
+    assert surgery.history(unset)[0].options["unmerge"] is True and torch.equal(unset(pixel_values=x).logits, logits)
 
 
 @pytest.mark.parametrize("to, image_size", [("onnx", 40), ("openvino", 32)])

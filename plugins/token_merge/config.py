@@ -25,7 +25,9 @@ class ToMeConfig(SurgeryConfig):
             input, runs attention and the MLP on the merged set, and copies each merged output back to
             every token merged into it, so every block keeps its full token count and order (hidden
             states and feature maps stay whole: backbones, dense prediction). r is then per block, not
-            cumulative, and capped at half the patch tokens. False (default): ToMe's reducing blocks.
+            cumulative, and capped at half the patch tokens. False: ToMe's reducing blocks. None (default):
+            the family decides: True where it needs its token map (Swin's windows, BEiT's relative position
+            bias), else False; the recipe records the value that ran.
     """
 
     plugin: ClassVar[str] = "token_merge"
@@ -34,7 +36,7 @@ class ToMeConfig(SurgeryConfig):
     inflect: float = 0.0
     r_per_layer: tuple[int, ...] | None = None
     prop_attn: bool = True
-    unmerge: bool = False
+    unmerge: bool | None = None
     legacy_defaults: ClassVar[dict] = {"unmerge": False}  # recipes from before the option: ToMe's reducing blocks
 
     def validate(self) -> None:

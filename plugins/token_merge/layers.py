@@ -56,6 +56,5 @@ class ToMeUnmergingLayer(UnmergingLayer):
     """A block that merges ``reduction_r`` tokens of its input, computes on them and unmerges (ToMe for SD)."""
 
 
-
 class ToMeWindowLayer(WindowUnmergingLayer):
     """A windowed block (Swin) that merges ``reduction_r`` tokens of every window, computes on them and unmerges."""

@@ -12,6 +12,7 @@ from surgery.plugins.token_prune.config import TokenPruneConfig
 from surgery.plugins.token_prune.prune import PruneBuilder, overhead
 from surgery.toolkit.reducing import ReducingAttention, ReducingLayer, UnmergingLayer, swap_reducing
 from surgery.toolkit.reduction import removable
+from surgery.toolkit.reduction_config import unmerging
 
 
 def apply(model: nn.Module, config: TokenPruneConfig, anatomy: Anatomy) -> Rewrite:
@@ -20,4 +21,4 @@ def apply(model: nn.Module, config: TokenPruneConfig, anatomy: Anatomy) -> Rewri
     cost = functools.partial(overhead, prefix=prefix, width=blocks[0].width)
     removals = config.removals(blocks, prefix, functools.partial(removable, prefix=prefix), model.config, cost)
     return swap_reducing(model, anatomy, blocks, "token_prune", "TokenPrune", removals, PruneBuilder(prefix=prefix), config.prop_attn,
-                        classes=(UnmergingLayer if config.unmerge else ReducingLayer, ReducingAttention))
+                        classes=(UnmergingLayer if unmerging(config) else ReducingLayer, ReducingAttention))

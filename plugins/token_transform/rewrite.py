@@ -12,6 +12,7 @@ from surgery.plugins.token_transform.config import TokenTransformConfig
 from surgery.plugins.token_transform.transform import ManyToManyBuilder, overhead
 from surgery.toolkit.reducing import ReducingAttention, ReducingLayer, UnmergingLayer, swap_reducing
 from surgery.toolkit.reduction import removable
+from surgery.toolkit.reduction_config import unmerging
 
 
 def apply(model: nn.Module, config: TokenTransformConfig, anatomy: Anatomy) -> Rewrite:
@@ -21,4 +22,4 @@ def apply(model: nn.Module, config: TokenTransformConfig, anatomy: Anatomy) -> R
     removals = config.removals(blocks, prefix, functools.partial(removable, prefix=prefix), model.config, cost)
     builder = ManyToManyBuilder(prefix=prefix, temperature=config.temperature, topk=config.topk)
     return swap_reducing(model, anatomy, blocks, "token_transform", "TokenTransform", removals, builder, config.prop_attn,
-                        classes=(UnmergingLayer if config.unmerge else ReducingLayer, ReducingAttention))
+                        classes=(UnmergingLayer if unmerging(config) else ReducingLayer, ReducingAttention))

@@ -133,7 +133,8 @@ def revert(model: nn.Module, steps: int | None = None) -> nn.Module:
 
 # -- validation -------------------------------------------------------------------------------
 def validate(model: nn.Module, steps: list[PlannedStep], host: Host, collect: bool = False):
-    """The anatomy for ``model`` after checking each step's architecture and roles (raised at once), and
+    """The anatomy for ``model`` after setting each step's auto options for its family and checking its
+    architecture and roles (raised at once), and
     the declared conflicts and plugin vetoes: raised together, or with ``collect`` returned beside the
     anatomy so that the overlaps found by a rehearsal join them in one error."""
     config = getattr(model, "config", None)
@@ -141,6 +142,7 @@ def validate(model: nn.Module, steps: list[PlannedStep], host: Host, collect: bo
         raise UnsupportedModelError(f"{type(model).__name__} is not a transformers model (it has no config.model_type).")
     anatomy = host.anatomy(config.model_type, type(model).__name__)
     for step in steps:
+        step.config = step.method.resolved(step.config, anatomy)  # auto options set for the family
         reason = step.method.refusal(anatomy, step.config)
         if reason is not None:
             raise UnsupportedModelError(

@@ -46,6 +46,10 @@ class SurgeryMethod:
         trait_options: refused traits it accepts with certain option values (``{"relative_position_bias":
             {"unmerge": True}}``): a step whose options hold them is applied, any other is refused with
             the trait's reason and the values that would be accepted.
+        auto_options: options whose None means "the family decides" (``{"unmerge": False}``): a step that
+            leaves one at None gets the value its family's traits require (``trait_options``), else the
+            value given here; ``apply`` and a recipe's replay resolve them (:meth:`resolved`), so a
+            recipe always holds the value that ran.
         refused_model_types: model types it refuses on purpose, each with the reason.
         roles: the anatomy roles it needs (checked before anything mutates); "parts" when it builds
             from the blocks' parts (:meth:`Anatomy.blocks`), which a roles-only layout lacks.
@@ -104,6 +108,7 @@ class SurgeryMethod:
     refused_traits: Mapping[str, str] = dataclasses.field(default_factory=dict)
     trait_notes: Mapping[str, str] = dataclasses.field(default_factory=dict)
     trait_options: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+    auto_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     conflicts: Mapping[str, str] = dataclasses.field(default_factory=dict)
     refuse_export: Callable[[str, Mapping[str, Any]], str | None] | None = None
     openvino_graph: Callable[[Any, Mapping[str, Any], list[int]], str | None] | None = None
@@ -137,6 +142,11 @@ class SurgeryMethod:
             if unknown:
                 raise ConfigError(f"method '{self.name}': {field} names unknown trait(s) {', '.join(unknown)}; "
                                   f"traits: {', '.join(TRAITS)}." + did_you_mean(unknown[0], TRAITS))
+        options = {f.name: f for f in dataclasses.fields(self.config_class)}
+        for name in self.auto_options:
+            if name not in options or options[name].default is not None:
+                raise ConfigError(f"method '{self.name}': auto_options names '{name}', which is not an option of "
+                                  f"{self.config_class.__name__} whose default is None." + did_you_mean(name, options))
         if self.search is not None:
             self.search.check(self.name, self.config_class)
 
@@ -150,8 +160,9 @@ class SurgeryMethod:
             if trait not in self.refused_traits:
                 continue
             satisfiable = needed is not None and config is None  # some configuration is accepted
-            satisfied = needed is not None and config is not None and all(
-                getattr(config, k) == v for k, v in needed.items())
+            satisfied = needed is not None and config is not None and all(  # None: an auto option, resolved to v
+                getattr(config, k) == v or (getattr(config, k) is None and k in self.auto_options)
+                for k, v in needed.items())
             if satisfiable or satisfied:
                 continue
             given = "" if needed is None else " (" + ", ".join(
@@ -162,6 +173,21 @@ class SurgeryMethod:
     def options_required(self, anatomy: Anatomy) -> dict[str, Any]:
         """The option values ``anatomy``'s traits require of a step (``trait_options``), or {}."""
         return {k: v for trait in sorted(anatomy.traits) for k, v in self.trait_options.get(trait, {}).items()}
+
+    def resolved(self, config: SurgeryConfig, anatomy: Anatomy) -> SurgeryConfig:
+        """``config`` with every auto option left at None set for ``anatomy``'s family: the value its traits
+        require (:meth:`options_required`), else the declared one (``auto_options``); ``config`` itself
+        when none is left."""
+        left = [name for name in self.auto_options if getattr(config, name) is None]
+        if not left:
+            return config
+        required = self.options_required(anatomy)
+        values = {name: required.get(name, self.auto_options[name]) for name in left}
+        try:
+            return dataclasses.replace(config, **values)
+        except ConfigError as error:
+            chosen = ", ".join(f"{k}={v!r}" for k, v in values.items())
+            raise ConfigError(f"{error} (left unset, {chosen} is what {anatomy.model_type} takes)") from None
 
     def traits_noted(self, anatomy: Anatomy) -> list[tuple[str, str]]:
         """``(trait, what happens to it)`` for each of ``anatomy``'s traits this method has a note on."""

@@ -24,6 +24,7 @@ class Support:
     supported: bool
     notes: tuple[tuple[str, str], ...]
     requires: tuple[tuple[str, object], ...] = ()  # the option values the family needs (trait_options)
+    automatic: bool = False  # every one of them is an auto option, set for the family when left unset
 
 
 def _condition(required) -> str:
@@ -38,7 +39,8 @@ def support(method: SurgeryMethod, anatomy: Anatomy) -> Support:
         condition = _condition(required)
         notes = [(t, f"with {condition} only: {text}" if condition and t in method.trait_options else text)
                  for t, text in method.traits_noted(anatomy)]
-        return Support(method.name, anatomy.model_type, True, tuple(notes), tuple(required.items()))
+        return Support(method.name, anatomy.model_type, True, tuple(notes), tuple(required.items()),
+                       bool(required) and set(required) <= set(method.auto_options))
     refused = method.traits_refused(anatomy)
     if anatomy.model_type in method.refused_model_types or not refused:  # refused by type, not by a trait
         refused = [("model type", reason)]
@@ -63,8 +65,8 @@ def support_table(methods: list[SurgeryMethod], anatomies: list[Anatomy]) -> str
         cells = []
         for cell in row:
             marks = [footnotes.setdefault((trait, text), len(footnotes) + 1) for trait, text in cell.notes]
-            label = ("yes" if not cell.requires else "with " + _condition(cell.requires)) \
-                if cell.supported else "**no**"
+            label = ("yes" if not cell.requires else f"yes ({_condition(cell.requires)})"
+                     if cell.automatic else "with " + _condition(cell.requires)) if cell.supported else "**no**"
             cells.append(label + "".join(f" [{m}]" for m in marks))
         lines.append(f"| {row[0].method} | " + " | ".join(cells) + " |")
     lines.append("")

@@ -241,6 +241,7 @@ def reduction_fields(linear_attention: str, windowed: str, needs_prefix: bool = 
     return {
         "refused_traits": refused,
         "trait_options": {"relative_position_bias": {"unmerge": True}, **({"windowed": {"unmerge": True}} if windows else {})},
+        "auto_options": {"unmerge": False},  # unmerge=None: True where a trait above needs it, else the reducing blocks
         "trait_notes": {
             "relative_position_bias": ("every block keeps its tokens and their grid positions, and the reduced "
                                        "tokens attend with the bias reduced as they are (a merged token takes "

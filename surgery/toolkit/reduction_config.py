@@ -30,8 +30,9 @@ class ReductionConfig(SurgeryConfig):
         unmerge: reduce, compute, unmerge (as ToMe for Stable Diffusion): each block reduces r tokens of
             its input, runs attention and the MLP on the rest and gives every token back the outputs it
             went into, so every block keeps its token count and order (backbones, dense features; a
-            pruned token passes the block unchanged). r is per block, not cumulative. False (default):
-            the reducing blocks.
+            pruned token passes the block unchanged). r is per block, not cumulative. False: the reducing
+            blocks. None (default): the family decides: True where it needs its token map (BEiT's
+            relative position bias), else False; the recipe records the value that ran.
     """
 
     r: int = 8
@@ -39,7 +40,7 @@ class ReductionConfig(SurgeryConfig):
     r_per_layer: tuple[int, ...] | None = None
     flops: float | None = None
     prop_attn: bool = True
-    unmerge: bool = False
+    unmerge: bool | None = None
     legacy_defaults: ClassVar[dict] = {"unmerge": False}  # recipes from before the option: the reducing blocks
 
     def validate(self) -> None:
@@ -67,6 +68,15 @@ class ReductionConfig(SurgeryConfig):
         except ValueError as error:
             raise self.invalid("flops", self.flops, f"a fraction this model reaches: {error}") from None
         return schedule(r, self.inflect, None, len(blocks))
+
+
+def unmerging(config: SurgeryConfig) -> bool:
+    """``config.unmerge``, set: None (the family decides) is resolved by ``surgery.apply`` and a recipe's
+    replay (``SurgeryMethod.resolved``) before a plugin's ``apply`` runs; a direct call must set it."""
+    if config.unmerge is None:
+        raise config.invalid("unmerge", None, "True or False in a direct call of the plugin's apply (None, the "
+                                              "family's choice, is set by surgery.apply and the recipe's replay)")
+    return config.unmerge
 
 
 def checked_schedule(config: SurgeryConfig, num_layers: int) -> list[int]:

@@ -69,10 +69,9 @@ class WindowGrid:
             grid = torch.roll(grid, shifts=(self.shift, self.shift), dims=(1, 2))
         return grid[:, :self.height, :self.width].reshape(-1, self.height * self.width, channels)
 
-    def regions(self, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(region, padding)``, each (windows, window^2): the shifted-window region of every position
-        (the host's labels: 3 x 3 strips of the shifted map, 0 everywhere without a shift) and whether
-        the padding added it."""
+    def regions(self, device: torch.device | None = None) -> Regions:
+        """The shifted-window region of every position (the host's labels: 3 x 3 strips of the shifted map,
+        0 everywhere without a shift) and whether the padding added it, each (windows, window^2)."""
         height_pad, width_pad = self.padded
         label = torch.zeros(height_pad, width_pad, dtype=torch.long, device=device)
         if self.shift:
@@ -84,21 +83,29 @@ class WindowGrid:
         padding[:self.height, :self.width] = False
         padding = torch.roll(padding, shifts=(-self.shift, -self.shift), dims=(0, 1)) if self.shift else padding
         labels = _partition(torch.stack([label, padding.long()], dim=-1)[None], self.window)
-        return labels[..., 0], labels[..., 1].bool()
+        return Regions(labels[..., 0], labels[..., 1].bool(), bool(self.shift))
 
-    def mask(self, batch: int, dtype: torch.dtype, device: torch.device | None = None) -> torch.Tensor | None:
+
+@dataclasses.dataclass(frozen=True)
+class Regions:
+    """One grid's labels (:meth:`WindowGrid.regions`), computed once per block call: ``region`` and
+    ``padding``, each (windows, window^2), and whether the windows were shifted."""
+
+    region: torch.Tensor
+    padding: torch.Tensor
+    shifted: bool
+
+    def mask(self, batch: int, dtype: torch.dtype) -> torch.Tensor | None:
         """(B * windows, 1, window^2, window^2): the host's additive shifted-window mask for each window of
         the batch (``MASKED`` between positions of two regions), or None without a shift."""
-        if not self.shift:
+        if not self.shifted:
             return None
-        region, _ = self.regions(device)
-        mask = (region[:, :, None] != region[:, None, :]).to(dtype) * MASKED
+        mask = (self.region[:, :, None] != self.region[:, None, :]).to(dtype) * MASKED
         return mask.repeat(batch, 1, 1)[:, None]
 
-    def groups(self, batch: int, device: torch.device | None = None) -> torch.Tensor:
+    def groups(self, batch: int) -> torch.Tensor:
         """(B * windows, window^2): tokens of one group may be reduced together: one region, real or padding."""
-        region, padding = self.regions(device)
-        return (region + 9 * padding).repeat(batch, 1)
+        return (self.region + 9 * self.padding).repeat(batch, 1)
 
 
 def _partition(grid: torch.Tensor, window: int) -> torch.Tensor:
@@ -122,14 +129,14 @@ class WindowUnmergingLayer(ReducingLayer):
         batch = hidden_states.shape[0]
         with record_function(builder.region):
             metric = grid.windows(hidden_states)  # the block's input, as ToMe for Stable Diffusion matches it
-            _, padding = grid.regions(metric.device)
-            metric = metric.masked_fill(padding.repeat(batch, 1)[..., None], 1.0)  # zeros have no direction
-            reduction = builder(metric, None, self.reduction_r, groups=grid.groups(batch, metric.device))
+            regions = grid.regions(metric.device)
+            metric = metric.masked_fill(regions.padding.repeat(batch, 1)[..., None], 1.0)  # zeros have no direction
+            reduction = builder(metric, None, self.reduction_r, groups=regions.groups(batch))
         if reduction is None:  # the window is too small to reduce
             return super(ReducingLayer, self).forward(hidden_states, input_dimensions, *args, **kwargs)
         normed = grid.windows(parts.attention_input(hidden_states))
         bias = block_position_bias(parts, args, kwargs, grid.tokens)  # (1, heads, N, N), the window's
-        mask = grid.mask(batch, normed.dtype, normed.device)
+        mask = regions.mask(batch, normed.dtype)
         if mask is not None:
             bias = mask if bias is None else bias + mask
         reduced, size = reduction.apply(normed, None)
