@@ -133,10 +133,10 @@ def revert(model: nn.Module, steps: int | None = None) -> nn.Module:
 
 # -- validation -------------------------------------------------------------------------------
 def validate(model: nn.Module, steps: list[PlannedStep], host: Host, collect: bool = False):
-    """The anatomy for ``model`` after setting each step's auto options for its family and checking its
-    architecture and roles (raised at once), and
-    the declared conflicts and plugin vetoes: raised together, or with ``collect`` returned beside the
-    anatomy so that the overlaps found by a rehearsal join them in one error."""
+    """The anatomy for ``model``, after setting each step's auto options for its family and checking each
+    step's architecture and roles (raised at once), the declared conflicts and the plugin vetoes (raised
+    together, or with ``collect`` returned beside the anatomy so that the overlaps a rehearsal finds join
+    them in one error)."""
     config = getattr(model, "config", None)
     if config is None or not hasattr(config, "model_type"):
         raise UnsupportedModelError(f"{type(model).__name__} is not a transformers model (it has no config.model_type).")

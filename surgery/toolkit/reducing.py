@@ -1,14 +1,14 @@
 """The class swaps token reduction is built from: block and self-attention, over the anatomy's parts,
 and a hook on the encoder.
 
-Only ``forward`` changes, so the classes are swapped in place (ToMe's own habit): no new parameters,
-the same state_dict, and ``revert`` swaps the original classes back (and removes the hook). A block runs attention, then
-reduces its tokens with a :mod:`~surgery.toolkit.reduction` built by the plugin's *builder* (from the
-attention's metric, the keys averaged over heads, and, where the builder asks, each token's
-importance: the attention the prefix tokens pay it), then the MLP on the fewer tokens. Token sizes
-travel between blocks in the model's :class:`~surgery.toolkit.tokens.TokenSizes` side channel, which
-a hook on the encoder resets at the start of every forward (:class:`SizeReset`); proportional attention adds log(size) to the
-attention logits. Prefix tokens (cls, distillation) are never reduced: builders keep them in front.
+Only ``forward`` changes, so the classes are swapped in place (ToMe's own habit): no new parameters, the
+same state_dict, and ``revert`` swaps the original classes back (and removes the hook). A block runs
+attention, then reduces its tokens with a :mod:`~surgery.toolkit.reduction` built by the plugin's *builder*
+(from the attention's metric, the keys averaged over heads, and, where the builder asks, each token's
+importance: the attention the prefix tokens pay it), then the MLP on the fewer tokens. Token sizes travel
+between blocks in the model's :class:`~surgery.toolkit.tokens.TokenSizes` side channel, which a hook on the
+encoder resets at the start of every forward (:class:`SizeReset`); proportional attention adds log(size) to
+the attention logits. Prefix tokens (cls, distillation) are never reduced: builders keep them in front.
 
 A builder is a small frozen object: ``builder(metric, importance, r) -> reduction or None``, with
 ``importance`` (whether it needs the scores), ``region`` (the profiler label of its work) and
@@ -51,7 +51,8 @@ class ReducingAttention:
         if position_bias is not None:
             bias = position_bias if bias is None else bias + position_bias
         dropout = parts.dropout if self.training else 0.0
-        context = softmax_attention(query, key, value, parts.scale, bias, dropout, getattr(self, "surgery_attention_quant", None))
+        quant = getattr(self, "surgery_attention_quant", None)
+        context = softmax_attention(query, key, value, parts.scale, bias, dropout, quant)
         importance = None
         if importance_rows:
             with torch.no_grad():
@@ -141,11 +142,13 @@ class UnmergingLayer(ReducingLayer):
             return returned(parts, parts.mlp_residual(parts.attention_residual(hidden_states, context)))
         reduced, size = reduction.apply(normed, None)
         position = None if position is None else reduced_bias(reduction, position, hidden_states.shape[0])
-        context, _, _ = core.reducing_attention(reduced, size if self.reduction_prop_attn else None, position_bias=position)
+        size = size if self.reduction_prop_attn else None
+        context, _, _ = core.reducing_attention(reduced, size, position_bias=position)
         branch = reduction.unmerge(parts.attention_output(context), tokens)
         hidden_states = parts.add_branch(hidden_states, branch, "attention")
         reduced, _ = reduction.apply(parts.mlp_input(hidden_states), None)
-        return returned(parts, parts.add_branch(hidden_states, reduction.unmerge(parts.mlp_on(reduced), tokens), "mlp"))
+        branch = reduction.unmerge(parts.mlp_on(reduced), tokens)
+        return returned(parts, parts.add_branch(hidden_states, branch, "mlp"))
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ", unmerge=True"
@@ -172,7 +175,8 @@ def reduced_bias(reduction: Any, bias: torch.Tensor, batch: int) -> torch.Tensor
     transformed one takes its members' mean, so reduced queries and keys attend with the bias of where
     they came from (a pruned token's rows and columns drop out)."""
     heads, tokens = bias.shape[1], bias.shape[-1]
-    rows, _ = reduction.apply(bias.expand(batch, -1, -1, -1).transpose(1, 2).reshape(batch, tokens, heads * tokens), None)
+    rows, _ = reduction.apply(
+        bias.expand(batch, -1, -1, -1).transpose(1, 2).reshape(batch, tokens, heads * tokens), None)
     kept = rows.shape[1]  # rows: (B, M, heads * N), the query axis reduced
     columns = rows.reshape(batch, kept, heads, tokens).permute(0, 3, 2, 1).reshape(batch, tokens, heads * kept)
     both, _ = reduction.apply(columns, None)  # (B, M keys, heads * M queries)
@@ -208,8 +212,9 @@ def swap_reducing(model: nn.Module, anatomy: Anatomy, blocks: list[BlockParts], 
     changes = Changes(model)
     changes.pre_hook(encoder_name, SizeReset(sizes, plugin))
     for parts, r in zip(blocks, removals):
-        changes.swap_class(parts.name, layer_cls, prefix, reduction_r=r, reduction_prop_attn=prop_attn, reduction_parts=parts,
-                           reduction_sizes=sizes, reduction_prefix=anatomy.prefix_tokens_of(model.config), reduction_builder=builder)
+        changes.swap_class(parts.name, layer_cls, prefix, reduction_r=r, reduction_prop_attn=prop_attn,
+                           reduction_parts=parts, reduction_sizes=sizes,
+                           reduction_prefix=anatomy.prefix_tokens_of(model.config), reduction_builder=builder)
         changes.swap_class(parts.attention_name, attention_cls, prefix, reduction_parts=parts.attention)
     changes.call_on_undo(_clear, sizes)
     return changes.rewrite([encoder_name] + [p.name for p in blocks] + [p.attention_name for p in blocks])
@@ -219,17 +224,20 @@ def _clear(sizes: TokenSizes) -> None:
     sizes.sizes = None
 
 
+MEAN_READOUT = "the head's mean runs over the reduced tokens (unweighted by size: the model's own mean)"
 ONE_REDUCTION = "one token reduction per model: both reduce the tokens of the same blocks between attention and MLP"
 
 
 def reduction_fields(linear_attention: str, windowed: str, needs_prefix: bool = False,
                      windows: bool = False) -> dict[str, Any]:
-    """The method fields a token-reduction plugin shares with the others (for ``define_method``): every
-    family without windows (``windowed``: why not Swin; with ``windows``, the builder takes ``groups`` and
-    windowed families are taken with ``unmerge=True``: :mod:`surgery.toolkit.windows`), a relative position
-    bias (with ``unmerge=True``) or cosine attention; with ``needs_prefix`` (importance from the prefix tokens' attention) none without a cls token; the
-    roles the swaps claim, and conflicts with the linear attentions (``linear_attention``: why) and with
-    every other reduction."""
+    """The method fields a token-reduction plugin shares with the others (for ``define_method``).
+
+    Refused: windows (``windowed``: why not Swin; with ``windows``, the builder takes ``groups`` and windowed
+    families are taken with ``unmerge=True``: :mod:`surgery.toolkit.windows`), a relative position bias
+    (taken with ``unmerge=True``), cosine attention, and with ``needs_prefix`` (importance from the prefix
+    tokens' attention) a family without a cls token. ``unmerge`` left unset takes the value the family
+    needs (``auto_options``). Also the roles the swaps claim, and the conflicts with the linear attentions
+    (``linear_attention``: why) and with every other reduction."""
     refused = {
         "windowed": windowed,
         "relative_position_bias": ("the bias is indexed by each token's grid position, and a token reduced "
@@ -240,16 +248,17 @@ def reduction_fields(linear_attention: str, windowed: str, needs_prefix: bool = 
         refused["no_prefix"] = "tokens are scored by the attention the prefix tokens pay them, and there are none"
     return {
         "refused_traits": refused,
-        "trait_options": {"relative_position_bias": {"unmerge": True}, **({"windowed": {"unmerge": True}} if windows else {})},
-        "auto_options": {"unmerge": False},  # unmerge=None: True where a trait above needs it, else the reducing blocks
+        "trait_options": {"relative_position_bias": {"unmerge": True},
+                          **({"windowed": {"unmerge": True}} if windows else {})},
+        "auto_options": {"unmerge": False},  # None: True where a trait above needs it, else the reducing blocks
         "trait_notes": {
             "relative_position_bias": ("every block keeps its tokens and their grid positions, and the reduced "
                                        "tokens attend with the bias reduced as they are (a merged token takes "
                                        "the mean of its members' pairs)"),
             "registers": ("register tokens are prefix tokens: never reduced, kept in front (their attention counts in "
                           "the importance scores, as the cls token's does)"),
-            "cls_mean_readout": "the head's mean runs over the reduced tokens (unweighted by size: the model's own mean)",
-            "mean_readout": "the head's mean runs over the reduced tokens (unweighted by size: the model's own mean)",
+            "cls_mean_readout": MEAN_READOUT,
+            "mean_readout": MEAN_READOUT,
             **({"windowed": ("every window reduces its own tokens (r per window, at most half of them), and tokens "
                              "of two shifted-window regions are not reduced together while r leaves pairs within "
                              "one, so the windows, the shift mask and the patch merging between stages stay")}
