@@ -147,6 +147,13 @@ def test_a_method_naming_an_unknown_trait_is_refused_when_defined():
 
     with pytest.raises(ConfigError, match=r"method 'x': refused_traits names unknown trait\(s\) windows; .*Did you mean 'windowed'"):
         surgery.SurgeryMethod(name="x", summary="x", config_class=object, apply=len, refused_traits={"windows": "no"})
+    surgery.SurgeryMethod(name="x", summary="x", config_class=object, apply=len)  # no auto options: any config class
+    config = surgery.get_host().method("token_merge").config_class
+    with pytest.raises(ConfigError, match=r"method 'x': auto_options names 'unmerg', which is not an option of ToMeConfig "
+                                          r"whose default is None\..*Did you mean 'unmerge'"):
+        surgery.SurgeryMethod(name="x", summary="x", config_class=config, apply=len, auto_options={"unmerg": False})
+    with pytest.raises(ConfigError, match=r"auto_options names 'prop_attn', which is not an option of ToMeConfig whose"):
+        surgery.SurgeryMethod(name="x", summary="x", config_class=config, apply=len, auto_options={"prop_attn": True})
 
 
 # -- BEiT / data2vec-vision: where the position bias lives ----------------------------------------

@@ -142,7 +142,7 @@ class SurgeryMethod:
             if unknown:
                 raise ConfigError(f"method '{self.name}': {field} names unknown trait(s) {', '.join(unknown)}; "
                                   f"traits: {', '.join(TRAITS)}." + did_you_mean(unknown[0], TRAITS))
-        options = {f.name: f for f in dataclasses.fields(self.config_class)}
+        options = {f.name: f for f in dataclasses.fields(self.config_class)} if self.auto_options else {}
         for name in self.auto_options:
             if name not in options or options[name].default is not None:
                 raise ConfigError(f"method '{self.name}': auto_options names '{name}', which is not an option of "
