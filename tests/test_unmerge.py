@@ -17,6 +17,8 @@ import surgery
 from surgery.checkpoint.replay import replay
 from surgery.plugins.token_merge.config import ToMeConfig
 from surgery.plugins.token_merge.merge import bipartite_soft_matching
+from surgery.toolkit.reducing import reduced_bias
+from surgery.toolkit.reduction import dense
 
 from conftest import assert_export_and_compile_match_eager, images, parts, supported, tiny
 from test_token_merge import reference_merge
@@ -46,6 +48,7 @@ def test_unmerge_is_the_transpose_of_the_merge_matrix(n, r, prefix):
     matching = bipartite_soft_matching(torch.randn(2, n, 4, generator=g, dtype=torch.float64), r, prefix)
     y = torch.randn(2, n - matching.r, 3, generator=g, dtype=torch.float64)
     torch.testing.assert_close(matching.unmerge(y), matching.matrix(n).transpose(1, 2) @ y, rtol=0, atol=0)
+    assert torch.equal(matching.dense_matrix(n, torch.float64), matching.matrix(n))  # built without the float64 pass
     x = torch.randn(2, n, 3, generator=g, dtype=torch.float64)
     merged, _ = matching.apply(x, None)
     assert torch.equal(matching.unmerge(merged)[:, :prefix], x[:, :prefix])  # prefix tokens come back as they were
@@ -150,6 +153,18 @@ def test_every_reduction_unmerges_as_its_matrix_in_a_float64_block(plugin, arch,
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
     y = torch.randn(3, matrix.shape[1], 5, dtype=torch.float64)
     torch.testing.assert_close(reduction.unmerge(y, n), matrix.transpose(1, 2) @ y, rtol=1e-12, atol=1e-12)
+    # the same reduction as dense matrix products (what Swin's windows run): each form against the construction's own
+    as_dense = dense(reduction, n, torch.float64)
+    assert torch.equal(as_dense.matrix(n), matrix)
+    for got_part, want_part in zip(as_dense.apply(hidden, None), reduction.apply(hidden, None)):
+        torch.testing.assert_close(got_part, want_part, rtol=1e-12, atol=1e-12)
+    sizes_in = torch.rand(3, n, 1, dtype=torch.float64) + 0.5
+    for got_part, want_part in zip(as_dense.apply(hidden, sizes_in), reduction.apply(hidden, sizes_in)):
+        torch.testing.assert_close(got_part, want_part, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(as_dense.unmerge(y, n), reduction.unmerge(y, n), rtol=1e-12, atol=1e-12)
+    for shared in (1, 3):  # one bias for the batch (a window's), one per sample (a shift mask's)
+        bias = torch.randn(shared, heads, n, n, dtype=torch.float64)
+        torch.testing.assert_close(as_dense.bias(bias), reduced_bias(reduction, bias, 3), rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("plugin", REDUCTIONS)

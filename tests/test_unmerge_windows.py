@@ -13,7 +13,8 @@ import torch
 
 import surgery
 from surgery.plugins.token_merge.merge import bipartite_soft_matching
-from surgery.toolkit.windows import WindowGrid
+from surgery.toolkit.reduction import dense
+from surgery.toolkit.windows import MASKED, WindowGrid
 
 from conftest import assert_export_and_compile_match_eager, images, parts, supported
 
@@ -116,6 +117,25 @@ def test_merges_stay_within_one_shifted_region_and_padding_merges_only_with_padd
     assert torch.all(~members | (groups[:, None, :] == first[:, :, None]))
     assert len((groups % 9).unique()) == 9  # the shift's 3 x 3 regions
     assert bool((groups >= 9).any()) == (image_size == 40)  # the padding of a 10 x 10 map: groups of its own
+
+
+@pytest.mark.parametrize("side, r", [(8, 4), (10, 6), (10, 8)])
+def test_the_reduced_shift_mask_is_the_mask_reduced_as_the_tokens_are(side, r):
+    """diag(1/s) T mask T^T diag(1/s) from the region one-hots; exactly 0 or MASKED in float32 where merges stay
+    within regions (r = 8 of 16 leaves some windows too few same-region pairs: mixed tokens get the mean)."""
+    grid = WindowGrid(side, side, 4, 2)
+    regions = grid.regions()
+    metric = torch.randn(2 * regions.region.shape[0], 16, 8, generator=torch.Generator().manual_seed(side + r))
+    groups = regions.groups(2)
+    reduction = dense(bipartite_soft_matching(metric, r, 0, groups), 16, torch.float64)
+    mask = (regions.region[:, :, None] != regions.region[:, None, :]).to(torch.float64).repeat(2, 1, 1) * MASKED
+    want = reduction.mean @ mask @ reduction.mean.transpose(1, 2)
+    torch.testing.assert_close(regions.reduced_mask(reduction.mean)[:, 0], want, rtol=1e-12, atol=1e-12)
+    single = dense(bipartite_soft_matching(metric, r, 0, groups), 16, torch.float32)
+    pure = (single.weights @ torch.nn.functional.one_hot(groups, 18).float()).gt(0).sum(-1).eq(1).all(-1)  # windows
+    got = regions.reduced_mask(single.mean)[:, 0][pure]
+    assert bool(pure.any()) and bool(((got == 0) | (got == MASKED)).all())
+    assert regions.reduced_mask(single.mean).dtype == torch.float32 and WindowGrid(8, 8, 4, 0).regions().reduced_mask(single.mean) is None
 
 
 def test_the_matching_never_pairs_two_groups():

@@ -27,6 +27,11 @@ METHOD = define_method(
     config_class=ToMeConfig,
     **reduction_fields(_NOT_WITH_LINEAR_ATTENTION, _SWIN, windows=True),
     apply=rewrite.apply,
+    version="0.1.1",
+    changes={"0.1.1": ("merging within Swin's windows (unmerge=True on a windowed family) applies the merge, the "
+                       "unmerge and the reduced bias and shift mask as matrix products (float rounding only: logits "
+                       "within ~1e-6 of 0.1.0's on the same merges; a near-tie between two merge scores may now "
+                       "break the other way). The reducing blocks and unmerge on other families are unchanged.")},
     paper="https://arxiv.org/abs/2210.09461",
     reference="https://github.com/facebookresearch/ToMe (af95e4b)",
     search=SearchSpace(options={"r": (2, 4, 6, 8, 10, 12, 16, 20, 24)}, fastest={"r": 24}),

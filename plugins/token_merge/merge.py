@@ -76,6 +76,14 @@ class Matching:
             b = torch.cat([b, b[:, -1:]], dim=1)
         return torch.stack([a, b], dim=2).reshape(batch, -1, channels)[:, :a.shape[1] + y.shape[1] - kept_count]
 
+    def dense_matrix(self, n: int, dtype: torch.dtype) -> torch.Tensor:
+        """T (B, N - r, N) in ``dtype``: each token's column one-hot at the output it lands in (its unmerge
+        index), built without a float64 pass; :func:`surgery.toolkit.reduction.dense` uses it."""
+        outputs = n - self.r
+        slots = torch.arange(outputs, device=self.src.device)
+        where = self.unmerge(slots.expand(self.src.shape[0], outputs)[..., None], n)[..., 0]  # (B, N)
+        return (slots[:, None] == where[:, None, :]).to(dtype)
+
     def matrix(self, n: int) -> torch.Tensor:
         """The merge as the dense (B, N - r, N) 0/1 matrix T (:mod:`surgery.toolkit.reduction`):
         T[m, j] = 1 where token j lands in output m; float64."""

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -64,6 +64,55 @@ class Selection:
         """T^T y over ``tokens`` positions: each kept token takes its row, a pruned one zeros."""
         rows = self.index.unsqueeze(-1).expand(-1, -1, y.shape[-1])
         return y.new_zeros(y.shape[0], tokens, y.shape[-1]).scatter(1, rows, y)
+
+    def dense_matrix(self, n: int, dtype: torch.dtype) -> torch.Tensor:
+        return torch.nn.functional.one_hot(self.index, n).to(dtype)
+
+
+
+@dataclasses.dataclass
+class Dense:
+    """Any reduction as its dense matrix ``weights`` T (B, M, N) in the compute dtype, applied by batched
+    matrix products: on small token sets (a window of 49 tokens) these cost a fraction of the gathers and
+    scatters of each construction's own form, and ONNX Runtime and OpenVINO run them as MatMul. Built once
+    per block by :func:`dense`; exact in value, rounded as matrix products round."""
+
+    weights: torch.Tensor
+
+    def __post_init__(self) -> None:
+        self.size = self.weights.sum(dim=-1, keepdim=True)  # s' = T 1: the sizes of unit tokens
+        self.mean = self.weights / self.size  # diag(1/s') T
+
+    def apply(self, x: torch.Tensor, size: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        if size is not None:
+            return transport(self.weights, x, size)
+        return self.mean @ x, self.size
+
+    def matrix(self, n: int) -> torch.Tensor:
+        return self.weights.to(torch.float64)
+
+    def unmerge(self, y: torch.Tensor, tokens: int) -> torch.Tensor:
+        """T^T y: each of the N tokens takes the outputs it went into, by its weights."""
+        return self.weights.transpose(1, 2) @ y
+
+    def bias(self, bias: torch.Tensor) -> torch.Tensor:
+        """(B, heads, M, M): a logit bias (1 or B, heads, N, N) reduced on both token axes as the tokens are,
+        diag(1/s') T bias T^T diag(1/s'): a reduced token attends with the mean of its members' pairs. A bias
+        shared by the batch (1, heads, N, N) takes one matrix product over every sample's rows."""
+        batch, outputs, tokens = self.mean.shape
+        heads = bias.shape[1]
+        if bias.shape[0] != 1:
+            return self.mean[:, None] @ bias @ self.mean[:, None].transpose(-1, -2)
+        shared = bias[0].transpose(0, 1).reshape(tokens, heads * tokens)  # (queries, heads * keys)
+        rows = (self.mean.reshape(batch * outputs, tokens) @ shared).view(batch, outputs * heads, tokens)
+        return (rows @ self.mean.transpose(1, 2)).view(batch, outputs, heads, outputs).transpose(1, 2)
+
+
+def dense(reduction: Any, tokens: int, dtype: torch.dtype) -> Dense:
+    """``reduction`` of ``tokens`` tokens as :class:`Dense`: from its ``dense_matrix(tokens, dtype)`` where it
+    has one (built without float64), else from its ``matrix(tokens)``."""
+    build = getattr(reduction, "dense_matrix", None)
+    return Dense(build(tokens, dtype) if build is not None else reduction.matrix(tokens).to(dtype))
 
 
 # -- schedules ------------------------------------------------------------------------------------------------

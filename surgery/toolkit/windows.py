@@ -4,11 +4,15 @@
 The block runs as the host's does (norm, pad to whole windows, the cyclic shift, the window partition,
 attention, the reverse of each, residual, MLP), with one reduction per block built from the block's
 input window by window (every window is a sample of the reduction: (B * windows, window^2, C)), used
-before attention and again before the MLP, each branch unmerged back to every position of its window
-before the map is put back together. So the feature map, the windows, the shift and the patch merging
-between stages are untouched, and the reduced tokens attend with the relative position bias and the
-shifted-window mask reduced as the tokens are (diag(1/s) T B T^T diag(1/s):
-:func:`~surgery.toolkit.reducing.reduced_bias`).
+before attention and again before the MLP, each branch unmerged back to every position of its window.
+So the feature map, the windows, the shift and the patch merging between stages are untouched, and the
+reduced tokens attend with the relative position bias and the shifted-window mask reduced as the tokens
+are (diag(1/s) T B T^T diag(1/s)). The reduction runs as dense matrix products
+(:class:`~surgery.toolkit.reduction.Dense`: a window's 49 tokens make small matrices, cheaper than the
+gathers and scatters of the merge's own form, and MatMul in ONNX Runtime and OpenVINO). The residual
+stream stays cut into windows between the two branches (norms, MLP and residuals act token by token,
+so only the order of the tokens differs; per image, so drop path draws per image as the host's): one
+partition and one reverse per block.
 
 The shifted-window mask keeps the regions a shift brings into one window apart. A builder that takes
 ``groups`` (ToMe's matching) never reduces tokens of two regions into one, so the reduced mask is the
@@ -25,7 +29,8 @@ import torch
 from torch.nn import functional as F
 from torch.profiler import record_function
 
-from surgery.toolkit.reducing import ReducingLayer, block_position_bias, reduced_bias
+from surgery.toolkit.reducing import ReducingLayer, block_position_bias
+from surgery.toolkit.reduction import dense
 
 MASKED = -100.0  # the host's additive mask between regions (transformers' SwinLayer.get_attn_mask)
 
@@ -43,6 +48,11 @@ class WindowGrid:
     @property
     def padded(self) -> tuple[int, int]:
         return -(-self.height // self.window) * self.window, -(-self.width // self.window) * self.window
+
+    @property
+    def padded_any(self) -> bool:
+        """Whether the padding to whole windows adds positions."""
+        return self.padded != (self.height, self.width)
 
     @property
     def tokens(self) -> int:
@@ -95,13 +105,18 @@ class Regions:
     padding: torch.Tensor
     shifted: bool
 
-    def mask(self, batch: int, dtype: torch.dtype) -> torch.Tensor | None:
-        """(B * windows, 1, window^2, window^2): the host's additive shifted-window mask for each window of
-        the batch (``MASKED`` between positions of two regions), or None without a shift."""
+    def reduced_mask(self, mean: torch.Tensor) -> torch.Tensor | None:
+        """(B * windows, 1, M, M): the host's additive shifted-window mask (``MASKED`` between positions of two
+        regions) reduced as the tokens are (``mean``: diag(1/s') T, (B * windows,
+        M, window^2)), or None without a shift. With the one-hot regions R, mean M mean^T is
+        ``MASKED * (1 - (mean R)(mean R)^T)``: two small products instead of one per pair; the host's mask
+        exactly (0 or ``MASKED``, up to the rounding of the means) where every reduced token lies in one region."""
         if not self.shifted:
             return None
-        mask = (self.region[:, :, None] != self.region[:, None, :]).to(dtype) * MASKED
-        return mask.repeat(batch, 1, 1)[:, None]
+        windows, tokens = self.region.shape
+        regions = F.one_hot(self.region, 9).to(mean.dtype)  # (windows, N, 9)
+        share = (mean.view(-1, windows, mean.shape[1], tokens) @ regions).flatten(0, 1)  # (B * windows, M, 9)
+        return ((1.0 - share @ share.transpose(1, 2)) * MASKED)[:, None]
 
     def groups(self, batch: int) -> torch.Tensor:
         """(B * windows, window^2): tokens of one group may be reduced together: one region, real or padding."""
@@ -126,28 +141,35 @@ class WindowUnmergingLayer(ReducingLayer):
         if self.reduction_r <= 0:
             return super(ReducingLayer, self).forward(hidden_states, input_dimensions, *args, **kwargs)
         grid = self._grid(input_dimensions, args, kwargs)
-        batch = hidden_states.shape[0]
+        batch, _, channels = hidden_states.shape
         with record_function(builder.region):
-            metric = grid.windows(hidden_states)  # the block's input, as ToMe for Stable Diffusion matches it
-            regions = grid.regions(metric.device)
-            metric = metric.masked_fill(regions.padding.repeat(batch, 1)[..., None], 1.0)  # zeros have no direction
-            reduction = builder(metric, None, self.reduction_r, groups=regions.groups(batch))
+            windows = grid.windows(hidden_states)  # the block's input, as ToMe for Stable Diffusion matches it
+            regions = grid.regions(windows.device)
+            padding = regions.padding.repeat(batch, 1)[..., None] if grid.padded_any else None
+            metric = windows if padding is None else windows.masked_fill(padding, 1.0)  # zeros have no direction
+            groups = regions.groups(batch) if padding is not None or grid.shift else None
+            reduction = builder(metric, None, self.reduction_r, groups=groups)
+            if reduction is not None:
+                reduction = dense(reduction, grid.tokens, windows.dtype)
         if reduction is None:  # the window is too small to reduce
             return super(ReducingLayer, self).forward(hidden_states, input_dimensions, *args, **kwargs)
-        normed = grid.windows(parts.attention_input(hidden_states))
-        bias = block_position_bias(parts, args, kwargs, grid.tokens)  # (1, heads, N, N), the window's
-        mask = regions.mask(batch, normed.dtype)
-        if mask is not None:
-            bias = mask if bias is None else bias + mask
-        reduced, size = reduction.apply(normed, None)
-        bias = None if bias is None else reduced_bias(reduction, bias, normed.shape[0])
+
+        def branch_input(normed: torch.Tensor) -> torch.Tensor:  # the host pads its normed map with zeros
+            return normed if padding is None else normed.masked_fill(padding, 0.0)
+
+        def per_image(tokens: torch.Tensor) -> torch.Tensor:  # (B * windows, N, C) as (B, windows * N, C)
+            return tokens.reshape(batch, -1, channels)
+
+        bias, mask = block_position_bias(parts, args, kwargs, grid.tokens), regions.reduced_mask(reduction.mean)
+        bias = mask if bias is None else reduction.bias(bias) if mask is None else reduction.bias(bias) + mask
+        reduced, size = reduction.apply(branch_input(parts.attention_input(windows)), None)
         context, _, _ = parts.attention.core.reducing_attention(
             reduced, size if self.reduction_prop_attn else None, position_bias=bias)
         branch = reduction.unmerge(parts.attention_output(context), grid.tokens)
-        hidden_states = parts.add_branch(hidden_states, grid.merge(branch), "attention")
-        reduced, _ = reduction.apply(grid.windows(parts.mlp_input(hidden_states)), None)
+        hidden = parts.add_branch(per_image(windows), per_image(branch), "attention")
+        reduced, _ = reduction.apply(branch_input(parts.mlp_input(hidden).view(-1, grid.tokens, channels)), None)
         branch = reduction.unmerge(parts.mlp_on(reduced), grid.tokens)
-        return parts.add_branch(hidden_states, grid.merge(branch), "mlp"), None
+        return grid.merge(parts.add_branch(hidden, per_image(branch), "mlp").view(-1, grid.tokens, channels)), None
 
     def _grid(self, input_dimensions: tuple[int, int], args: tuple, kwargs: dict) -> WindowGrid:
         """This call's windows: the host's window clamped to a map no larger than it (shift 0), as the host
