@@ -130,7 +130,8 @@ def main() -> None:
     (RESULTS / "unmerge_swin.json").write_text(json.dumps({"quality": quality_rows, "speed": speed_rows}, indent=1) + "\n")
     body = (
         "Quality: a Swin trained here on the digits (demo shape, windows of 16 tokens), the test split, training-free. "
-        "'cosine': the final feature map against the unmerged model's (every position, averaged).\n\n"
+        "'cosine': the final feature map against the unmerged model's (every position, averaged). FLOPs: torch's counter, "
+        "the reduction's own matrix products included (on windows of 16 tokens they outweigh what r=2 saves).\n\n"
         + markdown_table(["r per window", "FLOPs", "accuracy", "cosine"], quality_rows)
         + f"\n\nSpeed: random weights, 224 px, batch 8, windows of 49 tokens, {args.threads} threads, {args.repeats} "
           "side-by-side repeats per runtime after 2 warm-up rounds (medians); 'x' is the speed against fp32 in the "
