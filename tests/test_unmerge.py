@@ -111,13 +111,17 @@ def test_an_unmerging_block_matches_a_float64_reference(arch, prefix):
 
 
 @pytest.mark.parametrize("plugin", REDUCTIONS)
-@pytest.mark.parametrize("arch, prefix", [("vit", 1), ("deit-distilled", 2), ("dinov2-registers", 5), ("beit", 1),
-                                          ("data2vec-vision", 1)])
-def test_every_reduction_unmerges_as_its_matrix_in_a_float64_block(plugin, arch, prefix):
+@pytest.mark.parametrize("arch, prefix, branches", [("vit", 1, "both"), ("deit-distilled", 2, "both"),
+                                                    ("dinov2-registers", 5, "both"), ("beit", 1, "both"),
+                                                    ("data2vec-vision", 1, "both"), ("vit", 1, "mlp"),
+                                                    ("beit", 1, "mlp"), ("deit-distilled", 2, "attention"),
+                                                    ("beit", 1, "attention")])
+def test_every_reduction_unmerges_as_its_matrix_in_a_float64_block(plugin, arch, prefix, branches):
     """Any reduction T the block builds: reduced = diag(1/s) T x (s = T 1), each branch computed on it and
     given back as T^T branch; pruned tokens (zero columns) pass unchanged. A relative position bias B
-    (BEiT, data2vec-vision) is reduced on both axes as the tokens are: diag(1/s) T B T^T diag(1/s)."""
-    model = surgery.apply(tiny(arch).double(), [(plugin, {"r": 9, "unmerge": True})])
+    (BEiT, data2vec-vision) is reduced on both axes as the tokens are: diag(1/s) T B T^T diag(1/s). A branch
+    that ``branches`` leaves out runs on every token (T the identity)."""
+    model = surgery.apply(tiny(arch).double(), [(plugin, {"r": 9, "unmerge": True, "branches": branches})])
     block = parts(model)
     capture = Capture(block.module.reduction_builder)
     block.module.reduction_builder = capture
@@ -126,7 +130,9 @@ def test_every_reduction_unmerges_as_its_matrix_in_a_float64_block(plugin, arch,
     with torch.no_grad():
         got = block.module(hidden)
         (reduction,) = capture.built
-        matrix = reduction.matrix(n).to(torch.float64)  # (B, M, N)
+        reduction_matrix = reduction.matrix(n).to(torch.float64)  # (B, M, N)
+        full = torch.eye(n, dtype=torch.float64).expand(3, n, n)
+        matrix = reduction_matrix if branches in ("both", "attention") else full
         sizes = matrix.sum(-1, keepdim=True)
         heads, d = block.attention.heads, block.attention.head_dim
         x = (matrix @ block.part("norm1")(hidden)) / sizes
@@ -139,10 +145,13 @@ def test_every_reduction_unmerges_as_its_matrix_in_a_float64_block(plugin, arch,
         branch = matrix.transpose(1, 2) @ block.attention_output(context)
         scale = block.part("layer_scale1")
         h = hidden + scaled(scale, branch)
+        matrix = reduction_matrix if branches in ("both", "mlp") else full
+        sizes = matrix.sum(-1, keepdim=True)
         x = (matrix @ block.part("norm2")(h)) / sizes
         branch = matrix.transpose(1, 2) @ block.part("mlp_out")(block.part("activation")(block.part("mlp_in")(x)))
         scale = block.part("layer_scale2")
         want = h + scaled(scale, branch)
+        matrix = reduction_matrix
         if capture.importance:  # chosen before attention by the same scores attention would give
             normed = block.part("norm1")(hidden)
             metric, importance = block.attention.core.reduction_scores(normed, prefix, bias)
@@ -244,6 +253,23 @@ def test_save_reload_revert_and_the_option_default(tmp_path):
         assert "unmerge" in text.lower() and "Between attention and MLP" not in text  # the card says where it reduces
     with pytest.raises(surgery.ConfigError, match=r"token_prune: option 'flops' got 0.5; allowed: None with unmerge=True"):
         surgery.apply(tiny("vit"), [("token_prune", {"flops": 0.5, "unmerge": True})])
+
+
+@pytest.mark.parametrize("plugin", REDUCTIONS)
+def test_branches_is_checked_and_needs_the_unmerging_blocks(plugin):
+    config = surgery.get_host().method(plugin).config_class
+    assert config().branches == "both" and config.from_recipe({"r": 8}).branches == "both"  # recipes from before
+    with pytest.raises(surgery.ConfigError, match=rf"{plugin}: option 'branches' got 'mpl'; allowed: one of 'both', "
+                                                  r"'attention', 'mlp' .*Did you mean 'mlp'\?"):
+        config(branches="mpl")
+    for options in ({"branches": "mlp", "unmerge": False}, {"branches": "attention"}):  # unset on ViT: the reducing blocks
+        model = tiny("vit")
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        with pytest.raises(surgery.ConfigError, match=rf"{plugin}: option 'branches' got '\w+'; allowed: 'both' with "
+                                                      r"unmerge=False .*set unmerge=True"):
+            surgery.apply(model, [(plugin, {"r": 4, **options})])
+        assert not surgery.history(model) and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+        assert repr(model) == repr(tiny("vit"))  # no class swapped
 
 
 @pytest.mark.parametrize("plugin", REDUCTIONS)

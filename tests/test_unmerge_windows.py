@@ -21,11 +21,12 @@ from conftest import assert_export_and_compile_match_eager, images, parts, suppo
 WINDOWED = [arch for arch in supported("token_merge", options={"unmerge": True}) if arch.startswith("swin")]
 
 
-def swin(size: str = "demo", image_size: int = 32, r: int = 6, seed: int = 0) -> torch.nn.Module:
+def swin(size: str = "demo", image_size: int = 32, r: int = 6, seed: int = 0, branches: str = "both") -> torch.nn.Module:
     """A Swin with a shifted block (demo: depths 2, 2; window 4 on an 8 x 8 map), merged in every window."""
     from surgery.demo.zoo import build_model
 
-    return surgery.apply(build_model("swin", size, image_size=image_size, seed=seed), [("token_merge", {"r": r, "unmerge": True})])
+    options = {"r": r, "unmerge": True, "branches": branches}
+    return surgery.apply(build_model("swin", size, image_size=image_size, seed=seed), [("token_merge", options)])
 
 
 class Capture:
@@ -40,11 +41,13 @@ class Capture:
         return self.builder.describe()
 
 
-def _reference(block, hidden: torch.Tensor, dims: tuple[int, int], matrix: torch.Tensor) -> torch.Tensor:
+def _reference(block, hidden: torch.Tensor, dims: tuple[int, int], matrix: torch.Tensor,
+               branches: str = "both") -> torch.Tensor:
     """The block in float64 from the host's own window functions: T (B * windows, M, N) reduces every
     window of the block's normed input (s = T 1: diag(1/s) T x), q k^T / sqrt(d) + log(s) + the reduced
     bias and mask (diag(1/s) T (B + mask) T^T diag(1/s)), each branch given back as T^T y, windows
-    reversed, the shift undone, the padding cut, the residuals added; the MLP on the same windows."""
+    reversed, the shift undone, the padding cut, the residuals added; the MLP on the same windows. A branch
+    that ``branches`` leaves out runs as the host's (T the identity)."""
     from transformers.models.swin import modeling_swin as swin_module
 
     host = block.module
@@ -64,11 +67,14 @@ def _reference(block, hidden: torch.Tensor, dims: tuple[int, int], matrix: torch
         y = torch.roll(y, (shift, shift), (1, 2)) if shift else y
         return y[:, :height, :width].reshape(batch, height * width, channels)
 
+    full = torch.eye(window * window, dtype=torch.float64).expand(matrix.shape[0], -1, -1)
+    attention_matrix, mlp_matrix = (matrix if branches in ("both", kind) else full for kind in ("attention", "mlp"))
     x, height_pad, width_pad = cut(block.part("norm1")(hidden))
     bias = block.attention.position_bias(window * window).to(torch.float64)
     mask = host.get_attn_mask(height_pad, width_pad, torch.float64, hidden.device)
     if mask is not None:
         bias = bias + mask.repeat(batch, 1, 1)[:, None]
+    matrix, sizes = attention_matrix, attention_matrix.sum(-1, keepdim=True)
     x = matrix @ x / sizes
     q, k, v = (block.attention.projection(role)(x).view(x.shape[0], -1, heads, d).transpose(1, 2)
                for role in ("query", "key", "value"))
@@ -77,14 +83,18 @@ def _reference(block, hidden: torch.Tensor, dims: tuple[int, int], matrix: torch
     context = (logits.softmax(-1) @ v).transpose(1, 2).reshape(x.shape[0], -1, heads * d)
     h = hidden + paste(matrix.transpose(1, 2) @ block.attention_output(context), height_pad, width_pad)
     x, _, _ = cut(block.part("norm2")(h))
+    matrix, sizes = mlp_matrix, mlp_matrix.sum(-1, keepdim=True)
     branch = block.part("mlp_out")(block.part("activation")(block.part("mlp_in")(matrix @ x / sizes)))
     return h + paste(matrix.transpose(1, 2) @ branch, height_pad, width_pad)
 
 
-@pytest.mark.parametrize("image_size, index, r", [(32, 0, 6), (32, 1, 6), (40, 1, 5), (40, 0, 8)])
-def test_a_windowed_block_matches_a_float64_reference(image_size, index, r):
-    """Blocks 0 (no shift) and 1 (shifted); 40 px: a 10 x 10 map padded to whole 4 x 4 windows."""
-    model = swin(image_size=image_size, r=r).double()
+@pytest.mark.parametrize("image_size, index, r, branches", [(32, 0, 6, "both"), (32, 1, 6, "both"), (40, 1, 5, "both"),
+                                                             (40, 0, 8, "both"), (32, 1, 6, "mlp"), (40, 1, 5, "mlp"),
+                                                             (40, 1, 5, "attention"), (32, 0, 6, "attention")])
+def test_a_windowed_block_matches_a_float64_reference(image_size, index, r, branches):
+    """Blocks 0 (no shift) and 1 (shifted); 40 px: a 10 x 10 map padded to whole 4 x 4 windows; each branch
+    choice (the one left out runs on every token)."""
+    model = swin(image_size=image_size, r=r, branches=branches).double()
     block = parts(model, index)
     capture = Capture(block.module.reduction_builder)
     block.module.reduction_builder = capture
@@ -94,7 +104,7 @@ def test_a_windowed_block_matches_a_float64_reference(image_size, index, r):
         got, weights = block.module(hidden, (side, side))
         (reduction,) = capture.built
         matrix = reduction.matrix(16).to(torch.float64)
-        want = _reference(block, hidden, (side, side), matrix)
+        want = _reference(block, hidden, (side, side), matrix, branches)
     assert weights is None and block.window() == (4, 2 * index)
     assert matrix.shape[1] == 16 - r  # every window merged r of its 16 tokens
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
@@ -198,6 +208,12 @@ def test_save_reload_revert_and_the_refusal_of_the_reducing_blocks(tmp_path):
         surgery.apply(build_model("swin", "demo"), [("token_merge", {"r": 6, "unmerge": False})])
     unset = surgery.apply(build_model("swin", "demo"), [("token_merge", {"r": 6})])  # left unset: within windows
     assert surgery.history(unset)[0].options["unmerge"] is True and torch.equal(unset(pixel_values=x).logits, logits)
+    mlp = swin(r=6, branches="mlp")
+    mlp_logits = mlp(pixel_values=x).logits
+    surgery.save(mlp, tmp_path / "mlp")
+    reloaded = surgery.load(tmp_path / "mlp")
+    assert torch.equal(reloaded(pixel_values=x).logits, mlp_logits) and not torch.equal(mlp_logits, logits)
+    assert surgery.history(reloaded)[0].options["branches"] == "mlp" and "branches=mlp" in repr(reloaded)
 
 
 @pytest.mark.parametrize("to, image_size", [("onnx", 40), ("openvino", 32)])

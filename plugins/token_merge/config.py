@@ -28,6 +28,9 @@ class ToMeConfig(SurgeryConfig):
             cumulative, and capped at half the patch tokens. False: ToMe's reducing blocks. None (default):
             the family decides: True where it needs its token map (Swin's windows, BEiT's relative position
             bias), else False; the recipe records the value that ran.
+        branches: with ``unmerge=True``, the branches that run on the merged tokens: "both" (default),
+            "mlp" (attention on every token, only the MLP merged: ToMe for SD's ``merge_mlp``) or
+            "attention" (ToMe for SD's default, ``merge_attn``); the other branch runs on every token.
     """
 
     plugin: ClassVar[str] = "token_merge"
@@ -37,6 +40,7 @@ class ToMeConfig(SurgeryConfig):
     r_per_layer: tuple[int, ...] | None = None
     prop_attn: bool = True
     unmerge: bool | None = None
+    branches: str = "both"
     legacy_defaults: ClassVar[dict] = {"unmerge": False}  # recipes from before the option: ToMe's reducing blocks
 
     def validate(self) -> None:

@@ -18,4 +18,5 @@ def apply(model: nn.Module, config: ToMeConfig, anatomy: Anatomy) -> Rewrite:
     blocks = anatomy.blocks(model)
     unmerging_layer = ToMeWindowLayer if blocks[0].windowed else ToMeUnmergingLayer  # Swin: within each window
     return swap_reducing(model, anatomy, blocks, "token_merge", "ToMe", config.schedule(len(blocks)), builder, config.prop_attn,
-                         classes=(unmerging_layer if unmerging(config) else ToMeLayer, ToMeSelfAttention))
+                         classes=(unmerging_layer if unmerging(config) else ToMeLayer, ToMeSelfAttention),
+                         branches=config.branches)

@@ -22,4 +22,5 @@ def apply(model: nn.Module, config: TokenTransformConfig, anatomy: Anatomy) -> R
     removals = config.removals(blocks, prefix, functools.partial(removable, prefix=prefix), model.config, cost)
     builder = ManyToManyBuilder(prefix=prefix, temperature=config.temperature, topk=config.topk)
     return swap_reducing(model, anatomy, blocks, "token_transform", "TokenTransform", removals, builder, config.prop_attn,
-                        classes=(UnmergingLayer if unmerging(config) else ReducingLayer, ReducingAttention))
+                        classes=(UnmergingLayer if unmerging(config) else ReducingLayer, ReducingAttention),
+                        branches=config.branches)

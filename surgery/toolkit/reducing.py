@@ -37,13 +37,14 @@ class ReducingAttention:
     reduction_parts: AttentionParts
 
     def reducing_attention(self, hidden: torch.Tensor, size: torch.Tensor | None, importance_rows: int = 0,
-                           position_bias: torch.Tensor | None = None
+                           position_bias: torch.Tensor | None = None, explicit: bool = False
                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """``(context (B, N, C), keys averaged over heads (B, N, d), importance (B, N) or None)``.
 
         log(size) biases the keys, and ``position_bias`` (B or 1, heads, N, N), where given, the logits. The
         importance is the attention the first ``importance_rows`` tokens (the prefix) pay each token,
-        averaged over heads and those rows (0: not computed).
+        averaged over heads and those rows (0: not computed). ``explicit``: the attention as explicit
+        matmuls instead of SDPA (:func:`~surgery.toolkit.attention.softmax_attention`).
         """
         parts = self.reduction_parts
         query, key, value = parts.qkv(hidden)
@@ -52,7 +53,7 @@ class ReducingAttention:
             bias = position_bias if bias is None else bias + position_bias
         dropout = parts.dropout if self.training else 0.0
         quant = getattr(self, "surgery_attention_quant", None)
-        context = softmax_attention(query, key, value, parts.scale, bias, dropout, quant)
+        context = softmax_attention(query, key, value, parts.scale, bias, dropout, quant, explicit)
         importance = None
         if importance_rows:
             with torch.no_grad():
@@ -125,7 +126,11 @@ class UnmergingLayer(ReducingLayer):
     (ToMe for Stable Diffusion's metric); one with them gets the keys and the prefix tokens' attention,
     computed before attention from the normed input (:meth:`ReducingAttention.reduction_scores`: the
     key projection of every token once more, the price of choosing before attending). A token that
-    no output holds (pruned) gets no branch: it passes the block unchanged."""
+    no output holds (pruned) gets no branch: it passes the block unchanged. ``reduction_branches`` "mlp" or
+    "attention" reduces one branch only (ToMe for SD's ``merge_mlp`` / ``merge_attn``), the other runs on
+    every token as in the host."""
+
+    reduction_branches: str = "both"
 
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         parts, builder = self.reduction_parts, self.reduction_builder
@@ -137,21 +142,32 @@ class UnmergingLayer(ReducingLayer):
                 metric, importance = (core.reduction_scores(normed, self.reduction_prefix, position)
                                       if builder.importance else (hidden_states, None))
                 reduction = builder(metric, importance, self.reduction_r)
-        if reduction is None:  # nothing to reduce here: the block as it was
+        attention, mlp = reduced_branches(self.reduction_branches if reduction is not None else "none")
+        if attention:
+            reduced, size = reduction.apply(normed, None)
+            position = None if position is None else reduced_bias(reduction, position, hidden_states.shape[0])
+            size = size if self.reduction_prop_attn else None
+            context, _, _ = core.reducing_attention(reduced, size, position_bias=position)
+            hidden_states = parts.add_branch(hidden_states, reduction.unmerge(parts.attention_output(context), tokens),
+                                             "attention")
+        else:  # every token attends, as in the host
             context, _, _ = core.reducing_attention(normed, None, position_bias=position)
-            return returned(parts, parts.mlp_residual(parts.attention_residual(hidden_states, context)))
-        reduced, size = reduction.apply(normed, None)
-        position = None if position is None else reduced_bias(reduction, position, hidden_states.shape[0])
-        size = size if self.reduction_prop_attn else None
-        context, _, _ = core.reducing_attention(reduced, size, position_bias=position)
-        branch = reduction.unmerge(parts.attention_output(context), tokens)
-        hidden_states = parts.add_branch(hidden_states, branch, "attention")
+            hidden_states = parts.attention_residual(hidden_states, context)
+        if not mlp:
+            return returned(parts, parts.mlp_residual(hidden_states))
         reduced, _ = reduction.apply(parts.mlp_input(hidden_states), None)
         branch = reduction.unmerge(parts.mlp_on(reduced), tokens)
         return returned(parts, parts.add_branch(hidden_states, branch, "mlp"))
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + ", unmerge=True"
+        return super().extra_repr() + ", unmerge=True" + ("" if self.reduction_branches == "both"
+                                                          else f", branches={self.reduction_branches}")
+
+
+def reduced_branches(branches: str) -> tuple[bool, bool]:
+    """Whether the attention and the MLP run on the reduced tokens, for an unmerging block's ``branches``
+    ("both", "attention", "mlp"; "none": nothing to reduce in this block)."""
+    return branches in ("both", "attention"), branches in ("both", "mlp")
 
 
 def returned(parts: BlockParts, hidden: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor]:
@@ -202,10 +218,11 @@ class SizeReset:
 
 def swap_reducing(model: nn.Module, anatomy: Anatomy, blocks: list[BlockParts], plugin: str, prefix: str,
                   removals: list[int], builder: Any, prop_attn: bool,
-                  classes: tuple[type, type] = (ReducingLayer, ReducingAttention)):
+                  classes: tuple[type, type] = (ReducingLayer, ReducingAttention), branches: str = "both"):
     """Hook the encoder (:class:`SizeReset`) and swap every block (``blocks``: the anatomy's, one
     ``removals`` entry each) and its attention core to the reducing classes (``classes``: subclasses of
-    the two above), named ``<prefix><Original>``; returns the rewrite."""
+    the two above), named ``<prefix><Original>``; ``branches``: what an unmerging block reduces. Returns
+    the rewrite."""
     layer_cls, attention_cls = classes
     encoder_name, _ = anatomy.one(model, "encoder")
     sizes = token_sizes(model)
@@ -213,7 +230,7 @@ def swap_reducing(model: nn.Module, anatomy: Anatomy, blocks: list[BlockParts], 
     changes.pre_hook(encoder_name, SizeReset(sizes, plugin))
     for parts, r in zip(blocks, removals):
         changes.swap_class(parts.name, layer_cls, prefix, reduction_r=r, reduction_prop_attn=prop_attn,
-                           reduction_parts=parts, reduction_sizes=sizes,
+                           reduction_parts=parts, reduction_sizes=sizes, reduction_branches=branches,
                            reduction_prefix=anatomy.prefix_tokens_of(model.config), reduction_builder=builder)
         changes.swap_class(parts.attention_name, attention_cls, prefix, reduction_parts=parts.attention)
     changes.call_on_undo(_clear, sizes)

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 from surgery.core.options import SurgeryConfig
 from surgery.core.parts import BlockParts
+from surgery.errors import did_you_mean
 from surgery.toolkit.reduction import BlockCost, patch_embedding_flops, schedule, solve_r
 
 
@@ -33,6 +34,9 @@ class ReductionConfig(SurgeryConfig):
             pruned token passes the block unchanged). r is per block, not cumulative. False: the reducing
             blocks. None (default): the family decides: True where it needs its token map (BEiT's
             relative position bias), else False; the recipe records the value that ran.
+        branches: with ``unmerge=True``, the branches that run on the reduced tokens: "both" (default),
+            "mlp" (attention on every token, only the MLP reduced: ToMe for SD's ``merge_mlp``) or
+            "attention" (ToMe for SD's default, ``merge_attn``); the other branch runs on every token.
     """
 
     r: int = 8
@@ -41,6 +45,7 @@ class ReductionConfig(SurgeryConfig):
     flops: float | None = None
     prop_attn: bool = True
     unmerge: bool | None = None
+    branches: str = "both"
     legacy_defaults: ClassVar[dict] = {"unmerge": False}  # recipes from before the option: the reducing blocks
 
     def validate(self) -> None:
@@ -70,12 +75,19 @@ class ReductionConfig(SurgeryConfig):
         return schedule(r, self.inflect, None, len(blocks))
 
 
+BRANCHES = ("both", "attention", "mlp")
+
+
 def unmerging(config: SurgeryConfig) -> bool:
     """``config.unmerge``, set: None (the family decides) is resolved by ``surgery.apply`` and a recipe's
-    replay (``SurgeryMethod.resolved``) before a plugin's ``apply`` runs; a direct call must set it."""
+    replay (``SurgeryMethod.resolved``) before a plugin's ``apply`` runs; a direct call must set it. A
+    ``branches`` other than "both" needs it True (the reducing blocks reduce between the branches)."""
     if config.unmerge is None:
         raise config.invalid("unmerge", None, "True or False in a direct call of the plugin's apply (None, the "
                                               "family's choice, is set by surgery.apply and the recipe's replay)")
+    if not config.unmerge and config.branches != "both":
+        raise config.invalid("branches", config.branches, "'both' with unmerge=False (the reducing blocks reduce "
+                                                          "between attention and MLP); set unmerge=True to reduce one branch")
     return config.unmerge
 
 
@@ -88,10 +100,13 @@ def checked_schedule(config: SurgeryConfig, num_layers: int) -> list[int]:
 
 
 def validate_schedule(config: SurgeryConfig) -> None:
-    """The checks of ``r``, ``inflect`` and ``r_per_layer`` (ToMe's options, shared by every reduction)."""
+    """The checks of ``r``, ``inflect``, ``r_per_layer`` (ToMe's options) and ``branches``, shared by every reduction."""
     if config.r < 0:
         raise config.invalid("r", config.r, "an integer >= 0")
     if not -1.0 <= config.inflect <= 1.0:
         raise config.invalid("inflect", config.inflect, "a number in [-1, 1] (0 constant, -1 decreasing)")
     if config.r_per_layer is not None and any(v < 0 for v in config.r_per_layer):
         raise config.invalid("r_per_layer", list(config.r_per_layer), "integers >= 0, one per block")
+    if config.branches not in BRANCHES:
+        raise config.invalid("branches", config.branches, f"one of {', '.join(map(repr, BRANCHES))} (with unmerge=True, the "
+                                                          f"branches run on the reduced tokens){did_you_mean(config.branches, BRANCHES)}")

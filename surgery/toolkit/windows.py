@@ -12,7 +12,9 @@ are (diag(1/s) T B T^T diag(1/s)). The reduction runs as dense matrix products
 gathers and scatters of the merge's own form, and MatMul in ONNX Runtime and OpenVINO). The residual
 stream stays cut into windows between the two branches (norms, MLP and residuals act token by token,
 so only the order of the tokens differs; per image, so drop path draws per image as the host's): one
-partition and one reverse per block.
+partition and one reverse per block. Attention runs as explicit matmuls, as the host's does (on a
+window's few tokens they beat PyTorch's CPU SDPA kernel). ``branches`` "mlp" or "attention" reduces one
+branch only; the other runs on every token of the window.
 
 The shifted-window mask keeps the regions a shift brings into one window apart. A builder that takes
 ``groups`` (ToMe's matching) never reduces tokens of two regions into one, so the reduced mask is the
@@ -29,7 +31,7 @@ import torch
 from torch.nn import functional as F
 from torch.profiler import record_function
 
-from surgery.toolkit.reducing import ReducingLayer, block_position_bias
+from surgery.toolkit.reducing import ReducingLayer, block_position_bias, reduced_branches
 from surgery.toolkit.reduction import dense
 
 MASKED = -100.0  # the host's additive mask between regions (transformers' SwinLayer.get_attn_mask)
@@ -105,9 +107,16 @@ class Regions:
     padding: torch.Tensor
     shifted: bool
 
+    def mask(self, batch: int, dtype: torch.dtype) -> torch.Tensor | None:
+        """(B * windows, 1, window^2, window^2): the host's additive shifted-window mask for each window of
+        the batch (``MASKED`` between positions of two regions), or None without a shift."""
+        if not self.shifted:
+            return None
+        mask = (self.region[:, :, None] != self.region[:, None, :]).to(dtype) * MASKED
+        return mask.repeat(batch, 1, 1)[:, None]
+
     def reduced_mask(self, mean: torch.Tensor) -> torch.Tensor | None:
-        """(B * windows, 1, M, M): the host's additive shifted-window mask (``MASKED`` between positions of two
-        regions) reduced as the tokens are (``mean``: diag(1/s') T, (B * windows,
+        """(B * windows, 1, M, M): :meth:`mask` reduced as the tokens are (``mean``: diag(1/s') T, (B * windows,
         M, window^2)), or None without a shift. With the one-hot regions R, mean M mean^T is
         ``MASKED * (1 - (mean R)(mean R)^T)``: two small products instead of one per pair; the host's mask
         exactly (0 or ``MASKED``, up to the rounding of the means) where every reduced token lies in one region."""
@@ -134,7 +143,10 @@ class WindowUnmergingLayer(ReducingLayer):
     """A windowed block (Swin) that reduces ``reduction_r`` tokens of every window, computes attention and
     the MLP on the rest and unmerges each branch back to every position (see the module docstring).
     Called as the host's block: ``(hidden (B, H * W, C), input_dimensions, ...)``; returns
-    ``(hidden, None)`` (no attention weights), which both transformers layouts unpack."""
+    ``(hidden, None)`` (no attention weights), which both transformers layouts unpack. ``reduction_branches``
+    "mlp" or "attention" reduces one branch only; the other runs on every token of the window."""
+
+    reduction_branches: str = "both"
 
     def forward(self, hidden_states: torch.Tensor, input_dimensions: tuple[int, int], *args, **kwargs):
         parts, builder = self.reduction_parts, self.reduction_builder
@@ -160,16 +172,27 @@ class WindowUnmergingLayer(ReducingLayer):
         def per_image(tokens: torch.Tensor) -> torch.Tensor:  # (B * windows, N, C) as (B, windows * N, C)
             return tokens.reshape(batch, -1, channels)
 
-        bias, mask = block_position_bias(parts, args, kwargs, grid.tokens), regions.reduced_mask(reduction.mean)
-        bias = mask if bias is None else reduction.bias(bias) if mask is None else reduction.bias(bias) + mask
-        reduced, size = reduction.apply(branch_input(parts.attention_input(windows)), None)
-        context, _, _ = parts.attention.core.reducing_attention(
-            reduced, size if self.reduction_prop_attn else None, position_bias=bias)
-        branch = reduction.unmerge(parts.attention_output(context), grid.tokens)
+        attention, mlp = reduced_branches(self.reduction_branches)
+        normed, bias = branch_input(parts.attention_input(windows)), block_position_bias(parts, args, kwargs, grid.tokens)
+        if attention:
+            mask = regions.reduced_mask(reduction.mean)
+            bias = mask if bias is None else reduction.bias(bias) if mask is None else reduction.bias(bias) + mask
+            reduced, size = reduction.apply(normed, None)
+            context, _, _ = parts.attention.core.reducing_attention(
+                reduced, size if self.reduction_prop_attn else None, position_bias=bias, explicit=True)
+            branch = reduction.unmerge(parts.attention_output(context), grid.tokens)
+        else:  # every token of the window attends, as in the host
+            mask = regions.mask(batch, windows.dtype)
+            bias = mask if bias is None else bias if mask is None else bias + mask
+            context, _, _ = parts.attention.core.reducing_attention(normed, None, position_bias=bias, explicit=True)
+            branch = parts.attention_output(context)
         hidden = parts.add_branch(per_image(windows), per_image(branch), "attention")
-        reduced, _ = reduction.apply(branch_input(parts.mlp_input(hidden).view(-1, grid.tokens, channels)), None)
-        branch = reduction.unmerge(parts.mlp_on(reduced), grid.tokens)
-        return grid.merge(parts.add_branch(hidden, per_image(branch), "mlp").view(-1, grid.tokens, channels)), None
+        if mlp:
+            reduced, _ = reduction.apply(branch_input(parts.mlp_input(hidden).view(-1, grid.tokens, channels)), None)
+            hidden = parts.add_branch(hidden, per_image(reduction.unmerge(parts.mlp_on(reduced), grid.tokens)), "mlp")
+        else:
+            hidden = parts.mlp_residual(hidden)
+        return grid.merge(hidden.view(-1, grid.tokens, channels)), None
 
     def _grid(self, input_dimensions: tuple[int, int], args: tuple, kwargs: dict) -> WindowGrid:
         """This call's windows: the host's window clamped to a map no larger than it (shift 0), as the host
@@ -185,4 +208,5 @@ class WindowUnmergingLayer(ReducingLayer):
         return WindowGrid(height, width, window, shift)
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + ", unmerge=True, within windows"
+        branches = "" if self.reduction_branches == "both" else f", branches={self.reduction_branches}"
+        return super().extra_repr() + ", unmerge=True, within windows" + branches
