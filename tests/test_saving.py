@@ -90,8 +90,9 @@ def saved_a(tmp_path_factory):
     return folder
 
 
-@pytest.mark.parametrize("kill,survivor", [("weights", "a"), ("before-swap", "a"), ("between-renames", "a"),
-                                           ("after-swap", "b")])
+@pytest.mark.parametrize("kill,survivor", [("weights", "a"), pytest.param("before-swap", "a", marks=pytest.mark.slow),
+                                           pytest.param("between-renames", "a", marks=pytest.mark.slow),
+                                           ("after-swap", "b")])  # each survivor in the suite, all four with -m slow
 def test_a_save_killed_at_any_point_leaves_the_old_or_the_new_model(tmp_path, kill, survivor, saved_a):
     folder = tmp_path / "models" / "m"
     shutil.copytree(saved_a, folder)  # model "a" as a save in another process left it (shared: one process for all)

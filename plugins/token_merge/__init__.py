@@ -29,7 +29,8 @@ METHOD = define_method(
     apply=rewrite.apply,
     version="0.1.1",
     changes={"0.1.1": ("merging within Swin's windows (unmerge=True on a windowed family) applies the merge, the "
-                       "unmerge and the reduced bias and shift mask as matrix products (float rounding only: logits "
+                       "unmerge and the reduced bias and shift mask as matrix products, and attention as explicit matmuls "
+                       "(float rounding only: logits "
                        "within ~1e-6 of 0.1.0's on the same merges; a near-tie between two merge scores may now "
                        "break the other way). The reducing blocks and unmerge on other families are unchanged.")},
     paper="https://arxiv.org/abs/2210.09461",

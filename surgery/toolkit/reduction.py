@@ -69,7 +69,6 @@ class Selection:
         return torch.nn.functional.one_hot(self.index, n).to(dtype)
 
 
-
 @dataclasses.dataclass
 class Dense:
     """Any reduction as its dense matrix ``weights`` T (B, M, N) in the compute dtype, applied by batched
