@@ -49,8 +49,7 @@ class ReducingAttention:
         parts = self.reduction_parts
         query, key, value = parts.qkv(hidden)
         bias = None if size is None else size.log().to(query.dtype)[:, None, None, :, 0]
-        if position_bias is not None:
-            bias = position_bias if bias is None else bias + position_bias
+        bias = plus(bias, position_bias)
         dropout = parts.dropout if self.training else 0.0
         quant = getattr(self, "surgery_attention_quant", None)
         context = softmax_attention(query, key, value, parts.scale, bias, dropout, quant, explicit)
@@ -181,8 +180,13 @@ def block_position_bias(parts: BlockParts, args: tuple, kwargs: dict, tokens: in
     bias = parts.attention.position_bias(tokens, args, kwargs)
     if parts.layout.block_bias is not None:
         block = parts.layout.block_bias(parts.module, {"args": tuple(args), "kwargs": dict(kwargs), "tokens": tokens})
-        bias = block if bias is None else bias if block is None else bias + block
+        bias = plus(bias, block)
     return bias
+
+
+def plus(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
+    """``a + b`` of two optional logit biases (None: no bias)."""
+    return b if a is None else a if b is None else a + b
 
 
 def reduced_bias(reduction: Any, bias: torch.Tensor, batch: int) -> torch.Tensor:

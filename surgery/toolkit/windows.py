@@ -31,7 +31,7 @@ import torch
 from torch.nn import functional as F
 from torch.profiler import record_function
 
-from surgery.toolkit.reducing import ReducingLayer, block_position_bias, reduced_branches
+from surgery.toolkit.reducing import ReducingLayer, block_position_bias, plus, reduced_branches
 from surgery.toolkit.reduction import dense
 
 MASKED = -100.0  # the host's additive mask between regions (transformers' SwinLayer.get_attn_mask)
@@ -176,14 +176,14 @@ class WindowUnmergingLayer(ReducingLayer):
         normed, bias = branch_input(parts.attention_input(windows)), block_position_bias(parts, args, kwargs, grid.tokens)
         if attention:
             mask = regions.reduced_mask(reduction.mean)
-            bias = mask if bias is None else reduction.bias(bias) if mask is None else reduction.bias(bias) + mask
+            bias = plus(None if bias is None else reduction.bias(bias), mask)
             reduced, size = reduction.apply(normed, None)
             context, _, _ = parts.attention.core.reducing_attention(
                 reduced, size if self.reduction_prop_attn else None, position_bias=bias, explicit=True)
             branch = reduction.unmerge(parts.attention_output(context), grid.tokens)
         else:  # every token of the window attends, as in the host
             mask = regions.mask(batch, windows.dtype)
-            bias = mask if bias is None else bias if mask is None else bias + mask
+            bias = plus(bias, mask)
             context, _, _ = parts.attention.core.reducing_attention(normed, None, position_bias=bias, explicit=True)
             branch = parts.attention_output(context)
         hidden = parts.add_branch(per_image(windows), per_image(branch), "attention")
