@@ -1,9 +1,10 @@
 """Every installed plugin on ViT, DeiT, Swin and DINOv2 (where it supports the family) under PyTorch 2's
 deployment paths: ``torch.export.export`` and ``torch.compile`` with ``fullgraph=True`` (Dynamo's trace; a
-graph break anywhere fails the test), each giving the eager logits. Inductor itself (AOTAutograd and code
-generation, seconds per model) runs on one case here, the int8 one, where it must lower to oneDNN's int8
-kernels, and AOTAutograd on compiled training; the whole matrix under Inductor is marked slow
-(``pytest -m slow tests/test_compile.py``)."""
+graph break anywhere fails the test), each giving the eager logits. The default run takes the two attention
+layouts, ViT's global tokens and Swin's windows; DeiT (two prefix tokens) and DINOv2 are marked slow, as is
+the whole matrix under Inductor itself (AOTAutograd and code generation, seconds per model), which runs by
+default on one case, the int8 one, where it must lower to oneDNN's int8 kernels, and AOTAutograd on compiled
+training (``pytest -m slow tests/test_compile.py``)."""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ from surgery.errors import SurgeryError
 from conftest import images, supported, tiny, untie
 
 FAMILIES = ["vit", "deit-distilled", "swin", "dinov2"]
-PAIRS = [(m.name, arch) for m in surgery.list_methods() for arch in supported(m.name, FAMILIES)]
-IDS = [f"{p}-{a}" for p, a in PAIRS]
+IN_THE_SUITE = ("vit", "swin")  # the others in `pytest -m slow` (about 90 s of the suite's time on 2 cores)
+PAIRS = [pytest.param(m.name, arch, marks=() if arch in IN_THE_SUITE else pytest.mark.slow, id=f"{m.name}-{arch}")
+         for m in surgery.list_methods() for arch in supported(m.name, FAMILIES)]
 ATOL = {torch.float32: 1e-5}
 
 
@@ -32,7 +34,7 @@ def eager(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         return model(pixel_values=x).logits
 
 
-@pytest.mark.parametrize("plugin, arch", PAIRS, ids=IDS)
+@pytest.mark.parametrize("plugin, arch", PAIRS)
 def test_torch_export_gives_the_eager_logits(plugin, arch):
     model, x = rewritten(plugin, arch), images()
     expected = eager(model, x)
@@ -42,7 +44,7 @@ def test_torch_export_gives_the_eager_logits(plugin, arch):
     torch.testing.assert_close(got, expected, atol=ATOL[got.dtype], rtol=0)
 
 
-@pytest.mark.parametrize("plugin, arch", PAIRS, ids=IDS)
+@pytest.mark.parametrize("plugin, arch", PAIRS)
 def test_torch_compile_traces_one_graph_with_the_eager_logits(plugin, arch):
     torch._dynamo.reset()
     model, x = rewritten(plugin, arch), images()
@@ -107,7 +109,7 @@ def test_an_unfitted_hash_is_refused_by_torch_export_instead_of_learned_from_the
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("plugin, arch", PAIRS, ids=IDS)
+@pytest.mark.parametrize("plugin, arch", PAIRS)
 def test_inductor_gives_the_eager_logits(plugin, arch):
     from torch._inductor import config
 

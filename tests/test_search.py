@@ -226,6 +226,7 @@ def test_a_search_picks_within_budget_saves_the_pick_and_reports_once_on_test(di
     assert (predict_logits(reloaded, x).argmax(-1) == y).numpy().tolist() == unpack(chosen["correct"], len(y)).tolist()
 
 
+@pytest.mark.slow  # 50 s on 2 cores; the killed-and-resumed search below reaches the same front with the same seed
 def test_the_same_seed_proposes_the_same_candidates(digits, tmp_path):
     # 16 starting points (token_merge alone at 9 values, quantize's 5 options swept: 7), then pairs and the sampler's proposals
     first = small(digits[0], tmp_path / "a", trials=20)
