@@ -275,3 +275,30 @@ def test_overlaps_come_from_the_claimed_modules_alone(host_with, order):
         surgery.apply(model, order[1])
     assert module_tree(model) == tree
     surgery.apply(tiny("vit"), ["norm_swap", "token_merge"])  # disjoint claims compose
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=[spec[0] for spec in SPECS])
+def test_apply_resolves_the_models_layout_once_and_hands_every_step_the_bound_anatomy(spec, monkeypatch):
+    from surgery.core.anatomy import Anatomy
+
+    model = tiny(supported(spec[0], ["vit", "swin"])[0])
+    resolved, find = [], Anatomy._find_layout
+    monkeypatch.setattr(Anatomy, "_find_layout", lambda self, module: resolved.append(module) or find(self, module))
+    surgery.apply(model, [spec], calibration=[images(4, seed=s) for s in range(2)])
+    assert resolved == [model]  # once, on the model itself; the dry run's meta copy takes the same layout
+
+
+def test_a_bound_anatomy_answers_for_its_model_only_and_keeps_it_alive_no_longer():
+    import gc
+
+    model = tiny("vit")
+    bound = surgery.get_host().anatomy_of(model)
+    layout = bound.layout_of(model)
+    assert bound.layout_of(model) is layout and bound == surgery.get_host().anatomy("vit")
+    assert bound.layout_of(model.vit).name == f"{layout.name}, base model"  # another model: its own layout
+    assert surgery.get_host().anatomy_of(torch.nn.Linear(2, 2), required=False) is None
+    with pytest.raises(UnsupportedModelError, match="Linear has model_type 'None'"):
+        surgery.get_host().anatomy_of(torch.nn.Linear(2, 2))
+    del model
+    gc.collect()
+    assert bound.binding[0]() is None

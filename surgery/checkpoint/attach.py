@@ -35,7 +35,7 @@ def sync_recipe(model: nn.Module, steps: list[AppliedStep]) -> None:
 def _reference_targets(model: nn.Module, step: dict) -> dict:
     """A recipe names its targets in the anatomy's reference layout, whichever layout ``model`` has
     (so one recipe, and its digest, reads the same on every transformers version)."""
-    forward = renamer(get_host().anatomies.get(model.config.model_type), model, to_reference=True)
+    forward = renamer(get_host().anatomy_of(model, required=False), model, to_reference=True)
     if forward is not None:
         step["targets"] = [forward.name(target) for target in step["targets"]]
     return step

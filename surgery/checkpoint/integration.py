@@ -205,7 +205,7 @@ def _set_parameter(model: Any, name: str, value: torch.Tensor, device: Any) -> N
 
 
 def _anatomy(model: Any):
-    return get_host().anatomies.get(getattr(model.config, "model_type", None))
+    return get_host().anatomy_of(model, required=False)
 
 
 def _reference_names(model: Any, model_names: list[str]) -> dict[str, str]:

@@ -36,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import re
+import weakref
 from collections.abc import Callable, Mapping
 from typing import Literal
 
@@ -109,6 +110,7 @@ class Anatomy:
         parts_refusal: ``parts_refusal(config) -> reason or None``: a configuration of the family that
             the block parts do not describe (BEiT's shared position bias), refused by every method that
             builds from parts.
+        binding: set by :meth:`bind` (the model, weakly, and its layout); never passed by hand.
     """
 
     model_type: str
@@ -124,6 +126,7 @@ class Anatomy:
     traits: frozenset[str] = frozenset()
     family: str = ""
     parts_refusal: Callable[[object], str | None] | None = None
+    binding: tuple[weakref.ref, Layout] | None = dataclasses.field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.traits) - set(TRAITS))
@@ -143,11 +146,26 @@ class Anatomy:
     def all_layouts(self) -> list[Layout]:
         return [Layout(self.name, self.roles, self.block, self.prefix_parameters), *self.layouts]
 
+    def bind(self, model: nn.Module, layout: Layout | None = None) -> Anatomy:
+        """This anatomy bound to ``model`` (as optimum's NormalizedConfig binds a config once): ``model``'s
+        layout is resolved here, once, or given (a copy's is its original's), and every lookup on ``model``
+        through the bound anatomy reuses it, also after a step renamed the modules that decided it (a
+        probe role swapped for a module without a ``query``). Lookups on any other model resolve its own.
+        ``Host.anatomy_of(model)`` gives the model's bound anatomy, bound at its first lookup; ``apply`` hands
+        it to every step."""
+        return dataclasses.replace(self, binding=(weakref.ref(model), layout or self.layout_of(model)))
+
     def layout_of(self, model: nn.Module) -> Layout:
         """The first layout whose probe roles (``block``, ``attention``, ``query`` where it has them;
         else any role) all match modules of ``model``: the model decides, never a version string. A base
         model or backbone (``ViTModel``, ``Dinov2Backbone``: no head, its modules at the top) gets the
-        layouts without the base model's prefix, and without the roles outside it (the classifier)."""
+        layouts without the base model's prefix, and without the roles outside it (the classifier).
+        The model an anatomy is bound to (:meth:`bind`) gets the layout found then."""
+        if self.binding is not None and self.binding[0]() is model:
+            return self.binding[1]
+        return self._find_layout(model)
+
+    def _find_layout(self, model: nn.Module) -> Layout:
         names = [name for name, _ in model.named_modules()]
         layouts = self.all_layouts()
         prefix = getattr(model, "base_model_prefix", "")

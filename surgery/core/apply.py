@@ -36,6 +36,7 @@ class Plan:
     model_class: str
     model_type: str
     steps: list[PlannedStep]
+    anatomy: Anatomy | None = dataclasses.field(default=None, repr=False, compare=False)  # bound to the model
 
     def __str__(self) -> str:
         lines = [f"plan for {self.model_class} ({self.model_type}): {len(self.steps)} step(s)"]
@@ -56,7 +57,7 @@ def plan(model: nn.Module, specs: Spec | Sequence[Spec]) -> Plan:
             raise_incompatible(reasons)
         raise
     raise_incompatible(reasons + overlaps(model, anatomy, [(s.method.name, s.targets) for s in steps], host))
-    return Plan(type(model).__name__, anatomy.model_type, steps)
+    return Plan(type(model).__name__, anatomy.model_type, steps, anatomy)
 
 
 def apply(model: nn.Module, specs: Spec | Sequence[Spec], calibration: Iterable[Any] | None = None) -> nn.Module:
@@ -69,14 +70,14 @@ def apply(model: nn.Module, specs: Spec | Sequence[Spec], calibration: Iterable[
     """
     refuse_adapters(model, "apply surgery to")
     host = get_host()
-    planned = plan(model, specs).steps
+    planned = plan(model, specs)
+    anatomy, planned = planned.anatomy, planned.steps  # the layout found before any step renamed a module
     for step in planned:
         if step.method.needs_data is not None and step.method.needs_data(step.config) and calibration is None:
             raise ConfigError(
                 f"{step.method.name} needs calibration data: surgery.apply(model, specs, calibration=batches), "
                 "where batches yields pixel_values (on the command line: --calibration digits)."
             )
-    anatomy = host.anatomy(model.config.model_type)
     snapshot = ModelSnapshot(model)
     history = get_history(model)
     current = None
@@ -140,7 +141,7 @@ def validate(model: nn.Module, steps: list[PlannedStep], host: Host, collect: bo
     config = getattr(model, "config", None)
     if config is None or not hasattr(config, "model_type"):
         raise UnsupportedModelError(f"{type(model).__name__} is not a transformers model (it has no config.model_type).")
-    anatomy = host.anatomy(config.model_type, type(model).__name__)
+    anatomy = host.anatomy_of(model)
     for step in steps:
         step.config = step.method.resolved(step.config, anatomy)  # auto options set for the family
         reason = step.method.refusal(anatomy, step.config)
@@ -198,6 +199,7 @@ def _conflicts(steps: list[PlannedStep], applied: list[AppliedStep], host: Host)
 def _rehearse(model: nn.Module, steps: list[PlannedStep], anatomy: Anatomy) -> None:
     """Run the steps on a meta-device copy to find their targets and catch failures early."""
     rehearsal = _meta_copy(model)
+    anatomy = anatomy.bind(rehearsal, anatomy.layout_of(model))
     for step in steps:
         try:
             step.targets = list(step.method.apply(rehearsal, step.config, anatomy).targets)

@@ -13,6 +13,7 @@ import importlib
 import importlib.metadata
 import logging
 import pkgutil
+import weakref
 from collections.abc import Iterable
 from typing import Any
 
@@ -65,6 +66,7 @@ class Host:
         self.problems: list[PluginProblem] = []
         self.methods: dict[str, SurgeryMethod] = {}
         self.anatomies: dict[str, Anatomy] = {a.model_type: a for a in builtin_anatomies()}
+        self._bound: weakref.WeakKeyDictionary[Any, tuple[Anatomy, Anatomy]] = weakref.WeakKeyDictionary()
 
     # -- loading ---------------------------------------------------------------------------
     def load_plugin(self, name: str, target: str | Any, distribution: str, strict: bool = False) -> bool:
@@ -143,6 +145,22 @@ class Host:
             if capability in method.provides:
                 return method
         raise UnknownPluginError(f"no installed surgery plugin provides '{capability}'.")
+
+    def anatomy_of(self, model: Any, required: bool = True) -> Anatomy | None:
+        """The anatomy of ``model``'s family bound to ``model`` (:meth:`Anatomy.bind`): the one lookup from a
+        model. Its layout is resolved at the first lookup (``plan``, before any step renames a module) and kept
+        for the model's life (weakly: the host does not keep a model alive), so every later lookup, the
+        recipe's reference names after each step included, reads the layout the model was built with. A model
+        of no known family is an error naming the supported model types, or None when not ``required``."""
+        model_type = getattr(getattr(model, "config", None), "model_type", None)
+        if not required and model_type not in self.anatomies:
+            return None
+        anatomy = self.anatomy(model_type, type(model).__name__)
+        source, bound = self._bound.get(model, (None, None))
+        if source is not anatomy or bound is None:  # first lookup, or the family's anatomy was registered anew
+            bound = anatomy.bind(model)
+            self._bound[model] = (anatomy, bound)
+        return bound
 
     def anatomy(self, model_type: str, model_class: str = "model") -> Anatomy:
         if model_type in self.anatomies:

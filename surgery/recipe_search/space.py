@@ -85,7 +85,7 @@ class Space:
                                   f"search cannot try it; methods with one: {', '.join(declared)}")
         chosen = [n for n in declared if (include is None or n in include) and n not in exclude]
         left_out: dict[str, str] = {n: "not declared searchable" for n in sorted(host.methods) if n not in declared}
-        anatomy = host.anatomies.get(getattr(model.config, "model_type", None))
+        anatomy = host.anatomy_of(model, required=False)
         required = {n: declared[n].options_required(anatomy) for n in chosen} if anatomy is not None else {}
         required = {n: options for n, options in required.items() if options}
         methods: dict[str, SurgeryMethod] = {}

@@ -12,7 +12,7 @@ from surgery.toolkit.training import TrainingHooks
 def step_hooks(model: nn.Module) -> list[TrainingHooks]:
     """The training hooks of every applied step whose plugin has some."""
     host = get_host()
-    anatomy = host.anatomy(model.config.model_type, type(model).__name__)
+    anatomy = host.anatomy_of(model)
     hooks = []
     for step in get_history(model):
         method = host.method(step.plugin)

@@ -81,7 +81,7 @@ def recover(model: nn.Module, teacher: nn.Module | None, train, eval=None, confi
     train_loader = batches(train, base.config, processor, config.batch_size, shuffle=True, seed=config.seed)
     eval_loader = batches(eval, base.config, processor, 256) if eval is not None else None
     if lora is not None:
-        model = wrap(model, lora, get_host().anatomy(base.config.model_type, type(base).__name__), new)
+        model = wrap(model, lora, get_host().anatomy_of(base), new)
         new = {name for name, _ in model.named_parameters() if canonical(name) in new}  # PEFT's names
     if config.warmup_epochs and not any(p.requires_grad for n, p in model.named_parameters() if n in new):
         if lora is not None:
