@@ -70,8 +70,9 @@ def apply(model: nn.Module, specs: Spec | Sequence[Spec], calibration: Iterable[
     """
     refuse_adapters(model, "apply surgery to")
     host = get_host()
-    planned = plan(model, specs)
-    anatomy, planned = planned.anatomy, planned.steps  # the layout found before any step renamed a module
+    the_plan = plan(model, specs)
+    anatomy, planned = the_plan.anatomy, the_plan.steps  # the layout found before any step renamed a module
+    assert anatomy is not None  # plan binds it
     for step in planned:
         if step.method.needs_data is not None and step.method.needs_data(step.config) and calibration is None:
             raise ConfigError(
@@ -80,24 +81,24 @@ def apply(model: nn.Module, specs: Spec | Sequence[Spec], calibration: Iterable[
             )
     snapshot = ModelSnapshot(model)
     history = get_history(model)
-    current = None
+    current = planned[0] if planned else None
     try:
         for current in planned:
             rewrite = current.method.apply(model, current.config, anatomy)
-            step = record(current, rewrite, base_model=portable_source(getattr(model.config, "_name_or_path", None)))
-            history.append(step)
+            done = record(current, rewrite, base_model=portable_source(getattr(model.config, "_name_or_path", None)))
+            history.append(done)
             set_history(model, history)
-            host.pm.hook.surgery_step_applied(model=model, step=step)
-        for current, step in zip(planned, history[len(history) - len(planned):]):
+            host.pm.hook.surgery_step_applied(model=model, step=done)
+        for current, done in zip(planned, history[len(history) - len(planned):]):
             if current.method.calibrate is not None and calibration is not None:
-                current.method.calibrate(model, current.config, Rewrite(step.targets, step.undo), calibration)
+                current.method.calibrate(model, current.config, Rewrite(done.targets, done.undo), calibration)
     except SurgeryError:
         snapshot.restore()
         raise
     except Exception as error:
         snapshot.restore()
         raise ApplyError(
-            f"{current.method.name} failed while rewriting {type(model).__name__}: {type(error).__name__}: {error}. "
+            f"{current.method.name if current else 'apply'} failed while rewriting {type(model).__name__}: {type(error).__name__}: {error}. "
             "The model was restored to its state before apply."
         ) from error
     return model
@@ -123,7 +124,9 @@ def revert(model: nn.Module, steps: int | None = None) -> nn.Module:
     snapshot = ModelSnapshot(model)
     try:
         for step in reversed(undo):
-            host.method(step.plugin).revert(model, Rewrite(step.targets, step.undo))
+            revert_step = host.method(step.plugin).revert
+            assert revert_step is not None  # checked above: every step is reversible
+            revert_step(model, Rewrite(step.targets, step.undo))
             applied.pop()
             set_history(model, applied)
     except Exception as error:

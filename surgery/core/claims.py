@@ -25,7 +25,7 @@ SHOWN = 3
 
 
 def overlap_reasons(model: nn.Module, anatomy: Anatomy, applied: Iterable[tuple[str, list[str]]],
-                    planned: Iterable[tuple[str, list[str]]], conflicts: Mapping[tuple[str, str], str]) -> list[str]:
+                    planned: Iterable[tuple[str, list[str]]], conflicts: Mapping[tuple[str, str], object]) -> list[str]:
     """Reasons for every module two different methods claim, in application order.
 
     ``applied``/``planned``: ``(plugin, targets)`` of the steps already in the model's history and of

@@ -15,7 +15,7 @@ import logging
 import pkgutil
 import weakref
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Literal, overload
 
 import pluggy
 
@@ -146,6 +146,12 @@ class Host:
                 return method
         raise UnknownPluginError(f"no installed surgery plugin provides '{capability}'.")
 
+    @overload
+    def anatomy_of(self, model: Any, required: Literal[True] = ...) -> Anatomy: ...
+
+    @overload
+    def anatomy_of(self, model: Any, required: bool) -> Anatomy | None: ...
+
     def anatomy_of(self, model: Any, required: bool = True) -> Anatomy | None:
         """The anatomy of ``model``'s family bound to ``model`` (:meth:`Anatomy.bind`): the one lookup from a
         model. Its layout is resolved at the first lookup (``plan``, before any step renames a module) and kept
@@ -155,7 +161,7 @@ class Host:
         model_type = getattr(getattr(model, "config", None), "model_type", None)
         if not required and model_type not in self.anatomies:
             return None
-        anatomy = self.anatomy(model_type, type(model).__name__)
+        anatomy = self.anatomy(str(model_type), type(model).__name__)
         source, bound = self._bound.get(model, (None, None))
         if source is not anatomy or bound is None:  # first lookup, or the family's anatomy was registered anew
             bound = anatomy.bind(model)
@@ -185,7 +191,7 @@ class Host:
         except Exception as error:
             self._problem(self._dist(impl), impl.plugin_name, f"{hook} raised {type(error).__name__}: {error}")
             return []
-        items = list(result or [])
+        items = list(result or [])  # type: ignore[call-overload]  # a plugin's hook may return anything
         good = [item for item in items if isinstance(item, kind)]
         if len(good) != len(items):
             bad = next(type(item).__name__ for item in items if not isinstance(item, kind))
