@@ -121,6 +121,20 @@ def test_nothing_outside_a_plugin_names_it():
         assert "surgery.plugins." not in source, f"{name} names a plugin module path"
 
 
+# the core's model description: what transformers' layouts look like, with no notion of a plugin (docs/architecture.md)
+DESCRIPTION = ("surgery.core.anatomy", "surgery.core.parts", "surgery.core.names", "surgery.core.families")
+
+
+def _describes(name: str) -> bool:
+    return any(name == prefix or name.startswith(prefix + ".") for prefix in DESCRIPTION)
+
+
+@pytest.mark.parametrize("name", [name for name in MODULES if _describes(name)])
+def test_the_model_description_never_imports_the_plugin_engine(name):
+    engine = sorted(t for t in GRAPH[name] if t.startswith("surgery.core") and not _describes(t))
+    assert not engine, f"{name} (the core's model description) imports the plugin engine: {', '.join(engine)}"
+
+
 def test_no_import_cycles():
     index, low, stack, on_stack, cycles = {}, {}, [], set(), []
 
