@@ -1,10 +1,10 @@
 """Every installed plugin on ViT, DeiT, Swin and DINOv2 (where it supports the family) under PyTorch 2's
 deployment paths: ``torch.export.export`` and ``torch.compile`` with ``fullgraph=True`` (Dynamo's trace; a
 graph break anywhere fails the test), each giving the eager logits. The default run takes the two attention
-layouts, ViT's global tokens and Swin's windows; DeiT (two prefix tokens) and DINOv2 are marked slow, as is
-the whole matrix under Inductor itself (AOTAutograd and code generation, seconds per model), which runs by
-default on one case, the int8 one, where it must lower to oneDNN's int8 kernels, and AOTAutograd on compiled
-training (``pytest -m slow tests/test_compile.py``)."""
+layouts, ViT's global tokens and Swin's windows, and AOTAutograd on compiled int8 training; DeiT (two prefix
+tokens) and DINOv2 are marked slow, as is Inductor itself (AOTAutograd and code generation, seconds per model):
+the whole matrix, and the int8 case, where it must lower to oneDNN's int8 kernels (about 50 s of the suite's
+time on 2 cores; ``pytest -m slow tests/test_compile.py``)."""
 
 from __future__ import annotations
 
@@ -54,6 +54,7 @@ def test_torch_compile_traces_one_graph_with_the_eager_logits(plugin, arch):
     torch.testing.assert_close(got, expected, atol=ATOL[got.dtype], rtol=0)
 
 
+@pytest.mark.slow
 def test_inductor_lowers_calibrated_int8_to_onednn_int8_kernels():
     from torch._inductor import config
     from torch._inductor.utils import run_and_get_code

@@ -74,6 +74,7 @@ def test_splits_and_registry():
 PINNED_TEST_64 = "c517246908d4da6b9b82b73240aabc033d54ea1f0fe96910f3959064cbd568f4"
 
 
+@pytest.mark.slow  # 25-45 s on 2 cores (the 7,000 evaluation images); test_demo_model trains through the same code
 def test_a_shapes_model_trains_from_the_task_recipe_and_records_its_splits(tmp_path):
     import json
 
