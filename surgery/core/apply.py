@@ -81,7 +81,7 @@ def apply(model: nn.Module, specs: Spec | Sequence[Spec], calibration: Iterable[
             )
     snapshot = ModelSnapshot(model)
     history = get_history(model)
-    current = planned[0] if planned else None
+    current: PlannedStep | None = None
     try:
         for current in planned:
             rewrite = current.method.apply(model, current.config, anatomy)
