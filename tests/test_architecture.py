@@ -122,7 +122,9 @@ def test_nothing_outside_a_plugin_names_it():
 
 
 # the core's model description: what transformers' layouts look like, with no notion of a plugin (docs/architecture.md)
-DESCRIPTION = ("surgery.core.anatomy", "surgery.core.parts", "surgery.core.names", "surgery.core.families")
+DESCRIPTION = (
+    "surgery.core.anatomy", "surgery.core.layout", "surgery.core.parts", "surgery.core.names", "surgery.core.families"
+)
 
 
 def _describes(name: str) -> bool:

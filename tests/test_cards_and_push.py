@@ -12,7 +12,8 @@ import pytest
 from huggingface_hub import ModelCard
 
 import surgery
-from surgery.publish.cards import BEGIN, END, PLOT_FILE, card
+from surgery.publish.card_figures import PLOT_FILE
+from surgery.publish.cards import BEGIN, END, card
 from surgery.cli import main
 from surgery.publish.hub import PushError, push
 

@@ -308,7 +308,7 @@ def test_env_reports_versions_cpu_and_plugins_as_text_and_json(capsys):
 
 
 def test_ctrl_c_is_one_line_and_status_130(capsys, monkeypatch):
-    import surgery.cli.commands as commands
+    import surgery.cli.catalog_commands as commands
     from surgery.cli import parser
 
     def interrupted(args):

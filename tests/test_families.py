@@ -14,7 +14,7 @@ from transformers import IJepaConfig, IJepaForImageClassification
 import surgery
 from surgery.core.anatomy import TRAITS, Anatomy, Layout
 from surgery.core.hookspecs import hookimpl
-from surgery.core.parts import BlockLayout
+from surgery.core.layout import BlockLayout
 from surgery.core.support import BEGIN, END, support, support_table
 from surgery.errors import UnsupportedModelError
 from surgery.toolkit.tokens import token_sizes

@@ -16,7 +16,7 @@ from transformers import AutoModelForImageClassification, ViTForImageClassificat
 
 import surgery
 from surgery.errors import IncompatibleStepsError, RecipeError
-from surgery.checkpoint.integration import BASE_TYPE_KEY, MARKER
+from surgery.checkpoint.marker import BASE_TYPE_KEY, MARKER
 
 
 @pytest.fixture
@@ -275,7 +275,7 @@ def test_a_guarded_tensor_of_another_shape_is_refused(saved):
 def test_a_recipe_from_before_the_rename_names_the_new_distribution(saved):
     """Recipes written before the distribution was renamed record package 'surgery' (another tool on the
     index) and the old marker: they load, and a missing plugin's hint names vision-surgery."""
-    from surgery.checkpoint.integration import MARKERS
+    from surgery.checkpoint.marker import MARKERS
 
     edit(saved, lambda c: c.update(model_type=MARKERS[1]))
     edit(saved, lambda c: [step.update(package="surgery") for step in recipe(c)["steps"]])

@@ -27,7 +27,7 @@ from torch import nn
 from torch.ao.quantization import FakeQuantize
 
 from surgery.core.parts import AttentionParts
-from surgery.plugins.quantize.layers import OBSERVERS, observer_keys, reset_observer
+from surgery.plugins.quantize.observers import OBSERVERS, observer_keys, reset_observer
 from surgery.toolkit.attention import softmax_attention
 from surgery.toolkit.inference import inference_only, remembered
 

@@ -19,54 +19,17 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.ao.quantization import FakeQuantize, HistogramObserver, MinMaxObserver, PerChannelMinMaxObserver
 
 from surgery.plugins.quantize import engine
+from surgery.plugins.quantize.observers import (
+    input_fake_quant,
+    observer_keys,
+    per_channel,
+    reset_observer,
+    weight_fake_quant,
+)
 from surgery.toolkit.adapters import LatentWeight
 from surgery.toolkit.inference import InferenceCache, inference_only, remembered, state_key
-
-OBSERVERS = {"histogram": HistogramObserver, "minmax": MinMaxObserver}
-
-
-def weight_fake_quant(channels: int) -> FakeQuantize:
-    """Per-channel symmetric int8; buffers sized for ``channels`` up front, so that a checkpoint
-    loads into a freshly built module without resizing."""
-    quant = FakeQuantize(observer=PerChannelMinMaxObserver, quant_min=-128, quant_max=127, dtype=torch.qint8,
-                         qscheme=torch.per_channel_symmetric, ch_axis=0)
-    quant.scale = torch.ones(channels)
-    quant.zero_point = torch.zeros(channels, dtype=torch.int32)
-    quant.activation_post_process.min_val = torch.full((channels,), float("inf"))
-    quant.activation_post_process.max_val = torch.full((channels,), float("-inf"))
-    return quant
-
-
-def input_fake_quant(observer: str, bits: int = 8) -> FakeQuantize:
-    """uint8 codes over [0, 2**bits - 1]: 7 bits keep u8 x s8 products of x86 CPUs without VNNI
-    from saturating (VPMADDUBSW adds two products into int16: 2 x 127 x 128 fits, 2 x 255 x 128 does not)."""
-    return FakeQuantize(observer=OBSERVERS[observer], quant_min=0, quant_max=2**bits - 1, dtype=torch.quint8,
-                        qscheme=torch.per_tensor_affine, reduce_range=False)
-
-
-def reset_observer(observer: nn.Module, device: torch.device) -> None:
-    """Give an observer whose statistics were not saved its initial state: min +inf, max -inf, an
-    empty histogram, so that calibrating again starts afresh. Called after loading, where those
-    buffers are whatever the loader left (meta tensors, or uninitialised memory on loaders that
-    materialise missing buffers)."""
-    initial = {"min_val": float("inf"), "max_val": float("-inf"), "histogram": 0.0}
-    for name, buffer in list(observer.named_buffers(recurse=False)):
-        if name in initial:
-            setattr(observer, name, torch.full(buffer.shape, initial[name], dtype=buffer.dtype, device=device))
-
-
-def observer_keys(module: nn.Module) -> list[str]:
-    """The state_dict keys of ``module``'s observers' calibration statistics (min/max, histograms): left
-    out of checkpoints, which keep the scales and zero points."""
-    return [key for key in module.state_dict(keep_vars=True) if ".activation_post_process." in key]
-
-
-def per_channel(scale: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """``scale`` (one per output channel) shaped to multiply ``weight`` (a linear's or a convolution's)."""
-    return scale.reshape(-1, *([1] * (weight.ndim - 1)))
 
 
 class Int8Layer(InferenceCache):
@@ -101,8 +64,10 @@ class Int8Layer(InferenceCache):
             # its own for revert). torch rounds w * (1/scale), ONNX's QuantizeLinear w / scale: off the
             # grid the two disagree on a few weights; on it, both give the same codes. The model's
             # outputs do not change, and it equals what its checkpoint reloads.
-            self.weight = nn.Parameter(self.weight_int8.to(old.weight.dtype) * per_channel(self.weight_quant.scale, old.weight),
-                                       requires_grad=old.weight.requires_grad)
+            self.weight = nn.Parameter(
+                self.weight_int8.to(old.weight.dtype) * per_channel(self.weight_quant.scale, old.weight),
+                requires_grad=old.weight.requires_grad,
+            )
         self.weight_quant.disable_observer()
         if self.input_quant is not None:
             self.input_quant.disable_fake_quant()  # observe only, until calibrated
@@ -125,6 +90,7 @@ class Int8Layer(InferenceCache):
         during calibration) or "other" (fake-quants switched some other way), from the fake-quants' flags;
         while compiling, the state last read (:func:`surgery.toolkit.inference.remembered`); None on the
         meta device."""
+
         def read() -> str | None:
             weight = self.weight_quant
             if weight.fake_quant_enabled.is_meta:  # a dry run on the meta device: nothing to read
@@ -137,6 +103,7 @@ class Int8Layer(InferenceCache):
             if bool(quant.fake_quant_enabled[0]):
                 return "other" if bool(quant.observer_enabled[0]) else "calibrated"
             return "observing" if bool(quant.observer_enabled[0]) else "other"
+
         return remembered(self, "state", read)
 
     def float_op(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -162,10 +129,13 @@ class Int8Layer(InferenceCache):
         """The layer as ``torch.compile`` / ``torch.export`` trace it: the same codes as the fake-quant
         modules, with no buffer read that steers the graph."""
         weight, quant = self.weight_quant, self.input_quant
-        w = torch.fake_quantize_per_channel_affine(self.weight, weight.scale, weight.zero_point, weight.ch_axis,
-                                                   weight.quant_min, weight.quant_max)
+        w = torch.fake_quantize_per_channel_affine(
+            self.weight, weight.scale, weight.zero_point, weight.ch_axis, weight.quant_min, weight.quant_max
+        )
         if state == "calibrated":
-            x = torch.fake_quantize_per_tensor_affine(x, quant.scale, quant.zero_point, quant.quant_min, quant.quant_max)
+            x = torch.fake_quantize_per_tensor_affine(
+                x, quant.scale, quant.zero_point, quant.quant_min, quant.quant_max
+            )
         return self.float_op(x, w)
 
     # -- inference ----------------------------------------------------------------------------------------
@@ -177,21 +147,35 @@ class Int8Layer(InferenceCache):
         if self.input_quant is None:
             return state == "weight-only"
         quant = self.input_quant
-        return (state == "calibrated" and self.int8_engine and x.dtype == torch.float32 and x.device.type == "cpu"
-                and self.weight.dtype == torch.float32 and engine.exact_for(int(quant.quant_max)))
+        return (
+            state == "calibrated"
+            and self.int8_engine
+            and x.dtype == torch.float32
+            and x.device.type == "cpu"
+            and self.weight.dtype == torch.float32
+            and engine.exact_for(int(quant.quant_max))
+        )
 
     def _inference_forward(self, x: torch.Tensor) -> torch.Tensor | None:
         bias = None if self.bias is None else self.bias.detach()
         quant = self.input_quant
         if quant is None:  # weight-only: the dequantized weight, computed once
-            weight = self.cached(state_key(self.weight, self.weight_quant.scale),
-                                 lambda: self.weight_quant(self.weight.detach()))
+            weight = self.cached(
+                state_key(self.weight, self.weight_quant.scale), lambda: self.weight_quant(self.weight.detach())
+            )
             return self.float_op(x, weight)
         layer = self.cached(
             state_key(self.weight, self.weight_quant.scale, quant.scale, quant.zero_point) + (self.int8_kernel,),
-            lambda: engine.Int8Linear.build(self.int8_weight(self.weight).reshape(self.weight.shape[0], -1),
-                                            self.weight_quant.scale, quant.scale, quant.zero_point,
-                                            int(quant.quant_min), int(quant.quant_max), self.int8_kernel))
+            lambda: engine.Int8Linear.build(
+                self.int8_weight(self.weight).reshape(self.weight.shape[0], -1),
+                self.weight_quant.scale,
+                quant.scale,
+                quant.zero_point,
+                int(quant.quant_min),
+                int(quant.quant_max),
+                self.int8_kernel,
+            ),
+        )
         return self.int8_op(layer, x, bias)
 
     # -- int8 checkpoints (see surgery.toolkit.packing) -----------------------------------------------------
@@ -220,7 +204,9 @@ class Int8Layer(InferenceCache):
         self.state()
 
     def quant_repr(self) -> str:
-        return f"W8A8 (static, {self.activation_bits}-bit range)" if self.input_quant is not None else "W8 (weight-only)"
+        return (
+            f"W8A8 (static, {self.activation_bits}-bit range)" if self.input_quant is not None else "W8 (weight-only)"
+        )
 
 
 class QuantLinear(LatentWeight, Int8Layer, nn.Linear):
@@ -234,15 +220,32 @@ class QuantLinear(LatentWeight, Int8Layer, nn.Linear):
     scale or a zero point changes; not saved).
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, activations: str = "int8",
-                 observer: str = "histogram", device=None, dtype=None, activation_bits: int = 8):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        activations: str = "int8",
+        observer: str = "histogram",
+        device=None,
+        dtype=None,
+        activation_bits: int = 8,
+    ):
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self.setup_quant(activations, observer, activation_bits, device)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, activations: str, observer: str, activation_bits: int = 8) -> QuantLinear:
-        new = cls(linear.in_features, linear.out_features, linear.bias is not None, activations, observer,
-                  device=linear.weight.device, dtype=linear.weight.dtype, activation_bits=activation_bits)
+        new = cls(
+            linear.in_features,
+            linear.out_features,
+            linear.bias is not None,
+            activations,
+            observer,
+            device=linear.weight.device,
+            dtype=linear.weight.dtype,
+            activation_bits=activation_bits,
+        )
         new.take_weights(linear)
         return new.train(linear.training)
 
@@ -258,8 +261,17 @@ class QuantLinear(LatentWeight, Int8Layer, nn.Linear):
         weight, quant = self.weight_quant, self.input_quant
         recording = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
         if state == "calibrated" and not (self.training or recording) and x.dtype == torch.float32:
-            return engine.decomposed_linear(x, self.weight, weight.scale, weight.zero_point, quant.scale,
-                                            quant.zero_point, int(quant.quant_min), int(quant.quant_max), self.bias)
+            return engine.decomposed_linear(
+                x,
+                self.weight,
+                weight.scale,
+                weight.zero_point,
+                quant.scale,
+                quant.zero_point,
+                int(quant.quant_min),
+                int(quant.quant_max),
+                self.bias,
+            )
         return super()._traced_forward(x, state)
 
     def extra_repr(self) -> str:

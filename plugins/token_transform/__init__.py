@@ -18,7 +18,7 @@ from __future__ import annotations
 from surgery.core.searchable import SearchSpace
 from surgery.plugins.token_transform import rewrite
 from surgery.plugins.token_transform.config import TokenTransformConfig
-from surgery.toolkit.reducing import reduction_fields
+from surgery.toolkit.reduction_config import reduction_fields
 from surgery.toolkit.register import define_method, registration
 
 _NOT_WITH_LINEAR_ATTENTION = (

@@ -9,91 +9,36 @@ the checkpoint lacks are an error, and the recipe must be the one the weights we
 (its SHA-256 is in the safetensors metadata).
 
 Without ``import surgery``, transformers would skip the unknown quantization method with a log
-line and return a different model. So a saved ``config.json`` names the model type
-:data:`MARKER` (the real one is kept under :data:`BASE_TYPE_KEY`): transformers alone refuses it
-with "model type `surgery (pip install vision-surgery)` ... not recognize", in ``AutoConfig``, the Auto
-model classes and ``pipeline()``; with surgery imported, the marker resolves to the real config. A
-concrete model class only warns about the marker, so one tensor is saved in a shape the plain class
-refuses (:mod:`surgery.checkpoint.guard`) and the quantizer takes it back here.
+line and return a different model, so a saved ``config.json`` is marked (:mod:`surgery.checkpoint.marker`), and
+one tensor is saved in a shape a plain concrete model class refuses (:mod:`surgery.checkpoint.guard`); the
+quantizer takes it back here.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoConfig, PretrainedConfig
-from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers.quantizers.auto import AUTO_QUANTIZER_MAPPING, register_quantizer
 from transformers.quantizers.base import HfQuantizer
 from transformers.utils import logging as hf_logging
 
-from surgery._version import DISTRIBUTION, LEGACY_DISTRIBUTIONS
 from surgery.checkpoint.adapter import ADAPTER_ATTR, ADAPTER_DIGEST_KEY
 from surgery.checkpoint.files import DIGEST_KEY, check_digest, check_weight_files, weights_metadata
 from surgery.checkpoint.guard import guard_state, guarded_reference, unguard
+from surgery.checkpoint.marker import unmark
 from surgery.checkpoint.plugins import check_plugins_installed
-from surgery.checkpoint.recipe import QUANT_METHOD, read_steps, recipe_digest, validate_recipe
+from surgery.checkpoint.recipe import QUANT_METHOD, read_steps, recipe_digest
 from surgery.checkpoint.replay import replay
 from surgery.core.host import get_host
 from surgery.core.names import derived_buffers, reference_to_model, renamer, to_reference_state
 from surgery.errors import RecipeError
 from surgery.toolkit.completeness import refuse_incomplete
 from surgery.toolkit.packing import packed_away_keys, packed_state_dict, unpack_all
-
-MARKER = f"surgery (pip install {DISTRIBUTION})"
-# the markers written before the distribution was renamed: still read
-MARKERS = (MARKER, *(f"surgery (pip install {name})" for name in LEGACY_DISTRIBUTIONS))
-BASE_TYPE_KEY = "surgery_base_model_type"
-
-
-class SurgeryCheckpointConfig(PretrainedConfig):
-    """What ``AutoConfig`` finds for :data:`MARKER`: it checks the recipe and returns the real config."""
-
-    model_type = MARKER
-
-    @classmethod
-    def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any):
-        data = dict(config_dict)
-        base = data.pop(BASE_TYPE_KEY, None)
-        if not isinstance(base, str) or base not in CONFIG_MAPPING:
-            raise RecipeError(f"config.json is marked as a surgery checkpoint, but its {BASE_TYPE_KEY} is "
-                              f"{str(base)[:60]!r}, not a model type transformers knows.")
-        recipe = data.get("quantization_config")
-        if not isinstance(recipe, dict) or recipe.get("quant_method") != QUANT_METHOD:
-            raise RecipeError("config.json is marked as a surgery checkpoint, but its quantization_config is not a "
-                              "surgery recipe (was it edited?).")
-        validate_recipe(recipe)
-        data["model_type"] = base
-        return CONFIG_MAPPING[base].from_dict(data, **kwargs)
-
-
-def mark_config_file(folder: str | Path) -> None:
-    """Mark a saved ``config.json`` whose recipe has steps (see the module docstring)."""
-    path = Path(folder) / "config.json"
-    data = json.loads(path.read_text())
-    recipe = data.get("quantization_config")
-    if isinstance(recipe, dict) and recipe.get("quant_method") == QUANT_METHOD and data.get("model_type") not in MARKERS:
-        data[BASE_TYPE_KEY], data["model_type"] = data["model_type"], MARKER
-        path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
-def unmark(config: Any) -> None:
-    """Undo what a model class's own ``config_class.from_pretrained`` reads from a marked file (it keeps
-    the marker and the base type as attributes of the instance)."""
-    attributes = vars(config)
-    if attributes.get("model_type") in MARKERS:
-        base = attributes.pop(BASE_TYPE_KEY, None)
-        del attributes["model_type"]
-        if base != type(config).model_type:
-            raise RecipeError(f"this surgery checkpoint is a {str(base)[:60]!r} model; it cannot load into "
-                              f"{type(config).__name__} ({type(config).model_type}).")
-
 
 class SurgeryQuantizer(HfQuantizer):
     """Replays a surgery recipe inside ``from_pretrained``. No calibration, no data.
@@ -111,11 +56,15 @@ class SurgeryQuantizer(HfQuantizer):
         # steps are ordinary modules, so only the replay runs here. transformers 5.x names the
         # checkpoint files here; 4.57 does not, so they are found from the config's source.
         self._files_given = bool(kwargs.get("checkpoint_files"))
-        self._checkpoint_files = [str(f) for f in kwargs.get("checkpoint_files") or []] or _source_weights(model.config)
+        self._checkpoint_files = [str(f) for f in kwargs.get("checkpoint_files") or []] or _source_weights(
+            model.config
+        )
         pickled = [Path(f).name for f in self._checkpoint_files if not str(f).endswith(".safetensors")]
         if pickled:  # refused before transformers opens it
-            raise RecipeError(f"{Path(self._checkpoint_files[0]).parent}: a surgery checkpoint loads from safetensors "
-                              f"only, not {pickled[0]}.")
+            raise RecipeError(
+                f"{Path(self._checkpoint_files[0]).parent}: a surgery checkpoint loads from safetensors "
+                f"only, not {pickled[0]}."
+            )
         return self._process_model_before_weight_loading(model, **kwargs)
 
     def _process_model_before_weight_loading(self, model, **kwargs: Any) -> None:
@@ -139,8 +88,10 @@ class SurgeryQuantizer(HfQuantizer):
         names = [name for name, _ in model.named_parameters()]
         name = _reference_names(model, names).get(reference)
         if name is None:
-            raise RecipeError(f"{Path(files[0]).parent}: the checkpoint guards {reference[:120]!r}, which this model "
-                              "does not have (edited checkpoint or another model class).")
+            raise RecipeError(
+                f"{Path(files[0]).parent}: the checkpoint guards {reference[:120]!r}, which this model "
+                "does not have (edited checkpoint or another model class)."
+            )
         return name, model.get_parameter(name).shape
 
     def param_needs_quantization(self, model, param_name: str, **kwargs: Any) -> bool:
@@ -158,7 +109,11 @@ class SurgeryQuantizer(HfQuantizer):
 
         model_names = [name for name, _ in model.named_parameters()] + [name for name, _ in model.named_buffers()]
         to_model = _reference_names(model, model_names)
-        return [WeightRenaming(f"^{re.escape(reference)}$", name) for reference, name in to_model.items() if reference != name]
+        return [
+            WeightRenaming(f"^{re.escape(reference)}$", name)
+            for reference, name in to_model.items()
+            if reference != name
+        ]
 
     def _process_model_after_weight_loading(self, model, **kwargs: Any) -> None:
         files = list(getattr(self, "_checkpoint_files", None) or [])
@@ -211,7 +166,11 @@ def _anatomy(model: Any):
 def _reference_names(model: Any, model_names: list[str]) -> dict[str, str]:
     """``{reference name: model name}`` for ``model_names``."""
     forward = renamer(_anatomy(model), model, to_reference=True)
-    return {name: name for name in model_names} if forward is None else {v: k for k, v in forward.names(model_names).items()}
+    return (
+        {name: name for name in model_names}
+        if forward is None
+        else {v: k for k, v in forward.names(model_names).items()}
+    )
 
 
 def check_covered(model: Any, files: list[Path]) -> None:
@@ -229,7 +188,9 @@ def check_covered(model: Any, files: list[Path]) -> None:
         return
     for key, value in derived_buffers(anatomy, tensors).items():
         if key in tensors and to_model[key] not in state and not torch.equal(tensors[key], value):
-            raise RecipeError(f"{files[0].parent}: {key} is not what its formula gives (edited or corrupt checkpoint).")
+            raise RecipeError(
+                f"{files[0].parent}: {key} is not what its formula gives (edited or corrupt checkpoint)."
+            )
 
 
 class _FileTensors(Mapping):
@@ -273,8 +234,10 @@ def lacking_weights(missing: list[str], source: object = None) -> RecipeError:
     """The error for a checkpoint without weights its recipe's model needs (both load paths)."""
     shown = ", ".join(str(key) for key in missing[:5]) + (" ..." if len(missing) > 5 else "")
     where = f"{source}: " if source is not None else ""
-    return RecipeError(f"{where}the checkpoint lacks weights that its recipe's model needs ({shown}): the recipe and "
-                       "the weights do not belong together (edited recipe or mixed folder).")
+    return RecipeError(
+        f"{where}the checkpoint lacks weights that its recipe's model needs ({shown}): the recipe and "
+        "the weights do not belong together (edited recipe or mixed folder)."
+    )
 
 
 def _source_weights(config: Any) -> list[str]:
@@ -290,7 +253,3 @@ def _source_weights(config: Any) -> list[str]:
 
 if QUANT_METHOD not in AUTO_QUANTIZER_MAPPING:  # importable twice (reloads) without error
     register_quantizer(QUANT_METHOD)(SurgeryQuantizer)
-for _marker in MARKERS:
-    if _marker not in CONFIG_MAPPING:
-        AutoConfig.register(_marker, SurgeryCheckpointConfig if _marker == MARKER else
-                            type("LegacySurgeryCheckpointConfig", (SurgeryCheckpointConfig,), {"model_type": _marker}))

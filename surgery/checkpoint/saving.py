@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from surgery.checkpoint.adapter import ADAPTER, ADAPTER_ATTR, adapter_digest
-from surgery.checkpoint.integration import mark_config_file, quiet_progress
+from surgery.checkpoint.integration import quiet_progress
+from surgery.checkpoint.marker import mark_config_file
 from surgery.data.processor import load_processor
 from surgery.errors import SurgeryError
 from surgery.toolkit.adapters import holds_adapter_layers, is_peft_model

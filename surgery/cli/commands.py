@@ -9,84 +9,6 @@ from pathlib import Path
 from typing import Any
 
 from surgery.core.specs import configs_from_text as _specs
-from surgery.core.support import supported_families
-
-
-def cmd_list(args: argparse.Namespace) -> int:
-    import surgery
-
-    host = surgery.get_host()
-    methods = surgery.list_methods()
-    if args.json:
-        print(json.dumps([_method_json(m, host) for m in methods], indent=2))
-    else:
-        _print_methods(methods, list(host.anatomies.values()))
-    for problem in host.problems:
-        print(f"surgery: warning: {problem}", file=sys.stderr)
-    return 0
-
-
-def _print_methods(methods: list[Any], anatomies: list[Any]) -> None:
-    """A table that rich fits to the terminal (80 columns where the width is unknown), wrapping cells at
-    spaces: families read "all N" or "all but X" where a method takes (nearly) every installed one;
-    plugins from other packages are named under the table."""
-    import shutil
-
-    from rich import box
-    from rich.console import Console
-    from rich.table import Table
-
-    from surgery._version import DISTRIBUTION
-
-    every = [a.model_type for a in anatomies]
-    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-    table.add_column("name", no_wrap=True)
-    table.add_column("version", no_wrap=True)
-    table.add_column("families", ratio=1, min_width=max(len(name) for name in every) + 1)
-    table.add_column("summary", ratio=2)
-    for method in methods:
-        families = supported_families(method, anatomies)
-        missing = [name for name in every if name not in families]
-        shown = (f"all {len(every)}" if not missing else f"all but {', '.join(missing)}" if len(missing) <= 2
-                 else ", ".join(families) or "none")
-        table.add_row(method.name, method.version, shown, method.summary)
-    console = Console(width=shutil.get_terminal_size((80, 24)).columns, no_color=True, highlight=False)
-    console.print(table)
-    others = [f"{m.name} ({m.package})" for m in methods if m.package != DISTRIBUTION]
-    if others:
-        console.print(f"from other packages than {DISTRIBUTION}: {', '.join(others)}", soft_wrap=False)
-
-
-def cmd_families(args: argparse.Namespace) -> int:
-    """Which installed method works on which family (from their declarations), as markdown or JSON."""
-    import dataclasses
-
-    import surgery
-    from surgery.core.support import support_matrix, support_table
-
-    host = surgery.get_host()
-    methods, anatomies = surgery.list_methods(), list(host.anatomies.values())
-    if args.json:
-        rows = [dataclasses.asdict(cell) for row in support_matrix(methods, anatomies) for cell in row]
-        print(json.dumps({"families": {a.model_type: {"family": a.title, "traits": sorted(a.traits)} for a in anatomies},
-                          "support": rows}, indent=2))
-    else:
-        print(support_table(methods, anatomies))
-    return 0
-
-
-def _method_json(method: Any, host: Any) -> dict[str, Any]:
-    return {
-        "name": method.name,
-        "summary": method.summary,
-        "model_types": list(method.model_types),
-        "families": supported_families(method, list(host.anatomies.values())),
-        "package": method.package,
-        "version": method.version,
-        "reversible": method.reversible,
-        "paper": method.paper,
-        "options": [{"name": n, "type": t, "default": d} for n, t, d in method.config_class.describe_options()],
-    }
 
 
 def _without_adapter(folder: str, command: str) -> str:
@@ -96,9 +18,11 @@ def _without_adapter(folder: str, command: str) -> str:
     if (Path(folder) / ADAPTER / "adapter_config.json").is_file():
         from surgery.errors import SurgeryError
 
-        raise SurgeryError(f"{folder} holds a LoRA adapter (adapter/, from recover --lora ...,merge=false) that "
-                           f"`surgery {command}` would leave out; recover with merge=true to have it in the weights, or "
-                           f"use it from Python: surgery.load('{folder}') returns the model with its adapter")
+        raise SurgeryError(
+            f"{folder} holds a LoRA adapter (adapter/, from recover --lora ...,merge=false) that "
+            f"`surgery {command}` would leave out; recover with merge=true to have it in the weights, or "
+            f"use it from Python: surgery.load('{folder}') returns the model with its adapter"
+        )
     return folder
 
 
@@ -169,8 +93,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     int8 = surgery.get_host().provider("int8")
     if args.int8 and not any(step.plugin == int8.name for step in surgery.history(model)):
         surgery.apply(model, int8.name, calibration=_calibration(args.calibration, args.model))
-    result = export(model, args.output, to=args.to, source=args.model, overwrite=args.overwrite, exporter=args.exporter,
-                    batch=args.batch)
+    result = export(
+        model,
+        args.output,
+        to=args.to,
+        source=args.model,
+        overwrite=args.overwrite,
+        exporter=args.exporter,
+        batch=args.batch,
+    )
     kind = "int8" if any(step.plugin == int8.name for step in surgery.history(model)) else "fp32"
     print(f"exported {kind} {args.to} to {result.path}; max |logit difference| vs PyTorch: {result.max_abs_diff:.2e}")
     return 0
@@ -184,8 +115,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from surgery.errors import SurgeryError
 
         raise SurgeryError(f"bench: --repeats got {args.repeats}; allowed: an integer >= 1.")
-    figures = {**checkpoint_figures(args.model), **runtime_figures(surgery.load(_without_adapter(args.model, "bench")),
-                                                                   repeats=args.repeats)}
+    figures = {
+        **checkpoint_figures(args.model),
+        **runtime_figures(surgery.load(_without_adapter(args.model, "bench")), repeats=args.repeats),
+    }
     print(json.dumps(figures, indent=2))
     _record_where_local(args.model, figures, record)
     return 0
@@ -196,15 +129,19 @@ def _record_where_local(model: str, figures: dict[str, Any], record: Any) -> Non
     if Path(model).is_dir():
         print(f"recorded in {record(model, figures)}", file=sys.stderr)
     else:
-        print(f"not recorded: {model} is a Hub id, not a local folder (download it to keep the results beside it)",
-              file=sys.stderr)
+        print(
+            f"not recorded: {model} is a Hub id, not a local folder (download it to keep the results beside it)",
+            file=sys.stderr,
+        )
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from surgery.evaluation.measure import dataset_accuracy, record
 
     figures = dataset_accuracy(_without_adapter(args.model, "eval"), args.data, args.split)
-    print(json.dumps(figures, indent=2) if args.json else f"accuracy {figures['accuracy']:.2%} on {figures['dataset']}")
+    print(
+        json.dumps(figures, indent=2) if args.json else f"accuracy {figures['accuracy']:.2%} on {figures['dataset']}"
+    )
     _record_where_local(args.model, figures, record)
     return 0
 
@@ -212,8 +149,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_card(args: argparse.Namespace) -> int:
     from surgery.publish.cards import card
 
-    path = card(args.model, results=args.results, model_id=args.model_id, base_model=args.base_model,
-                license=args.license, datasets=args.dataset, measure=not args.no_measure)
+    path = card(
+        args.model,
+        results=args.results,
+        model_id=args.model_id,
+        base_model=args.base_model,
+        license=args.license,
+        datasets=args.dataset,
+        measure=not args.no_measure,
+    )
     print(f"wrote {path}")
     return 0
 
@@ -228,7 +172,10 @@ def cmd_push(args: argparse.Namespace) -> int:
             shown = ", ".join(skipped[:8]) + (f" and {len(skipped) - 8} more" if len(skipped) > 8 else "")
             print(f"surgery: note: not uploading {shown} (not files of the model)", file=sys.stderr)
     if not (Path(args.model) / "README.md").exists():
-        print(f"surgery: note: {args.model} has no README.md; run `surgery card {args.model}` first for a model card", file=sys.stderr)
+        print(
+            f"surgery: note: {args.model} has no README.md; run `surgery card {args.model}` first for a model card",
+            file=sys.stderr,
+        )
     url = push(args.model, args.repo_id, private=args.private, token=args.token, new=args.new)
     print(f"pushed {args.model} to {args.repo_id}: {url}")
     return 0
@@ -245,10 +192,14 @@ def _folder_and_repo(first: str, second: str) -> tuple[str, str]:
     if folders == [False, True]:
         return second, first
     if not any(folders):
-        raise SurgeryError(f"push: neither {first!r} nor {second!r} is a folder here; give the saved model's folder "
-                           "and the repository id (in either order)")
-    raise SurgeryError(f"push: both {first!r} and {second!r} are folders here, so which one is the repository id is "
-                       "ambiguous; run it from another folder or give the model folder's path with a ./ or /")
+        raise SurgeryError(
+            f"push: neither {first!r} nor {second!r} is a folder here; give the saved model's folder "
+            "and the repository id (in either order)"
+        )
+    raise SurgeryError(
+        f"push: both {first!r} and {second!r} are folders here, so which one is the repository id is "
+        "ambiguous; run it from another folder or give the model folder's path with a ./ or /"
+    )
 
 
 def cmd_demo_model(args: argparse.Namespace) -> int:
@@ -263,5 +214,11 @@ def cmd_demo_model(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from surgery.demo.run import run_demo
 
-    return run_demo(arch=args.arch, output=Path(args.output), plugins=args.plugin, specs=_specs,
-                    recovery_epochs=args.recover_epochs, task_name=args.task)
+    return run_demo(
+        arch=args.arch,
+        output=Path(args.output),
+        plugins=args.plugin,
+        specs=_specs,
+        recovery_epochs=args.recover_epochs,
+        task_name=args.task,
+    )

@@ -12,12 +12,11 @@ from surgery.cli.commands import (
     cmd_demo_model,
     cmd_eval,
     cmd_export,
-    cmd_families,
     cmd_inspect,
-    cmd_list,
     cmd_plan,
     cmd_push,
 )
+from surgery.cli.catalog_commands import cmd_families, cmd_list
 from surgery.cli.env_command import add_parser as add_env
 from surgery.cli.env_command import version_line
 from surgery.cli.recover_command import add_parser as add_recover
@@ -48,8 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="a local model folder or a Hub id")
     p.add_argument("--plugin", "-p", action="append", required=True, help=plugin_help)
     p.add_argument("--output", "-o", required=True, help="folder to save the rewritten model to")
-    p.add_argument("--calibration", metavar="DATA", help="data for steps that calibrate (quantize), as --data takes it: "
-                   "'digits' or 'shapes' (built in), a local imagefolder or a Hub dataset id (its train split)")
+    p.add_argument(
+        "--calibration",
+        metavar="DATA",
+        help="data for steps that calibrate (quantize), as --data takes it: "
+        "'digits' or 'shapes' (built in), a local imagefolder or a Hub dataset id (its train split)",
+    )
     p.set_defaults(run=cmd_apply)
 
     p = sub.add_parser("inspect", help="print the surgery recipe of a saved model")
@@ -61,14 +64,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="a saved model folder or a Hub id")
     p.add_argument("--to", required=True, choices=["onnx", "openvino"])
     p.add_argument("--int8", action="store_true", help="add an int8 `quantize` step first (needs --calibration)")
-    p.add_argument("--calibration", metavar="DATA", help="calibration data for --int8, as --data takes it: 'digits' or "
-                   "'shapes' (built in), a local imagefolder or a Hub dataset id (its train split)")
+    p.add_argument(
+        "--calibration",
+        metavar="DATA",
+        help="calibration data for --int8, as --data takes it: 'digits' or "
+        "'shapes' (built in), a local imagefolder or a Hub dataset id (its train split)",
+    )
     p.add_argument("--output", "-o", required=True, help="folder for the exported model (not the model's own folder)")
     p.add_argument("--overwrite", action="store_true", help="export into a folder that holds other files")
-    p.add_argument("--exporter", choices=["auto", "optimum", "torch"], default="auto",
-                   help="what writes the ONNX graph: Optimum (transformers 4.57), torch.onnx, or auto (Optimum where installed)")
-    p.add_argument("--batch", type=int, default=3, help="images in the check against PyTorch (default 3); also the fixed "
-                   "batch of an OpenVINO graph a method needs static shapes for (bivit's W1A1 as BinaryConvolution)")
+    p.add_argument(
+        "--exporter",
+        choices=["auto", "optimum", "torch"],
+        default="auto",
+        help="what writes the ONNX graph: Optimum (transformers 4.57), torch.onnx, or auto (Optimum where installed)",
+    )
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=3,
+        help="images in the check against PyTorch (default 3); also the fixed "
+        "batch of an OpenVINO graph a method needs static shapes for (bivit's W1A1 as BinaryConvolution)",
+    )
     p.set_defaults(run=cmd_export)
 
     p = sub.add_parser("bench", help="parameters, checkpoint size, FLOPs and latency of a saved model (JSON)")
@@ -96,10 +112,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-measure", action="store_true", help="do not load the model to measure FLOPs and latency")
     p.set_defaults(run=cmd_card)
 
-    p = sub.add_parser("push", help="upload a model folder to the Hugging Face Hub",
-                       description="The folder and the repository id go in either order: `surgery push FOLDER REPO_ID` "
-                                   "or, as `hf upload` has them, `surgery push REPO_ID FOLDER`.")
-    p.add_argument("model", metavar="FOLDER", help="a saved model folder (or the repository id, with the folder second)")
+    p = sub.add_parser(
+        "push",
+        help="upload a model folder to the Hugging Face Hub",
+        description="The folder and the repository id go in either order: `surgery push FOLDER REPO_ID` "
+        "or, as `hf upload` has them, `surgery push REPO_ID FOLDER`.",
+    )
+    p.add_argument(
+        "model", metavar="FOLDER", help="a saved model folder (or the repository id, with the folder second)"
+    )
     p.add_argument("repo_id", metavar="REPO_ID", help="namespace/name on the Hub (or the folder, with the id first)")
     p.add_argument("--private", action="store_true", help="create the repository as private")
     p.add_argument("--token", help="a Hugging Face token with write access (default: HF_TOKEN or the stored login)")
@@ -113,7 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     from surgery.demo.zoo import ARCHITECTURES
 
-    task_help = "the built-in task: digits (default; 8x8 digits) or shapes (the proving ground: count plus signs at 64 px)"
+    task_help = (
+        "the built-in task: digits (default; 8x8 digits) or shapes (the proving ground: count plus signs at 64 px)"
+    )
     p = sub.add_parser("demo-model", help="build (once) and show a built-in model (digits by default)")
     p.add_argument("--arch", default="vit", choices=ARCHITECTURES)
     p.add_argument("--task", default="digits", choices=list(TASKS), help=task_help)

@@ -42,7 +42,8 @@ from typing import Literal
 
 from torch import nn
 
-from surgery.core.parts import BlockLayout, BlockParts, block_parts
+from surgery.core.layout import BlockLayout
+from surgery.core.parts import BlockParts, block_parts
 from surgery.errors import UnsupportedModelError, did_you_mean
 
 # Role groups: names for sets of roles that methods treat alike, in the order they are rewritten.

@@ -36,9 +36,14 @@ class ReducingAttention:
 
     reduction_parts: AttentionParts
 
-    def reducing_attention(self, hidden: torch.Tensor, size: torch.Tensor | None, importance_rows: int = 0,
-                           position_bias: torch.Tensor | None = None, explicit: bool = False
-                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def reducing_attention(
+        self,
+        hidden: torch.Tensor,
+        size: torch.Tensor | None,
+        importance_rows: int = 0,
+        position_bias: torch.Tensor | None = None,
+        explicit: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """``(context (B, N, C), keys averaged over heads (B, N, d), importance (B, N) or None)``.
 
         log(size) biases the keys, and ``position_bias`` (B or 1, heads, N, N), where given, the logits. The
@@ -62,9 +67,9 @@ class ReducingAttention:
                 importance = logits.softmax(dim=-1).mean(dim=(1, 2))
         return context.transpose(1, 2).reshape(hidden.shape[0], -1, parts.width), key.mean(dim=1), importance
 
-
-    def reduction_scores(self, hidden: torch.Tensor, rows: int,
-                         position_bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def reduction_scores(
+        self, hidden: torch.Tensor, rows: int, position_bias: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Before attention (an unmerging block): ``(keys averaged over heads (B, N, d), the attention the
         first ``rows`` tokens pay each token (B, N))``, as :meth:`reducing_attention` computes them, from
         the query projection of those rows and the key projection of every token."""
@@ -98,7 +103,8 @@ class ReducingLayer:
         normed = parts.attention_input(hidden_states)
         rows = self.reduction_prefix if builder.importance and self.reduction_r > 0 else 0
         context, metric, importance = parts.attention.core.reducing_attention(
-            normed, size if self.reduction_prop_attn else None, rows)
+            normed, size if self.reduction_prop_attn else None, rows
+        )
         hidden_states = parts.attention_residual(hidden_states, context)
         if self.reduction_r > 0:
             with record_function(builder.region):
@@ -138,8 +144,11 @@ class UnmergingLayer(ReducingLayer):
         position = block_position_bias(parts, args, kwargs, tokens)
         if self.reduction_r > 0:
             with record_function(builder.region):
-                metric, importance = (core.reduction_scores(normed, self.reduction_prefix, position)
-                                      if builder.importance else (hidden_states, None))
+                metric, importance = (
+                    core.reduction_scores(normed, self.reduction_prefix, position)
+                    if builder.importance
+                    else (hidden_states, None)
+                )
                 reduction = builder(metric, importance, self.reduction_r)
         attention, mlp = reduced_branches(self.reduction_branches if reduction is not None else "none")
         if attention:
@@ -147,8 +156,9 @@ class UnmergingLayer(ReducingLayer):
             position = None if position is None else reduced_bias(reduction, position, hidden_states.shape[0])
             size = size if self.reduction_prop_attn else None
             context, _, _ = core.reducing_attention(reduced, size, position_bias=position)
-            hidden_states = parts.add_branch(hidden_states, reduction.unmerge(parts.attention_output(context), tokens),
-                                             "attention")
+            hidden_states = parts.add_branch(
+                hidden_states, reduction.unmerge(parts.attention_output(context), tokens), "attention"
+            )
         else:  # every token attends, as in the host
             context, _, _ = core.reducing_attention(normed, None, position_bias=position)
             hidden_states = parts.attention_residual(hidden_states, context)
@@ -159,8 +169,11 @@ class UnmergingLayer(ReducingLayer):
         return returned(parts, parts.add_branch(hidden_states, branch, "mlp"))
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + ", unmerge=True" + ("" if self.reduction_branches == "both"
-                                                          else f", branches={self.reduction_branches}")
+        return (
+            super().extra_repr()
+            + ", unmerge=True"
+            + ("" if self.reduction_branches == "both" else f", branches={self.reduction_branches}")
+        )
 
 
 def reduced_branches(branches: str) -> tuple[bool, bool]:
@@ -196,7 +209,8 @@ def reduced_bias(reduction: Any, bias: torch.Tensor, batch: int) -> torch.Tensor
     they came from (a pruned token's rows and columns drop out)."""
     heads, tokens = bias.shape[1], bias.shape[-1]
     rows, _ = reduction.apply(
-        bias.expand(batch, -1, -1, -1).transpose(1, 2).reshape(batch, tokens, heads * tokens), None)
+        bias.expand(batch, -1, -1, -1).transpose(1, 2).reshape(batch, tokens, heads * tokens), None
+    )
     kept = rows.shape[1]  # rows: (B, M, heads * N), the query axis reduced
     columns = rows.reshape(batch, kept, heads, tokens).permute(0, 3, 2, 1).reshape(batch, tokens, heads * kept)
     both, _ = reduction.apply(columns, None)  # (B, M keys, heads * M queries)
@@ -220,9 +234,18 @@ class SizeReset:
         self.sizes.sizes = None
 
 
-def swap_reducing(model: nn.Module, anatomy: Anatomy, blocks: list[BlockParts], plugin: str, prefix: str,
-                  removals: list[int], builder: Any, prop_attn: bool,
-                  classes: tuple[type, type] = (ReducingLayer, ReducingAttention), branches: str = "both"):
+def swap_reducing(
+    model: nn.Module,
+    anatomy: Anatomy,
+    blocks: list[BlockParts],
+    plugin: str,
+    prefix: str,
+    removals: list[int],
+    builder: Any,
+    prop_attn: bool,
+    classes: tuple[type, type] = (ReducingLayer, ReducingAttention),
+    branches: str = "both",
+):
     """Hook the encoder (:class:`SizeReset`) and swap every block (``blocks``: the anatomy's, one
     ``removals`` entry each) and its attention core to the reducing classes (``classes``: subclasses of
     the two above), named ``<prefix><Original>``; ``branches``: what an unmerging block reduces. Returns
@@ -233,9 +256,18 @@ def swap_reducing(model: nn.Module, anatomy: Anatomy, blocks: list[BlockParts], 
     changes = Changes(model)
     changes.pre_hook(encoder_name, SizeReset(sizes, plugin))
     for parts, r in zip(blocks, removals):
-        changes.swap_class(parts.name, layer_cls, prefix, reduction_r=r, reduction_prop_attn=prop_attn,
-                           reduction_parts=parts, reduction_sizes=sizes, reduction_branches=branches,
-                           reduction_prefix=anatomy.prefix_tokens_of(model.config), reduction_builder=builder)
+        changes.swap_class(
+            parts.name,
+            layer_cls,
+            prefix,
+            reduction_r=r,
+            reduction_prop_attn=prop_attn,
+            reduction_parts=parts,
+            reduction_sizes=sizes,
+            reduction_branches=branches,
+            reduction_prefix=anatomy.prefix_tokens_of(model.config),
+            reduction_builder=builder,
+        )
         changes.swap_class(parts.attention_name, attention_cls, prefix, reduction_parts=parts.attention)
     changes.call_on_undo(_clear, sizes)
     return changes.rewrite([encoder_name] + [p.name for p in blocks] + [p.attention_name for p in blocks])
@@ -243,51 +275,3 @@ def swap_reducing(model: nn.Module, anatomy: Anatomy, blocks: list[BlockParts], 
 
 def _clear(sizes: TokenSizes) -> None:
     sizes.sizes = None
-
-
-MEAN_READOUT = "the head's mean runs over the reduced tokens (unweighted by size: the model's own mean)"
-ONE_REDUCTION = "one token reduction per model: both reduce the tokens of the same blocks between attention and MLP"
-
-
-def reduction_fields(linear_attention: str, windowed: str, needs_prefix: bool = False,
-                     windows: bool = False) -> dict[str, Any]:
-    """The method fields a token-reduction plugin shares with the others (for ``define_method``).
-
-    Refused: windows (``windowed``: why not Swin; with ``windows``, the builder takes ``groups`` and windowed
-    families are taken with ``unmerge=True``: :mod:`surgery.toolkit.windows`), a relative position bias
-    (taken with ``unmerge=True``), cosine attention, and with ``needs_prefix`` (importance from the prefix
-    tokens' attention) a family without a cls token. ``unmerge`` left unset takes the value the family
-    needs (``auto_options``). Also the roles the swaps claim, and the conflicts with the linear attentions
-    (``linear_attention``: why) and with every other reduction."""
-    refused = {
-        "windowed": windowed,
-        "relative_position_bias": ("the bias is indexed by each token's grid position, and a token reduced "
-                                   "between attention and MLP has none for the blocks after it"),
-        "cosine_attention": "the reducing attention computes scaled dot-product logits, not cosine ones",
-    }
-    if needs_prefix:
-        refused["no_prefix"] = "tokens are scored by the attention the prefix tokens pay them, and there are none"
-    return {
-        "refused_traits": refused,
-        "trait_options": {"relative_position_bias": {"unmerge": True},
-                          **({"windowed": {"unmerge": True}} if windows else {})},
-        "auto_options": {"unmerge": False},  # None: True where a trait above needs it, else the reducing blocks
-        "trait_notes": {
-            "relative_position_bias": ("every block keeps its tokens and their grid positions, and the reduced "
-                                       "tokens attend with the bias reduced as they are (a merged token takes "
-                                       "the mean of its members' pairs)"),
-            "registers": ("register tokens are prefix tokens: never reduced, kept in front (their attention counts in "
-                          "the importance scores, as the cls token's does)"),
-            "cls_mean_readout": MEAN_READOUT,
-            "mean_readout": MEAN_READOUT,
-            **({"windowed": ("every window reduces its own tokens (r per window, at most half of them), and tokens "
-                             "of two shifted-window regions are not reduced together while r leaves pairs within "
-                             "one, so the windows, the shift mask and the patch merging between stages stay")}
-               if windows else {}),
-        },
-        "roles": ("encoder", "block", "attention", "parts", "mlp_in", "mlp_out"),  # the reducing block runs the MLP
-        # by capability: every linear attention (agent attention, castling, ecoformer, a third party's) and
-        # every other token reduction
-        "conflicts": {"linear_attention": linear_attention, "token_reduction": ONE_REDUCTION},
-        "provides": ("token_reduction",),
-    }

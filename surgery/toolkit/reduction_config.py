@@ -1,4 +1,5 @@
-"""The schedule options every token-reduction plugin shares, and the FLOPs target that sets them.
+"""The schedule options every token-reduction plugin shares, the FLOPs target that sets them, and the method
+fields they share (:func:`reduction_fields`: refused traits, options by trait, roles, conflicts).
 
 ``r`` tokens removed per block with ToMe's ``inflect`` schedule, an explicit ``r_per_layer``, or
 ``flops``: the fraction of the blocks' matmul FLOPs to keep (0.6 = 40 % fewer), for which the
@@ -110,3 +111,67 @@ def validate_schedule(config: SurgeryConfig) -> None:
     if config.branches not in BRANCHES:
         raise config.invalid("branches", config.branches, f"one of {', '.join(map(repr, BRANCHES))} (with unmerge=True, the "
                                                           f"branches run on the reduced tokens){did_you_mean(config.branches, BRANCHES)}")
+
+
+MEAN_READOUT = "the head's mean runs over the reduced tokens (unweighted by size: the model's own mean)"
+ONE_REDUCTION = "one token reduction per model: both reduce the tokens of the same blocks between attention and MLP"
+
+
+def reduction_fields(
+    linear_attention: str, windowed: str, needs_prefix: bool = False, windows: bool = False
+) -> dict[str, Any]:
+    """The method fields a token-reduction plugin shares with the others (for ``define_method``).
+
+    Refused: windows (``windowed``: why not Swin; with ``windows``, the builder takes ``groups`` and windowed
+    families are taken with ``unmerge=True``: :mod:`surgery.toolkit.windows`), a relative position bias
+    (taken with ``unmerge=True``), cosine attention, and with ``needs_prefix`` (importance from the prefix
+    tokens' attention) a family without a cls token. ``unmerge`` left unset takes the value the family
+    needs (``auto_options``). Also the roles the swaps claim, and the conflicts with the linear attentions
+    (``linear_attention``: why) and with every other reduction."""
+    refused = {
+        "windowed": windowed,
+        "relative_position_bias": (
+            "the bias is indexed by each token's grid position, and a token reduced "
+            "between attention and MLP has none for the blocks after it"
+        ),
+        "cosine_attention": "the reducing attention computes scaled dot-product logits, not cosine ones",
+    }
+    if needs_prefix:
+        refused["no_prefix"] = "tokens are scored by the attention the prefix tokens pay them, and there are none"
+    return {
+        "refused_traits": refused,
+        "trait_options": {
+            "relative_position_bias": {"unmerge": True},
+            **({"windowed": {"unmerge": True}} if windows else {}),
+        },
+        "auto_options": {"unmerge": False},  # None: True where a trait above needs it, else the reducing blocks
+        "trait_notes": {
+            "relative_position_bias": (
+                "every block keeps its tokens and their grid positions, and the reduced "
+                "tokens attend with the bias reduced as they are (a merged token takes "
+                "the mean of its members' pairs)"
+            ),
+            "registers": (
+                "register tokens are prefix tokens: never reduced, kept in front (their attention counts in "
+                "the importance scores, as the cls token's does)"
+            ),
+            "cls_mean_readout": MEAN_READOUT,
+            "mean_readout": MEAN_READOUT,
+            **(
+                {
+                    "windowed": (
+                        "every window reduces its own tokens (r per window, at most half of them), and tokens "
+                        "of two shifted-window regions are not reduced together while r leaves pairs within "
+                        "one, so the windows, the shift mask and the patch merging between stages stay"
+                    )
+                }
+                if windows
+                else {}
+            ),
+        },
+        "roles": ("encoder", "block", "attention", "parts", "mlp_in", "mlp_out"),  # the reducing block runs the MLP
+        # by capability: every linear attention (agent attention, castling, ecoformer, a third party's) and
+        # every other token reduction
+        "conflicts": {"linear_attention": linear_attention, "token_reduction": ONE_REDUCTION},
+        "provides": ("token_reduction",),
+    }

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from surgery.core.anatomy import Anatomy, Layout
-from surgery.core.parts import BlockLayout
+from surgery.core.layout import BlockLayout
 
 
 def beit_position_bias(core: nn.Module, call: Mapping[str, Any]) -> torch.Tensor | None:

@@ -15,7 +15,7 @@ Not covered: the SwiGLU MLP (``use_swiglu_ffn=True``, the giant checkpoints): it
 from __future__ import annotations
 
 from surgery.core.anatomy import Anatomy, Layout
-from surgery.core.parts import BlockLayout
+from surgery.core.layout import BlockLayout
 
 _RESIDUALS = dict(norm1="norm1", norm2="norm2", layer_scale1="layer_scale1", layer_scale2="layer_scale2",
                   drop_path="drop_path", mlp_in="mlp.fc1", mlp_out="mlp.fc2")

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from surgery.core.anatomy import Anatomy
-from surgery.core.parts import BlockLayout
+from surgery.core.layout import BlockLayout
 
 
 def swinv2_position_bias(core: nn.Module, call: Mapping[str, Any]) -> torch.Tensor:

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from surgery.core.anatomy import Anatomy, Layout
-from surgery.core.parts import BlockLayout
+from surgery.core.layout import BlockLayout
 
 _SEPARATE_QKV = {"query": "query", "key": "key", "value": "value"}
 
