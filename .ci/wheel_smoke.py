@@ -14,7 +14,11 @@ import surgery
 from surgery.demo.zoo import build_model
 
 assert "site-packages" in surgery.__file__, f"surgery imported from {surgery.__file__}, not the installed wheel"
-listed = json.loads(subprocess.run([str(Path(sys.executable).parent / "surgery"), "list", "--json"], capture_output=True, text=True, check=True).stdout)
+listed = json.loads(
+    subprocess.run(
+        [str(Path(sys.executable).parent / "surgery"), "list", "--json"], capture_output=True, text=True, check=True
+    ).stdout
+)
 names = sorted(item["name"] for item in listed) if isinstance(listed, list) else sorted(listed)
 assert len(names) >= 9, names
 with tempfile.TemporaryDirectory() as folder:
@@ -32,7 +36,14 @@ with tempfile.TemporaryDirectory() as home:  # the built-in model's assets ship 
     from surgery.demo.model import default_model
 
     built_in = default_model(progress=False)
-    scored = subprocess.run([str(Path(sys.executable).parent / "surgery"), "eval", str(built_in), "--data", "digits", "--json"], capture_output=True,
-                            text=True, env=os.environ)
-    assert scored.returncode == 0 and json.loads(scored.stdout)["accuracy"] > 0.9, (scored.stdout, scored.stderr[-2000:])
+    scored = subprocess.run(
+        [str(Path(sys.executable).parent / "surgery"), "eval", str(built_in), "--data", "digits", "--json"],
+        capture_output=True,
+        text=True,
+        env=os.environ,
+    )
+    assert scored.returncode == 0 and json.loads(scored.stdout)["accuracy"] > 0.9, (
+        scored.stdout,
+        scored.stderr[-2000:],
+    )
 print(f"wheel ok: surgery {surgery.__version__}, {len(names)} plugins ({', '.join(names)})")

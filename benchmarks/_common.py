@@ -23,7 +23,11 @@ def environment() -> str:
     import transformers
 
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines() if line.startswith("Model name"))
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
+            if line.startswith("Model name")
+        )
     except (StopIteration, OSError):
         cpu = platform.processor() or "unknown"
     facts = {
@@ -44,13 +48,22 @@ def vit_base(layer_norm_eps: float = 1e-12, image_size: int = 224):
     from transformers import ViTConfig, ViTForImageClassification
 
     torch.manual_seed(0)
-    config = ViTConfig(image_size=image_size, patch_size=16, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                       intermediate_size=3072, num_labels=1000, layer_norm_eps=layer_norm_eps)
+    config = ViTConfig(
+        image_size=image_size,
+        patch_size=16,
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        num_labels=1000,
+        layer_norm_eps=layer_norm_eps,
+    )
     return ViTForImageClassification(config).eval()
 
 
-def timing_arguments(repeats: int = 5, description: str | None = None,
-                     extra: Callable[[argparse.ArgumentParser], object] | None = None) -> argparse.Namespace:
+def timing_arguments(
+    repeats: int = 5, description: str | None = None, extra: Callable[[argparse.ArgumentParser], object] | None = None
+) -> argparse.Namespace:
     """``--repeats`` and ``--threads`` (default 2, applied to torch) from the command line, and the
     arguments ``extra(parser)`` adds."""
     parser = argparse.ArgumentParser(description=description)

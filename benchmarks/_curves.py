@@ -22,8 +22,15 @@ from surgery.evaluation.paired import Curve, bootstrap_difference, compare_at, c
 from _common import markdown_table
 
 
-def sweep(name: str, build: Callable[[Any], torch.nn.Module], settings: Iterable[Any], pixels: torch.Tensor,
-          labels: torch.Tensor, full_flops: float, floor: float = 0.25) -> Curve:
+def sweep(
+    name: str,
+    build: Callable[[Any], torch.nn.Module],
+    settings: Iterable[Any],
+    pixels: torch.Tensor,
+    labels: torch.Tensor,
+    full_flops: float,
+    floor: float = 0.25,
+) -> Curve:
     """``name``'s curve: ``build(setting)`` for each setting until the FLOPs fall under ``floor``, stop
     falling (a schedule capped at what the blocks can remove), or the setting is refused."""
     curve = Curve(name)
@@ -36,7 +43,10 @@ def sweep(name: str, build: Callable[[Any], torch.nn.Module], settings: Iterable
             break
         ratio = model_flops(model, pixels[:1]) / full_flops
         if previous is not None and ratio > previous - 1e-3:
-            print(f"    {name} {setting}: FLOPs {ratio:.3f}, no lower than the last setting: the end of its reach", flush=True)
+            print(
+                f"    {name} {setting}: FLOPs {ratio:.3f}, no lower than the last setting: the end of its reach",
+                flush=True,
+            )
             break
         previous = ratio
         point = curve.add(str(setting), ratio, correct_of(predict_logits(model, pixels), labels))
@@ -52,15 +62,40 @@ def targets_table(original: Any, curves: list[Curve], targets: Iterable[float]) 
     for target in targets:
         for curve in curves:
             if not curve.covers(target):
-                rows.append([f"{target:.2f}", curve.name, f"out of reach (measured {curve.span[0]:.3f}-{curve.span[1]:.3f})",
-                             "-", "-", "-", "-"])
+                rows.append(
+                    [
+                        f"{target:.2f}",
+                        curve.name,
+                        f"out of reach (measured {curve.span[0]:.3f}-{curve.span[1]:.3f})",
+                        "-",
+                        "-",
+                        "-",
+                        "-",
+                    ]
+                )
                 continue
             at, near = curve.at(target), curve.nearest(target)
             test = mcnemar(near.correct, original)
-            rows.append([f"{target:.2f}", curve.name, f"{at.mean():.2%}", f"{near.setting} ({near.flops:.3f})",
-                         str(bootstrap_difference(at, original)), f"+{test.only_a} / -{test.only_b}", format_p(test.p_value)])
-    header = ["FLOPs", "method", "accuracy (interpolated)", "nearest measured setting (FLOPs)",
-              "vs original [95 % CI]", "nearest: only right / only wrong vs original", "McNemar p (nearest)"]
+            rows.append(
+                [
+                    f"{target:.2f}",
+                    curve.name,
+                    f"{at.mean():.2%}",
+                    f"{near.setting} ({near.flops:.3f})",
+                    str(bootstrap_difference(at, original)),
+                    f"+{test.only_a} / -{test.only_b}",
+                    format_p(test.p_value),
+                ]
+            )
+    header = [
+        "FLOPs",
+        "method",
+        "accuracy (interpolated)",
+        "nearest measured setting (FLOPs)",
+        "vs original [95 % CI]",
+        "nearest: only right / only wrong vs original",
+        "McNemar p (nearest)",
+    ]
     return markdown_table(header, rows)
 
 
@@ -69,22 +104,50 @@ def pairs_table(curves: list[Curve], targets: Iterable[float]) -> tuple[str, lis
     rows, records = [], []
     for target in targets:
         for i, a in enumerate(curves):
-            for b in curves[i + 1:]:
+            for b in curves[i + 1 :]:
                 if not (a.covers(target) and b.covers(target)):
                     continue
                 result = compare_at(a, b, target)
                 test = result["mcnemar"]
-                rows.append([f"{target:.2f}", f"{a.name} - {b.name}", f"{result['accuracy_a']:.2%}", f"{result['accuracy_b']:.2%}",
-                             str(result["difference"]), f"+{test.only_a} / -{test.only_b}", format_p(test.p_value)])
-                records.append({"flops": target, "a": a.name, "b": b.name, "accuracy_a": result["accuracy_a"],
-                                "accuracy_b": result["accuracy_b"], "difference": result["difference"].to_dict(),
-                                "mcnemar": test.to_dict(), "nearest": result["nearest"]})
-    header = ["FLOPs", "a - b", "a", "b", "difference [95 % CI]", "nearest points: only a right / only b right", "McNemar p"]
+                rows.append(
+                    [
+                        f"{target:.2f}",
+                        f"{a.name} - {b.name}",
+                        f"{result['accuracy_a']:.2%}",
+                        f"{result['accuracy_b']:.2%}",
+                        str(result["difference"]),
+                        f"+{test.only_a} / -{test.only_b}",
+                        format_p(test.p_value),
+                    ]
+                )
+                records.append(
+                    {
+                        "flops": target,
+                        "a": a.name,
+                        "b": b.name,
+                        "accuracy_a": result["accuracy_a"],
+                        "accuracy_b": result["accuracy_b"],
+                        "difference": result["difference"].to_dict(),
+                        "mcnemar": test.to_dict(),
+                        "nearest": result["nearest"],
+                    }
+                )
+    header = [
+        "FLOPs",
+        "a - b",
+        "a",
+        "b",
+        "difference [95 % CI]",
+        "nearest points: only a right / only b right",
+        "McNemar p",
+    ]
     return markdown_table(header, rows), records
 
 
 def curve_records(curves: list[Curve]) -> dict[str, list[dict[str, Any]]]:
-    return {c.name: [{"setting": p.setting, "flops": p.flops, "accuracy": p.accuracy} for p in c.points] for c in curves}
+    return {
+        c.name: [{"setting": p.setting, "flops": p.flops, "accuracy": p.accuracy} for p in c.points] for c in curves
+    }
 
 
 def plot(curves: list[Curve], original: float, path: Path, title: str, targets: Iterable[float] = ()) -> None:
@@ -95,8 +158,13 @@ def plot(curves: list[Curve], original: float, path: Path, title: str, targets: 
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
     for curve in curves:
-        ax.plot([p.flops for p in curve.points], [p.accuracy * 100 for p in curve.points], marker="o", markersize=3,
-                label=curve.name)
+        ax.plot(
+            [p.flops for p in curve.points],
+            [p.accuracy * 100 for p in curve.points],
+            marker="o",
+            markersize=3,
+            label=curve.name,
+        )
     ax.axhline(original * 100, color="black", linestyle="--", linewidth=1, label="original")
     for target in targets:
         ax.axvline(target, color="grey", linestyle=":", linewidth=0.8)
@@ -108,4 +176,3 @@ def plot(curves: list[Curve], original: float, path: Path, title: str, targets: 
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
-

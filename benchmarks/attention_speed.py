@@ -21,9 +21,12 @@ import surgery
 
 from _common import count_flops, markdown_table, time_side_by_side, vit_base, write_report
 
-VARIANTS = {"softmax (SDPA)": None, "agent": ("agent_attention", {"layers": "all"}), "castling": ("castling", {"layers": "all"}),
-            "ecoformer": ("ecoformer", {"layers": "all"})}
-
+VARIANTS = {
+    "softmax (SDPA)": None,
+    "agent": ("agent_attention", {"layers": "all"}),
+    "castling": ("castling", {"layers": "all"}),
+    "ecoformer": ("ecoformer", {"layers": "all"}),
+}
 
 
 def main() -> None:
@@ -43,23 +46,48 @@ def main() -> None:
         hidden = torch.randn(1, tokens, 768)
         with torch.inference_mode():
             layer_runs = {n: (lambda m=m: m.vit.encoder.layer[0].attention(hidden)) for n, m in models.items()}
-            model_runs = {n: (lambda m=m: m(pixel_values=pixels, interpolate_pos_encoding=True)) for n, m in models.items()}
+            model_runs = {
+                n: (lambda m=m: m(pixel_values=pixels, interpolate_pos_encoding=True)) for n, m in models.items()
+            }
             layer_time = time_side_by_side(layer_runs, repeats=max(args.repeats, 5))
             model_time = time_side_by_side(model_runs, repeats=args.repeats, warmup=1)
             layer_flops = {n: count_flops(run) for n, run in layer_runs.items()}
             model_flops = {n: count_flops(run) for n, run in model_runs.items()}
         base = "softmax (SDPA)"
         for name in models:
-            rows.append([
-                size, tokens, name,
-                f"{layer_time[name] * 1000:.2f}", f"{layer_time[base] / layer_time[name]:.2f}x", f"{layer_flops[base] / layer_flops[name]:.2f}x",
-                f"{model_time[name] * 1000:.0f}", f"{model_time[base] / model_time[name]:.2f}x", f"{model_flops[base] / model_flops[name]:.2f}x",
-            ])
+            rows.append(
+                [
+                    size,
+                    tokens,
+                    name,
+                    f"{layer_time[name] * 1000:.2f}",
+                    f"{layer_time[base] / layer_time[name]:.2f}x",
+                    f"{layer_flops[base] / layer_flops[name]:.2f}x",
+                    f"{model_time[name] * 1000:.0f}",
+                    f"{model_time[base] / model_time[name]:.2f}x",
+                    f"{model_flops[base] / model_flops[name]:.2f}x",
+                ]
+            )
         eco = models["ecoformer"].vit.encoder.layer[0].attention.attention
-        rows[-1].append(f"{eco.code_products(tokens) / 1e6:.1f} M (softmax: {2 * 12 * tokens * tokens * 64 / 1e6:.1f} M)")
-        print(markdown_table(["px", "tokens", "attention", "layer ms"], [r[:4] for r in rows[-len(models):]]), flush=True)
-    header = ["px", "tokens", "attention", "layer ms", "layer speed-up", "layer FLOPs ratio", "model ms", "model speed-up",
-              "model FLOPs ratio", "+-1 code products per layer"]
+        rows[-1].append(
+            f"{eco.code_products(tokens) / 1e6:.1f} M (softmax: {2 * 12 * tokens * tokens * 64 / 1e6:.1f} M)"
+        )
+        print(
+            markdown_table(["px", "tokens", "attention", "layer ms"], [r[:4] for r in rows[-len(models) :]]),
+            flush=True,
+        )
+    header = [
+        "px",
+        "tokens",
+        "attention",
+        "layer ms",
+        "layer speed-up",
+        "layer FLOPs ratio",
+        "model ms",
+        "model speed-up",
+        "model FLOPs ratio",
+        "+-1 code products per layer",
+    ]
     rows = [row + [""] * (len(header) - len(row)) for row in rows]
     body = (
         "ViT-B/16 shape (random weights), batch 1, fp32, every block swapped; speed-up and FLOPs ratio are "

@@ -42,8 +42,11 @@ from surgery.publish.export import export
 from _common import markdown_table, time_side_by_side, vit_base, write_report
 
 BATCH, TOKENS = 8, 197
-SHAPES = {"query/key/value, attention output (768 -> 768)": (768, 768), "MLP in (768 -> 3072)": (768, 3072),
-          "MLP out (3072 -> 768)": (3072, 768)}
+SHAPES = {
+    "query/key/value, attention output (768 -> 768)": (768, 768),
+    "MLP in (768 -> 3072)": (768, 3072),
+    "MLP out (3072 -> 768)": (3072, 768),
+}
 
 
 def float_linear(weight: np.ndarray, bias: np.ndarray) -> ov.Model:
@@ -67,18 +70,28 @@ def binary_convolution(signs: np.ndarray, alpha: np.ndarray, bias: np.ndarray, l
         rows = ops.reshape(x, np.array([BATCH * TOKENS, inputs]), False)
         image = ops.reshape(ops.transpose(rows, np.array([1, 0])), np.array([1, inputs, BATCH * TOKENS, 1]), False)
         bits = ops.fake_quantize(image, np.float32(THRESHOLD), np.float32(THRESHOLD), np.float32(0), np.float32(1), 2)
-        product = op1.binary_convolution(bits, u1_constant(signs), [1, 1], [0, 0], [0, 0], [1, 1], "xnor-popcount", 0.0)
-        y = ops.reshape(ops.transpose(ops.reshape(product, np.array([outputs, BATCH * TOKENS]), False), np.array([1, 0])),
-                        np.array([BATCH, TOKENS, outputs]), False)
+        product = op1.binary_convolution(
+            bits, u1_constant(signs), [1, 1], [0, 0], [0, 0], [1, 1], "xnor-popcount", 0.0
+        )
+        y = ops.reshape(
+            ops.transpose(ops.reshape(product, np.array([outputs, BATCH * TOKENS]), False), np.array([1, 0])),
+            np.array([BATCH, TOKENS, outputs]),
+            False,
+        )
     return ov.Model([ops.add(ops.multiply(y, ops.constant(alpha)), ops.constant(bias))], [x])
 
 
 def executed(compiled) -> str:
     """The runtime graph's layer types with their precisions, e.g. ``BinaryConvolution u1``."""
-    kinds = {(op.get_rt_info()["layerType"].astype(str), op.get_rt_info()["runtimePrecision"].astype(str))
-             for op in compiled.get_runtime_model().get_ops()}
-    return ", ".join(f"{kind} {precision}" for kind, precision in sorted(kinds) if kind in ("BinaryConvolution", "MatMul",
-                                                                                             "FullyConnected", "Convolution"))
+    kinds = {
+        (op.get_rt_info()["layerType"].astype(str), op.get_rt_info()["runtimePrecision"].astype(str))
+        for op in compiled.get_runtime_model().get_ops()
+    }
+    return ", ".join(
+        f"{kind} {precision}"
+        for kind, precision in sorted(kinds)
+        if kind in ("BinaryConvolution", "MatMul", "FullyConnected", "Convolution")
+    )
 
 
 def whole_model(repeats: int) -> tuple[list[list[object]], list[str]]:
@@ -95,19 +108,27 @@ def whole_model(repeats: int) -> tuple[list[list[object]], list[str]]:
         # surgery's OpenVINO export: the W1A1 linears as BinaryConvolution, the IR's batch fixed at 8
         bits = export(model, Path(tmp) / "bivit-ov", to="openvino", batch=len(x))
         rewrites = json.loads((Path(tmp) / "bivit-ov" / "export_report.json").read_text())["openvino_rewrites"]
-        variants = {"fp32 (f32 hint)": core.compile_model(str(fp32), "CPU", f32),
-                    "bivit W1A1, the ONNX graph in OpenVINO (+-1 float matmuls, f32 hint)":
-                        core.compile_model(str(binary), "CPU", f32),
-                    "bivit W1A1, surgery's OpenVINO export (BinaryConvolution linears, f32 hint)":
-                        core.compile_model(str(bits.path), "CPU", f32)}
-    notes = [f"{'; '.join(rewrites)}; the CPU plugin runs "
-             f"{executed(variants['bivit W1A1, surgery' + chr(39) + 's OpenVINO export (BinaryConvolution linears, f32 hint)'])}"]
+        variants = {
+            "fp32 (f32 hint)": core.compile_model(str(fp32), "CPU", f32),
+            "bivit W1A1, the ONNX graph in OpenVINO (+-1 float matmuls, f32 hint)": core.compile_model(
+                str(binary), "CPU", f32
+            ),
+            "bivit W1A1, surgery's OpenVINO export (BinaryConvolution linears, f32 hint)": core.compile_model(
+                str(bits.path), "CPU", f32
+            ),
+        }
+    notes = [
+        f"{'; '.join(rewrites)}; the CPU plugin runs "
+        f"{executed(variants['bivit W1A1, surgery' + chr(39) + 's OpenVINO export (BinaryConvolution linears, f32 hint)'])}"
+    ]
     for name in list(variants)[1:]:
         logits = variants[name](x)[0]
         agree = float((logits.argmax(-1) == reference.argmax(-1)).mean())
-        notes.append(f"{name}: logits against PyTorch's (bivit, eager): max |difference| "
-                     f"{float(np.abs(logits - reference).max()):.3g} (logits up to {float(np.abs(reference).max()):.3g}), "
-                     f"top-1 agreement {agree:.0%} on the 8 random images")
+        notes.append(
+            f"{name}: logits against PyTorch's (bivit, eager): max |difference| "
+            f"{float(np.abs(logits - reference).max()):.3g} (logits up to {float(np.abs(reference).max()):.3g}), "
+            f"top-1 agreement {agree:.0%} on the 8 random images"
+        )
     seconds = time_side_by_side({n: (lambda c=c: c(x)) for n, c in variants.items()}, repeats=repeats)
     base = seconds["fp32 (f32 hint)"]
     return [[name, f"{value * 1000:.0f}", f"{base / value:.2f}x"] for name, value in seconds.items()], notes
@@ -139,30 +160,42 @@ def main() -> None:
         alpha = np.abs(weight).mean(1).astype(np.float32)
         integers = np.where(x >= 0, 1, -1).reshape(-1, inputs).astype(np.int64) @ signs.T.astype(np.int64)
         exact = (integers * alpha.astype(np.float64) + bias).reshape(BATCH, TOKENS, outputs)
-        variants = {"float linear (f32)": core.compile_model(float_linear(weight, bias), "CPU", {"INFERENCE_PRECISION_HINT": "f32"}),
-                    "+-1 float matmul (bivit's ONNX form, f32)": core.compile_model(signs_matmul(signs, alpha, bias), "CPU",
-                                                                                  {"INFERENCE_PRECISION_HINT": "f32"})}
+        variants = {
+            "float linear (f32)": core.compile_model(
+                float_linear(weight, bias), "CPU", {"INFERENCE_PRECISION_HINT": "f32"}
+            ),
+            "+-1 float matmul (bivit's ONNX form, f32)": core.compile_model(
+                signs_matmul(signs, alpha, bias), "CPU", {"INFERENCE_PRECISION_HINT": "f32"}
+            ),
+        }
         for layout in ("(B, C, T, 1)", "(1, C, B*T, 1)"):
-            variants[f"BinaryConvolution {layout}"] = core.compile_model(binary_convolution(signs, alpha, bias, layout), "CPU")
+            variants[f"BinaryConvolution {layout}"] = core.compile_model(
+                binary_convolution(signs, alpha, bias, layout), "CPU"
+            )
         for variant, compiled in variants.items():
             if variant != "float linear (f32)":
                 error = float(np.abs(compiled(x)[0] - exact).max())
-                checks.append(f"{name}, {variant}: max |error| {error:.1e} against the exact product; runs {executed(compiled)}")
+                checks.append(
+                    f"{name}, {variant}: max |error| {error:.1e} against the exact product; runs {executed(compiled)}"
+                )
                 assert error < 1e-3 * float(np.abs(exact).max()), (name, variant, error)
         seconds = time_side_by_side({v: (lambda c=c: c(x)) for v, c in variants.items()}, repeats=args.repeats)
         base = seconds["float linear (f32)"]
         rows += [[name, variant, f"{value * 1000:.2f}", f"{base / value:.2f}x"] for variant, value in seconds.items()]
     print("layers timed; exporting the whole models", file=sys.stderr)
     model_rows, notes = whole_model(args.model_repeats)
-    body = (f"ViT-B/16 linear shapes at batch {BATCH} ({BATCH * TOKENS} tokens), OpenVINO {ov.get_version()}, CPU plugin, "
-            f"{args.repeats} side-by-side repeats after 2 warm-up rounds (medians), OpenVINO's default threads.\n\n"
-            + markdown_table(["layer", "variant", "ms", "speed vs the float linear"], rows)
-            + "\n\nChecks (each variant against the exact integer product, and what the CPU plugin executed):\n\n"
-            + "\n".join(f"- {line}" for line in checks)
-            + f"\n\nWhole model: ViT-B/16 (random weights), 224 px, batch 8, {args.model_repeats} side-by-side repeats "
-              "after 2 warm-up rounds (medians):\n\n"
-            + markdown_table(["model", "ms / batch", "speed vs fp32"], model_rows)
-            + "\n\n" + "\n".join(f"- {line}" for line in notes))
+    body = (
+        f"ViT-B/16 linear shapes at batch {BATCH} ({BATCH * TOKENS} tokens), OpenVINO {ov.get_version()}, CPU plugin, "
+        f"{args.repeats} side-by-side repeats after 2 warm-up rounds (medians), OpenVINO's default threads.\n\n"
+        + markdown_table(["layer", "variant", "ms", "speed vs the float linear"], rows)
+        + "\n\nChecks (each variant against the exact integer product, and what the CPU plugin executed):\n\n"
+        + "\n".join(f"- {line}" for line in checks)
+        + f"\n\nWhole model: ViT-B/16 (random weights), 224 px, batch 8, {args.model_repeats} side-by-side repeats "
+        "after 2 warm-up rounds (medians):\n\n"
+        + markdown_table(["model", "ms / batch", "speed vs fp32"], model_rows)
+        + "\n\n"
+        + "\n".join(f"- {line}" for line in notes)
+    )
     write_report("binary_openvino", "1-bit linears as bits: OpenVINO's BinaryConvolution, per layer", body)
 
 

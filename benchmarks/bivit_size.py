@@ -19,7 +19,6 @@ import surgery
 from _common import markdown_table, vit_base, write_report
 
 
-
 def tensor_bytes(file: Path, keep) -> int:
     with safe_open(str(file), framework="pt") as handle:
         return sum(_nbytes(handle, k) for k in handle.keys() if keep(k))
@@ -39,11 +38,20 @@ def main() -> None:
         linears = {name for name, _ in binary.named_modules() if type(_).__name__ == "BinaryLinear"}
         in_linear = lambda key: key.rsplit(".", 1)[0] in linears  # noqa: E731
         rows = []
-        for label, keep in [("whole checkpoint file", None), ("binarized linears (weights, scales, biases)", in_linear)]:
+        for label, keep in [
+            ("whole checkpoint file", None),
+            ("binarized linears (weights, scales, biases)", in_linear),
+        ]:
             if keep is None:
-                fp32, packed = (tmp / "fp32" / "model.safetensors").stat().st_size, (tmp / "bivit" / "model.safetensors").stat().st_size
+                fp32, packed = (
+                    (tmp / "fp32" / "model.safetensors").stat().st_size,
+                    (tmp / "bivit" / "model.safetensors").stat().st_size,
+                )
             else:
-                fp32, packed = tensor_bytes(tmp / "fp32" / "model.safetensors", keep), tensor_bytes(tmp / "bivit" / "model.safetensors", keep)
+                fp32, packed = (
+                    tensor_bytes(tmp / "fp32" / "model.safetensors", keep),
+                    tensor_bytes(tmp / "bivit" / "model.safetensors", keep),
+                )
             rows.append([label, f"{fp32 / 1e6:.1f} MB", f"{packed / 1e6:.2f} MB", f"{fp32 / packed:.1f}x"])
         x = torch.randn(2, 3, 224, 224)
         exact = torch.equal(surgery.load(tmp / "bivit")(pixel_values=x).logits, binary(pixel_values=x).logits)

@@ -26,10 +26,17 @@ import torch
 SETTINGS = {
     "native": {},
     "avx512_vnni": {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_VNNI", "FBGEMM_ENABLE_INSTRUCTIONS": "AVX512_E1"},
-    "avx512 (no VNNI)": {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE", "FBGEMM_ENABLE_INSTRUCTIONS": "AVX512",
-                         "MKL_ENABLE_INSTRUCTIONS": "AVX512"},
-    "avx2 (no VNNI)": {"ONEDNN_MAX_CPU_ISA": "AVX2", "FBGEMM_ENABLE_INSTRUCTIONS": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
-                       "ATEN_CPU_CAPABILITY": "avx2"},
+    "avx512 (no VNNI)": {
+        "ONEDNN_MAX_CPU_ISA": "AVX512_CORE",
+        "FBGEMM_ENABLE_INSTRUCTIONS": "AVX512",
+        "MKL_ENABLE_INSTRUCTIONS": "AVX512",
+    },
+    "avx2 (no VNNI)": {
+        "ONEDNN_MAX_CPU_ISA": "AVX2",
+        "FBGEMM_ENABLE_INSTRUCTIONS": "AVX2",
+        "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+        "ATEN_CPU_CAPABILITY": "avx2",
+    },
 }
 
 
@@ -54,8 +61,17 @@ def child(repeats: int) -> dict:
     layer_runs = {"fp32 matmul": lambda: torch.nn.functional.linear(x, weight, bias)}
     for name, kernel in kernels.KERNELS.items():
         if kernel.available():
-            layer = Int8Linear(kernel, kernel.prepack(w_int8, w_scale), w_scale, torch.zeros(3072, dtype=torch.long),
-                               torch.tensor(1 / 0.05), 0.05, 64, 0, 127)
+            layer = Int8Linear(
+                kernel,
+                kernel.prepack(w_int8, w_scale),
+                w_scale,
+                torch.zeros(3072, dtype=torch.long),
+                torch.tensor(1 / 0.05),
+                0.05,
+                64,
+                0,
+                127,
+            )
             layer_runs[f"{name} int8"] = lambda layer=layer: layer(x, bias)
     with torch.inference_mode():
         layer_seconds = time_side_by_side(layer_runs, repeats=repeats)
@@ -71,8 +87,9 @@ def child(repeats: int) -> dict:
             if hasattr(module, "int8_kernel"):
                 module.int8_kernel = "onednn"
         models["surgery quantize (onednn, forced)"] = forced
-    models["torch quantize_dynamic"] = torch.ao.quantization.quantize_dynamic(copy.deepcopy(base), {torch.nn.Linear},
-                                                                              dtype=torch.qint8)
+    models["torch quantize_dynamic"] = torch.ao.quantization.quantize_dynamic(
+        copy.deepcopy(base), {torch.nn.Linear}, dtype=torch.qint8
+    )
 
     def run(model):
         with torch.inference_mode():
@@ -80,11 +97,14 @@ def child(repeats: int) -> dict:
 
     runs = {name: (lambda m=model: run(m)) for name, model in models.items()}
     model_seconds = time_side_by_side(runs, repeats=repeats)
-    return {"capability": torch.backends.cpu.get_cpu_capability(), "exact": exact,
-            "chosen": fc1.name if fc1 else None,
-            "why": {shape: f"{k.name if k else None} ({reason})" for shape, (k, reason) in chosen.items()},
-            "layer_ms": {k: v * 1000 for k, v in layer_seconds.items()},
-            "model_ms": {k: v * 1000 for k, v in model_seconds.items()}}
+    return {
+        "capability": torch.backends.cpu.get_cpu_capability(),
+        "exact": exact,
+        "chosen": fc1.name if fc1 else None,
+        "why": {shape: f"{k.name if k else None} ({reason})" for shape, (k, reason) in chosen.items()},
+        "layer_ms": {k: v * 1000 for k, v in layer_seconds.items()},
+        "model_ms": {k: v * 1000 for k, v in model_seconds.items()},
+    }
 
 
 def main() -> None:
@@ -109,21 +129,26 @@ def main() -> None:
         line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
         if line is None:
             raise SystemExit(f"{name}: the child failed\n{done.stderr[-3000:]}")
-        results[name] = json.loads(line[len("RESULT "):])
+        results[name] = json.loads(line[len("RESULT ") :])
         print(name, results[name], flush=True)
     layer_rows, model_rows = [], []
     for name, result in results.items():
         fp32 = result["layer_ms"]["fp32 matmul"]
         for label, ms in result["layer_ms"].items():
             kernel = label.split(" ")[0]
-            verdict = "" if label == "fp32 matmul" else ("exact" if result["exact"].get(kernel) else "NOT exact: never used")
+            verdict = (
+                "" if label == "fp32 matmul" else ("exact" if result["exact"].get(kernel) else "NOT exact: never used")
+            )
             mark = " (chosen)" if kernel == result["chosen"] else ""
             layer_rows.append([name, label + mark, f"{ms:.1f}", f"{fp32 / ms:.2f}x", verdict])
         base = result["model_ms"]["fp32"]
         for label, ms in result["model_ms"].items():
             model_rows.append([name, label, f"{ms:.0f}", f"{base / ms:.2f}x"])
-    caps = "; ".join(f"{name}: " + (" ".join(f"{k}={v}" for k, v in c.items()) or "no caps") for name, c in SETTINGS.items()
-                     if name in results)
+    caps = "; ".join(
+        f"{name}: " + (" ".join(f"{k}={v}" for k, v in c.items()) or "no caps")
+        for name, c in SETTINGS.items()
+        if name in results
+    )
     body = (
         f"Settings (each in its own process): {caps}. {args.threads} threads, {args.repeats} side-by-side repeats "
         "after 2 warm-up rounds (medians). A capped setting emulates an older CPU on this one; the kernels' "
@@ -131,8 +156,8 @@ def main() -> None:
         "One ViT-B MLP linear, 1576 x 768 -> 3072, 7-bit activation codes (quantize's default):\n\n"
         + markdown_table(["instruction set", "kernel", "ms", "vs fp32", "self-check"], layer_rows)
         + "\n\n'(chosen)' marks the kernel surgery measured fastest for this shape. The choice for each ViT-B "
-          "linear shape, and why:\n\n" + "\n".join(f"- {name}, {shape}: {why}" for name, r in results.items()
-                                                  for shape, why in r["why"].items())
+        "linear shape, and why:\n\n"
+        + "\n".join(f"- {name}, {shape}: {why}" for name, r in results.items() for shape, why in r["why"].items())
         + "\n\nViT-B/16 shape (random weights), 224 px, batch 8, `torch.inference_mode()`:\n\n"
         + markdown_table(["instruction set", "model (PyTorch eager)", "ms / batch", "vs fp32"], model_rows)
     )

@@ -45,9 +45,10 @@ SURGERY = {
     "surgery quantize": "quantize",
     "surgery quantize, attention=int8": ("quantize", {"attention": "int8"}),
     "surgery quantize, attention + patch_embed + classifier int8": (
-        "quantize", {"attention": "int8", "patch_embed": "int8", "classifier": "int8"}),
+        "quantize",
+        {"attention": "int8", "patch_embed": "int8", "classifier": "int8"},
+    ),
 }
-
 
 
 def has(module: str) -> bool:
@@ -58,9 +59,13 @@ def has(module: str) -> bool:
 def torch_variants(model, calibration: list[torch.Tensor]) -> dict[str, object]:
     variants = {
         "fp32": model,
-        **{name: surgery.apply(copy.deepcopy(model), [step], calibration=calibration).eval() for name, step in SURGERY.items()},
-        "torch quantize_dynamic (int8)": torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), {torch.nn.Linear},
-                                                                               dtype=torch.qint8),
+        **{
+            name: surgery.apply(copy.deepcopy(model), [step], calibration=calibration).eval()
+            for name, step in SURGERY.items()
+        },
+        "torch quantize_dynamic (int8)": torch.ao.quantization.quantize_dynamic(
+            copy.deepcopy(model), {torch.nn.Linear}, dtype=torch.qint8
+        ),
     }
     if has("torchao"):
         from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
@@ -83,8 +88,9 @@ def ort_variants(model_fn, calibration: list[torch.Tensor], tmp: Path) -> dict[s
     fp32 = export(model_fn(), tmp / "fp32", to="onnx").path
     variants: dict[str, object] = {"fp32": fp32}
     for index, (name, step) in enumerate(SURGERY.items()):  # static QDQ
-        variants[name] = export(surgery.apply(model_fn(), [step], calibration=calibration), tmp / f"int8-{index}",
-                                to="onnx").path
+        variants[name] = export(
+            surgery.apply(model_fn(), [step], calibration=calibration), tmp / f"int8-{index}", to="onnx"
+        ).path
     if has("optimum.onnxruntime"):
         variants["Optimum ORTQuantizer dynamic"] = optimum_quantize(fp32.parent, tmp / "dynamic", None)
         variants["Optimum ORTQuantizer static (min-max)"] = optimum_quantize(fp32.parent, tmp / "static", calibration)
@@ -104,8 +110,12 @@ def optimum_quantize(onnx_dir: Path, out: Path, calibration: list[torch.Tensor] 
         from datasets import Dataset
 
         data = Dataset.from_dict({"pixel_values": torch.cat(calibration).numpy()})
-        ranges = quantizer.fit(dataset=data, calibration_config=AutoCalibrationConfig.minmax(data),
-                               operators_to_quantize=config.operators_to_quantize, batch_size=8)
+        ranges = quantizer.fit(
+            dataset=data,
+            calibration_config=AutoCalibrationConfig.minmax(data),
+            operators_to_quantize=config.operators_to_quantize,
+            batch_size=8,
+        )
     quantizer.quantize(save_dir=out, quantization_config=config, calibration_tensors_range=ranges)
     return out / "model_quantized.onnx"
 
@@ -153,8 +163,12 @@ def speed(args) -> list[list[object]]:
         for name, compiled in ov_models.items():
             runs[("OpenVINO", name)] = lambda c=compiled: c(x.numpy())
         seconds = time_side_by_side(runs, repeats=args.repeats)
-        missing = [(rt, n) for rt, variants in (("PyTorch", pt), ("ONNX Runtime", onnx_files))
-                   for n, v in variants.items() if v is MISSING]
+        missing = [
+            (rt, n)
+            for rt, variants in (("PyTorch", pt), ("ONNX Runtime", onnx_files))
+            for n, v in variants.items()
+            if v is MISSING
+        ]
     rows = []
     for runtime in ("PyTorch", "ONNX Runtime", "OpenVINO"):
         base = next(v for (rt, n), v in seconds.items() if rt == runtime and n.startswith("fp32"))
@@ -173,12 +187,26 @@ def accuracy() -> list[list[object]]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, model in torch_variants(surgery.load(folder), list(calibration)).items():
-            rows.append(["PyTorch", name, MISSING if model is MISSING else
-                         f"{(torch_logits(model, pixels).argmax(-1) == labels).mean():.2%}"])
+            rows.append(
+                [
+                    "PyTorch",
+                    name,
+                    MISSING
+                    if model is MISSING
+                    else f"{(torch_logits(model, pixels).argmax(-1) == labels).mean():.2%}",
+                ]
+            )
         onnx_files = ort_variants(lambda: surgery.load(folder), list(calibration), Path(tmp))
         for name, path in onnx_files.items():
-            rows.append(["ONNX Runtime", name, MISSING if path is MISSING else
-                         f"{(ort_logits(path, pixels.numpy()).argmax(-1) == labels).mean():.2%}"])
+            rows.append(
+                [
+                    "ONNX Runtime",
+                    name,
+                    MISSING
+                    if path is MISSING
+                    else f"{(ort_logits(path, pixels.numpy()).argmax(-1) == labels).mean():.2%}",
+                ]
+            )
         for name, compiled in ov_variants(onnx_files, list(calibration)).items():
             rows.append(["OpenVINO", name, f"{(ov_logits(compiled, pixels.numpy()).argmax(-1) == labels).mean():.2%}"])
     return rows
@@ -193,8 +221,7 @@ def main() -> None:
         "repeats after 2 warm-up rounds (medians); calibration: 2 batches of 8 random images.\n\n"
         + markdown_table(["runtime", "model", "ms / batch", "speed vs fp32 in the same runtime"], speed_rows)
         + "\n\nAccuracy on the built-in digits ViT (360 test digits; calibration: 256 training digits), "
-          "each variant in its own runtime:\n\n"
-        + markdown_table(["runtime", "model", "accuracy"], accuracy_rows)
+        "each variant in its own runtime:\n\n" + markdown_table(["runtime", "model", "accuracy"], accuracy_rows)
     )
     write_report("int8_speed", "int8 against the peers, in PyTorch, ONNX Runtime and OpenVINO", body)
 

@@ -94,6 +94,7 @@ def within(points, after="recovery"):
     def check(o, s, r, f):
         value = r if after == "recovery" else s
         return value is not None and value >= o - points / 100
+
     return check
 
 
@@ -103,25 +104,83 @@ def tome_target(o, s, r, f):
 
 ROWS = [
     Row("ggem", ["ggem"], RECIPES["ggem"], target="recovered >= original", check=at_least_original, runtime="ggem"),
-    Row("token_merge r=20", [("token_merge", {"r": 20})], RECIPES["token_merge"],
-        target=">= 2x fewer FLOPs, within 1 pt training-free", check=tome_target, runtime="token_merge r=16"),
-    Row("token_transform flops=0.5", [("token_transform", {"flops": 0.5})], RECIPES["token_merge"],
-        target=">= 2x fewer FLOPs, within 1 pt training-free", check=tome_target, runtime="token_transform flops=0.5"),
-    Row("token_prune flops=0.5", [("token_prune", {"flops": 0.5})], RECIPES["token_merge"], runtime="token_prune flops=0.5"),
-    Row("agent_attention", ["agent_attention"], RECIPES["agent_attention"], target="recovered >= original",
-        check=at_least_original, runtime="agent_attention"),
-    Row("castling", ["castling"], RECIPES["castling"], target="recovered within 1 pt", check=within(1), runtime="castling"),
-    Row("castling, no auxiliary branch", [("castling", {"sparse_reg": False})], RECIPES["castling_no_aux"],
-        target="(ablation) within 1 pt", check=within(1), runtime="castling"),  # the branch is training-only
+    Row(
+        "token_merge r=20",
+        [("token_merge", {"r": 20})],
+        RECIPES["token_merge"],
+        target=">= 2x fewer FLOPs, within 1 pt training-free",
+        check=tome_target,
+        runtime="token_merge r=16",
+    ),
+    Row(
+        "token_transform flops=0.5",
+        [("token_transform", {"flops": 0.5})],
+        RECIPES["token_merge"],
+        target=">= 2x fewer FLOPs, within 1 pt training-free",
+        check=tome_target,
+        runtime="token_transform flops=0.5",
+    ),
+    Row(
+        "token_prune flops=0.5",
+        [("token_prune", {"flops": 0.5})],
+        RECIPES["token_merge"],
+        runtime="token_prune flops=0.5",
+    ),
+    Row(
+        "agent_attention",
+        ["agent_attention"],
+        RECIPES["agent_attention"],
+        target="recovered >= original",
+        check=at_least_original,
+        runtime="agent_attention",
+    ),
+    Row(
+        "castling",
+        ["castling"],
+        RECIPES["castling"],
+        target="recovered within 1 pt",
+        check=within(1),
+        runtime="castling",
+    ),
+    Row(
+        "castling, no auxiliary branch",
+        [("castling", {"sparse_reg": False})],
+        RECIPES["castling_no_aux"],
+        target="(ablation) within 1 pt",
+        check=within(1),
+        runtime="castling",
+    ),  # the branch is training-only
     Row("ecoformer", ["ecoformer"], RECIPES["ecoformer"], target="recovered within 1 pt", check=within(1)),
-    Row("int8 (quantize)", [], None, quantize=True, target="within 0.5 pt", check=within(0.5, after="surgery"),
-        runtime="int8 (quantize)"),
-    Row("bivit W1A32", [("bivit", {"activations": "full"})], RECIPES["bivit_w1a32"], target="recovered within 1 pt",
-        check=within(1), runtime="bivit W1A32"),
-    Row("bivit W1A1", ["bivit"], RECIPES["bivit_w1a1"], target="recovered within 5 pt", check=within(5), runtime="bivit W1A1"),
+    Row(
+        "int8 (quantize)",
+        [],
+        None,
+        quantize=True,
+        target="within 0.5 pt",
+        check=within(0.5, after="surgery"),
+        runtime="int8 (quantize)",
+    ),
+    Row(
+        "bivit W1A32",
+        [("bivit", {"activations": "full"})],
+        RECIPES["bivit_w1a32"],
+        target="recovered within 1 pt",
+        check=within(1),
+        runtime="bivit W1A32",
+    ),
+    Row(
+        "bivit W1A1",
+        ["bivit"],
+        RECIPES["bivit_w1a1"],
+        target="recovered within 5 pt",
+        check=within(5),
+        runtime="bivit W1A1",
+    ),
     Row("token_merge r=20 + ggem", [("token_merge", {"r": 20}), "ggem"], RECIPES["ggem"]),
     Row("agent_attention + int8", ["agent_attention"], RECIPES["agent_attention"], quantize=True),
-    Row("token_merge r=20 + int8", [("token_merge", {"r": 20})], None, quantize=True, runtime="token_merge r=16 + int8"),
+    Row(
+        "token_merge r=20 + int8", [("token_merge", {"r": 20})], None, quantize=True, runtime="token_merge r=16 + int8"
+    ),
 ]
 
 
@@ -142,8 +201,15 @@ def run_row(row: Row, folder: Path, data: dict[str, Any], out: Path) -> tuple[di
         for lr in data["learning_rates"]:  # chosen on validation; the test split is not looked at here
             candidate = surgery.load(folder)
             surgery.apply(candidate, row.steps, calibration=calibration)
-            result = recover(candidate, teacher, data["train_set"], data["validation_set"], processor=data["processor"],
-                             progress=False, **{**options, "lr": lr})
+            result = recover(
+                candidate,
+                teacher,
+                data["train_set"],
+                data["validation_set"],
+                processor=data["processor"],
+                progress=False,
+                **{**options, "lr": lr},
+            )
             tried[lr] = result.accuracy
             if validation is None or result.accuracy > validation:
                 final, validation, seconds, recipe = candidate, result.accuracy, result.seconds, {**options, "lr": lr}
@@ -154,12 +220,22 @@ def run_row(row: Row, folder: Path, data: dict[str, Any], out: Path) -> tuple[di
     final.save_pretrained(out)
     flops = model_flops(final, pixels[:1])
     return {
-        "name": row.name, "steps": [s.to_dict() for s in surgery.history(final)], "recipe": recipe,
-        "validation_by_lr": tried, "validation": validation,
-        "after_surgery": after_surgery, "after_recovery": recovered, "recovery_seconds": seconds,
-        "gflops": flops / 1e9, "checkpoint_mb": checkpoint_figures(out)["checkpoint_mb"],
-        **code_products(final, pixels[:1]), "machine": _machine(),
-        "correct": {"after_surgery": pack(correct_surgery), "after_recovery": None if correct_recovered is None else pack(correct_recovered)},
+        "name": row.name,
+        "steps": [s.to_dict() for s in surgery.history(final)],
+        "recipe": recipe,
+        "validation_by_lr": tried,
+        "validation": validation,
+        "after_surgery": after_surgery,
+        "after_recovery": recovered,
+        "recovery_seconds": seconds,
+        "gflops": flops / 1e9,
+        "checkpoint_mb": checkpoint_figures(out)["checkpoint_mb"],
+        **code_products(final, pixels[:1]),
+        "machine": _machine(),
+        "correct": {
+            "after_surgery": pack(correct_surgery),
+            "after_recovery": None if correct_recovered is None else pack(correct_recovered),
+        },
     }, final
 
 
@@ -192,11 +268,16 @@ def machines_note(rows: list[dict[str, Any]]) -> str:
     """Which rows ran where, when ``--only`` runs merged rows from another machine into the table."""
     groups: dict[str, list[str]] = {}
     for r in rows:
-        groups.setdefault(r.get("machine") or "the machine of the full run (before rows recorded theirs)", []).append(r["name"])
+        groups.setdefault(r.get("machine") or "the machine of the full run (before rows recorded theirs)", []).append(
+            r["name"]
+        )
     if len(groups) < 2:
         return ""
-    return (" Rows were measured on different machines (accuracy and latency ratios are each from their own run): "
-            + "; ".join(f"{machine}: {', '.join(names)}" for machine, names in groups.items()) + ".")
+    return (
+        " Rows were measured on different machines (accuracy and latency ratios are each from their own run): "
+        + "; ".join(f"{machine}: {', '.join(names)}" for machine, names in groups.items())
+        + "."
+    )
 
 
 def code_products(model: torch.nn.Module, pixels: torch.Tensor) -> dict[str, int]:
@@ -219,8 +300,10 @@ def code_products(model: torch.nn.Module, pixels: torch.Tensor) -> dict[str, int
             hook.remove()
     if not tokens:
         return {}
-    return {"code_products": sum(m.code_products(n) for m, n in tokens.items()),
-            "softmax_multiplications": sum(2 * m.num_heads * n * n * m.head_dim for m, n in tokens.items())}
+    return {
+        "code_products": sum(m.code_products(n) for m, n in tokens.items()),
+        "softmax_multiplications": sum(2 * m.num_heads * n * n * m.head_dim for m, n in tokens.items()),
+    }
 
 
 def applies(row: Row, model: torch.nn.Module) -> bool:
@@ -234,13 +317,18 @@ def applies(row: Row, model: torch.nn.Module) -> bool:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="vit", choices=ARCHITECTURES, help="the digits model's family (default vit)")
-    parser.add_argument("--task", default="digits", choices=("digits", "shapes"), help="the built-in task (default digits)")
+    parser.add_argument(
+        "--task", default="digits", choices=("digits", "shapes"), help="the built-in task (default digits)"
+    )
     parser.add_argument("--lrs", type=float, nargs="+", help="learning rates to choose from on validation")
     parser.add_argument("--report-only", action="store_true", help="write proof_table.md again from the .json files")
     parser.add_argument("--only", help="run only the rows whose name contains this text")
     parser.add_argument("--repeats", type=int, default=9)
-    parser.add_argument("--skip-runtimes", action="store_true",
-                        help="leave out the ViT-B/16 latency in each runtime (about 15 minutes of the run)")
+    parser.add_argument(
+        "--skip-runtimes",
+        action="store_true",
+        help="leave out the ViT-B/16 latency in each runtime (about 15 minutes of the run)",
+    )
     args = parser.parse_args()
     if args.report_only and args.task == "shapes":
         saved = json.loads((RESULTS / "proof_table_shapes.json").read_text())
@@ -279,17 +367,23 @@ def main() -> None:
             record["target"], record["check"], record["runtime"] = row.target, row.check, row.runtime
             rows.append(record)
             models[row.name] = model
-            print(f"    after surgery {record['after_surgery']:.2%}, after recovery "
-                  f"{record['after_recovery'] if record['after_recovery'] is None else format(record['after_recovery'], '.2%')}", flush=True)
+            print(
+                f"    after surgery {record['after_surgery']:.2%}, after recovery "
+                f"{record['after_recovery'] if record['after_recovery'] is None else format(record['after_recovery'], '.2%')}",
+                flush=True,
+            )
     batch = pixels[:64]
     with torch.inference_mode():
         for model in models.values():
             model.eval()
-        times = time_side_by_side({name: (lambda m=m: m(pixel_values=batch)) for name, m in models.items()},
-                                  repeats=args.repeats)
+        times = time_side_by_side(
+            {name: (lambda m=m: m(pixel_values=batch)) for name, m in models.items()}, repeats=args.repeats
+        )
     models.clear()
     runtimes = None
-    saved_name = f"proof_table_{args.task}" if shapes else "proof_table" if args.arch == "vit" else f"proof_table_{args.arch}"
+    saved_name = (
+        f"proof_table_{args.task}" if shapes else "proof_table" if args.arch == "vit" else f"proof_table_{args.arch}"
+    )
     if args.only and (RESULTS / f"{saved_name}.json").is_file():  # the other rows stay as their own run left them
         base, rows, times, runtimes = merge_saved(RESULTS / f"{saved_name}.json", base, rows, times)
     if shapes:
@@ -310,8 +404,10 @@ def main() -> None:
 
 def for_shapes(row: Row) -> Row:
     """``row`` with ToMe's r set for about half the FLOPs of the shapes ViT."""
-    steps = [("token_merge", {**s[1], "r": SHAPES_TOME_R}) if isinstance(s, tuple) and s[0] == "token_merge" else s
-             for s in row.steps]
+    steps = [
+        ("token_merge", {**s[1], "r": SHAPES_TOME_R}) if isinstance(s, tuple) and s[0] == "token_merge" else s
+        for s in row.steps
+    ]
     return dataclasses.replace(row, name=row.name.replace("r=20", f"r={SHAPES_TOME_R}"), steps=steps)
 
 
@@ -327,8 +423,14 @@ def restored(saved_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Rows read back from a .json file: their target checks attached again, and the learning rates
     (JSON keys are strings) back to numbers."""
     checks = {row.name: row.check for row in ROWS}
-    return [{**r, "check": checks.get(r["name"]),
-             "validation_by_lr": {float(lr): acc for lr, acc in r["validation_by_lr"].items()}} for r in saved_rows]
+    return [
+        {
+            **r,
+            "check": checks.get(r["name"]),
+            "validation_by_lr": {float(lr): acc for lr, acc in r["validation_by_lr"].items()},
+        }
+        for r in saved_rows
+    ]
 
 
 def merge_saved(path: Path, base: dict[str, Any], rows: list[dict[str, Any]], times: dict[str, float]):
@@ -350,15 +452,37 @@ def merge_saved(path: Path, base: dict[str, Any], rows: list[dict[str, Any]], ti
 def write_arch_report(arch: str, base: dict[str, Any], rows: list[dict[str, Any]], times: dict[str, float]) -> None:
     """proof_table_<arch>.json and .md: the digits model of another family through the same rows."""
     records = [{k: v for k, v in r.items() if k != "check"} for r in rows]
-    (RESULTS / f"proof_table_{arch}.json").write_text(json.dumps({"arch": arch, "original": base, "rows": records,
-                                                                "latency_s": times}, indent=2) + "\n")
-    table = [[r["name"], _pct(base["accuracy"]), _pct(r["after_surgery"]), _pct(r["after_recovery"]), _pct(r["validation"]),
-              f"{base['gflops'] / r['gflops']:.2f}x", json.dumps(r["recipe"])] for r in rows]
-    header = ["row", "original", "after surgery", "after recovery", "validation (chosen lr)", "FLOPs reduction", "recipe"]
-    write_report(f"proof_table_{arch}", f"Proof table on the digits {arch} model",
-                 f"The proof table's rows on the built-in digits `{arch}` model (`surgery demo-model --arch {arch}`, "
-                 "trained on this machine; rows its family refuses are left out), same data, recipes and learning-rate "
-                 "choice on validation as the ViT table." + machines_note(rows) + "\n\n" + markdown_table(header, table))
+    (RESULTS / f"proof_table_{arch}.json").write_text(
+        json.dumps({"arch": arch, "original": base, "rows": records, "latency_s": times}, indent=2) + "\n"
+    )
+    table = [
+        [
+            r["name"],
+            _pct(base["accuracy"]),
+            _pct(r["after_surgery"]),
+            _pct(r["after_recovery"]),
+            _pct(r["validation"]),
+            f"{base['gflops'] / r['gflops']:.2f}x",
+            json.dumps(r["recipe"]),
+        ]
+        for r in rows
+    ]
+    header = [
+        "row",
+        "original",
+        "after surgery",
+        "after recovery",
+        "validation (chosen lr)",
+        "FLOPs reduction",
+        "recipe",
+    ]
+    write_report(
+        f"proof_table_{arch}",
+        f"Proof table on the digits {arch} model",
+        f"The proof table's rows on the built-in digits `{arch}` model (`surgery demo-model --arch {arch}`, "
+        "trained on this machine; rows its family refuses are left out), same data, recipes and learning-rate "
+        "choice on validation as the ViT table." + machines_note(rows) + "\n\n" + markdown_table(header, table),
+    )
 
 
 def other_families() -> dict[str, dict[str, Any]]:
@@ -383,8 +507,9 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.2%}"
 
 
-def report(base: dict[str, Any], rows: list[dict[str, Any]], times: dict[str, float],
-           runtimes: dict[str, Any] | None) -> None:
+def report(
+    base: dict[str, Any], rows: list[dict[str, Any]], times: dict[str, float], runtimes: dict[str, Any] | None
+) -> None:
     def pays_off(row: dict[str, Any]) -> str:
         if runtimes is None or row["runtime"] not in runtimes:
             return "-"
@@ -405,31 +530,77 @@ def report(base: dict[str, Any], rows: list[dict[str, Any]], times: dict[str, fl
                 cells += [_pct(row["after_surgery"]), _pct(row["after_recovery"])]
         return cells
 
-    table = [["original", "-", _pct(base["accuracy"]), "-", "-", "-", f"{base['gflops'] * 1e3:.2f}", "1.00x",
-              f"{base['checkpoint_mb']:.3f}", f"{times['original'] * 1e3:.1f}", "1.00x", "-", "-", "-", *other_cells(None)]]
+    table = [
+        [
+            "original",
+            "-",
+            _pct(base["accuracy"]),
+            "-",
+            "-",
+            "-",
+            f"{base['gflops'] * 1e3:.2f}",
+            "1.00x",
+            f"{base['checkpoint_mb']:.3f}",
+            f"{times['original'] * 1e3:.1f}",
+            "1.00x",
+            "-",
+            "-",
+            "-",
+            *other_cells(None),
+        ]
+    ]
     for r in rows:
         o, s, rec = base["accuracy"], r["after_surgery"], r["after_recovery"]
         ratio = base["gflops"] / r["gflops"]
         verdict = "-" if r["check"] is None else ("met" if r["check"](o, s, rec, ratio) else "**missed**")
-        table.append([
-            r["name"], " -> ".join(_describe(s) for s in r["steps"]), _pct(o), _pct(s), _pct(rec),
-            _pct(r["validation"]), f"{r['gflops'] * 1e3:.2f}", f"{ratio:.2f}x", f"{r['checkpoint_mb']:.3f}", f"{times[r['name']] * 1e3:.1f}",
-            f"{times['original'] / times[r['name']]:.2f}x", pays_off(r), r["target"] or "-", verdict,
-            *other_cells(r["name"], tuple(s["plugin"] for s in r["steps"])),
-        ])
-    header = ["row", "steps", "original", "after surgery", "after recovery", "validation (chosen lr)", "MFLOPs/image",
-              "FLOPs reduction",
-              "checkpoint MB", "latency ms (64 images)", "speed-up", "pays off in (ViT-B/16, vs fp32 there)", "target",
-              "verdict"] + [f"{arch} {when}" for arch in others for when in ("after surgery", "after recovery")]
-    recipes = "\n".join(f"- {r['name']}: {json.dumps(r['recipe'])} ({r['recovery_seconds']} s); validation accuracy by "
-                        f"lr: {', '.join(f'{lr:g}: {_pct(acc)}' for lr, acc in r['validation_by_lr'].items())}"
-                        for r in rows if r["recipe"])
+        table.append(
+            [
+                r["name"],
+                " -> ".join(_describe(s) for s in r["steps"]),
+                _pct(o),
+                _pct(s),
+                _pct(rec),
+                _pct(r["validation"]),
+                f"{r['gflops'] * 1e3:.2f}",
+                f"{ratio:.2f}x",
+                f"{r['checkpoint_mb']:.3f}",
+                f"{times[r['name']] * 1e3:.1f}",
+                f"{times['original'] / times[r['name']]:.2f}x",
+                pays_off(r),
+                r["target"] or "-",
+                verdict,
+                *other_cells(r["name"], tuple(s["plugin"] for s in r["steps"])),
+            ]
+        )
+    header = [
+        "row",
+        "steps",
+        "original",
+        "after surgery",
+        "after recovery",
+        "validation (chosen lr)",
+        "MFLOPs/image",
+        "FLOPs reduction",
+        "checkpoint MB",
+        "latency ms (64 images)",
+        "speed-up",
+        "pays off in (ViT-B/16, vs fp32 there)",
+        "target",
+        "verdict",
+    ] + [f"{arch} {when}" for arch in others for when in ("after surgery", "after recovery")]
+    recipes = "\n".join(
+        f"- {r['name']}: {json.dumps(r['recipe'])} ({r['recovery_seconds']} s); validation accuracy by "
+        f"lr: {', '.join(f'{lr:g}: {_pct(acc)}' for lr, acc in r['validation_by_lr'].items())}"
+        for r in rows
+        if r["recipe"]
+    )
     counted = [r for r in rows if r.get("code_products")]
     recipes += "".join(
         f"\n\n{r['name']}: per image, {r['code_products'] / 1e6:.3f} M of its {r['gflops'] * 1e3:.2f} MFLOPs are products "
         f"with +-1 hash codes, which hardware that accumulates codes does without multiplying; they replace "
         f"{r['softmax_multiplications'] / 1e6:.3f} M multiplications of softmax attention (q k^T and P v) in those blocks."
-        for r in counted)
+        for r in counted
+    )
     body = (
         "Built-in digits ViT (4 blocks, width 64, 65 tokens at 32x32 px; shipped with the package), 360 test "
         "digits (1 digit = 0.28 pt). Recovery: `surgery.recover` with distillation from the original model on the "
@@ -438,23 +609,41 @@ def report(base: dict[str, Any], rows: list[dict[str, Any]], times: dict[str, fl
         "int8 rows quantize after recovery, calibrated on 256 training digits. Latency: one batch of 64, "
         "median over repeats, every model timed side by side in one run (CPU, PyTorch eager; a 65-token model "
         "this small is dominated by per-layer overhead, so latency ratios understate the FLOPs ratios). int8 runs on oneDNN's int8 kernels in PyTorch. "
-        "The \"pays off in\" column says where each method is fast: the same method at ViT-B/16 size in each runtime "
+        'The "pays off in" column says where each method is fast: the same method at ViT-B/16 size in each runtime '
         "(below the table). "
         "Training results depend on the CPU (AVX2, AVX-512 and AMX round differently), so recovered "
         "accuracies vary by a few digits between machines; the environment is printed below."
-        + "".join(f" The {arch} columns: the same rows on the digits {arch} model (proof_table_{arch}.md; \"refused\" where "
-                  "that family refuses a step)." for arch in others) + machines_note(rows) + "\n\n"
+        + "".join(
+            f' The {arch} columns: the same rows on the digits {arch} model (proof_table_{arch}.md; "refused" where '
+            "that family refuses a step)."
+            for arch in others
+        )
+        + machines_note(rows)
+        + "\n\n"
         + markdown_table(header, table)
-        + "\n\n![accuracy per row](proof_table.png)\n\nRecovery recipes (`surgery.recover` options):\n\n" + recipes
-        + ("" if runtimes is None else
-           "\n\n## Where each method pays off\n\nThe \"pays off in\" column: each method on a ViT-B/16 shape (random "
-           "weights) at the size it is meant for, in PyTorch eager and compiled, ONNX Runtime and OpenVINO, each runtime "
-           "timed side by side with fp32 in the same run (`benchmarks/speed_table.py`; token_merge at ViT-B/16 uses r=16, ToMe's "
-           "setting, where the digits model uses r=20):\n\n" + speed_table.table(runtimes))
+        + "\n\n![accuracy per row](proof_table.png)\n\nRecovery recipes (`surgery.recover` options):\n\n"
+        + recipes
+        + (
+            ""
+            if runtimes is None
+            else '\n\n## Where each method pays off\n\nThe "pays off in" column: each method on a ViT-B/16 shape (random '
+            "weights) at the size it is meant for, in PyTorch eager and compiled, ONNX Runtime and OpenVINO, each runtime "
+            "timed side by side with fp32 in the same run (`benchmarks/speed_table.py`; token_merge at ViT-B/16 uses r=16, ToMe's "
+            "setting, where the digits model uses r=20):\n\n" + speed_table.table(runtimes)
+        )
     )
-    (RESULTS / "proof_table.json").write_text(json.dumps(
-        {"original": base, "rows": [{k: v for k, v in r.items() if k != "check"} for r in rows],
-         "latency_s": times, "runtimes_vit_b16": runtimes}, indent=2) + "\n")
+    (RESULTS / "proof_table.json").write_text(
+        json.dumps(
+            {
+                "original": base,
+                "rows": [{k: v for k, v in r.items() if k != "check"} for r in rows],
+                "latency_s": times,
+                "runtimes_vit_b16": runtimes,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     plot(base, rows)
     write_report("proof_table", "Proof table: accuracy before surgery, after it and after recovery", body)
 

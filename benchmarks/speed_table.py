@@ -65,8 +65,10 @@ CASES = (
     Case("token_transform flops=0.5", (("token_transform", {"flops": 0.5}),)),
     Case("token_prune flops=0.5", (("token_prune", {"flops": 0.5}),)),
     Case("int8 (quantize)", ("quantize",)),
-    Case("int8, everything (quantize attention, patch_embed, classifier)",
-         (("quantize", {"attention": "int8", "patch_embed": "int8", "classifier": "int8"}),)),
+    Case(
+        "int8, everything (quantize attention, patch_embed, classifier)",
+        (("quantize", {"attention": "int8", "patch_embed": "int8", "classifier": "int8"}),),
+    ),
     Case("token_merge r=16 + int8", (("token_merge", {"r": 16}), "quantize")),
     Case("bivit W1A32", (("bivit", {"activations": "full"}),)),
     Case("bivit W1A1", ("bivit",)),
@@ -85,13 +87,18 @@ def build(case: Case | None, size: int, calibration: list[torch.Tensor]) -> torc
     return surgery.apply(model, list(case.steps), calibration=calibration).eval()
 
 
-def peers(size: int, calibration: list[torch.Tensor], onnx_fp32: Path | None, tmp: Path,
-          runtimes: tuple[str, ...] = RUNTIMES) -> dict[str, Any]:
+def peers(
+    size: int, calibration: list[torch.Tensor], onnx_fp32: Path | None, tmp: Path, runtimes: tuple[str, ...] = RUNTIMES
+) -> dict[str, Any]:
     """The int8 peer in each of ``runtimes``: runtime -> (tool name, runnable thing) or why it is missing."""
     import importlib.util
 
-    out: dict[str, Any] = {"PyTorch eager": ("torch quantize_dynamic", torch.ao.quantization.quantize_dynamic(
-        vit_base(image_size=size), {torch.nn.Linear}, dtype=torch.qint8))}
+    out: dict[str, Any] = {
+        "PyTorch eager": (
+            "torch quantize_dynamic",
+            torch.ao.quantization.quantize_dynamic(vit_base(image_size=size), {torch.nn.Linear}, dtype=torch.qint8),
+        )
+    }
     if importlib.util.find_spec("torchao") is not None:
         from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
 
@@ -104,8 +111,10 @@ def peers(size: int, calibration: list[torch.Tensor], onnx_fp32: Path | None, tm
         try:
             import int8_speed
 
-            out["ONNX Runtime"] = ("Optimum ORTQuantizer dynamic",
-                                   int8_speed.optimum_quantize(onnx_fp32.parent, tmp / "dyn", None))
+            out["ONNX Runtime"] = (
+                "Optimum ORTQuantizer dynamic",
+                int8_speed.optimum_quantize(onnx_fp32.parent, tmp / "dyn", None),
+            )
         except ImportError:
             out["ONNX Runtime"] = "Optimum not installed (the transformers 4.57 set has it)"
     if "OpenVINO" in runtimes:
@@ -114,13 +123,21 @@ def peers(size: int, calibration: list[torch.Tensor], onnx_fp32: Path | None, tm
 
         fp32 = ov.Core().read_model(str(onnx_fp32))
         data = nncf.Dataset([c.numpy() for c in calibration])
-        out["OpenVINO"] = ("NNCF nncf.quantize (transformer preset)",
-                           nncf.quantize(fp32, data, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(calibration)))
+        out["OpenVINO"] = (
+            "NNCF nncf.quantize (transformer preset)",
+            nncf.quantize(fp32, data, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(calibration)),
+        )
     return {runtime: found for runtime, found in out.items() if runtime in runtimes}
 
 
-def measure(cases: tuple[Case, ...] = CASES, repeats: int = 5, log=print, runtimes: tuple[str, ...] = RUNTIMES,
-            with_peers: bool = True, save=None) -> dict[str, Any]:
+def measure(
+    cases: tuple[Case, ...] = CASES,
+    repeats: int = 5,
+    log=print,
+    runtimes: tuple[str, ...] = RUNTIMES,
+    with_peers: bool = True,
+    save=None,
+) -> dict[str, Any]:
     """{name: {"size", "batch", "baseline", runtime: seconds | text, "compile_s", "peer_tools"}} for fp32 per
     shape, every case and the int8 peer; ``save(results)`` after each shape."""
     import onnxruntime as ort
@@ -131,7 +148,9 @@ def measure(cases: tuple[Case, ...] = CASES, repeats: int = 5, log=print, runtim
     for size in sorted({c.size for c in cases}):
         batch = SHAPES[size]
         x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
-        calibration = [torch.randn(max(batch, 2), 3, size, size, generator=torch.Generator().manual_seed(s)) for s in (1, 2)]
+        calibration = [
+            torch.randn(max(batch, 2), 3, size, size, generator=torch.Generator().manual_seed(s)) for s in (1, 2)
+        ]
         base = f"fp32 @ {size} px"
         group = {base: None, **{c.name: c for c in cases if c.size == size}}
         rows: dict[str, dict[str, Any]] = {n: {"size": size, "batch": batch, "baseline": base} for n in group}
@@ -142,9 +161,12 @@ def measure(cases: tuple[Case, ...] = CASES, repeats: int = 5, log=print, runtim
                 log(f"  building{' and exporting' if exported else ''} {name} ({size} px) ...")
                 models[name] = build(case, size, calibration)
                 if exported:
-                    onnx_files[name] = export(models[name], Path(tmp) / f"m{index}", to="onnx", batch=min(batch, 2)).path
-                    ir_files[name], notes = _onnx_to_openvino(onnx_files[name], Path(tmp) / f"ir{index}", models[name],
-                                                              [batch, 3, size, size])
+                    onnx_files[name] = export(
+                        models[name], Path(tmp) / f"m{index}", to="onnx", batch=min(batch, 2)
+                    ).path
+                    ir_files[name], notes = _onnx_to_openvino(
+                        onnx_files[name], Path(tmp) / f"ir{index}", models[name], [batch, 3, size, size]
+                    )
                     rows[name]["openvino_rewrites"] = notes
             tools: dict[str, Any] = {}
             if with_peers and any("quantize" in str(c.steps) for c in group.values() if c is not None):
@@ -176,7 +198,9 @@ def measure(cases: tuple[Case, ...] = CASES, repeats: int = 5, log=print, runtim
                         with inductor.patch(freezing=True), torch.inference_mode():
                             compiled(pixel_values=x)
                     except Exception as error:  # reported in the table
-                        rows[name]["PyTorch compiled"] = f"fails: {type(error).__name__}: {str(error).splitlines()[0][:80]}"
+                        rows[name]["PyTorch compiled"] = (
+                            f"fails: {type(error).__name__}: {str(error).splitlines()[0][:80]}"
+                        )
                         continue
                     rows[name]["compile_s"] = time.perf_counter() - started
                     compiled_runs[name] = lambda c=compiled: c(pixel_values=x)
@@ -191,19 +215,38 @@ def measure(cases: tuple[Case, ...] = CASES, repeats: int = 5, log=print, runtim
             if "ONNX Runtime" in runtimes:
                 log(f"  timing ONNX Runtime ({size} px) ...")
                 files = {**onnx_files, **({PEER: tools["ONNX Runtime"]} if "ONNX Runtime" in tools else {})}
-                sessions = {n: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for n, p in files.items()}
+                sessions = {
+                    n: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for n, p in files.items()
+                }
                 feed = {"pixel_values": x.numpy()}
-                _record(rows, "ONNX Runtime", time_side_by_side({n: (lambda s=s: s.run(None, feed)) for n, s in sessions.items()},
-                                                               repeats=repeats))
+                _record(
+                    rows,
+                    "ONNX Runtime",
+                    time_side_by_side(
+                        {n: (lambda s=s: s.run(None, feed)) for n, s in sessions.items()}, repeats=repeats
+                    ),
+                )
                 sessions.clear()
             if "OpenVINO" in runtimes:
                 log(f"  timing OpenVINO ({size} px) ...")
                 core = ov.Core()
-                compiled_ir = {n: core.compile_model(str(p), "CPU", {"INFERENCE_PRECISION_HINT": "f32"}) for n, p in ir_files.items()}
-                if "OpenVINO" in tools:  # the same precision hint as every other row (its int8 layers run int8 either way)
-                    compiled_ir[PEER] = core.compile_model(tools["OpenVINO"], "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-                _record(rows, "OpenVINO", time_side_by_side({n: (lambda c=c: c(x.numpy())) for n, c in compiled_ir.items()},
-                                                           repeats=repeats))
+                compiled_ir = {
+                    n: core.compile_model(str(p), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+                    for n, p in ir_files.items()
+                }
+                if (
+                    "OpenVINO" in tools
+                ):  # the same precision hint as every other row (its int8 layers run int8 either way)
+                    compiled_ir[PEER] = core.compile_model(
+                        tools["OpenVINO"], "CPU", {"INFERENCE_PRECISION_HINT": "f32"}
+                    )
+                _record(
+                    rows,
+                    "OpenVINO",
+                    time_side_by_side(
+                        {n: (lambda c=c: c(x.numpy())) for n, c in compiled_ir.items()}, repeats=repeats
+                    ),
+                )
                 compiled_ir.clear()
             gc.collect()
         results.update({(f"{PEER} @ {size} px" if n == PEER else n): r for n, r in rows.items()})
@@ -243,32 +286,56 @@ def table(results: dict[str, Any]) -> str:
         for runtime in RUNTIMES:
             value, ratio = record.get(runtime), speed(results, name, runtime)
             tool = record.get("peer_tools", {}).get(runtime)
-            cells.append((f"{tool}: " if tool else "")
-                         + (f"{value * 1000:.0f} ms ({ratio:.2f}x)" if isinstance(value, float) else str(ratio)))
+            cells.append(
+                (f"{tool}: " if tool else "")
+                + (f"{value * 1000:.0f} ms ({ratio:.2f}x)" if isinstance(value, float) else str(ratio))
+            )
         cells.append("-" if name.startswith(("fp32", PEER)) else pays_off(results, name))
         rows.append(cells)
-    return markdown_table(["model", "shape", *(f"{rt} (vs fp32)" for rt in RUNTIMES), "pays off in (>= "
-                                                f"{PAYS_OFF}x)"], rows)
+    return markdown_table(
+        ["model", "shape", *(f"{rt} (vs fp32)" for rt in RUNTIMES), f"pays off in (>= {PAYS_OFF}x)"], rows
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--only", action="append", help="run only the cases whose name contains this text (repeat: any of them)")
+    parser.add_argument(
+        "--only", action="append", help="run only the cases whose name contains this text (repeat: any of them)"
+    )
     parser.add_argument("--no-compile", action="store_true", help="leave out the PyTorch compiled column")
-    parser.add_argument("--size", type=int, choices=sorted(SHAPES), help="run one shape group only, keeping the other "
-                        "group's rows from the last run's speed_table.json")
-    parser.add_argument("--report", default="speed_table", help="the results' name under benchmarks/results "
-                        "(default speed_table; another CPU kind gets its own, e.g. speed_table_avx2)")
-    parser.add_argument("--runtime", action="append", choices=RUNTIMES, help="measure only this runtime (repeat), "
-                        "keeping the other runtimes' cells of the same rows from the last run's speed_table.json")
+    parser.add_argument(
+        "--size",
+        type=int,
+        choices=sorted(SHAPES),
+        help="run one shape group only, keeping the other group's rows from the last run's speed_table.json",
+    )
+    parser.add_argument(
+        "--report",
+        default="speed_table",
+        help="the results' name under benchmarks/results "
+        "(default speed_table; another CPU kind gets its own, e.g. speed_table_avx2)",
+    )
+    parser.add_argument(
+        "--runtime",
+        action="append",
+        choices=RUNTIMES,
+        help="measure only this runtime (repeat), "
+        "keeping the other runtimes' cells of the same rows from the last run's speed_table.json",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    cases = tuple(c for c in CASES if (not args.only or any(text in c.name for text in args.only))
-                  and (args.size is None or c.size == args.size))
-    runtimes = tuple(rt for rt in RUNTIMES if not (args.no_compile and rt == "PyTorch compiled")
-                     and (not args.runtime or rt in args.runtime))
+    cases = tuple(
+        c
+        for c in CASES
+        if (not args.only or any(text in c.name for text in args.only)) and (args.size is None or c.size == args.size)
+    )
+    runtimes = tuple(
+        rt
+        for rt in RUNTIMES
+        if not (args.no_compile and rt == "PyTorch compiled") and (not args.runtime or rt in args.runtime)
+    )
     started = time.perf_counter()
     saved = RESULTS / f"{args.report}.json"
     kept = json.loads(saved.read_text()) if (args.size or args.runtime) and saved.exists() else {}
@@ -278,13 +345,22 @@ def main() -> None:
     def merged(done: dict[str, Any]) -> dict[str, Any]:
         out = dict(kept)
         for name, row in done.items():  # measured cells replace the saved ones; the rest of the row stays
-            old = {k: v for k, v in out.get(name, {}).items() if not (k in runtimes or k == "compile_s" and
-                                                                        "PyTorch compiled" in runtimes)}
+            old = {
+                k: v
+                for k, v in out.get(name, {}).items()
+                if not (k in runtimes or k == "compile_s" and "PyTorch compiled" in runtimes)
+            }
             out[name] = {**old, **row, "peer_tools": {**old.get("peer_tools", {}), **row.get("peer_tools", {})}}
         return out
 
-    results = merged(measure(cases, repeats=args.repeats, runtimes=runtimes,
-                             save=lambda done: saved.write_text(json.dumps(merged(done), indent=2) + "\n")))
+    results = merged(
+        measure(
+            cases,
+            repeats=args.repeats,
+            runtimes=runtimes,
+            save=lambda done: saved.write_text(json.dumps(merged(done), indent=2) + "\n"),
+        )
+    )
     compile_note = ", ".join(f"{n} {r['compile_s']:.0f} s" for n, r in results.items() if "compile_s" in r)
     body = (
         f"ViT-B/16 shape (random weights), {args.threads} threads, {args.repeats} side-by-side repeats after 2 warm-up "
@@ -293,11 +369,24 @@ def main() -> None:
         "`surgery export --to openvino` does (the methods' graph rewrites applied), f32 precision hint. "
         f"A method pays off where its ratio is >= {PAYS_OFF}x; `surgery search` applies that rule on the user's "
         f"runtime. This run: {(time.perf_counter() - started) / 60:.0f} min"
-        + (f" ({args.size} px only" + ("; the other shape's rows are from the run before" if any(
-            r["size"] != args.size for r in kept.values()) else "") + ")" if args.size else "")
+        + (
+            f" ({args.size} px only"
+            + (
+                "; the other shape's rows are from the run before"
+                if any(r["size"] != args.size for r in kept.values())
+                else ""
+            )
+            + ")"
+            if args.size
+            else ""
+        )
         + (f" (the cases whose name contains: {', '.join(args.only)})" if args.only else "")
-        + (f" (measured here: {', '.join(runtimes)}; the other columns are from the run before, the same day)"
-           if args.runtime else "") + ".\n\n"
+        + (
+            f" (measured here: {', '.join(runtimes)}; the other columns are from the run before, the same day)"
+            if args.runtime
+            else ""
+        )
+        + ".\n\n"
         + table(results)
         + (f"\n\nFirst-call (compile) seconds: {compile_note}." if compile_note else "")
     )

@@ -64,7 +64,8 @@ def variants(model, target: float) -> dict[str, object]:
     """{name: steps} at ``target`` (the speed table); ToMe's entry is a reason string when out of its reach."""
     r = tome_r(model, target)
     return {
-        "token_merge (ToMe)": "not reachable (ToMe removes at most half a block's tokens)" if r is None
+        "token_merge (ToMe)": "not reachable (ToMe removes at most half a block's tokens)"
+        if r is None
         else [("token_merge", {"r": r})],
         "token_transform": [("token_transform", {"flops": target})],
         "token_prune": [("token_prune", {"flops": target})],
@@ -79,18 +80,39 @@ def accuracy_section(task: str, folders: dict[str, object]) -> tuple[str, dict]:
         full = model_flops(original, pixels[:1])
         reference = correct_of(predict_logits(original, pixels), labels)
         print(f"{arch}: original {reference.mean():.2%} on {len(labels)} test images", flush=True)
-        curves = [sweep(name, lambda r, p=plugin: surgery.apply(surgery.load(folder), [(p, {"r": r})]), R_GRID, pixels, labels, full)
-                  for name, plugin in METHODS.items()]
+        curves = [
+            sweep(
+                name,
+                lambda r, p=plugin: surgery.apply(surgery.load(folder), [(p, {"r": r})]),
+                R_GRID,
+                pixels,
+                labels,
+                full,
+            )
+            for name, plugin in METHODS.items()
+        ]
         image = RESULTS / f"token_reduction_{task}_{arch.split()[-1].lower()}.png"
-        plot(curves, float(reference.mean()), image, f"{arch}: training-free accuracy vs measured FLOPs ({len(labels)} test images)",
-             TARGETS)
+        plot(
+            curves,
+            float(reference.mean()),
+            image,
+            f"{arch}: training-free accuracy vs measured FLOPs ({len(labels)} test images)",
+            TARGETS,
+        )
         pairs, records = pairs_table(curves, TARGETS)
-        body.append(f"### {arch}\n\nOriginal: {reference.mean():.2%} on {len(labels)} test images "
-                    f"(1 image = {100 / len(labels):.2g} pt).\n\n![curves]({image.name})\n\n"
-                    + targets_table(reference, curves, TARGETS) + "\n\nMethods against each other at equal measured FLOPs "
-                    "(interpolated accuracies; McNemar between each curve's nearest measured points):\n\n" + pairs)
-        saved[arch] = {"original": float(reference.mean()), "images": len(labels), "curves": curve_records(curves),
-                       "pairs": records}
+        body.append(
+            f"### {arch}\n\nOriginal: {reference.mean():.2%} on {len(labels)} test images "
+            f"(1 image = {100 / len(labels):.2g} pt).\n\n![curves]({image.name})\n\n"
+            + targets_table(reference, curves, TARGETS)
+            + "\n\nMethods against each other at equal measured FLOPs "
+            "(interpolated accuracies; McNemar between each curve's nearest measured points):\n\n" + pairs
+        )
+        saved[arch] = {
+            "original": float(reference.mean()),
+            "images": len(labels),
+            "curves": curve_records(curves),
+            "pairs": records,
+        }
     return "\n\n".join(body), saved
 
 
@@ -100,29 +122,46 @@ def ablation_table(task: str, folders: dict[str, object], target: float = 0.5) -
     for temperature, topk in itertools.product(TEMPERATURES, TOPKS):
         scores = []
         for arch, folder in folders.items():
-            model = surgery.apply(surgery.load(folder), [("token_transform", {"flops": target, "temperature": temperature, "topk": topk})])
+            model = surgery.apply(
+                surgery.load(folder),
+                [("token_transform", {"flops": target, "temperature": temperature, "topk": topk})],
+            )
             scores.append(float(correct_of(predict_logits(model, data[arch][0]), data[arch][1]).mean()))
         cells[(temperature, topk)] = sum(scores) / len(scores)
     best = max(cells, key=cells.get)
     from surgery.plugins.token_transform.config import TokenTransformConfig
 
     default = (TokenTransformConfig().temperature, TokenTransformConfig().topk)
-    mark = lambda key: ("**" if key == best else "") + f"{cells[key]:.2%}" + ("**" if key == best else "") + (" (default)" if key == default else "")  # noqa: E731
+    mark = lambda key: (
+        ("**" if key == best else "")
+        + f"{cells[key]:.2%}"
+        + ("**" if key == best else "")
+        + (" (default)" if key == default else "")
+    )  # noqa: E731
     rows = [[f"{t:g}"] + [mark((t, k)) for k in TOPKS] for t in TEMPERATURES]
     header = ["temperature \\ topk"] + [("all" if k >= 1000 else str(k)) for k in TOPKS]
     images = len(next(iter(data.values()))[1])
-    return (f"Token Transforming at flops={target}, validation accuracy ({images} images), mean of {' and '.join(folders)}; "
-            f"best: temperature {best[0]:g}, topk {'all' if best[1] >= 1000 else best[1]} ({cells[best]:.2%}); the plugin's "
-            f"defaults (temperature {default[0]:g}, topk {default[1]}): {cells.get(default, float('nan')):.2%}.\n\n"
-            + markdown_table(header, rows))
+    return (
+        f"Token Transforming at flops={target}, validation accuracy ({images} images), mean of {' and '.join(folders)}; "
+        f"best: temperature {best[0]:g}, topk {'all' if best[1] >= 1000 else best[1]} ({cells[best]:.2%}); the plugin's "
+        f"defaults (temperature {default[0]:g}, topk {default[1]}): {cells.get(default, float('nan')):.2%}.\n\n"
+        + markdown_table(header, rows)
+    )
 
 
 def deit_small():
     from transformers import DeiTConfig, DeiTForImageClassification
 
     torch.manual_seed(0)
-    config = DeiTConfig(image_size=224, patch_size=16, hidden_size=384, num_hidden_layers=12, num_attention_heads=6,
-                        intermediate_size=1536, num_labels=1000)
+    config = DeiTConfig(
+        image_size=224,
+        patch_size=16,
+        hidden_size=384,
+        num_hidden_layers=12,
+        num_attention_heads=6,
+        intermediate_size=1536,
+        num_labels=1000,
+    )
     return DeiTForImageClassification(config).eval()
 
 
@@ -145,13 +184,31 @@ def speed_table(repeats: int) -> str:
                 if not isinstance(steps, str):
                     models[f"{name} @ {target}"] = surgery.apply(copy.deepcopy(base), steps)
         with torch.inference_mode():
-            seconds = time_side_by_side({n: (lambda m=m: m(pixel_values=x)) for n, m in models.items()}, repeats=repeats)
+            seconds = time_side_by_side(
+                {n: (lambda m=m: m(pixel_values=x)) for n, m in models.items()}, repeats=repeats
+            )
         full = model_flops(base, x[:1])
         for name, model in models.items():
-            rows.append([shape, name, f"{seconds[name] * 1000:.0f}", f"{8 / seconds[name]:.1f}",
-                         f"{seconds['original'] / seconds[name]:.2f}x", f"{model_flops(model, x[:1]) / full:.3f}",
-                         "-" if name == "original" else f"{reduction_share(model, x):.1%}"])
-    header = ["shape", "model", "ms / batch", "images / s", "throughput vs original", "FLOPs / original", "time in the reduction"]
+            rows.append(
+                [
+                    shape,
+                    name,
+                    f"{seconds[name] * 1000:.0f}",
+                    f"{8 / seconds[name]:.1f}",
+                    f"{seconds['original'] / seconds[name]:.2f}x",
+                    f"{model_flops(model, x[:1]) / full:.3f}",
+                    "-" if name == "original" else f"{reduction_share(model, x):.1%}",
+                ]
+            )
+    header = [
+        "shape",
+        "model",
+        "ms / batch",
+        "images / s",
+        "throughput vs original",
+        "FLOPs / original",
+        "time in the reduction",
+    ]
     return markdown_table(header, rows)
 
 
@@ -169,16 +226,22 @@ def main() -> None:
     else:
         folders = {"digits ViT": default_model("vit"), "digits DeiT-distilled": default_model("deit-distilled")}
     accuracy, saved = accuracy_section(args.task, folders)
-    body = ("Training-free, no recovery: accuracy against measured FLOPs over r (1, 2, 3, ...), and at equal "
-            "measured FLOPs by interpolation, all on the same test images.\n\n" + accuracy)
+    body = (
+        "Training-free, no recovery: accuracy against measured FLOPs over r (1, 2, 3, ...), and at equal "
+        "measured FLOPs by interpolation, all on the same test images.\n\n" + accuracy
+    )
     if not args.skip_ablation:
         body += "\n\n## Ablation\n\n" + ablation_table(args.task, folders)
     if not args.skip_speed:
-        body += (f"\n\n## Speed (PyTorch eager, {args.threads} threads, batch 8, {args.repeats} side-by-side repeats)\n\n"
-                 + speed_table(args.repeats))
+        body += (
+            f"\n\n## Speed (PyTorch eager, {args.threads} threads, batch 8, {args.repeats} side-by-side repeats)\n\n"
+            + speed_table(args.repeats)
+        )
     name = "token_reduction" if args.task == "shapes" else f"token_reduction_{args.task}"
     (RESULTS / f"{name}.json").write_text(json.dumps(saved, indent=2) + "\n")
-    write_report(name, f"Token reduction at equal measured FLOPs ({args.task}): ToMe, Token Transforming, pruning", body)
+    write_report(
+        name, f"Token reduction at equal measured FLOPs ({args.task}): ToMe, Token Transforming, pruning", body
+    )
 
 
 if __name__ == "__main__":

@@ -39,11 +39,26 @@ def main() -> None:
         tokens = token_sizes(model).sizes.shape[1]
         acc = float((predictions == labels).float().mean())
         schedule = "decreasing" if config.inflect == -1.0 else "constant"
-        rows.append([
-            config.r, f"{schedule} {config.schedule(4)}", tokens, f"{acc:.2%}", f"{(acc - base_accuracy) * 100:+.2f}",
-            f"{float((predictions == base_predictions).float().mean()):.1%}", f"{base_flops / flops:.2f}x",
-        ])
-    header = ["r", "schedule (r per block)", "tokens after last block", "test accuracy", "change (points)", "agreement with baseline", "FLOPs reduction"]
+        rows.append(
+            [
+                config.r,
+                f"{schedule} {config.schedule(4)}",
+                tokens,
+                f"{acc:.2%}",
+                f"{(acc - base_accuracy) * 100:+.2f}",
+                f"{float((predictions == base_predictions).float().mean()):.1%}",
+                f"{base_flops / flops:.2f}x",
+            ]
+        )
+    header = [
+        "r",
+        "schedule (r per block)",
+        "tokens after last block",
+        "test accuracy",
+        "change (points)",
+        "agreement with baseline",
+        "FLOPs reduction",
+    ]
     body = (
         f"Built-in digits ViT ({folder}), 360 test digits, no training after merging (prop_attn on).\n\n"
         + markdown_table(header, rows)

@@ -21,7 +21,6 @@ from surgery.toolkit.tokens import token_sizes
 from _common import count_flops, markdown_table, time_side_by_side, vit_base, write_report
 
 
-
 def merge_share(model, x) -> float:
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         model(pixel_values=x)
@@ -52,12 +51,26 @@ def main() -> None:
             model(pixel_values=x)
             tokens = token_sizes(model).sizes
             final_tokens = 197 if tokens is None else tokens.shape[1]
-            rows.append([
-                r, final_tokens, f"{seconds[name] * 1000:.0f}", f"{args.batch / seconds[name]:.2f}",
-                f"{seconds['baseline'] / seconds[name]:.2f}x", f"{flops['baseline'] / flops[name]:.2f}x",
-                f"{merge_share(model, x):.1%}" if r else "-",
-            ])
-    header = ["r", "tokens after last block", "ms / batch", "images / s", "throughput vs baseline", "FLOPs ratio (baseline / ToMe)", "time in matching+merging"]
+            rows.append(
+                [
+                    r,
+                    final_tokens,
+                    f"{seconds[name] * 1000:.0f}",
+                    f"{args.batch / seconds[name]:.2f}",
+                    f"{seconds['baseline'] / seconds[name]:.2f}x",
+                    f"{flops['baseline'] / flops[name]:.2f}x",
+                    f"{merge_share(model, x):.1%}" if r else "-",
+                ]
+            )
+    header = [
+        "r",
+        "tokens after last block",
+        "ms / batch",
+        "images / s",
+        "throughput vs baseline",
+        "FLOPs ratio (baseline / ToMe)",
+        "time in matching+merging",
+    ]
     body = (
         f"ViT-B/16 shape (86.6M params, random weights), 224 px, batch {args.batch}, fp32, torch SDPA attention.\n"
         f"Baseline (unmodified): {seconds['baseline'] * 1000:.0f} ms / batch, {flops['baseline'] / 1e9:.1f} GFLOPs.\n"

@@ -39,7 +39,9 @@ def quality(images: int) -> list[list[object]]:
     original = surgery.load(folder).eval()
     with torch.inference_mode():
         reference = torch.cat([original.vit(pixel_values=b).last_hidden_state for b in x.split(250)])
-        base_accuracy = float(torch.cat([original(pixel_values=b).logits for b in x.split(250)]).argmax(-1).eq(y).float().mean())
+        base_accuracy = float(
+            torch.cat([original(pixel_values=b).logits for b in x.split(250)]).argmax(-1).eq(y).float().mean()
+        )
     base_flops = model_flops(original, x[:1])
     rows = [["original", "1.00", f"{base_accuracy:.2%}", "1.0000", "1.00", f"{base_accuracy:.2%}"]]
     for r in QUALITY_R:
@@ -64,8 +66,14 @@ def dinov2_backbone():
     from transformers import Dinov2Backbone, Dinov2Config
 
     torch.manual_seed(0)
-    config = Dinov2Config(image_size=224, patch_size=14, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                          out_features=["stage4", "stage8", "stage12"])
+    config = Dinov2Config(
+        image_size=224,
+        patch_size=14,
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        out_features=["stage4", "stage8", "stage12"],
+    )
     return Dinov2Backbone(config).eval()
 
 
@@ -79,7 +87,9 @@ def speed(repeats: int) -> list[list[object]]:
         if shape == "ViT-B/16":
             models["reducing r=16 (ToMe, no map)"] = surgery.apply(build(), [("token_merge", {"r": 16})])
         with torch.inference_mode():
-            seconds = time_side_by_side({n: (lambda m=m: m(pixel_values=x)) for n, m in models.items()}, repeats=repeats)
+            seconds = time_side_by_side(
+                {n: (lambda m=m: m(pixel_values=x)) for n, m in models.items()}, repeats=repeats
+            )
         for name in models:
             rows.append([shape, name, f"{seconds[name] * 1000:.0f}", f"{seconds['fp32'] / seconds[name]:.2f}x"])
         models.clear()
@@ -99,10 +109,19 @@ def main() -> None:
     body = (
         f"Quality: the built-in shapes ViT, {args.images} test images, training-free. 'cosine' is every token's final "
         "features against the unreduced model's (cls and patches, averaged).\n\n"
-        + markdown_table(["r per block", "FLOPs (unmerge)", "accuracy (unmerge)", "cosine (unmerge)",
-                          "FLOPs (reducing)", "accuracy (reducing)"], quality_rows)
+        + markdown_table(
+            [
+                "r per block",
+                "FLOPs (unmerge)",
+                "accuracy (unmerge)",
+                "cosine (unmerge)",
+                "FLOPs (reducing)",
+                "accuracy (reducing)",
+            ],
+            quality_rows,
+        )
         + f"\n\nSpeed: random weights, 224 px, batch 8, PyTorch eager, {args.threads} threads, {args.repeats} side-by-side "
-          "repeats after 2 warm-up rounds (medians).\n\n"
+        "repeats after 2 warm-up rounds (medians).\n\n"
         + markdown_table(["shape", "model", "ms / batch", "speed vs fp32"], speed_rows)
     )
     write_report("unmerge", "Merge, compute, unmerge: the token map's cost and what it keeps", body)

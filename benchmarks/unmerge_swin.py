@@ -37,8 +37,10 @@ from _common import RESULTS, markdown_table, time_side_by_side, timing_arguments
 QUALITY_R = (2, 4, 6, 8)
 SPEED_R = (8, 16, 24)
 MLP_R = (16, 24)  # branches="mlp": attention on every token, only the MLP merged
-SHAPES = {"Swin-T": dict(embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24]),
-          "Swin-B": dict(embed_dim=128, depths=[2, 2, 18, 2], num_heads=[4, 8, 16, 32])}
+SHAPES = {
+    "Swin-T": dict(embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24]),
+    "Swin-B": dict(embed_dim=128, depths=[2, 2, 18, 2], num_heads=[4, 8, 16, 32]),
+}
 RUNTIMES = ("PyTorch eager", "ONNX Runtime", "OpenVINO")
 
 
@@ -54,13 +56,22 @@ def quality(folder: Path) -> list[list[object]]:
     rows = [["original", "both", "1.00", f"{base:.2%}", "1.0000"]]
     for branches in ("both", "mlp"):
         for r in QUALITY_R:
-            model = surgery.apply(copy.deepcopy(original), [("token_merge", {"r": r, "unmerge": True, "branches": branches})])
+            model = surgery.apply(
+                copy.deepcopy(original), [("token_merge", {"r": r, "unmerge": True, "branches": branches})]
+            )
             with torch.inference_mode():
                 accuracy = float(model.eval()(pixel_values=x).logits.argmax(-1).eq(y).float().mean())
                 merged = model.swin(pixel_values=x).last_hidden_state
                 cosine = float(torch.nn.functional.cosine_similarity(merged, reference, dim=-1).mean())
-            rows.append([f"r={r}", branches, f"{model_flops(model, x[:1]) / base_flops:.2f}", f"{accuracy:.2%}",
-                         f"{cosine:.4f}"])
+            rows.append(
+                [
+                    f"r={r}",
+                    branches,
+                    f"{model_flops(model, x[:1]) / base_flops:.2f}",
+                    f"{accuracy:.2%}",
+                    f"{cosine:.4f}",
+                ]
+            )
     return rows
 
 
@@ -80,8 +91,11 @@ def speed(shapes: list[str], runtimes: list[str], repeats: int, log=print) -> li
     x = torch.randn(8, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     rows = []
     for shape in shapes:
-        variants = {"fp32": (None, "both"), **{f"unmerge r={r}": (r, "both") for r in SPEED_R},
-                    **{f"unmerge r={r}, MLP only": (r, "mlp") for r in MLP_R}}
+        variants = {
+            "fp32": (None, "both"),
+            **{f"unmerge r={r}": (r, "both") for r in SPEED_R},
+            **{f"unmerge r={r}, MLP only": (r, "mlp") for r in MLP_R},
+        }
         names = list(variants)
         models = {name: swin(shape, r, branches) for name, (r, branches) in variants.items()}
         flops = {name: model_flops(m, x[:1]) for name, m in models.items()}
@@ -91,15 +105,22 @@ def speed(shapes: list[str], runtimes: list[str], repeats: int, log=print) -> li
             if "PyTorch eager" in runtimes:
                 log(f"{shape}: timing PyTorch eager ...")
                 with torch.inference_mode():
-                    timed["PyTorch eager"] = time_side_by_side({n: (lambda m=m: m(pixel_values=x)) for n, m in models.items()},
-                                                               repeats=repeats)
+                    timed["PyTorch eager"] = time_side_by_side(
+                        {n: (lambda m=m: m(pixel_values=x)) for n, m in models.items()}, repeats=repeats
+                    )
             if "ONNX Runtime" in runtimes:
                 log(f"{shape}: exporting and timing ONNX Runtime ...")
-                sessions = {n: ort.InferenceSession(str(surgery.export(m, Path(tmp) / f"onnx-{i}", to="onnx", batch=8).path),
-                                                    providers=["CPUExecutionProvider"]) for i, (n, m) in enumerate(models.items())}
+                sessions = {
+                    n: ort.InferenceSession(
+                        str(surgery.export(m, Path(tmp) / f"onnx-{i}", to="onnx", batch=8).path),
+                        providers=["CPUExecutionProvider"],
+                    )
+                    for i, (n, m) in enumerate(models.items())
+                }
                 feed = {"pixel_values": x.numpy()}
-                timed["ONNX Runtime"] = time_side_by_side({n: (lambda s=s: s.run(None, feed)) for n, s in sessions.items()},
-                                                          repeats=repeats)
+                timed["ONNX Runtime"] = time_side_by_side(
+                    {n: (lambda s=s: s.run(None, feed)) for n, s in sessions.items()}, repeats=repeats
+                )
                 sessions.clear()
             if "OpenVINO" in runtimes:
                 log(f"{shape}: exporting and timing OpenVINO ...")
@@ -111,8 +132,9 @@ def speed(shapes: list[str], runtimes: list[str], repeats: int, log=print) -> li
                     result = surgery.export(m, Path(tmp) / f"ov-{i}", to="openvino", batch=8, check=False)
                     differences[n] = result.max_abs_diff
                     compiled[n] = core.compile_model(str(result.path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-                timed["OpenVINO"] = time_side_by_side({n: (lambda c=c: c(x.numpy())) for n, c in compiled.items()},
-                                                      repeats=repeats)
+                timed["OpenVINO"] = time_side_by_side(
+                    {n: (lambda c=c: c(x.numpy())) for n, c in compiled.items()}, repeats=repeats
+                )
                 compiled.clear()
         for name in names:
             row = [shape, name, f"{flops[name] / flops['fp32']:.2f}"]
@@ -148,19 +170,28 @@ def main() -> None:
     speed_rows = speed(args.shapes, args.runtimes, args.repeats)
     earlier = kept_rows(args.shapes, args.runtimes)
     speed_rows += earlier
-    (RESULTS / "unmerge_swin.json").write_text(json.dumps({"quality": quality_rows, "speed": speed_rows}, indent=1) + "\n")
+    (RESULTS / "unmerge_swin.json").write_text(
+        json.dumps({"quality": quality_rows, "speed": speed_rows}, indent=1) + "\n"
+    )
     body = (
         "Quality: a Swin trained here on the digits (demo shape, windows of 16 tokens), the test split, training-free. "
         "'cosine': the final feature map against the unmerged model's (every position, averaged). FLOPs: torch's counter, "
         "the reduction's own matrix products included (on windows of 16 tokens they outweigh what r=2 saves).\n\n"
         + markdown_table(["r per window", "merged branches", "FLOPs", "accuracy", "cosine"], quality_rows)
         + f"\n\nSpeed: random weights, 224 px, batch 8, windows of 49 tokens, {args.threads} threads, {args.repeats} "
-          "side-by-side repeats per runtime after 2 warm-up rounds (medians); 'x' is the speed against fp32 in the "
-          "same runtime and run. 'MLP only': attention on every token, only the MLP merged (branches='mlp')."
-        + (f" The {', '.join(sorted({row[0] for row in earlier}))} rows are from an earlier run (not re-run this time)."
-           if earlier else "") + "\n\n"
-        + markdown_table(["shape", "model", "FLOPs", *args.runtimes]
-                         + (["OpenVINO max logit difference"] if "OpenVINO" in args.runtimes else []), speed_rows)
+        "side-by-side repeats per runtime after 2 warm-up rounds (medians); 'x' is the speed against fp32 in the "
+        "same runtime and run. 'MLP only': attention on every token, only the MLP merged (branches='mlp')."
+        + (
+            f" The {', '.join(sorted({row[0] for row in earlier}))} rows are from an earlier run (not re-run this time)."
+            if earlier
+            else ""
+        )
+        + "\n\n"
+        + markdown_table(
+            ["shape", "model", "FLOPs", *args.runtimes]
+            + (["OpenVINO max logit difference"] if "OpenVINO" in args.runtimes else []),
+            speed_rows,
+        )
     )
     write_report("unmerge_swin", "Token merging within Swin's windows: accuracy, feature maps and speed", body)
 

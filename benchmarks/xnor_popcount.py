@@ -23,8 +23,8 @@ def xnor_popcount(packed_a: np.ndarray, packed_w: np.ndarray, block: int = 64) -
     """(rows, columns) integer dot products of +-1 vectors from their packed sign bits."""
     out = np.empty((packed_a.shape[0], packed_w.shape[0]), np.int32)
     for start in range(0, packed_a.shape[0], block):
-        differ = np.bitwise_xor(packed_a[start:start + block, None, :], packed_w[None, :, :])
-        out[start:start + block] = DEPTH - 2 * np.bitwise_count(differ).sum(-1, dtype=np.int32)
+        differ = np.bitwise_xor(packed_a[start : start + block, None, :], packed_w[None, :, :])
+        out[start : start + block] = DEPTH - 2 * np.bitwise_count(differ).sum(-1, dtype=np.int32)
     return out
 
 
@@ -38,15 +38,22 @@ def main() -> None:
     packed_w = np.packbits(w >= 0, axis=1).view(np.uint64)
     signs_a = torch.from_numpy(np.where(a >= 0, 1.0, -1.0).astype(np.float32))
     signs_w = torch.from_numpy(np.where(w >= 0, 1.0, -1.0).astype(np.float32))
-    exact = np.array_equal(xnor_popcount(packed_a, packed_w), torch.nn.functional.linear(signs_a, signs_w).numpy().astype(np.int32))
-    seconds = time_side_by_side({
-        "+-1 float matmul (torch, what bivit runs)": lambda: torch.nn.functional.linear(signs_a, signs_w),
-        "XNOR + popcount on packed bits (numpy)": lambda: xnor_popcount(packed_a, packed_w),
-    }, repeats=args.repeats)
+    exact = np.array_equal(
+        xnor_popcount(packed_a, packed_w), torch.nn.functional.linear(signs_a, signs_w).numpy().astype(np.int32)
+    )
+    seconds = time_side_by_side(
+        {
+            "+-1 float matmul (torch, what bivit runs)": lambda: torch.nn.functional.linear(signs_a, signs_w),
+            "XNOR + popcount on packed bits (numpy)": lambda: xnor_popcount(packed_a, packed_w),
+        },
+        repeats=args.repeats,
+    )
     base = seconds["+-1 float matmul (torch, what bivit runs)"]
     rows = [[name, f"{value * 1000:.1f}", f"{base / value:.2f}x"] for name, value in seconds.items()]
-    body = (f"{ROWS} x {DEPTH} -> {COLUMNS}, {torch.get_num_threads()} threads; same integers: {exact}.\n\n"
-            + markdown_table(["1-bit product", "ms", "speed vs the float matmul"], rows))
+    body = (
+        f"{ROWS} x {DEPTH} -> {COLUMNS}, {torch.get_num_threads()} threads; same integers: {exact}.\n\n"
+        + markdown_table(["1-bit product", "ms", "speed vs the float matmul"], rows)
+    )
     write_report("xnor_popcount", "1-bit GEMM: XNOR + popcount without a compiled kernel", body)
 
 

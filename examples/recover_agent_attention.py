@@ -22,14 +22,24 @@ def main(output: str = "out/agent-attention-recovered") -> None:
     teacher = surgery.load(original)
     model = surgery.apply(surgery.load(original), ["agent_attention"])
     result = surgery.recover(
-        model, teacher, load_images("digits", "train"), load_images("digits", "test"),
-        processor=AutoImageProcessor.from_pretrained(original, use_fast=False), epochs=15, warmup_epochs=2, shift=0.125,
+        model,
+        teacher,
+        load_images("digits", "train"),
+        load_images("digits", "test"),
+        processor=AutoImageProcessor.from_pretrained(original, use_fast=False),
+        epochs=15,
+        warmup_epochs=2,
+        shift=0.125,
         checkpoint_dir=f"{output}/checkpoints",
     )
-    print(f"teacher {result.teacher_accuracy:.2%}, right after surgery {result.accuracy_before:.2%}, "
-          f"after recovery {result.accuracy:.2%} ({result.seconds:.0f} s)")
+    print(
+        f"teacher {result.teacher_accuracy:.2%}, right after surgery {result.accuracy_before:.2%}, "
+        f"after recovery {result.accuracy:.2%} ({result.seconds:.0f} s)"
+    )
     surgery.save(model, output, processor=AutoImageProcessor.from_pretrained(original, use_fast=False))  # atomic
-    surgery.card(output, results=result.figures(teacher=str(original), data="digits", dataset="sklearn digits, 360 test images"))
+    surgery.card(
+        output, results=result.figures(teacher=str(original), data="digits", dataset="sklearn digits, 360 test images")
+    )
     print(f"saved to {output}, with its model card")
 
 

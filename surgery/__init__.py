@@ -1,16 +1,16 @@
 """surgery: rewrite Hugging Face vision transformers with published efficiency methods.
 
-    import surgery
-    surgery.plan(model, ["ggem"])                  # dry run
-    surgery.apply(model, [("ggem", {"p_init": 3})])  # in place
-    surgery.recover(model, teacher, train, eval)   # distillation fine-tune (accelerate)
-    surgery.recover(model, teacher, train, eval, lora={"r": 8})  # ... of LoRA adapters (PEFT), merged
-    model.save_pretrained("out/")                  # weights + recipe in config.json (atomic)
-    surgery.save(model, "out/", processor=proc)    # the same, with the image processor in one step
-    model = surgery.load("out/")                   # strict reload, replays the recipe
-    surgery.export(model, "out/onnx", to="onnx")   # Optimum export, checked against PyTorch
-    surgery.card("out/")                           # README.md model card; surgery.push("out/", "me/x")
-    surgery.search("folder", "digits", runtime="onnx", latency=0.5, max_drop=1.0, output="out/")  # find a recipe
+import surgery
+surgery.plan(model, ["ggem"])                  # dry run
+surgery.apply(model, [("ggem", {"p_init": 3})])  # in place
+surgery.recover(model, teacher, train, eval)   # distillation fine-tune (accelerate)
+surgery.recover(model, teacher, train, eval, lora={"r": 8})  # ... of LoRA adapters (PEFT), merged
+model.save_pretrained("out/")                  # weights + recipe in config.json (atomic)
+surgery.save(model, "out/", processor=proc)    # the same, with the image processor in one step
+model = surgery.load("out/")                   # strict reload, replays the recipe
+surgery.export(model, "out/onnx", to="onnx")   # Optimum export, checked against PyTorch
+surgery.card("out/")                           # README.md model card; surgery.push("out/", "me/x")
+surgery.search("folder", "digits", runtime="onnx", latency=0.5, max_drop=1.0, output="out/")  # find a recipe
 """
 
 from surgery._version import __version__
@@ -77,8 +77,42 @@ def list_methods() -> list[SurgeryMethod]:
 
 
 __all__ = [
-    "Anatomy", "AppliedStep", "ApplyError", "CheckpointError", "ConfigError", "ExportError", "PushError", "IncompatibleStepsError", "Plan", "PlannedStep",
-    "LoraOptions", "RecipeError", "RecoveryConfig", "RecoveryResult", "RevertError", "Rewrite", "SearchSpace", "SurgeryConfig", "SurgeryError", "SurgeryMethod",
-    "UnknownPluginError", "UnsupportedModelError", "__version__", "apply", "card", "export", "get_host", "history",
-    "hookimpl", "list_methods", "load", "plan", "push", "recover", "revert", "save", "search", "TrainingHooks",
+    "Anatomy",
+    "AppliedStep",
+    "ApplyError",
+    "CheckpointError",
+    "ConfigError",
+    "ExportError",
+    "PushError",
+    "IncompatibleStepsError",
+    "Plan",
+    "PlannedStep",
+    "LoraOptions",
+    "RecipeError",
+    "RecoveryConfig",
+    "RecoveryResult",
+    "RevertError",
+    "Rewrite",
+    "SearchSpace",
+    "SurgeryConfig",
+    "SurgeryError",
+    "SurgeryMethod",
+    "UnknownPluginError",
+    "UnsupportedModelError",
+    "__version__",
+    "apply",
+    "card",
+    "export",
+    "get_host",
+    "history",
+    "hookimpl",
+    "list_methods",
+    "load",
+    "plan",
+    "push",
+    "recover",
+    "revert",
+    "save",
+    "search",
+    "TrainingHooks",
 ]

@@ -27,7 +27,9 @@ from surgery.demo.zoo import build_model
 
 from surgery.demo.zoo import ARCHITECTURES
 
-ARCHS = list(ARCHITECTURES)  # every built-in family: vit, vit-msn, deit, deit-distilled, swin, dinov2, dinov2-registers
+ARCHS = list(
+    ARCHITECTURES
+)  # every built-in family: vit, vit-msn, deit, deit-distilled, swin, dinov2, dinov2-registers
 
 
 def supported(plugin: str, archs=None, options=None) -> list[str]:

@@ -99,10 +99,16 @@ class FakeHub:
                     return
                 if path == "/api/repos/create":
                     request = json.loads(body)
-                    repo_id = f"{request.get('organization') or 'user'}/{request['name']}" if "/" not in request["name"] else request["name"]
+                    repo_id = (
+                        f"{request.get('organization') or 'user'}/{request['name']}"
+                        if "/" not in request["name"]
+                        else request["name"]
+                    )
                     folder = hub.repo(repo_id)
                     if folder.exists():
-                        return self._reply(409, {"error": "You already created this model repo", "url": f"{PUBLIC}/{repo_id}"})
+                        return self._reply(
+                            409, {"error": "You already created this model repo", "url": f"{PUBLIC}/{repo_id}"}
+                        )
                     folder.mkdir(parents=True)
                     private = bool(request.get("private")) or request.get("visibility") == "private"  # hub < 1 / >= 1
                     (folder / ".private").write_text(str(private))
@@ -112,7 +118,14 @@ class FakeHub:
                 match = re.fullmatch(r"/api/models/(.+)/preupload/([^/]+)", path)
                 if match:
                     files = json.loads(body)["files"]
-                    return self._reply(200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]})
+                    return self._reply(
+                        200,
+                        {
+                            "files": [
+                                {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files
+                            ]
+                        },
+                    )
                 match = re.fullmatch(r"/api/models/(.+)/commit/([^/]+)", path)
                 if match:
                     return self._commit(match.group(1), body)
@@ -137,7 +150,9 @@ class FakeHub:
                         paths.append(item["value"]["path"])
                 oid = hashlib.sha1(f"{repo_id}{len(hub.commits)}".encode()).hexdigest()
                 hub.commits.append({"repo": repo_id, "summary": summary, "files": paths, "oid": oid})
-                return self._reply(200, {"commitUrl": f"{PUBLIC}/{repo_id}/commit/{oid}", "commitOid": oid, "success": True})
+                return self._reply(
+                    200, {"commitUrl": f"{PUBLIC}/{repo_id}/commit/{oid}", "commitOid": oid, "success": True}
+                )
 
             def _send_file(self, file: Path, repo_id: str, head: bool) -> None:
                 data = file.read_bytes()
@@ -163,8 +178,11 @@ class FakeHub:
                     if not hub.repo(repo_id, kind).is_dir():
                         return self._reply(404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"})
                     if not file.is_file() or file.name == ".private":
-                        return self._reply(404, {"error": "Entry not found"}, {"X-Error-Code": "EntryNotFound",
-                                                                             "X-Repo-Commit": hub.head(repo_id)})
+                        return self._reply(
+                            404,
+                            {"error": "Entry not found"},
+                            {"X-Error-Code": "EntryNotFound", "X-Repo-Commit": hub.head(repo_id)},
+                        )
                     return self._send_file(file, repo_id, head)
                 match = re.fullmatch(r"/api/datasets/([^/]+/[^/]+)/tree/([^/]+)(?:/(.*))?", path)
                 if match:
@@ -180,10 +198,22 @@ class FakeHub:
                     folder = hub.repo(repo_id, match.group(1)[:-1])
                     if not folder.is_dir():
                         return self._reply(404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"})
-                    siblings = [{"rfilename": p.relative_to(folder).as_posix()} for p in sorted(folder.rglob("*"))
-                                if p.is_file() and p.name != ".private"]
-                    return self._reply(200, {"id": repo_id, "modelId": repo_id, "sha": hub.head(repo_id),
-                                             "private": False, "siblings": siblings, "tags": []})
+                    siblings = [
+                        {"rfilename": p.relative_to(folder).as_posix()}
+                        for p in sorted(folder.rglob("*"))
+                        if p.is_file() and p.name != ".private"
+                    ]
+                    return self._reply(
+                        200,
+                        {
+                            "id": repo_id,
+                            "modelId": repo_id,
+                            "sha": hub.head(repo_id),
+                            "private": False,
+                            "siblings": siblings,
+                            "tags": [],
+                        },
+                    )
                 if path == "/api/agent-harnesses":  # huggingface_hub >= 2 asks once, for its user agent
                     return self._reply(200, {"standardEnvVars": [], "harnesses": {}})
                 hub.unknown.append(f"{'HEAD' if head else 'GET'} {path}")

@@ -11,7 +11,14 @@ from transformers import ConvNextConfig, ConvNextForImageClassification
 
 import surgery
 from surgery.core.names import renamer
-from surgery.errors import ApplyError, ConfigError, IncompatibleStepsError, RevertError, UnknownPluginError, UnsupportedModelError
+from surgery.errors import (
+    ApplyError,
+    ConfigError,
+    IncompatibleStepsError,
+    RevertError,
+    UnknownPluginError,
+    UnsupportedModelError,
+)
 from surgery.plugins.ggem.config import GGeMConfig
 
 from conftest import ARCHS, images, module_tree, state_values, supported, tiny
@@ -19,10 +26,17 @@ from conftest import ARCHS, images, module_tree, state_values, supported, tiny
 # (spec, architectures): every installed plugin (the registry: a new one is tested here unedited) over the
 # architectures its declarations support, with its defaults or the non-default options below (which
 # also test that options reach the rewrite)
-OPTIONS = {"ggem": {"p_init": 2.5}, "token_merge": {"r": 6}, "token_transform": {"r": 6, "topk": 3}, "token_prune": {"r": 6},
-           "agent_attention": {"agents": 4, "init": "paper"}, "castling": {"init": "paper", "kernel_size": 3},
-           "bivit": {"softmax_ratio": 0.3}, "quantize": {"activations": "none"},
-           "ecoformer": {"bits": 8, "anchors": 9, "topk": 4}}
+OPTIONS = {
+    "ggem": {"p_init": 2.5},
+    "token_merge": {"r": 6},
+    "token_transform": {"r": 6, "topk": 3},
+    "token_prune": {"r": 6},
+    "agent_attention": {"agents": 4, "init": "paper"},
+    "castling": {"init": "paper", "kernel_size": 3},
+    "bivit": {"softmax_ratio": 0.3},
+    "quantize": {"activations": "none"},
+    "ecoformer": {"bits": 8, "anchors": 9, "topk": 4},
+}
 SPECS = [(method.name, OPTIONS.get(method.name, {})) for method in surgery.list_methods()]
 CASES = [(spec, arch) for spec in SPECS for arch in supported(spec[0])]
 CASES += [(("token_transform", {"flops": 0.6}), "deit-distilled")]
@@ -94,13 +108,20 @@ def test_bad_spec_shape():
 
 
 def test_unknown_plugin_lists_available_and_suggests():
-    with pytest.raises(UnknownPluginError, match=r"no surgery plugin named 'gem'; available: .*ggem.*Did you mean 'ggem'\?"):
+    with pytest.raises(
+        UnknownPluginError, match=r"no surgery plugin named 'gem'; available: .*ggem.*Did you mean 'ggem'\?"
+    ):
         surgery.apply(tiny("vit"), ["gem"])
 
 
 def test_unknown_architecture_names_supported_ones():
-    model = ConvNextForImageClassification(ConvNextConfig(num_labels=3, hidden_sizes=[8, 8, 8, 8], depths=[1, 1, 1, 1]))
-    with pytest.raises(UnsupportedModelError, match=r"model_type 'convnext'.*supported: beit, data2vec-vision, deit, dinov2, dinov2_with_registers, swin, swinv2, vit, vit_msn"):
+    model = ConvNextForImageClassification(
+        ConvNextConfig(num_labels=3, hidden_sizes=[8, 8, 8, 8], depths=[1, 1, 1, 1])
+    )
+    with pytest.raises(
+        UnsupportedModelError,
+        match=r"model_type 'convnext'.*supported: beit, data2vec-vision, deit, dinov2, dinov2_with_registers, swin, swinv2, vit, vit_msn",
+    ):
         surgery.plan(model, ["ggem"])
 
 
@@ -130,7 +151,9 @@ class NoOptions(surgery.SurgeryConfig):
 
 def _scale_head_then_fail(model, config, anatomy):
     """Mutates in every way a plugin can (values, modules, classes, config), then fails on real tensors."""
-    name, head = anatomy.one(model, "classifier") if model.config.model_type != "deit" else anatomy.find(model, "classifier")[0]
+    name, head = (
+        anatomy.one(model, "classifier") if model.config.model_type != "deit" else anatomy.find(model, "classifier")[0]
+    )
     if head.weight.is_meta:
         return surgery.Rewrite([name])
     with torch.no_grad():
@@ -143,7 +166,9 @@ def _scale_head_then_fail(model, config, anatomy):
 
 
 def _method(name, apply, model_types=("*",), **kw):
-    return surgery.SurgeryMethod(name=name, summary=f"test {name}", config_class=NoOptions, model_types=model_types, apply=apply, **kw)
+    return surgery.SurgeryMethod(
+        name=name, summary=f"test {name}", config_class=NoOptions, model_types=model_types, apply=apply, **kw
+    )
 
 
 class FailingPlugin:
@@ -187,14 +212,18 @@ def test_failure_in_dry_run_changes_nothing(host_with):
     host_with(FailingPlugin())
     model = tiny("vit")
     tree = module_tree(model)
-    with pytest.raises(ApplyError, match=r"fails_early failed on ViTForImageClassification during the dry run: ZeroDivisionError"):
+    with pytest.raises(
+        ApplyError, match=r"fails_early failed on ViTForImageClassification during the dry run: ZeroDivisionError"
+    ):
         surgery.apply(model, ["ggem", "fails_early"])
     assert module_tree(model) == tree
 
 
 def test_unsupported_architecture_for_a_plugin(host_with):
     host_with(FailingPlugin())
-    with pytest.raises(UnsupportedModelError, match=r"vit_only does not support model_type 'swin'.*it supports vit only"):
+    with pytest.raises(
+        UnsupportedModelError, match=r"vit_only does not support model_type 'swin'.*it supports vit only"
+    ):
         surgery.plan(tiny("swin"), ["vit_only"])
 
 
@@ -260,14 +289,25 @@ class NormSwapPlugin:
             changes.replace(name, torch.nn.LayerNorm(model.config.hidden_size))
             return changes.rewrite()
 
-        return [surgery.SurgeryMethod(name="norm_swap", summary="a fresh final norm", config_class=NormSwapConfig,
-                                      model_types=("vit", "deit"), apply=apply, revert=undo, roles=("final_norm",))]
+        return [
+            surgery.SurgeryMethod(
+                name="norm_swap",
+                summary="a fresh final norm",
+                config_class=NormSwapConfig,
+                model_types=("vit", "deit"),
+                apply=apply,
+                revert=undo,
+                roles=("final_norm",),
+            )
+        ]
 
 
 @pytest.mark.parametrize("order", [["ggem", "norm_swap"], ["norm_swap", "ggem"]])
 def test_overlaps_come_from_the_claimed_modules_alone(host_with, order):
     host_with(NormSwapPlugin())
-    with pytest.raises(IncompatibleStepsError, match=rf"{order[1]} and {order[0]} would both replace the final norm \(vit.layernorm\)"):
+    with pytest.raises(
+        IncompatibleStepsError, match=rf"{order[1]} and {order[0]} would both replace the final norm \(vit.layernorm\)"
+    ):
         surgery.plan(tiny("vit"), order)
     model = surgery.apply(tiny("vit"), order[0])
     tree = module_tree(model)

@@ -18,13 +18,17 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 ROOTS = {"surgery": REPO / "surgery", "surgery.plugins": REPO / "plugins", "surgery.hub_cards": REPO / "hub_cards"}
 LAYERS = [  # (rank, module prefix); the longest matching prefix decides
-    (0, "surgery.errors"), (0, "surgery._version"),
+    (0, "surgery.errors"),
+    (0, "surgery._version"),
     (1, "surgery.core"),
-    (2, "surgery.toolkit"), (2, "surgery.data"),
+    (2, "surgery.toolkit"),
+    (2, "surgery.data"),
     (3, "surgery.checkpoint"),
     (4, "surgery.plugins"),
-    (5, "surgery.evaluation"), (5, "surgery.recovery"),
-    (6, "surgery.publish"), (6, "surgery.hub_cards"),
+    (5, "surgery.evaluation"),
+    (5, "surgery.recovery"),
+    (6, "surgery.publish"),
+    (6, "surgery.hub_cards"),
     (7, "surgery.recipe_search"),
     (8, "surgery"),  # the public API: surgery/__init__.py
     (9, "surgery.demo"),
@@ -70,7 +74,9 @@ def imports(name: str, typing_only: bool = True) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                base = ".".join(
+                    package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else [])
+                )
             targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in MODULES else base for alias in node.names]
         else:
             continue
@@ -107,7 +113,11 @@ def test_nothing_imports_upward(name):
 @pytest.mark.parametrize("name", sorted(n for n in MODULES if n.startswith("surgery.plugins.")))
 def test_plugins_import_only_core_and_toolkit(name):
     plugin = ".".join(name.split(".")[:3])
-    bad = sorted(t for t in GRAPH[name] if not t.startswith(PLUGINS_MAY_IMPORT) and not (t == plugin or t.startswith(plugin + ".")))
+    bad = sorted(
+        t
+        for t in GRAPH[name]
+        if not t.startswith(PLUGINS_MAY_IMPORT) and not (t == plugin or t.startswith(plugin + "."))
+    )
     assert not bad, f"{name} imports {bad}; plugins build from surgery.core and surgery.toolkit only"
 
 
@@ -123,7 +133,11 @@ def test_nothing_outside_a_plugin_names_it():
 
 # the core's model description: what transformers' layouts look like, with no notion of a plugin (docs/architecture.md)
 DESCRIPTION = (
-    "surgery.core.anatomy", "surgery.core.layout", "surgery.core.parts", "surgery.core.names", "surgery.core.families"
+    "surgery.core.anatomy",
+    "surgery.core.layout",
+    "surgery.core.parts",
+    "surgery.core.names",
+    "surgery.core.families",
 )
 
 
@@ -196,10 +210,18 @@ def transformers_attribute_names() -> frozenset[str]:
     for family in FAMILIES:
         for path in (Path(transformers.__file__).parent / "models" / family).glob("modeling_*.py"):
             for node in ast.walk(ast.parse(path.read_text())):
-                if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store) and ast.unparse(node.value) == "self":
+                if (
+                    isinstance(node, ast.Attribute)
+                    and isinstance(node.ctx, ast.Store)
+                    and ast.unparse(node.value) == "self"
+                ):
                     names.add(node.attr)
-                elif isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "register_buffer" and node.args \
-                        and isinstance(node.args[0], ast.Constant):
+                elif (
+                    isinstance(node, ast.Call)
+                    and getattr(node.func, "attr", "") == "register_buffer"
+                    and node.args
+                    and isinstance(node.args[0], ast.Constant)
+                ):
                     names.add(node.args[0].value)
     return frozenset(names)
 
@@ -239,8 +261,18 @@ PLUGIN_FILES = sorted((REPO / "plugins").rglob("*.py"))
 
 def test_the_internals_list_is_real():
     forbidden = transformers_attribute_names() - surgery_api_names()
-    assert {"layernorm_before", "intermediate", "attention_head_size", "num_attention_heads", "q_proj",
-            "relative_position_bias_table", "window_size", "input_resolution", "layer_scale1", "cls_token"} <= forbidden
+    assert {
+        "layernorm_before",
+        "intermediate",
+        "attention_head_size",
+        "num_attention_heads",
+        "q_proj",
+        "relative_position_bias_table",
+        "window_size",
+        "input_resolution",
+        "layer_scale1",
+        "cls_token",
+    } <= forbidden
 
 
 @pytest.mark.parametrize("path", PLUGIN_FILES, ids=lambda p: str(p.relative_to(REPO)))
@@ -250,13 +282,17 @@ def test_plugins_read_no_transformers_internals(path):
     for node in ast.walk(tree):
         if isinstance(node, (ast.Import, ast.ImportFrom)):
             modules = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
-            assert not any(m == "transformers" or m.startswith("transformers.") for m in modules), \
+            assert not any(m == "transformers" or m.startswith("transformers.") for m in modules), (
                 f"{path.name}:{node.lineno} imports transformers; plugins build from surgery.core and surgery.toolkit"
+            )
         if isinstance(node, ast.Attribute):
             assert node.attr not in forbidden, (
-                f"{path.name}:{node.lineno} reads `{ast.unparse(node)}`, a transformers attribute; ask the anatomy's parts")
-        if isinstance(node, ast.Call) and (getattr(node.func, "id", None) in ("getattr", "hasattr", "setattr", "delattr")
-                                           or getattr(node.func, "attr", None) in ("get_submodule", "set_submodule")):
+                f"{path.name}:{node.lineno} reads `{ast.unparse(node)}`, a transformers attribute; ask the anatomy's parts"
+            )
+        if isinstance(node, ast.Call) and (
+            getattr(node.func, "id", None) in ("getattr", "hasattr", "setattr", "delattr")
+            or getattr(node.func, "attr", None) in ("get_submodule", "set_submodule")
+        ):
             literals = [a.value for a in node.args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
             named = sorted({w for text in literals for w in text.split(".") if w in forbidden})
             assert not named, f"{path.name}:{node.lineno} looks up transformers attribute(s) {named} by name"
@@ -266,12 +302,20 @@ def test_every_error_class_lives_in_errors_and_is_exported():
     import surgery
     import surgery.errors as errors
 
-    defined = {n for n, v in vars(errors).items() if isinstance(v, type) and issubclass(v, Exception) and v.__module__ == errors.__name__}
+    defined = {
+        n
+        for n, v in vars(errors).items()
+        if isinstance(v, type) and issubclass(v, Exception) and v.__module__ == errors.__name__
+    }
     assert {"ExportError", "PushError", "CheckpointError", "SurgeryError"} <= defined
     assert defined <= set(surgery.__all__)
     for name, path in MODULES.items():
         if name != "surgery.errors":
-            classes = [n.name for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.ClassDef) and n.name.endswith("Error")]
+            classes = [
+                n.name
+                for n in ast.walk(ast.parse(path.read_text()))
+                if isinstance(n, ast.ClassDef) and n.name.endswith("Error")
+            ]
             assert not classes, f"{name} defines {classes}; errors live in surgery/errors.py"
 
 
@@ -321,7 +365,7 @@ def test_no_import_cycles_not_even_for_typing():
     def visit(name, path):
         for target in graph[name]:
             if target in path:
-                cycles.append(path[path.index(target):] + [target])
+                cycles.append(path[path.index(target) :] + [target])
             elif target not in done:
                 visit(target, path + [target])
         done.add(name)
@@ -344,9 +388,14 @@ def test_a_plugins_name_appears_only_in_its_own_folder():
         if module.startswith("surgery.demo"):
             continue
         tree = ast.parse(path.read_text())
-        docstrings = {id(node.body[0].value) for node in ast.walk(tree)
-                      if isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef))
-                      and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+        docstrings = {
+            id(node.body[0].value)
+            for node in ast.walk(tree)
+            if isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef))
+            and node.body
+            and isinstance(node.body[0], ast.Expr)
+            and isinstance(node.body[0].value, ast.Constant)
+        }
         for node in ast.walk(tree):
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
                 for name in names:

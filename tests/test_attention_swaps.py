@@ -41,23 +41,33 @@ def agent_reference(m: AgentAttention, x: torch.Tensor) -> torch.Tensor:
     h = w = math.isqrt(n - prefix)
     p = math.isqrt(a)
     q, k, v = _linear(x, m.projection("query")), _linear(x, m.projection("key")), _linear(x, m.projection("value"))
-    agents = F.adaptive_avg_pool2d(q[:, prefix:].reshape(b, h, w, c).permute(0, 3, 1, 2), (p, p)).reshape(b, c, a).transpose(1, 2)
+    agents = (
+        F.adaptive_avg_pool2d(q[:, prefix:].reshape(b, h, w, c).permute(0, 3, 1, 2), (p, p))
+        .reshape(b, c, a)
+        .transpose(1, 2)
+    )
     q4, k4, v4, a4 = (t.reshape(b, -1, heads, d) for t in (q, k, v, agents))
     table = F.interpolate(m.an_bias, size=(h, w), mode="bilinear", align_corners=False).reshape(heads, a, h * w)
     pos = table + (m.ah_bias + m.aw_bias).reshape(heads, a, h * w)
-    table2 = F.interpolate(m.na_bias, size=(h, w), mode="bilinear", align_corners=False).reshape(heads, a, h * w).transpose(1, 2)
+    table2 = (
+        F.interpolate(m.na_bias, size=(h, w), mode="bilinear", align_corners=False)
+        .reshape(heads, a, h * w)
+        .transpose(1, 2)
+    )
     agent_bias = table2 + (m.ha_bias + m.wa_bias).reshape(heads, h * w, a)
     if prefix:
         ac = m.ac_bias[0] if m.ac_bias is not None else torch.zeros(heads, a, prefix, dtype=x.dtype)
         ca = m.ca_bias[0] if m.ca_bias is not None else torch.zeros(heads, prefix, a, dtype=x.dtype)
         pos = torch.cat([ac, pos], dim=-1)
         agent_bias = torch.cat([ca, agent_bias], dim=-2)
-    scale = d ** -0.5
+    scale = d**-0.5
     agent_attn = _softmax(torch.einsum("bahd,bnhd->bhan", a4 * scale, k4) + pos)
     agent_v = torch.einsum("bhan,bnhd->bhad", agent_attn, v4)
     query_attn = _softmax(torch.einsum("bnhd,bahd->bhna", q4 * scale, a4) + agent_bias)
     out = torch.einsum("bhna,bhad->bnhd", query_attn, agent_v).reshape(b, n, c)
-    conv = F.conv2d(v[:, prefix:].reshape(b, h, w, c).permute(0, 3, 1, 2), m.dwc.weight, m.dwc.bias, padding=1, groups=c)
+    conv = F.conv2d(
+        v[:, prefix:].reshape(b, h, w, c).permute(0, 3, 1, 2), m.dwc.weight, m.dwc.bias, padding=1, groups=c
+    )
     out[:, prefix:] += conv.permute(0, 2, 3, 1).reshape(b, h * w, c)
     return out
 
@@ -67,7 +77,11 @@ def castling_reference(m: LinearAngularAttention, x: torch.Tensor, training: boo
     b, n, c = x.shape
     heads, d, prefix = m.num_heads, c // m.num_heads, m.prefix_tokens
     split = lambda t: t.detach().numpy().reshape(b, n, heads, d).transpose(0, 2, 1, 3)  # noqa: E731
-    q, k, v = split(_linear(x, m.projection("query"))), split(_linear(x, m.projection("key"))), split(_linear(x, m.projection("value")))
+    q, k, v = (
+        split(_linear(x, m.projection("query"))),
+        split(_linear(x, m.projection("key"))),
+        split(_linear(x, m.projection("value"))),
+    )
     qn = q / np.linalg.norm(q, axis=-1, keepdims=True)
     kn = k / np.linalg.norm(k, axis=-1, keepdims=True)
     out = 0.5 * v + (1 / np.pi) * (qn @ (kn.transpose(0, 1, 3, 2) @ v))
@@ -96,7 +110,13 @@ def _tokens(module, arch, seed=3):
     side = module.grid[0] if isinstance(module, AgentAttention) else 4
     windowed = arch in ("swin", "swinv2")
     n = module.prefix_tokens + (side * side if windowed or isinstance(module, AgentAttention) else 16)
-    return torch.randn(2, n, module.projection("query").in_features, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return torch.randn(
+        2,
+        n,
+        module.projection("query").in_features,
+        generator=torch.Generator().manual_seed(seed),
+        dtype=torch.float64,
+    )
 
 
 AGENT_BIASES = ("an_bias", "na_bias", "ah_bias", "aw_bias", "ha_bias", "wa_bias", "ac_bias", "ca_bias", "dwc")
@@ -139,7 +159,9 @@ def test_castling_without_sparse_reg_has_no_auxiliary_branch():
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("training", [False, True], ids=["inference", "training-aux-branch"])
 def test_castling_matches_reference(arch, training):
-    _, modules = _replaced(arch, ("castling", {"kernel_size": 3, "sparse_threshold": 0.05, "aux_weight": 0.7}), LinearAngularAttention)
+    _, modules = _replaced(
+        arch, ("castling", {"kernel_size": 3, "sparse_threshold": 0.05, "aux_weight": 0.7}), LinearAngularAttention
+    )
     for module in modules:
         _randomize(module, ("dconv",))
         module.train(training)
@@ -159,13 +181,23 @@ def test_pool_matrix_equals_adaptive_avg_pool(size_in, side):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("spec", [("agent_attention", {"agents": 4, "init": "paper"}), ("castling", {"init": "paper"})], ids=["agent", "castling"])
+@pytest.mark.parametrize(
+    "spec",
+    [("agent_attention", {"agents": 4, "init": "paper"}), ("castling", {"init": "paper"})],
+    ids=["agent", "castling"],
+)
 def test_gradients_reach_the_new_parameters(arch, spec):
     model = surgery.apply(tiny(arch), [spec]).train()
     # every token's output (the last block's patch tokens do not reach a cls read-out)
     model.base_model(pixel_values=images()).last_hidden_state.pow(2).mean().backward()
-    new = [(n, p) for n, p in model.named_parameters() if any(t in n for t in ("_bias", "dwc", "dconv")) and "classifier" not in n and ".layernorm" not in n]
-    assert new and all(p.grad is not None and p.grad.abs().sum() > 0 for _, p in new), [n for n, p in new if p.grad is None]
+    new = [
+        (n, p)
+        for n, p in model.named_parameters()
+        if any(t in n for t in ("_bias", "dwc", "dconv")) and "classifier" not in n and ".layernorm" not in n
+    ]
+    assert new and all(p.grad is not None and p.grad.abs().sum() > 0 for _, p in new), [
+        n for n, p in new if p.grad is None
+    ]
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -181,7 +213,11 @@ def test_runs_at_a_second_resolution(arch, spec):
 def test_zero_init_is_two_stage_softmax_through_agents():
     model = surgery.apply(tiny("vit").double(), [("agent_attention", {"agents": 4})])
     module = core(model)
-    assert all(float(p.detach().abs().sum()) == 0 for n, p in module.named_parameters() if n.endswith("_bias") or n.startswith("dwc"))
+    assert all(
+        float(p.detach().abs().sum()) == 0
+        for n, p in module.named_parameters()
+        if n.endswith("_bias") or n.startswith("dwc")
+    )
     x = _tokens(module, "vit")
     with torch.no_grad():
         torch.testing.assert_close(module.attend(x), agent_reference(module, x), rtol=1e-10, atol=1e-10)
@@ -193,7 +229,10 @@ def test_defaults_follow_the_paper():
     swin = surgery.apply(tiny("swin"), "agent_attention")
     (stage0,) = [m for m in swin.modules() if isinstance(m, AgentAttention)]  # every stage but the last
     assert stage0.agents == 9 and stage0.grid == (8, 8)
-    base = surgery.plan(tiny("vit", hidden_size=768, num_attention_heads=12, num_hidden_layers=6, intermediate_size=64), "agent_attention")
+    base = surgery.plan(
+        tiny("vit", hidden_size=768, num_attention_heads=12, num_hidden_layers=6, intermediate_size=64),
+        "agent_attention",
+    )
     assert len(base.steps[0].targets) == 4  # DeiT-B: agent attention in the first 4 blocks only
 
 
@@ -209,16 +248,23 @@ def test_swin_agent_blocks_attend_globally_and_revert_restores_windows():
 
 
 def test_same_blocks_are_refused_and_disjoint_blocks_compose():
-    with pytest.raises(IncompatibleStepsError, match=r"castling and agent_attention would both replace the self-attention of block 0"):
+    with pytest.raises(
+        IncompatibleStepsError, match=r"castling and agent_attention would both replace the self-attention of block 0"
+    ):
         surgery.plan(tiny("vit"), [("agent_attention", {"agents": 4}), "castling"])
-    model = surgery.apply(tiny("vit"), [("agent_attention", {"agents": 4, "layers": [0]}), ("castling", {"layers": [1]}), "ggem"])
+    model = surgery.apply(
+        tiny("vit"), [("agent_attention", {"agents": 4, "layers": [0]}), ("castling", {"layers": [1]}), "ggem"]
+    )
     assert [s.plugin for s in surgery.history(model)] == ["agent_attention", "castling", "ggem"]
     with pytest.raises(IncompatibleStepsError, match=r"agent_attention and castling would both replace .* block 1"):
         surgery.apply(model, [("agent_attention", {"agents": 4, "layers": [1]})])
 
 
 def test_token_merge_conflicts_with_attention_swaps():
-    with pytest.raises(IncompatibleStepsError, match=r"token_merge conflicts with agent_attention: token merging needs softmax attention"):
+    with pytest.raises(
+        IncompatibleStepsError,
+        match=r"token_merge conflicts with agent_attention: token merging needs softmax attention",
+    ):
         surgery.plan(tiny("vit"), [("agent_attention", {"agents": 4}), "token_merge"])
 
 
@@ -226,11 +272,17 @@ def test_token_merge_conflicts_with_attention_swaps():
     "spec, match",
     [
         (("agent_attention", {"agents": 10}), r"agent_attention: option 'agents' got 10; allowed: a perfect square"),
-        (("agent_attention", {"layers": [5]}), r"agent_attention: option 'layers' got \[5\]; allowed: distinct block indices from 0 to 1"),
+        (
+            ("agent_attention", {"layers": [5]}),
+            r"agent_attention: option 'layers' got \[5\]; allowed: distinct block indices from 0 to 1",
+        ),
         (("agent_attention", {"layers": "first"}), r"option 'layers' got 'first'; allowed: 'default' \| 'all' \| int"),
         (("agent_attention", {"init": "papr"}), r"option 'init' got 'papr'.*Did you mean 'paper'\?"),
         (("castling", {"kernel_size": 4}), r"castling: option 'kernel_size' got 4; allowed: an odd integer >= 1"),
-        (("castling", {"layers": 3}), r"castling: option 'layers' got 3; allowed: a number of leading blocks from 1 to 2"),
+        (
+            ("castling", {"layers": 3}),
+            r"castling: option 'layers' got 3; allowed: a number of leading blocks from 1 to 2",
+        ),
     ],
 )
 def test_invalid_options(spec, match):
@@ -239,6 +291,13 @@ def test_invalid_options(spec, match):
 
 
 def test_print_shows_the_new_attention():
-    text = str(surgery.apply(tiny("deit-distilled"), [("agent_attention", {"agents": 9, "layers": [0]}), ("castling", {"layers": [1]})]))
+    text = str(
+        surgery.apply(
+            tiny("deit-distilled"), [("agent_attention", {"agents": 9, "layers": [0]}), ("castling", {"layers": [1]})]
+        )
+    )
     assert "(attention): AgentAttention(" in text and "heads=4, agents=9 (3x3), grid=(8, 8), prefix_tokens=2" in text
-    assert "(attention): LinearAngularAttention(" in text and "heads=4, kernel=9, prefix_tokens=2, sparse_reg=True" in text
+    assert (
+        "(attention): LinearAngularAttention(" in text
+        and "heads=4, kernel=9, prefix_tokens=2, sparse_reg=True" in text
+    )

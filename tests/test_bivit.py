@@ -99,14 +99,18 @@ def attention_reference(core, x, mask=None, swin=False):
     b, n, c = x.shape
     parts = core.bivit_parts
     heads, d = parts.heads, parts.head_dim
-    proj = lambda layer: np.where(layer(x).detach().numpy() >= 0, 1.0, -1.0).reshape(b, n, heads, d).transpose(0, 2, 1, 3)  # noqa: E731
+    proj = lambda layer: (
+        np.where(layer(x).detach().numpy() >= 0, 1.0, -1.0).reshape(b, n, heads, d).transpose(0, 2, 1, 3)
+    )  # noqa: E731
     q, k, v = (proj(parts.projection(role)) for role in ("query", "key", "value"))
     scores = q @ k.transpose(0, 1, 3, 2) / math.sqrt(d)
     if swin:
         scores = scores + parts.position_bias().detach().numpy()  # the host's relative position bias for its window
         if mask is not None:
             windows = mask.shape[0]
-            scores = (scores.reshape(b // windows, windows, heads, n, n) + mask.numpy()[None, :, None]).reshape(b, heads, n, n)
+            scores = (scores.reshape(b // windows, windows, heads, n, n) + mask.numpy()[None, :, None]).reshape(
+                b, heads, n, n
+            )
     p = np.exp(scores - scores.max(-1, keepdims=True))
     p /= p.sum(-1, keepdims=True)
     keep = (p >= core.bivit_ratio * p.max(-1, keepdims=True)).astype(float)
@@ -121,7 +125,11 @@ def test_binary_attention_matches_reference(arch):
     for block in surgery.get_host().anatomy(model.config.model_type).blocks(model):
         core = block.attention.core
         assert isinstance(core, BinaryAttention)
-        n = block.attended_tokens() if swin else 64 + surgery.get_host().anatomy(model.config.model_type).prefix_tokens_of(model.config)
+        n = (
+            block.attended_tokens()
+            if swin
+            else 64 + surgery.get_host().anatomy(model.config.model_type).prefix_tokens_of(model.config)
+        )
         x = torch.randn(4, n, block.width, generator=rng(), dtype=torch.float64)
         mask = torch.where(torch.rand(2, n, n, generator=rng(5)) > 0.7, -100.0, 0.0).double() if swin else None
         with torch.no_grad():
@@ -147,8 +155,14 @@ def test_parts_and_activations_choose_what_is_binarized(options, binary_linears,
     block = parts(model).module
     assert sum(isinstance(m, BinaryLinear) for m in block.modules()) == binary_linears
     assert sum(isinstance(m, BinaryAttention) for m in block.modules()) == binary_cores
-    assert all(m.binarize_input == (options.get("activations", "binary") == "binary") for m in block.modules() if isinstance(m, BinaryLinear))
-    assert not isinstance(model.classifier, BinaryLinear) and not isinstance(surgery.get_host().anatomy("vit").one(model, "patch_embed")[1], BinaryLinear)
+    assert all(
+        m.binarize_input == (options.get("activations", "binary") == "binary")
+        for m in block.modules()
+        if isinstance(m, BinaryLinear)
+    )
+    assert not isinstance(model.classifier, BinaryLinear) and not isinstance(
+        surgery.get_host().anatomy("vit").one(model, "patch_embed")[1], BinaryLinear
+    )
 
 
 def test_cross_layer_binarization_in_two_steps(tmp_path):
@@ -162,7 +176,10 @@ def test_cross_layer_binarization_in_two_steps(tmp_path):
 
 
 def test_attention_rewrites_and_binary_attention_are_refused_together():
-    with pytest.raises(IncompatibleStepsError, match=r"bivit binary attention cannot follow agent_attention: it replaces the softmax attention with one that has no softmax map"):
+    with pytest.raises(
+        IncompatibleStepsError,
+        match=r"bivit binary attention cannot follow agent_attention: it replaces the softmax attention with one that has no softmax map",
+    ):
         surgery.plan(tiny("vit"), [("agent_attention", {"agents": 4}), "bivit"])
     with pytest.raises(IncompatibleStepsError, match=r"token_merge cannot follow bivit's attention binarization"):
         surgery.plan(tiny("vit"), ["bivit", "token_merge"])
@@ -183,9 +200,13 @@ def test_packed_checkpoint_is_smaller_and_reloads_exactly(tmp_path):
 
     def linear_bytes(folder, prefix):
         with safe_open(str(folder / "model.safetensors"), framework="pt") as f:
-            return sum(f.get_tensor(k).numel() * f.get_tensor(k).element_size() for k in f.keys() if k.startswith(prefix))
+            return sum(
+                f.get_tensor(k).numel() * f.get_tensor(k).element_size() for k in f.keys() if k.startswith(prefix)
+            )
 
-    with safe_open(str(tmp_path / "binary" / "model.safetensors"), framework="pt") as f:  # as this transformers names it on disk
+    with safe_open(
+        str(tmp_path / "binary" / "model.safetensors"), framework="pt"
+    ) as f:  # as this transformers names it on disk
         layer = next(k for k in f.keys() if k.endswith(".weight_bits")).removesuffix("weight_bits")
     ratio = linear_bytes(tmp_path / "fp32", layer) / linear_bytes(tmp_path / "binary", layer)
     assert ratio >= 28, ratio  # 1 bit per weight + fp32 scale and bias per output channel
@@ -225,8 +246,9 @@ def _reference_binary_linear(layer: BinaryLinear, x: torch.Tensor) -> torch.Tens
 @pytest.mark.parametrize("learnable_alpha", [True, False])
 def test_inference_binarizes_the_weights_once_and_rebuilds_after_any_change(learnable_alpha, monkeypatch):
     torch.manual_seed(0)
-    layer = BinaryLinear.from_linear(torch.nn.Linear(16, 8), binarize_input=True, learnable_alpha=learnable_alpha,
-                                     pack=False).eval()
+    layer = BinaryLinear.from_linear(
+        torch.nn.Linear(16, 8), binarize_input=True, learnable_alpha=learnable_alpha, pack=False
+    ).eval()
     x = torch.randn(4, 16)
     calls = []
     real = BinaryLinear._binarized
@@ -263,7 +285,9 @@ def test_inference_binarizes_the_weights_once_and_rebuilds_after_any_change(lear
 
 
 def test_gradients_are_never_cut_by_the_cache():
-    layer = BinaryLinear.from_linear(torch.nn.Linear(16, 8), binarize_input=False, learnable_alpha=True, pack=False).eval()
+    layer = BinaryLinear.from_linear(
+        torch.nn.Linear(16, 8), binarize_input=False, learnable_alpha=True, pack=False
+    ).eval()
     x = torch.randn(4, 16)
     with torch.no_grad():
         layer(x)  # fills the cache
@@ -296,7 +320,7 @@ def test_w1a1_sums_the_signs_exactly_then_scales(grad):
     want = integers.float() * layer.alpha.detach().reshape(-1) + 0.0
     with torch.set_grad_enabled(grad):
         out = layer(x)
-        rows = torch.cat([layer(x[i:i + 1]) for i in range(4)])
+        rows = torch.cat([layer(x[i : i + 1]) for i in range(4)])
     assert (integers == 0).any()  # the case that used to round by summation order
     assert torch.equal(out.detach(), want) and torch.equal(rows.detach(), want[:4])
 
@@ -308,8 +332,15 @@ def test_wide_w1a1_model_matches_its_onnx_export(tmp_path):
     from surgery.publish.export import export
 
     torch.manual_seed(0)
-    config = ViTConfig(image_size=32, patch_size=16, hidden_size=768, num_hidden_layers=1, num_attention_heads=12,
-                       intermediate_size=1536, num_labels=10)
+    config = ViTConfig(
+        image_size=32,
+        patch_size=16,
+        hidden_size=768,
+        num_hidden_layers=1,
+        num_attention_heads=12,
+        intermediate_size=1536,
+        num_labels=10,
+    )
     model = surgery.apply(ViTForImageClassification(config).eval(), "bivit")
     assert export(model, tmp_path / "onnx", to="onnx", check=False).max_abs_diff < 1e-5
 
@@ -328,12 +359,16 @@ def test_w1a1_goes_to_openvino_as_binary_convolution_with_the_pytorch_logits(arc
     linears = sum(isinstance(m, BinaryLinear) for m in model.modules())
     result = export(model, tmp_path / "w1a1", to="openvino", batch=4)  # raises beyond 1e-3 of the logits' scale
     report = json.loads((tmp_path / "w1a1" / "export_report.json").read_text())
-    assert report["openvino_rewrites"] == [f"bivit: {linears} W1A1 linears run as BinaryConvolution (xnor-popcount "
-                                           "on u1 bits); static input shape [4, 3, 32, 32]"]
+    assert report["openvino_rewrites"] == [
+        f"bivit: {linears} W1A1 linears run as BinaryConvolution (xnor-popcount "
+        "on u1 bits); static input shape [4, 3, 32, 32]"
+    ]
     assert result.max_abs_diff < 1e-5  # exact integers: float rounding only (the float graph drifted by 0.1-0.3)
     compiled = ov.Core().compile_model(str(result.path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    kinds = [(op.get_rt_info()["layerType"].astype(str), op.get_rt_info()["runtimePrecision"].astype(str))
-             for op in compiled.get_runtime_model().get_ops()]
+    kinds = [
+        (op.get_rt_info()["layerType"].astype(str), op.get_rt_info()["runtimePrecision"].astype(str))
+        for op in compiled.get_runtime_model().get_ops()
+    ]
     assert kinds.count(("BinaryConvolution", "u1")) == linears
     assert list(compiled.inputs[0].get_partial_shape().to_shape()) == [4, 3, 32, 32]
     w1a32 = export(surgery.apply(tiny(arch), [("bivit", {"activations": "full"})]), tmp_path / "w1a32", to="openvino")
@@ -344,8 +379,9 @@ def test_w1a1_goes_to_openvino_as_binary_convolution_with_the_pytorch_logits(arc
     except ImportError:
         return
     pixels = images(4)
-    door = OVModelForImageClassification.from_pretrained(tmp_path / "w1a1", dynamic_shapes=False,
-                                                         ov_config={"INFERENCE_PRECISION_HINT": "f32"})
+    door = OVModelForImageClassification.from_pretrained(
+        tmp_path / "w1a1", dynamic_shapes=False, ov_config={"INFERENCE_PRECISION_HINT": "f32"}
+    )
     with torch.no_grad():
         expected = model(pixel_values=pixels).logits
     assert float((torch.as_tensor(door(pixel_values=pixels).logits) - expected).abs().max()) < 1e-5

@@ -23,7 +23,6 @@ from fakehub import FakeHub
 TOKEN = "hf_test_token"
 
 
-
 @pytest.fixture
 def saved(tmp_path):
     folder = tmp_path / "vit-tome-ggem"
@@ -33,14 +32,24 @@ def saved(tmp_path):
     return folder
 
 
-RESULTS = {"accuracy": 0.9528, "accuracy_before": 0.9639, "latency_ms_before": 2.0, "latency_ms": 1.1, "dataset": "sklearn digits"}
+RESULTS = {
+    "accuracy": 0.9528,
+    "accuracy_before": 0.9639,
+    "latency_ms_before": 2.0,
+    "latency_ms": 1.1,
+    "dataset": "sklearn digits",
+}
 
 
 def test_card_metadata_sections_and_figures(saved):
     path = card(saved, results=RESULTS, model_id="me/vit-tome-ggem")
     parsed = ModelCard.load(path)
     data = parsed.data.to_dict()
-    assert data["library_name"] == "vision-surgery" and "transformers" in data["tags"] and data["pipeline_tag"] == "image-classification"
+    assert (
+        data["library_name"] == "vision-surgery"
+        and "transformers" in data["tags"]
+        and data["pipeline_tag"] == "image-classification"
+    )
     assert data["license"] == "apache-2.0" and data["base_model"] == "google/vit-base-patch16-224"
     assert {"surgery", "token_merge", "ggem", "vit"} <= set(data["tags"])
     (result,) = parsed.data.eval_results
@@ -52,7 +61,10 @@ def test_card_metadata_sections_and_figures(saved):
     assert "| parameters | - |" in text and "| GFLOPs per image | - |" in text
     assert f"![accuracy and latency before and after surgery]({PLOT_FILE})" in text
     assert (saved / PLOT_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert 'surgery.load("me/vit-tome-ggem")' in text and "AutoModelForImageClassification.from_pretrained(\"me/vit-tome-ggem\")" in text
+    assert (
+        'surgery.load("me/vit-tome-ggem")' in text
+        and 'AutoModelForImageClassification.from_pretrained("me/vit-tome-ggem")' in text
+    )
     assert "None in this repository (PyTorch safetensors only)." in text
 
 
@@ -93,11 +105,33 @@ def test_plugins_add_card_sections(saved, host_with):
 def test_card_cli(saved, capsys, tmp_path):
     results = tmp_path / "results.json"
     results.write_text(json.dumps(RESULTS))
-    assert main(["card", str(saved), "--results", str(results), "--no-measure", "--model-id", "me/x",
-                 "--license", "mit", "--dataset", "ylecun/mnist", "--base-model", "facebook/deit-tiny-patch16-224"]) == 0
+    assert (
+        main(
+            [
+                "card",
+                str(saved),
+                "--results",
+                str(results),
+                "--no-measure",
+                "--model-id",
+                "me/x",
+                "--license",
+                "mit",
+                "--dataset",
+                "ylecun/mnist",
+                "--base-model",
+                "facebook/deit-tiny-patch16-224",
+            ]
+        )
+        == 0
+    )
     assert "wrote" in capsys.readouterr().out
     data = ModelCard.load(saved / "README.md").data.to_dict()
-    assert (data["license"], data["datasets"], data["base_model"]) == ("mit", ["ylecun/mnist"], "facebook/deit-tiny-patch16-224")
+    assert (data["license"], data["datasets"], data["base_model"]) == (
+        "mit",
+        ["ylecun/mnist"],
+        "facebook/deit-tiny-patch16-224",
+    )
     assert main(["card", str(tmp_path / "missing")]) == 2
     assert "is not a saved model folder (no config.json)" in capsys.readouterr().err
 
@@ -126,22 +160,39 @@ def test_push_uploads_every_file_byte_for_byte(saved, tmp_path, online):
 
 def test_push_cli_through_hf_endpoint(saved, tmp_path):
     with FakeHub(tmp_path / "hub", token=TOKEN) as hub:
-        env = dict(os.environ, HF_ENDPOINT=hub.url, HF_TOKEN=TOKEN, HF_HUB_DISABLE_UPDATE_CHECK="1", HF_HUB_OFFLINE="0")
-        result = subprocess.run([sys.executable, "-m", "surgery.cli", "push", str(saved), "org/model"], capture_output=True, text=True, env=env)
+        env = dict(
+            os.environ, HF_ENDPOINT=hub.url, HF_TOKEN=TOKEN, HF_HUB_DISABLE_UPDATE_CHECK="1", HF_HUB_OFFLINE="0"
+        )
+        result = subprocess.run(
+            [sys.executable, "-m", "surgery.cli", "push", str(saved), "org/model"],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
         assert result.returncode == 0, result.stderr
         assert "run `surgery card" in result.stderr  # no README.md yet: a note, not an error
         assert (hub.repo("org/model") / "model.safetensors").read_bytes() == (saved / "model.safetensors").read_bytes()
-        hf_order = subprocess.run([sys.executable, "-m", "surgery.cli", "push", "org/model-2", str(saved)],
-                                  capture_output=True, text=True, env=env)  # `hf upload REPO FOLDER`'s order
+        hf_order = subprocess.run(
+            [sys.executable, "-m", "surgery.cli", "push", "org/model-2", str(saved)],
+            capture_output=True,
+            text=True,
+            env=env,
+        )  # `hf upload REPO FOLDER`'s order
         assert hf_order.returncode == 0, hf_order.stderr
-        assert (hub.repo("org/model-2") / "model.safetensors").read_bytes() == (saved / "model.safetensors").read_bytes()
+        assert (hub.repo("org/model-2") / "model.safetensors").read_bytes() == (
+            saved / "model.safetensors"
+        ).read_bytes()
 
 
 def test_push_errors_are_one_line(saved, capsys, monkeypatch, online):
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setenv("HF_HOME", str(saved.parent / "empty-hf-home"))
     assert main(["push", str(saved), "me/x"]) == 2
-    assert capsys.readouterr().err.strip().endswith("no Hugging Face token: pass --token, set HF_TOKEN, or run `hf auth login`.")
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .endswith("no Hugging Face token: pass --token, set HF_TOKEN, or run `hf auth login`.")
+    )
     with socket.socket() as probe:  # a port nothing listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -196,11 +247,28 @@ def test_eval_and_bench_take_a_hub_id_and_print_json(digits, tmp_path, online):
     folder = digits[0]
     with FakeHub(tmp_path / "hub", token=TOKEN) as hub:
         push(folder, "me/digits", token=TOKEN, endpoint=hub.url)
-        env = dict(os.environ, HF_ENDPOINT=hub.url, HF_HUB_OFFLINE="0", HF_HOME=str(tmp_path / "hf-home"),
-                   HF_HUB_DISABLE_UPDATE_CHECK="1", HF_TOKEN=TOKEN)
-        runs = {command: subprocess.run([sys.executable, "-m", "surgery.cli", *command], capture_output=True,
-                                        text=True, env=env, timeout=300, cwd=tmp_path)
-                for command in (("eval", "me/digits", "--data", "digits", "--json"), ("bench", "me/digits", "--repeats", "2"))}
+        env = dict(
+            os.environ,
+            HF_ENDPOINT=hub.url,
+            HF_HUB_OFFLINE="0",
+            HF_HOME=str(tmp_path / "hf-home"),
+            HF_HUB_DISABLE_UPDATE_CHECK="1",
+            HF_TOKEN=TOKEN,
+        )
+        runs = {
+            command: subprocess.run(
+                [sys.executable, "-m", "surgery.cli", *command],
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=300,
+                cwd=tmp_path,
+            )
+            for command in (
+                ("eval", "me/digits", "--data", "digits", "--json"),
+                ("bench", "me/digits", "--repeats", "2"),
+            )
+        }
     for command, run in runs.items():
         assert run.returncode == 0, (command, run.stderr[-2000:])
         assert "not recorded: me/digits is a Hub id" in run.stderr, (command, run.stderr[-500:])

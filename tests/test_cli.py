@@ -82,8 +82,14 @@ def test_apply_then_inspect(model_dir, tmp_path, capsys):
     "argv, message",
     [
         (["apply", "{model}", "-p", "gem", "-o", "{tmp}/x"], r"no surgery plugin named 'gem'.*Did you mean 'ggem'\?"),
-        (["apply", "{model}", "-p", "ggem:p_init=-2", "-o", "{tmp}/x"], r"ggem: option 'p_init' got -2.0; allowed: a number > 0"),
-        (["apply", "{model}", "-p", "ggem:pinit=2", "-o", "{tmp}/x"], r"unknown option 'pinit'.*Did you mean 'p_init'\?"),
+        (
+            ["apply", "{model}", "-p", "ggem:p_init=-2", "-o", "{tmp}/x"],
+            r"ggem: option 'p_init' got -2.0; allowed: a number > 0",
+        ),
+        (
+            ["apply", "{model}", "-p", "ggem:pinit=2", "-o", "{tmp}/x"],
+            r"unknown option 'pinit'.*Did you mean 'p_init'\?",
+        ),
         (["apply", "{model}", "-p", "ggem:p_init", "-o", "{tmp}/x"], r"write options as NAME:key=value"),
         (["plan", "{tmp}/does-not-exist", "-p", "ggem"], r"does-not-exist"),
         (["inspect", "{tmp}/does-not-exist"], r"does-not-exist"),
@@ -125,7 +131,21 @@ def test_parse_plugin_spec_without_name():
 def test_apply_with_calibration(model_dir, tmp_path, capsys):
     assert main(["apply", str(model_dir), "-p", "quantize:calibration_batches=2", "-o", str(tmp_path / "q")]) == 2
     assert "quantize needs calibration data" in capsys.readouterr().err
-    assert main(["apply", str(model_dir), "-p", "quantize:calibration_batches=2", "--calibration", "digits", "-o", str(tmp_path / "q")]) == 0
+    assert (
+        main(
+            [
+                "apply",
+                str(model_dir),
+                "-p",
+                "quantize:calibration_batches=2",
+                "--calibration",
+                "digits",
+                "-o",
+                str(tmp_path / "q"),
+            ]
+        )
+        == 0
+    )
     model = surgery.load(tmp_path / "q")
     layer = parts(model).part("mlp_in")
     assert float(layer.input_quant.scale) != 1.0 and int(layer.input_quant.observer_enabled) == 0  # calibrated
@@ -139,14 +159,30 @@ def test_calibration_takes_the_data_specs_of_data(model_dir, tmp_path, capsys):
     from surgery.data.processor import load_processor
 
     data = write_imagefolder(tmp_path / "images", classes=("a", "b"), per_class=5)
-    assert main(["apply", str(model_dir), "-p", "quantize", "--calibration", str(data), "-o", str(tmp_path / "q")]) == 0
-    expected = surgery.apply(surgery.load(model_dir), ["quantize"],
-                             calibration=calibration_batches(str(data), load_processor(model_dir)))
+    assert (
+        main(["apply", str(model_dir), "-p", "quantize", "--calibration", str(data), "-o", str(tmp_path / "q")]) == 0
+    )
+    expected = surgery.apply(
+        surgery.load(model_dir), ["quantize"], calibration=calibration_batches(str(data), load_processor(model_dir))
+    )
     assert sum(len(b) for b in calibration_batches(str(data), load_processor(model_dir))) == 10
     x = torch.rand(2, 3, 32, 32)
     assert torch.equal(surgery.load(tmp_path / "q")(pixel_values=x).logits, expected(pixel_values=x).logits)
-    assert main(["apply", str(model_dir), "-p", "quantize", "--calibration", str(tmp_path / "nowhere"),
-                 "-o", str(tmp_path / "r")]) == 2
+    assert (
+        main(
+            [
+                "apply",
+                str(model_dir),
+                "-p",
+                "quantize",
+                "--calibration",
+                str(tmp_path / "nowhere"),
+                "-o",
+                str(tmp_path / "r"),
+            ]
+        )
+        == 2
+    )
     assert "could not load the Hub dataset" in capsys.readouterr().err and not (tmp_path / "r").exists()
 
 
@@ -157,8 +193,25 @@ def test_recover_trains_saves_records_and_resumes(digits, tmp_path, capsys, monk
     assert main(["recover", str(rewritten), "--data", "digits", "-o", str(recovered)]) == 2  # recorded by name only
     assert f"was made from the local model '{folder.name}'" in capsys.readouterr().err
     monkeypatch.chdir(folder.parent)  # where the base model is: found by its recorded name
-    assert main(["recover", str(rewritten), "--data", "digits", "-o", str(recovered), "--epochs", "1",
-                 "--warmup-epochs", "1", "--lr", "1e-3"]) == 0
+    assert (
+        main(
+            [
+                "recover",
+                str(rewritten),
+                "--data",
+                "digits",
+                "-o",
+                str(recovered),
+                "--epochs",
+                "1",
+                "--warmup-epochs",
+                "1",
+                "--lr",
+                "1e-3",
+            ]
+        )
+        == 0
+    )
     assert "recovered" in capsys.readouterr().out
     log = json.loads((recovered / "recovery_log.json").read_text())
     figures = json.loads((recovered / "surgery_results.json").read_text())
@@ -179,8 +232,26 @@ def test_recover_trains_saves_records_and_resumes(digits, tmp_path, capsys, monk
     assert "## Recovery" in text and f"| after recovery | {figures['accuracy'] * 100:.2f} % |" in text
     assert "The epochs were monitored on" in text
 
-    assert main(["recover", str(rewritten), "--data", "digits", "-o", str(recovered), "--epochs", "2",
-                 "--warmup-epochs", "1", "--resume", "--eval-split", "none"]) == 0
+    assert (
+        main(
+            [
+                "recover",
+                str(rewritten),
+                "--data",
+                "digits",
+                "-o",
+                str(recovered),
+                "--epochs",
+                "2",
+                "--warmup-epochs",
+                "1",
+                "--resume",
+                "--eval-split",
+                "none",
+            ]
+        )
+        == 0
+    )
     log = json.loads((recovered / "recovery_log.json").read_text())
     assert [r["epoch"] for r in log["history"]] == [3] and log["resumed_from"].endswith("epoch-2")
 
@@ -195,15 +266,49 @@ def test_recover_on_data_without_a_validation_split_says_so_and_reports_the_test
     rewritten, recovered = tmp_path / "ggem", tmp_path / "recovered"
     assert main(["apply", str(folder), "-p", "ggem", "-o", str(rewritten)]) == 0
     capsys.readouterr()
-    assert main(["recover", str(rewritten), "--data", str(data), "-o", str(recovered), "--epochs", "1",
-                 "--warmup-epochs", "0", "--teacher", str(folder)]) == 0
+    assert (
+        main(
+            [
+                "recover",
+                str(rewritten),
+                "--data",
+                str(data),
+                "-o",
+                str(recovered),
+                "--epochs",
+                "1",
+                "--warmup-epochs",
+                "0",
+                "--teacher",
+                str(folder),
+            ]
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     assert "has no split 'validation'" in err and "No per-epoch evaluation (pass --eval-split" in err
     figures = json.loads((recovered / "surgery_results.json").read_text())
     assert figures["dataset"] == "images, split 'test', 20 images" and figures["recovery"]["monitored"]["on"] is None
     assert figures["accuracy"] == dataset_accuracy(recovered, str(data), "test")["accuracy"]
-    assert main(["recover", str(rewritten), "--data", str(data), "-o", str(tmp_path / "x"), "--eval-split", "validation", "--teacher", str(folder),
-                 "--epochs", "1"]) == 2  # asked for by name: it must exist
+    assert (
+        main(
+            [
+                "recover",
+                str(rewritten),
+                "--data",
+                str(data),
+                "-o",
+                str(tmp_path / "x"),
+                "--eval-split",
+                "validation",
+                "--teacher",
+                str(folder),
+                "--epochs",
+                "1",
+            ]
+        )
+        == 2
+    )  # asked for by name: it must exist
     assert "has no split 'validation'" in capsys.readouterr().err
 
 
@@ -226,9 +331,28 @@ def test_recover_runs_data_parallel_under_torchrun(digits, tmp_path):
     rewritten, recovered = tmp_path / "ggem", tmp_path / "recovered"
     assert main(["apply", str(folder), "-p", "ggem", "-o", str(rewritten)]) == 0
     torchrun = Path(sys.executable).with_name("torchrun")
-    command = [str(torchrun), "--nproc_per_node", "2", "-m", "surgery.cli", "recover", str(rewritten), "--data", "digits",
-               "-o", str(recovered), "--epochs", "1", "--eval-split", "none", "--teacher", str(folder)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    command = [
+        str(torchrun),
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "surgery.cli",
+        "recover",
+        str(rewritten),
+        "--data",
+        "digits",
+        "-o",
+        str(recovered),
+        "--epochs",
+        "1",
+        "--eval-split",
+        "none",
+        "--teacher",
+        str(folder),
+    ]
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=300, check=False, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     log = json.loads((recovered / "recovery_log.json").read_text())
     assert log["processes"] == 2 and log["history"][0]["steps"] == 18  # ceil(1149 / 32 / 2)
@@ -243,8 +367,27 @@ def test_recover_with_lora_keeps_or_merges_the_adapter(digits, tmp_path, capsys)
     assert main(["apply", str(folder), "-p", "ggem", "-o", str(rewritten)]) == 0
     for merge in ("true", "false"):
         out = tmp_path / f"lora-{merge}"
-        assert main(["recover", str(rewritten), "--data", "digits", "-o", str(out), "--epochs", "1", "--teacher", str(folder),
-                     "--eval-split", "test", "--lora", f"r=4,alpha=8,targets=attention+mlp,merge={merge}"]) == 0
+        assert (
+            main(
+                [
+                    "recover",
+                    str(rewritten),
+                    "--data",
+                    "digits",
+                    "-o",
+                    str(out),
+                    "--epochs",
+                    "1",
+                    "--teacher",
+                    str(folder),
+                    "--eval-split",
+                    "test",
+                    "--lora",
+                    f"r=4,alpha=8,targets=attention+mlp,merge={merge}",
+                ]
+            )
+            == 0
+        )
         log = json.loads((out / "recovery_log.json").read_text())
         assert log["lora"]["outcome"] == ("merged" if merge == "true" else "adapter")
         assert 0 < log["trainable_parameters"] < log["parameters"]
@@ -256,12 +399,33 @@ def test_recover_with_lora_keeps_or_merges_the_adapter(digits, tmp_path, capsys)
             assert isinstance(model, PeftModel)  # surgery.load gives the model with its adapter
         else:
             assert not (out / "adapter").exists() and "merged into the weights" in text
-        labels = digits[3]  # the reloaded model (and adapter) is the one recover evaluated (preprocessing may round apart)
+        labels = digits[
+            3
+        ]  # the reloaded model (and adapter) is the one recover evaluated (preprocessing may round apart)
         assert accuracy(model.eval(), digits[2], labels) == pytest.approx(log["accuracy"], abs=1.01 / len(labels))
-    assert main(["recover", str(rewritten), "--data", "digits", "-o", str(tmp_path / "x"), "--teacher", str(folder),
-                 "--lora", "r=0"]) == 2
+    assert (
+        main(
+            [
+                "recover",
+                str(rewritten),
+                "--data",
+                "digits",
+                "-o",
+                str(tmp_path / "x"),
+                "--teacher",
+                str(folder),
+                "--lora",
+                "r=0",
+            ]
+        )
+        == 2
+    )
     assert "recover lora: option 'r' got 0" in capsys.readouterr().err
-    for command in (["eval", "--data", "digits"], ["export", "--to", "onnx", "-o", str(tmp_path / "onnx")], ["apply", "-p", "ggem", "-o", str(tmp_path / "y")]):
+    for command in (
+        ["eval", "--data", "digits"],
+        ["export", "--to", "onnx", "-o", str(tmp_path / "onnx")],
+        ["apply", "-p", "ggem", "-o", str(tmp_path / "y")],
+    ):
         assert main([command[0], str(tmp_path / "lora-false"), *command[1:]]) == 2  # would leave the adapter out
         assert "holds a LoRA adapter" in capsys.readouterr().err
 
@@ -272,7 +436,13 @@ def test_families_prints_the_table_and_its_json(capsys):
     assert "| method | ViT | ViT-MSN | DeiT | Swin | Swinv2 | DINOv2 | DINOv2 with registers |" in out
     assert main(["families", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["families"]["swinv2"]["traits"] == ["cosine_attention", "no_prefix", "post_norm", "relative_position_bias", "windowed"]
+    assert data["families"]["swinv2"]["traits"] == [
+        "cosine_attention",
+        "no_prefix",
+        "post_norm",
+        "relative_position_bias",
+        "windowed",
+    ]
     (bivit,) = [c for c in data["support"] if c["method"] == "bivit" and c["model_type"] == "swinv2"]
     assert bivit["supported"] is False and bivit["notes"][0][0] == "cosine_attention"
     assert main(["list", "--json"]) == 0
@@ -289,8 +459,10 @@ def test_version_names_surgery_and_the_stack_it_runs_in(capsys):
     with pytest.raises(SystemExit) as exited:
         main(["--version"])
     assert exited.value.code == 0
-    assert capsys.readouterr().out.strip() == (f"surgery {surgery.__version__} (transformers {transformers.__version__}, "
-                                               f"torch {torch.__version__}, Python {platform.python_version()})")
+    assert capsys.readouterr().out.strip() == (
+        f"surgery {surgery.__version__} (transformers {transformers.__version__}, "
+        f"torch {torch.__version__}, Python {platform.python_version()})"
+    )
 
 
 def test_env_reports_versions_cpu_and_plugins_as_text_and_json(capsys):

@@ -18,8 +18,11 @@ from conftest import images, supported, tiny, untie
 
 FAMILIES = ["vit", "deit-distilled", "swin", "dinov2"]
 IN_THE_SUITE = ("vit", "swin")  # the others in `pytest -m slow` (about 90 s of the suite's time on 2 cores)
-PAIRS = [pytest.param(m.name, arch, marks=() if arch in IN_THE_SUITE else pytest.mark.slow, id=f"{m.name}-{arch}")
-         for m in surgery.list_methods() for arch in supported(m.name, FAMILIES)]
+PAIRS = [
+    pytest.param(m.name, arch, marks=() if arch in IN_THE_SUITE else pytest.mark.slow, id=f"{m.name}-{arch}")
+    for m in surgery.list_methods()
+    for arch in supported(m.name, FAMILIES)
+]
 ATOL = {torch.float32: 1e-5}
 
 
@@ -106,7 +109,9 @@ def test_an_unfitted_hash_is_refused_by_torch_export_instead_of_learned_from_the
     eager(model, images())  # one eager batch fits it; then the export goes through
     program = torch.export.export(model, (), {"pixel_values": images()})
     with torch.no_grad():
-        torch.testing.assert_close(program.module()(pixel_values=images()).logits, eager(model, images()), atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            program.module()(pixel_values=images()).logits, eager(model, images()), atol=1e-5, rtol=0
+        )
 
 
 @pytest.mark.slow

@@ -31,7 +31,11 @@ def test_digits_split_is_stratified_and_fixed():
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_builder_makes_every_architecture(arch):
     model = build_model(arch, "tiny")
-    assert model.config.model_type == {"vit-msn": "vit_msn", "deit-distilled": "deit", "dinov2-registers": "dinov2_with_registers"}.get(arch, arch)
+    assert model.config.model_type == {
+        "vit-msn": "vit_msn",
+        "deit-distilled": "deit",
+        "dinov2-registers": "dinov2_with_registers",
+    }.get(arch, arch)
     assert model(pixel_values=images()).logits.shape == (3, 10)
     assert surgery.get_host().anatomy(model.config.model_type)
 
@@ -46,7 +50,11 @@ def test_builder_rejects_unknown_names():
 def test_build_digits_model_trains_saves_and_reports(tmp_path):
     results = build_digits_model(tmp_path, arch="vit", size="tiny", epochs=8, progress=False)
     saved = json.loads((tmp_path / EVAL_FILE).read_text())
-    assert saved == results and saved["architecture"] == "vit" and "1149 train / 288 validation / 360 test" in saved["split"]
+    assert (
+        saved == results
+        and saved["architecture"] == "vit"
+        and "1149 train / 288 validation / 360 test" in saved["split"]
+    )
     assert saved["accuracy"] > 0.4  # chance is 0.1; the full default recipe reaches ~95%
     assert (tmp_path / "model.safetensors").exists()
     model = surgery.load(tmp_path)

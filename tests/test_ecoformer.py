@@ -95,8 +95,10 @@ def test_learning_fits_mu_and_anchors_from_the_batch_and_never_worsens_a_bit():
     # the greedy rule: each bit keeps the better binary code of its old and fitted rows, on the residual targets
     targets, features = similarity_targets(x, 4) * 6, kernel - ksh.mvec
     for bit in range(6):
-        codes = [torch.where(torch.einsum("bhnm,hm->bhn", features, row) > 0, 1.0, -1.0).double()
-                 for row in (start[:, bit], ksh.A[:, bit])]
+        codes = [
+            torch.where(torch.einsum("bhnm,hm->bhn", features, row) > 0, 1.0, -1.0).double()
+            for row in (start[:, bit], ksh.A[:, bit])
+        ]
         losses = [float(code_loss(y, targets, 6)) for y in codes]
         assert kept[bit] == pytest.approx(losses[1]) and losses[1] <= losses[0] + 1e-12
         targets = targets - codes[1].unsqueeze(-1) * codes[1].unsqueeze(-2)
@@ -117,10 +119,15 @@ def test_the_model_matches_the_float64_reference(arch):
     surgery.apply(model, [("ecoformer", SMALL)])
     names = [n for n, m in model.named_modules() if isinstance(m, EcoFormerAttention)]
     cores = [model.get_submodule(n) for n in names]
-    assert cores and not [k for k in model.state_dict() for n in names  # W_k is discarded
-                          if k.startswith(n + ".") and k.endswith(("key.weight", "k_proj.weight"))]
-    x = torch.randn(3, 65, cores[0].num_heads * cores[0].head_dim, dtype=torch.float64,
-                    generator=torch.Generator().manual_seed(6))
+    assert cores and not [
+        k
+        for k in model.state_dict()
+        for n in names  # W_k is discarded
+        if k.startswith(n + ".") and k.endswith(("key.weight", "k_proj.weight"))
+    ]
+    x = torch.randn(
+        3, 65, cores[0].num_heads * cores[0].head_dim, dtype=torch.float64, generator=torch.Generator().manual_seed(6)
+    )
     core = cores[0]
     assert any(torch.equal(core.projection("query").weight, w) for w in query.values())  # to_qk starts from W_q
     with torch.no_grad():
@@ -144,7 +151,9 @@ def test_default_layers_keep_the_last_stage_or_quarter_in_softmax():
     assert len(replaced(surgery.apply(tiny("vit", num_hidden_layers=8), ["ecoformer"]))) == 6
     assert len(replaced(surgery.apply(tiny("vit"), ["ecoformer"]))) == 1
     assert all(".layers.0." in n for n in replaced(surgery.apply(tiny("swin"), [("ecoformer", SMALL)])))
-    with pytest.raises(ConfigError, match=r"ecoformer: option 'anchors' got 25; allowed: at most the 16 tokens block 1"):
+    with pytest.raises(
+        ConfigError, match=r"ecoformer: option 'anchors' got 25; allowed: at most the 16 tokens block 1"
+    ):
         surgery.apply(tiny("swin"), [("ecoformer", {"layers": "all"})])
 
 
@@ -182,8 +191,9 @@ def test_recovery_relearns_the_hash_on_its_first_batch_when_asked(relearn):
     from surgery.recovery import recover
 
     teacher = tiny("vit")
-    student = surgery.apply(tiny("vit"), [("ecoformer", {**SMALL, "relearn_on_recover": relearn})],
-                            calibration=[images(4, seed=1)])
+    student = surgery.apply(
+        tiny("vit"), [("ecoformer", {**SMALL, "relearn_on_recover": relearn})], calibration=[images(4, seed=1)]
+    )
     core = next(m for m in student.modules() if isinstance(m, EcoFormerAttention))
     before = core.hash.anchor.clone()
     data = (torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(0)), torch.randint(0, 10, (16,)))
@@ -213,8 +223,9 @@ def test_the_closed_form_fit_is_autograd_and_torch_sgd_with_nesterov():
     start = torch.randn(3, 5, dtype=torch.float64, generator=g)
     row = start.clone().requires_grad_(True)
     code_loss(2 * torch.sigmoid(torch.einsum("bhnm,hm->bhn", kernel, row)) - 1, targets, 6).backward()
-    torch.testing.assert_close(relaxed_gradient(kernel, targets + targets.transpose(-1, -2), start, 6), row.grad,
-                               rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(
+        relaxed_gradient(kernel, targets + targets.transpose(-1, -2), start, 6), row.grad, rtol=1e-12, atol=1e-15
+    )
     ksh = KernelHash(3, 4, bits=6, anchors=5, lr=0.05, iterations=7, dtype=torch.float64)
     reference = start.clone().requires_grad_(True)
     optimizer = torch.optim.SGD([reference], lr=0.05, momentum=0.9, nesterov=True)
@@ -226,14 +237,21 @@ def test_the_closed_form_fit_is_autograd_and_torch_sgd_with_nesterov():
 
 
 def test_iterations_may_be_zero_but_not_negative_and_calibration_must_hold_a_batch():
-    with pytest.raises(ConfigError, match=r"ecoformer: option 'iterations' got -1; allowed: an integer in \[0, 10000\]"):
+    with pytest.raises(
+        ConfigError, match=r"ecoformer: option 'iterations' got -1; allowed: an integer in \[0, 10000\]"
+    ):
         surgery.apply(tiny("vit"), [("ecoformer", {"iterations": -1})])
     model = surgery.apply(tiny("vit"), [("ecoformer", {**SMALL, "iterations": 0})], calibration=[images(2)])
     assert all(bool(m.hash.learned) for m in model.modules() if isinstance(m, EcoFormerAttention))
     fresh = tiny("vit")
-    with pytest.raises(ConfigError, match=r"ecoformer: option 'calibration' got 'an empty iterable'; allowed: at least one batch of pixel_values"):
+    with pytest.raises(
+        ConfigError,
+        match=r"ecoformer: option 'calibration' got 'an empty iterable'; allowed: at least one batch of pixel_values",
+    ):
         surgery.apply(fresh, [("ecoformer", SMALL)], calibration=[])
-    assert surgery.history(fresh) == [] and not any(isinstance(m, EcoFormerAttention) for m in fresh.modules())  # atomic
+    assert surgery.history(fresh) == [] and not any(
+        isinstance(m, EcoFormerAttention) for m in fresh.modules()
+    )  # atomic
 
 
 def test_a_fused_qkv_projection_is_refused_with_the_reason():
@@ -248,18 +266,23 @@ def test_a_fused_qkv_projection_is_refused_with_the_reason():
 
     class Fused:  # the ViT's blocks as a layout with one qkv projection would describe them
         def blocks(self, model):
-            return [dataclasses.replace(b, attention=dataclasses.replace(b.attention, projections={"qkv": "query"}))
-                    for b in anatomy.blocks(model)]
+            return [
+                dataclasses.replace(b, attention=dataclasses.replace(b.attention, projections={"qkv": "query"}))
+                for b in anatomy.blocks(model)
+            ]
 
         def prefix_tokens_of(self, config):
             return 1
 
-    with pytest.raises(UnsupportedModelError, match=r"ecoformer: block 0 has a fused qkv projection; .* query and value ones separate"):
+    with pytest.raises(
+        UnsupportedModelError, match=r"ecoformer: block 0 has a fused qkv projection; .* query and value ones separate"
+    ):
         rewrite.apply(model, EcoFormerConfig(), Fused())
 
 
-@pytest.mark.parametrize("field, value", [("bits", 65), ("bits", 10**6), ("anchors", 1025), ("topk", 2000),
-                                          ("iterations", 10**9)])
+@pytest.mark.parametrize(
+    "field, value", [("bits", 65), ("bits", 10**6), ("anchors", 1025), ("topk", 2000), ("iterations", 10**9)]
+)
 def test_options_that_would_run_for_hours_are_refused(field, value):
     with pytest.raises(ConfigError, match=rf"ecoformer: option '{field}' got {value}; allowed: an integer in \["):
         surgery.apply(tiny("vit"), [("ecoformer", {field: value})])
@@ -300,8 +323,11 @@ def test_an_unlearned_hash_is_never_saved_and_never_loaded(tmp_path):
 
     with safe_open(str(tmp_path / "m" / "model.safetensors"), "pt") as handle:
         metadata = handle.metadata()
-    save_file({k: (torch.zeros_like(v) if k.endswith("hash.learned") else v) for k, v in weights.items()},
-              str(tmp_path / "m" / "model.safetensors"), metadata=metadata)
+    save_file(
+        {k: (torch.zeros_like(v) if k.endswith("hash.learned") else v) for k, v in weights.items()},
+        str(tmp_path / "m" / "model.safetensors"),
+        metadata=metadata,
+    )
     assert json.loads((tmp_path / "m" / "config.json").read_text())["quantization_config"]
     from transformers import AutoModelForImageClassification
 
@@ -318,7 +344,9 @@ def test_the_linear_attention_runs_in_float32_under_autocast():
 
     original = layers.hashed_attention
     try:
-        layers.hashed_attention = lambda codes, v, bias: seen.append((codes.dtype, v.dtype)) or original(codes, v, bias)
+        layers.hashed_attention = lambda codes, v, bias: (
+            seen.append((codes.dtype, v.dtype)) or original(codes, v, bias)
+        )
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
             out = model(pixel_values=x).logits
     finally:

@@ -26,7 +26,18 @@ def installed(tmp_path_factory):
     """``pip install`` the example into a private folder (no change to the environment)."""
     target = tmp_path_factory.mktemp("site")
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--target", str(target), str(EXAMPLE)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(EXAMPLE),
+        ],
         check=True,
     )
     return target
@@ -35,7 +46,12 @@ def installed(tmp_path_factory):
 @pytest.fixture
 def host(installed, monkeypatch):
     monkeypatch.syspath_prepend(str(installed))
-    eps = [ep for d in importlib.metadata.distributions(path=[str(installed)]) for ep in d.entry_points if ep.group == "surgery"]
+    eps = [
+        ep
+        for d in importlib.metadata.distributions(path=[str(installed)])
+        for ep in d.entry_points
+        if ep.group == "surgery"
+    ]
     previous = set_host(build_host(entry_points=eps))
     yield surgery.get_host()
     set_host(previous)
@@ -56,7 +72,10 @@ def test_surgery_list_shows_the_installed_plugin_and_its_package(installed):
     assert listed["drop_layers"]["model_types"] == ["vit", "deit"]
     assert listed["ggem"]["package"] == "vision-surgery"
     table = run_cli("list", pythonpath=installed).stdout
-    assert "drop_layers" in table and "from other packages than vision-surgery: drop_layers (surgery-drop-layers)" in table
+    assert (
+        "drop_layers" in table
+        and "from other packages than vision-surgery: drop_layers (surgery-drop-layers)" in table
+    )
 
 
 @pytest.mark.parametrize("arch", ["vit", "deit-distilled"])
@@ -77,7 +96,10 @@ def test_apply_save_reload_and_revert(host, tmp_path, arch):
 
 
 def test_options_are_validated(host):
-    with pytest.raises(ConfigError, match=r"drop_layers: option 'layers' got \[0, 1\]; allowed: indices below 2, keeping at least one block"):
+    with pytest.raises(
+        ConfigError,
+        match=r"drop_layers: option 'layers' got \[0, 1\]; allowed: indices below 2, keeping at least one block",
+    ):
         surgery.apply(tiny("vit"), [("drop_layers", {"layers": [0, 1]})])
     with pytest.raises(ConfigError, match=r"drop_layers: option 'layers' got \[\]; allowed: a non-empty list"):
         surgery.plan(tiny("vit"), ["drop_layers"])
@@ -87,7 +109,10 @@ def test_reload_without_the_plugin_names_the_package(host, tmp_path):
     surgery.apply(tiny("vit"), [("drop_layers", {"layers": [1]})]).save_pretrained(tmp_path)
     previous = set_host(build_host(entry_points=[]))  # as if the package were not installed
     try:
-        with pytest.raises(RecipeError, match=r"plugin 'drop_layers' 0.1.0 from package 'surgery-drop-layers', which is not installed: pip install surgery-drop-layers"):
+        with pytest.raises(
+            RecipeError,
+            match=r"plugin 'drop_layers' 0.1.0 from package 'surgery-drop-layers', which is not installed: pip install surgery-drop-layers",
+        ):
             surgery.load(tmp_path)
     finally:
         set_host(previous)
@@ -102,4 +127,7 @@ def test_the_search_tries_the_example_method_because_it_declares_a_space(host):
     assert "drop_layers+ggem" in space.combos and "drop_layers+token_merge" in space.combos
     candidate = space.candidate("drop_layers", {"drop_layers.layers": [0, 1]})
     assert candidate.needs_recovery and candidate.label == "drop_layers(layers=[0, 1])"
-    assert space.params(candidate) == {"recipe": "drop_layers", "drop_layers.layers": 1}  # by position: lists may be declared
+    assert space.params(candidate) == {
+        "recipe": "drop_layers",
+        "drop_layers.layers": 1,
+    }  # by position: lists may be declared

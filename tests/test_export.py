@@ -24,10 +24,19 @@ from conftest import images, takes, tiny, untie
 AGENT = ("agent_attention", {"agents": 4})
 TOME = ("token_merge", {"r": 8})
 W1A32 = ("bivit", {"activations": "full"})
-OPTIONS = {"token_merge": {"r": 8}, "agent_attention": {"agents": 4}, "token_transform": {"r": 8}, "token_prune": {"flops": 0.6}}
+OPTIONS = {
+    "token_merge": {"r": 8},
+    "agent_attention": {"agents": 4},
+    "token_transform": {"r": 8},
+    "token_prune": {"flops": 0.6},
+}
 # every installed plugin whose export is exact (the registry: a new one is tested here unedited; quantize's
 # int8 rounding is checked below, by class agreement), bivit's W1A32 too, and combinations
-SINGLE = {method.name: [(method.name, OPTIONS.get(method.name, {}))] for method in surgery.list_methods() if method.export_exact}
+SINGLE = {
+    method.name: [(method.name, OPTIONS.get(method.name, {}))]
+    for method in surgery.list_methods()
+    if method.export_exact
+}
 SINGLE["bivit-W1A32"] = [W1A32]
 FP32 = {
     **SINGLE,
@@ -62,9 +71,16 @@ def _case(name: str, arch: str, to: str):
     return pytest.param(name, arch, to, marks=pytest.mark.slow) if slow else (name, arch, to)
 
 
-CASES = [_case(name, arch, to) for arch in FIRST for name in FP32 for to in ("onnx", "openvino") if takes(arch, FP32[name])]
-CASES += [_case(name, arch, to) for arch in ("vit-msn", "swinv2", "dinov2", "beit", "data2vec-vision") for name in SINGLE
-          for to in ("onnx", "openvino") if takes(arch, FP32[name])]
+CASES = [
+    _case(name, arch, to) for arch in FIRST for name in FP32 for to in ("onnx", "openvino") if takes(arch, FP32[name])
+]
+CASES += [
+    _case(name, arch, to)
+    for arch in ("vit-msn", "swinv2", "dinov2", "beit", "data2vec-vision")
+    for name in SINGLE
+    for to in ("onnx", "openvino")
+    if takes(arch, FP32[name])
+]
 IDS = ["-".join(case.values if hasattr(case, "values") else case) for case in CASES]
 
 
@@ -123,14 +139,21 @@ def test_int8_exports_of_dinov2_with_registers_agree_with_pytorch(digits_dinov2,
     assert result.quantized and agreement >= 0.99, agreement
 
 
-@pytest.mark.parametrize("to, runtime", [("onnx", "optimum.onnxruntime.ORTModelForImageClassification"),
-                                         ("openvino", "optimum.intel.OVModelForImageClassification")])
+@pytest.mark.parametrize(
+    "to, runtime",
+    [
+        ("onnx", "optimum.onnxruntime.ORTModelForImageClassification"),
+        ("openvino", "optimum.intel.OVModelForImageClassification"),
+    ],
+)
 def test_exported_folders_load_in_optimum_without_surgery(to, runtime, tmp_path):
     import importlib.util
 
     if importlib.util.find_spec("optimum") is None or importlib.util.find_spec(runtime.rsplit(".", 1)[0]) is None:
-        pytest.skip(f"{runtime.rsplit('.', 1)[0]} is not installed in this set (optimum-onnx needs transformers < 4.58, "
-                    "optimum-intel 2.x < 5.6); the transformers 4.57 set runs this check")
+        pytest.skip(
+            f"{runtime.rsplit('.', 1)[0]} is not installed in this set (optimum-onnx needs transformers < 4.58, "
+            "optimum-intel 2.x < 5.6); the transformers 4.57 set runs this check"
+        )
     source = tmp_path / "model"
     surgery.apply(tiny("vit"), [TOME, "ggem"]).save_pretrained(source)
     image_processor(32).save_pretrained(source)
@@ -161,16 +184,36 @@ def test_export_cli(tmp_path, capsys, digits):
     assert "exported fp32 onnx" in capsys.readouterr().out
     assert main(["export", str(folder), "--to", "openvino", "--int8", "-o", str(tmp_path / "int8")]) == 2
     assert "quantize needs calibration data" in capsys.readouterr().err
-    assert main(["export", str(folder), "--to", "openvino", "--int8", "--calibration", "digits", "-o", str(tmp_path / "int8")]) == 0
+    assert (
+        main(
+            [
+                "export",
+                str(folder),
+                "--to",
+                "openvino",
+                "--int8",
+                "--calibration",
+                "digits",
+                "-o",
+                str(tmp_path / "int8"),
+            ]
+        )
+        == 0
+    )
     assert "exported int8 openvino" in capsys.readouterr().out
-    assert (tmp_path / "int8" / "openvino_model.xml").exists() and (tmp_path / "int8" / "preprocessor_config.json").exists()
+    assert (tmp_path / "int8" / "openvino_model.xml").exists() and (
+        tmp_path / "int8" / "preprocessor_config.json"
+    ).exists()
 
 
 def test_a_mismatch_beyond_tolerance_is_an_error(tmp_path, monkeypatch):
     import surgery.publish.export as exporting
 
     monkeypatch.setattr(exporting, "run_onnx", lambda path, pixels: np.zeros((pixels.shape[0], 10), dtype=np.float32))
-    with pytest.raises(ExportError, match=r"the onnx export differs from PyTorch by .* \(allowed 1e-04: 1e-04 times the largest logit, at least 1\)"):
+    with pytest.raises(
+        ExportError,
+        match=r"the onnx export differs from PyTorch by .* \(allowed 1e-04: 1e-04 times the largest logit, at least 1\)",
+    ):
         export(tiny("vit"), tmp_path, to="onnx")
 
 

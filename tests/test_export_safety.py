@@ -111,7 +111,10 @@ def test_an_export_the_runtime_cannot_run_is_an_export_error_and_saves_nothing(t
 
     monkeypatch.setattr(exporting, runner, refuses)
     model = surgery.apply(tiny("vit"), "token_merge")
-    with pytest.raises(ExportError, match=r"the .* export of ViTForImageClassification \(token_merge\) was written but "
-                                          r"does not run in .* on a batch of \d+: .*K \(63\) exceeds the axis dimension"):
+    with pytest.raises(
+        ExportError,
+        match=r"the .* export of ViTForImageClassification \(token_merge\) was written but "
+        r"does not run in .* on a batch of \d+: .*K \(63\) exceeds the axis dimension",
+    ):
         export(model, tmp_path / "out", to=to)
     assert not (tmp_path / "out").exists()

@@ -34,19 +34,27 @@ def test_torch_exporter_matches_pytorch(case, tmp_path):
     assert not any(m.training for m in model.modules())  # torch.onnx must not leave the model in training mode
     x = images(batch=5, seed=9)  # another batch size: the batch axis is dynamic
     with torch.no_grad():
-        np.testing.assert_allclose(run_onnx(result.path, x.numpy()), model(pixel_values=x).logits.numpy(), atol=1e-4, rtol=0)
+        np.testing.assert_allclose(
+            run_onnx(result.path, x.numpy()), model(pixel_values=x).logits.numpy(), atol=1e-4, rtol=0
+        )
 
 
 def test_torch_exporter_to_openvino_and_int8(tmp_path):
     model = surgery.apply(tiny("vit"), ["ggem"]).eval()
     assert export(model, tmp_path / "ov", to="openvino", exporter="torch").max_abs_diff <= 1e-3
-    assert json.loads((tmp_path / "ov" / REPORT).read_text())["path"] == \
-        "torch.onnx.export -> openvino.convert_model (from the ONNX graph)"
-    int8 = surgery.apply(tiny("vit"), [("quantize", {"calibration_batches": 2})], calibration=[images(4, seed=s) for s in range(2)])
+    assert (
+        json.loads((tmp_path / "ov" / REPORT).read_text())["path"]
+        == "torch.onnx.export -> openvino.convert_model (from the ONNX graph)"
+    )
+    int8 = surgery.apply(
+        tiny("vit"), [("quantize", {"calibration_batches": 2})], calibration=[images(4, seed=s) for s in range(2)]
+    )
     result = export(int8.eval(), tmp_path / "q", to="onnx", exporter="torch")
     assert result.quantized and json.loads((tmp_path / "q" / REPORT).read_text())["exporter"] == "torch"
     with torch.no_grad():  # int8 kernels round differently from the fake-quant simulation: same classes
-        assert (run_onnx(result.path, images().numpy()).argmax(-1) == int8(pixel_values=images()).logits.argmax(-1).numpy()).all()
+        assert (
+            run_onnx(result.path, images().numpy()).argmax(-1) == int8(pixel_values=images()).logits.argmax(-1).numpy()
+        ).all()
 
 
 def test_unknown_exporter_is_refused(tmp_path):
@@ -60,8 +68,11 @@ def test_the_optimum_exporter_on_a_type_it_has_no_config_for_says_to_use_torch(t
     if importlib.util.find_spec("optimum") is None or importlib.util.find_spec("optimum.exporters") is None:
         pytest.skip("optimum-onnx is not installed in this set")
     model = tiny("dinov2-registers")
-    with pytest.raises(ExportError, match=r"Optimum's ONNX exporter has no config for model type 'dinov2_with_registers'; "
-                                          r"use exporter='torch' \(or 'auto', which does\)"):
+    with pytest.raises(
+        ExportError,
+        match=r"Optimum's ONNX exporter has no config for model type 'dinov2_with_registers'; "
+        r"use exporter='torch' \(or 'auto', which does\)",
+    ):
         export(model, tmp_path / "out", exporter="optimum")
     result = export(model, tmp_path / "auto")  # auto: torch.onnx, as the report says
     assert json.loads((tmp_path / "auto" / REPORT).read_text())["exporter"] == "torch" and result.max_abs_diff < 1e-4

@@ -22,8 +22,13 @@ from surgery.toolkit.tokens import token_sizes
 from conftest import ARCHS, images, state_values, tiny
 
 ROOT = Path(__file__).resolve().parents[1]
-OPTIONS = {"quantize": {"activations": "none"}, "token_merge": {"r": 4}, "token_prune": {"r": 4},
-           "token_transform": {"r": 4}, "agent_attention": {"agents": 4}}
+OPTIONS = {
+    "quantize": {"activations": "none"},
+    "token_merge": {"r": 4},
+    "token_prune": {"r": 4},
+    "token_transform": {"r": 4},
+    "agent_attention": {"agents": 4},
+}
 PAIRS = [(m.name, arch) for m in surgery.list_methods() for arch in ARCHS]
 
 
@@ -59,8 +64,9 @@ def test_the_readme_table_is_the_generated_one():
     assert BEGIN in text and END in text, "README.md lacks the support table markers"
     table = text.split(BEGIN, 1)[1].split(END, 1)[0].strip()
     methods = [m for m in surgery.list_methods() if m.package == "vision-surgery"]
-    assert table == support_table(methods, list(surgery.get_host().anatomies.values())), \
+    assert table == support_table(methods, list(surgery.get_host().anatomies.values())), (
         "README.md's support table is stale: paste the output of `surgery families` between its markers"
+    )
 
 
 def test_anatomies_declare_only_known_traits_and_layouts_agree_with_them():
@@ -71,28 +77,53 @@ def test_anatomies_declare_only_known_traits_and_layouts_agree_with_them():
             assert ("windowed" in anatomy.traits) == (block.window_size is not None), anatomy.model_type
             assert ("layer_scale" in anatomy.traits) == (block.layer_scale1 is not None), anatomy.model_type
             assert ("post_norm" in anatomy.traits) == (block.residual == "post_norm"), anatomy.model_type
-    with pytest.raises(UnsupportedModelError, match=r"anatomy 'x': unknown trait\(s\) registerz; .*Did you mean 'registers'"):
+    with pytest.raises(
+        UnsupportedModelError, match=r"anatomy 'x': unknown trait\(s\) registerz; .*Did you mean 'registers'"
+    ):
         Anatomy("x", {}, 0, "cls", len, len, traits=frozenset({"registerz"}))
 
 
 # -- a family the built-ins do not cover, from a third-party plugin -----------------------------------
 IJEPA_457 = BlockLayout(  # the ViT block of transformers 4.57, as a plugin author writes it
-    norm1="layernorm_before", attention="attention.attention", projections={"query": "query", "key": "key", "value": "value"},
-    heads="num_attention_heads", head_dim="attention_head_size", dropout="dropout_prob",
-    output="attention.output.dense", output_dropout="attention.output.dropout", norm2="layernorm_after",
-    mlp_in="intermediate.dense", activation="intermediate.intermediate_act_fn", mlp_out="output.dense", mlp_dropout="output.dropout",
+    norm1="layernorm_before",
+    attention="attention.attention",
+    projections={"query": "query", "key": "key", "value": "value"},
+    heads="num_attention_heads",
+    head_dim="attention_head_size",
+    dropout="dropout_prob",
+    output="attention.output.dense",
+    output_dropout="attention.output.dropout",
+    norm2="layernorm_after",
+    mlp_in="intermediate.dense",
+    activation="intermediate.intermediate_act_fn",
+    mlp_out="output.dense",
+    mlp_dropout="output.dropout",
 )
 IJEPA_5 = BlockLayout(  # and of transformers >= 5.9
-    norm1="layernorm_before", attention="attention", projections={"query": "q_proj", "key": "k_proj", "value": "v_proj", "output": "o_proj"},
-    heads="num_attention_heads", head_dim="head_dim", dropout="attention_dropout", output_dropout="dropout",
-    norm2="layernorm_after", mlp_in="mlp.fc1", activation="mlp.activation_fn", mlp_out="mlp.fc2", mlp_dropout="dropout",
+    norm1="layernorm_before",
+    attention="attention",
+    projections={"query": "q_proj", "key": "k_proj", "value": "v_proj", "output": "o_proj"},
+    heads="num_attention_heads",
+    head_dim="head_dim",
+    dropout="attention_dropout",
+    output_dropout="dropout",
+    norm2="layernorm_after",
+    mlp_in="mlp.fc1",
+    activation="mlp.activation_fn",
+    mlp_out="mlp.fc2",
+    mlp_dropout="dropout",
     mask_argument="none",
 )
 
 
 def _roles(encoder: str, blocks: str, layout: BlockLayout) -> dict:
-    return {"encoder": (encoder,), **layout.roles(blocks), "final_norm": ("ijepa.layernorm",), "classifier": ("classifier",),
-            "patch_embed": ("ijepa.embeddings.patch_embeddings.projection",)}
+    return {
+        "encoder": (encoder,),
+        **layout.roles(blocks),
+        "final_norm": ("ijepa.layernorm",),
+        "classifier": ("classifier",),
+        "patch_embed": ("ijepa.embeddings.patch_embeddings.projection",),
+    }
 
 
 class IJepaPlugin:
@@ -100,17 +131,33 @@ class IJepaPlugin:
 
     @hookimpl
     def surgery_register_anatomies(self):
-        return [Anatomy(
-            "ijepa", _roles("ijepa.encoder", "ijepa.encoder.layer.*", IJEPA_457), prefix_tokens=0, readout="cls",
-            readout_heads=lambda c: c.num_attention_heads, readout_width=lambda c: c.hidden_size, block=IJEPA_457,
-            layouts=(Layout("transformers >= 5.9", _roles("ijepa", "ijepa.layers.*", IJEPA_5), IJEPA_5),),
-            traits=frozenset({"no_prefix", "mean_readout"}), family="I-JEPA")]
+        return [
+            Anatomy(
+                "ijepa",
+                _roles("ijepa.encoder", "ijepa.encoder.layer.*", IJEPA_457),
+                prefix_tokens=0,
+                readout="cls",
+                readout_heads=lambda c: c.num_attention_heads,
+                readout_width=lambda c: c.hidden_size,
+                block=IJEPA_457,
+                layouts=(Layout("transformers >= 5.9", _roles("ijepa", "ijepa.layers.*", IJEPA_5), IJEPA_5),),
+                traits=frozenset({"no_prefix", "mean_readout"}),
+                family="I-JEPA",
+            )
+        ]
 
 
 def _ijepa():
     torch.manual_seed(0)
-    config = IJepaConfig(image_size=32, patch_size=4, num_labels=10, hidden_size=32, num_hidden_layers=2,
-                         num_attention_heads=4, intermediate_size=64)
+    config = IJepaConfig(
+        image_size=32,
+        patch_size=4,
+        num_labels=10,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+    )
     return IJepaForImageClassification(config).eval()
 
 
@@ -123,8 +170,13 @@ def test_a_third_party_family_gets_the_builtin_methods_it_can_take(host_with, tm
         with pytest.raises(UnsupportedModelError, match=rf"{plugin} does not support model_type 'ijepa'"):
             surgery.plan(_ijepa(), [plugin])
     x = images()
-    for spec in [("quantize", {"activations": "none"}), ("token_merge", {"r": 4}), ("castling", {"init": "paper"}),
-                 ("agent_attention", {"agents": 4}), ("bivit", {})]:
+    for spec in [
+        ("quantize", {"activations": "none"}),
+        ("token_merge", {"r": 4}),
+        ("castling", {"init": "paper"}),
+        ("agent_attention", {"agents": 4}),
+        ("bivit", {}),
+    ]:
         model = _ijepa()
         with torch.no_grad():
             reference = model(pixel_values=x).logits
@@ -145,18 +197,26 @@ def test_a_third_party_family_gets_the_builtin_methods_it_can_take(host_with, tm
 def test_a_method_naming_an_unknown_trait_is_refused_when_defined():
     from surgery.errors import ConfigError
 
-    with pytest.raises(ConfigError, match=r"method 'x': refused_traits names unknown trait\(s\) windows; .*Did you mean 'windowed'"):
+    with pytest.raises(
+        ConfigError, match=r"method 'x': refused_traits names unknown trait\(s\) windows; .*Did you mean 'windowed'"
+    ):
         surgery.SurgeryMethod(name="x", summary="x", config_class=object, apply=len, refused_traits={"windows": "no"})
     surgery.SurgeryMethod(name="x", summary="x", config_class=object, apply=len)  # no auto options: any config class
     config = surgery.get_host().method("token_merge").config_class
-    with pytest.raises(ConfigError, match=r"method 'x': auto_options names 'unmerg', which is not an option of ToMeConfig "
-                                          r"whose default is None\..*Did you mean 'unmerge'"):
+    with pytest.raises(
+        ConfigError,
+        match=r"method 'x': auto_options names 'unmerg', which is not an option of ToMeConfig "
+        r"whose default is None\..*Did you mean 'unmerge'",
+    ):
         surgery.SurgeryMethod(name="x", summary="x", config_class=config, apply=len, auto_options={"unmerg": False})
-    with pytest.raises(ConfigError, match=r"auto_options names 'prop_attn', which is not an option of ToMeConfig whose"):
+    with pytest.raises(
+        ConfigError, match=r"auto_options names 'prop_attn', which is not an option of ToMeConfig whose"
+    ):
         surgery.SurgeryMethod(name="x", summary="x", config_class=config, apply=len, auto_options={"prop_attn": True})
 
 
 # -- BEiT / data2vec-vision: where the position bias lives ----------------------------------------
+
 
 @pytest.mark.parametrize("arch", ["beit", "data2vec-vision"])
 @pytest.mark.parametrize("plugin", ["agent_attention", "castling"])
@@ -179,8 +239,11 @@ def test_a_bias_shared_by_all_blocks_is_refused_by_the_methods_built_from_parts(
     model = tiny("beit", use_relative_position_bias=False, use_shared_relative_position_bias=True)
     before = state_values(model)
     for plugin in ("bivit", "agent_attention", "castling"):
-        with pytest.raises(UnsupportedModelError, match=r"BeitForImageClassification \(beit\): "
-                                                         r"use_shared_relative_position_bias=True .* not described by the parts"):
+        with pytest.raises(
+            UnsupportedModelError,
+            match=r"BeitForImageClassification \(beit\): "
+            r"use_shared_relative_position_bias=True .* not described by the parts",
+        ):
             surgery.apply(model, [plugin])
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     surgery.apply(model, [("quantize", {"activations": "none"}), "ggem"])  # linears and the pooler: no parts needed

@@ -43,9 +43,15 @@ def test_group_gem_matches_reference(groups, weighted):
     pool = GroupGeM(12, groups, p_init=3.0, eps=1e-6).double()
     with torch.no_grad():
         pool.p.copy_(torch.linspace(1.5, 4.0, groups, dtype=torch.float64))
-    weights = torch.tensor([[1, 2, 1, 3, 1, 1, 2], [1, 1, 1, 1, 5, 1, 1]], dtype=torch.float64)[..., None] if weighted else None
+    weights = (
+        torch.tensor([[1, 2, 1, 3, 1, 1, 2], [1, 1, 1, 1, 5, 1, 1]], dtype=torch.float64)[..., None]
+        if weighted
+        else None
+    )
     got = pool(x, weights).detach().numpy()
-    want = ggem_reference(x.numpy(), pool.p.detach().numpy(), 1e-6, None if weights is None else weights.numpy()[..., 0])
+    want = ggem_reference(
+        x.numpy(), pool.p.detach().numpy(), 1e-6, None if weights is None else weights.numpy()[..., 0]
+    )
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
 
 
@@ -103,7 +109,7 @@ def test_ggem_model_matches_reference(arch):
     if pooler_norm is not None:  # BEiT: the pooler's LayerNorm after GGeM, as after its mean
         norm = pooler_norm
         centred = pooled - pooled.mean(1, keepdims=True)
-        pooled = centred / np.sqrt((centred ** 2).mean(1, keepdims=True) + norm.eps)
+        pooled = centred / np.sqrt((centred**2).mean(1, keepdims=True) + norm.eps)
         pooled = pooled * norm.weight.detach().double().numpy() + norm.bias.detach().double().numpy()
     np.testing.assert_allclose(logits, _heads_reference(model, pooled), rtol=1e-4, atol=1e-5)
 

@@ -48,9 +48,13 @@ def test_digits_dataset_is_the_same_split_as_the_tensors():
 
 
 def test_unknown_split_names_the_ones_there(tmp_path):
-    with pytest.raises(SurgeryError, match="the built-in task 'digits' has the splits train, validation, test, not 'dev'"):
+    with pytest.raises(
+        SurgeryError, match="the built-in task 'digits' has the splits train, validation, test, not 'dev'"
+    ):
         digits_dataset("dev")
-    with pytest.raises(SurgeryError, match="the built-in task 'shapes' has the splits .*not 'tets'.*Did you mean 'test'"):
+    with pytest.raises(
+        SurgeryError, match="the built-in task 'shapes' has the splits .*not 'tets'.*Did you mean 'test'"
+    ):
         load_images("shapes", "tets")
     write_imagefolder(tmp_path)
     with pytest.raises(SurgeryError, match="Did you mean 'test'"):
@@ -114,7 +118,9 @@ def test_shipped_accuracy_metric_matches_sklearn_offline():
     rng = np.random.default_rng(0)
     predictions, references, weights = rng.integers(0, 4, 50), rng.integers(0, 4, 50), rng.random(50)
     metric = load_metric("accuracy")
-    assert metric.compute(predictions=predictions, references=references)["accuracy"] == pytest.approx(accuracy_score(references, predictions))
+    assert metric.compute(predictions=predictions, references=references)["accuracy"] == pytest.approx(
+        accuracy_score(references, predictions)
+    )
     weighted = metric.compute(predictions=predictions, references=references, sample_weight=weights)["accuracy"]
     assert weighted == pytest.approx(accuracy_score(references, predictions, sample_weight=weights))
     with pytest.raises(SurgeryError, match="Did you mean 'accuracy'"):

@@ -28,7 +28,9 @@ from conftest import cpu_metadata
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ROOTS = ("legacy", "tf5")
-CASES = sorted(f"{root}/{p.name}" for root in ROOTS for p in (FIXTURES / root).iterdir() if (p / "config.json").is_file())
+CASES = sorted(
+    f"{root}/{p.name}" for root in ROOTS for p in (FIXTURES / root).iterdir() if (p / "config.json").is_file()
+)
 
 
 @pytest.mark.parametrize("root", ROOTS)
@@ -38,8 +40,20 @@ def test_every_plugin_has_a_fixture(root):
     assert plugins == {"ggem", "token_merge", "agent_attention", "castling", "bivit", "quantize", "ecoformer"}
     assert len(cases) == 23
     families = {json.loads((FIXTURES / case / "config.json").read_text())["surgery_base_model_type"] for case in cases}
-    assert families == {"vit", "vit_msn", "deit", "swin", "swinv2", "dinov2", "dinov2_with_registers", "beit", "data2vec-vision"}
-    assert {_made(FIXTURES / case)["transformers"].split(".")[0] for case in cases} == {"4" if root == "legacy" else "5"}
+    assert families == {
+        "vit",
+        "vit_msn",
+        "deit",
+        "swin",
+        "swinv2",
+        "dinov2",
+        "dinov2_with_registers",
+        "beit",
+        "data2vec-vision",
+    }
+    assert {_made(FIXTURES / case)["transformers"].split(".")[0] for case in cases} == {
+        "4" if root == "legacy" else "5"
+    }
 
 
 def _made(folder: Path) -> dict[str, str]:
@@ -50,8 +64,11 @@ def _made(folder: Path) -> dict[str, str]:
 def _same_kernels(folder: Path) -> bool:
     """The same torch on the same CPU model and int8 flags: only then are the bits the same."""
     made, here = _made(folder), cpu_metadata()
-    return (made.get("cpu_capability") == torch.backends.cpu.get_cpu_capability() and made.get("torch") == torch.__version__
-            and all(made.get(key) == value for key, value in here.items()))
+    return (
+        made.get("cpu_capability") == torch.backends.cpu.get_cpu_capability()
+        and made.get("torch") == torch.__version__
+        and all(made.get(key) == value for key, value in here.items())
+    )
 
 
 def _recipe(case: str) -> list[dict]:
@@ -65,15 +82,20 @@ def _changed_since(case: str) -> bool:
     from packaging.version import Version
 
     methods = surgery.get_host().methods
-    return any(Version(step["plugin_version"]) < Version(version) for step in _recipe(case)
-               for version in methods[step["plugin"]].changes)
+    return any(
+        Version(step["plugin_version"]) < Version(version)
+        for step in _recipe(case)
+        for version in methods[step["plugin"]].changes
+    )
 
 
 @pytest.mark.parametrize("loader", ["surgery.load", "from_pretrained"])
 @pytest.mark.parametrize("case", CASES)
 def test_fixture_reloads_exactly(case, loader, tmp_path):
     folder = FIXTURES / case
-    model = surgery.load(folder) if loader == "surgery.load" else AutoModelForImageClassification.from_pretrained(folder)
+    model = (
+        surgery.load(folder) if loader == "surgery.load" else AutoModelForImageClassification.from_pretrained(folder)
+    )
     model.eval()
     expected = load_file(str(folder / "expected.safetensors"))
     engines = [m for m in model.modules() if hasattr(m, "int8_engine")]
@@ -98,7 +120,10 @@ def test_fixture_reloads_exactly(case, loader, tmp_path):
     assert [s["targets"] for s in read_steps(model.config)] == [s["targets"] for s in _recipe(case)]
     # saving again writes the same tensors the old code wrote (the guarded one with its leading 1 where it predates the guard)
     surgery.save(model, tmp_path / "again")
-    before, after = load_file(str(folder / "model.safetensors")), load_file(str(tmp_path / "again" / "model.safetensors"))
+    before, after = (
+        load_file(str(folder / "model.safetensors")),
+        load_file(str(tmp_path / "again" / "model.safetensors")),
+    )
     assert sorted(before) == sorted(after)
     guarded = weights_metadata(tmp_path / "again" / "model.safetensors").get(GUARD_KEY)
     assert guarded in before
@@ -120,14 +145,20 @@ def test_a_step_saved_before_its_plugin_changed_its_computation_says_what_change
     host = surgery.get_host()
     warned = 0
     for case in CASES:
-        expected = sorted(f"{step['plugin']} {version} changed what it computes" for step in _recipe(case)
-                          for version in host.methods[step["plugin"]].changes
-                          if Version(step["plugin_version"]) < Version(version) <= Version(host.methods[step["plugin"]].version))
+        expected = sorted(
+            f"{step['plugin']} {version} changed what it computes"
+            for step in _recipe(case)
+            for version in host.methods[step["plugin"]].changes
+            if Version(step["plugin_version"]) < Version(version) <= Version(host.methods[step["plugin"]].version)
+        )
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             surgery.load(FIXTURES / case)
-        got = sorted(str(w.message).split("; ", 1)[1].split(":", 1)[0] for w in caught
-                     if issubclass(w.category, ComputationChangedWarning))
+        got = sorted(
+            str(w.message).split("; ", 1)[1].split(":", 1)[0]
+            for w in caught
+            if issubclass(w.category, ComputationChangedWarning)
+        )
         assert got == expected, case
         warned += bool(got)
     assert warned >= 4  # bivit and castling fixtures in both roots

@@ -32,7 +32,9 @@ def saved(tmp_path):
 
 def index_to(folder, shard):
     keys = list(surgery.load(folder).state_dict())
-    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": {k: shard for k in keys}}))
+    (folder / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": {k: shard for k in keys}})
+    )
 
 
 def test_an_index_that_names_a_pickle_is_refused_and_the_pickle_never_opened(saved, tmp_path):
@@ -41,7 +43,9 @@ def test_an_index_that_names_a_pickle_is_refused_and_the_pickle_never_opened(sav
         pickle.dump(Touch(touched), handle)
     index_to(saved, "pytorch_model.bin")
     os.remove(saved / "model.safetensors")
-    with pytest.raises(RecipeError, match=r"names the weights file 'pytorch_model.bin'; surgery loads only .safetensors"):
+    with pytest.raises(
+        RecipeError, match=r"names the weights file 'pytorch_model.bin'; surgery loads only .safetensors"
+    ):
         surgery.load(saved)
     assert not touched.exists()
 

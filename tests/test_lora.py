@@ -21,10 +21,17 @@ from surgery.recovery.lora import canonical, finish, fully_trained, target_modul
 from surgery.recovery.schedule import new_parameter_names
 from surgery.toolkit.adapters import is_latent, is_peft_model
 
-OPTIONS = {"token_merge": {"r": 2}, "token_transform": {"r": 2}, "token_prune": {"r": 2}, "agent_attention": {"agents": 4}}
+OPTIONS = {
+    "token_merge": {"r": 2},
+    "token_transform": {"r": 2},
+    "token_prune": {"r": 2},
+    "agent_attention": {"agents": 4},
+}
 # every installed plugin (the registry: a new one is tested here unedited), plus variants
 PLUGINS = {method.name: [(method.name, OPTIONS.get(method.name, {}))] for method in surgery.list_methods()}
-PLUGINS.update({"bivit-w1a32": [("bivit", {"activations": "full"})], "quantize-weights": [("quantize", {"activations": "none"})]})
+PLUGINS.update(
+    {"bivit-w1a32": [("bivit", {"activations": "full"})], "quantize-weights": [("quantize", {"activations": "none"})]}
+)
 
 
 def rewritten(name: str, arch: str = "vit"):
@@ -42,8 +49,11 @@ def logits(model, x):
 
 def expected_adapter_size(model, r: int, targets=("attention",)) -> int:
     anatomy = surgery.get_host().anatomy(model.config.model_type)
-    return sum(r * (m.in_features + m.out_features) for n in target_modules(model, anatomy, targets)
-               for m in [model.get_submodule(n)])
+    return sum(
+        r * (m.in_features + m.out_features)
+        for n in target_modules(model, anatomy, targets)
+        for m in [model.get_submodule(n)]
+    )
 
 
 @pytest.mark.parametrize("merge", [True, False], ids=["merged", "adapter"])
@@ -54,9 +64,19 @@ def test_lora_recovery_trains_the_adapters_and_new_parameters_and_reloads_exactl
     new = set(new_parameter_names(student, teacher))
     new |= fully_trained(student, surgery.get_host().anatomy("vit"), LoraOptions())  # the head and the norms
     adapter_size = expected_adapter_size(student, 4)
-    result = recover(student, teacher, noisy_data(16), epochs=1, batch_size=8, lr=1e-2, progress=False,
-                     lora={"r": 4, "alpha": 8, "merge": merge})
-    assert result.lora["adapter_parameters"] == adapter_size and result.lora["outcome"] == ("merged" if merge else "adapter")
+    result = recover(
+        student,
+        teacher,
+        noisy_data(16),
+        epochs=1,
+        batch_size=8,
+        lr=1e-2,
+        progress=False,
+        lora={"r": 4, "alpha": 8, "merge": merge},
+    )
+    assert result.lora["adapter_parameters"] == adapter_size and result.lora["outcome"] == (
+        "merged" if merge else "adapter"
+    )
     assert result.trainable_parameters == adapter_size + sum(before[n].numel() for n in new)
     assert result.parameters == sum(p.numel() for p in before.values())
     trained = result.adapter if not merge else student
@@ -121,23 +141,41 @@ def test_a_merge_gives_the_model_that_was_trained(name):
 def test_targets_come_from_the_anatomy(arch):
     model = tiny(arch)
     anatomy = surgery.get_host().anatomy(model.config.model_type)
-    attention = [n for role in ROLE_GROUPS["attention_linears"] if role in anatomy.layout_of(model).roles
-                 for n, _ in anatomy.find(model, role)]
+    attention = [
+        n
+        for role in ROLE_GROUPS["attention_linears"]
+        if role in anatomy.layout_of(model).roles
+        for n, _ in anatomy.find(model, role)
+    ]
     mlp = [n for role in ("mlp_in", "mlp_out") for n, _ in anatomy.find(model, role)]
     blocks = len(anatomy.blocks(model))
     assert sorted(target_modules(model, anatomy, ("attention",))) == sorted(attention) and len(attention) == 4 * blocks
     assert sorted(target_modules(model, anatomy, ("attention", "mlp"))) == sorted(attention + mlp)
     if "query" in anatomy.layout_of(model).roles:
         query_value = [n for role in ("query", "value") for n, _ in anatomy.find(model, role)]
-        assert sorted(target_modules(model, anatomy, ("query", "value"))) == sorted(query_value) and len(query_value) == 2 * blocks
-    result = recover(model, None, noisy_data(8), epochs=1, batch_size=8, distill_weight=0, progress=False, lora={"r": 2})
+        assert (
+            sorted(target_modules(model, anatomy, ("query", "value"))) == sorted(query_value)
+            and len(query_value) == 2 * blocks
+        )
+    result = recover(
+        model, None, noisy_data(8), epochs=1, batch_size=8, distill_weight=0, progress=False, lora={"r": 2}
+    )
     assert result.lora["modules"] == 4 * blocks
 
 
-@pytest.mark.parametrize("lora,field", [
-    ({"r": 0}, "'r'"), ({"alpha": -1}, "'alpha'"), ({"dropout": 1.0}, "'dropout'"), ({"targets": ["atention"]}, "'targets'"),
-    ({"targets": []}, "'targets'"), ({"train": ["head"]}, "'train'"), ({"rank": 8}, "unknown option 'rank'"), ("r=8,alpha", "not key=value"),
-])
+@pytest.mark.parametrize(
+    "lora,field",
+    [
+        ({"r": 0}, "'r'"),
+        ({"alpha": -1}, "'alpha'"),
+        ({"dropout": 1.0}, "'dropout'"),
+        ({"targets": ["atention"]}, "'targets'"),
+        ({"targets": []}, "'targets'"),
+        ({"train": ["head"]}, "'train'"),
+        ({"rank": 8}, "unknown option 'rank'"),
+        ("r=8,alpha", "not key=value"),
+    ],
+)
 def test_bad_lora_options_name_the_field(lora, field):
     model, teacher = rewritten("ggem")
     with pytest.raises(ConfigError, match=field) as error:
@@ -150,7 +188,9 @@ def test_bad_lora_options_name_the_field(lora, field):
 
 def test_command_line_form_parses():
     options = LoraOptions.parse("r=4,alpha=8,targets=attention+mlp,merge=false,dropout=0.1,train=classifier")
-    assert options == LoraOptions(r=4, alpha=8.0, dropout=0.1, targets=("attention", "mlp"), merge=False, train=("classifier",))
+    assert options == LoraOptions(
+        r=4, alpha=8.0, dropout=0.1, targets=("attention", "mlp"), merge=False, train=("classifier",)
+    )
     assert LoraOptions.parse("train=").train == ()
     assert LoraOptions.parse(True) == LoraOptions() and LoraOptions.parse(None) is None
 
@@ -159,7 +199,9 @@ def test_dropout_cannot_be_merged_into_binary_layers():
     model, teacher = rewritten("bivit")
     with pytest.raises(ConfigError, match="dropout.*0 when merging into binary/int8"):
         recover(model, teacher, noisy_data(8), epochs=1, progress=False, lora={"dropout": 0.1})
-    recover(model, teacher, noisy_data(8), epochs=1, batch_size=8, progress=False, lora={"dropout": 0.1, "merge": False})
+    recover(
+        model, teacher, noisy_data(8), epochs=1, batch_size=8, progress=False, lora={"dropout": 0.1, "merge": False}
+    )
 
 
 def test_a_model_wrapped_by_the_user_is_seen_through():
@@ -189,7 +231,9 @@ def test_resume_with_adapters_continues_like_an_uninterrupted_run(tmp_path):
     start = copy.deepcopy(model)
     options = dict(epochs=3, batch_size=8, lr=1e-2, progress=False, keep_checkpoints=3, lora={"r": 4, "merge": False})
     full = recover(model, teacher, noisy_data(), checkpoint_dir=tmp_path / "a", **options)
-    resumed = recover(start, teacher, noisy_data(), resume=tmp_path / "a" / "epoch-1", checkpoint_dir=tmp_path / "b", **options)
+    resumed = recover(
+        start, teacher, noisy_data(), resume=tmp_path / "a" / "epoch-1", checkpoint_dir=tmp_path / "b", **options
+    )
     assert [r["epoch"] for r in resumed.history] == [2, 3]
     for (name, a), b in zip(full.adapter.named_parameters(), resumed.adapter.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
@@ -202,7 +246,9 @@ def test_a_failed_lora_run_leaves_no_adapter_behind():
     are as they were, the weights under the adapters untouched (what trained fully keeps what it
     learned, as without LoRA)."""
     model, teacher = rewritten("ggem")
-    new = set(new_parameter_names(model, teacher)) | fully_trained(model, surgery.get_host().anatomy("vit"), LoraOptions())
+    new = set(new_parameter_names(model, teacher)) | fully_trained(
+        model, surgery.get_host().anatomy("vit"), LoraOptions()
+    )
     before = {n: (p.detach().clone(), p.requires_grad) for n, p in model.named_parameters()}
     modules = [(n, type(m)) for n, m in model.named_modules()]
 
@@ -216,8 +262,14 @@ def test_a_failed_lora_run_leaves_no_adapter_behind():
             return {"pixel_values": images(1, seed=index)[0], "labels": torch.tensor(index)}
 
     with pytest.raises(RuntimeError, match="disk gone"):
-        recover(model, teacher, torch.utils.data.DataLoader(Failing(), batch_size=4), epochs=1, progress=False,
-                lora={"r": 2})
+        recover(
+            model,
+            teacher,
+            torch.utils.data.DataLoader(Failing(), batch_size=4),
+            epochs=1,
+            progress=False,
+            lora={"r": 2},
+        )
     after = dict(model.named_parameters())
     assert [(n, type(m)) for n, m in model.named_modules()] == modules and sorted(after) == sorted(before)
     for n, (value, flag) in before.items():

@@ -64,7 +64,12 @@ def site(tmp_path, monkeypatch):
 
 
 def entry_points(site):
-    return [ep for dist in importlib.metadata.distributions(path=[str(site)]) for ep in dist.entry_points if ep.group == "surgery"]
+    return [
+        ep
+        for dist in importlib.metadata.distributions(path=[str(site)])
+        for ep in dist.entry_points
+        if ep.group == "surgery"
+    ]
 
 
 def test_builtins_are_registered_like_plugins():
@@ -102,7 +107,9 @@ def test_unknown_name_mentions_a_plugin_that_failed_to_load(site):
 
     fake_distribution(site, "surgery-fails-import", "fails_import_plugin", BROKEN["fails-import"][0])
     host = build_host(entry_points=entry_points(site))
-    with pytest.raises(UnknownPluginError, match=r"installed but failed to load: import failed: RuntimeError: missing CUDA"):
+    with pytest.raises(
+        UnknownPluginError, match=r"installed but failed to load: import failed: RuntimeError: missing CUDA"
+    ):
         host.method("fails_import_plugin")
 
 
@@ -119,9 +126,24 @@ def test_a_builtin_that_fails_to_import_is_an_error(monkeypatch):
 def test_builtins_are_found_in_the_plugins_package_once():
     from pathlib import Path
 
-    folders = {p.name for p in (Path(__file__).resolve().parents[1] / "plugins").iterdir() if (p / "__init__.py").is_file()}
-    assert set(BUILTIN_PLUGINS) == folders == {"agent_attention", "bivit", "castling", "ecoformer", "ggem", "quantize", "token_merge",
-                                                  "token_prune", "token_transform"}
+    folders = {
+        p.name for p in (Path(__file__).resolve().parents[1] / "plugins").iterdir() if (p / "__init__.py").is_file()
+    }
+    assert (
+        set(BUILTIN_PLUGINS)
+        == folders
+        == {
+            "agent_attention",
+            "bivit",
+            "castling",
+            "ecoformer",
+            "ggem",
+            "quantize",
+            "token_merge",
+            "token_prune",
+            "token_transform",
+        }
+    )
 
 
 def test_define_method_derives_name_version_card_and_revert():
@@ -132,7 +154,9 @@ def test_define_method_derives_name_version_card_and_revert():
     assert (method.name, method.version, method.revert) == ("ggem", surgery.__version__, undo)
     method = surgery.get_host().method("castling")  # version= given: its computation changed since 0.1.0
     assert (method.name, method.version, method.revert) == ("castling", "0.1.1", undo)
-    assert method.card_template.endswith("plugins/castling/card.md.j2") or method.card_template.endswith("castling/card.md.j2")
+    assert method.card_template.endswith("plugins/castling/card.md.j2") or method.card_template.endswith(
+        "castling/card.md.j2"
+    )
     assert surgery.get_host().provider("int8").name == "quantize"
     assert not surgery.get_host().method("quantize").export_exact and surgery.get_host().method("ggem").export_exact
 
@@ -149,5 +173,8 @@ def test_a_builtin_with_an_unknown_hook_is_an_error(monkeypatch):
     module.surgery_register_method = surgery.hookimpl(lambda: [])
     monkeypatch.setitem(sys.modules, module.__name__, module)
     monkeypatch.setitem(host_module.BUILTIN_PLUGINS, "typo", module.__name__)
-    with pytest.raises(SurgeryError, match=r"built-in plugin 'typo' implements unknown hook\(s\) surgery_register_method\..*Did you mean 'surgery_register_methods'"):
+    with pytest.raises(
+        SurgeryError,
+        match=r"built-in plugin 'typo' implements unknown hook\(s\) surgery_register_method\..*Did you mean 'surgery_register_methods'",
+    ):
         build_host(entry_points=[])

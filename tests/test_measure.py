@@ -35,7 +35,10 @@ def test_bench_and_eval_record_figures_for_the_card(digits, tmp_path, capsys):
     assert figures["gflops"] > 0 and figures["latency_ms"] > 0 and figures["parameters"] > 0
     assert figures["accuracy"] == pytest.approx(accuracy(surgery.load(out), pixels, labels))
     assert "accuracy" in capsys.readouterr().out
-    assert main(["bench", str(out), "--repeats", "1"]) == 0 and main(["eval", str(out), "--data", "digits", "--json"]) == 0
+    assert (
+        main(["bench", str(out), "--repeats", "1"]) == 0
+        and main(["eval", str(out), "--data", "digits", "--json"]) == 0
+    )
     stdout = capsys.readouterr().out  # two JSON documents and nothing else: bench's, then eval's
     bench, end = json.JSONDecoder().raw_decode(stdout)
     assert bench["parameters"] == figures["parameters"]

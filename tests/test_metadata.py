@@ -43,10 +43,13 @@ def _named(extras: tuple[str, ...]) -> set[str]:
     return {canonical(NAME.match(r).group(1)) for r in requirements if not r.startswith(f"{PROJECT['name']}[")}
 
 
-@pytest.mark.parametrize(("constraints", "extras", "transformers"), [
-    ("tf4.57-optimum.txt", ("onnx", "openvino", "test", "optimum-tf457"), "4.57.6"),
-    ("latest.txt", ("onnx", "openvino", "test"), "5."),
-])
+@pytest.mark.parametrize(
+    ("constraints", "extras", "transformers"),
+    [
+        ("tf4.57-optimum.txt", ("onnx", "openvino", "test", "optimum-tf457"), "4.57.6"),
+        ("latest.txt", ("onnx", "openvino", "test"), "5."),
+    ],
+)
 def test_the_constraints_pin_everything_the_metadata_names(constraints, extras, transformers):
     pinned = _pins(constraints)
     named = _named(extras)
@@ -76,9 +79,25 @@ def test_installing_into_the_tested_environment_changes_nothing_but_surgery():
     assert {"onnx", "openvino", "export"} <= set(chosen)
     extras = ",".join(chosen)
     result = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--dry-run", "--no-index", "--no-build-isolation", "--quiet",
-         "--report", "-", "-e", f"{REPO}[{extras}]"], capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--dry-run",
+            "--no-index",
+            "--no-build-isolation",
+            "--quiet",
+            "--report",
+            "-",
+            "-e",
+            f"{REPO}[{extras}]",
+        ],
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    installs = [(item["metadata"]["name"], item["metadata"]["version"]) for item in json.loads(result.stdout)["install"]]
+    installs = [
+        (item["metadata"]["name"], item["metadata"]["version"]) for item in json.loads(result.stdout)["install"]
+    ]
     assert [name for name, _ in installs] == ["vision-surgery"], installs

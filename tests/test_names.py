@@ -102,8 +102,11 @@ def test_a_role_the_other_layout_lacks_is_an_error():
     one = Layout("one", {"block": ("m.a.*",), "mlp_in": ("m.a.*.y",)})
     two = Layout("two", {"block": ("m.b.*",)})
     anatomy = Anatomy("toy", one.roles, 0, "cls", lambda c: 1, lambda c: 1, layouts=(two,), name="one")
-    with pytest.raises(UnsupportedModelError, match=r"'m.a.0.y.weight' \(mlp_in in the toy layout 'one'\) has no counterpart "
-                                                   r"in the layout 'two'"):
+    with pytest.raises(
+        UnsupportedModelError,
+        match=r"'m.a.0.y.weight' \(mlp_in in the toy layout 'one'\) has no counterpart "
+        r"in the layout 'two'",
+    ):
         Renamer(anatomy, anatomy.all_layouts()[0], two).name("m.a.0.y.weight")
 
 
@@ -121,5 +124,7 @@ def test_pickled_weights_of_a_surgery_checkpoint_are_refused_where_the_files_are
     weights.unlink()
     if Version(transformers.__version__) < Version("5"):
         pytest.skip("transformers 4.57 does not hand the quantizer the checkpoint files")
-    with pytest.raises(surgery.RecipeError, match=r"a surgery checkpoint loads from safetensors only, not pytorch_model.bin"):
+    with pytest.raises(
+        surgery.RecipeError, match=r"a surgery checkpoint loads from safetensors only, not pytorch_model.bin"
+    ):
         AutoModelForImageClassification.from_pretrained(tmp_path / "m")

@@ -55,16 +55,23 @@ def test_optimums_export_true_gives_the_logits_or_refuses(tmp_path, runtime):
     import torch
 
     torch.save(images(3), tmp_path / "pixels.pt")
-    done = subprocess.run([sys.executable, "-c", DOOR, runtime, str(tmp_path / "pixels.pt"), *map(str, folders.values())],
-                          capture_output=True, text=True, timeout=900, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin",
-                                                                            "HOME": str(tmp_path)})
+    done = subprocess.run(
+        [sys.executable, "-c", DOOR, runtime, str(tmp_path / "pixels.pt"), *map(str, folders.values())],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     outcomes = json.loads(done.stdout.strip().splitlines()[-1])
     for name, folder in folders.items():
         outcome, method = outcomes[str(folder)], host.method(name)
         refusal = method.export_refusal(runtime, surgery.history(surgery.load(folder))[0].options)
         if refusal:  # what surgery.export refuses, this door refuses too, with the reason
-            assert "error" in outcome and f"{name}: openvino's own PyTorch frontend" in outcome["error"], (name, outcome)
+            assert "error" in outcome and f"{name}: openvino's own PyTorch frontend" in outcome["error"], (
+                name,
+                outcome,
+            )
             continue
         if runtime == "openvino" and method.openvino_graph is not None and "error" in outcome:
             # a method that rewrites surgery's own OpenVINO graph (bivit's W1A1 as BinaryConvolution) may refuse

@@ -16,8 +16,12 @@ from surgery.cli import main
 from surgery.errors import ConfigError, SurgeryError
 
 NON_FINITE = [
-    ("ggem", "eps"), ("ggem", "p_init"), ("castling", "aux_weight"), ("castling", "aux_penalty"),
-    ("castling", "sparse_threshold"), ("castling", "aux_decay"),
+    ("ggem", "eps"),
+    ("ggem", "p_init"),
+    ("castling", "aux_weight"),
+    ("castling", "aux_penalty"),
+    ("castling", "sparse_threshold"),
+    ("castling", "aux_decay"),
 ]
 
 
@@ -43,14 +47,21 @@ def test_saved_recipes_are_strict_json(tmp_path):
     json.loads((tmp_path / "config.json").read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON {c}"))
 
 
-@pytest.mark.parametrize("arch,spec,message", [
-    ("vit", ("castling", {"kernel_size": 10001}), r"an odd integer up to 127 \(block 0 convolves a sequence of 64"),
-    ("swin", ("castling", {"kernel_size": 33}), r"an odd integer up to 31 \(block 0 convolves a sequence of 16"),
-    ("vit", ("castling", {"layers": [0, 0]}), r"distinct block indices from 0 to 1, each once"),
-    ("vit", ("agent_attention", {"layers": [1, 1]}), r"distinct block indices from 0 to 1, each once"),
-    ("vit", ("agent_attention", {"agents": 10000}), r"at most the 64 patches of block 0's 8x8 grid"),
-    ("swin", ("agent_attention", {"agents": 100}), r"at most the 64 patches of block 0's 8x8 grid"),
-])
+@pytest.mark.parametrize(
+    "arch,spec,message",
+    [
+        (
+            "vit",
+            ("castling", {"kernel_size": 10001}),
+            r"an odd integer up to 127 \(block 0 convolves a sequence of 64",
+        ),
+        ("swin", ("castling", {"kernel_size": 33}), r"an odd integer up to 31 \(block 0 convolves a sequence of 16"),
+        ("vit", ("castling", {"layers": [0, 0]}), r"distinct block indices from 0 to 1, each once"),
+        ("vit", ("agent_attention", {"layers": [1, 1]}), r"distinct block indices from 0 to 1, each once"),
+        ("vit", ("agent_attention", {"agents": 10000}), r"at most the 64 patches of block 0's 8x8 grid"),
+        ("swin", ("agent_attention", {"agents": 100}), r"at most the 64 patches of block 0's 8x8 grid"),
+    ],
+)
 def test_sizes_beyond_the_model_are_refused_before_anything_changes(arch, spec, message):
     model = tiny(arch)
     before = copy.deepcopy(model.state_dict())
@@ -85,8 +96,11 @@ def test_castling_recovery_refuses_zero_prefix_tokens_with_the_reason():
     teacher = tiny("deit-distilled", num_labels=10)  # freshly initialised: zero cls and distillation tokens
     student = surgery.apply(copy.deepcopy(teacher), ["castling"])
     data = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
-    with pytest.raises(SurgeryError, match=r"castling: deit.embeddings.cls_token, deit.embeddings.distillation_token are "
-                                           r"all zero \(an untrained model\)"):
+    with pytest.raises(
+        SurgeryError,
+        match=r"castling: deit.embeddings.cls_token, deit.embeddings.distillation_token are "
+        r"all zero \(an untrained model\)",
+    ):
         surgery.recover(student, teacher, data, epochs=1, batch_size=8, progress=False)
 
 

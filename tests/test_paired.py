@@ -12,7 +12,7 @@ from surgery.evaluation.paired import Curve, bootstrap_difference, compare_at, c
 def exact_two_sided(only_a: int, only_b: int) -> float:
     """The binomial tail, summed by hand in exact integers."""
     n, k = only_a + only_b, min(only_a, only_b)
-    return min(1.0, 2 * sum(comb(n, i) for i in range(k + 1)) / 2 ** n)
+    return min(1.0, 2 * sum(comb(n, i) for i in range(k + 1)) / 2**n)
 
 
 def pairs(only_a: int, only_b: int, both: int = 50, neither: int = 7):

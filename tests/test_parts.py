@@ -20,6 +20,7 @@ from surgery.core.claims import describe
 from surgery.core.parts import block_parts
 from surgery.errors import UnsupportedModelError
 
+
 def composed(parts, hidden, bias=None):
     """The block rebuilt from its parts alone: attention (softmax, from the projections, plus ``bias``),
     residual, MLP."""
@@ -75,9 +76,11 @@ def test_swin_parts_give_the_windowed_core_with_its_position_bias():
     with torch.no_grad():
         expected = parts.attention.core(windows)[0]
         q, k, v = parts.attention.qkv(windows)
-        scores = q @ k.transpose(-1, -2) / parts.attention.head_dim ** 0.5 + parts.attention.position_bias()
+        scores = q @ k.transpose(-1, -2) / parts.attention.head_dim**0.5 + parts.attention.position_bias()
         ours = parts.attention.host_output((scores.softmax(-1) @ v).transpose(1, 2).reshape(8, 16, parts.width))
-    torch.testing.assert_close(ours[0], expected, rtol=0, atol=1e-12)  # with the core's own output projection, where it owns one
+    torch.testing.assert_close(
+        ours[0], expected, rtol=0, atol=1e-12
+    )  # with the core's own output projection, where it owns one
 
 
 def test_parts_resolve_replaced_modules_when_used():
@@ -93,13 +96,31 @@ def test_the_layout_is_chosen_from_the_model():
     model = tiny("vit")
     real = base.layout_of(model)  # the built-in layout that matches this transformers' ViT
     renamed = {role: tuple(p.replace("vit.", "vision.") for p in patterns) for role, patterns in real.roles.items()}
-    two = Anatomy("vit", renamed, 1, "cls", base.readout_heads, base.readout_width, name="5.9-like",
-                  layouts=(Layout(real.name, real.roles, real.block),))
+    two = Anatomy(
+        "vit",
+        renamed,
+        1,
+        "cls",
+        base.readout_heads,
+        base.readout_width,
+        name="5.9-like",
+        layouts=(Layout(real.name, real.roles, real.block),),
+    )
     assert two.layout_of(model).name == real.name
     assert len(two.blocks(model)) == 2
-    with pytest.raises(UnsupportedModelError, match=r"has no module for role 'pooler' \(looked for nowhere in the layouts '5.9-like'; its top-level modules: classifier, vit\)"):
-        Anatomy("vit", {**renamed, "pooler": ("nowhere",)}, 1, "cls", base.readout_heads, base.readout_width,
-                name="5.9-like").check(model, ("pooler",))
+    with pytest.raises(
+        UnsupportedModelError,
+        match=r"has no module for role 'pooler' \(looked for nowhere in the layouts '5.9-like'; its top-level modules: classifier, vit\)",
+    ):
+        Anatomy(
+            "vit",
+            {**renamed, "pooler": ("nowhere",)},
+            1,
+            "cls",
+            base.readout_heads,
+            base.readout_width,
+            name="5.9-like",
+        ).check(model, ("pooler",))
 
 
 def test_overlaps_are_described_in_the_anatomy_words():
@@ -116,14 +137,24 @@ def test_role_groups_follow_the_layout():
     anatomy = surgery.get_host().anatomy("deit")
     assert anatomy.group(model, "linears") == ("query", "key", "value", "attn_output", "mlp_in", "mlp_out")
     assert len(anatomy.find_group(model, "mlp_linears")) == 4
-    with pytest.raises(UnsupportedModelError, match="no role group 'linear'; groups: attention_linears, linears, mlp_linears"):
+    with pytest.raises(
+        UnsupportedModelError, match="no role group 'linear'; groups: attention_linears, linears, mlp_linears"
+    ):
         anatomy.group(model, "linear")
 
 
 def test_prefix_token_parameters_come_from_the_anatomy():
-    for arch, expected in (("vit", ["vit.embeddings.cls_token"]), ("deit-distilled", ["deit.embeddings.cls_token", "deit.embeddings.distillation_token"]), ("swin", []),
-                           ("dinov2-registers", ["dinov2_with_registers.embeddings.cls_token", "dinov2_with_registers.embeddings.register_tokens"]),
-                           ("beit", ["beit.embeddings.cls_token"]), ("data2vec-vision", ["data2vec_vision.embeddings.cls_token"])):
+    for arch, expected in (
+        ("vit", ["vit.embeddings.cls_token"]),
+        ("deit-distilled", ["deit.embeddings.cls_token", "deit.embeddings.distillation_token"]),
+        ("swin", []),
+        (
+            "dinov2-registers",
+            ["dinov2_with_registers.embeddings.cls_token", "dinov2_with_registers.embeddings.register_tokens"],
+        ),
+        ("beit", ["beit.embeddings.cls_token"]),
+        ("data2vec-vision", ["data2vec_vision.embeddings.cls_token"]),
+    ):
         model = tiny(arch)
         names = [n for n, _ in surgery.get_host().anatomy(model.config.model_type).prefix_token_parameters(model)]
         assert names == expected
@@ -143,7 +174,9 @@ def test_swinv2_parts_give_the_cosine_core_and_the_post_norm_block():
         hidden = torch.randn(3, 16, parts.width, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
         q, k, v = parts.attention.qkv(hidden)
         scale = core.logit_scale.clamp(max=math.log(100.0)).exp()
-        scores = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-1, -2) * scale + parts.attention.position_bias()
+        scores = (
+            F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-1, -2) * scale + parts.attention.position_bias()
+        )
         context = (scores.softmax(-1) @ v).transpose(1, 2).reshape(3, 16, parts.width)
         torch.testing.assert_close(context, core(hidden)[0], rtol=0, atol=1e-12)
         ours = parts.mlp_residual(parts.attention_residual(hidden, context))
@@ -161,7 +194,8 @@ def test_the_position_bias_from_parts_is_the_one_the_core_adds_at_another_image_
     block = block_parts_of(model, 0)
     seen = {}
     handle = block.attention.core.register_forward_hook(
-        lambda module, args, kwargs, out: seen.update(args=args, kwargs=kwargs, out=out), with_kwargs=True)
+        lambda module, args, kwargs, out: seen.update(args=args, kwargs=kwargs, out=out), with_kwargs=True
+    )
     size = 48
     extra = {} if arch == "swin" else {"interpolate_pos_encoding": True}
     with torch.no_grad():
@@ -172,7 +206,10 @@ def test_the_position_bias_from_parts_is_the_one_the_core_adds_at_another_image_
     with torch.no_grad():
         q, k, v = attention.qkv(hidden)
         scores = q @ k.transpose(-1, -2) / math.sqrt(attention.head_dim)
-        for bias in (attention.position_bias(hidden.shape[1], args, seen["kwargs"]), attention.host_bias(args, seen["kwargs"])):
+        for bias in (
+            attention.position_bias(hidden.shape[1], args, seen["kwargs"]),
+            attention.host_bias(args, seen["kwargs"]),
+        ):
             if bias is not None:
                 scores = scores + bias
         mask = attention.window_mask(args, seen["kwargs"])

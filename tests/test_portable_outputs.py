@@ -21,9 +21,17 @@ def _texts(folder):
     return {path.name: path.read_text() for path in folder.rglob("*") if path.suffix in (".json", ".md", ".txt")}
 
 
-@pytest.mark.parametrize("source, recorded", [
-    ("google/vit-base-patch16-224", "google/vit-base-patch16-224"), ("/home/me/models/my-vit", "my-vit"),
-    ("/home/me/models/my-vit/", "my-vit"), ("my-vit", "my-vit"), ("", None), (None, None)])
+@pytest.mark.parametrize(
+    "source, recorded",
+    [
+        ("google/vit-base-patch16-224", "google/vit-base-patch16-224"),
+        ("/home/me/models/my-vit", "my-vit"),
+        ("/home/me/models/my-vit/", "my-vit"),
+        ("my-vit", "my-vit"),
+        ("", None),
+        (None, None),
+    ],
+)
 def test_a_source_is_recorded_as_a_hub_id_or_a_name(source, recorded):
     assert portable_source(source) == recorded
 

@@ -25,9 +25,19 @@ def recovered(tmp_path):
     folder = tmp_path / "model"
     model = surgery.apply(tiny("vit"), ["ggem"])
     model.save_pretrained(folder)
-    for name in ("checkpoints/epoch-1/optimizer.safetensors", "checkpoints/epoch-1/random_states_0.pkl",
-                 "onnx/model.onnx", "onnx/export_report.json", "onnx/config.json", "onnx/notes.pkl",
-                 "surgery_results.json", "recovery_log.json", "README.md", "tmp_xyz.safetensors", "optimizer.pt"):
+    for name in (
+        "checkpoints/epoch-1/optimizer.safetensors",
+        "checkpoints/epoch-1/random_states_0.pkl",
+        "onnx/model.onnx",
+        "onnx/export_report.json",
+        "onnx/config.json",
+        "onnx/notes.pkl",
+        "surgery_results.json",
+        "recovery_log.json",
+        "README.md",
+        "tmp_xyz.safetensors",
+        "optimizer.pt",
+    ):
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_text("{}")
     return folder
@@ -35,8 +45,16 @@ def recovered(tmp_path):
 
 def test_publishable_files_are_the_model_its_card_results_and_exports(recovered):
     files, skipped = publishable_files(recovered)
-    assert files == ["README.md", "config.json", "model.safetensors", "onnx/config.json", "onnx/export_report.json",
-                     "onnx/model.onnx", "recovery_log.json", "surgery_results.json"]
+    assert files == [
+        "README.md",
+        "config.json",
+        "model.safetensors",
+        "onnx/config.json",
+        "onnx/export_report.json",
+        "onnx/model.onnx",
+        "recovery_log.json",
+        "surgery_results.json",
+    ]
     assert skipped == ["checkpoints/", "onnx/notes.pkl", "optimizer.pt", "tmp_xyz.safetensors"]
 
 
@@ -97,12 +115,23 @@ def test_push_then_load_by_hub_id_gives_the_same_logits(tmp_path, online):
     torch.save(x, tmp_path / "x.pt")
     with FakeHub(tmp_path / "hub", token=TOKEN) as hub:
         push(tmp_path / "m", "me/by-id", token=TOKEN, endpoint=hub.url)
-        env = dict(os.environ, HF_ENDPOINT=hub.url, HF_HUB_OFFLINE="0", HF_HOME=str(tmp_path / "hf-home"),
-                   HF_HUB_DISABLE_UPDATE_CHECK="1", HF_TOKEN=TOKEN)
+        env = dict(
+            os.environ,
+            HF_ENDPOINT=hub.url,
+            HF_HUB_OFFLINE="0",
+            HF_HOME=str(tmp_path / "hf-home"),
+            HF_HUB_DISABLE_UPDATE_CHECK="1",
+            HF_TOKEN=TOKEN,
+        )
         script = tmp_path / "load.py"
         script.write_text(LOAD_BY_ID)
-        result = subprocess.run([sys.executable, str(script), str(tmp_path / "x.pt"), str(tmp_path / "out.pt")],
-                                capture_output=True, text=True, env=env, timeout=300)
+        result = subprocess.run(
+            [sys.executable, str(script), str(tmp_path / "x.pt"), str(tmp_path / "out.pt")],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
         assert result.returncode == 0, result.stderr[-3000:]
         assert hub.unknown == []
     via_load, via_plain = torch.load(tmp_path / "out.pt")

@@ -27,7 +27,9 @@ def batches(count=3, seed=0):
 
 def test_static_int8_needs_calibration_data_and_weight_only_does_not():
     model = tiny("vit")
-    with pytest.raises(ConfigError, match=r"quantize needs calibration data: surgery.apply\(model, specs, calibration=batches\)"):
+    with pytest.raises(
+        ConfigError, match=r"quantize needs calibration data: surgery.apply\(model, specs, calibration=batches\)"
+    ):
         surgery.apply(model, "quantize")
     assert surgery.history(model) == []
     surgery.apply(model, [("quantize", {"activations": "none"})])
@@ -118,8 +120,11 @@ def test_onnx_export_runs_int8_in_onnx_runtime_and_openvino(digits, tmp_path):
     import openvino as ov
 
     compiled = ov.Core().compile_model(str(ov_result.path), "CPU")
-    precisions = {op.get_rt_info()["runtimePrecision"].astype(str) for op in compiled.get_runtime_model().get_ordered_ops()
-                  if "runtimePrecision" in op.get_rt_info()}
+    precisions = {
+        op.get_rt_info()["runtimePrecision"].astype(str)
+        for op in compiled.get_runtime_model().get_ordered_ops()
+        if "runtimePrecision" in op.get_rt_info()
+    }
     assert {"i8", "u8"} & precisions  # OpenVINO runs int8 kernels
 
 
@@ -131,7 +136,9 @@ def test_int8_checkpoint_leaves_out_calibration_statistics(tmp_path):
     assert not any(".activation_post_process." in k for k in keys)
     assert any(k.endswith("input_quant.scale") for k in keys) and any(k.endswith("weight_quant.scale") for k in keys)
     reloaded = surgery.load(tmp_path)
-    observers = [m.input_quant.activation_post_process for m in reloaded.modules() if type(m).__name__ == "QuantLinear"]
+    observers = [
+        m.input_quant.activation_post_process for m in reloaded.modules() if type(m).__name__ == "QuantLinear"
+    ]
     assert observers and all(float(o.min_val) == float("inf") and float(o.histogram.sum()) == 0 for o in observers)
     assert not any(t.is_meta for t in reloaded.state_dict().values())
     reloaded.save_pretrained(tmp_path / "again")  # and saves again
@@ -223,8 +230,12 @@ def test_float_blocks_and_roles_keep_those_linears_float_and_reload_exactly(arch
     assert quantized == all_linears - kept and kept <= floats
     # the first block stays float: its output is the original's, bit for bit
     seen = {}
-    hooks = [m.get_submodule(blocks[0]).register_forward_hook(lambda mod, i, o, key=key: seen.__setitem__(key, o[0] if isinstance(o, tuple) else o))
-             for key, m in (("original", original), ("quantized", model))]
+    hooks = [
+        m.get_submodule(blocks[0]).register_forward_hook(
+            lambda mod, i, o, key=key: seen.__setitem__(key, o[0] if isinstance(o, tuple) else o)
+        )
+        for key, m in (("original", original), ("quantized", model))
+    ]
     x = images()
     original(pixel_values=x), model(pixel_values=x)
     for hook in hooks:
@@ -236,12 +247,21 @@ def test_float_blocks_and_roles_keep_those_linears_float_and_reload_exactly(arch
     assert torch.equal(model(pixel_values=x).logits, original(pixel_values=x).logits)
 
 
-@pytest.mark.parametrize("options, message", [
-    ({"float_blocks": [2]}, r"quantize: option 'float_blocks' got \(2,\); allowed: block indices from -2 to 1 \(this model has 2 blocks\)"),
-    ({"float_roles": ["qkv"]}, r"option 'float_roles' got \('qkv',\); allowed: roles of this model's linears: query, key, value, attn_output, mlp_in, mlp_out"),
-    ({"float_roles": ["mlp-out"]}, r"option 'float_roles' got \['mlp-out'\]"),
-    ({"float_blocks": [0, 1]}, r"allowed: choices that leave at least one of the \d+ linears to quantize"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (
+            {"float_blocks": [2]},
+            r"quantize: option 'float_blocks' got \(2,\); allowed: block indices from -2 to 1 \(this model has 2 blocks\)",
+        ),
+        (
+            {"float_roles": ["qkv"]},
+            r"option 'float_roles' got \('qkv',\); allowed: roles of this model's linears: query, key, value, attn_output, mlp_in, mlp_out",
+        ),
+        ({"float_roles": ["mlp-out"]}, r"option 'float_roles' got \['mlp-out'\]"),
+        ({"float_blocks": [0, 1]}, r"allowed: choices that leave at least one of the \d+ linears to quantize"),
+    ],
+)
 def test_float_choices_that_cannot_apply_are_refused_and_leave_the_model_as_it_was(options, message):
     model = tiny("vit")
     before = {k: v.clone() for k, v in model.state_dict().items()}

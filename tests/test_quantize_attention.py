@@ -18,8 +18,11 @@ from conftest import images, supported, tiny, untie
 INT8_ATTENTION = ("quantize", {"attention": "int8"})
 CALIBRATION = [images(4, seed=s) for s in range(2)]
 # softmax attention: every family quantize takes but those with cosine attention (refused below)
-ARCHS = [arch for arch in supported("quantize")
-         if "cosine_attention" not in surgery.get_host().anatomy(tiny(arch).config.model_type).traits]
+ARCHS = [
+    arch
+    for arch in supported("quantize")
+    if "cosine_attention" not in surgery.get_host().anatomy(tiny(arch).config.model_type).traits
+]
 DEEP = {"depths": [2, 2]}  # Swin: a second block per stage, so that shifted windows (the mask) are covered
 
 
@@ -41,7 +44,9 @@ def test_the_rewritten_core_reproduces_the_host_attention_in_float64(arch):
         expected = model(pixel_values=x).logits
     anatomy = surgery.get_host().anatomy(model.config.model_type)
     for parts in anatomy.blocks(model):
-        swap_class(parts.attention.core, QuantAttention, "Int8", surgery_attention_quant=None, quant_parts=parts.attention)
+        swap_class(
+            parts.attention.core, QuantAttention, "Int8", surgery_attention_quant=None, quant_parts=parts.attention
+        )
     assert len(_cores(model)) == len(anatomy.blocks(model)) > 1
     with torch.no_grad():
         got = model(pixel_values=x).logits
@@ -53,10 +58,20 @@ def _reference(core, x: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
     parts, quant = core.quant_parts, core.surgery_attention_quant
     b, n, c = x.shape
     grid = lambda t, s, lo, hi: np.clip(np.rint(t * (1.0 / s)), lo, hi) * s  # noqa: E731  (torch: x * (1 / scale))
-    heads = [parts.projection(role)(torch.from_numpy(x)).detach().double().numpy().reshape(b, n, parts.heads, -1).transpose(0, 2, 1, 3)
-             for role in ("query", "key", "value")]
+    heads = [
+        parts.projection(role)(torch.from_numpy(x))
+        .detach()
+        .double()
+        .numpy()
+        .reshape(b, n, parts.heads, -1)
+        .transpose(0, 2, 1, 3)
+        for role in ("query", "key", "value")
+    ]
     half = 2 ** (quant.qkv_bits - 1)  # attention_bits: 7 -> codes in [-64, 63] (the default), 8 -> [-128, 127]
-    q, k, v = (grid(t, float(quant.get_submodule(role).scale), -half, half - 1) for t, role in zip(heads, ("query", "key", "value")))
+    q, k, v = (
+        grid(t, float(quant.get_submodule(role).scale), -half, half - 1)
+        for t, role in zip(heads, ("query", "key", "value"))
+    )
     scores = q @ k.transpose(0, 1, 3, 2) * parts.scale
     if bias is not None:
         scores = scores + bias
@@ -74,14 +89,18 @@ def test_the_int8_grids_match_a_float64_reference(arch):
     for parts in surgery.get_host().anatomy(model.config.model_type).blocks(model):
         core = parts.attention.core
         quant = core.surgery_attention_quant
-        assert quant.state() == "calibrated" and all(float(quant.get_submodule(r).scale) != 1.0 for r in ("query", "key", "value"))
+        assert quant.state() == "calibrated" and all(
+            float(quant.get_submodule(r).scale) != 1.0 for r in ("query", "key", "value")
+        )
         n = parts.attended_tokens()
         x = torch.randn(4, n, parts.width, generator=torch.Generator().manual_seed(parts.index))
         bias = parts.attention.position_bias(n)
         bias = None if bias is None else bias.detach().numpy()
         captured = []
         if parts.attention.owns_output:  # transformers 5's cores apply it: the context is its input
-            hook = parts.attention.projection("output").register_forward_pre_hook(lambda m, args: captured.append(args[0]))
+            hook = parts.attention.projection("output").register_forward_pre_hook(
+                lambda m, args: captured.append(args[0])
+            )
         with torch.no_grad():
             context = core(x)[0]
         if parts.attention.owns_output:
@@ -110,6 +129,7 @@ def test_int8_attention_calibrates_stays_close_and_reloads_exactly(arch, tmp_pat
         assert torch.equal(reloaded(pixel_values=x).logits, got)
     assert [c.surgery_attention_quant.state() for c in _cores(reloaded)] == ["calibrated"] * len(_cores(model))
     from safetensors.torch import load_file
+
     saved = load_file(tmp_path / "model.safetensors")
     assert any(k.endswith("surgery_attention_quant.query.scale") for k in saved)
     assert not any("surgery_attention_quant" in k and "activation_post_process" in k for k in saved)  # no histograms
@@ -150,24 +170,42 @@ def test_token_reduction_attends_on_the_int8_grids(reduction):
     assert torch.equal(logits[0], logits[1])
 
 
-@pytest.mark.parametrize("steps, match", [
-    ([("agent_attention", {"agents": 4}), INT8_ATTENTION],
-     r"quantize: option 'attention' got 'int8'; allowed: \"float\" after a step that replaced the softmax attention"),
-    ([("quantize", {"attention": "int8", "activations": "none"})],
-     r"quantize: option 'attention' got 'int8'; allowed: \"float\" with weight-only quantization"),
-    ([("quantize", {"attention": "int9"})], r"quantize: option 'attention' got 'int9'; allowed: 'float' \| 'int8'. Did you mean 'int8'\?"),
-])
+@pytest.mark.parametrize(
+    "steps, match",
+    [
+        (
+            [("agent_attention", {"agents": 4}), INT8_ATTENTION],
+            r"quantize: option 'attention' got 'int8'; allowed: \"float\" after a step that replaced the softmax attention",
+        ),
+        (
+            [("quantize", {"attention": "int8", "activations": "none"})],
+            r"quantize: option 'attention' got 'int8'; allowed: \"float\" with weight-only quantization",
+        ),
+        (
+            [("quantize", {"attention": "int9"})],
+            r"quantize: option 'attention' got 'int9'; allowed: 'float' \| 'int8'. Did you mean 'int8'\?",
+        ),
+    ],
+)
 def test_refusals_name_the_option_and_leave_the_model_as_it_was(steps, match):
     model = tiny("vit")
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(ConfigError, match=match):
         surgery.apply(model, steps, calibration=CALIBRATION)
-    assert before.keys() == model.state_dict().keys() and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert before.keys() == model.state_dict().keys() and all(
+        torch.equal(before[k], v) for k, v in model.state_dict().items()
+    )
 
 
 def test_cosine_attention_is_refused_with_its_reason():
-    arch = next(a for a in supported("quantize") if "cosine_attention" in surgery.get_host().anatomy(tiny(a).config.model_type).traits)
-    with pytest.raises(ConfigError, match=r"'attention' got 'int8'; allowed: \"float\" on models with cosine attention"):
+    arch = next(
+        a
+        for a in supported("quantize")
+        if "cosine_attention" in surgery.get_host().anatomy(tiny(a).config.model_type).traits
+    )
+    with pytest.raises(
+        ConfigError, match=r"'attention' got 'int8'; allowed: \"float\" on models with cosine attention"
+    ):
         surgery.apply(tiny(arch), [INT8_ATTENTION], calibration=CALIBRATION)
 
 
@@ -192,9 +230,12 @@ def test_the_inference_fast_path_gives_the_fake_quant_kernels_values():
     quant = _cores(model)[0].surgery_attention_quant
     for role in ("query", "key", "value", "probs"):
         scale = float(quant.probs_scale if role == "probs" else quant.get_submodule(role).scale)
-        x = torch.randn(4, 2, 9, 9, generator=torch.Generator().manual_seed(0)).abs() if role == "probs" else \
-            torch.randn(4, 2, 9, 9, generator=torch.Generator().manual_seed(0)) * 60 * scale
-        x[0, 0, 0, :4] = torch.tensor([0.5, 1.5, -2.5, 3.5])[: 4] * scale  # ties: half to even in both
+        x = (
+            torch.randn(4, 2, 9, 9, generator=torch.Generator().manual_seed(0)).abs()
+            if role == "probs"
+            else torch.randn(4, 2, 9, 9, generator=torch.Generator().manual_seed(0)) * 60 * scale
+        )
+        x[0, 0, 0, :4] = torch.tensor([0.5, 1.5, -2.5, 3.5])[:4] * scale  # ties: half to even in both
         with torch.no_grad():
             fast = quant(role, x)
         slow = quant(role, x.clone().requires_grad_())
@@ -217,6 +258,7 @@ def test_q_k_v_codes_stay_in_seven_bits_by_default_and_older_recipes_keep_eight(
             assert codes.min() == -64 and codes.max() == 63, role
     assert QuantizeConfig().attention_bits == 7
     assert QuantizeConfig.from_recipe({"attention": "int8"}).attention_bits == 8
-    legacy = surgery.apply(untie(tiny("vit")), [("quantize", {"attention": "int8", "attention_bits": 8})],
-                           calibration=CALIBRATION)
+    legacy = surgery.apply(
+        untie(tiny("vit")), [("quantize", {"attention": "int8", "attention_bits": 8})], calibration=CALIBRATION
+    )
     assert _cores(legacy)[0].surgery_attention_quant.get_submodule("query").quant_min == -128

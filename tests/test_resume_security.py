@@ -29,7 +29,16 @@ class Touch:
 def checkpoint(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ckpt")
     student, teacher = pair(steps=("ggem",))
-    recover(student, teacher, noisy_data(8), epochs=2, batch_size=8, progress=False, checkpoint_dir=folder, keep_checkpoints=2)
+    recover(
+        student,
+        teacher,
+        noisy_data(8),
+        epochs=2,
+        batch_size=8,
+        progress=False,
+        checkpoint_dir=folder,
+        keep_checkpoints=2,
+    )
     return folder, teacher
 
 
@@ -46,8 +55,15 @@ def test_checkpoints_hold_only_safetensors_and_json_with_a_manifest(checkpoint):
     epoch = latest_checkpoint(folder)
     names = sorted(p.name for p in epoch.iterdir())
     assert all(n.endswith((".safetensors", ".json")) for n in names), names
-    assert {"model.safetensors", "optimizer.safetensors", "optimizer.json", "schedule.json", "rng-0.safetensors",
-            "rng-0.json", MANIFEST} <= set(names)
+    assert {
+        "model.safetensors",
+        "optimizer.safetensors",
+        "optimizer.json",
+        "schedule.json",
+        "rng-0.safetensors",
+        "rng-0.json",
+        MANIFEST,
+    } <= set(names)
     manifest = read_manifest(epoch)
     assert manifest["epoch"] == 2 and manifest["processes"] == 1 and set(manifest["files"]) == set(names) - {MANIFEST}
     assert not any(p.name.endswith(".partial") for p in folder.iterdir())
@@ -87,13 +103,24 @@ def test_resume_refuses_accelerate_folders_and_bad_manifests(checkpoint, tmp_pat
     legacy.mkdir()
     (legacy / "random_states_0.pkl").write_bytes(pickle.dumps(Touch(tmp_path / "pwned")))
     with pytest.raises(CheckpointError, match="is not a surgery recovery checkpoint"):
-        recover(student, teacher, noisy_data(8), epochs=3, batch_size=8, progress=False, resume=True, checkpoint_dir=tmp_path)
+        recover(
+            student,
+            teacher,
+            noisy_data(8),
+            epochs=3,
+            batch_size=8,
+            progress=False,
+            resume=True,
+            checkpoint_dir=tmp_path,
+        )
     assert not (tmp_path / "pwned").exists()
     epoch = copy_of(latest_checkpoint(folder), tmp_path / "bad")
     manifest = json.loads((epoch / MANIFEST).read_text())
-    for broken, message in ((dict(manifest, format="accelerate"), "is not a version-1"),
-                            (dict(manifest, files={**manifest["files"], "../model.safetensors": "0"}), "which is not"),
-                            (dict(manifest, processes=2), "written by 2 process")):
+    for broken, message in (
+        (dict(manifest, format="accelerate"), "is not a version-1"),
+        (dict(manifest, files={**manifest["files"], "../model.safetensors": "0"}), "which is not"),
+        (dict(manifest, processes=2), "written by 2 process"),
+    ):
         (epoch / MANIFEST).write_text(json.dumps(broken))
         with pytest.raises(CheckpointError, match=message):
             recover(student, teacher, noisy_data(8), epochs=3, batch_size=8, progress=False, resume=epoch)
@@ -106,4 +133,6 @@ def test_resume_refuses_a_checkpoint_of_another_model(checkpoint):
     folder, teacher = checkpoint
     other, _ = pair(steps=("token_merge",))
     with pytest.raises(CheckpointError, match="does not fit this run"):
-        recover(other, teacher, noisy_data(8), epochs=3, batch_size=8, progress=False, resume=latest_checkpoint(folder))
+        recover(
+            other, teacher, noisy_data(8), epochs=3, batch_size=8, progress=False, resume=latest_checkpoint(folder)
+        )

@@ -83,7 +83,10 @@ def test_missing_plugin_names_plugin_and_package(tmp_path):
         {"plugin": "token_dropout", "plugin_version": "2.0", "package": "surgery-token-dropout", "options": {}}
     )
     (tmp_path / "config.json").write_text(json.dumps(config))
-    with pytest.raises(RecipeError, match=r"step 2 uses plugin 'token_dropout' 2.0 from package 'surgery-token-dropout', which is not installed: pip install surgery-token-dropout"):
+    with pytest.raises(
+        RecipeError,
+        match=r"step 2 uses plugin 'token_dropout' 2.0 from package 'surgery-token-dropout', which is not installed: pip install surgery-token-dropout",
+    ):
         surgery.load(tmp_path)
 
 

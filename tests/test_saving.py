@@ -90,9 +90,15 @@ def saved_a(tmp_path_factory):
     return folder
 
 
-@pytest.mark.parametrize("kill,survivor", [("weights", "a"), pytest.param("before-swap", "a", marks=pytest.mark.slow),
-                                           pytest.param("between-renames", "a", marks=pytest.mark.slow),
-                                           ("after-swap", "b")])  # each survivor in the suite, all four with -m slow
+@pytest.mark.parametrize(
+    "kill,survivor",
+    [
+        ("weights", "a"),
+        pytest.param("before-swap", "a", marks=pytest.mark.slow),
+        pytest.param("between-renames", "a", marks=pytest.mark.slow),
+        ("after-swap", "b"),
+    ],
+)  # each survivor in the suite, all four with -m slow
 def test_a_save_killed_at_any_point_leaves_the_old_or_the_new_model(tmp_path, kill, survivor, saved_a):
     folder = tmp_path / "models" / "m"
     shutil.copytree(saved_a, folder)  # model "a" as a save in another process left it (shared: one process for all)
@@ -120,8 +126,11 @@ def test_save_writes_the_processor_in_the_same_step_and_refuses_a_file(tmp_path)
 
     model = surgery.apply(tiny("vit"), ["ggem"])
     surgery.save(model, tmp_path / "m", processor=image_processor(32))
-    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors",
-                                                                  "preprocessor_config.json"]
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+    ]
     (tmp_path / "file").write_text("x")
     with pytest.raises(SurgeryError, match="it is a file, not a folder"):
         model.save_pretrained(tmp_path / "file")

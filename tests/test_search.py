@@ -30,8 +30,18 @@ def quiet(*_):
 
 
 def small(folder, output=None, data="digits", **options):
-    settings = dict(runtime="torch", objective="flops", flops=0.9, max_drop=5.0, trials=6, repeats=1, progress=False,
-                    include=["token_merge", "quantize"], output=output, log=quiet)
+    settings = dict(
+        runtime="torch",
+        objective="flops",
+        flops=0.9,
+        max_drop=5.0,
+        trials=6,
+        repeats=1,
+        progress=False,
+        include=["token_merge", "quantize"],
+        output=output,
+        log=quiet,
+    )
     settings.update(options)
     return surgery.search(folder, data, **settings)
 
@@ -48,11 +58,17 @@ def test_the_space_is_every_declared_method_that_plans_and_no_set_breaks_the_hos
     for combo, order in space.combos.items():
         for a in order:
             for b in order:
-                assert not host.methods[a].conflict_with(host.methods[b]), f"{combo} combines {a} with {b}, which conflict"
+                assert not host.methods[a].conflict_with(host.methods[b]), (
+                    f"{combo} combines {a} with {b}, which conflict"
+                )
         surgery.plan(model, list(order))  # the order the space recorded plans
     # declared conflicts are left out with the host's own reason
-    conflicting = [(a, b) for a in space.methods for b in space.methods
-                   if a < b and (host.methods[a].conflict_with(host.methods[b]) or host.methods[b].conflict_with(host.methods[a]))]
+    conflicting = [
+        (a, b)
+        for a in space.methods
+        for b in space.methods
+        if a < b and (host.methods[a].conflict_with(host.methods[b]) or host.methods[b].conflict_with(host.methods[a]))
+    ]
     assert conflicting
     for a, b in conflicting:
         assert f"{a}+{b}" not in space.combos and space.left_out[f"{a}+{b}"]
@@ -71,7 +87,9 @@ def test_option_values_a_family_requires_are_held_fixed_in_every_candidate():
         model = tiny(arch)
         space = Space.build(model, max_steps=1, include=["token_merge", "ggem"])
         assert "token_merge" in space.methods and space.required == {"token_merge": {"unmerge": True}}
-        candidates = [c for c in space.starting_points() if c.steps[0][0] == "token_merge"] + [space.probe("token_merge")]
+        candidates = [c for c in space.starting_points() if c.steps[0][0] == "token_merge"] + [
+            space.probe("token_merge")
+        ]
         assert candidates and all(dict(c.steps[0][1])["unmerge"] is True for c in candidates)
         again = space.from_steps(candidates[-1].specs())
         assert again == candidates[-1] and space.params(again) == {"recipe": "token_merge", "token_merge.r": 8}
@@ -91,14 +109,25 @@ class _Options(surgery.SurgeryConfig):
 
 
 def _method(**search):
-    return surgery.SurgeryMethod(name="noop", summary="", config_class=_Options, apply=lambda m, c, a: surgery.Rewrite([]),
-                                 search=SearchSpace(**search))
+    return surgery.SurgeryMethod(
+        name="noop",
+        summary="",
+        config_class=_Options,
+        apply=lambda m, c, a: surgery.Rewrite([]),
+        search=SearchSpace(**search),
+    )
 
 
 def test_a_declared_space_is_checked_against_the_methods_options():
-    with pytest.raises(ConfigError, match=r"method 'noop': its search space names the option 'kk', which _Options lacks.*Did you mean 'k'"):
+    with pytest.raises(
+        ConfigError,
+        match=r"method 'noop': its search space names the option 'kk', which _Options lacks.*Did you mean 'k'",
+    ):
         _method(options={"kk": (1, 2)})
-    with pytest.raises(ConfigError, match=r"method 'noop': its search space tries k=0, which the method refuses: noop: option 'k' got 0"):
+    with pytest.raises(
+        ConfigError,
+        match=r"method 'noop': its search space tries k=0, which the method refuses: noop: option 'k' got 0",
+    ):
         _method(options={"k": (0, 2)})
     with pytest.raises(ConfigError, match=r"option 'k' lists no values"):
         SearchSpace(options={"k": ()})
@@ -120,9 +149,23 @@ def test_labels_leave_out_the_options_a_space_declares_quiet():
     """quantize declares its "nothing chosen" values; a list read back from JSON matches its tuple."""
     from surgery.recipe_search.space import Candidate
 
-    steps = (("quantize", (("activations", "int8"), ("float_blocks", []), ("float_roles", ("mlp_out",)),
-                           ("attention", "float"), ("patch_embed", "int8"))), ("token_merge", (("r", 8),)))
-    assert Candidate(steps).label == "quantize(activations=int8, float_roles=('mlp_out',), patch_embed=int8) + token_merge(r=8)"
+    steps = (
+        (
+            "quantize",
+            (
+                ("activations", "int8"),
+                ("float_blocks", []),
+                ("float_roles", ("mlp_out",)),
+                ("attention", "float"),
+                ("patch_embed", "int8"),
+            ),
+        ),
+        ("token_merge", (("r", 8),)),
+    )
+    assert (
+        Candidate(steps).label
+        == "quantize(activations=int8, float_roles=('mlp_out',), patch_embed=int8) + token_merge(r=8)"
+    )
     assert Candidate((("not_installed", (("a", "float"),)),)).label == "not_installed(a=float)"  # no space: all shown
 
 
@@ -162,38 +205,65 @@ def test_a_spent_time_budget_stops_before_the_next_trial(digits):
 
 # -- budgets, front, pick ----------------------------------------------------------------------
 def _record(label, cost, accuracy, status="ok"):
-    return {"label": label, "status": status, "latency_ratio": cost, "flops_ratio": cost, "size_ratio": cost, "accuracy": accuracy}
+    return {
+        "label": label,
+        "status": status,
+        "latency_ratio": cost,
+        "flops_ratio": cost,
+        "size_ratio": cost,
+        "accuracy": accuracy,
+    }
 
 
 def test_the_front_and_the_pick_follow_the_budget():
-    records = [_record("a", 0.9, 0.95), _record("b", 0.6, 0.94), _record("c", 0.4, 0.90), _record("d", 0.7, 0.93),
-               _record("e", 0.3, 0.99, status="slower")]
+    records = [
+        _record("a", 0.9, 0.95),
+        _record("b", 0.6, 0.94),
+        _record("c", 0.4, 0.90),
+        _record("d", 0.7, 0.93),
+        _record("e", 0.3, 0.99, status="slower"),
+    ]
     assert [r["label"] for r in report.front(records, "latency")] == ["c", "b", "a"]  # d is dominated by b; e is off
     within = report.Budget("latency", latency=0.7, max_drop=1.0)
     assert report.pick(records, within, 0.95)["label"] == "b"  # the most accurate within 0.7x and 1 point
-    assert report.pick(records, report.Budget("latency", max_drop=6.0), 0.95)["label"] == "c"  # no cost budget: the cheapest
+    assert (
+        report.pick(records, report.Budget("latency", max_drop=6.0), 0.95)["label"] == "c"
+    )  # no cost budget: the cheapest
     impossible = report.Budget("latency", latency=0.2, max_drop=1.0)
     assert report.pick(records, impossible, 0.95) is None
-    assert report.closest(records, impossible, 0.95)["label"] == "b"  # the least over the latency budget within 1 point
+    assert (
+        report.closest(records, impossible, 0.95)["label"] == "b"
+    )  # the least over the latency budget within 1 point
     assert report.closest(records, report.Budget("latency", latency=0.2, max_drop=0.0), 0.95)["label"] == "a"
     assert report.Budget("latency", latency=0.5).violations(_record("x", 0.6, 0.9), 0.95) == pytest.approx(
-        {"latency_ratio": 0.1, "accuracy_drop": 4.0})
+        {"latency_ratio": 0.1, "accuracy_drop": 4.0}
+    )
 
 
-FLOAT = {"float_blocks": [], "float_roles": [], "attention": "float", "patch_embed": "float"}  # quantize's per-layer choices: every linear int8
+FLOAT = {
+    "float_blocks": [],
+    "float_roles": [],
+    "attention": "float",
+    "patch_embed": "float",
+}  # quantize's per-layer choices: every linear int8
 
 
 def test_pairs_of_front_points_whose_methods_compose_are_measured_next():
     space = Space.build(tiny("vit"), max_steps=2, include=["token_merge", "token_prune", "quantize"])
-    singles = [dict(_record("m8", 0.7, 0.95), steps=[["token_merge", {"r": 8}]]),
-               dict(_record("m16", 0.5, 0.94), steps=[["token_merge", {"r": 16}]]),
-               dict(_record("p", 0.45, 0.93), steps=[["token_prune", {"flops": 0.5}]]),
-               dict(_record("q", 0.8, 0.96), steps=[["quantize", {"activations": "int8", **FLOAT}]]),
-               dict(_record("worse", 0.9, 0.90), steps=[["quantize", {"activations": "none", **FLOAT}]])]  # off the front
+    singles = [
+        dict(_record("m8", 0.7, 0.95), steps=[["token_merge", {"r": 8}]]),
+        dict(_record("m16", 0.5, 0.94), steps=[["token_merge", {"r": 16}]]),
+        dict(_record("p", 0.45, 0.93), steps=[["token_prune", {"flops": 0.5}]]),
+        dict(_record("q", 0.8, 0.96), steps=[["quantize", {"activations": "int8", **FLOAT}]]),
+        dict(_record("worse", 0.9, 0.90), steps=[["quantize", {"activations": "none", **FLOAT}]]),
+    ]  # off the front
     labels = [c.label for c in space.compositions(singles, "latency")]
     # token_merge and token_prune declare a conflict, and a method never pairs with itself
-    assert labels == ["quantize(activations=int8) + token_prune(flops=0.5)", "quantize(activations=int8) + token_merge(r=16)",
-                      "quantize(activations=int8) + token_merge(r=8)"]  # in the order the host plans them
+    assert labels == [
+        "quantize(activations=int8) + token_prune(flops=0.5)",
+        "quantize(activations=int8) + token_merge(r=16)",
+        "quantize(activations=int8) + token_merge(r=8)",
+    ]  # in the order the host plans them
 
 
 # -- end to end --------------------------------------------------------------------------------
@@ -215,7 +285,9 @@ def test_a_search_picks_within_budget_saves_the_pick_and_reports_once_on_test(di
     reloaded = surgery.load(out)  # a normal surgery folder: the pick's recipe, weights and processor
     host = surgery.get_host()  # the options the pick names, with those it left unset as the family set them
     assert [[s.plugin, dict(s.options)] for s in surgery.history(reloaded)] == [
-        [p, host.method(p).resolved(host.method(p).make_config(o), host.anatomy("vit")).to_dict()] for p, o in chosen["steps"]]
+        [p, host.method(p).resolved(host.method(p).make_config(o), host.anatomy("vit")).to_dict()]
+        for p, o in chosen["steps"]
+    ]
     assert "How this recipe was found" in (out / "README.md").read_text()
     assert result.test["images"] == 360 and 0.0 <= result.test["pick"] <= 1.0
     # the pick's recorded right/wrong answers are those of the saved model on the search split
@@ -264,10 +336,13 @@ def test_a_killed_search_resumes_measures_nothing_twice_and_reaches_the_same_fro
     *searched, rebuilt = measured_again  # the last one builds the pick again, to save it
     assert not set(searched) & set(cached["measured"])
     assert json.loads(rebuilt) == resumed.chosen["steps"]
-    assert json.loads((tmp_path / "killed" / CACHE_FILE).read_text())["trials"] == \
-        json.loads((tmp_path / "whole" / CACHE_FILE).read_text())["trials"]
-    assert [(r["label"], r["flops_ratio"], r["accuracy"]) for r in resumed.front if r["status"] == "ok"] == \
-        [(r["label"], r["flops_ratio"], r["accuracy"]) for r in whole.front]
+    assert (
+        json.loads((tmp_path / "killed" / CACHE_FILE).read_text())["trials"]
+        == json.loads((tmp_path / "whole" / CACHE_FILE).read_text())["trials"]
+    )
+    assert [(r["label"], r["flops_ratio"], r["accuracy"]) for r in resumed.front if r["status"] == "ok"] == [
+        (r["label"], r["flops_ratio"], r["accuracy"]) for r in whole.front
+    ]
 
 
 def test_a_changed_setting_sets_the_cache_aside_and_says_which(digits, tmp_path):
@@ -293,13 +368,20 @@ def test_methods_that_need_recovery_are_recovered_only_when_they_can_reach_the_f
     assert record["needs_recovery"] and record["recovered"] and record["recovery"]["epochs"] == 1
     assert record["accuracy"] != record["accuracy_before_recovery"]  # ggem's readout was trained
     # token_merge r=2 (measured first: training-free) holds the original's accuracy at fewer FLOPs
-    skipped = small(digits[0], None, include=["ggem", "token_merge"], flops=None, max_drop=50.0, trials=10, recover_epochs=1)
+    skipped = small(
+        digits[0], None, include=["ggem", "token_merge"], flops=None, max_drop=50.0, trials=10, recover_epochs=1
+    )
     ggem = next(r for r in skipped.candidates if r["label"] == "ggem")
     merge = next(r for r in skipped.candidates if r["label"] == "token_merge(r=2)")
     assert merge["accuracy"] >= skipped.original["accuracy"]
-    assert ggem["status"] == "not recovered" and "already holds the original's accuracy at a lower cost" in ggem["reason"]
+    assert (
+        ggem["status"] == "not recovered" and "already holds the original's accuracy at a lower cost" in ggem["reason"]
+    )
     off = small(digits[0], None, include=["ggem"], flops=None, trials=1)
-    assert off.candidates[0]["status"] == "not recovered" and off.candidates[0]["reason"] == "recovery is off (recover_epochs=0)"
+    assert (
+        off.candidates[0]["status"] == "not recovered"
+        and off.candidates[0]["reason"] == "recovery is off (recover_epochs=0)"
+    )
     with pytest.raises(ConfigError, match=r"recover_epochs needs a 'train' split"):
         surgery.search(digits[0], {"validation": (digits[2], digits[3])}, recover_epochs=1, log=quiet)
 
@@ -308,8 +390,16 @@ def test_lora_recovery_inside_the_search_is_merged_recorded_and_saved_as_measure
     from surgery.data.tasks import task_tensors
     from surgery.evaluation.accuracy import predict_logits
 
-    result = small(digits[0], tmp_path / "out", include=["ggem"], flops=None, max_drop=100.0, trials=1, recover_epochs=1,
-                   lora="r=4,alpha=8")  # one epoch: the point is the plumbing, not the accuracy
+    result = small(
+        digits[0],
+        tmp_path / "out",
+        include=["ggem"],
+        flops=None,
+        max_drop=100.0,
+        trials=1,
+        recover_epochs=1,
+        lora="r=4,alpha=8",
+    )  # one epoch: the point is the plumbing, not the accuracy
     (record,) = result.candidates
     assert record["recovered"] and record["recovery"]["lora"]["r"] == 4 and record["recovery"]["lora"]["merge"] is True
     assert result.chosen is not None and result.chosen["label"] == "ggem", result.message
@@ -349,20 +439,67 @@ def test_a_local_imagefolder_is_searched_through_the_models_processor(digits, tm
 
 def test_onnx_runtime_candidates_are_exported_checked_and_timed(digits, tmp_path):
     pytest.importorskip("onnxruntime")
-    result = small(digits[0], None, runtime="onnx", objective="latency", flops=None, latency=None, trials=2,
-                   include=["token_merge"], min_speedup=None)  # measure, whatever the tiny model's speed-up
+    result = small(
+        digits[0],
+        None,
+        runtime="onnx",
+        objective="latency",
+        flops=None,
+        latency=None,
+        trials=2,
+        include=["token_merge"],
+        min_speedup=None,
+    )  # measure, whatever the tiny model's speed-up
     assert len(result.candidates) == 2 and result.summary["pays_off"] == {}
     assert all("export_max_abs_diff" in c and c["export_max_abs_diff"] < 1e-4 for c in result.candidates)
     assert all(c["latency_ratio"] > 0 and c["latency_ms_original"] > 0 for c in result.candidates)
 
 
 def test_the_command_line_writes_the_pick_and_exits_1_when_nothing_fits(digits, tmp_path, capsys):
-    args = [str(digits[0]), "--data", "digits", "--objective", "flops", "--flops", "0.95", "--max-drop", "5", "--trials", "3",
-            "--repeats", "1", "--include", "token_merge", "-o"]
+    args = [
+        str(digits[0]),
+        "--data",
+        "digits",
+        "--objective",
+        "flops",
+        "--flops",
+        "0.95",
+        "--max-drop",
+        "5",
+        "--trials",
+        "3",
+        "--repeats",
+        "1",
+        "--include",
+        "token_merge",
+        "-o",
+    ]
     assert main(["search", *args, str(tmp_path / "ok")]) == 0
     assert "**pick**" in capsys.readouterr().out and (tmp_path / "ok" / "config.json").exists()
-    assert main(["search", str(digits[0]), "--objective", "flops", "--flops", "0.05", "--max-drop", "0", "--trials", "2",
-                 "--repeats", "1", "--include", "token_merge", "--json", "-o", str(tmp_path / "none")]) == 1
+    assert (
+        main(
+            [
+                "search",
+                str(digits[0]),
+                "--objective",
+                "flops",
+                "--flops",
+                "0.05",
+                "--max-drop",
+                "0",
+                "--trials",
+                "2",
+                "--repeats",
+                "1",
+                "--include",
+                "token_merge",
+                "--json",
+                "-o",
+                str(tmp_path / "none"),
+            ]
+        )
+        == 1
+    )
     summary = json.loads(capsys.readouterr().out)
     assert summary["chosen"] is None and summary["message"].startswith("search: no candidate meets")
 
@@ -385,14 +522,43 @@ def test_a_hub_dataset_is_searched_through_the_hub_api(digits, tmp_path):
         repo.mkdir(parents=True)
         for split in ("train", "validation", "test"):  # the layout `Dataset.push_to_hub` writes
             task_dataset("digits", split).select(range(40)).to_parquet(str(repo / f"{split}-00000-of-00001.parquet"))
-        env = dict(os.environ, HF_ENDPOINT=hub.url, HF_HUB_OFFLINE="0", HF_DATASETS_OFFLINE="0",
-                   HF_HOME=str(tmp_path / "home"), HF_HUB_DISABLE_UPDATE_CHECK="1")
-        command = [sys.executable, "-m", "surgery.cli", "search", str(digits[0]), "--data", "me/digits-mini", "--objective",
-                   "flops", "--flops", "0.95", "--max-drop", "5", "--trials", "2", "--repeats", "1", "--include",
-                   "token_merge", "--json", "-o", str(tmp_path / "out")]
+        env = dict(
+            os.environ,
+            HF_ENDPOINT=hub.url,
+            HF_HUB_OFFLINE="0",
+            HF_DATASETS_OFFLINE="0",
+            HF_HOME=str(tmp_path / "home"),
+            HF_HUB_DISABLE_UPDATE_CHECK="1",
+        )
+        command = [
+            sys.executable,
+            "-m",
+            "surgery.cli",
+            "search",
+            str(digits[0]),
+            "--data",
+            "me/digits-mini",
+            "--objective",
+            "flops",
+            "--flops",
+            "0.95",
+            "--max-drop",
+            "5",
+            "--trials",
+            "2",
+            "--repeats",
+            "1",
+            "--include",
+            "token_merge",
+            "--json",
+            "-o",
+            str(tmp_path / "out"),
+        ]
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
         assert hub.unknown == [], hub.unknown
-    assert done.returncode in (0, 1) and (tmp_path / "out" / "search.json").exists(), done.stdout[-2000:] + done.stderr[-3000:]
+    assert done.returncode in (0, 1) and (tmp_path / "out" / "search.json").exists(), (
+        done.stdout[-2000:] + done.stderr[-3000:]
+    )
     record = json.loads((tmp_path / "out" / "search.json").read_text())
     x, y = task_tensors(digits[0], "validation", "digits", limit=40)
     expected = (predict_logits(surgery.load(digits[0]), x).argmax(-1) == y).float().mean().item()
@@ -417,7 +583,9 @@ def test_options_that_refuse_each_other_are_recorded_as_refused_with_the_reason(
 
 
 # -- where methods pay off ---------------------------------------------------------------------
-def test_a_method_that_does_not_pay_off_on_the_runtime_is_left_out_before_the_search(digits, tmp_path, monkeypatch, capsys):
+def test_a_method_that_does_not_pay_off_on_the_runtime_is_left_out_before_the_search(
+    digits, tmp_path, monkeypatch, capsys
+):
     """Each method's fastest declared point is timed first (here: stand-in speeds, so the test does not
     depend on this machine's timings); one below min_speedup is left out with its speed as the reason."""
     speeds, probed = {"token_merge": 1.6, "quantize": 0.9}, []
@@ -430,27 +598,58 @@ def test_a_method_that_does_not_pay_off_on_the_runtime_is_left_out_before_the_se
     result = small(digits[0], tmp_path / "out", objective="latency", flops=None, trials=3)
     assert probed == ["quantize(activations=int8)", "token_merge(r=24)"]  # each method alone at its fastest point
     reason = result.summary["space"]["left_out"]["quantize"]
-    assert reason == ("does not pay off on torch here: its fastest declared point, quantize(activations=int8), ran at "
-                      "0.90x of the original's speed (min_speedup: 1.05x)")
-    assert "token_merge+quantize" not in result.summary["space"]["sets"] and "quantize" not in result.summary["space"]["methods"]
+    assert reason == (
+        "does not pay off on torch here: its fastest declared point, quantize(activations=int8), ran at "
+        "0.90x of the original's speed (min_speedup: 1.05x)"
+    )
+    assert (
+        "token_merge+quantize" not in result.summary["space"]["sets"]
+        and "quantize" not in result.summary["space"]["methods"]
+    )
     assert result.candidates and all(c["steps"][0][0] == "token_merge" for c in result.candidates)
-    assert result.summary["pays_off"]["quantize"] == {"label": "quantize(activations=int8)", "speed": 0.9, "latency_ms": 1.0,
-                                                      "latency_ms_original": 1.0}
-    assert "| quantize | quantize(activations=int8) | 0.90x | no: left out |" in (tmp_path / "out" / "search.md").read_text()
+    assert result.summary["pays_off"]["quantize"] == {
+        "label": "quantize(activations=int8)",
+        "speed": 0.9,
+        "latency_ms": 1.0,
+        "latency_ms_original": 1.0,
+    }
+    assert (
+        "| quantize | quantize(activations=int8) | 0.90x | no: left out |"
+        in (tmp_path / "out" / "search.md").read_text()
+    )
     small(digits[0], tmp_path / "out", objective="latency", flops=None, trials=3)
     assert len(probed) == 2  # resumed: the probes come from the cache
-    assert any(c["label"].startswith("quantize") for c in
-               small(digits[0], None, objective="latency", flops=None, trials=3, min_speedup=None).candidates)
+    assert any(
+        c["label"].startswith("quantize")
+        for c in small(digits[0], None, objective="latency", flops=None, trials=3, min_speedup=None).candidates
+    )
     small(digits[0], None, trials=3)  # a FLOPs search: speed does not matter, nothing is probed
     assert len(probed) == 2
-    args = [str(digits[0]), "--objective", "latency", "--min-speedup", "2", "--trials", "2", "--repeats", "1", "--include",
-            "token_merge", "--include", "quantize", "-o", str(tmp_path / "none")]
+    args = [
+        str(digits[0]),
+        "--objective",
+        "latency",
+        "--min-speedup",
+        "2",
+        "--trials",
+        "2",
+        "--repeats",
+        "1",
+        "--include",
+        "token_merge",
+        "--include",
+        "quantize",
+        "-o",
+        str(tmp_path / "none"),
+    ]
     assert main(["search", *args]) == 1  # nothing pays off: nothing is searched, no model saved
     assert "search: no method pays off on torch here" in capsys.readouterr().out
     assert not (tmp_path / "none" / "config.json").exists()
     from surgery.cli.parser import build_parser
     from surgery.recipe_search.payoff import PAYS_OFF
 
-    assert build_parser().parse_args(["search", "m", "-o", "x"]).min_speedup == PAYS_OFF  # the CLI's default is the rule's
+    assert (
+        build_parser().parse_args(["search", "m", "-o", "x"]).min_speedup == PAYS_OFF
+    )  # the CLI's default is the rule's
     with pytest.raises(ConfigError, match=r"'min_speedup' got -1; allowed: a speed-up >= 0"):
         small(digits[0], None, objective="latency", min_speedup=-1)

@@ -85,7 +85,10 @@ def test_a_shapes_model_trains_from_the_task_recipe_and_records_its_splits(tmp_p
 
     results = build_task_model(tmp_path, "shapes", size="tiny", epochs=1, limit=128, progress=False)
     assert json.loads((tmp_path / EVAL_FILE).read_text()) == results
-    assert results["task"] == "shapes" and results["split"] == "generated, seed 0: 128 train / 2000 validation / 5000 test"
+    assert (
+        results["task"] == "shapes"
+        and results["split"] == "generated, seed 0: 128 train / 2000 validation / 5000 test"
+    )
     model = surgery.load(tmp_path)
     assert (model.config.image_size, model.config.patch_size, model.config.num_labels) == (64, 8, 10)
     pixels, labels = task_tensors(tmp_path, "test", "shapes")
@@ -154,18 +157,24 @@ def test_the_shapes_vit_ships_gives_its_recorded_accuracy_on_the_whole_test_spli
     assert abs(correct[:1000].sum() - PINNED_FIRST_1000) <= 1
 
 
-
-
 def test_the_command_line_builds_and_shows_the_shapes_model(tmp_path, monkeypatch, capsys):
     from surgery.cli import main
 
     monkeypatch.setenv("SURGERY_HOME", str(tmp_path))
     assert main(["demo-model", "--task", "shapes"]) == 0
     out = capsys.readouterr().out
-    assert str(tmp_path / "models" / "shapes-vit") in out and "(shapes vit, test accuracy " in out and "5000 test" in out
+    assert (
+        str(tmp_path / "models" / "shapes-vit") in out and "(shapes vit, test accuracy " in out and "5000 test" in out
+    )
     with pytest.raises(SystemExit) as raised:
         main(["demo", "--task", "shape"])
-    assert raised.value.code == 2 and "invalid choice: 'shape' (choose from digits, shapes)" in capsys.readouterr().err.replace("'digits', 'shapes'", "digits, shapes")
+    assert (
+        raised.value.code == 2
+        and "invalid choice: 'shape' (choose from digits, shapes)"
+        in capsys.readouterr().err.replace("'digits', 'shapes'", "digits, shapes")
+    )
+
+
 PINNED_FIRST_1000 = 1000  # right answers of the shipped model on test images 0-999 (measured on AMD EPYC, AVX2)
 
 
@@ -179,8 +188,10 @@ def test_the_proving_ground_tells_the_token_reductions_apart_at_a_quarter_of_the
     from surgery.evaluation.paired import correct_of, mcnemar
 
     pixels, labels = task_tensors(shipped, "test", "shapes", limit=1000)
-    correct = {plugin: correct_of(predict_logits(surgery.apply(surgery.load(shipped), [(plugin, {"r": 20})]), pixels), labels)
-               for plugin in ("token_merge", "token_transform", "token_prune")}
+    correct = {
+        plugin: correct_of(predict_logits(surgery.apply(surgery.load(shipped), [(plugin, {"r": 20})]), pixels), labels)
+        for plugin in ("token_merge", "token_transform", "token_prune")
+    }
     assert correct["token_merge"].mean() >= 0.99
     for other in ("token_transform", "token_prune"):
         assert correct[other].mean() <= correct["token_merge"].mean() - 0.03
@@ -193,7 +204,9 @@ def test_calibration_takes_each_tasks_training_images_through_the_models_process
 
     batches = _calibration("shapes", str(shipped))
     assert [len(b) for b in batches] == [32] * 8  # the first 256 training shapes
-    torch.testing.assert_close(torch.cat(batches), task_tensors(shipped, "train", "shapes", limit=256)[0], rtol=0, atol=0)
+    torch.testing.assert_close(
+        torch.cat(batches), task_tensors(shipped, "train", "shapes", limit=256)[0], rtol=0, atol=0
+    )
     assert sum(len(b) for b in _calibration("digits", str(shipped))) == 1149  # the whole digits train split
     assert _calibration(None, str(shipped)) is None
 

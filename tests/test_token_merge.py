@@ -64,7 +64,9 @@ def test_matching_and_weighted_merge_match_reference(n, r, prefix):
     matching = bipartite_soft_matching(metric, r, prefix)
     merged, merged_size = merge_weighted(matching, x, size)
     for sample in range(2):
-        want_x, want_size = reference_merge(x[sample].numpy(), size[sample, :, 0].numpy(), metric[sample].numpy(), r, prefix)
+        want_x, want_size = reference_merge(
+            x[sample].numpy(), size[sample, :, 0].numpy(), metric[sample].numpy(), r, prefix
+        )
         np.testing.assert_allclose(merged[sample].numpy(), want_x, rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(merged_size[sample, :, 0].numpy(), want_size, rtol=0, atol=0)
     assert torch.equal(merged_size.sum(1), size.sum(1))  # every patch is counted once
@@ -106,7 +108,9 @@ def test_r_zero_gives_identical_outputs(arch):
 
 
 @pytest.mark.parametrize("arch, prefix", [("vit", 1), ("deit-distilled", 2), ("dinov2-registers", 5)])
-@pytest.mark.parametrize("config", [ToMeConfig(r=8), ToMeConfig(r=30), ToMeConfig(r=12, inflect=-1.0), ToMeConfig(r_per_layer=(20,))])
+@pytest.mark.parametrize(
+    "config", [ToMeConfig(r=8), ToMeConfig(r=30), ToMeConfig(r=12, inflect=-1.0), ToMeConfig(r_per_layer=(20,))]
+)
 def test_token_counts_follow_the_schedule(arch, prefix, config):
     model = surgery.apply(tiny(arch), config)
     model(pixel_values=images())
@@ -131,7 +135,9 @@ def test_merged_model_matches_a_blockwise_reference():
         metric = block.attention.projection("key")(normed).view(3, -1, 4, 8).mean(2)
         rows = [reference_merge(hidden[i].numpy(), np.ones(65), metric[i].numpy(), 8, 1) for i in range(3)]
         merged = torch.tensor(np.stack([t for t, _ in rows]))
-        out = block.part("mlp_out")(block.part("activation")(block.part("mlp_in")(block.part("norm2")(merged)))) + merged
+        out = (
+            block.part("mlp_out")(block.part("activation")(block.part("mlp_in")(block.part("norm2")(merged)))) + merged
+        )
     surgery.apply(model, [("token_merge", {"r_per_layer": [8]})])
     with torch.no_grad():  # a block returns its hidden states; the sizes travel in the side channel
         hidden_states = block.module(embedded)
@@ -158,8 +164,11 @@ def test_ggem_pools_merged_tokens_by_size():
 
 
 def test_swin_refuses_the_reducing_blocks_with_the_reason():
-    with pytest.raises(UnsupportedModelError, match=r"token_merge does not support model_type 'swin'.*windowed: Swin attends "
-                                                    r"within fixed windows.*option 'unmerge' got False; allowed: True"):
+    with pytest.raises(
+        UnsupportedModelError,
+        match=r"token_merge does not support model_type 'swin'.*windowed: Swin attends "
+        r"within fixed windows.*option 'unmerge' got False; allowed: True",
+    ):
         surgery.plan(tiny("swin"), [("token_merge", {"unmerge": False})])
     assert surgery.plan(tiny("swin"), ["token_merge"]).steps[0].config.unmerge is True  # left unset: within windows
 
@@ -170,7 +179,9 @@ def test_schedules():
     assert ToMeConfig(r=8, inflect=-1.0).schedule(12)[0] == 16 and ToMeConfig(r=8, inflect=-1.0).schedule(12)[-1] == 0
     assert ToMeConfig(r=3, inflect=1.0).schedule(4) == [0, 2, 4, 6]
     assert ToMeConfig(r_per_layer=(5, 1)).schedule(4) == [5, 1, 0, 0]
-    with pytest.raises(ConfigError, match=r"token_merge: option 'r_per_layer' got \[1, 2, 3\]; allowed: at most 2 values"):
+    with pytest.raises(
+        ConfigError, match=r"token_merge: option 'r_per_layer' got \[1, 2, 3\]; allowed: at most 2 values"
+    ):
         surgery.apply(tiny("vit"), [("token_merge", {"r_per_layer": [1, 2, 3]})])
 
 

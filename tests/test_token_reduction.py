@@ -36,7 +36,7 @@ def reference_transform(x, metric, importance, size, r, prefix, temperature, top
     n = len(x)
     r = min(r, n - prefix - 1)
     patches = sorted(range(prefix, n), key=lambda i: -importance[i])
-    kept, removed = sorted(patches[:n - prefix - r]), sorted(patches[n - prefix - r:])
+    kept, removed = sorted(patches[: n - prefix - r]), sorted(patches[n - prefix - r :])
     unit = metric / np.linalg.norm(metric, axis=1, keepdims=True)
     mass = {t: x[t] * size[t] for t in kept}
     total = {t: float(size[t]) for t in kept}
@@ -52,15 +52,25 @@ def reference_transform(x, metric, importance, size, r, prefix, temperature, top
     return np.stack(tokens), np.array([float(size[p]) for p in range(prefix)] + [total[t] for t in kept])
 
 
-@pytest.mark.parametrize("n, r, prefix, temperature, topk",
-                         [(17, 5, 1, 0.1, 4), (17, 5, 2, 0.5, 2), (9, 100, 1, 0.1, 3), (65, 20, 1, 1.0, 100), (10, 3, 2, 0.05, 1)])
+@pytest.mark.parametrize(
+    "n, r, prefix, temperature, topk",
+    [(17, 5, 1, 0.1, 4), (17, 5, 2, 0.5, 2), (9, 100, 1, 0.1, 3), (65, 20, 1, 1.0, 100), (10, 3, 2, 0.05, 1)],
+)
 def test_many_to_many_matches_reference(n, r, prefix, temperature, topk):
     x, metric, importance, size = inputs(n, seed=n + r)
     reduction = many_to_many(metric, importance, r, prefix, temperature, topk)
     merged, merged_size = reduction.apply(x, size)
     for sample in range(2):
-        want_x, want_size = reference_transform(x[sample].numpy(), metric[sample].numpy(), importance[sample].numpy(),
-                                                size[sample, :, 0].numpy(), r, prefix, temperature, topk)
+        want_x, want_size = reference_transform(
+            x[sample].numpy(),
+            metric[sample].numpy(),
+            importance[sample].numpy(),
+            size[sample, :, 0].numpy(),
+            r,
+            prefix,
+            temperature,
+            topk,
+        )
         np.testing.assert_allclose(merged[sample].numpy(), want_x, rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(merged_size[sample, :, 0].numpy(), want_size, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(merged_size.sum(1), size.sum(1), rtol=1e-12, atol=1e-12)  # every patch's mass stays
@@ -70,8 +80,11 @@ def test_many_to_many_matches_reference(n, r, prefix, temperature, topk):
 def test_each_construction_is_its_matrix():
     """Y = diag(1/s') T diag(s) X and s' = T s, with T each construction's own dense matrix."""
     x, metric, importance, size = inputs(17)
-    for reduction in (many_to_many(metric, importance, 5, 1, 0.2, 3), top_tokens(importance, 5, 2),
-                      bipartite_soft_matching(metric, 5, 2)):
+    for reduction in (
+        many_to_many(metric, importance, 5, 1, 0.2, 3),
+        top_tokens(importance, 5, 2),
+        bipartite_soft_matching(metric, 5, 2),
+    ):
         matrix = reduction.matrix(17)
         assert matrix.shape == (2, 12, 17) and torch.all(matrix >= 0)
         want_x, want_size = transport(matrix, x, size)
@@ -149,7 +162,10 @@ def test_flops_option_meets_the_measured_flops(plugin, target):
 
 
 # -- the plugins on models ------------------------------------------------------------------------------------
-@pytest.mark.parametrize("arch, prefix", [("vit", 1), ("deit", 2), ("deit-distilled", 2), ("vit-msn", 1), ("dinov2", 1), ("dinov2-registers", 5)])
+@pytest.mark.parametrize(
+    "arch, prefix",
+    [("vit", 1), ("deit", 2), ("deit-distilled", 2), ("vit-msn", 1), ("dinov2", 1), ("dinov2-registers", 5)],
+)
 @pytest.mark.parametrize("plugin", ["token_transform", "token_prune"])
 def test_token_counts_sizes_and_prefix(arch, prefix, plugin):
     model = surgery.apply(untie(tiny(arch)), [(plugin, {"r": 20})])
@@ -175,7 +191,10 @@ def test_r_zero_gives_identical_outputs(plugin):
 
 def test_swin_is_refused_with_the_reason():
     for plugin in ("token_transform", "token_prune"):
-        with pytest.raises(UnsupportedModelError, match=rf"{plugin} does not support model_type 'swin'.*windowed: Swin attends within fixed windows"):
+        with pytest.raises(
+            UnsupportedModelError,
+            match=rf"{plugin} does not support model_type 'swin'.*windowed: Swin attends within fixed windows",
+        ):
             surgery.plan(tiny("swin"), [plugin])
 
 
@@ -198,26 +217,34 @@ def test_conflicts_follow_the_capabilities_methods_provide_not_their_names():
     for reduction in reductions:
         for other in linear + [m for m in reductions if m is not reduction]:
             for order in ([other.name, reduction.name], [reduction.name, other.name]):
-                with pytest.raises(IncompatibleStepsError, match=rf"{reduction.name} conflicts with {other.name}|"
-                                                                 rf"{other.name} conflicts with {reduction.name}"):
+                with pytest.raises(
+                    IncompatibleStepsError,
+                    match=rf"{reduction.name} conflicts with {other.name}|"
+                    rf"{other.name} conflicts with {reduction.name}",
+                ):
                     surgery.plan(tiny("vit"), order)
 
 
-@pytest.mark.parametrize("options, match", [
-    ({"temperature": 0}, r"token_transform: option 'temperature' got 0.0; allowed: a number in \[0.001, 1000\]"),
-    ({"temperature": 1e-40}, r"option 'temperature' got 1e-40; allowed: a number in \[0.001, 1000\]"),
-    ({"topk": 0}, r"option 'topk' got 0; allowed: an integer >= 1"),
-    ({"flops": 1.5}, r"option 'flops' got 1.5; allowed: a fraction of the FLOPs to keep, in \(0, 1\]"),
-    ({"flops": 0.6, "r_per_layer": [4]}, r"option 'flops' got 0.6; allowed: None when r_per_layer is given"),
-    ({"tempreature": 0.1}, r"Did you mean 'temperature'"),
-])
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        ({"temperature": 0}, r"token_transform: option 'temperature' got 0.0; allowed: a number in \[0.001, 1000\]"),
+        ({"temperature": 1e-40}, r"option 'temperature' got 1e-40; allowed: a number in \[0.001, 1000\]"),
+        ({"topk": 0}, r"option 'topk' got 0; allowed: an integer >= 1"),
+        ({"flops": 1.5}, r"option 'flops' got 1.5; allowed: a fraction of the FLOPs to keep, in \(0, 1\]"),
+        ({"flops": 0.6, "r_per_layer": [4]}, r"option 'flops' got 0.6; allowed: None when r_per_layer is given"),
+        ({"tempreature": 0.1}, r"Did you mean 'temperature'"),
+    ],
+)
 def test_invalid_options(options, match):
     with pytest.raises(ConfigError, match=match):
         TokenTransformConfig.from_dict(options)
 
 
 def test_unreachable_flops_target_names_what_is_reachable():
-    with pytest.raises(ConfigError, match=r"token_prune: option 'flops' got 0.05; allowed: a fraction this model reaches: at most"):
+    with pytest.raises(
+        ConfigError, match=r"token_prune: option 'flops' got 0.05; allowed: a fraction this model reaches: at most"
+    ):
         surgery.apply(tiny("vit"), [("token_prune", {"flops": 0.05})])
 
 
@@ -242,8 +269,9 @@ def test_dinov2_with_a_swiglu_mlp_is_refused_up_front(plugin):
         surgery.plan(model, [plugin])
 
 
-
-@pytest.mark.parametrize("plugin", [n for n, m in sorted(surgery.get_host().methods.items()) if "token_reduction" in m.provides])
+@pytest.mark.parametrize(
+    "plugin", [n for n, m in sorted(surgery.get_host().methods.items()) if "token_reduction" in m.provides]
+)
 @pytest.mark.parametrize("arch", ["vit", "dinov2"])
 def test_hidden_states_are_recorded_with_the_reduced_token_counts(plugin, arch):
     """transformers 5 records ``output_hidden_states`` by the model's class, so the reductions never swap the

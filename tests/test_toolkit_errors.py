@@ -22,7 +22,9 @@ def test_a_roles_only_layout_refuses_methods_that_build_from_parts(host_with):
     layout = base.layout_of(tiny("vit"))  # this transformers' layout
     roles_only = Anatomy("vit", layout.roles, 1, "cls", base.readout_heads, base.readout_width, name="roles only")
     host.anatomies["vit"] = roles_only
-    with pytest.raises(UnsupportedModelError, match=r"the anatomy's layout 'roles only' names modules only, not the parts"):
+    with pytest.raises(
+        UnsupportedModelError, match=r"the anatomy's layout 'roles only' names modules only, not the parts"
+    ):
         surgery.plan(tiny("vit"), ["castling"])
     with pytest.raises(UnsupportedModelError, match=r"the layout 'roles only' does not describe its blocks' parts"):
         roles_only.blocks(tiny("vit"))
@@ -50,7 +52,9 @@ def test_changes_refuse_targets_that_are_not_the_claims():
     model = tiny("vit")
     changes = Changes(model)
     changes.replace("vit.layernorm", type(model.vit.layernorm)(32))
-    with pytest.raises(ValueError, match=r"rewrite targets \['vit.pooler'\] are not the claimed modules \['vit.layernorm'\]"):
+    with pytest.raises(
+        ValueError, match=r"rewrite targets \['vit.pooler'\] are not the claimed modules \['vit.layernorm'\]"
+    ):
         changes.rewrite(["vit.pooler"])
 
 
@@ -59,5 +63,7 @@ def test_a_plain_checkpoint_missing_a_weight_is_refused(tmp_path):
     weights = load_file(tmp_path / "model.safetensors")
     weights.pop("vit.layernorm.weight")
     save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
-    with pytest.raises(SurgeryError, match=r"the checkpoint lacks weights the model needs \(vit.layernorm.weight\)\.$"):
+    with pytest.raises(
+        SurgeryError, match=r"the checkpoint lacks weights the model needs \(vit.layernorm.weight\)\.$"
+    ):
         surgery.load(tmp_path)

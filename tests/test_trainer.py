@@ -15,8 +15,17 @@ from surgery.recovery.trainer import DistillationTrainer
 
 # one batch per epoch (the two paths draw their data orders differently, and a batch mean does not
 # depend on the order), no shift (drawn per image, in order), one warm-up epoch then two
-RECIPE = RecoveryConfig(warmup_epochs=1, epochs=2, batch_size=16, lr=2e-3, warmup_lr=5e-3, shift=0.0,
-                        mixed_precision="no", schedule_warmup=0.5, seed=3)
+RECIPE = RecoveryConfig(
+    warmup_epochs=1,
+    epochs=2,
+    batch_size=16,
+    lr=2e-3,
+    warmup_lr=5e-3,
+    shift=0.0,
+    mixed_precision="no",
+    schedule_warmup=0.5,
+    seed=3,
+)
 
 
 def _data(seed: int = 5):
@@ -37,8 +46,9 @@ def test_the_trainer_takes_the_same_steps_as_recover(tmp_path, plugins):
     result = recover(student, teacher, (pixels, labels), None, RECIPE, progress=False)
 
     twin, teacher_again = _rewritten(plugins)
-    args = DistillationTrainer.arguments(RECIPE, tmp_path / "trainer", use_cpu=True, save_strategy="no",
-                                         logging_strategy="no", disable_tqdm=True)
+    args = DistillationTrainer.arguments(
+        RECIPE, tmp_path / "trainer", use_cpu=True, save_strategy="no", logging_strategy="no", disable_tqdm=True
+    )
     trainer = DistillationTrainer(twin, teacher_again, args, RECIPE, train_dataset=TensorImages(pixels, labels))
     trainer.train()
     losses = [step["loss"] for step in trainer.step_terms]
@@ -54,8 +64,9 @@ def test_the_trainer_takes_the_same_steps_as_recover(tmp_path, plugins):
 def test_a_trainer_checkpoint_is_a_surgery_folder_and_resumes_exactly(tmp_path):
     pixels, labels = _data()
     student, teacher = _rewritten([("token_merge", {"r": 2}), "ggem"])
-    args = DistillationTrainer.arguments(RECIPE, tmp_path / "run", use_cpu=True, save_strategy="epoch",
-                                         logging_strategy="no", disable_tqdm=True)
+    args = DistillationTrainer.arguments(
+        RECIPE, tmp_path / "run", use_cpu=True, save_strategy="epoch", logging_strategy="no", disable_tqdm=True
+    )
     trainer = DistillationTrainer(student, teacher, args, RECIPE, train_dataset=TensorImages(pixels, labels))
     trainer.train()
     checkpoint = tmp_path / "run" / f"checkpoint-{RECIPE.total_epochs}"
@@ -87,5 +98,7 @@ def test_pickled_checkpoints_are_refused(tmp_path):
         pytest.skip("this transformers always saves safetensors")
     student, teacher = _rewritten(["ggem"])
     args = DistillationTrainer.arguments(RECIPE, tmp_path, use_cpu=True, save_safetensors=False)
-    with pytest.raises(SurgeryError, match="save_safetensors=False is refused; surgery checkpoints load from safetensors"):
+    with pytest.raises(
+        SurgeryError, match="save_safetensors=False is refused; surgery checkpoints load from safetensors"
+    ):
         DistillationTrainer(student, teacher, args, RECIPE)

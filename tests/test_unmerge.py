@@ -41,7 +41,9 @@ class Capture:
         return self.builder.describe()
 
 
-@pytest.mark.parametrize("n, r, prefix", [(n, r, p) for n in (9, 10, 17, 66) for r in (1, 4, 100) for p in (0, 1, 2, 5)])
+@pytest.mark.parametrize(
+    "n, r, prefix", [(n, r, p) for n in (9, 10, 17, 66) for r in (1, 4, 100) for p in (0, 1, 2, 5)]
+)
 def test_unmerge_is_the_transpose_of_the_merge_matrix(n, r, prefix):
     """Each token takes the row it was merged into; a merged group's tokens all get its output."""
     g = torch.Generator().manual_seed(n + r)
@@ -64,7 +66,9 @@ def scaled(scale, branch: torch.Tensor) -> torch.Tensor:
 def position_bias(block, tokens: int):
     """The block's relative position bias (1, heads, N, N) as the host computes it, float64, or None: the
     core's table (BEiT 4.57, data2vec-vision) or the block's (BEiT >= 5), at the config's grid."""
-    owner = getattr(block.attention.core, "relative_position_bias", None) or getattr(block.module, "relative_position_bias", None)
+    owner = getattr(block.attention.core, "relative_position_bias", None) or getattr(
+        block.module, "relative_position_bias", None
+    )
     if owner is None:
         return None
     bias = owner(tuple(owner.window_size))
@@ -84,7 +88,10 @@ def _reference_block(block, hidden: torch.Tensor, r: int, prefix: int) -> torch.
         rows, sizes = reference_merge(np.eye(n), np.ones(n), metric, r, prefix)  # rows[m, j] = 1/size_m for members
         average, members = torch.tensor(rows), torch.tensor((rows > 0).T.astype(np.float64))  # (M, N), (N, M)
         x = average @ block.part("norm1")(h)
-        q, k, v = (block.attention.projection(role)(x).view(-1, heads, d).transpose(0, 1) for role in ("query", "key", "value"))
+        q, k, v = (
+            block.attention.projection(role)(x).view(-1, heads, d).transpose(0, 1)
+            for role in ("query", "key", "value")
+        )
         logits = q @ k.transpose(-1, -2) / math.sqrt(d) + torch.tensor(np.log(sizes))[None, None, :]
         context = (logits.softmax(-1) @ v).transpose(0, 1).reshape(-1, heads * d)
         branch = members @ block.attention_output(context[None])[0]
@@ -101,7 +108,9 @@ def _reference_block(block, hidden: torch.Tensor, r: int, prefix: int) -> torch.
 def test_an_unmerging_block_matches_a_float64_reference(arch, prefix):
     model = surgery.apply(tiny(arch).double(), [("token_merge", {"r": 9, "unmerge": True})])
     block = parts(model)
-    hidden = torch.randn(3, 64 + prefix, model.config.hidden_size, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    hidden = torch.randn(
+        3, 64 + prefix, model.config.hidden_size, generator=torch.Generator().manual_seed(2), dtype=torch.float64
+    )
     with torch.no_grad():
         got = block.module(hidden)
         want = _reference_block(block, hidden, 9, prefix)
@@ -111,11 +120,20 @@ def test_an_unmerging_block_matches_a_float64_reference(arch, prefix):
 
 
 @pytest.mark.parametrize("plugin", REDUCTIONS)
-@pytest.mark.parametrize("arch, prefix, branches", [("vit", 1, "both"), ("deit-distilled", 2, "both"),
-                                                    ("dinov2-registers", 5, "both"), ("beit", 1, "both"),
-                                                    ("data2vec-vision", 1, "both"), ("vit", 1, "mlp"),
-                                                    ("beit", 1, "mlp"), ("deit-distilled", 2, "attention"),
-                                                    ("beit", 1, "attention")])
+@pytest.mark.parametrize(
+    "arch, prefix, branches",
+    [
+        ("vit", 1, "both"),
+        ("deit-distilled", 2, "both"),
+        ("dinov2-registers", 5, "both"),
+        ("beit", 1, "both"),
+        ("data2vec-vision", 1, "both"),
+        ("vit", 1, "mlp"),
+        ("beit", 1, "mlp"),
+        ("deit-distilled", 2, "attention"),
+        ("beit", 1, "attention"),
+    ],
+)
 def test_every_reduction_unmerges_as_its_matrix_in_a_float64_block(plugin, arch, prefix, branches):
     """Any reduction T the block builds: reduced = diag(1/s) T x (s = T 1), each branch computed on it and
     given back as T^T branch; pruned tokens (zero columns) pass unchanged. A relative position bias B
@@ -126,7 +144,9 @@ def test_every_reduction_unmerges_as_its_matrix_in_a_float64_block(plugin, arch,
     capture = Capture(block.module.reduction_builder)
     block.module.reduction_builder = capture
     n = 64 + prefix
-    hidden = torch.randn(3, n, model.config.hidden_size, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    hidden = torch.randn(
+        3, n, model.config.hidden_size, generator=torch.Generator().manual_seed(3), dtype=torch.float64
+    )
     with torch.no_grad():
         got = block.module(hidden)
         (reduction,) = capture.built
@@ -136,11 +156,17 @@ def test_every_reduction_unmerges_as_its_matrix_in_a_float64_block(plugin, arch,
         sizes = matrix.sum(-1, keepdim=True)
         heads, d = block.attention.heads, block.attention.head_dim
         x = (matrix @ block.part("norm1")(hidden)) / sizes
-        q, k, v = (block.attention.projection(role)(x).view(3, -1, heads, d).transpose(1, 2) for role in ("query", "key", "value"))
+        q, k, v = (
+            block.attention.projection(role)(x).view(3, -1, heads, d).transpose(1, 2)
+            for role in ("query", "key", "value")
+        )
         logits = q @ k.transpose(-1, -2) / math.sqrt(d) + sizes.log()[:, None, None, :, 0]
         bias = position_bias(block, n)
         if bias is not None:
-            logits = logits + (matrix[:, None] @ bias @ matrix.transpose(1, 2)[:, None]) / (sizes @ sizes.transpose(1, 2))[:, None]
+            logits = (
+                logits
+                + (matrix[:, None] @ bias @ matrix.transpose(1, 2)[:, None]) / (sizes @ sizes.transpose(1, 2))[:, None]
+            )
         context = (logits.softmax(-1) @ v).transpose(1, 2).reshape(3, -1, heads * d)
         branch = matrix.transpose(1, 2) @ block.attention_output(context)
         scale = block.part("layer_scale1")
@@ -185,13 +211,17 @@ def test_every_layer_keeps_the_token_map_and_r_zero_is_the_original(plugin, arch
     with torch.no_grad():
         before = model(pixel_values=x, output_hidden_states=True)
         same = surgery.apply(tiny(arch), [(plugin, {"r": 0, "unmerge": True})])(pixel_values=x).logits
-        merged = surgery.apply(tiny(arch), [(plugin, {"r": 12, "unmerge": True})])(pixel_values=x, output_hidden_states=True)
+        merged = surgery.apply(tiny(arch), [(plugin, {"r": 12, "unmerge": True})])(
+            pixel_values=x, output_hidden_states=True
+        )
     assert torch.equal(same, before.logits)
     assert [h.shape for h in merged.hidden_states] == [h.shape for h in before.hidden_states]
     assert not torch.equal(merged.hidden_states[-1], before.hidden_states[-1])  # it did merge
     # the same tokens in the same places: each token's features stay closest to its own unreduced ones
     last, reference = merged.hidden_states[-1], before.hidden_states[-1]
-    similarity = torch.nn.functional.normalize(last, dim=-1) @ torch.nn.functional.normalize(reference, dim=-1).transpose(1, 2)
+    similarity = torch.nn.functional.normalize(last, dim=-1) @ torch.nn.functional.normalize(
+        reference, dim=-1
+    ).transpose(1, 2)
     assert (similarity.argmax(-1) == torch.arange(last.shape[1])).float().mean() > 0.9
 
 
@@ -251,7 +281,9 @@ def test_save_reload_revert_and_the_option_default(tmp_path):
         surgery.save(surgery.apply(tiny("vit"), [(plugin, {"r": 4, "unmerge": True})]), tmp_path / plugin)
         text = card(tmp_path / plugin, measure=False).read_text()
         assert "unmerge" in text.lower() and "Between attention and MLP" not in text  # the card says where it reduces
-    with pytest.raises(surgery.ConfigError, match=r"token_prune: option 'flops' got 0.5; allowed: None with unmerge=True"):
+    with pytest.raises(
+        surgery.ConfigError, match=r"token_prune: option 'flops' got 0.5; allowed: None with unmerge=True"
+    ):
         surgery.apply(tiny("vit"), [("token_prune", {"flops": 0.5, "unmerge": True})])
 
 
@@ -259,14 +291,23 @@ def test_save_reload_revert_and_the_option_default(tmp_path):
 def test_branches_is_checked_and_needs_the_unmerging_blocks(plugin):
     config = surgery.get_host().method(plugin).config_class
     assert config().branches == "both" and config.from_recipe({"r": 8}).branches == "both"  # recipes from before
-    with pytest.raises(surgery.ConfigError, match=rf"{plugin}: option 'branches' got 'mpl'; allowed: one of 'both', "
-                                                  r"'attention', 'mlp' .*Did you mean 'mlp'\?"):
+    with pytest.raises(
+        surgery.ConfigError,
+        match=rf"{plugin}: option 'branches' got 'mpl'; allowed: one of 'both', "
+        r"'attention', 'mlp' .*Did you mean 'mlp'\?",
+    ):
         config(branches="mpl")
-    for options in ({"branches": "mlp", "unmerge": False}, {"branches": "attention"}):  # unset on ViT: the reducing blocks
+    for options in (
+        {"branches": "mlp", "unmerge": False},
+        {"branches": "attention"},
+    ):  # unset on ViT: the reducing blocks
         model = tiny("vit")
         before = {k: v.clone() for k, v in model.state_dict().items()}
-        with pytest.raises(surgery.ConfigError, match=rf"{plugin}: option 'branches' got '\w+'; allowed: 'both' with "
-                                                      r"unmerge=False .*set unmerge=True"):
+        with pytest.raises(
+            surgery.ConfigError,
+            match=rf"{plugin}: option 'branches' got '\w+'; allowed: 'both' with "
+            r"unmerge=False .*set unmerge=True",
+        ):
             surgery.apply(model, [(plugin, {"r": 4, **options})])
         assert not surgery.history(model) and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
         assert repr(model) == repr(tiny("vit"))  # no class swapped
@@ -292,17 +333,28 @@ def test_unmerge_left_unset_is_the_familys_choice_and_the_recipe_records_it(plug
         replayed = tiny(arch)  # a hand-written recipe that leaves it null: the family decides on replay too
         replay(replayed, [{**recipe, "options": {**recipe["options"], "unmerge": None}}])
         assert surgery.history(replayed)[0].options["unmerge"] is needed
-    with pytest.raises(surgery.ConfigError, match=rf"{plugin}: option 'unmerge' got None; allowed: True or False in a "
-                                                  r"direct call"):
+    with pytest.raises(
+        surgery.ConfigError,
+        match=rf"{plugin}: option 'unmerge' got None; allowed: True or False in a "
+        r"direct call",
+    ):
         method.apply(tiny("vit"), method.config_class(), host.anatomy("vit"))
     if "flops" in [name for name, _, _ in method.config_class.describe_options()]:  # its FLOPs target: reducing only
-        with pytest.raises(surgery.ConfigError, match=rf"{plugin}: option 'flops' got 0.5; allowed: None with "
-                                                      r"unmerge=True .*\(left unset, unmerge=True is what beit takes\)"):
+        with pytest.raises(
+            surgery.ConfigError,
+            match=rf"{plugin}: option 'flops' got 0.5; allowed: None with "
+            r"unmerge=True .*\(left unset, unmerge=True is what beit takes\)",
+        ):
             surgery.apply(tiny("beit"), [(plugin, {"flops": 0.5})])
 
 
-@pytest.mark.parametrize("plugin, to, arch", [(p, "onnx", "dinov2") for p in REDUCTIONS] + [("token_merge", "openvino", "dinov2")]
-                         + [(p, "onnx", "beit") for p in REDUCTIONS] + [("token_prune", "openvino", "data2vec-vision")])
+@pytest.mark.parametrize(
+    "plugin, to, arch",
+    [(p, "onnx", "dinov2") for p in REDUCTIONS]
+    + [("token_merge", "openvino", "dinov2")]
+    + [(p, "onnx", "beit") for p in REDUCTIONS]
+    + [("token_prune", "openvino", "data2vec-vision")],
+)
 def test_export_matches_pytorch(tmp_path, plugin, to, arch):
     """The reduced relative position bias (BEiT, data2vec-vision) exports too: ONNX Runtime and OpenVINO
     give PyTorch's logits."""

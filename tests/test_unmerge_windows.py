@@ -21,7 +21,9 @@ from conftest import assert_export_and_compile_match_eager, images, parts, suppo
 WINDOWED = [arch for arch in supported("token_merge", options={"unmerge": True}) if arch.startswith("swin")]
 
 
-def swin(size: str = "demo", image_size: int = 32, r: int = 6, seed: int = 0, branches: str = "both") -> torch.nn.Module:
+def swin(
+    size: str = "demo", image_size: int = 32, r: int = 6, seed: int = 0, branches: str = "both"
+) -> torch.nn.Module:
     """A Swin with a shifted block (demo: depths 2, 2; window 4 on an 8 x 8 map), merged in every window."""
     from surgery.demo.zoo import build_model
 
@@ -41,8 +43,9 @@ class Capture:
         return self.builder.describe()
 
 
-def _reference(block, hidden: torch.Tensor, dims: tuple[int, int], matrix: torch.Tensor,
-               branches: str = "both") -> torch.Tensor:
+def _reference(
+    block, hidden: torch.Tensor, dims: tuple[int, int], matrix: torch.Tensor, branches: str = "both"
+) -> torch.Tensor:
     """The block in float64 from the host's own window functions: T (B * windows, M, N) reduces every
     window of the block's normed input (s = T 1: diag(1/s) T x), q k^T / sqrt(d) + log(s) + the reduced
     bias and mask (diag(1/s) T (B + mask) T^T diag(1/s)), each branch given back as T^T y, windows
@@ -76,8 +79,10 @@ def _reference(block, hidden: torch.Tensor, dims: tuple[int, int], matrix: torch
         bias = bias + mask.repeat(batch, 1, 1)[:, None]
     matrix, sizes = attention_matrix, attention_matrix.sum(-1, keepdim=True)
     x = matrix @ x / sizes
-    q, k, v = (block.attention.projection(role)(x).view(x.shape[0], -1, heads, d).transpose(1, 2)
-               for role in ("query", "key", "value"))
+    q, k, v = (
+        block.attention.projection(role)(x).view(x.shape[0], -1, heads, d).transpose(1, 2)
+        for role in ("query", "key", "value")
+    )
     reduced = (matrix[:, None] @ bias @ matrix.transpose(1, 2)[:, None]) / (sizes @ sizes.transpose(1, 2))[:, None]
     logits = q @ k.transpose(-1, -2) / math.sqrt(d) + sizes.log()[:, None, None, :, 0] + reduced
     context = (logits.softmax(-1) @ v).transpose(1, 2).reshape(x.shape[0], -1, heads * d)
@@ -88,9 +93,19 @@ def _reference(block, hidden: torch.Tensor, dims: tuple[int, int], matrix: torch
     return h + paste(matrix.transpose(1, 2) @ branch, height_pad, width_pad)
 
 
-@pytest.mark.parametrize("image_size, index, r, branches", [(32, 0, 6, "both"), (32, 1, 6, "both"), (40, 1, 5, "both"),
-                                                             (40, 0, 8, "both"), (32, 1, 6, "mlp"), (40, 1, 5, "mlp"),
-                                                             (40, 1, 5, "attention"), (32, 0, 6, "attention")])
+@pytest.mark.parametrize(
+    "image_size, index, r, branches",
+    [
+        (32, 0, 6, "both"),
+        (32, 1, 6, "both"),
+        (40, 1, 5, "both"),
+        (40, 0, 8, "both"),
+        (32, 1, 6, "mlp"),
+        (40, 1, 5, "mlp"),
+        (40, 1, 5, "attention"),
+        (32, 0, 6, "attention"),
+    ],
+)
 def test_a_windowed_block_matches_a_float64_reference(image_size, index, r, branches):
     """Blocks 0 (no shift) and 1 (shifted); 40 px: a 10 x 10 map padded to whole 4 x 4 windows; each branch
     choice (the one left out runs on every token)."""
@@ -145,7 +160,10 @@ def test_the_reduced_shift_mask_is_the_mask_reduced_as_the_tokens_are(side, r):
     pure = (single.weights @ torch.nn.functional.one_hot(groups, 18).float()).gt(0).sum(-1).eq(1).all(-1)  # windows
     got = regions.reduced_mask(single.mean)[:, 0][pure]
     assert bool(pure.any()) and bool(((got == 0) | (got == MASKED)).all())
-    assert regions.reduced_mask(single.mean).dtype == torch.float32 and WindowGrid(8, 8, 4, 0).regions().reduced_mask(single.mean) is None
+    assert (
+        regions.reduced_mask(single.mean).dtype == torch.float32
+        and WindowGrid(8, 8, 4, 0).regions().reduced_mask(single.mean) is None
+    )
 
 
 def test_the_matching_never_pairs_two_groups():
@@ -204,7 +222,9 @@ def test_save_reload_revert_and_the_refusal_of_the_reducing_blocks(tmp_path):
     surgery.revert(model)
     assert torch.equal(model(pixel_values=x).logits, build_model("swin", "demo")(pixel_values=x).logits)
     assert "within windows" in repr(swin(r=6))
-    with pytest.raises(surgery.SurgeryError, match=r"token_merge.*windowed.*option 'unmerge' got False; allowed: True"):
+    with pytest.raises(
+        surgery.SurgeryError, match=r"token_merge.*windowed.*option 'unmerge' got False; allowed: True"
+    ):
         surgery.apply(build_model("swin", "demo"), [("token_merge", {"r": 6, "unmerge": False})])
     unset = surgery.apply(build_model("swin", "demo"), [("token_merge", {"r": 6})])  # left unset: within windows
     assert surgery.history(unset)[0].options["unmerge"] is True and torch.equal(unset(pixel_values=x).logits, logits)
@@ -222,7 +242,9 @@ def test_export_matches_pytorch(tmp_path, to, image_size):
     scores decide some merges, and their order is left to the runtime's sort (as in ToMe): ONNX Runtime
     sorts them as PyTorch, OpenVINO not always."""
     pytest.importorskip("onnxruntime" if to == "onnx" else "openvino")
-    result = surgery.export(swin(image_size=image_size, r=6), tmp_path / to, to=to)  # raises beyond the float tolerance
+    result = surgery.export(
+        swin(image_size=image_size, r=6), tmp_path / to, to=to
+    )  # raises beyond the float tolerance
     assert result.max_abs_diff < 1e-4
 
 

@@ -33,4 +33,3 @@ METHOD = define_method(
 
 
 surgery_register_methods = registration(METHOD)
-

@@ -56,8 +56,17 @@ def _resize_axis(bias: torch.Tensor, axis: int, size: int) -> torch.Tensor:
 class AgentAttention(AttentionCore):
     """Drop-in replacement for a ViT/DeiT/Swin self-attention core, built from its parts (q/k/v reused)."""
 
-    def __init__(self, parts: AttentionParts, agents: int, grid: tuple[int, int], prefix_tokens: int,
-                 bias_size: int | None = 7, prefix_bias: bool = True, init: str = "zero", dropout: float = 0.0):
+    def __init__(
+        self,
+        parts: AttentionParts,
+        agents: int,
+        grid: tuple[int, int],
+        prefix_tokens: int,
+        bias_size: int | None = 7,
+        prefix_bias: bool = True,
+        init: str = "zero",
+        dropout: float = 0.0,
+    ):
         super().__init__(parts)
         reference = parts.projection("qkv" if "qkv" in parts.projections else "query").weight
         channels = parts.width
@@ -79,11 +88,13 @@ class AgentAttention(AttentionCore):
             self.ca_bias = nn.Parameter(zeros(1, num_heads, prefix_tokens, agents))
         else:
             self.ac_bias = self.ca_bias = None
-        self.dwc = nn.Conv2d(channels, channels, 3, padding=1, groups=channels, device=reference.device, dtype=reference.dtype)
+        self.dwc = nn.Conv2d(
+            channels, channels, 3, padding=1, groups=channels, device=reference.device, dtype=reference.dtype
+        )
         self.reset_new_parameters(init)
 
     def reset_new_parameters(self, init: str) -> None:
-        """"zero": every bias and the conv start at 0 (warm start); "paper": the official init."""
+        """ "zero": every bias and the conv start at 0 (warm start); "paper": the official init."""
         with torch.no_grad():
             for name, parameter in self.named_parameters():
                 if name.endswith("_bias"):
@@ -105,7 +116,7 @@ class AgentAttention(AttentionCore):
         pool = pool_matrix(height, width, self.side).to(device=x.device, dtype=x.dtype)
         agents = split(torch.matmul(pool, q[:, prefix:]))
         q, k, v_heads = split(q), split(k), split(v)
-        scale = dim ** -0.5
+        scale = dim**-0.5
         to_keys, to_agents = self._biases(height, width)
         agent_attn = self._softmax(torch.matmul(agents * scale, k.transpose(-1, -2)) + to_keys)
         agent_v = torch.matmul(agent_attn, v_heads)
@@ -121,7 +132,9 @@ class AgentAttention(AttentionCore):
     def _grid(self, patches: int) -> tuple[int, int]:
         side = math.isqrt(patches)
         if side * side != patches:
-            raise ValueError(f"agent_attention: {patches} patch tokens do not form a square grid; non-square inputs are not supported.")
+            raise ValueError(
+                f"agent_attention: {patches} patch tokens do not form a square grid; non-square inputs are not supported."
+            )
         return side, side
 
     def _biases(self, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -169,5 +182,7 @@ class AgentAttention(AttentionCore):
         return torch.cat([prefix_bias, bias], dim=dim)
 
     def extra_repr(self) -> str:
-        return (f"heads={self.num_heads}, agents={self.agents} ({self.side}x{self.side}), grid={self.grid}, "
-                f"prefix_tokens={self.prefix_tokens}, bias_table={tuple(self.an_bias.shape[-2:])}")
+        return (
+            f"heads={self.num_heads}, agents={self.agents} ({self.side}x{self.side}), grid={self.grid}, "
+            f"prefix_tokens={self.prefix_tokens}, bias_table={tuple(self.an_bias.shape[-2:])}"
+        )

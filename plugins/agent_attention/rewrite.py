@@ -11,8 +11,14 @@ from surgery.core.method import Rewrite
 from surgery.core.parts import BlockParts
 from surgery.plugins.agent_attention.config import AgentAttentionConfig
 from surgery.plugins.agent_attention.layers import AgentAttention
-from surgery.toolkit.attention import (all_but_last_stage, attend_globally, install_core, is_hierarchical, select_layers,
-                                       stage_of)
+from surgery.toolkit.attention import (
+    all_but_last_stage,
+    attend_globally,
+    install_core,
+    is_hierarchical,
+    select_layers,
+    stage_of,
+)
 from surgery.toolkit.modules import Changes
 
 SWIN_AGENTS_BY_STAGE = (9, 16, 49, 49)  # Agent-Swin T/S/B: AGENT.NUM = 9-16-49-49
@@ -30,10 +36,22 @@ def apply(model: nn.Module, config: AgentAttentionConfig, anatomy: Anatomy) -> R
         else:
             agents = config.agents or min(81 if parts.width >= 768 else 49, _largest_square(grid))
         if agents > grid[0] * grid[1]:
-            raise config.invalid("agents", agents, f"at most the {grid[0] * grid[1]} patches of block {index}'s "
-                                 f"{grid[0]}x{grid[1]} grid (agents pool the patches)")
-        new = AgentAttention(parts.attention, agents, grid, anatomy.prefix_tokens_of(model.config), bias_size=config.bias_size,
-                             prefix_bias=config.prefix_bias, init=config.init, dropout=parts.attention.dropout)
+            raise config.invalid(
+                "agents",
+                agents,
+                f"at most the {grid[0] * grid[1]} patches of block {index}'s "
+                f"{grid[0]}x{grid[1]} grid (agents pool the patches)",
+            )
+        new = AgentAttention(
+            parts.attention,
+            agents,
+            grid,
+            anatomy.prefix_tokens_of(model.config),
+            bias_size=config.bias_size,
+            prefix_bias=config.prefix_bias,
+            init=config.init,
+            dropout=parts.attention.dropout,
+        )
         install_core(changes, parts, new)
     return changes.rewrite()
 

@@ -16,9 +16,11 @@ from surgery.toolkit.packing import pack_bits, unpack_bits
 from surgery.toolkit.tracing import refuse_trace_by
 
 
-OPENVINO_W1A1 = ("1-bit activations (sign of every linear input) flip on the small rounding differences of OpenVINO's "
-                 "float CPU kernels, so outputs drift far beyond the 1e-3 check; surgery's own export runs the W1A1 "
-                 "linears as OpenVINO BinaryConvolution instead (exact), or use activations='full' (W1A32)")
+OPENVINO_W1A1 = (
+    "1-bit activations (sign of every linear input) flip on the small rounding differences of OpenVINO's "
+    "float CPU kernels, so outputs drift far beyond the 1e-3 check; surgery's own export runs the W1A1 "
+    "linears as OpenVINO BinaryConvolution instead (exact), or use activations='full' (W1A32)"
+)
 
 
 class BinaryLinear(LatentWeight, InferenceCache, nn.Linear):
@@ -38,19 +40,42 @@ class BinaryLinear(LatentWeight, InferenceCache, nn.Linear):
     latent weight.
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, binarize_input: bool = True,
-                 learnable_alpha: bool = True, pack: bool = True, device=None, dtype=None):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        binarize_input: bool = True,
+        learnable_alpha: bool = True,
+        pack: bool = True,
+        device=None,
+        dtype=None,
+    ):
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self.binarize_input, self.pack, self.learnable_alpha = binarize_input, pack, learnable_alpha
         self.binarize = True  # training-time switch for staged recovery (plugins/bivit/training.py); never saved
         self.from_packed = False  # rebuilt from 1-bit signs: no latent weights, the saved alpha is the scale
-        self.alpha = nn.Parameter(torch.ones(out_features, 1, device=device, dtype=dtype), requires_grad=learnable_alpha)
-        self.register_buffer("weight_bits", torch.zeros(out_features, -(-in_features // 8), dtype=torch.uint8, device=device), persistent=pack)
+        self.alpha = nn.Parameter(
+            torch.ones(out_features, 1, device=device, dtype=dtype), requires_grad=learnable_alpha
+        )
+        self.register_buffer(
+            "weight_bits",
+            torch.zeros(out_features, -(-in_features // 8), dtype=torch.uint8, device=device),
+            persistent=pack,
+        )
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, binarize_input: bool, learnable_alpha: bool, pack: bool) -> BinaryLinear:
-        new = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, binarize_input=binarize_input,
-                  learnable_alpha=learnable_alpha, pack=pack, device=linear.weight.device, dtype=linear.weight.dtype)
+        new = cls(
+            linear.in_features,
+            linear.out_features,
+            bias=linear.bias is not None,
+            binarize_input=binarize_input,
+            learnable_alpha=learnable_alpha,
+            pack=pack,
+            device=linear.weight.device,
+            dtype=linear.weight.dtype,
+        )
         new.weight, new.bias = linear.weight, linear.bias
         with torch.no_grad():
             new.alpha.copy_(linear.weight.abs().mean(dim=1, keepdim=True))
@@ -80,7 +105,9 @@ class BinaryLinear(LatentWeight, InferenceCache, nn.Linear):
         if not inference_only(self, self.weight, None if fixed else self.alpha):
             self.clear_inference_cache()
             return self._binarized(fixed)
-        return self.cached(state_key(self.weight, self.alpha) + (fixed, self.binarize_input), lambda: self._binarized(fixed))
+        return self.cached(
+            state_key(self.weight, self.alpha) + (fixed, self.binarize_input), lambda: self._binarized(fixed)
+        )
 
     def _binarized(self, fixed: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         scale = self.weight.abs().mean(dim=1, keepdim=True).detach() if fixed else self.alpha
@@ -130,7 +157,10 @@ class BinaryAttention:
         heads, dim = parts.heads, parts.head_dim
         q, k, v = parts.qkv(hidden_states, transform=sign_ste)
         scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(dim)
-        for bias in (parts.position_bias(tokens, args, kwargs), parts.host_bias(args, kwargs)):  # the core's own, the block's (BEiT 5)
+        for bias in (
+            parts.position_bias(tokens, args, kwargs),
+            parts.host_bias(args, kwargs),
+        ):  # the core's own, the block's (BEiT 5)
             if bias is not None:
                 scores = scores + bias
         if attention_mask is not None:

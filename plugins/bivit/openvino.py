@@ -71,8 +71,9 @@ def _binary_linear(node: Any) -> tuple[Any, np.ndarray] | None:
     if sign.get_type_name() != "Select" or weight.get_type_name() != "Constant":
         return None
     compare = sign.input(0).get_source_output().get_node()
-    if compare.get_type_name() != "GreaterEqual" or [uniform(sign.input(i).get_source_output().get_node())
-                                                      for i in (1, 2)] != [1.0, -1.0]:
+    if compare.get_type_name() != "GreaterEqual" or [
+        uniform(sign.input(i).get_source_output().get_node()) for i in (1, 2)
+    ] != [1.0, -1.0]:
         return None
     x = compare.input(0).get_source_output()
     if uniform(compare.input(1).get_source_output().get_node()) != 0.0 or x.get_partial_shape().rank.get_length() != 3:
@@ -89,7 +90,9 @@ def binary_linears(model: Any, shape: Sequence[int] | None = None) -> int:
     from openvino.passes import ConstantFolding, Manager
 
     manager = Manager()
-    manager.register_pass(ConstantFolding())  # the +-1 weight signs, computed from the latent weights, become constants
+    manager.register_pass(
+        ConstantFolding()
+    )  # the +-1 weight signs, computed from the latent weights, become constants
     manager.run_passes(model)
     found = [(node, match) for node in model.get_ordered_ops() if (match := _binary_linear(node)) is not None]
     if found and shape is not None:
@@ -108,5 +111,11 @@ def rewrite_graph(model: Any, options: Mapping[str, Any], shape: Sequence[int]) 
     if options.get("activations", "binary") != "binary":
         return None
     count = binary_linears(model, shape)
-    return (f"bivit: {count} W1A1 linears run as BinaryConvolution (xnor-popcount on u1 bits); "
-            f"static input shape {list(shape)}") if count else None
+    return (
+        (
+            f"bivit: {count} W1A1 linears run as BinaryConvolution (xnor-popcount on u1 bits); "
+            f"static input shape {list(shape)}"
+        )
+        if count
+        else None
+    )

@@ -24,6 +24,11 @@ def apply(model: nn.Module, config: BiViTConfig, anatomy: Anatomy) -> Rewrite:
         changes.replace(name, BinaryLinear.from_linear(old, binary_inputs, config.learnable_alpha, config.pack))
     if config.parts in ("all", "attention") and binary_inputs:
         for parts in anatomy.blocks(model):
-            changes.swap_class(parts.attention_name, BinaryAttention, "Binary", bivit_ratio=config.softmax_ratio,
-                               bivit_parts=parts.attention)
+            changes.swap_class(
+                parts.attention_name,
+                BinaryAttention,
+                "Binary",
+                bivit_ratio=config.softmax_ratio,
+                bivit_parts=parts.attention,
+            )
     return changes.rewrite()

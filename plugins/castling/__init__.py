@@ -27,9 +27,13 @@ METHOD = define_method(
     training=training.training,
     roles=("block", "attention", "parts"),
     version="0.1.1",
-    changes={"0.1.1": ("q and k are normalised as x * rsqrt(max(|x|^2, 1e-12)) (a finite gradient at zero "
-                       "vectors) instead of x / |x|: the same function above |x| = 1e-6, rounded differently, so "
-                       "0.1.0 checkpoints reload within float rounding (6e-8 measured), not bit for bit.")},
+    changes={
+        "0.1.1": (
+            "q and k are normalised as x * rsqrt(max(|x|^2, 1e-12)) (a finite gradient at zero "
+            "vectors) instead of x / |x|: the same function above |x| = 1e-6, rounded differently, so "
+            "0.1.0 checkpoints reload within float rounding (6e-8 measured), not bit for bit."
+        )
+    },
     paper="https://arxiv.org/abs/2211.10526",
     reference="https://github.com/GATECH-EIC/Castling-ViT (c7b75c1, unofficial miniature core)",
     search=SearchSpace(options={"layers": ("default", "all")}, fastest={"layers": "all"}, needs_recovery=True),

@@ -28,15 +28,31 @@ from surgery.toolkit.attention import NORM_EPS, AttentionCore, unit  # noqa: F40
 class LinearAngularAttention(AttentionCore):
     """Drop-in replacement for a ViT/DeiT/Swin self-attention core, built from its parts (q/k/v reused)."""
 
-    def __init__(self, parts: AttentionParts, prefix_tokens: int, kernel_size: int = 9, sparse_reg: bool = True,
-                 sparse_threshold: float = 0.02, aux_weight: float = 1.0, init: str = "zero"):
+    def __init__(
+        self,
+        parts: AttentionParts,
+        prefix_tokens: int,
+        kernel_size: int = 9,
+        sparse_reg: bool = True,
+        sparse_threshold: float = 0.02,
+        aux_weight: float = 1.0,
+        init: str = "zero",
+    ):
         super().__init__(parts)
         reference = parts.projection("qkv" if "qkv" in parts.projections else "query").weight
         num_heads = parts.heads
         self.prefix_tokens = prefix_tokens
         self.sparse_reg, self.sparse_threshold, self.aux_weight = sparse_reg, sparse_threshold, aux_weight
-        self.dconv = nn.Conv2d(num_heads, num_heads, (kernel_size, 1), padding=(kernel_size // 2, 0), groups=num_heads,
-                               bias=False, device=reference.device, dtype=reference.dtype)
+        self.dconv = nn.Conv2d(
+            num_heads,
+            num_heads,
+            (kernel_size, 1),
+            padding=(kernel_size // 2, 0),
+            groups=num_heads,
+            bias=False,
+            device=reference.device,
+            dtype=reference.dtype,
+        )
         if init == "zero":
             with torch.no_grad():
                 self.dconv.weight.zero_()
@@ -49,7 +65,7 @@ class LinearAngularAttention(AttentionCore):
         out = 0.5 * v + (1.0 / math.pi) * torch.matmul(q_unit, torch.matmul(k_unit.transpose(-1, -2), v))
         self.aux_penalty = None
         if self.training and self.sparse_reg and self.aux_weight > 0:
-            probs = torch.softmax(torch.matmul(q, k.transpose(-1, -2)) * self.head_dim ** -0.5, dim=-1)
+            probs = torch.softmax(torch.matmul(q, k.transpose(-1, -2)) * self.head_dim**-0.5, dim=-1)
             sparse = probs * (probs > self.sparse_threshold)
             out = out + self.aux_weight * torch.matmul(sparse, v)
             self.aux_penalty = sparse.sum(dim=-1).mean()
@@ -59,5 +75,7 @@ class LinearAngularAttention(AttentionCore):
         return out.transpose(1, 2).reshape(batch, tokens, channels)
 
     def extra_repr(self) -> str:
-        return (f"heads={self.num_heads}, kernel={self.dconv.kernel_size[0]}, prefix_tokens={self.prefix_tokens}, "
-                f"sparse_reg={self.sparse_reg} (threshold={self.sparse_threshold}, weight={self.aux_weight}, training only)")
+        return (
+            f"heads={self.num_heads}, kernel={self.dconv.kernel_size[0]}, prefix_tokens={self.prefix_tokens}, "
+            f"sparse_reg={self.sparse_reg} (threshold={self.sparse_threshold}, weight={self.aux_weight}, training only)"
+        )

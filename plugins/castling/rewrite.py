@@ -23,11 +23,20 @@ def apply(model: nn.Module, config: CastlingConfig, anatomy: Anatomy) -> Rewrite
         parts = blocks[index]
         tokens = parts.attended_tokens()  # the sequence the depthwise conv runs over
         if config.kernel_size > 2 * tokens - 1:
-            raise config.invalid("kernel_size", config.kernel_size, f"an odd integer up to {2 * tokens - 1} (block "
-                                 f"{index} convolves a sequence of {tokens} tokens; longer kernels never touch one)")
+            raise config.invalid(
+                "kernel_size",
+                config.kernel_size,
+                f"an odd integer up to {2 * tokens - 1} (block "
+                f"{index} convolves a sequence of {tokens} tokens; longer kernels never touch one)",
+            )
         new = LinearAngularAttention(
-            parts.attention, anatomy.prefix_tokens_of(model.config), kernel_size=config.kernel_size, sparse_reg=config.sparse_reg,
-            sparse_threshold=config.sparse_threshold, aux_weight=config.aux_weight, init=config.init,
+            parts.attention,
+            anatomy.prefix_tokens_of(model.config),
+            kernel_size=config.kernel_size,
+            sparse_reg=config.sparse_reg,
+            sparse_threshold=config.sparse_threshold,
+            aux_weight=config.aux_weight,
+            init=config.init,
         )
         install_core(changes, parts, new)
     return changes.rewrite()

@@ -44,7 +44,9 @@ class AuxiliaryBranchSchedule(TrainingHooks):
             layer.aux_weight, layer.aux_penalty = self.config.aux_weight, None
 
 
-def training(model: nn.Module, config: CastlingConfig, targets: list[str], anatomy: Anatomy) -> AuxiliaryBranchSchedule:
+def training(
+    model: nn.Module, config: CastlingConfig, targets: list[str], anatomy: Anatomy
+) -> AuxiliaryBranchSchedule:
     refuse_zero_prefix_tokens(model, anatomy)
     layers = [module_at(model, name) for name in targets]
     return AuxiliaryBranchSchedule([m for m in layers if isinstance(m, LinearAngularAttention)], config)
@@ -55,8 +57,11 @@ def refuse_zero_prefix_tokens(model: nn.Module, anatomy: Anatomy) -> None:
     is a fixed point of linear-angular attention: it stays zero through every block, and each
     LayerNorm (eps 1e-12) multiplies its gradient by about 1e6, so training overflows to NaN within a
     few blocks. Trained checkpoints never have one; an untrained model is refused with the reason."""
-    zero = [name for name, parameter in anatomy.prefix_token_parameters(model)
-            if parameter.numel() and not parameter.detach().any()]
+    zero = [
+        name
+        for name, parameter in anatomy.prefix_token_parameters(model)
+        if parameter.numel() and not parameter.detach().any()
+    ]
     if zero:
         raise SurgeryError(
             f"castling: {', '.join(zero)} {'is' if len(zero) == 1 else 'are'} all zero (an untrained model): "

@@ -85,7 +85,9 @@ def code_loss(y: torch.Tensor, targets: torch.Tensor, bits: int) -> torch.Tensor
     return -(torch.einsum("bhn,bhnl->bhl", y, targets) * y).sum(-1).div(tokens * bits).mean()
 
 
-def relaxed_gradient(kernel: torch.Tensor, symmetric_targets: torch.Tensor, row: torch.Tensor, bits: int) -> torch.Tensor:
+def relaxed_gradient(
+    kernel: torch.Tensor, symmetric_targets: torch.Tensor, row: torch.Tensor, bits: int
+) -> torch.Tensor:
     """d/d row of ``code_loss(2 sigmoid(kernel row) - 1, S, bits)``, with ``symmetric_targets`` = S + S^T:
     the loss is -y^T S y / (B H N b), so dL/dy = -(S + S^T) y / (B H N b) and dy/dz = 2 s (1 - s)."""
     batch, heads, tokens, _ = kernel.shape
@@ -99,20 +101,35 @@ def check_learnable(x: torch.Tensor, anchors: int, topk: int) -> None:
     """Raise unless ``x`` (B, H, N, d) can teach the hash: N >= anchors and topk, and every value finite."""
     tokens = x.shape[2]
     if tokens < max(anchors, topk):
-        raise SurgeryError(f"ecoformer: the hash learns from the tokens of one image, and this batch has {tokens} per "
-                           f"image, fewer than anchors={anchors} or topk={topk}: learn it from images of the model's "
-                           "size (calibration data), or apply with smaller anchors and topk.")
+        raise SurgeryError(
+            f"ecoformer: the hash learns from the tokens of one image, and this batch has {tokens} per "
+            f"image, fewer than anchors={anchors} or topk={topk}: learn it from images of the model's "
+            "size (calibration data), or apply with smaller anchors and topk."
+        )
     if not bool(torch.isfinite(x).all()):
-        raise SurgeryError("ecoformer: the batch the hash would learn from holds NaN or inf values (in the images, or "
-                           "produced by the blocks before); the hash was not learned. Learn it from finite data.")
+        raise SurgeryError(
+            "ecoformer: the batch the hash would learn from holds NaN or inf values (in the images, or "
+            "produced by the blocks before); the hash was not learned. Learn it from finite data."
+        )
 
 
 class KernelHash(nn.Module):
     """b-bit kernelised hash per head, learned from one batch of (B, H, N, d) normalised tokens."""
 
-    def __init__(self, heads: int, head_dim: int, bits: int = 16, anchors: int = 25, topk: int = 10,
-                 lr: float = 5e-4, momentum: float = 0.9, iterations: int = 100, seed: int = 0,
-                 device=None, dtype=None):
+    def __init__(
+        self,
+        heads: int,
+        head_dim: int,
+        bits: int = 16,
+        anchors: int = 25,
+        topk: int = 10,
+        lr: float = 5e-4,
+        momentum: float = 0.9,
+        iterations: int = 100,
+        seed: int = 0,
+        device=None,
+        dtype=None,
+    ):
         super().__init__()
         self.heads, self.head_dim, self.bits, self.num_anchors, self.topk = heads, head_dim, bits, anchors, topk
         self.lr, self.momentum, self.iterations, self.seed = lr, momentum, iterations, seed
@@ -164,8 +181,10 @@ class KernelHash(nn.Module):
         for bit in range(self.bits):
             before = self.A[:, bit, :].clone()
             fitted = self._fit_row(kernel, targets, before)
-            codes = [torch.where(torch.einsum("bhnm,hm->bhn", kernel, row) > 0, 1.0, -1.0).to(x.dtype)
-                     for row in (before, fitted)]
+            codes = [
+                torch.where(torch.einsum("bhnm,hm->bhn", kernel, row) > 0, 1.0, -1.0).to(x.dtype)
+                for row in (before, fitted)
+            ]
             losses = [float(code_loss(y, targets, self.bits)) for y in codes]
             better = losses[1] < losses[0]
             self.A[:, bit, :].copy_(fitted if better else before)

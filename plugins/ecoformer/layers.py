@@ -46,14 +46,34 @@ def hashed_attention(codes: torch.Tensor, v: torch.Tensor, bias: float) -> torch
 class EcoFormerAttention(AttentionCore):
     """Drop-in replacement for a self-attention core, built from its parts (query -> to_qk, value -> to_v)."""
 
-    def __init__(self, parts: AttentionParts, bits: int = 16, anchors: int = 25, topk: int = 10,
-                 lr: float = 5e-4, momentum: float = 0.9, iterations: int = 100, seed: int = 0):
+    def __init__(
+        self,
+        parts: AttentionParts,
+        bits: int = 16,
+        anchors: int = 25,
+        topk: int = 10,
+        lr: float = 5e-4,
+        momentum: float = 0.9,
+        iterations: int = 100,
+        seed: int = 0,
+    ):
         super().__init__(parts)
         del self._modules[self.surgery_projections.pop("key")]  # to_qk = W_q: the key projection is discarded
         reference = self.projection("query").weight
         self.bits, self.bias = bits, float(bits + 1)
-        self.hash = KernelHash(parts.heads, parts.head_dim, bits, anchors, topk, lr, momentum, iterations, seed,
-                               device=reference.device, dtype=reference.dtype)
+        self.hash = KernelHash(
+            parts.heads,
+            parts.head_dim,
+            bits,
+            anchors,
+            topk,
+            lr,
+            momentum,
+            iterations,
+            seed,
+            device=reference.device,
+            dtype=reference.dtype,
+        )
         self.learn_next = False  # set by recovery: learn the hash again on the next batch
 
     def shared_qk(self, x: torch.Tensor) -> torch.Tensor:
@@ -65,9 +85,11 @@ class EcoFormerAttention(AttentionCore):
         qk = self.shared_qk(x)
         if self.learn_next or not self.hash_learned():
             if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling():
-                raise SurgeryError("ecoformer: this block's hash was never learned (or never read outside a trace), so "
-                                   "the graph would learn it from the trace's inputs; apply with calibration data, run a "
-                                   "batch, or recover first.")
+                raise SurgeryError(
+                    "ecoformer: this block's hash was never learned (or never read outside a trace), so "
+                    "the graph would learn it from the trace's inputs; apply with calibration data, run a "
+                    "batch, or recover first."
+                )
             self.hash.learn(qk)
             self.learn_next = not self.hash_learned()  # read again, for later traces
             logger.info("ecoformer: learned the %d-bit hash of a block on a batch of %d", self.bits, qk.shape[0])
@@ -91,8 +113,10 @@ class EcoFormerAttention(AttentionCore):
         """Why this module cannot be saved or exported as it is (:mod:`surgery.toolkit.completeness`)."""
         if self.hash_learned():
             return None
-        return ("ecoformer: a block's hash was never learned, so every reload would learn it from whichever batch "
-                "comes first; apply with calibration data, run a batch through the model, or recover first")
+        return (
+            "ecoformer: a block's hash was never learned, so every reload would learn it from whichever batch "
+            "comes first; apply with calibration data, run a batch through the model, or recover first"
+        )
 
     def code_products(self, tokens: int) -> int:
         """Products with a +-1 code in one call on ``tokens`` tokens (h^T v, h (h^T v) and h . sum h, per

@@ -25,15 +25,25 @@ def apply(model: nn.Module, config: EcoFormerConfig, anatomy: Anatomy) -> Rewrit
     for index in select_layers(config.layers, len(blocks), default_layers(blocks), config):
         parts = blocks[index]
         if "qkv" in parts.attention.projections:
-            raise UnsupportedModelError(f"ecoformer: block {index} has a fused qkv projection; EcoFormer builds its shared "
-                                        "to_qk from the query projection and needs the query and value ones separate.")
+            raise UnsupportedModelError(
+                f"ecoformer: block {index} has a fused qkv projection; EcoFormer builds its shared "
+                "to_qk from the query projection and needs the query and value ones separate."
+            )
         tokens = parts.grid[0] * parts.grid[1] + (0 if parts.windowed else anatomy.prefix_tokens_of(model.config))
         for field, value in (("anchors", config.anchors), ("topk", config.topk)):
             if value > tokens:
                 raise config.invalid(field, value, f"at most the {tokens} tokens block {index} attends over")
         attend_globally(changes, parts)  # like the official global attention (PVT): the stage map, not windows
-        new = EcoFormerAttention(parts.attention, config.bits, config.anchors, config.topk, config.lr, config.momentum,
-                                 config.iterations, seed=config.seed + index)
+        new = EcoFormerAttention(
+            parts.attention,
+            config.bits,
+            config.anchors,
+            config.topk,
+            config.lr,
+            config.momentum,
+            config.iterations,
+            seed=config.seed + index,
+        )
         install_core(changes, parts, new)
     return changes.rewrite()
 

@@ -59,9 +59,9 @@ class GGeMReadout(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         hidden = self.norm(hidden)
-        patches = hidden[:, self.prefix_tokens:]
+        patches = hidden[:, self.prefix_tokens :]
         sizes = self.token_sizes.for_tokens(hidden) if self.token_sizes is not None else None
-        weights = None if sizes is None else sizes[:, self.prefix_tokens:]
+        weights = None if sizes is None else sizes[:, self.prefix_tokens :]
         pooled = self.pool(patches, weights).unsqueeze(1).expand(-1, self.prefix_tokens, -1)
         return torch.cat([pooled, patches], dim=1)
 
@@ -91,7 +91,7 @@ class GGeMNormedPooler(nn.Module):
         self.norm, self.pool, self.prefix_tokens = norm, pool, prefix_tokens
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.pool(hidden[:, self.prefix_tokens:]))
+        return self.norm(self.pool(hidden[:, self.prefix_tokens :]))
 
     def extra_repr(self) -> str:
         return f"prefix_tokens={self.prefix_tokens}"

@@ -29,7 +29,9 @@ METHOD = define_method(
     roles=("linears",),
     export_exact=False,
     provides=("int8",),
-    conflicts={"binary_linears": "bivit's binary linears are already below 8 bits; quantize the float model or binarize it, not both"},
+    conflicts={
+        "binary_linears": "bivit's binary linears are already below 8 bits; quantize the float model or binarize it, not both"
+    },
     paper="https://arxiv.org/abs/1712.05877",
     reference="torch.ao.quantization observers and fake-quant; ONNX QDQ format",
     # which linears stay float is per-layer, as NNCF's accuracy control chooses it: the first or last
@@ -38,10 +40,16 @@ METHOD = define_method(
     # eager: measured, per runtime; the weight-only and linear-attention mixes are refused and recorded so), and
     # the patch embedding (a few per cent of a ViT's time at most). Not the classifier: about 0.1 % of a ViT-B's
     # time, a trial measures nothing there
-    search=SearchSpace(options={"activations": ("int8", "none"), "float_blocks": ((), (0,), (-1,)),
-                                "float_roles": ((), ("mlp_out",)), "attention": ("float", "int8"),
-                                "patch_embed": ("float", "int8")},
-                       quiet={"float_blocks": (), "float_roles": (), "attention": "float", "patch_embed": "float"}),
+    search=SearchSpace(
+        options={
+            "activations": ("int8", "none"),
+            "float_blocks": ((), (0,), (-1,)),
+            "float_roles": ((), ("mlp_out",)),
+            "attention": ("float", "int8"),
+            "patch_embed": ("float", "int8"),
+        },
+        quiet={"float_blocks": (), "float_roles": (), "attention": "float", "patch_embed": "float"},
+    ),
 )
 
 

@@ -36,8 +36,14 @@ INPUTS = ("query", "key", "value")
 
 def symmetric_fake_quant(observer: str, bits: int = 8) -> FakeQuantize:
     """Per-tensor symmetric int8 over [-2**(bits-1), 2**(bits-1) - 1] (zero point 0)."""
-    return FakeQuantize(observer=OBSERVERS[observer], quant_min=-(2 ** (bits - 1)), quant_max=2 ** (bits - 1) - 1,
-                        dtype=torch.qint8, qscheme=torch.per_tensor_symmetric, reduce_range=False)
+    return FakeQuantize(
+        observer=OBSERVERS[observer],
+        quant_min=-(2 ** (bits - 1)),
+        quant_max=2 ** (bits - 1) - 1,
+        dtype=torch.qint8,
+        qscheme=torch.per_tensor_symmetric,
+        reduce_range=False,
+    )
 
 
 class AttentionQuant(nn.Module):
@@ -60,10 +66,12 @@ class AttentionQuant(nn.Module):
         self.state()
 
     def state(self) -> str | None:
-        """"calibrated" or "observing" from the flags (while compiling: the state last read); None on meta."""
+        """ "calibrated" or "observing" from the flags (while compiling: the state last read); None on meta."""
+
         def read() -> str | None:
             flag = self.get_submodule(INPUTS[0]).observer_enabled
             return None if flag.is_meta else ("observing" if bool(flag[0]) else "calibrated")
+
         return remembered(self, "state", read)
 
     def __call__(self, role: str, x: torch.Tensor) -> torch.Tensor:

@@ -46,8 +46,13 @@ class QuantizeConfig(SurgeryConfig):
     """
 
     plugin: ClassVar[str] = "quantize"
-    legacy_defaults: ClassVar[dict] = {"activation_bits": 8, "attention": "float", "patch_embed": "float",
-                                       "classifier": "float", "attention_bits": 8}
+    legacy_defaults: ClassVar[dict] = {
+        "activation_bits": 8,
+        "attention": "float",
+        "patch_embed": "float",
+        "classifier": "float",
+        "attention_bits": 8,
+    }
 
     activations: Literal["int8", "none"] = "int8"
     observer: Literal["histogram", "minmax"] = "histogram"
@@ -64,4 +69,6 @@ class QuantizeConfig(SurgeryConfig):
         if self.calibration_batches < 1:
             raise self.invalid("calibration_batches", self.calibration_batches, "an integer >= 1")
         if self.attention == "int8" and self.activations != "int8":
-            raise self.invalid("attention", self.attention, '"float" with weight-only quantization (activations="none")')
+            raise self.invalid(
+                "attention", self.attention, '"float" with weight-only quantization (activations="none")'
+            )

@@ -61,25 +61,50 @@ class Int8Linear:
     quant_max: int
 
     @classmethod
-    def build(cls, weight_int8: torch.Tensor, w_scale: torch.Tensor, x_scale: torch.Tensor, x_zero_point: torch.Tensor,
-              quant_min: int, quant_max: int, kernel: str | None = None) -> Int8Linear:
+    def build(
+        cls,
+        weight_int8: torch.Tensor,
+        w_scale: torch.Tensor,
+        x_scale: torch.Tensor,
+        x_zero_point: torch.Tensor,
+        quant_min: int,
+        quant_max: int,
+        kernel: str | None = None,
+    ) -> Int8Linear:
         """``kernel``: a name from :data:`.kernels.KERNELS` (refused unless exact here), or None for the
         process's choice."""
         outputs, inputs = weight_int8.shape
         kernel = choice(quant_max, inputs, outputs)[0] if kernel is None else named(kernel, quant_max)
         scale = x_scale.detach().float().reshape(())
         w_scale = w_scale.detach().float()
-        return cls(kernel, kernel.prepack(weight_int8, w_scale), w_scale, torch.zeros(w_scale.shape[0], dtype=torch.long),
-                   torch.reciprocal(scale), float(scale), int(x_zero_point.reshape(())), quant_min, quant_max)
+        return cls(
+            kernel,
+            kernel.prepack(weight_int8, w_scale),
+            w_scale,
+            torch.zeros(w_scale.shape[0], dtype=torch.long),
+            torch.reciprocal(scale),
+            float(scale),
+            int(x_zero_point.reshape(())),
+            quant_min,
+            quant_max,
+        )
 
     def __call__(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         out = self.kernel.run(x.reshape(-1, x.shape[-1]), self, self.packed, bias)
         return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
-def decomposed_linear(x: torch.Tensor, weight: torch.Tensor, w_scale: torch.Tensor, w_zero_point: torch.Tensor,
-                      x_scale: torch.Tensor, x_zero_point: torch.Tensor, quant_min: int, quant_max: int,
-                      bias: torch.Tensor | None) -> torch.Tensor:
+def decomposed_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    w_scale: torch.Tensor,
+    w_zero_point: torch.Tensor,
+    x_scale: torch.Tensor,
+    x_zero_point: torch.Tensor,
+    quant_min: int,
+    quant_max: int,
+    bias: torch.Tensor | None,
+) -> torch.Tensor:
     """A W8A8 linear as PyTorch 2's quantization writes it for ``torch.compile`` / ``torch.export``
     (``quantized_decomposed`` quantize and dequantize ops around a float linear): the same codes as
     the fake-quants; Inductor, with ``freezing`` on, folds the weight's codes and lowers the pattern

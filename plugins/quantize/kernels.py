@@ -56,19 +56,37 @@ class Kernel:
 
 
 def _onednn_available() -> bool:
-    return hasattr(torch.ops, "onednn") and hasattr(torch.ops.onednn, "qlinear_pointwise") and \
-        hasattr(torch.ops.onednn, "qlinear_prepack") and torch.backends.mkldnn.is_available()
+    return (
+        hasattr(torch.ops, "onednn")
+        and hasattr(torch.ops.onednn, "qlinear_pointwise")
+        and hasattr(torch.ops.onednn, "qlinear_prepack")
+        and torch.backends.mkldnn.is_available()
+    )
 
 
 def _onednn_run(x: torch.Tensor, layer: Any, packed: Any, bias: torch.Tensor | None) -> torch.Tensor:
     codes = (x * layer.x_inverse).round_().add_(layer.x_zero_point).clamp_(layer.quant_min, layer.quant_max)
-    return torch.ops.onednn.qlinear_pointwise(codes.to(torch.uint8), layer.x_scale, layer.x_zero_point, packed,
-                                              layer.w_scale, layer.w_zero_point, bias, 1.0, 0, torch.float32, "none", [], "")
+    return torch.ops.onednn.qlinear_pointwise(
+        codes.to(torch.uint8),
+        layer.x_scale,
+        layer.x_zero_point,
+        packed,
+        layer.w_scale,
+        layer.w_zero_point,
+        bias,
+        1.0,
+        0,
+        torch.float32,
+        "none",
+        [],
+        "",
+    )
 
 
 def _fbgemm_available() -> bool:
-    return "fbgemm" in torch.backends.quantized.supported_engines and \
-        hasattr(torch.ops.quantized, "linear_with_input_q_dq_qweight_dq_output_fp32")
+    return "fbgemm" in torch.backends.quantized.supported_engines and hasattr(
+        torch.ops.quantized, "linear_with_input_q_dq_qweight_dq_output_fp32"
+    )
 
 
 def _fbgemm_prepack(weight_int8: torch.Tensor, w_scale: torch.Tensor) -> Any:
@@ -124,8 +142,9 @@ def _exact(kernel: Kernel, quant_max: int) -> bool:
     codes[:4] = quant_max  # the worst case: every product of a row at its largest
     w = torch.randint(-128, 128, (outputs, columns), generator=generator, dtype=torch.int8)
     w[:4] = -128
-    problem = _Problem(0.5, 3, 0, quant_max, torch.rand(outputs, generator=generator) + 0.5,
-                       torch.zeros(outputs, dtype=torch.long))
+    problem = _Problem(
+        0.5, 3, 0, quant_max, torch.rand(outputs, generator=generator) + 0.5, torch.zeros(outputs, dtype=torch.long)
+    )
     x = (codes - problem.x_zero_point).float() * problem.x_scale  # exactly on the grid
     try:
         got = kernel.run(x, problem, kernel.prepack(w, problem.w_scale), None)
@@ -148,11 +167,18 @@ def _milliseconds(kernel: Kernel, quant_max: int, inputs: int, outputs: int, rep
 def _timed(kernel: Kernel, quant_max: int, inputs: int, outputs: int, repeats: int) -> float:
     rows = ROWS
     generator = torch.Generator().manual_seed(0)
-    problem = _Problem(0.05, quant_max // 2, 0, quant_max, torch.rand(outputs, generator=generator) * 0.01 + 0.001,
-                       torch.zeros(outputs, dtype=torch.long))
+    problem = _Problem(
+        0.05,
+        quant_max // 2,
+        0,
+        quant_max,
+        torch.rand(outputs, generator=generator) * 0.01 + 0.001,
+        torch.zeros(outputs, dtype=torch.long),
+    )
     x = torch.randn(rows, inputs, generator=generator)
-    packed = kernel.prepack(torch.randint(-128, 128, (outputs, inputs), generator=generator, dtype=torch.int8),
-                            problem.w_scale)
+    packed = kernel.prepack(
+        torch.randint(-128, 128, (outputs, inputs), generator=generator, dtype=torch.int8), problem.w_scale
+    )
     bias = torch.zeros(outputs)
     with torch.inference_mode():
         kernel.run(x, problem, packed, bias)
@@ -174,11 +200,15 @@ def exact_here(name: str, quant_max: int) -> bool:
 def named(name: str, quant_max: int, source: str = "int8_kernel") -> Kernel:
     """The kernel called ``name``, refused with the reason unless it is exact here."""
     if name not in KERNELS:
-        raise SurgeryError(f"quantize: {source} got {name!r}; allowed: {', '.join(KERNELS)}{did_you_mean(name, list(KERNELS))}")
+        raise SurgeryError(
+            f"quantize: {source} got {name!r}; allowed: {', '.join(KERNELS)}{did_you_mean(name, list(KERNELS))}"
+        )
     if not exact_here(name, quant_max):
         usable = [k for k in KERNELS if exact_here(k, quant_max)]
-        raise SurgeryError(f"quantize: {source} got {name!r}, but that kernel is missing from this torch or not exact for "
-                           f"{quant_max + 1}-level activation codes on this CPU; exact here: {', '.join(usable) or 'none'}")
+        raise SurgeryError(
+            f"quantize: {source} got {name!r}, but that kernel is missing from this torch or not exact for "
+            f"{quant_max + 1}-level activation codes on this CPU; exact here: {', '.join(usable) or 'none'}"
+        )
     return KERNELS[name]
 
 
@@ -193,13 +223,17 @@ def choice(quant_max: int, inputs: int = 768, outputs: int = 768) -> tuple[Kerne
         return named(forced, quant_max, ENVIRONMENT), f"set by {ENVIRONMENT}"
     candidates = [kernel for kernel in KERNELS.values() if exact_here(kernel.name, quant_max)]
     if len(candidates) <= 1:
-        return (candidates[0] if candidates else None), "the only exact kernel here" if candidates else "no exact kernel here"
+        return (
+            candidates[0] if candidates else None
+        ), "the only exact kernel here" if candidates else "no exact kernel here"
     times = {kernel.name: _milliseconds(kernel, quant_max, inputs, outputs) for kernel in candidates}
     first = candidates[0]
     best = min(candidates, key=lambda kernel: times[kernel.name])
     best = best if times[best.name] < (1 - MARGIN) * times[first.name] else first
-    reason = (f"fastest here on a {ROWS} x {inputs} -> {outputs} linear (another kernel than {first.name} only when "
-              f"{MARGIN:.0%} faster): " + ", ".join(f"{n} {t:.1f} ms" for n, t in times.items()))
+    reason = (
+        f"fastest here on a {ROWS} x {inputs} -> {outputs} linear (another kernel than {first.name} only when "
+        f"{MARGIN:.0%} faster): " + ", ".join(f"{n} {t:.1f} ms" for n, t in times.items())
+    )
     logger.info("quantize: int8 %d -> %d layers run on %s (%s)", inputs, outputs, best.name, reason)
     return best, reason
 

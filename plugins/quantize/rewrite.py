@@ -26,16 +26,27 @@ def apply(model: nn.Module, config: QuantizeConfig, anatomy: Anatomy) -> Rewrite
     linears = anatomy.find_group(model, "linears")
     kept = kept_float(model, config, anatomy, [name for name, _ in linears])
     if len(kept) == len(linears):
-        raise config.invalid("float_blocks/float_roles", (config.float_blocks, config.float_roles),
-                             f"choices that leave at least one of the {len(linears)} linears to quantize")
+        raise config.invalid(
+            "float_blocks/float_roles",
+            (config.float_blocks, config.float_roles),
+            f"choices that leave at least one of the {len(linears)} linears to quantize",
+        )
     blocks = anatomy.blocks(model) if config.attention == "int8" else []
     for parts in blocks:
         if isinstance(parts.attention.core, AttentionCore):
-            raise config.invalid("attention", config.attention, '"float" after a step that replaced the softmax attention '
-                                 f"(block {parts.index} runs {type(parts.attention.core).__name__}: no q k^T to quantize)")
+            raise config.invalid(
+                "attention",
+                config.attention,
+                '"float" after a step that replaced the softmax attention '
+                f"(block {parts.index} runs {type(parts.attention.core).__name__}: no q k^T to quantize)",
+            )
     if "cosine_attention" in anatomy.traits and blocks:
-        raise config.invalid("attention", config.attention, '"float" on models with cosine attention (Swinv2: '
-                             "q and k are normalised and scaled by a learned temperature, not quantized here)")
+        raise config.invalid(
+            "attention",
+            config.attention,
+            '"float" on models with cosine attention (Swinv2: '
+            "q and k are normalised and scaled by a learned temperature, not quantized here)",
+        )
     ends = outer_layers(model, config, anatomy)
     changes = Changes(model)
     for name, old in linears + ends:
@@ -44,10 +55,18 @@ def apply(model: nn.Module, config: QuantizeConfig, anatomy: Anatomy) -> Rewrite
             changes.replace(name, new(old, config.activations, config.observer, config.activation_bits))
     for parts in blocks:
         core = parts.attention.core
-        quant = AttentionQuant(config.observer, config.activation_bits, config.attention_bits).to(next(core.parameters()).device)
+        quant = AttentionQuant(config.observer, config.activation_bits, config.attention_bits).to(
+            next(core.parameters()).device
+        )
         # not claimed: token reduction's swap of this core composes with it (its attention reads the quantizers)
-        changes.swap_class(parts.attention_name, QuantAttention, "Int8", claim=False, surgery_attention_quant=quant,
-                           quant_parts=parts.attention)
+        changes.swap_class(
+            parts.attention_name,
+            QuantAttention,
+            "Int8",
+            claim=False,
+            surgery_attention_quant=quant,
+            quant_parts=parts.attention,
+        )
     return changes.rewrite()
 
 
@@ -58,10 +77,18 @@ def outer_layers(model: nn.Module, config: QuantizeConfig, anatomy: Anatomy) -> 
     for option, role, kind in (("patch_embed", "patch_embed", nn.Conv2d), ("classifier", "classifier", nn.Linear)):
         if getattr(config, option) != "int8":
             continue
-        found = [(name, module) for name, module in anatomy.find(model, role) if type(module) is kind] if role in roles else []
+        found = (
+            [(name, module) for name, module in anatomy.find(model, role) if type(module) is kind]
+            if role in roles
+            else []
+        )
         if not found:
-            raise config.invalid(option, "int8", f'"float" on this {anatomy.model_type} model: it has no plain '
-                                 f"{kind.__name__} as its {role.replace('_', ' ')}")
+            raise config.invalid(
+                option,
+                "int8",
+                f'"float" on this {anatomy.model_type} model: it has no plain '
+                f"{kind.__name__} as its {role.replace('_', ' ')}",
+            )
         layers += found
     return layers
 
@@ -74,13 +101,18 @@ def kept_float(model: nn.Module, config: QuantizeConfig, anatomy: Anatomy, linea
         count = len(blocks)
         for index in config.float_blocks:
             if not -count <= index < count:
-                raise config.invalid("float_blocks", config.float_blocks,
-                                     f"block indices from {-count} to {count - 1} (this model has {count} blocks)")
+                raise config.invalid(
+                    "float_blocks",
+                    config.float_blocks,
+                    f"block indices from {-count} to {count - 1} (this model has {count} blocks)",
+                )
             kept |= {name for name in linears if name.startswith(blocks[index] + ".")}
     roles = anatomy.group(model, "linears")
     for role in config.float_roles:
         if role not in roles:
-            raise config.invalid("float_roles", config.float_roles, f"roles of this model's linears: {', '.join(roles)}")
+            raise config.invalid(
+                "float_roles", config.float_roles, f"roles of this model's linears: {', '.join(roles)}"
+            )
         kept |= {name for name, _ in anatomy.find(model, role)}
     return kept
 

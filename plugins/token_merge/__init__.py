@@ -18,8 +18,10 @@ _NOT_WITH_LINEAR_ATTENTION = (
     "proportional attention biases the softmax logits); the linear attentions have neither"
 )
 
-_SWIN = ("Swin attends within fixed windows and merges patches on a fixed grid, and a token merged between "
-         "attention and MLP has no grid position")
+_SWIN = (
+    "Swin attends within fixed windows and merges patches on a fixed grid, and a token merged between "
+    "attention and MLP has no grid position"
+)
 
 METHOD = define_method(
     __name__,
@@ -28,11 +30,15 @@ METHOD = define_method(
     **reduction_fields(_NOT_WITH_LINEAR_ATTENTION, _SWIN, windows=True),
     apply=rewrite.apply,
     version="0.1.1",
-    changes={"0.1.1": ("merging within Swin's windows (unmerge=True on a windowed family) applies the merge, the "
-                       "unmerge and the reduced bias and shift mask as matrix products, and attention as explicit matmuls "
-                       "(float rounding only: logits "
-                       "within ~1e-6 of 0.1.0's on the same merges; a near-tie between two merge scores may now "
-                       "break the other way). The reducing blocks and unmerge on other families are unchanged.")},
+    changes={
+        "0.1.1": (
+            "merging within Swin's windows (unmerge=True on a windowed family) applies the merge, the "
+            "unmerge and the reduced bias and shift mask as matrix products, and attention as explicit matmuls "
+            "(float rounding only: logits "
+            "within ~1e-6 of 0.1.0's on the same merges; a near-tie between two merge scores may now "
+            "break the other way). The reducing blocks and unmerge on other families are unchanged."
+        )
+    },
     paper="https://arxiv.org/abs/2210.09461",
     reference="https://github.com/facebookresearch/ToMe (af95e4b)",
     search=SearchSpace(options={"r": (2, 4, 6, 8, 10, 12, 16, 20, 24)}, fastest={"r": 24}),

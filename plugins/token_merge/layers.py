@@ -27,8 +27,9 @@ class BipartiteMerge:
     importance: bool = False
     region: str = MERGE_REGION
 
-    def __call__(self, metric: torch.Tensor, importance: torch.Tensor | None, r: int,
-                 groups: torch.Tensor | None = None) -> Matching | None:
+    def __call__(
+        self, metric: torch.Tensor, importance: torch.Tensor | None, r: int, groups: torch.Tensor | None = None
+    ) -> Matching | None:
         return bipartite_soft_matching(metric, r, self.prefix, groups)
 
     def describe(self) -> str:

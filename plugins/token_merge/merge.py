@@ -49,7 +49,7 @@ class Matching:
         in_a, in_b = (self.prefix + 1) // 2, self.prefix // 2
         if in_b == 0:
             return torch.cat([kept, b], dim=1)
-        front = [kept[:, i // 2:i // 2 + 1] if i % 2 == 0 else b[:, i // 2:i // 2 + 1] for i in range(self.prefix)]
+        front = [kept[:, i // 2 : i // 2 + 1] if i % 2 == 0 else b[:, i // 2 : i // 2 + 1] for i in range(self.prefix)]
         return torch.cat([*front, kept[:, in_a:], b[:, in_b:]], dim=1)
 
     def apply(self, x: torch.Tensor, size: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,15 +66,17 @@ class Matching:
         if in_b == 0:
             kept, b = y[:, :kept_count], y[:, kept_count:]
         else:
-            front = y[:, :self.prefix]
-            kept = torch.cat([front[:, 0::2], y[:, self.prefix:self.prefix + kept_count - in_a]], dim=1)
-            b = torch.cat([front[:, 1::2], y[:, self.prefix + kept_count - in_a:]], dim=1)
+            front = y[:, : self.prefix]
+            kept = torch.cat([front[:, 0::2], y[:, self.prefix : self.prefix + kept_count - in_a]], dim=1)
+            b = torch.cat([front[:, 1::2], y[:, self.prefix + kept_count - in_a :]], dim=1)
         a = y.new_zeros(batch, kept_count + self.r, channels)
         a = a.scatter(1, self.keep.expand(batch, kept_count, channels), kept)
-        a = a.scatter(1, self.src.expand(batch, self.r, channels), b.gather(1, self.dst.expand(batch, self.r, channels)))
+        a = a.scatter(
+            1, self.src.expand(batch, self.r, channels), b.gather(1, self.dst.expand(batch, self.r, channels))
+        )
         if a.shape[1] > b.shape[1]:  # an odd count: A holds one more token
             b = torch.cat([b, b[:, -1:]], dim=1)
-        return torch.stack([a, b], dim=2).reshape(batch, -1, channels)[:, :a.shape[1] + y.shape[1] - kept_count]
+        return torch.stack([a, b], dim=2).reshape(batch, -1, channels)[:, : a.shape[1] + y.shape[1] - kept_count]
 
     def dense_matrix(self, n: int, dtype: torch.dtype) -> torch.Tensor:
         """T (B, N - r, N) in ``dtype``: each token's column one-hot at the output it lands in (its unmerge
@@ -90,7 +92,9 @@ class Matching:
         return self.merge_sum(torch.eye(n, dtype=torch.float64).expand(self.keep.shape[0], n, n))
 
 
-def bipartite_soft_matching(metric: torch.Tensor, r: int, prefix: int, groups: torch.Tensor | None = None) -> Matching | None:
+def bipartite_soft_matching(
+    metric: torch.Tensor, r: int, prefix: int, groups: torch.Tensor | None = None
+) -> Matching | None:
     """Match ``metric`` (B, N, C), whose first ``prefix`` tokens are protected (cls, distillation,
     registers), and return the merge of ``r`` tokens, or None when r caps to 0.
 
@@ -120,7 +124,9 @@ def bipartite_soft_matching(metric: torch.Tensor, r: int, prefix: int, groups: t
     return Matching(keep, src, dst, prefix)
 
 
-def merge_weighted(matching: Matching, x: torch.Tensor, size: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+def merge_weighted(
+    matching: Matching, x: torch.Tensor, size: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Size-weighted average merge of ``x``; returns the merged tokens and their new sizes."""
     if size is None:
         size = x.new_ones(x.shape[0], x.shape[1], 1)

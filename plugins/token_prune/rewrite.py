@@ -20,6 +20,15 @@ def apply(model: nn.Module, config: TokenPruneConfig, anatomy: Anatomy) -> Rewri
     blocks = anatomy.blocks(model)
     cost = functools.partial(overhead, prefix=prefix, width=blocks[0].width)
     removals = config.removals(blocks, prefix, functools.partial(removable, prefix=prefix), model.config, cost)
-    return swap_reducing(model, anatomy, blocks, "token_prune", "TokenPrune", removals, PruneBuilder(prefix=prefix), config.prop_attn,
-                        classes=(UnmergingLayer if unmerging(config) else ReducingLayer, ReducingAttention),
-                        branches=config.branches)
+    return swap_reducing(
+        model,
+        anatomy,
+        blocks,
+        "token_prune",
+        "TokenPrune",
+        removals,
+        PruneBuilder(prefix=prefix),
+        config.prop_attn,
+        classes=(UnmergingLayer if unmerging(config) else ReducingLayer, ReducingAttention),
+        branches=config.branches,
+    )

@@ -31,6 +31,8 @@ class TokenTransformConfig(ReductionConfig):
     def validate(self) -> None:
         super().validate()
         if not MIN_TEMPERATURE <= self.temperature <= MAX_TEMPERATURE:  # cosines / temperature stay finite in fp16
-            raise self.invalid("temperature", self.temperature, f"a number in [{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}]")
+            raise self.invalid(
+                "temperature", self.temperature, f"a number in [{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}]"
+            )
         if self.topk < 1:
             raise self.invalid("topk", self.topk, "an integer >= 1")

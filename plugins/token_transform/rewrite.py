@@ -21,6 +21,15 @@ def apply(model: nn.Module, config: TokenTransformConfig, anatomy: Anatomy) -> R
     cost = functools.partial(overhead, prefix=prefix, width=blocks[0].width, metric_dim=blocks[0].attention.head_dim)
     removals = config.removals(blocks, prefix, functools.partial(removable, prefix=prefix), model.config, cost)
     builder = ManyToManyBuilder(prefix=prefix, temperature=config.temperature, topk=config.topk)
-    return swap_reducing(model, anatomy, blocks, "token_transform", "TokenTransform", removals, builder, config.prop_attn,
-                        classes=(UnmergingLayer if unmerging(config) else ReducingLayer, ReducingAttention),
-                        branches=config.branches)
+    return swap_reducing(
+        model,
+        anatomy,
+        blocks,
+        "token_transform",
+        "TokenTransform",
+        removals,
+        builder,
+        config.prop_attn,
+        classes=(UnmergingLayer if unmerging(config) else ReducingLayer, ReducingAttention),
+        branches=config.branches,
+    )

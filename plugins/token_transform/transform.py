@@ -41,14 +41,14 @@ class ManyToMany:
         spread = self.weights.to(x.dtype).transpose(1, 2)  # (B, M, r)
         new_size = size.gather(1, self.targets.unsqueeze(-1)) + spread @ size.gather(1, self.sources.unsqueeze(-1))
         merged = (kept + spread @ moved) / new_size
-        return torch.cat([x[:, :self.prefix], merged], dim=1), torch.cat([size[:, :self.prefix], new_size], dim=1)
+        return torch.cat([x[:, : self.prefix], merged], dim=1), torch.cat([size[:, : self.prefix], new_size], dim=1)
 
     def unmerge(self, y: torch.Tensor, tokens: int) -> torch.Tensor:
         """T^T y over ``tokens`` positions: prefix and kept tokens take their own rows, each removed token
         the mix of the kept rows it spread over, by its weights."""
         channels = y.shape[-1]
-        kept = y[:, self.prefix:]
-        out = torch.cat([y[:, :self.prefix], y.new_zeros(y.shape[0], tokens - self.prefix, channels)], dim=1)
+        kept = y[:, self.prefix :]
+        out = torch.cat([y[:, : self.prefix], y.new_zeros(y.shape[0], tokens - self.prefix, channels)], dim=1)
         out = out.scatter(1, self.targets.unsqueeze(-1).expand(-1, -1, channels), kept)
         moved = self.weights.to(y.dtype) @ kept  # (B, r, C)
         return out.scatter(1, self.sources.unsqueeze(-1).expand(-1, -1, channels), moved)
@@ -57,14 +57,17 @@ class ManyToMany:
         batch, kept = self.targets.shape
         rows = torch.zeros(batch, self.prefix + kept, n, dtype=torch.float64)
         rows[:, torch.arange(self.prefix), torch.arange(self.prefix)] = 1.0
-        body = rows[:, self.prefix:]
+        body = rows[:, self.prefix :]
         body.scatter_(2, self.targets.unsqueeze(-1), 1.0)
-        body.scatter_add_(2, self.sources.unsqueeze(1).expand(-1, kept, -1), self.weights.transpose(1, 2).to(torch.float64))
+        body.scatter_add_(
+            2, self.sources.unsqueeze(1).expand(-1, kept, -1), self.weights.transpose(1, 2).to(torch.float64)
+        )
         return rows
 
 
-def many_to_many(metric: torch.Tensor, importance: torch.Tensor, r: int, prefix: int, temperature: float,
-                 topk: int) -> ManyToMany | None:
+def many_to_many(
+    metric: torch.Tensor, importance: torch.Tensor, r: int, prefix: int, temperature: float, topk: int
+) -> ManyToMany | None:
     """The reduction of ``r`` tokens (capped so one patch token stays), or None when nothing is removed."""
     split = split_for_removal(importance, r, prefix)
     if split is None:
@@ -103,4 +106,8 @@ def overhead(tokens_in: int, tokens_out: int, prefix: int, width: int, metric_di
     """FLOPs of one reduction: the prefix rows' attention scores, the removed-to-kept similarities and
     the spread of the removed tokens (and their sizes) onto the kept ones."""
     removed, kept = tokens_in - tokens_out, tokens_out - prefix
-    return importance_flops(tokens_in, prefix, width) + 2.0 * removed * kept * metric_dim + 2.0 * removed * kept * (width + 1)
+    return (
+        importance_flops(tokens_in, prefix, width)
+        + 2.0 * removed * kept * metric_dim
+        + 2.0 * removed * kept * (width + 1)
+    )

@@ -46,13 +46,15 @@ def adapter_files(pretrained: str | os.PathLike[str], **hub_kwargs: Any) -> Path
         return None
     weights = resolve(f"{ADAPTER}/{ADAPTER_FILES[1]}")
     if weights is None or Path(weights).parent != Path(config).parent:
-        raise RecipeError(f"{pretrained}: {ADAPTER}/ has no {ADAPTER_FILES[1]}; surgery loads adapter weights from "
-                          "safetensors only.")
+        raise RecipeError(
+            f"{pretrained}: {ADAPTER}/ has no {ADAPTER_FILES[1]}; surgery loads adapter weights from safetensors only."
+        )
     return Path(config).parent
 
 
-def attach_adapter(model: Any, pretrained: str | os.PathLike[str], weights: str | Path, wanted: bool | None,
-                   **hub_kwargs: Any) -> Any:
+def attach_adapter(
+    model: Any, pretrained: str | os.PathLike[str], weights: str | Path, wanted: bool | None, **hub_kwargs: Any
+) -> Any:
     """``model`` with the adapter ``pretrained`` keeps in ``adapter/`` (a ``PeftModel``), after checking it
     against the record in ``weights``; ``model`` itself when there is none or ``wanted`` is False."""
     if wanted is False:
@@ -61,18 +63,24 @@ def attach_adapter(model: Any, pretrained: str | os.PathLike[str], weights: str 
     folder = adapter_files(pretrained, **hub_kwargs)
     if folder is None:
         if recorded is not None:
-            raise RecipeError(f"{pretrained}: the model was saved with a LoRA adapter in {ADAPTER}/ (its weights record "
-                              f"it), and {ADAPTER}/ is missing: copy or download the whole folder, or load the model "
-                              "without its adapter on purpose with surgery.load(..., adapter=False).")
+            raise RecipeError(
+                f"{pretrained}: the model was saved with a LoRA adapter in {ADAPTER}/ (its weights record "
+                f"it), and {ADAPTER}/ is missing: copy or download the whole folder, or load the model "
+                "without its adapter on purpose with surgery.load(..., adapter=False)."
+            )
         if wanted:
             raise RecipeError(f"{pretrained}: adapter=True, but the folder has no {ADAPTER}/.")
         return model
     if recorded is None:
-        raise RecipeError(f"{pretrained}: {ADAPTER}/ holds an adapter that the model's weights do not record (it was not "
-                          "saved with this model); surgery refuses it. Load the model alone with adapter=False.")
+        raise RecipeError(
+            f"{pretrained}: {ADAPTER}/ holds an adapter that the model's weights do not record (it was not "
+            "saved with this model); surgery refuses it. Load the model alone with adapter=False."
+        )
     if recorded != adapter_digest(folder):
-        raise RecipeError(f"{pretrained}: {ADAPTER}/ is not the adapter saved with this model (its files' SHA-256 differs "
-                          "from the weights' record): edited adapter_config.json or adapter weights.")
+        raise RecipeError(
+            f"{pretrained}: {ADAPTER}/ is not the adapter saved with this model (its files' SHA-256 differs "
+            "from the weights' record): edited adapter_config.json or adapter weights."
+        )
     return _load_peft(model, folder, pretrained)
 
 
@@ -82,13 +90,17 @@ def _load_peft(model: Any, folder: Path, source: Any) -> Any:
 
     kind = json.loads((folder / ADAPTER_FILES[0]).read_text()).get("peft_type")
     if kind != "LORA":
-        raise RecipeError(f"{source}: {ADAPTER}/ holds a {str(kind)[:40]!r} adapter; surgery keeps LoRA adapters only.")
+        raise RecipeError(
+            f"{source}: {ADAPTER}/ holds a {str(kind)[:40]!r} adapter; surgery keeps LoRA adapters only."
+        )
     peft_model = PeftModel.from_pretrained(model, str(folder), is_trainable=False)
     with safe_open(str(folder / ADAPTER_FILES[1]), framework="pt") as handle:
         stored = set(handle.keys())
     expected = set(get_peft_model_state_dict(peft_model))
     if stored != expected:
         missing, extra = sorted(expected - stored), sorted(stored - expected)
-        raise RecipeError(f"{source}: the adapter's weights do not fit the adapter its config builds "
-                          f"(missing {missing[:3]}, unexpected {extra[:3]}).")
+        raise RecipeError(
+            f"{source}: the adapter's weights do not fit the adapter its config builds "
+            f"(missing {missing[:3]}, unexpected {extra[:3]})."
+        )
     return peft_model

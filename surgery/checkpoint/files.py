@@ -34,8 +34,13 @@ def resolver(pretrained: str | os.PathLike[str], **hub_kwargs: Any):
     from transformers.utils import cached_file
 
     def resolve(name: str) -> str | None:
-        return cached_file(str(pretrained), name, _raise_exceptions_for_missing_entries=False,
-                           _raise_exceptions_for_connection_errors=False, **hub_kwargs)
+        return cached_file(
+            str(pretrained),
+            name,
+            _raise_exceptions_for_missing_entries=False,
+            _raise_exceptions_for_connection_errors=False,
+            **hub_kwargs,
+        )
 
     return resolve
 
@@ -50,9 +55,11 @@ def refuse_root_adapter(pretrained: str | os.PathLike[str], **hub_kwargs: Any) -
     except (ValueError, AttributeError, OSError):
         base = None
     redirect = f" ({clean_text(base, 120)!r})" if base else ""
-    raise RecipeError(f"{clean_text(pretrained, 200)}: {ADAPTER_CONFIG} at the root of a model folder makes transformers load "
-                      f"the adapter's base model{redirect} instead of this folder's weights; surgery refuses it. A LoRA "
-                      f"adapter that surgery keeps lives in adapter/ (recover(..., lora={{'merge': False}})).")
+    raise RecipeError(
+        f"{clean_text(pretrained, 200)}: {ADAPTER_CONFIG} at the root of a model folder makes transformers load "
+        f"the adapter's base model{redirect} instead of this folder's weights; surgery refuses it. A LoRA "
+        f"adapter that surgery keeps lives in adapter/ (recover(..., lora={{'merge': False}}))."
+    )
 
 
 def check_weight_files(pretrained: str | os.PathLike[str], **hub_kwargs: Any) -> str:
@@ -72,18 +79,24 @@ def check_weight_files(pretrained: str | os.PathLike[str], **hub_kwargs: Any) ->
         shards = sorted({str(v) for v in weight_map.values()})
         for shard in shards:
             if not shard.endswith(".safetensors") or Path(shard).name != shard or shard in (".", ".."):
-                raise RecipeError(f"{pretrained}: {SAFE_WEIGHTS_INDEX} names the weights file {shard[:200]!r}; surgery "
-                                  "loads only .safetensors files inside the model folder (never pickles, never other folders).")
+                raise RecipeError(
+                    f"{pretrained}: {SAFE_WEIGHTS_INDEX} names the weights file {shard[:200]!r}; surgery "
+                    "loads only .safetensors files inside the model folder (never pickles, never other folders)."
+                )
     elif resolve(SAFE_WEIGHTS) is not None:
         shards = [SAFE_WEIGHTS]
     else:
-        raise RecipeError(f"{pretrained}: no {SAFE_WEIGHTS} or {SAFE_WEIGHTS_INDEX}; surgery loads weights only from "
-                          "safetensors (it never reads pickled .bin weights).")
+        raise RecipeError(
+            f"{pretrained}: no {SAFE_WEIGHTS} or {SAFE_WEIGHTS_INDEX}; surgery loads weights only from "
+            "safetensors (it never reads pickled .bin weights)."
+        )
     if local:
         root = Path(pretrained).resolve()
         for shard in shards:
             if root not in (root / shard).resolve().parents:
-                raise RecipeError(f"{pretrained}: the weights file {shard} links outside the model folder; refusing it.")
+                raise RecipeError(
+                    f"{pretrained}: the weights file {shard} links outside the model folder; refusing it."
+                )
             check_readable(root / shard)
     first = resolve(shards[0])
     if first is None:
@@ -105,8 +118,9 @@ def weights_metadata(path: str | Path) -> dict[str, str]:
             handle.keys()
             return dict(handle.metadata() or {})
     except Exception as error:  # safetensors raises its own error type
-        raise RecipeError(f"{path} is not a readable safetensors file (truncated or corrupt): "
-                          f"{str(error).splitlines()[0][:200]}") from error
+        raise RecipeError(
+            f"{path} is not a readable safetensors file (truncated or corrupt): {str(error).splitlines()[0][:200]}"
+        ) from error
 
 
 _UNDIGESTED: contextvars.ContextVar[bool] = contextvars.ContextVar("surgery_undigested", default=False)
@@ -132,23 +146,31 @@ def check_digest(config: Any, weights: str | Path, steps: list[dict[str, Any]] |
     folder = Path(weights).parent
     if read_recipe_dict(config) is None:
         if saved is not None:
-            raise RecipeError(f"{folder}: these weights were saved with a surgery recipe (their metadata names its "
-                              "SHA-256), but config.json has none: the recipe was removed or the folder mixed; loading "
-                              "them as the plain model would give another model.")
+            raise RecipeError(
+                f"{folder}: these weights were saved with a surgery recipe (their metadata names its "
+                "SHA-256), but config.json has none: the recipe was removed or the folder mixed; loading "
+                "them as the plain model would give another model."
+            )
         return
     if saved is None:
         if _UNDIGESTED.get():
-            warnings.warn(f"{folder}: loading weights without a recipe digest, as asked (undigested=True): nothing "
-                          "shows they were saved with this recipe.", stacklevel=3)
+            warnings.warn(
+                f"{folder}: loading weights without a recipe digest, as asked (undigested=True): nothing "
+                "shows they were saved with this recipe.",
+                stacklevel=3,
+            )
             return
-        raise RecipeError(f"{folder}: config.json has a surgery recipe, but the weights' metadata carries no recipe "
-                          f"digest ({DIGEST_KEY}), so nothing shows they were saved with it (stripped metadata or "
-                          "weights from elsewhere); surgery refuses to guess. A checkpoint saved before surgery "
-                          "recorded digests loads only on purpose: surgery.load(folder, undigested=True).")
+        raise RecipeError(
+            f"{folder}: config.json has a surgery recipe, but the weights' metadata carries no recipe "
+            f"digest ({DIGEST_KEY}), so nothing shows they were saved with it (stripped metadata or "
+            "weights from elsewhere); surgery refuses to guess. A checkpoint saved before surgery "
+            "recorded digests loads only on purpose: surgery.load(folder, undigested=True)."
+        )
     if saved != recipe_digest(read_steps(config) if steps is None else steps):
-        raise RecipeError(f"{folder}: the recipe in config.json is not the one these weights were saved with "
-                          "(its SHA-256 differs from the weights' metadata): edited recipe or mixed folder.")
-
+        raise RecipeError(
+            f"{folder}: the recipe in config.json is not the one these weights were saved with "
+            "(its SHA-256 differs from the weights' metadata): edited recipe or mixed folder."
+        )
 
 
 def read_config_dict(pretrained: str | os.PathLike[str], **hub_kwargs: Any) -> dict[str, Any]:
@@ -156,13 +178,19 @@ def read_config_dict(pretrained: str | os.PathLike[str], **hub_kwargs: Any) -> d
     instead (not JSON, a number too long to read, a list ...), before transformers parses it."""
     found = resolver(pretrained, **hub_kwargs)("config.json")
     if found is None:
-        raise RecipeError(f"{clean_text(pretrained, 200)}: no config.json; not a saved model folder or Hub model repo.")
+        raise RecipeError(
+            f"{clean_text(pretrained, 200)}: no config.json; not a saved model folder or Hub model repo."
+        )
     try:
         data = json.loads(Path(found).read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError, RecursionError) as error:
-        raise RecipeError(f"{clean_text(pretrained, 200)}: config.json is not readable JSON "
-                          f"({clean_text(str(error).splitlines()[0], 160)}).") from error
+        raise RecipeError(
+            f"{clean_text(pretrained, 200)}: config.json is not readable JSON "
+            f"({clean_text(str(error).splitlines()[0], 160)})."
+        ) from error
     if not isinstance(data, dict):
-        raise RecipeError(f"{clean_text(pretrained, 200)}: config.json holds a JSON {type(data).__name__}, not the "
-                          "object of a model config.")
+        raise RecipeError(
+            f"{clean_text(pretrained, 200)}: config.json holds a JSON {type(data).__name__}, not the "
+            "object of a model config."
+        )
     return data

@@ -47,6 +47,8 @@ def guarded_reference(metadata: Mapping[str, str]) -> str | None:
 def unguard(value: torch.Tensor, expected: torch.Size, where: str) -> torch.Tensor:
     """The guarded tensor as the model holds it; anything but the expected shape with a leading 1 is an error."""
     if tuple(value.shape) != (1, *expected):
-        raise RecipeError(f"{where}: the checkpoint's guarded tensor has shape {tuple(value.shape)}, not "
-                          f"{(1, *tuple(expected))} (edited or corrupt checkpoint).")
+        raise RecipeError(
+            f"{where}: the checkpoint's guarded tensor has shape {tuple(value.shape)}, not "
+            f"{(1, *tuple(expected))} (edited or corrupt checkpoint)."
+        )
     return value.squeeze(0)

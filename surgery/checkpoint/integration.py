@@ -40,6 +40,7 @@ from surgery.errors import RecipeError
 from surgery.toolkit.completeness import refuse_incomplete
 from surgery.toolkit.packing import packed_away_keys, packed_state_dict, unpack_all
 
+
 class SurgeryQuantizer(HfQuantizer):
     """Replays a surgery recipe inside ``from_pretrained``. No calibration, no data.
 

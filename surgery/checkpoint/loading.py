@@ -14,8 +14,13 @@ from typing import Any
 from transformers import AutoConfig, AutoModelForImageClassification, PreTrainedModel
 
 from surgery.checkpoint.adapter import attach_adapter
-from surgery.checkpoint.files import (check_digest, check_weight_files, read_config_dict, refuse_root_adapter,
-                                      undigested_allowed)
+from surgery.checkpoint.files import (
+    check_digest,
+    check_weight_files,
+    read_config_dict,
+    refuse_root_adapter,
+    undigested_allowed,
+)
 from surgery.checkpoint.integration import lacking_weights, quiet_progress
 from surgery.checkpoint.plugins import check_plugins_installed
 from surgery.checkpoint.recipe import read_steps
@@ -24,8 +29,14 @@ from surgery.errors import RecipeError
 from surgery.toolkit.packing import packed_away_keys
 
 
-def load(pretrained: str | os.PathLike[str], model_class: Any = None, *, adapter: bool | None = None,
-         undigested: bool = False, **kwargs: Any) -> PreTrainedModel:
+def load(
+    pretrained: str | os.PathLike[str],
+    model_class: Any = None,
+    *,
+    adapter: bool | None = None,
+    undigested: bool = False,
+    **kwargs: Any,
+) -> PreTrainedModel:
     """Load a model folder or Hub id, replaying its surgery recipe, with strict weight loading (see
     :func:`_load`). ``undigested=True`` loads, with a warning, a checkpoint whose weights carry no
     recipe digest (saved before surgery recorded one); otherwise such a checkpoint is refused."""
@@ -33,8 +44,9 @@ def load(pretrained: str | os.PathLike[str], model_class: Any = None, *, adapter
         return _load(pretrained, model_class, adapter=adapter, **kwargs)
 
 
-def _load(pretrained: str | os.PathLike[str], model_class: Any = None, *, adapter: bool | None = None,
-          **kwargs: Any) -> PreTrainedModel:
+def _load(
+    pretrained: str | os.PathLike[str], model_class: Any = None, *, adapter: bool | None = None, **kwargs: Any
+) -> PreTrainedModel:
     """Load a model folder or Hub id, replaying its surgery recipe, with strict weight loading.
 
     ``model_class`` defaults to ``AutoModelForImageClassification``; other keyword arguments
@@ -44,9 +56,13 @@ def _load(pretrained: str | os.PathLike[str], model_class: Any = None, *, adapte
     loads the model alone, ``adapter=True`` requires an adapter.
     """
     if kwargs.pop("trust_remote_code", None):
-        raise RecipeError("surgery.load does not accept trust_remote_code=True: it never runs checkpoint code or reads pickles.")
+        raise RecipeError(
+            "surgery.load does not accept trust_remote_code=True: it never runs checkpoint code or reads pickles."
+        )
     if kwargs.pop("use_safetensors", True) is not True:
-        raise RecipeError("surgery.load does not accept use_safetensors=False: it never runs checkpoint code or reads pickles.")
+        raise RecipeError(
+            "surgery.load does not accept use_safetensors=False: it never runs checkpoint code or reads pickles."
+        )
     hub_kwargs = {k: kwargs[k] for k in ("revision", "token", "cache_dir", "local_files_only") if k in kwargs}
     refuse_root_adapter(pretrained, **hub_kwargs)
     read_config_dict(pretrained, **hub_kwargs)  # a JSON object, before transformers reads it
@@ -74,8 +90,9 @@ def _load(pretrained: str | os.PathLike[str], model_class: Any = None, *, adapte
     return attach_adapter(model, pretrained, weights, adapter, **hub_kwargs)
 
 
-def _check_loading_info(source: Any, info: dict[str, Any], expected_missing: set[str] = frozenset(),
-                        recipe: bool = True) -> None:
+def _check_loading_info(
+    source: Any, info: dict[str, Any], expected_missing: set[str] = frozenset(), recipe: bool = True
+) -> None:
     """Refuse any missing, unexpected or mismatched weight, except the keys packed modules store in
     another form (transformers 4.57's quantizer hook drops those from the report, 5.x lists them)."""
     missing = [v for v in (info.get("missing_keys") or []) if v not in expected_missing]

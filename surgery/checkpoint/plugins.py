@@ -27,8 +27,11 @@ def check_plugins_installed(steps: list[dict[str, Any]], versions: bool = True) 
             if isinstance(package, str) and DISTRIBUTION.fullmatch(package):
                 source, hint = f"from package '{package}'", f"pip install {package}"
             else:  # never quote arbitrary recipe text as a command to run
-                source = (f"from a package whose recorded name {clean_text(package, 60)!r} is not a valid distribution "
-                          "name" if package else "from a package the recipe does not name")
+                source = (
+                    f"from a package whose recorded name {clean_text(package, 60)!r} is not a valid distribution name"
+                    if package
+                    else "from a package the recipe does not name"
+                )
                 hint = "install the distribution that provides it"
             missing.append(f"step {index} uses plugin '{plugin}'{version} {source}, which is not installed: {hint}")
         elif versions and step.get("plugin_version"):
@@ -49,17 +52,28 @@ def check_plugin_version(index: int, method: Any, saved: str) -> None:
     try:
         saved_version, installed = Version(saved), Version(method.version)
     except InvalidVersion as error:
-        raise RecipeError(f"recipe step {index}: plugin_version {clean_text(saved)!r} is not a version number.") from error
+        raise RecipeError(
+            f"recipe step {index}: plugin_version {clean_text(saved)!r} is not a version number."
+        ) from error
     if saved_version.major > installed.major:
-        raise RecipeError(f"recipe step {index} was saved by {method.name} {saved_version}, and {method.package} "
-                          f"installs {method.name} {installed}: upgrade it (pip install -U {method.package}).")
+        raise RecipeError(
+            f"recipe step {index} was saved by {method.name} {saved_version}, and {method.package} "
+            f"installs {method.name} {installed}: upgrade it (pip install -U {method.package})."
+        )
     if saved_version > installed:
-        warnings.warn(f"recipe step {index} was saved by {method.name} {saved_version}, newer than the installed "
-                      f"{installed}; it loads, but upgrading {method.package} is safer.", stacklevel=3)
+        warnings.warn(
+            f"recipe step {index} was saved by {method.name} {saved_version}, newer than the installed "
+            f"{installed}; it loads, but upgrading {method.package} is safer.",
+            stacklevel=3,
+        )
     for version, change in sorted(method.changes.items(), key=lambda item: Version(item[0])):
         if saved_version < Version(version) <= installed:
-            warnings.warn(f"recipe step {index} was saved by {method.name} {saved_version}; {method.name} {version} "
-                          f"changed what it computes: {change}", ComputationChangedWarning, stacklevel=3)
+            warnings.warn(
+                f"recipe step {index} was saved by {method.name} {saved_version}; {method.name} {version} "
+                f"changed what it computes: {change}",
+                ComputationChangedWarning,
+                stacklevel=3,
+            )
 
 
 class ComputationChangedWarning(UserWarning):

@@ -29,8 +29,15 @@ QUANT_METHOD = "surgery"
 FORMAT_VERSION = 1
 _STEP_KEYS = ("plugin", "options")
 # the types of the fields of a saved step (``base_model`` and ``plugin_version`` may be absent)
-_STEP_TYPES = {"plugin": str, "options": dict, "plugin_version": str, "package": str, "targets": list,
-               "versions": dict, "base_model": str}
+_STEP_TYPES = {
+    "plugin": str,
+    "options": dict,
+    "plugin_version": str,
+    "package": str,
+    "targets": list,
+    "versions": dict,
+    "base_model": str,
+}
 _MISSING = object()
 
 
@@ -48,7 +55,11 @@ class SurgeryRecipe(QuantizationConfigMixin):
         self.steps = [dict(step) for step in steps]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"quant_method": QUANT_METHOD, "format_version": self.format_version, "steps": [dict(s) for s in self.steps]}
+        return {
+            "quant_method": QUANT_METHOD,
+            "format_version": self.format_version,
+            "steps": [dict(s) for s in self.steps],
+        }
 
     def to_diff_dict(self) -> dict[str, Any]:
         return self.to_dict()
@@ -103,11 +114,15 @@ def validate_recipe(data: Any) -> list[dict[str, Any]]:
         )
     unknown = sorted(set(data) - {"quant_method", "format_version", "steps"})
     if unknown:
-        raise RecipeError(f"the recipe has unknown field(s) {', '.join(_shown(k) for k in unknown[:5])}; "
-                          "fields are quant_method, format_version, steps.")
+        raise RecipeError(
+            f"the recipe has unknown field(s) {', '.join(_shown(k) for k in unknown[:5])}; "
+            "fields are quant_method, format_version, steps."
+        )
     steps = data.get("steps")
     if not isinstance(steps, list):
-        raise RecipeError(f"the recipe's 'steps' must be a list, got {_shown(steps) if steps is None else type(steps).__name__}.")
+        raise RecipeError(
+            f"the recipe's 'steps' must be a list, got {_shown(steps) if steps is None else type(steps).__name__}."
+        )
     if not steps:
         raise RecipeError("the recipe has no steps; a surgery checkpoint always has at least one (was it edited?).")
     for index, step in enumerate(steps, 1):
@@ -117,8 +132,9 @@ def validate_recipe(data: Any) -> list[dict[str, Any]]:
         for key, value in step.items():
             kind = _STEP_TYPES.get(key)
             if kind is None:
-                raise RecipeError(f"recipe step {index} has an unknown field {_shown(key)}; fields are "
-                                  f"{', '.join(_STEP_TYPES)}.")
+                raise RecipeError(
+                    f"recipe step {index} has an unknown field {_shown(key)}; fields are {', '.join(_STEP_TYPES)}."
+                )
             if not isinstance(value, kind) or (key == "targets" and not all(isinstance(t, str) for t in value)):
                 raise RecipeError(f"recipe step {index}: '{key}' must be a {_JSON_NAMES[kind]}, got {_shown(value)}.")
     return steps

@@ -29,7 +29,14 @@ def replay(model: nn.Module, step_dicts: Iterable[dict[str, Any]], host: Host | 
     for step, data in zip(planned, step_dicts):
         rewrite = step.method.apply(model, step.config, anatomy)
         # what each step claims, against what the earlier steps claimed (as apply's rehearsal does)
-        raise_incompatible(overlaps(model, anatomy, [(step.method.name, list(rewrite.targets))], host,
-                                    applied=[(h.plugin, h.targets) for h in history]))
+        raise_incompatible(
+            overlaps(
+                model,
+                anatomy,
+                [(step.method.name, list(rewrite.targets))],
+                host,
+                applied=[(h.plugin, h.targets) for h in history],
+            )
+        )
         history.append(record(step, rewrite, data.get("versions"), data.get("base_model")))
     set_history(model, history)

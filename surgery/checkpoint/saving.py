@@ -51,13 +51,17 @@ def save(model: Any, folder: str | os.PathLike[str], *, processor: Any = None, *
     if is_peft_model(model):
         adapter, model = model, without_adapters(model)
         if getattr(model, "hf_quantizer", None) is None:
-            raise SurgeryError("cannot save this PeftModel: surgery keeps a LoRA adapter beside a rewritten model only "
-                               "(it records the adapter in the model's weights); merge it (merge_and_unload) and save "
-                               "the model, or save it with PEFT's own save_pretrained")
+            raise SurgeryError(
+                "cannot save this PeftModel: surgery keeps a LoRA adapter beside a rewritten model only "
+                "(it records the adapter in the model's weights); merge it (merge_and_unload) and save "
+                "the model, or save it with PEFT's own save_pretrained"
+            )
     elif holds_adapter_layers(model):
-        raise SurgeryError("cannot save this model: PEFT's adapter layers are inside it; save the PeftModel that wraps "
-                           "it (surgery.save(result.adapter, folder) after recover(..., lora={'merge': False})), or merge "
-                           "them first (merge_and_unload)")
+        raise SurgeryError(
+            "cannot save this model: PEFT's adapter layers are inside it; save the PeftModel that wraps "
+            "it (surgery.save(result.adapter, folder) after recover(..., lora={'merge': False})), or merge "
+            "them first (merge_and_unload)"
+        )
     refuse_incomplete(model, "save")
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():

@@ -14,8 +14,25 @@ import platform
 from importlib import metadata
 
 # the stack surgery runs in and beside: runtimes, exporters and the libraries recovery and the Hub use
-DISTRIBUTIONS = ("torch", "transformers", "huggingface_hub", "safetensors", "accelerate", "peft", "datasets", "evaluate",
-                 "optimum", "optimum-onnx", "optimum-intel", "onnx", "onnxruntime", "openvino", "nncf", "optuna", "pluggy")
+DISTRIBUTIONS = (
+    "torch",
+    "transformers",
+    "huggingface_hub",
+    "safetensors",
+    "accelerate",
+    "peft",
+    "datasets",
+    "evaluate",
+    "optimum",
+    "optimum-onnx",
+    "optimum-intel",
+    "onnx",
+    "onnxruntime",
+    "openvino",
+    "nncf",
+    "optuna",
+    "pluggy",
+)
 
 
 def version_of(distribution: str) -> str | None:
@@ -29,8 +46,10 @@ def version_line() -> str:
     """``surgery 0.1.0 (transformers 4.57.6, torch 2.13.0+cpu, Python 3.11.7)``."""
     from surgery._version import __version__
 
-    return (f"surgery {__version__} (transformers {version_of('transformers') or 'not installed'}, "
-            f"torch {version_of('torch') or 'not installed'}, Python {platform.python_version()})")
+    return (
+        f"surgery {__version__} (transformers {version_of('transformers') or 'not installed'}, "
+        f"torch {version_of('torch') or 'not installed'}, Python {platform.python_version()})"
+    )
 
 
 def environment() -> dict:
@@ -58,9 +77,13 @@ def cmd_env(args: argparse.Namespace) -> int:
         print(json.dumps(env, indent=2))
         return 0
     cpu = env["cpu"]
-    lines = [f"- surgery version: {env['surgery']}", f"- Platform: {env['platform']}", f"- Python version: {env['python']}",
-             f"- CPU: {cpu['model']} ({cpu['cores']} cores, {cpu['torch_threads']} torch threads; torch kernels: {cpu['torch_capability']}; "
-             f"int8 instructions: {cpu['int8_flags']})"]
+    lines = [
+        f"- surgery version: {env['surgery']}",
+        f"- Platform: {env['platform']}",
+        f"- Python version: {env['python']}",
+        f"- CPU: {cpu['model']} ({cpu['cores']} cores, {cpu['torch_threads']} torch threads; torch kernels: {cpu['torch_capability']}; "
+        f"int8 instructions: {cpu['int8_flags']})",
+    ]
     lines += [f"- {name}: {version or 'not installed'}" for name, version in env["versions"].items()]
     lines.append("- plugins: " + ", ".join(f"{name} ({where})" for name, where in env["plugins"].items()))
     lines += [f"- plugin problem: {problem}" for problem in env["plugin_problems"]]

@@ -23,23 +23,38 @@ MONITOR_SPLIT, TEST_SPLIT = "validation", "test"
 def add_parser(sub: Any, data_help: str) -> None:
     from surgery.recovery import RecoveryConfig
 
-    p = sub.add_parser("recover", help="fine-tune a rewritten model with distillation from its original (accelerate)",
-                       description="Runs on one CPU or GPU as is, and on several with `accelerate launch -m surgery.cli "
-                                   "recover ...`. Epochs are monitored on --eval-split; --test-split is measured once, "
-                                   "after recovery, and is what the card reports.")
+    p = sub.add_parser(
+        "recover",
+        help="fine-tune a rewritten model with distillation from its original (accelerate)",
+        description="Runs on one CPU or GPU as is, and on several with `accelerate launch -m surgery.cli "
+        "recover ...`. Epochs are monitored on --eval-split; --test-split is measured once, "
+        "after recovery, and is what the card reports.",
+    )
     p.add_argument("model", help="a saved rewritten model folder")
     p.add_argument("--data", required=True, help=data_help)
     p.add_argument("--output", "-o", required=True, help="folder for the recovered model")
     p.add_argument("--teacher", help="the original model (default: the base model recorded in the recipe)")
     p.add_argument("--train-split", default="train")
-    p.add_argument("--eval-split", default=None, help=f"evaluated before and after every epoch (default: "
-                   f"{MONITOR_SPLIT}, skipped with a note where the data has none); 'none' to skip")
-    p.add_argument("--test-split", default=None, help=f"measured once after recovery and reported (default: "
-                   f"{TEST_SPLIT}, skipped with a note where the data has none); 'none' to skip")
+    p.add_argument(
+        "--eval-split",
+        default=None,
+        help=f"evaluated before and after every epoch (default: "
+        f"{MONITOR_SPLIT}, skipped with a note where the data has none); 'none' to skip",
+    )
+    p.add_argument(
+        "--test-split",
+        default=None,
+        help=f"measured once after recovery and reported (default: "
+        f"{TEST_SPLIT}, skipped with a note where the data has none); 'none' to skip",
+    )
     p.add_argument("--checkpoint-dir", help="epoch checkpoints (default: OUTPUT/checkpoints)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --checkpoint-dir")
-    p.add_argument("--lora", metavar="K=V,...", help="train LoRA adapters (PEFT) instead of every weight: "
-                   "r=8,alpha=16[,dropout=0][,targets=attention+mlp][,merge=false] (merge=false keeps them in OUTPUT/adapter)")
+    p.add_argument(
+        "--lora",
+        metavar="K=V,...",
+        help="train LoRA adapters (PEFT) instead of every weight: "
+        "r=8,alpha=16[,dropout=0][,targets=attention+mlp][,merge=false] (merge=false keeps them in OUTPUT/adapter)",
+    )
     for name, kind, default in RecoveryConfig.describe_options():
         metavar = "{" + ",".join(x.strip("' ") for x in kind.split("|")) + "}" if "|" in kind else kind.upper()
         p.add_argument("--" + name.replace("_", "-"), dest=name, metavar=metavar, help=f"{kind}, default {default}")
@@ -89,22 +104,41 @@ def cmd_recover(args: argparse.Namespace) -> int:
     # before training changes the model (in every process: accelerate's state is set up by recover)
     tested = {"accuracy_before": on_test(model)} if test is not None else {}
     checkpoints = Path(args.checkpoint_dir or Path(args.output) / "checkpoints")
-    result = recover(model, teacher, train, monitor, config, processor=processor, checkpoint_dir=checkpoints,
-                     resume=args.resume, lora=args.lora)
+    result = recover(
+        model,
+        teacher,
+        train,
+        monitor,
+        config,
+        processor=processor,
+        checkpoint_dir=checkpoints,
+        resume=args.resume,
+        lora=args.lora,
+    )
     if not PartialState().is_main_process:
         return 0
     save_from(model if result.adapter is None else result.adapter, args.output, source=args.model)
     (Path(args.output) / "recovery_log.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
     if tested:
-        tested.update(teacher_accuracy=on_test(teacher), accuracy=on_test(model if result.adapter is None else result.adapter))
+        tested.update(
+            teacher_accuracy=on_test(teacher), accuracy=on_test(model if result.adapter is None else result.adapter)
+        )
     if tested or result.accuracy is not None:
-        figures = _figures(result, str(teacher_source), args.data, (monitor_split, monitor), (test_split, test), tested)
+        figures = _figures(
+            result, str(teacher_source), args.data, (monitor_split, monitor), (test_split, test), tested
+        )
         record(args.output, figures)  # names only, never paths
     shown = tested or {k: getattr(result, k) for k in ("teacher_accuracy", "accuracy_before", "accuracy")}
     where = f" on {test_split}" if tested else (f" on {monitor_split}" if monitor is not None else "")
-    figures_text = ", ".join(f"{label} {shown[key]:.2%}" for label, key in (
-        ("teacher", "teacher_accuracy"), ("after surgery", "accuracy_before"), ("recovered", "accuracy"))
-        if shown.get(key) is not None)
+    figures_text = ", ".join(
+        f"{label} {shown[key]:.2%}"
+        for label, key in (
+            ("teacher", "teacher_accuracy"),
+            ("after surgery", "accuracy_before"),
+            ("recovered", "accuracy"),
+        )
+        if shown.get(key) is not None
+    )
     print(f"recovered {args.model} in {result.seconds:.0f} s ({figures_text}{where}); saved to {args.output}")
     return 0
 
@@ -120,11 +154,18 @@ def _figures(result: Any, teacher: str, data: str, monitor: tuple, test: tuple, 
         return figures
     described = describe_data(data, test[0], len(test[1]))
     recovery = figures["recovery"]
-    recovery["monitored"] = {"on": monitored, **{k: recovery.get(k) for k in ("teacher_accuracy", "accuracy_before",
-                                                                              "accuracy")}}
+    recovery["monitored"] = {
+        "on": monitored,
+        **{k: recovery.get(k) for k in ("teacher_accuracy", "accuracy_before", "accuracy")},
+    }
     recovery.update(tested, evaluated_on=described)
-    return {**figures, "accuracy": tested["accuracy"], "accuracy_before": tested["teacher_accuracy"],
-            "accuracy_after_surgery": tested["accuracy_before"], "dataset": described}
+    return {
+        **figures,
+        "accuracy": tested["accuracy"],
+        "accuracy_before": tested["teacher_accuracy"],
+        "accuracy_after_surgery": tested["accuracy_before"],
+        "dataset": described,
+    }
 
 
 def _base_model(model: Any, folder: str) -> str:
@@ -138,16 +179,20 @@ def _base_model(model: Any, folder: str) -> str:
 
     source = next((step.base_model for step in surgery.history(model) if step.base_model), None)
     if source is None:
-        raise SurgeryError(f"{folder} records no base model to distil from; pass --teacher (the original model's folder or Hub id)")
+        raise SurgeryError(
+            f"{folder} records no base model to distil from; pass --teacher (the original model's folder or Hub id)"
+        )
     places = [Path(source), Path(folder).resolve().parent / source, cache_dir() / "models" / source]
     found = next((place for place in places if (place / "config.json").is_file()), None)
     if found is not None:
         return str(found)
     if HUB_ID.fullmatch(source):
         return source
-    raise SurgeryError(f"{folder} was made from the local model '{source}' (model folders record a local model by its "
-                       f"name, not its path), which is not in the current folder, beside {folder} or among the built-in "
-                       "models; pass --teacher (the original model's folder)")
+    raise SurgeryError(
+        f"{folder} was made from the local model '{source}' (model folders record a local model by its "
+        f"name, not its path), which is not in the current folder, beside {folder} or among the built-in "
+        "models; pass --teacher (the original model's folder)"
+    )
 
 
 def _recovery_options(args: argparse.Namespace) -> dict[str, str | None]:

@@ -132,8 +132,10 @@ class Anatomy:
     def __post_init__(self) -> None:
         unknown = sorted(set(self.traits) - set(TRAITS))
         if unknown:
-            raise UnsupportedModelError(f"anatomy '{self.model_type}': unknown trait(s) {', '.join(unknown)}; "
-                                        f"traits: {', '.join(TRAITS)}." + did_you_mean(unknown[0], TRAITS))
+            raise UnsupportedModelError(
+                f"anatomy '{self.model_type}': unknown trait(s) {', '.join(unknown)}; "
+                f"traits: {', '.join(TRAITS)}." + did_you_mean(unknown[0], TRAITS)
+            )
 
     def prefix_tokens_of(self, config) -> int:
         """Tokens in front of the patch tokens for ``config`` (cls, distillation, registers)."""
@@ -221,7 +223,8 @@ class Anatomy:
                 if layout.block is None:
                     raise UnsupportedModelError(
                         f"{type(model).__name__} ({self.model_type}): the anatomy's layout '{layout.name}' names "
-                        "modules only, not the parts of a block that this method builds from.")
+                        "modules only, not the parts of a block that this method builds from."
+                    )
                 self._check_parts_config(model)
                 continue
             if not self.find(model, role):
@@ -244,11 +247,16 @@ class Anatomy:
         """The parts of every block, in model order."""
         layout = self.layout_of(model)
         if layout.block is None:
-            raise UnsupportedModelError(f"{type(model).__name__} ({self.model_type}): the layout '{layout.name}' "
-                                        "does not describe its blocks' parts.")
+            raise UnsupportedModelError(
+                f"{type(model).__name__} ({self.model_type}): the layout '{layout.name}' "
+                "does not describe its blocks' parts."
+            )
         self._check_parts_config(model)
         grid = patch_grid(model.config)
-        return [block_parts(i, name, module, layout.block, grid) for i, (name, module) in enumerate(self.find(model, "block"))]
+        return [
+            block_parts(i, name, module, layout.block, grid)
+            for i, (name, module) in enumerate(self.find(model, "block"))
+        ]
 
     def prefix_token_parameters(self, model: nn.Module) -> list[tuple[str, nn.Parameter]]:
         """The learned prefix tokens (cls, distillation, registers) as ``(name, parameter)``."""
@@ -261,12 +269,19 @@ class Anatomy:
 
 def _headless(layout: Layout, prefix: str) -> Layout:
     """``layout`` for the base model itself: patterns under ``prefix`` without it; roles outside it dropped."""
+
     def strip(patterns: tuple[str, ...]) -> tuple[str, ...]:  # the base model itself is the root, ""
-        return tuple("" if p == prefix[:-1] else p[len(prefix):] for p in patterns if p.startswith(prefix) or p == prefix[:-1])
+        return tuple(
+            "" if p == prefix[:-1] else p[len(prefix) :] for p in patterns if p.startswith(prefix) or p == prefix[:-1]
+        )
 
     roles = {role: strip(tuple(patterns)) for role, patterns in layout.roles.items()}
-    return Layout(f"{layout.name}, base model", {r: p for r, p in roles.items() if p}, layout.block,
-                  strip(layout.prefix_parameters))
+    return Layout(
+        f"{layout.name}, base model",
+        {r: p for r, p in roles.items() if p},
+        layout.block,
+        strip(layout.prefix_parameters),
+    )
 
 
 def patch_grid(config) -> tuple[int, int]:

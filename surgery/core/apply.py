@@ -26,7 +26,14 @@ from surgery.core.method import Rewrite
 from surgery.core.snapshot import ModelSnapshot
 from surgery.core.specs import PlannedStep, Spec, resolve_specs
 from surgery.core.wrappers import refuse_adapters
-from surgery.errors import ApplyError, ConfigError, IncompatibleStepsError, RevertError, SurgeryError, UnsupportedModelError
+from surgery.errors import (
+    ApplyError,
+    ConfigError,
+    IncompatibleStepsError,
+    RevertError,
+    SurgeryError,
+    UnsupportedModelError,
+)
 
 
 @dataclasses.dataclass
@@ -89,7 +96,7 @@ def apply(model: nn.Module, specs: Spec | Sequence[Spec], calibration: Iterable[
             history.append(done)
             set_history(model, history)
             host.pm.hook.surgery_step_applied(model=model, step=done)
-        for current, done in zip(planned, history[len(history) - len(planned):]):
+        for current, done in zip(planned, history[len(history) - len(planned) :]):
             if current.method.calibrate is not None and calibration is not None:
                 current.method.calibrate(model, current.config, Rewrite(done.targets, done.undo), calibration)
     except SurgeryError:
@@ -117,7 +124,7 @@ def revert(model: nn.Module, steps: int | None = None) -> nn.Module:
     count = len(applied) if steps is None else steps
     if not 0 <= count <= len(applied):
         raise RevertError(f"cannot revert {count} step(s): the model has {len(applied)}.")
-    undo = applied[len(applied) - count:]
+    undo = applied[len(applied) - count :]
     for step in undo:
         if not host.method(step.plugin).reversible:
             raise RevertError(f"{step.plugin}: this step cannot be undone (the plugin has no revert).")
@@ -131,7 +138,9 @@ def revert(model: nn.Module, steps: int | None = None) -> nn.Module:
             set_history(model, applied)
     except Exception as error:
         snapshot.restore()
-        raise RevertError(f"{step.plugin} failed to revert: {type(error).__name__}: {error}. The model was restored.") from error
+        raise RevertError(
+            f"{step.plugin} failed to revert: {type(error).__name__}: {error}. The model was restored."
+        ) from error
     return model
 
 
@@ -143,7 +152,9 @@ def validate(model: nn.Module, steps: list[PlannedStep], host: Host, collect: bo
     them in one error)."""
     config = getattr(model, "config", None)
     if config is None or not hasattr(config, "model_type"):
-        raise UnsupportedModelError(f"{type(model).__name__} is not a transformers model (it has no config.model_type).")
+        raise UnsupportedModelError(
+            f"{type(model).__name__} is not a transformers model (it has no config.model_type)."
+        )
     anatomy = host.anatomy_of(model)
     for step in steps:
         step.config = step.method.resolved(step.config, anatomy)  # auto options set for the family
@@ -151,7 +162,8 @@ def validate(model: nn.Module, steps: list[PlannedStep], host: Host, collect: bo
         if reason is not None:
             raise UnsupportedModelError(
                 f"{step.method.name} does not support model_type '{anatomy.model_type}' "
-                f"({type(model).__name__}): {reason}.")
+                f"({type(model).__name__}): {reason}."
+            )
         anatomy.check(model, step.method.roles)
     reasons = _conflicts(steps, get_history(model), host)
     for answer in host.pm.hook.surgery_veto(model=model, steps=steps, history=get_history(model)):
@@ -167,8 +179,13 @@ def raise_incompatible(reasons: list[str]) -> None:
         raise IncompatibleStepsError("these steps cannot be applied together:\n  - " + "\n  - ".join(reasons))
 
 
-def overlaps(model: nn.Module, anatomy: Anatomy, planned: list[tuple[str, list[str]]], host: Host,
-             applied: list[tuple[str, list[str]]] | None = None) -> list[str]:
+def overlaps(
+    model: nn.Module,
+    anatomy: Anatomy,
+    planned: list[tuple[str, list[str]]],
+    host: Host,
+    applied: list[tuple[str, list[str]]] | None = None,
+) -> list[str]:
     """Why steps would rewrite a module another method's step rewrote or will rewrite (none: [])."""
     if applied is None:
         applied = [(step.plugin, list(step.targets)) for step in get_history(model)]
@@ -223,7 +240,9 @@ def _meta_copy(model: nn.Module) -> nn.Module:
             if tensor is None or id(tensor) in memo:
                 continue
             meta = tensor.detach().to("meta")
-            memo[id(tensor)] = nn.Parameter(meta, requires_grad=tensor.requires_grad) if isinstance(tensor, nn.Parameter) else meta
+            memo[id(tensor)] = (
+                nn.Parameter(meta, requires_grad=tensor.requires_grad) if isinstance(tensor, nn.Parameter) else meta
+            )
     saved = model.__dict__.pop(HISTORY_ATTR, None)  # undo records may hold real tensors
     try:
         return copy.deepcopy(model, memo)
@@ -232,8 +251,9 @@ def _meta_copy(model: nn.Module) -> nn.Module:
             model.__dict__[HISTORY_ATTR] = saved
 
 
-def record(step: PlannedStep, rewrite: Rewrite, versions: dict[str, str] | None = None,
-            base_model: str | None = None) -> AppliedStep:
+def record(
+    step: PlannedStep, rewrite: Rewrite, versions: dict[str, str] | None = None, base_model: str | None = None
+) -> AppliedStep:
     return AppliedStep(
         base_model=base_model,
         plugin=step.method.name,

@@ -16,16 +16,31 @@ from torch import nn
 from surgery.core.anatomy import Anatomy
 
 ROLE_WORDS = {
-    "attention": "the self-attention", "query": "the query projection", "key": "the key projection",
-    "value": "the value projection", "attn_output": "the attention output projection", "mlp_in": "the first MLP linear",
-    "mlp_out": "the second MLP linear", "block": "block", "encoder": "the encoder", "final_norm": "the final norm",
-    "pooler": "the pooler", "pooler_norm": "the pooler's norm", "classifier": "the classifier", "patch_embed": "the patch embedding",
+    "attention": "the self-attention",
+    "query": "the query projection",
+    "key": "the key projection",
+    "value": "the value projection",
+    "attn_output": "the attention output projection",
+    "mlp_in": "the first MLP linear",
+    "mlp_out": "the second MLP linear",
+    "block": "block",
+    "encoder": "the encoder",
+    "final_norm": "the final norm",
+    "pooler": "the pooler",
+    "pooler_norm": "the pooler's norm",
+    "classifier": "the classifier",
+    "patch_embed": "the patch embedding",
 }
 SHOWN = 3
 
 
-def overlap_reasons(model: nn.Module, anatomy: Anatomy, applied: Iterable[tuple[str, list[str]]],
-                    planned: Iterable[tuple[str, list[str]]], conflicts: Mapping[tuple[str, str], object]) -> list[str]:
+def overlap_reasons(
+    model: nn.Module,
+    anatomy: Anatomy,
+    applied: Iterable[tuple[str, list[str]]],
+    planned: Iterable[tuple[str, list[str]]],
+    conflicts: Mapping[tuple[str, str], object],
+) -> list[str]:
     """Reasons for every module two different methods claim, in application order.
 
     ``applied``/``planned``: ``(plugin, targets)`` of the steps already in the model's history and of
@@ -45,8 +60,10 @@ def overlap_reasons(model: nn.Module, anatomy: Anatomy, applied: Iterable[tuple[
     reasons = []
     for (plugin, earlier), names in clashes.items():
         for name in names[:SHOWN]:
-            reasons.append(f"{plugin} and {earlier} would both replace {describe(model, anatomy, name)}; "
-                           "choose disjoint modules (e.g. `layers`) or drop one")
+            reasons.append(
+                f"{plugin} and {earlier} would both replace {describe(model, anatomy, name)}; "
+                "choose disjoint modules (e.g. `layers`) or drop one"
+            )
         if len(names) > SHOWN:
             reasons.append(f"{plugin} and {earlier} would both replace {len(names) - SHOWN} more module(s)")
     return reasons

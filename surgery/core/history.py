@@ -32,7 +32,8 @@ class AppliedStep:
 
     def to_dict(self) -> dict[str, Any]:
         source = {"base_model": self.base_model} if self.base_model else {}
-        return {**source,
+        return {
+            **source,
             "plugin": self.plugin,
             "plugin_version": self.plugin_version,
             "package": self.package,
@@ -69,7 +70,9 @@ def set_history(model: nn.Module, steps: list[AppliedStep]) -> None:
         listener(model, list(steps))
 
 
-def on_history_change(listener: Callable[[nn.Module, list[AppliedStep]], None]) -> Callable[[nn.Module, list[AppliedStep]], None]:
+def on_history_change(
+    listener: Callable[[nn.Module, list[AppliedStep]], None],
+) -> Callable[[nn.Module, list[AppliedStep]], None]:
     """Register ``listener(model, steps)``, called after every change of a model's history (a decorator).
 
     Core does not know about checkpoints; the layer above registers here (dependency inversion

@@ -37,8 +37,11 @@ def builtin_plugins() -> dict[str, str]:
     """Every built-in plugin: name to module, found in the installed ``surgery.plugins`` package (the
     packages list of pyproject.toml is the one place that names them)."""
     package = importlib.import_module(BUILTIN_PACKAGE)
-    return {info.name: f"{BUILTIN_PACKAGE}.{info.name}" for info in sorted(pkgutil.iter_modules(package.__path__),
-                                                                           key=lambda i: i.name) if info.ispkg}
+    return {
+        info.name: f"{BUILTIN_PACKAGE}.{info.name}"
+        for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda i: i.name)
+        if info.ispkg
+    }
 
 
 BUILTIN_PLUGINS = builtin_plugins()
@@ -80,7 +83,9 @@ class Host:
             self.pm.register(plugin, name=name)
         except Exception as error:  # a broken plugin must not break the others
             if strict:
-                raise SurgeryError(f"the built-in plugin '{name}' failed to load: {type(error).__name__}: {error}") from error
+                raise SurgeryError(
+                    f"the built-in plugin '{name}' failed to load: {type(error).__name__}: {error}"
+                ) from error
             self._problem(distribution, name, f"{type(error).__name__}: {error}")
             return False
         unknown = self._unknown_hooks(plugin)
@@ -89,7 +94,9 @@ class Host:
             known = [h for h in dir(hookspecs) if h.startswith("surgery_")]
             hint = "".join(did_you_mean(h, known) for h in unknown)
             if strict:
-                raise SurgeryError(f"the built-in plugin '{name}' implements unknown hook(s) {', '.join(unknown)}.{hint}")
+                raise SurgeryError(
+                    f"the built-in plugin '{name}' implements unknown hook(s) {', '.join(unknown)}.{hint}"
+                )
             self._problem(distribution, name, f"implements unknown hook(s) {', '.join(unknown)}.{hint}")
             return False
         self.distributions[name] = distribution
@@ -115,7 +122,9 @@ class Host:
         for impl in self.pm.hook.surgery_register_anatomies.get_hookimpls():
             for anatomy in self._call_registration(impl, Anatomy, "surgery_register_anatomies"):
                 if anatomy.model_type in self.anatomies:
-                    self._problem(self._dist(impl), impl.plugin_name, f"anatomy for '{anatomy.model_type}' already registered")
+                    self._problem(
+                        self._dist(impl), impl.plugin_name, f"anatomy for '{anatomy.model_type}' already registered"
+                    )
                 else:
                     self.anatomies[anatomy.model_type] = anatomy
         # get_hookimpls() lists plugins in registration order: built-ins first, so they keep their names
@@ -123,7 +132,9 @@ class Host:
             for method in self._call_registration(impl, SurgeryMethod, "surgery_register_methods"):
                 if method.name in self.methods:
                     owner = self.methods[method.name].package
-                    self._problem(self._dist(impl), impl.plugin_name, f"method '{method.name}' is already provided by '{owner}'")
+                    self._problem(
+                        self._dist(impl), impl.plugin_name, f"method '{method.name}' is already provided by '{owner}'"
+                    )
                     continue
                 self.methods[method.name] = dataclasses.replace(method, package=self._dist(impl))
 
@@ -195,15 +206,13 @@ class Host:
         good = [item for item in items if isinstance(item, kind)]
         if len(good) != len(items):
             bad = next(type(item).__name__ for item in items if not isinstance(item, kind))
-            self._problem(self._dist(impl), impl.plugin_name, f"{hook} returned a {bad}, expected {kind.__name__} objects")
+            self._problem(
+                self._dist(impl), impl.plugin_name, f"{hook} returned a {bad}, expected {kind.__name__} objects"
+            )
         return good
 
     def _unknown_hooks(self, plugin: Any) -> list[str]:
-        return sorted(
-            caller.name
-            for caller in self.pm.get_hookcallers(plugin) or []
-            if not caller.has_spec()
-        )
+        return sorted(caller.name for caller in self.pm.get_hookcallers(plugin) or [] if not caller.has_spec())
 
 
 def build_host(

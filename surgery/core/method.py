@@ -129,8 +129,9 @@ class SurgeryMethod:
         side's declaration only; a method is never in conflict with itself here: repeats are another rule)."""
         if other.name == self.name:
             return None
-        return next((reason for key, reason in self.conflicts.items() if key == other.name or key in other.provides),
-                    None)
+        return next(
+            (reason for key, reason in self.conflicts.items() if key == other.name or key in other.provides), None
+        )
 
     @property
     def reversible(self) -> bool:
@@ -140,13 +141,17 @@ class SurgeryMethod:
         for field in ("refused_traits", "trait_notes", "trait_options"):
             unknown = sorted(set(getattr(self, field)) - set(TRAITS))
             if unknown:
-                raise ConfigError(f"method '{self.name}': {field} names unknown trait(s) {', '.join(unknown)}; "
-                                  f"traits: {', '.join(TRAITS)}." + did_you_mean(unknown[0], TRAITS))
+                raise ConfigError(
+                    f"method '{self.name}': {field} names unknown trait(s) {', '.join(unknown)}; "
+                    f"traits: {', '.join(TRAITS)}." + did_you_mean(unknown[0], TRAITS)
+                )
         options = {f.name: f for f in dataclasses.fields(self.config_class)} if self.auto_options else {}
         for name in self.auto_options:
             if name not in options or options[name].default is not None:
-                raise ConfigError(f"method '{self.name}': auto_options names '{name}', which is not an option of "
-                                  f"{self.config_class.__name__} whose default is None." + did_you_mean(name, options))
+                raise ConfigError(
+                    f"method '{self.name}': auto_options names '{name}', which is not an option of "
+                    f"{self.config_class.__name__} whose default is None." + did_you_mean(name, options)
+                )
         if self.search is not None:
             self.search.check(self.name, self.config_class)
 
@@ -160,13 +165,26 @@ class SurgeryMethod:
             if trait not in self.refused_traits:
                 continue
             satisfiable = needed is not None and config is None  # some configuration is accepted
-            satisfied = needed is not None and config is not None and all(  # None: an auto option, resolved to v
-                getattr(config, k) == v or (getattr(config, k) is None and k in self.auto_options)
-                for k, v in needed.items())
+            satisfied = (
+                needed is not None
+                and config is not None
+                and all(  # None: an auto option, resolved to v
+                    getattr(config, k) == v or (getattr(config, k) is None and k in self.auto_options)
+                    for k, v in needed.items()
+                )
+            )
             if satisfiable or satisfied:
                 continue
-            given = "" if needed is None else " (" + ", ".join(
-                f"option '{k}' got {getattr(config, k)!r}; allowed: {v!r} on this family" for k, v in needed.items()) + ")"
+            given = (
+                ""
+                if needed is None
+                else " ("
+                + ", ".join(
+                    f"option '{k}' got {getattr(config, k)!r}; allowed: {v!r} on this family"
+                    for k, v in needed.items()
+                )
+                + ")"
+            )
             refused.append((trait, self.refused_traits[trait] + given))
         return refused
 

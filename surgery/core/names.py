@@ -93,7 +93,8 @@ class Renamer:
             if target is None:
                 raise UnsupportedModelError(
                     f"{name!r} ({entry.key[0]} in the {self.anatomy.model_type} layout '{self.source.name}') has no "
-                    f"counterpart in the layout '{self.target.name}'.")
+                    f"counterpart in the layout '{self.target.name}'."
+                )
             indices = found.groups()[:-1] if not entry.exact else found.groups()
             return _fill(target.glob, tuple(indices)) + ("" if entry.exact else (found.groups()[-1] or ""))
         return name
@@ -111,7 +112,8 @@ class Renamer:
                 other = seen.get(new, back.name(new))
                 raise UnsupportedModelError(
                     f"the {self.anatomy.model_type} layouts '{self.source.name}' and '{self.target.name}' do not name "
-                    f"{name!r} one-to-one (it becomes {new!r}, as does {other!r}); this checkpoint cannot cross them.")
+                    f"{name!r} one-to-one (it becomes {new!r}, as does {other!r}); this checkpoint cannot cross them."
+                )
             seen[new] = name
         return mapped
 
@@ -126,8 +128,9 @@ def renamer(anatomy: Anatomy | None, model: nn.Module, *, to_reference: bool) ->
     return Renamer(anatomy, layout, reference) if to_reference else Renamer(anatomy, reference, layout)
 
 
-def to_reference_state(anatomy: Anatomy | None, model: nn.Module,
-                       state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def to_reference_state(
+    anatomy: Anatomy | None, model: nn.Module, state: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
     """``state`` (``model``'s names) in reference names, with the reference layout's saved buffers
     that ``model``'s layout recomputes instead of saving."""
     forward = renamer(anatomy, model, to_reference=True)
@@ -172,7 +175,7 @@ class _BlockView(Mapping):
         return isinstance(path, str) and self._start + path in self._state
 
     def __iter__(self):
-        return (key[len(self._start):] for key in self._state if key.startswith(self._start))
+        return (key[len(self._start) :] for key in self._state if key.startswith(self._start))
 
     def __len__(self) -> int:
         return sum(1 for _ in self)

@@ -67,8 +67,10 @@ class SurgeryConfig:
     def from_recipe(cls, options: Any) -> SurgeryConfig:
         """Build from a saved recipe step's options: absent options take their legacy value."""
         if not isinstance(options, dict):
-            raise ConfigError(f"{cls.plugin or cls.__name__}: a recipe step's options must be a JSON object, "
-                              f"got {type(options).__name__}.")
+            raise ConfigError(
+                f"{cls.plugin or cls.__name__}: a recipe step's options must be a JSON object, "
+                f"got {type(options).__name__}."
+            )
         return cls.from_dict({**cls.legacy_defaults, **options})
 
     @classmethod

@@ -45,19 +45,25 @@ class SearchSpace:
                 raise ConfigError(f"search space: option '{name}' lists no values; give at least one")
             odd = [v for v in values if not _json_value(v)]
             if odd:
-                raise ConfigError(f"search space: option '{name}' has the value {odd[0]!r}; "
-                                  "allowed: None, bool, int, float, str, or a tuple of them")
+                raise ConfigError(
+                    f"search space: option '{name}' has the value {odd[0]!r}; "
+                    "allowed: None, bool, int, float, str, or a tuple of them"
+                )
             if len(set(map(repr, values))) != len(values):
                 raise ConfigError(f"search space: option '{name}' lists a value twice: {list(values)}")
         for field in ("quiet", "fastest"):
             object.__setattr__(self, field, dict(getattr(self, field)))
             for name, value in getattr(self, field).items():
                 if name not in self.options:
-                    raise ConfigError(f"search space: {field} names '{name}', which is not among its options: "
-                                      f"{', '.join(self.options) or 'none'}" + did_you_mean(name, list(self.options)))
+                    raise ConfigError(
+                        f"search space: {field} names '{name}', which is not among its options: "
+                        f"{', '.join(self.options) or 'none'}" + did_you_mean(name, list(self.options))
+                    )
                 if not any(_same(value, v) for v in self.options[name]):
-                    raise ConfigError(f"search space: {field} gives '{name}' the value {value!r}, which is not among "
-                                      f"its values: {list(self.options[name])}")
+                    raise ConfigError(
+                        f"search space: {field} gives '{name}' the value {value!r}, which is not among "
+                        f"its values: {list(self.options[name])}"
+                    )
 
     def fastest_point(self) -> dict[str, Any]:
         """The option values of the method's fastest declared point: ``fastest``'s, the rest at their first."""
@@ -65,29 +71,38 @@ class SearchSpace:
 
     def shown(self, options: Mapping[str, Any]) -> dict[str, Any]:
         """``options`` without those at their quiet value (what a label shows)."""
-        return {name: value for name, value in options.items()
-                if not (name in self.quiet and _same(self.quiet[name], value))}
+        return {
+            name: value
+            for name, value in options.items()
+            if not (name in self.quiet and _same(self.quiet[name], value))
+        }
 
     def check(self, method: str, config_class: type) -> None:
         """Refuse option names ``config_class`` lacks and values it rejects, naming the method."""
         fields = [f.name for f in dataclasses.fields(config_class)]
         for name, values in self.options.items():
             if name not in fields:
-                raise ConfigError(f"method '{method}': its search space names the option '{name}', which "
-                                  f"{config_class.__name__} lacks; options: {', '.join(fields)}." + did_you_mean(name, fields))
+                raise ConfigError(
+                    f"method '{method}': its search space names the option '{name}', which "
+                    f"{config_class.__name__} lacks; options: {', '.join(fields)}." + did_you_mean(name, fields)
+                )
             for value in values:
                 try:
                     config_class.from_dict({name: value})
                 except ConfigError as error:
-                    raise ConfigError(f"method '{method}': its search space tries {name}={value!r}, "
-                                      f"which the method refuses: {error}") from None
+                    raise ConfigError(
+                        f"method '{method}': its search space tries {name}={value!r}, "
+                        f"which the method refuses: {error}"
+                    ) from None
 
     def index(self, option: str, value: Any) -> int:
         """Where ``value`` sits among ``option``'s values (a list read back from JSON matches its tuple)."""
         for position, candidate in enumerate(self.options[option]):
             if _same(candidate, value):
                 return position
-        raise ConfigError(f"search space: {value!r} is not among the values of '{option}': {list(self.options[option])}")
+        raise ConfigError(
+            f"search space: {value!r} is not among the values of '{option}': {list(self.options[option])}"
+        )
 
     def size(self) -> int:
         """How many settings of this method the space holds."""

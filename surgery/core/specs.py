@@ -71,9 +71,11 @@ def resolve_specs(specs: Spec | Sequence[Spec], host: Host | None = None) -> lis
     if isinstance(specs, Mapping):
         raise ConfigError(
             f"steps must be a list, got a dict ({', '.join(repr(k) for k in list(specs)[:3])}): a dict has no order "
-            "and its options would be lost; write [(\"name\", {options}), ...]."
+            'and its options would be lost; write [("name", {options}), ...].'
         )
-    if isinstance(specs, (str, SurgeryConfig)) or (isinstance(specs, tuple) and len(specs) == 2 and isinstance(specs[1], Mapping)):
+    if isinstance(specs, (str, SurgeryConfig)) or (
+        isinstance(specs, tuple) and len(specs) == 2 and isinstance(specs[1], Mapping)
+    ):
         specs = [specs]  # a single spec
     steps = []
     for spec in specs:
@@ -81,7 +83,12 @@ def resolve_specs(specs: Spec | Sequence[Spec], host: Host | None = None) -> lis
             method, options = host.method(spec), None
         elif isinstance(spec, SurgeryConfig):
             method, options = _method_for_config(spec, host), spec
-        elif isinstance(spec, (tuple, list)) and len(spec) == 2 and isinstance(spec[0], str) and isinstance(spec[1], (Mapping, SurgeryConfig)):
+        elif (
+            isinstance(spec, (tuple, list))
+            and len(spec) == 2
+            and isinstance(spec[0], str)
+            and isinstance(spec[1], (Mapping, SurgeryConfig))
+        ):
             method, options = host.method(spec[0]), spec[1]
         else:
             raise ConfigError(

@@ -37,10 +37,18 @@ def support(method: SurgeryMethod, anatomy: Anatomy) -> Support:
     if reason is None:
         required = method.options_required(anatomy)
         condition = _condition(required)
-        notes = [(t, f"with {condition} only: {text}" if condition and t in method.trait_options else text)
-                 for t, text in method.traits_noted(anatomy)]
-        return Support(method.name, anatomy.model_type, True, tuple(notes), tuple(required.items()),
-                       bool(required) and set(required) <= set(method.auto_options))
+        notes = [
+            (t, f"with {condition} only: {text}" if condition and t in method.trait_options else text)
+            for t, text in method.traits_noted(anatomy)
+        ]
+        return Support(
+            method.name,
+            anatomy.model_type,
+            True,
+            tuple(notes),
+            tuple(required.items()),
+            bool(required) and set(required) <= set(method.auto_options),
+        )
     refused = method.traits_refused(anatomy)
     if anatomy.model_type in method.refused_model_types or not refused:  # refused by type, not by a trait
         refused = [("model type", reason)]
@@ -59,19 +67,29 @@ def support_matrix(methods: list[SurgeryMethod], anatomies: list[Anatomy]) -> li
 def support_table(methods: list[SurgeryMethod], anatomies: list[Anatomy]) -> str:
     """Markdown: one row per method, one column per family, footnotes for every note and refusal."""
     footnotes: dict[tuple[str, str], int] = {}  # one number per (trait, text): methods that share a reason share it
-    lines = ["| method | " + " | ".join(a.title for a in anatomies) + " |",
-             "|---|" + "---|" * len(anatomies)]
+    lines = ["| method | " + " | ".join(a.title for a in anatomies) + " |", "|---|" + "---|" * len(anatomies)]
     for row in support_matrix(methods, anatomies):
         cells = []
         for cell in row:
             marks = [footnotes.setdefault((trait, text), len(footnotes) + 1) for trait, text in cell.notes]
-            label = ("yes" if not cell.requires else f"yes ({_condition(cell.requires)})"
-                     if cell.automatic else "with " + _condition(cell.requires)) if cell.supported else "**no**"
+            label = (
+                (
+                    "yes"
+                    if not cell.requires
+                    else f"yes ({_condition(cell.requires)})"
+                    if cell.automatic
+                    else "with " + _condition(cell.requires)
+                )
+                if cell.supported
+                else "**no**"
+            )
             cells.append(label + "".join(f" [{m}]" for m in marks))
         lines.append(f"| {row[0].method} | " + " | ".join(cells) + " |")
     lines.append("")
     for (trait, text), number in footnotes.items():
         lines.append(f"{number}. {trait}: {text}.")
-    lines += ["", "Family traits: " + "; ".join(
-        f"{a.title}: {', '.join(sorted(a.traits)) or 'none'}" for a in anatomies) + "."]
+    lines += [
+        "",
+        "Family traits: " + "; ".join(f"{a.title}: {', '.join(sorted(a.traits)) or 'none'}" for a in anatomies) + ".",
+    ]
     return "\n".join(lines)

@@ -22,7 +22,9 @@ def holds_adapter_layers(model: nn.Module) -> bool:
 def refuse_adapters(model: nn.Module, action: str) -> None:
     """Raise when ``model`` is a PeftModel or holds adapter layers: ``action`` would work under them."""
     if is_peft_model(model) or holds_adapter_layers(model):
-        raise SurgeryError(f"cannot {action} a model with LoRA adapters (PEFT) in it: the steps rewrite modules the "
-                           "adapters sit on, and the adapters would be lost. Merge them first (model = "
-                           "model.merge_and_unload(), or recover with lora merge=True), or "
-                           f"{action} before adding adapters.")
+        raise SurgeryError(
+            f"cannot {action} a model with LoRA adapters (PEFT) in it: the steps rewrite modules the "
+            "adapters sit on, and the adapters would be lost. Merge them first (model = "
+            "model.merge_and_unload(), or recover with lora merge=True), or "
+            f"{action} before adding adapters."
+        )

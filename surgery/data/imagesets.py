@@ -57,10 +57,14 @@ def load_images(source: str, split: str = "test"):
             loaded = datasets.load_dataset(source)
     except (FileNotFoundError, ConnectionError, ValueError, datasets.exceptions.DatasetNotFoundError) as error:
         kind = "local imagefolder" if local.is_dir() else "Hub dataset"
-        raise SurgeryError(f"could not load the {kind} '{source}': {error}. Use 'digits' or 'shapes', a folder of "
-                           f"<split>/<class>/<image> files, or a Hub dataset id (downloads need network).") from error
+        raise SurgeryError(
+            f"could not load the {kind} '{source}': {error}. Use 'digits' or 'shapes', a folder of "
+            f"<split>/<class>/<image> files, or a Hub dataset id (downloads need network)."
+        ) from error
     if split not in loaded:
-        raise SurgeryError(f"'{source}' has no split '{split}'; it has {sorted(loaded)}.{did_you_mean(split, list(loaded))}")
+        raise SurgeryError(
+            f"'{source}' has no split '{split}'; it has {sorted(loaded)}.{did_you_mean(split, list(loaded))}"
+        )
     return loaded[split]
 
 
@@ -89,8 +93,10 @@ def label_mapping(dataset, label_column: str, config) -> dict[int, int] | None:
         return {i: model_names.index(name) for i, name in enumerate(names)}
     if all(n.startswith("LABEL_") for n in model_names) and len(names) == len(model_names):
         return None  # a model without label names: trust the indices
-    raise SurgeryError(f"the dataset's classes {names[:10]} are not the model's labels {model_names[:10]}; "
-                       f"relabel the model (config.id2label) or the dataset")
+    raise SurgeryError(
+        f"the dataset's classes {names[:10]} are not the model's labels {model_names[:10]}; "
+        f"relabel the model (config.id2label) or the dataset"
+    )
 
 
 class TensorImages(Dataset):
@@ -112,7 +118,12 @@ class ProcessedCollator:
     """Collate raw dataset rows into a batch through the image processor (RGB, labels remapped)."""
 
     def __init__(self, processor, image_column: str, label_column: str, mapping: dict[int, int] | None):
-        self.processor, self.image_column, self.label_column, self.mapping = processor, image_column, label_column, mapping
+        self.processor, self.image_column, self.label_column, self.mapping = (
+            processor,
+            image_column,
+            label_column,
+            mapping,
+        )
 
     def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         images = [row[self.image_column].convert("RGB") for row in rows]
@@ -140,8 +151,9 @@ def batches(data, config, processor=None, batch_size: int = 32, shuffle: bool = 
     return DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=generator, collate_fn=collate)
 
 
-def calibration_batches(source: str, processor, split: str = "train", limit: int = 256,
-                        batch_size: int = 32) -> list[torch.Tensor]:
+def calibration_batches(
+    source: str, processor, split: str = "train", limit: int = 256, batch_size: int = 32
+) -> list[torch.Tensor]:
     """Batches of ``pixel_values`` for steps that calibrate, from the first ``limit`` images of
     ``split`` of ``source`` (the same specs as ``load_images``: an imagefolder or a Hub dataset id;
     labels are not needed), through the model's image ``processor``."""

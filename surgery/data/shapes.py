@@ -63,7 +63,9 @@ def shape_image(index: int, split: str = "test", seed: int = 0) -> tuple[np.ndar
     half = GRID * GRID // 2  # cells per half, numbered row by row within the half
     left, right = rng.permutation(half), rng.permutation(half) + half
     cells = np.concatenate([left[:targets], right[:decoys], left[targets:], right[decoys:]])  # plus signs first
-    kinds = np.concatenate([np.zeros(targets + decoys, np.int64), rng.integers(1, len(_KINDS), len(cells) - targets - decoys)])
+    kinds = np.concatenate(
+        [np.zeros(targets + decoys, np.int64), rng.integers(1, len(_KINDS), len(cells) - targets - decoys)]
+    )
     # offsets 0..2 leave at least one background pixel between glyphs of neighbouring cells
     offsets = rng.integers(0, CELL - GLYPH, size=(len(cells), 2))
     inks = rng.integers(*INK, size=len(cells))
@@ -71,11 +73,13 @@ def shape_image(index: int, split: str = "test", seed: int = 0) -> tuple[np.ndar
         side, within = divmod(int(cell), half)
         row, column = divmod(within, GRID // 2)
         y, x = row * CELL + int(dy), (column + side * GRID // 2) * CELL + int(dx)
-        image[y:y + GLYPH, x:x + GLYPH][GLYPHS[_KINDS[kind]]] = ink
+        image[y : y + GLYPH, x : x + GLYPH][GLYPHS[_KINDS[kind]]] = ink
     return image, targets
 
 
-def shape_arrays(split: str = "test", start: int = 0, stop: int | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def shape_arrays(
+    split: str = "test", start: int = 0, stop: int | None = None, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Images ``start:stop`` of ``split`` as one (N, 64, 64, 3) uint8 array, and their labels."""
     stop = SPLITS[split] if stop is None else stop
     if not 0 <= start <= stop:
@@ -92,5 +96,7 @@ def shapes_split(split: str = "test", limit: int | None = None, seed: int = 0) -
 
 
 def describe() -> str:
-    return (f"shapes: count the plus signs in the left half (0-{MAX_TARGETS}), with 0-{MAX_TARGETS} decoy plus signs "
-            f"in the right half and look-alike glyphs (x, ring, T) in every other cell, {SIZE}x{SIZE} px, generated with seed 0")
+    return (
+        f"shapes: count the plus signs in the left half (0-{MAX_TARGETS}), with 0-{MAX_TARGETS} decoy plus signs "
+        f"in the right half and look-alike glyphs (x, ring, T) in every other cell, {SIZE}x{SIZE} px, generated with seed 0"
+    )

@@ -31,8 +31,10 @@ class Task:
     def split(self, split: str = "test", limit: int | None = None) -> Split:
         """``split`` ("train", "validation" or "test") as PIL images and labels (the first ``limit``)."""
         if split not in SPLITS:
-            raise ConfigError(f"the built-in task '{self.name}' has the splits {', '.join(SPLITS)}, not '{split}'."
-                              + did_you_mean(split, SPLITS))
+            raise ConfigError(
+                f"the built-in task '{self.name}' has the splits {', '.join(SPLITS)}, not '{split}'."
+                + did_you_mean(split, SPLITS)
+            )
         return self._split(split, limit)
 
 
@@ -65,11 +67,15 @@ DEFAULT_TASK = "digits"
 def task(name: str) -> Task:
     """The built-in task ``name``; a clear error naming the tasks there are."""
     if name not in TASKS:
-        raise ConfigError(f"unknown built-in task '{name}'; choose from {', '.join(TASKS)}." + did_you_mean(name, TASKS))
+        raise ConfigError(
+            f"unknown built-in task '{name}'; choose from {', '.join(TASKS)}." + did_you_mean(name, TASKS)
+        )
     return TASKS[name]
 
 
-def task_tensors(model_folder, split: str = "test", name: str = DEFAULT_TASK, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def task_tensors(
+    model_folder, split: str = "test", name: str = DEFAULT_TASK, limit: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(pixel_values, labels)`` of task ``name``'s ``split`` through the image processor saved in ``model_folder``."""
     chosen = task(name).split(split, limit)
     return encode(chosen, load_processor(model_folder))

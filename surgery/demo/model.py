@@ -48,7 +48,9 @@ def cache_dir() -> Path:
     return Path(os.environ.get("SURGERY_HOME") or Path.home() / ".cache" / "surgery")
 
 
-def default_model(arch: str = DEFAULT_ARCH, rebuild: bool = False, progress: bool = True, task_name: str = DEFAULT_TASK) -> Path:
+def default_model(
+    arch: str = DEFAULT_ARCH, rebuild: bool = False, progress: bool = True, task_name: str = DEFAULT_TASK
+) -> Path:
     """The folder of the cached ``task_name`` model for ``arch``.
 
     The ViTs ship with the package (``surgery/demo/assets/<task>-vit``, trained by
@@ -83,14 +85,28 @@ def _stale(folder: Path) -> bool:
     return "validation" not in str(cached.get("split", "validation"))
 
 
-def build_digits_model(out_dir: str | Path, arch: str = DEFAULT_ARCH, size: str = "demo", epochs: int | None = None,
-                       seed: int = 0, progress: bool = True) -> dict[str, Any]:
+def build_digits_model(
+    out_dir: str | Path,
+    arch: str = DEFAULT_ARCH,
+    size: str = "demo",
+    epochs: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Train an ``arch`` classifier on the digits, save it to ``out_dir``, return its eval results."""
     return build_task_model(out_dir, "digits", arch, size=size, epochs=epochs, seed=seed, progress=progress)
 
 
-def build_task_model(out_dir: str | Path, task_name: str = DEFAULT_TASK, arch: str = DEFAULT_ARCH, size: str | None = None,
-                     epochs: int | None = None, seed: int = 0, progress: bool = True, limit: int | None = None) -> dict[str, Any]:
+def build_task_model(
+    out_dir: str | Path,
+    task_name: str = DEFAULT_TASK,
+    arch: str = DEFAULT_ARCH,
+    size: str | None = None,
+    epochs: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    limit: int | None = None,
+) -> dict[str, Any]:
     """Train an ``arch`` classifier on ``task_name``'s train split (its first ``limit`` images when
     given) with the task's recipe, save it to ``out_dir``, return its eval results (test accuracy)."""
     out_dir = Path(out_dir)
@@ -100,11 +116,27 @@ def build_task_model(out_dir: str | Path, task_name: str = DEFAULT_TASK, arch: s
     splits = {name: chosen.split(name, limit if name == "train" else None) for name in ("train", "validation", "test")}
     x_train, y_train = encode(splits["train"], processor)
     x_test, y_test = encode(splits["test"], processor)
-    model = build_model(arch, recipe["size"], image_size=chosen.image_size, seed=seed, labels=chosen.labels,
-                        patch_size=recipe["patch_size"])
+    model = build_model(
+        arch,
+        recipe["size"],
+        image_size=chosen.image_size,
+        seed=seed,
+        labels=chosen.labels,
+        patch_size=recipe["patch_size"],
+    )
     started = time.perf_counter()
-    train_classifier(model, x_train, y_train, epochs=recipe["epochs"], batch_size=recipe["batch_size"], lr=recipe["lr"],
-                     warmup=recipe["warmup"], seed=seed, progress=progress, description=f"training {task_name} model")
+    train_classifier(
+        model,
+        x_train,
+        y_train,
+        epochs=recipe["epochs"],
+        batch_size=recipe["batch_size"],
+        lr=recipe["lr"],
+        warmup=recipe["warmup"],
+        seed=seed,
+        progress=progress,
+        description=f"training {task_name} model",
+    )
     seconds = round(time.perf_counter() - started, 1)
     sizes = f"{len(y_train)} train / {len(splits['validation'])} validation / {len(y_test)} test"
     results = {
@@ -122,14 +154,25 @@ def build_task_model(out_dir: str | Path, task_name: str = DEFAULT_TASK, arch: s
     return results
 
 
-def train_classifier(model: nn.Module, pixel_values: torch.Tensor, labels: torch.Tensor, epochs: int,
-                     batch_size: int = 32, lr: float = 3e-3, warmup: float = 0.3, seed: int = 0, progress: bool = True,
-                     description: str = "training digits model") -> None:
+def train_classifier(
+    model: nn.Module,
+    pixel_values: torch.Tensor,
+    labels: torch.Tensor,
+    epochs: int,
+    batch_size: int = 32,
+    lr: float = 3e-3,
+    warmup: float = 0.3,
+    seed: int = 0,
+    progress: bool = True,
+    description: str = "training digits model",
+) -> None:
     """Cross-entropy training with AdamW and a one-cycle schedule (``warmup``: the share of steps rising to ``lr``)."""
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     steps_per_epoch = -(-len(labels) // batch_size)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=epochs * steps_per_epoch, pct_start=warmup)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=lr, total_steps=epochs * steps_per_epoch, pct_start=warmup
+    )
     model.train()
     bar = tqdm(total=epochs * steps_per_epoch, desc=description, unit="step", disable=not progress)
     for epoch in range(epochs):

@@ -35,14 +35,23 @@ from surgery.recovery import recover
 # The recovery recipe for ggem; benchmarks/proof_table.py starts from it and chose lr 1e-3 on the validation split.
 DEMO_RECOVERY = {"epochs": 15, "warmup_epochs": 2, "lr": 1e-3, "shift": 0.125}
 # per task: the recipe, and how many training images recovery sees (None: all)
-TASK_RECOVERY = {"digits": (DEMO_RECOVERY, None), "shapes": ({"epochs": 2, "warmup_epochs": 1, "lr": 5e-4, "shift": 0.125}, 6000)}
+TASK_RECOVERY = {
+    "digits": (DEMO_RECOVERY, None),
+    "shapes": ({"epochs": 2, "warmup_epochs": 1, "lr": 5e-4, "shift": 0.125}, 6000),
+}
 
 
 DEFAULT_PLUGINS = ["ggem"]  # the demo's surgery when no --plugin is given
 
 
-def run_demo(arch: str, output: Path, plugins: list[str] | None = None, specs: Callable[[list[str]], list[Any]] = configs_from_text,
-             recovery_epochs: int | None = None, task_name: str = DEFAULT_TASK) -> int:
+def run_demo(
+    arch: str,
+    output: Path,
+    plugins: list[str] | None = None,
+    specs: Callable[[list[str]], list[Any]] = configs_from_text,
+    recovery_epochs: int | None = None,
+    task_name: str = DEFAULT_TASK,
+) -> int:
     plugins = plugins or DEFAULT_PLUGINS
     folder = default_model(arch, task_name=task_name)
     print(f"[1/6] default model: {folder}")
@@ -69,8 +78,10 @@ def run_demo(arch: str, output: Path, plugins: list[str] | None = None, specs: C
 
     recipe, limit = TASK_RECOVERY[task_name]
     options = {**recipe, **({"epochs": recovery_epochs} if recovery_epochs is not None else {})}
-    print(f"[5/6] recovering with distillation from the original: {options}"
-          + (f", on the first {limit} training images" if limit else ""))
+    print(
+        f"[5/6] recovering with distillation from the original: {options}"
+        + (f", on the first {limit} training images" if limit else "")
+    )
     processor = load_processor(folder)
     # per-epoch accuracy on the validation split; the test split is measured once, below
     train, validation = task_dataset(task_name, "train", limit), task_dataset(task_name, "validation")
@@ -86,14 +97,19 @@ def run_demo(arch: str, output: Path, plugins: list[str] | None = None, specs: C
     exact_load, exact_plain = torch.equal(via_load, saved_logits), torch.equal(via_plain, saved_logits)
     print(f"[6/6] saved to {output}; reload identical: surgery.load {exact_load}, from_pretrained {exact_plain}")
 
-    record(output, {
-        **result.figures(str(folder), task_name, describe_data(task_name, "validation", len(validation))),
-        # the headline figures are the test split's, measured once; the Recovery section's are validation
-        "accuracy": recovered, "accuracy_before": before, "accuracy_after_surgery": after,
-        "dataset": describe_data(task_name, "test", len(labels)),
-        "latency_ms": runtime_figures(model)["latency_ms"],
-        "latency_ms_before": runtime_figures(teacher)["latency_ms"],
-    })
+    record(
+        output,
+        {
+            **result.figures(str(folder), task_name, describe_data(task_name, "validation", len(validation))),
+            # the headline figures are the test split's, measured once; the Recovery section's are validation
+            "accuracy": recovered,
+            "accuracy_before": before,
+            "accuracy_after_surgery": after,
+            "dataset": describe_data(task_name, "test", len(labels)),
+            "latency_ms": runtime_figures(model)["latency_ms"],
+            "latency_ms_before": runtime_figures(teacher)["latency_ms"],
+        },
+    )
     print(f"      model card: {card(output, model_id=Path(output).name)}")
     results = {
         "model": portable_source(str(folder)),  # the built-in model by name: out/ may be pushed as it is

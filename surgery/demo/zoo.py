@@ -39,8 +39,18 @@ from transformers import (
 
 from surgery.errors import ConfigError, did_you_mean
 
-ARCHITECTURES = ("vit", "vit-msn", "deit", "deit-distilled", "swin", "swinv2", "dinov2", "dinov2-registers", "beit",
-                 "data2vec-vision")
+ARCHITECTURES = (
+    "vit",
+    "vit-msn",
+    "deit",
+    "deit-distilled",
+    "swin",
+    "swinv2",
+    "dinov2",
+    "dinov2-registers",
+    "beit",
+    "data2vec-vision",
+)
 SIZES = ("tiny", "demo", "proving")
 
 _VIT_SIZES = {
@@ -49,7 +59,10 @@ _VIT_SIZES = {
     "proving": dict(hidden_size=128, num_hidden_layers=6, num_attention_heads=4, intermediate_size=512),
 }
 _DINOV2_SIZES = {  # DINOv2 sets the MLP width by mlp_ratio: the same widths as ViT's
-    size: {**{k: v for k, v in shape.items() if k != "intermediate_size"}, "mlp_ratio": shape["intermediate_size"] // shape["hidden_size"]}
+    size: {
+        **{k: v for k, v in shape.items() if k != "intermediate_size"},
+        "mlp_ratio": shape["intermediate_size"] // shape["hidden_size"],
+    }
     for size, shape in _VIT_SIZES.items()
 }
 REGISTERS = 4  # dinov2-registers: DINOv2's register count (the published checkpoints have 4)
@@ -72,21 +85,33 @@ _CLASSES = {
 }
 # BEiT / data2vec-vision as fine-tuned: a bias per block, mean pooling, layer scale 0.1 (the defaults
 # of both configs have no position bias at all)
-_BEIT = {size: {**shape, "use_relative_position_bias": True, "use_mean_pooling": True, "layer_scale_init_value": 0.1}
-         for size, shape in _VIT_SIZES.items()}
-_SHAPES = {"swin": _SWIN_SIZES, "swinv2": _SWIN_SIZES, "dinov2": _DINOV2_SIZES, "dinov2-registers": {
-    size: {**shape, "num_register_tokens": REGISTERS} for size, shape in _DINOV2_SIZES.items()},
-           "beit": _BEIT, "data2vec-vision": _BEIT}
+_BEIT = {
+    size: {**shape, "use_relative_position_bias": True, "use_mean_pooling": True, "layer_scale_init_value": 0.1}
+    for size, shape in _VIT_SIZES.items()
+}
+_SHAPES = {
+    "swin": _SWIN_SIZES,
+    "swinv2": _SWIN_SIZES,
+    "dinov2": _DINOV2_SIZES,
+    "dinov2-registers": {size: {**shape, "num_register_tokens": REGISTERS} for size, shape in _DINOV2_SIZES.items()},
+    "beit": _BEIT,
+    "data2vec-vision": _BEIT,
+}
 
 
 def _check(arch: str, size: str) -> None:
     if arch not in ARCHITECTURES:
-        raise ConfigError(f"unknown architecture '{arch}'; choose from {', '.join(ARCHITECTURES)}." + did_you_mean(arch, ARCHITECTURES))
+        raise ConfigError(
+            f"unknown architecture '{arch}'; choose from {', '.join(ARCHITECTURES)}."
+            + did_you_mean(arch, ARCHITECTURES)
+        )
     if size not in SIZES:
         raise ConfigError(f"unknown size '{size}'; choose from {', '.join(SIZES)}." + did_you_mean(size, SIZES))
 
 
-def model_config(arch: str = "vit", size: str = "demo", image_size: int = 32, labels: list[str] | None = None, **overrides: Any) -> PretrainedConfig:
+def model_config(
+    arch: str = "vit", size: str = "demo", image_size: int = 32, labels: list[str] | None = None, **overrides: Any
+) -> PretrainedConfig:
     """The config of an ``arch`` model of ``size`` for ``image_size`` RGB images, patch 4 (``patch_size=`` overrides)."""
     _check(arch, size)
     labels = labels or [str(i) for i in range(10)]
@@ -103,7 +128,9 @@ def model_config(arch: str = "vit", size: str = "demo", image_size: int = 32, la
     return config_class(**{**common, **shape, **overrides})
 
 
-def build_model(arch: str = "vit", size: str = "demo", image_size: int = 32, seed: int | None = 0, **overrides: Any) -> PreTrainedModel:
+def build_model(
+    arch: str = "vit", size: str = "demo", image_size: int = 32, seed: int | None = 0, **overrides: Any
+) -> PreTrainedModel:
     """A randomly initialised classifier (deterministic for a given ``seed``), in eval mode."""
     import torch
 
@@ -114,7 +141,9 @@ def build_model(arch: str = "vit", size: str = "demo", image_size: int = 32, see
     embeddings = model.base_model.embeddings
     zeros = [getattr(embeddings, "register_tokens", None)]  # transformers starts these at zero
     if config.model_type in ("beit", "data2vec-vision"):  # and BEiT's cls token and position-bias tables
-        zeros += [embeddings.cls_token] + [p for n, p in model.named_parameters() if n.endswith("relative_position_bias_table")]
+        zeros += [embeddings.cls_token] + [
+            p for n, p in model.named_parameters() if n.endswith("relative_position_bias_table")
+        ]
     with torch.no_grad():  # a zero token is a fixed point of linear attentions (castling refuses it), and a zero
         for tensor in filter(lambda t: t is not None, zeros):  # bias table would leave the bias untested
             tensor.normal_(0.0, config.initializer_range)

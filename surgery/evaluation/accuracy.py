@@ -31,9 +31,12 @@ def top1(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def loader_accuracy(model: nn.Module, loader: Iterable[dict[str, torch.Tensor]],
-                    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
-                    gather: Callable = lambda pair: pair) -> float:
+def loader_accuracy(
+    model: nn.Module,
+    loader: Iterable[dict[str, torch.Tensor]],
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    gather: Callable = lambda pair: pair,
+) -> float:
     """Top-1 accuracy over batches of ``{"pixel_values", "labels"}`` with surgery's offline ``evaluate``
     accuracy metric. ``autocast`` and ``gather`` come from accelerate when several processes share the data."""
     from surgery.evaluation.metrics import load_metric

@@ -27,6 +27,7 @@ if _CPU_SDPA is not None:
     except ValueError:  # already registered (module reloaded, or a newer torch knows it)
         pass
 
+
 # The int8 linears (the quantize plugin's inference kernels: oneDNN's and fbgemm's): a matmul of (M, K)
 # codes by the prepacked (K, N) weight, counted as the float matmul it replaces (int8 changes precision,
 # not FLOPs)
@@ -37,11 +38,15 @@ def _qlinear_flop(x_shape, *args, out_shape=None, **kwargs) -> int:
     return 2 * rows * x_shape[-1] * out_shape[-1]
 
 
-for _namespace, _name in (("onednn", "qlinear_pointwise"), ("quantized", "linear_with_input_q_dq_qweight_dq_output_fp32")):
+for _namespace, _name in (
+    ("onednn", "qlinear_pointwise"),
+    ("quantized", "linear_with_input_q_dq_qweight_dq_output_fp32"),
+):
     try:
         register_flop_formula(getattr(getattr(torch.ops, _namespace), _name))(_qlinear_flop)
     except (AttributeError, RuntimeError, ValueError):  # not in this torch, or already registered
         pass
+
 
 def count_flops(run: Callable[[], object]) -> int:
     """Total FLOPs of one call of ``run`` (a multiply-add counts as 2)."""

@@ -81,7 +81,9 @@ def describe_data(source: str, split: str, count: int) -> str:
     return f"{portable_source(source)}, split '{split}', {count} images"  # a local folder by its name, never its path
 
 
-def dataset_accuracy(folder: str | Path, source: str = "digits", split: str = "test", batch_size: int = 256) -> dict[str, Any]:
+def dataset_accuracy(
+    folder: str | Path, source: str = "digits", split: str = "test", batch_size: int = 256
+) -> dict[str, Any]:
     """Top-1 accuracy of the saved model on ``split`` of ``source`` ("digits", an imagefolder or a Hub
     dataset id), through the folder's image processor and the ``evaluate`` accuracy metric."""
     from surgery.checkpoint.loading import load

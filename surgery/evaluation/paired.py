@@ -80,8 +80,9 @@ class Difference:
         return f"{self.difference * 100:+.2f} pt [{self.low * 100:+.2f}, {self.high * 100:+.2f}]"
 
 
-def bootstrap_difference(correct_a: Any, correct_b: Any, resamples: int = 10_000, level: float = 0.95,
-                         seed: int = 0) -> Difference:
+def bootstrap_difference(
+    correct_a: Any, correct_b: Any, resamples: int = 10_000, level: float = 0.95, seed: int = 0
+) -> Difference:
     """The accuracy difference ``a - b`` and its percentile bootstrap interval over images (seeded)."""
     from scipy.stats import bootstrap
 
@@ -94,8 +95,15 @@ def bootstrap_difference(correct_a: Any, correct_b: Any, resamples: int = 10_000
 
     keyword = "rng" if "rng" in inspect.signature(bootstrap).parameters else "random_state"  # scipy < 1.15
     seeded = {keyword: np.random.default_rng(seed)}
-    result = bootstrap((differences,), np.mean, n_resamples=resamples, confidence_level=level, method="percentile",
-                       vectorized=True, **seeded)
+    result = bootstrap(
+        (differences,),
+        np.mean,
+        n_resamples=resamples,
+        confidence_level=level,
+        method="percentile",
+        vectorized=True,
+        **seeded,
+    )
     interval = result.confidence_interval
     return Difference(observed, float(interval.low), float(interval.high), level)
 
@@ -137,8 +145,9 @@ class Curve:
         """Per-image correctness interpolated linearly at ``flops`` (its mean is the accuracy there)."""
         if not self.covers(flops):
             low, high = self.span if self.points else (float("nan"), float("nan"))
-            raise SurgeryError(f"{self.name}: measured FLOPs span {low:.3f}-{high:.3f}, not {flops:.3f}; "
-                               "add settings that reach it")
+            raise SurgeryError(
+                f"{self.name}: measured FLOPs span {low:.3f}-{high:.3f}, not {flops:.3f}; add settings that reach it"
+            )
         xs = [p.flops for p in self.points]
         upper = min(int(np.searchsorted(xs, flops)), len(xs) - 1)
         lower = max(upper - 1, 0)
@@ -156,7 +165,9 @@ def compare_at(a: Curve, b: Curve, flops: float, resamples: int = 10_000, seed: 
     at_a, at_b = a.at(flops), b.at(flops)
     near_a, near_b = a.nearest(flops), b.nearest(flops)
     return {
-        "flops": flops, "accuracy_a": float(at_a.mean()), "accuracy_b": float(at_b.mean()),
+        "flops": flops,
+        "accuracy_a": float(at_a.mean()),
+        "accuracy_b": float(at_b.mean()),
         "difference": bootstrap_difference(at_a, at_b, resamples=resamples, seed=seed),
         "mcnemar": mcnemar(near_a.correct, near_b.correct),
         "nearest": {a.name: (near_a.setting, near_a.flops), b.name: (near_b.setting, near_b.flops)},

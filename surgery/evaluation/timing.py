@@ -11,8 +11,9 @@ from collections.abc import Callable
 from typing import Any
 
 
-def time_side_by_side(runs: dict[str, Callable[[], Any]], repeats: int = 7, warmup: int = 2,
-                      min_seconds: float = 0.02) -> dict[str, float]:
+def time_side_by_side(
+    runs: dict[str, Callable[[], Any]], repeats: int = 7, warmup: int = 2, min_seconds: float = 0.02
+) -> dict[str, float]:
     """Median seconds per call of each function. Each repeat runs every function in turn (so they share
     the machine's noise), each as a loop long enough (``min_seconds``) for the clock to resolve it."""
     for _ in range(warmup):

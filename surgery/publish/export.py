@@ -55,9 +55,16 @@ RECIPE = "surgery_recipe.json"
 FORMATS = ("onnx", "openvino")
 EXPORTERS = ("auto", "optimum", "torch")
 TOLERANCE = {"onnx": 1e-4, "openvino": 1e-3}
-EXPORT_FILES = ("model.onnx", "model.onnx_data", "openvino_model.xml", "openvino_model.bin", "config.json",
-                "preprocessor_config.json", REPORT, RECIPE)
-
+EXPORT_FILES = (
+    "model.onnx",
+    "model.onnx_data",
+    "openvino_model.xml",
+    "openvino_model.bin",
+    "config.json",
+    "preprocessor_config.json",
+    REPORT,
+    RECIPE,
+)
 
 
 @dataclasses.dataclass
@@ -68,9 +75,17 @@ class ExportResult:
     quantized: bool
 
 
-def export(model: Any, output: str | Path, to: Literal["onnx", "openvino"] = "onnx", source: str | Path | None = None,
-           batch: int = 3, seed: int = 0, check: bool = True, overwrite: bool = False,
-           exporter: Literal["auto", "optimum", "torch"] = "auto") -> ExportResult:
+def export(
+    model: Any,
+    output: str | Path,
+    to: Literal["onnx", "openvino"] = "onnx",
+    source: str | Path | None = None,
+    batch: int = 3,
+    seed: int = 0,
+    check: bool = True,
+    overwrite: bool = False,
+    exporter: Literal["auto", "optimum", "torch"] = "auto",
+) -> ExportResult:
     """Export ``model`` (a model or a saved folder) to ``output`` and compare it with PyTorch.
 
     ``batch``: images in the check against PyTorch, and the fixed batch of an OpenVINO graph that a method's
@@ -94,7 +109,9 @@ def export(model: Any, output: str | Path, to: Literal["onnx", "openvino"] = "on
     if exporter not in EXPORTERS:
         raise ExportError(f"export: 'exporter' got {exporter!r}; allowed: {', '.join(EXPORTERS)}.")
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise ExportError(f"export: 'batch' got {batch!r}; allowed: an integer >= 1 (images in the check against PyTorch).")
+        raise ExportError(
+            f"export: 'batch' got {batch!r}; allowed: an integer >= 1 (images in the check against PyTorch)."
+        )
     if isinstance(model, (str, Path)):
         source, model = Path(model), load(model)
     output = Path(output)
@@ -119,31 +136,52 @@ def export(model: Any, output: str | Path, to: Literal["onnx", "openvino"] = "on
         except (RuntimeError, ValueError) as error:  # the runtime's own refusal (e.g. OpenVINO's shape checks)
             detail = " ".join(str(error).split())[-400:]
             steps = " -> ".join(step.plugin for step in get_history(model)) or "no surgery steps"
-            raise ExportError(f"the {to} export of {type(model).__name__} ({steps}) was written but does not run "
-                              f"in {'ONNX Runtime' if to == 'onnx' else 'OpenVINO'} on a batch of {len(pixels)}: "
-                              f"{detail}; nothing was saved") from error
+            raise ExportError(
+                f"the {to} export of {type(model).__name__} ({steps}) was written but does not run "
+                f"in {'ONNX Runtime' if to == 'onnx' else 'OpenVINO'} on a batch of {len(pixels)}: "
+                f"{detail}; nothing was saved"
+            ) from error
         quantized = any(not get_host().method(step.plugin).export_exact for step in get_history(model))
         finite = bool(np.isfinite(got).all() and np.isfinite(expected).all())
         difference = float(np.abs(got - expected).max()) if finite else float("nan")
         allowed = TOLERANCE[to] * max(1.0, float(np.abs(expected).max())) if finite else TOLERANCE[to]
-        (stage / REPORT).write_text(json.dumps({
-            "format": to, "file": path.name, "max_abs_diff": difference if finite else None, "finite": finite,
-            "inputs": list(pixels.shape), "tolerance": None if quantized else allowed,
-            "steps": [s.plugin for s in get_history(model)], "cpu": cpu_description(), "exporter": exporter,
-            "path": f"{'Optimum onnx_export_from_model' if exporter == 'optimum' else 'torch.onnx.export'}"
+        (stage / REPORT).write_text(
+            json.dumps(
+                {
+                    "format": to,
+                    "file": path.name,
+                    "max_abs_diff": difference if finite else None,
+                    "finite": finite,
+                    "inputs": list(pixels.shape),
+                    "tolerance": None if quantized else allowed,
+                    "steps": [s.plugin for s in get_history(model)],
+                    "cpu": cpu_description(),
+                    "exporter": exporter,
+                    "path": f"{'Optimum onnx_export_from_model' if exporter == 'optimum' else 'torch.onnx.export'}"
                     + (" -> openvino.convert_model (from the ONNX graph)" if to == "openvino" else ""),
-            "traced_as_constants": traced,  # the tracer's warnings: fixed shapes, the batch varied by the check above
-            **({"openvino_rewrites": rewrites} if rewrites else {}),  # the methods' own graph rewrites (static shapes)
-        }, indent=2, allow_nan=False) + "\n")
+                    "traced_as_constants": traced,  # the tracer's warnings: fixed shapes, the batch varied by the check above
+                    **(
+                        {"openvino_rewrites": rewrites} if rewrites else {}
+                    ),  # the methods' own graph rewrites (static shapes)
+                },
+                indent=2,
+                allow_nan=False,
+            )
+            + "\n"
+        )
         _move_into(stage, output)
     result = ExportResult(output / path.name, to, difference, quantized)
     if check and not finite:
-        raise ExportError(f"the {to} export gives non-finite logits (NaN or inf) where PyTorch gives "
-                          f"{'finite' if np.isfinite(expected).all() else 'non-finite'} ones; see {output / REPORT}.")
+        raise ExportError(
+            f"the {to} export gives non-finite logits (NaN or inf) where PyTorch gives "
+            f"{'finite' if np.isfinite(expected).all() else 'non-finite'} ones; see {output / REPORT}."
+        )
     if check and not quantized and result.max_abs_diff > allowed:
-        raise ExportError(f"the {to} export differs from PyTorch by {result.max_abs_diff:.2e} (allowed {allowed:.0e}: "
-                          f"{TOLERANCE[to]:.0e} times the largest logit, at least 1); "
-                          f"see {output / REPORT}.")
+        raise ExportError(
+            f"the {to} export differs from PyTorch by {result.max_abs_diff:.2e} (allowed {allowed:.0e}: "
+            f"{TOLERANCE[to]:.0e} times the largest logit, at least 1); "
+            f"see {output / REPORT}."
+        )
     return result
 
 
@@ -153,13 +191,17 @@ def check_output(output: Path, model: Any, source: str | Path | None, overwrite:
     if output.exists() and not output.is_dir():
         raise ExportError(f"export: the output {output} is a file, not a folder.")
     if output.resolve() in own or (output / "model.safetensors").exists():
-        raise ExportError(f"export: the output {output} is a model folder; export into another folder "
-                          "(its config.json would lose the recipe).")
+        raise ExportError(
+            f"export: the output {output} is a model folder; export into another folder "
+            "(its config.json would lose the recipe)."
+        )
     if output.is_dir() and not overwrite:
         strangers = sorted(p.name for p in output.iterdir() if p.name not in EXPORT_FILES)
         if strangers:
-            raise ExportError(f"export: {output} holds files an export did not write ({', '.join(strangers[:5])}); "
-                              "choose an empty folder or pass overwrite=True (--overwrite).")
+            raise ExportError(
+                f"export: {output} holds files an export did not write ({', '.join(strangers[:5])}); "
+                "choose an empty folder or pass overwrite=True (--overwrite)."
+            )
 
 
 def _move_into(stage: Path, output: Path) -> None:
@@ -185,8 +227,11 @@ def cpu_description() -> dict[str, str]:
         pass
     flags = set(info.get("flags", "").split())
     int8 = [f for f in ("avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
-    return {"model": info.get("model name") or platform.processor() or "unknown",
-            "torch_capability": torch.backends.cpu.get_cpu_capability(), "int8_flags": ", ".join(int8) or "none"}
+    return {
+        "model": info.get("model name") or platform.processor() or "unknown",
+        "torch_capability": torch.backends.cpu.get_cpu_capability(),
+        "int8_flags": ", ".join(int8) or "none",
+    }
 
 
 def refuse_unexportable(model: Any, to: str) -> None:

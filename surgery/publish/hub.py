@@ -19,15 +19,30 @@ from surgery.errors import PushError
 
 logger = logging.getLogger("surgery")
 
-MODEL_FILES = ("config.json", "model.safetensors", "preprocessor_config.json", "README.md", "surgery_figures.png",
-               "surgery_results.json", "recovery_log.json", ".gitattributes")
+MODEL_FILES = (
+    "config.json",
+    "model.safetensors",
+    "preprocessor_config.json",
+    "README.md",
+    "surgery_figures.png",
+    "surgery_results.json",
+    "recovery_log.json",
+    ".gitattributes",
+)
 EXPORT_SUFFIXES = (".onnx", ".onnx_data", ".xml", ".bin", ".json")
 
 
-
-def push(folder: str | Path, repo_id: str, *, private: bool = False, token: str | None = None, new: bool = False,
-         commit_message: str = "Upload model rewritten with surgery", endpoint: str | None = None,
-         check: bool = True) -> str:
+def push(
+    folder: str | Path,
+    repo_id: str,
+    *,
+    private: bool = False,
+    token: str | None = None,
+    new: bool = False,
+    commit_message: str = "Upload model rewritten with surgery",
+    endpoint: str | None = None,
+    check: bool = True,
+) -> str:
     """Create ``repo_id`` (unless it exists and ``new`` is False) and upload the model files of
     ``folder``; returns the commit URL.
 
@@ -48,8 +63,10 @@ def push(folder: str | Path, repo_id: str, *, private: bool = False, token: str 
         if repo_id.count("/") > 1 or ".." in repo_id:
             raise HFValidationError("at most one '/' and no '..'")
     except HFValidationError as error:
-        raise PushError(f"push: {repo_id[:100]!r} is not a Hub repository id (namespace/name of letters, digits, "
-                        f"'-', '_' and '.'): {str(error).splitlines()[0][:200]}") from error
+        raise PushError(
+            f"push: {repo_id[:100]!r} is not a Hub repository id (namespace/name of letters, digits, "
+            f"'-', '_' and '.'): {str(error).splitlines()[0][:200]}"
+        ) from error
     files, skipped = publishable_files(folder)
     if check:
         _check_loads(folder)
@@ -64,14 +81,17 @@ def push(folder: str | Path, repo_id: str, *, private: bool = False, token: str 
     api = HfApi(endpoint=endpoint, token=token)
     try:
         api.create_repo(repo_id, private=private, exist_ok=not new, repo_type="model")
-        commit = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message,
-                                   allow_patterns=files)
+        commit = api.upload_folder(
+            repo_id=repo_id, folder_path=str(folder), commit_message=commit_message, allow_patterns=files
+        )
     except HfHubHTTPError as error:
         status = error.response.status_code if error.response is not None else None
         if status == 409:
             raise PushError(f"the repository {repo_id} already exists (drop --new to upload into it).") from error
         if status in (401, 403):
-            raise PushError(f"the Hub refused the token for {repo_id} (HTTP {status}): check that it has write access.") from error
+            raise PushError(
+                f"the Hub refused the token for {repo_id} (HTTP {status}): check that it has write access."
+            ) from error
         raise PushError(f"the Hub answered HTTP {status} for {repo_id}: {error.server_message or error}") from error
     except _connection_errors() as error:
         raise PushError(f"cannot reach the Hub at {endpoint}: the network is down or the address is wrong.") from error
@@ -81,7 +101,11 @@ def push(folder: str | Path, repo_id: str, *, private: bool = False, token: str 
 def _connection_errors() -> tuple[type[BaseException], ...]:
     """What a failed connection raises: requests' error (huggingface_hub < 1), httpx's (1.x) and httpx2's (2.x)."""
     errors: list[type[BaseException]] = []
-    for module, name in (("requests.exceptions", "ConnectionError"), ("httpx", "TransportError"), ("httpx2", "TransportError")):
+    for module, name in (
+        ("requests.exceptions", "ConnectionError"),
+        ("httpx", "TransportError"),
+        ("httpx2", "TransportError"),
+    ):
         try:
             errors.append(getattr(__import__(module, fromlist=[name]), name))
         except ImportError:
@@ -108,7 +132,12 @@ def publishable_files(folder: str | Path) -> tuple[list[str], list[str]]:
         elif entry.is_dir() and not entry.is_symlink() and (entry / "export_report.json").is_file():
             for path in sorted(entry.rglob("*")):
                 relative = path.relative_to(folder).as_posix()
-                if path.is_file() and not path.is_symlink() and path.suffix in EXPORT_SUFFIXES and path.parent == entry:
+                if (
+                    path.is_file()
+                    and not path.is_symlink()
+                    and path.suffix in EXPORT_SUFFIXES
+                    and path.parent == entry
+                ):
                     files.append(relative)
                 elif path.is_file() or path.is_symlink():
                     skipped.append(relative)

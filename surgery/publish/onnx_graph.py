@@ -25,8 +25,9 @@ def needs(module: str):
     try:
         return importlib.import_module(module)
     except ImportError as error:
-        raise ExportError(f"export needs {module.split('.')[0]}, which is not installed: "
-                          f'pip install "{DISTRIBUTION}[export]"') from error
+        raise ExportError(
+            f'export needs {module.split(".")[0]}, which is not installed: pip install "{DISTRIBUTION}[export]"'
+        ) from error
 
 
 def write_onnx(model, folder: Path, exporter: str) -> tuple[str, list[str]]:
@@ -37,7 +38,9 @@ def write_onnx(model, folder: Path, exporter: str) -> tuple[str, list[str]]:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         exporter = _write_onnx(model, folder, exporter)
-    traced = sorted({f"{Path(w.filename).name}:{w.lineno}" for w in caught if issubclass(w.category, torch.jit.TracerWarning)})
+    traced = sorted(
+        {f"{Path(w.filename).name}:{w.lineno}" for w in caught if issubclass(w.category, torch.jit.TracerWarning)}
+    )
     for warning in caught:
         if not issubclass(warning.category, torch.jit.TracerWarning):
             warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
@@ -45,13 +48,17 @@ def write_onnx(model, folder: Path, exporter: str) -> tuple[str, list[str]]:
 
 
 def _write_onnx(model, folder: Path, exporter: str) -> str:
-    if exporter == "auto":  # optimum-onnx installs only next to transformers 4.57; elsewhere torch.onnx writes the graph
+    if (
+        exporter == "auto"
+    ):  # optimum-onnx installs only next to transformers 4.57; elsewhere torch.onnx writes the graph
         exporter = "optimum" if _optimum_knows(model.config.model_type) is True else "torch"
     if exporter == "optimum":
         optimum = needs("optimum.exporters.onnx")
         if _optimum_knows(model.config.model_type) is False:
-            raise ExportError(f"export: Optimum's ONNX exporter has no config for model type '{model.config.model_type}'; "
-                              "use exporter='torch' (or 'auto', which does).")
+            raise ExportError(
+                f"export: Optimum's ONNX exporter has no config for model type '{model.config.model_type}'; "
+                "use exporter='torch' (or 'auto', which does)."
+            )
         with _processor_for_dummy_inputs(model):
             optimum.onnx_export_from_model(model, output=folder, task="image-classification", do_validation=False)
         return exporter
@@ -60,9 +67,16 @@ def _write_onnx(model, folder: Path, exporter: str) -> str:
     _register_antialiased_resize()
     with torch.no_grad():
         wrapper = _Logits(model).train(model.training)  # torch.onnx restores the wrapper's mode on the whole tree
-        torch.onnx.export(wrapper, (pixels,), str(folder / "model.onnx"), input_names=["pixel_values"],
-                          output_names=["logits"], dynamic_axes={"pixel_values": {0: "batch_size"}, "logits": {0: "batch_size"}},
-                          opset_version=TORCH_OPSET, dynamo=False)
+        torch.onnx.export(
+            wrapper,
+            (pixels,),
+            str(folder / "model.onnx"),
+            input_names=["pixel_values"],
+            output_names=["logits"],
+            dynamic_axes={"pixel_values": {0: "batch_size"}, "logits": {0: "batch_size"}},
+            opset_version=TORCH_OPSET,
+            dynamo=False,
+        )
     return exporter
 
 
@@ -109,7 +123,9 @@ def _processor_for_dummy_inputs(model):
     side = image_side(model.config)
     original = model.config._name_or_path
     with tempfile.TemporaryDirectory() as folder:
-        BitImageProcessor(size={"shortest_edge": side}, crop_size={"height": side, "width": side}).save_pretrained(folder)
+        BitImageProcessor(size={"shortest_edge": side}, crop_size={"height": side, "width": side}).save_pretrained(
+            folder
+        )
         model.config._name_or_path = folder
         try:
             yield

@@ -72,16 +72,23 @@ class Cache:
             saved = json.loads(self.path.read_text())
         except ValueError:
             saved = {}
-        changed = sorted(k for k in set(fingerprint) | set(saved.get("fingerprint", {}))
-                         if saved.get("fingerprint", {}).get(k) != fingerprint.get(k))
+        changed = sorted(
+            k
+            for k in set(fingerprint) | set(saved.get("fingerprint", {}))
+            if saved.get("fingerprint", {}).get(k) != fingerprint.get(k)
+        )
         if saved.get("format") != FORMAT or changed:
             os.replace(self.path, self.path.with_name(STALE_FILE))
-            log(f"search: the cache in {self.path.parent} was made for another "
-                f"{', '.join(changed) if changed else 'cache format'}; it is set aside as {STALE_FILE} and the search starts over")
+            log(
+                f"search: the cache in {self.path.parent} was made for another "
+                f"{', '.join(changed) if changed else 'cache format'}; it is set aside as {STALE_FILE} and the search starts over"
+            )
             return
         self.trials, self.measured, self.original = saved["trials"], saved["measured"], saved.get("original")
         self.probes = saved.get("probes", {})
-        log(f"search: resuming from {self.path}: {len(self.trials)} trial(s), {len(self.measured)} candidate(s) measured")
+        log(
+            f"search: resuming from {self.path}: {len(self.trials)} trial(s), {len(self.measured)} candidate(s) measured"
+        )
 
     def add(self, key: str, record: dict[str, Any] | None = None) -> None:
         self.trials.append(key)
@@ -94,6 +101,18 @@ class Cache:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         staging = self.path.with_name(f".{CACHE_FILE}.tmp")
-        staging.write_text(json.dumps({"format": FORMAT, "fingerprint": self.fingerprint, "original": self.original,
-                                       "trials": self.trials, "measured": self.measured, "probes": self.probes}, indent=1) + "\n")
+        staging.write_text(
+            json.dumps(
+                {
+                    "format": FORMAT,
+                    "fingerprint": self.fingerprint,
+                    "original": self.original,
+                    "trials": self.trials,
+                    "measured": self.measured,
+                    "probes": self.probes,
+                },
+                indent=1,
+            )
+            + "\n"
+        )
         os.replace(staging, self.path)

@@ -34,32 +34,45 @@ class SearchData:
         return list(pixels.split(batch_size))
 
     def describe(self) -> dict[str, Any]:
-        sizes = {split: len(pair[1]) for split, pair in (("validation", self.search), ("train", self.train), ("test", self.test))
-                 if pair is not None}
-        return {"name": portable_source(self.name), "images": sizes,  # a local folder by its name
-                "calibration": "train" if self.train is not None else "validation (no train split)"}
+        sizes = {
+            split: len(pair[1])
+            for split, pair in (("validation", self.search), ("train", self.train), ("test", self.test))
+            if pair is not None
+        }
+        return {
+            "name": portable_source(self.name),
+            "images": sizes,  # a local folder by its name
+            "calibration": "train" if self.train is not None else "validation (no train split)",
+        }
 
 
 def resolve(data: Any, folder: Path | None, config: Any, train_images: int | None = None) -> SearchData:
     """The splits of ``data`` as tensors (``train_images``: the first that many training images)."""
     if isinstance(data, dict):
         if SEARCH_SPLIT not in data:
-            raise ConfigError(f"search: data given as tensors needs a '{SEARCH_SPLIT}' split (the one the search "
-                              f"measures accuracy on); got {sorted(data)}")
+            raise ConfigError(
+                f"search: data given as tensors needs a '{SEARCH_SPLIT}' split (the one the search "
+                f"measures accuracy on); got {sorted(data)}"
+            )
         pairs = {name: _pair(name, value) for name, value in data.items()}
         train = pairs.get(TRAIN_SPLIT)
         if train is not None and train_images is not None:
             train = (train[0][:train_images], train[1][:train_images])
         return SearchData("tensors", pairs[SEARCH_SPLIT], train, pairs.get(TEST_SPLIT))
     if not isinstance(data, str):
-        raise ConfigError(f"search: 'data' got a {type(data).__name__}; give a built-in task ('digits', 'shapes'), an "
-                          "imagefolder path, a Hub dataset id, or a dict of (pixel_values, labels) by split")
+        raise ConfigError(
+            f"search: 'data' got a {type(data).__name__}; give a built-in task ('digits', 'shapes'), an "
+            "imagefolder path, a Hub dataset id, or a dict of (pixel_values, labels) by split"
+        )
     if folder is None:
-        raise ConfigError("search: images by name need the model's image processor; pass the model as its saved folder, "
-                          "or data as a dict of (pixel_values, labels) tensors")
+        raise ConfigError(
+            "search: images by name need the model's image processor; pass the model as its saved folder, "
+            "or data as a dict of (pixel_values, labels) tensors"
+        )
     from surgery.data.tasks import TASKS, task_tensors
 
     if data in TASKS:
+
         def split(name: str, limit: int | None = None) -> Pair:
             return task_tensors(folder, name, data, limit)
     else:
@@ -75,7 +88,9 @@ def _pair(name: str, value: Any) -> Pair:
         raise ConfigError(f"search: data['{name}'] must be a (pixel_values, labels) pair of tensors")
     pixels, labels = value[0], torch.as_tensor(value[1])
     if len(pixels) != len(labels) or not len(labels):
-        raise ConfigError(f"search: data['{name}'] has {len(pixels)} images and {len(labels)} labels; give as many of each, at least one")
+        raise ConfigError(
+            f"search: data['{name}'] has {len(pixels)} images and {len(labels)} labels; give as many of each, at least one"
+        )
     return pixels, labels
 
 

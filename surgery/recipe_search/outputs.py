@@ -10,8 +10,11 @@ from typing import Any
 from surgery.evaluation.measure import record
 from surgery.recipe_search import report
 
-RUNTIME_WORDS = {"torch": "PyTorch eager (CPU)", "onnx": "ONNX Runtime (CPU provider, surgery's ONNX export)",
-                 "openvino": "OpenVINO (CPU, f32 precision hint, surgery's export)"}
+RUNTIME_WORDS = {
+    "torch": "PyTorch eager (CPU)",
+    "onnx": "ONNX Runtime (CPU provider, surgery's ONNX export)",
+    "openvino": "OpenVINO (CPU, f32 precision hint, surgery's export)",
+}
 
 
 def write_outputs(output: Path, result: Any, source: Path | None, data: Any) -> None:
@@ -33,16 +36,27 @@ def write_outputs(output: Path, result: Any, source: Path | None, data: Any) -> 
     machine = summary["machine"]
     figures: dict[str, Any] = {
         "search": {
-            "candidates": len(result.candidates), "methods": list(summary["space"]["methods"]), "max_steps": settings["max_steps"],
-            "runtime_words": RUNTIME_WORDS[settings["runtime"]], "machine": f"{machine['model']} ({machine['threads']} threads)",
-            "batch_size": settings["batch_size"], "image_size": settings["image_size"], "seed": settings["seed"],
-            "search_split": f"the {data.name} validation split ({len(data.search[1])} images)", "budget": summary["budget"],
+            "candidates": len(result.candidates),
+            "methods": list(summary["space"]["methods"]),
+            "max_steps": settings["max_steps"],
+            "runtime_words": RUNTIME_WORDS[settings["runtime"]],
+            "machine": f"{machine['model']} ({machine['threads']} threads)",
+            "batch_size": settings["batch_size"],
+            "image_size": settings["image_size"],
+            "seed": settings["seed"],
+            "search_split": f"the {data.name} validation split ({len(data.search[1])} images)",
+            "budget": summary["budget"],
             "recover_epochs": settings["recover_epochs"],
             "table": report.table(result.candidates, result.chosen, settings["objective"], result.original),
         },
     }
     if test is not None:
-        figures.update({"accuracy": test["pick"], "accuracy_before": test["original"],
-                        "dataset": f"{data.name}, test split, {test['images']} images (measured once, after the search)"})
+        figures.update(
+            {
+                "accuracy": test["pick"],
+                "accuracy_before": test["original"],
+                "dataset": f"{data.name}, test split, {test['images']} images (measured once, after the search)",
+            }
+        )
     record(output, figures)
     card(output, model_id=output.resolve().name)

@@ -39,11 +39,14 @@ def gate(space: Space, cache: Cache, bench: Bench, min_speedup: float, log) -> t
             cache.save()
         probes[name] = record
         if "speed" in record and record["speed"] < min_speedup:
-            dropped[name] = (f"does not pay off on {bench.runtime} here: its fastest declared point, {record['label']}, "
-                             f"ran at {record['speed']:.2f}x of the original's speed (min_speedup: {min_speedup:g}x)")
+            dropped[name] = (
+                f"does not pay off on {bench.runtime} here: its fastest declared point, {record['label']}, "
+                f"ran at {record['speed']:.2f}x of the original's speed (min_speedup: {min_speedup:g}x)"
+            )
     if probes:
-        log(f"search: speed on {bench.runtime} at each method's fastest declared point: "
+        log(
+            f"search: speed on {bench.runtime} at each method's fastest declared point: "
             + ", ".join(f"{n} {r['speed']:.2f}x" if "speed" in r else f"{n} refused" for n, r in probes.items())
-            + (f"; left out (below {min_speedup:g}x): {', '.join(dropped)}" if dropped else ""))
+            + (f"; left out (below {min_speedup:g}x): {', '.join(dropped)}" if dropped else "")
+        )
     return space.without(dropped), probes
-

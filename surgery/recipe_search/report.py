@@ -30,13 +30,17 @@ class Budget:
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
-            raise ConfigError(f"search: 'objective' got {self.objective!r}; allowed: {', '.join(OBJECTIVES)}."
-                              + did_you_mean(self.objective, OBJECTIVES))
+            raise ConfigError(
+                f"search: 'objective' got {self.objective!r}; allowed: {', '.join(OBJECTIVES)}."
+                + did_you_mean(self.objective, OBJECTIVES)
+            )
         for name in OBJECTIVES:
             value = getattr(self, name)
             if value is not None and not 0.0 < value <= 1.0:
-                raise ConfigError(f"search: '{name}' got {value!r}; allowed: a ratio to the original in (0, 1] "
-                                  f"(0.5 = half the original's {name})")
+                raise ConfigError(
+                    f"search: '{name}' got {value!r}; allowed: a ratio to the original in (0, 1] "
+                    f"(0.5 = half the original's {name})"
+                )
         if not 0.0 <= self.max_drop <= 100.0:
             raise ConfigError(f"search: 'max_drop' got {self.max_drop!r}; allowed: accuracy points in [0, 100]")
 
@@ -49,10 +53,14 @@ class Budget:
         return {**over, "accuracy_drop": (original_accuracy - record["accuracy"]) * 100 - self.max_drop}
 
     def feasible(self, record: dict[str, Any], original_accuracy: float) -> bool:
-        return record.get("status") == "ok" and all(v <= 1e-12 for v in self.violations(record, original_accuracy).values())
+        return record.get("status") == "ok" and all(
+            v <= 1e-12 for v in self.violations(record, original_accuracy).values()
+        )
 
     def describe(self) -> str:
-        bounds = [f"{name} <= {value:g}x" for name, value in ((n, getattr(self, n)) for n in OBJECTIVES) if value is not None]
+        bounds = [
+            f"{name} <= {value:g}x" for name, value in ((n, getattr(self, n)) for n in OBJECTIVES) if value is not None
+        ]
         return ", ".join(bounds + [f"at most {self.max_drop:g} accuracy points lost"])
 
 
@@ -84,30 +92,42 @@ def closest(records: list[dict[str, Any]], budget: Budget, original_accuracy: fl
     measured = [r for r in records if r.get("status") == "ok"]
     accurate = [r for r in measured if budget.violations(r, original_accuracy)["accuracy_drop"] <= 1e-12]
     if accurate:
-        return min(accurate, key=lambda r: (sum(max(0.0, v) for k, v in budget.violations(r, original_accuracy).items()
-                                                if k != "accuracy_drop"), -r["accuracy"]))
+        return min(
+            accurate,
+            key=lambda r: (
+                sum(max(0.0, v) for k, v in budget.violations(r, original_accuracy).items() if k != "accuracy_drop"),
+                -r["accuracy"],
+            ),
+        )
     return max(measured, key=lambda r: r["accuracy"], default=None)
 
 
 def describe_point(record: dict[str, Any], original_accuracy: float) -> str:
-    return (f"{record['label']}: latency {record.get('latency_ratio', float('nan')):.2f}x, FLOPs {record['flops_ratio']:.2f}x, "
-            f"size {record['size_ratio']:.2f}x, accuracy {record['accuracy']:.2%} "
-            f"({(record['accuracy'] - original_accuracy) * 100:+.2f} pt)")
+    return (
+        f"{record['label']}: latency {record.get('latency_ratio', float('nan')):.2f}x, FLOPs {record['flops_ratio']:.2f}x, "
+        f"size {record['size_ratio']:.2f}x, accuracy {record['accuracy']:.2%} "
+        f"({(record['accuracy'] - original_accuracy) * 100:+.2f} pt)"
+    )
 
 
-def table(records: list[dict[str, Any]], chosen: dict[str, Any] | None, objective: str, original: dict[str, Any]) -> str:
+def table(
+    records: list[dict[str, Any]], chosen: dict[str, Any] | None, objective: str, original: dict[str, Any]
+) -> str:
     """The front as markdown, the pick marked, with every candidate's counts below it."""
     lines = ["| | recipe | latency | FLOPs | size | accuracy | vs original |", "|---|---|---|---|---|---|---|"]
     for record in [original] + front(records, objective):
         mark = "**pick**" if chosen is not None and record.get("label") == chosen.get("label") else ""
-        lines.append(f"| {mark} | {record['label']} | {record['latency_ratio']:.2f}x | {record['flops_ratio']:.2f}x | "
-                     f"{record['size_ratio']:.2f}x | {record['accuracy']:.2%} | "
-                     f"{(record['accuracy'] - original['accuracy']) * 100:+.2f} pt |")
+        lines.append(
+            f"| {mark} | {record['label']} | {record['latency_ratio']:.2f}x | {record['flops_ratio']:.2f}x | "
+            f"{record['size_ratio']:.2f}x | {record['accuracy']:.2%} | "
+            f"{(record['accuracy'] - original['accuracy']) * 100:+.2f} pt |"
+        )
     return "\n".join(lines)
 
 
-def plot(records: list[dict[str, Any]], chosen: dict[str, Any] | None, objective: str, original: dict[str, Any],
-         path: Path) -> Path | None:
+def plot(
+    records: list[dict[str, Any]], chosen: dict[str, Any] | None, objective: str, original: dict[str, Any], path: Path
+) -> Path | None:
     """Accuracy against the objective for every measured candidate, the front joined, the pick ringed."""
     try:
         import matplotlib
@@ -119,12 +139,22 @@ def plot(records: list[dict[str, Any]], chosen: dict[str, Any] | None, objective
     key = OBJECTIVES[objective]
     measured = [r for r in records if r.get("status") in ("ok", "slower", "not recovered")]
     figure, axis = plt.subplots(figsize=(6.4, 4.2))
-    axis.scatter([r[key] for r in measured], [r["accuracy"] * 100 for r in measured], s=14, color="0.6", label="candidates")
+    axis.scatter(
+        [r[key] for r in measured], [r["accuracy"] * 100 for r in measured], s=14, color="0.6", label="candidates"
+    )
     line = front(records, objective)
     axis.plot([r[key] for r in line], [r["accuracy"] * 100 for r in line], "o-", color="C0", label="front")
     axis.scatter([1.0], [original["accuracy"] * 100], marker="s", color="k", label="original")
     if chosen is not None:
-        axis.scatter([chosen[key]], [chosen["accuracy"] * 100], s=160, facecolors="none", edgecolors="C3", linewidths=2, label="pick")
+        axis.scatter(
+            [chosen[key]],
+            [chosen["accuracy"] * 100],
+            s=160,
+            facecolors="none",
+            edgecolors="C3",
+            linewidths=2,
+            label="pick",
+        )
     axis.set_xlabel(f"{objective} (ratio to the original)")
     axis.set_ylabel("accuracy on the search split (%)")
     axis.legend(loc="lower right", fontsize=8)
@@ -138,20 +168,35 @@ def write(folder: Path, summary: dict[str, Any]) -> None:
     """``search.json`` (everything) and ``search.md`` (the front and how it was searched)."""
     (folder / "search.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
     original, chosen = summary["original"], summary["chosen"]
-    lines = [f"# Search: {summary['settings']['runtime']}, {summary['budget']}", "",
-             summary["message"], "", table(summary["candidates"], chosen, summary["settings"]["objective"], original), "",
-             f"{len(summary['candidates'])} candidates measured in {summary['seconds']:.0f} s; counts by status: "
-             + ", ".join(f"{k} {v}" for k, v in summary["statuses"].items()) + ".",
-             "Accuracy on the search split; latency in the target runtime beside the original, in the same process."]
+    lines = [
+        f"# Search: {summary['settings']['runtime']}, {summary['budget']}",
+        "",
+        summary["message"],
+        "",
+        table(summary["candidates"], chosen, summary["settings"]["objective"], original),
+        "",
+        f"{len(summary['candidates'])} candidates measured in {summary['seconds']:.0f} s; counts by status: "
+        + ", ".join(f"{k} {v}" for k, v in summary["statuses"].items())
+        + ".",
+        "Accuracy on the search split; latency in the target runtime beside the original, in the same process.",
+    ]
     if summary.get("pays_off"):
-        lines += ["", "## Where each method pays off on this runtime", "",
-                  "Each method alone at its fastest declared point, timed beside the original before the search; a method "
-                  f"below {summary['settings']['min_speedup']:g}x was left out.", "",
-                  payoff_table(summary["pays_off"], summary["settings"]["min_speedup"])]
+        lines += [
+            "",
+            "## Where each method pays off on this runtime",
+            "",
+            "Each method alone at its fastest declared point, timed beside the original before the search; a method "
+            f"below {summary['settings']['min_speedup']:g}x was left out.",
+            "",
+            payoff_table(summary["pays_off"], summary["settings"]["min_speedup"]),
+        ]
     if summary.get("test"):
         test = summary["test"]
-        lines += ["", f"Test split, measured once: original {test['original']:.2%}, pick {test['pick']:.2%}, "
-                      f"difference {test['difference']}, McNemar p {test['mcnemar_p']}."]
+        lines += [
+            "",
+            f"Test split, measured once: original {test['original']:.2%}, pick {test['pick']:.2%}, "
+            f"difference {test['difference']}, McNemar p {test['mcnemar_p']}.",
+        ]
     (folder / "search.md").write_text("\n".join(lines) + "\n")
 
 
@@ -160,8 +205,12 @@ def payoff_table(probes: dict[str, dict[str, Any]], min_speedup: float) -> str:
     lines = ["| method | fastest declared point | speed vs original | pays off here |", "|---|---|---|---|"]
     for name, record in probes.items():
         if "speed" in record:
-            lines.append(f"| {name} | {record['label']} | {record['speed']:.2f}x | "
-                         f"{'yes' if record['speed'] >= min_speedup else 'no: left out'} |")
+            lines.append(
+                f"| {name} | {record['label']} | {record['speed']:.2f}x | "
+                f"{'yes' if record['speed'] >= min_speedup else 'no: left out'} |"
+            )
         else:
-            lines.append(f"| {name} | {record['label']} | refused: {record['reason'][:120]} | kept (its points say why) |")
+            lines.append(
+                f"| {name} | {record['label']} | refused: {record['reason'][:120]} | kept (its points say why) |"
+            )
     return "\n".join(lines)

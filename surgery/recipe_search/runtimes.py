@@ -27,7 +27,9 @@ Compiled = Callable[[np.ndarray], np.ndarray]
 
 def check_runtime(runtime: str) -> None:
     if runtime not in RUNTIMES:
-        raise ConfigError(f"search: 'runtime' got {runtime!r}; allowed: {', '.join(RUNTIMES)}." + did_you_mean(runtime, RUNTIMES))
+        raise ConfigError(
+            f"search: 'runtime' got {runtime!r}; allowed: {', '.join(RUNTIMES)}." + did_you_mean(runtime, RUNTIMES)
+        )
 
 
 def compile_for(model: torch.nn.Module, runtime: str, folder: Path) -> tuple[Compiled, dict[str, Any]]:
@@ -36,6 +38,7 @@ def compile_for(model: torch.nn.Module, runtime: str, folder: Path) -> tuple[Com
     check_runtime(runtime)
     model.eval()
     if runtime == "torch":
+
         def run(pixels: np.ndarray) -> np.ndarray:
             with torch.no_grad():  # not inference_mode: see surgery.evaluation.accuracy
                 return model(pixel_values=torch.from_numpy(pixels)).logits.numpy()
@@ -67,8 +70,8 @@ def correct(run: Compiled, pixel_values: torch.Tensor, labels: torch.Tensor, bat
     """Whether each image's top-1 prediction is its label (a bool per image, in order)."""
     hits = []
     for start in range(0, len(labels), batch_size):
-        logits = run(pixel_values[start:start + batch_size].numpy())
-        hits.append(np.asarray(logits).argmax(-1) == labels[start:start + batch_size].numpy())
+        logits = run(pixel_values[start : start + batch_size].numpy())
+        hits.append(np.asarray(logits).argmax(-1) == labels[start : start + batch_size].numpy())
     return np.concatenate(hits) if hits else np.zeros(0, bool)
 
 

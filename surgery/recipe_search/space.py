@@ -51,8 +51,9 @@ class Candidate:
         for plugin, options in self.steps:
             space = getattr(methods.get(plugin), "search", None)
             shown.append((plugin, list((space.shown(dict(options)) if space is not None else dict(options)).items())))
-        return " + ".join(plugin + (f"({', '.join(f'{k}={v}' for k, v in options)})" if options else "")
-                          for plugin, options in shown)
+        return " + ".join(
+            plugin + (f"({', '.join(f'{k}={v}' for k, v in options)})" if options else "") for plugin, options in shown
+        )
 
 
 @dataclasses.dataclass
@@ -67,8 +68,9 @@ class Space:
     required: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
     @classmethod
-    def build(cls, model: nn.Module, max_steps: int = 2, include: Sequence[str] | None = None,
-              exclude: Sequence[str] = ()) -> Space:
+    def build(
+        cls, model: nn.Module, max_steps: int = 2, include: Sequence[str] | None = None, exclude: Sequence[str] = ()
+    ) -> Space:
         """Every method that declares a space and plans on ``model`` alone, and every set of up to
         ``max_steps`` of them that plans together in some order (tried in name order first), each
         method at the first of its declared values."""
@@ -78,11 +80,15 @@ class Space:
         declared = {name: m for name, m in sorted(host.methods.items()) if m.search is not None}
         for name in [*(include or ()), *exclude]:
             if name not in host.methods:
-                raise ConfigError(f"search: no installed method '{name}'; installed: {', '.join(sorted(host.methods))}."
-                                  + did_you_mean(name, host.methods))
+                raise ConfigError(
+                    f"search: no installed method '{name}'; installed: {', '.join(sorted(host.methods))}."
+                    + did_you_mean(name, host.methods)
+                )
             if host.methods[name].search is None:
-                raise ConfigError(f"search: method '{name}' declares no search space (SurgeryMethod.search), so the "
-                                  f"search cannot try it; methods with one: {', '.join(declared)}")
+                raise ConfigError(
+                    f"search: method '{name}' declares no search space (SurgeryMethod.search), so the "
+                    f"search cannot try it; methods with one: {', '.join(declared)}"
+                )
         chosen = [n for n in declared if (include is None or n in include) and n not in exclude]
         left_out: dict[str, str] = {n: "not declared searchable" for n in sorted(host.methods) if n not in declared}
         anatomy = host.anatomy_of(model, required=False)
@@ -108,8 +114,10 @@ class Space:
                 else:
                     left_out[SEP.join(group)] = reasons[0]
         if not combos:
-            raise SurgeryError("search: no installed method plans on this model; "
-                               + "; ".join(f"{n}: {why}" for n, why in left_out.items()))
+            raise SurgeryError(
+                "search: no installed method plans on this model; "
+                + "; ".join(f"{n}: {why}" for n, why in left_out.items())
+            )
         return cls(methods, combos, left_out, required)
 
     def needs_recovery(self, order: Sequence[str]) -> bool:
@@ -118,9 +126,14 @@ class Space:
     def candidate(self, combo: str, values: Mapping[str, Any]) -> Candidate:
         """The candidate of ``combo`` with ``values`` (``{"method.option": value}``)."""
         order = self.combos[combo]
-        steps = tuple((name, tuple((option, _plain(values[f"{name}.{option}"])) for option in self.methods[name].search.options)
-                       + tuple((option, _plain(value)) for option, value in self.required.get(name, {}).items()))
-                      for name in order)
+        steps = tuple(
+            (
+                name,
+                tuple((option, _plain(values[f"{name}.{option}"])) for option in self.methods[name].search.options)
+                + tuple((option, _plain(value)) for option, value in self.required.get(name, {}).items()),
+            )
+            for name in order
+        )
         return Candidate(steps, self.needs_recovery(order))
 
     @staticmethod
@@ -130,7 +143,9 @@ class Space:
 
     def from_steps(self, steps: Sequence[Sequence[Any]]) -> Candidate:
         """The candidate of a record's ``[[plugin, {option: value}], ...]`` (as the cache keeps it)."""
-        return self.candidate(self.combo_of(steps), {f"{plugin}.{k}": v for plugin, options in steps for k, v in options.items()})
+        return self.candidate(
+            self.combo_of(steps), {f"{plugin}.{k}": v for plugin, options in steps for k, v in options.items()}
+        )
 
     def suggest(self, trial: Any) -> Candidate:
         """Ask an Optuna trial for a set of methods, then for each chosen method's options (by the
@@ -139,15 +154,23 @@ class Space:
         values = {}
         for name in self.combos[combo]:
             for option, choices in self.methods[name].search.options.items():
-                values[f"{name}.{option}"] = choices[trial.suggest_categorical(f"{name}.{option}", list(range(len(choices))))]
+                values[f"{name}.{option}"] = choices[
+                    trial.suggest_categorical(f"{name}.{option}", list(range(len(choices))))
+                ]
         return self.candidate(combo, values)
 
     def params(self, candidate: Candidate) -> dict[str, Any]:
         """The Optuna parameters that give ``candidate`` (for replaying cached trials)."""
         combo = self.combo_of(candidate.steps)
-        return {"recipe": combo, **{f"{plugin}.{k}": self.methods[plugin].search.index(k, v)
-                                    for plugin, options in candidate.steps for k, v in options
-                                    if k in self.methods[plugin].search.options}}  # not the required ones
+        return {
+            "recipe": combo,
+            **{
+                f"{plugin}.{k}": self.methods[plugin].search.index(k, v)
+                for plugin, options in candidate.steps
+                for k, v in options
+                if k in self.methods[plugin].search.options
+            },
+        }  # not the required ones
 
     def distributions(self, params: Mapping[str, Any]) -> dict[str, Any]:
         import optuna
@@ -156,7 +179,9 @@ class Space:
         for key in params:
             if key != "recipe":
                 name, option = key.split(".", 1)
-                out[key] = optuna.distributions.CategoricalDistribution(list(range(len(self.methods[name].search.options[option]))))
+                out[key] = optuna.distributions.CategoricalDistribution(
+                    list(range(len(self.methods[name].search.options[option])))
+                )
         return out
 
     def starting_points(self) -> list[Candidate]:
@@ -170,7 +195,9 @@ class Space:
                 continue
             options = method.search.options
             first = {option: values[0] for option, values in options.items()}
-            settings = [first] + [{**first, option: value} for option, values in options.items() for value in values[1:]]
+            settings = [first] + [
+                {**first, option: value} for option, values in options.items() for value in values[1:]
+            ]
             candidates = [self.candidate(name, {f"{name}.{k}": v for k, v in s.items()}) for s in settings]
             if method.search.needs_recovery:
                 costly.append(candidates[0])
@@ -197,8 +224,10 @@ class Space:
             combo = SEP.join(sorted((first, second)))
             if first == second or combo not in self.combos:
                 continue
-            values = {**{f"{first}.{k}": v for k, v in first_options.items()},
-                      **{f"{second}.{k}": v for k, v in second_options.items()}}
+            values = {
+                **{f"{first}.{k}": v for k, v in first_options.items()},
+                **{f"{second}.{k}": v for k, v in second_options.items()},
+            }
             pairs.append((a[cost] * b[cost], len(pairs), self.candidate(combo, values)))
         return [candidate for _, _, candidate in sorted(pairs, key=lambda p: p[:2])][:limit]
 
@@ -219,9 +248,14 @@ class Space:
 
     def describe(self) -> dict[str, Any]:
         return {
-            "methods": {name: {"options": {k: [_plain(value) for value in v] for k, v in m.search.options.items()},
-                               "needs_recovery": m.search.needs_recovery, "version": m.version}
-                        for name, m in self.methods.items()},
+            "methods": {
+                name: {
+                    "options": {k: [_plain(value) for value in v] for k, v in m.search.options.items()},
+                    "needs_recovery": m.search.needs_recovery,
+                    "version": m.version,
+                }
+                for name, m in self.methods.items()
+            },
             "sets": {combo: list(order) for combo, order in self.combos.items()},
             "left_out": self.left_out,
             **({"required": self.required} if self.required else {}),
@@ -234,12 +268,18 @@ def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
 
-def _plan_reason(model: nn.Module, order: Sequence[str], methods: Mapping[str, SurgeryMethod],
-                 required: Mapping[str, Mapping[str, Any]]) -> str | None:
+def _plan_reason(
+    model: nn.Module,
+    order: Sequence[str],
+    methods: Mapping[str, SurgeryMethod],
+    required: Mapping[str, Mapping[str, Any]],
+) -> str | None:
     """None when ``order`` (each method at the first of its declared values and the values the family
     requires of it) plans on ``model``, else the host's reason."""
-    specs = [(name, {**{k: _plain(v[0]) for k, v in methods[name].search.options.items()}, **required.get(name, {})})
-             for name in order]
+    specs = [
+        (name, {**{k: _plain(v[0]) for k, v in methods[name].search.options.items()}, **required.get(name, {})})
+        for name in order
+    ]
     try:
         plan(model, specs)
     except SurgeryError as error:

@@ -50,8 +50,17 @@ def unpack(text: str, count: int) -> np.ndarray:
 class Bench:
     """The original model measured once in the target runtime, and what every candidate is measured with."""
 
-    def __init__(self, original: torch.nn.Module, runtime: str, data: Any, batch_size: int, workdir: Path,
-                 repeats: int = 7, seed: int = 0, drop_slower: bool = True):
+    def __init__(
+        self,
+        original: torch.nn.Module,
+        runtime: str,
+        data: Any,
+        batch_size: int,
+        workdir: Path,
+        repeats: int = 7,
+        seed: int = 0,
+        drop_slower: bool = True,
+    ):
         self.original, self.runtime, self.data, self.repeats = original, runtime, data, repeats
         self.drop_slower = drop_slower
         self.workdir = workdir
@@ -66,8 +75,18 @@ class Bench:
         self.accuracy = float(self.correct.mean())
 
     def original_record(self) -> dict[str, Any]:
-        return {"label": "original", "steps": [], "status": "ok", "accuracy": self.accuracy, "correct": pack(self.correct),
-                "latency_ratio": 1.0, "flops_ratio": 1.0, "size_ratio": 1.0, "flops": self.flops, "size_mb": self.bytes / 1e6}
+        return {
+            "label": "original",
+            "steps": [],
+            "status": "ok",
+            "accuracy": self.accuracy,
+            "correct": pack(self.correct),
+            "latency_ratio": 1.0,
+            "flops_ratio": 1.0,
+            "size_ratio": 1.0,
+            "flops": self.flops,
+            "size_mb": self.bytes / 1e6,
+        }
 
     def rewritten(self, candidate: Candidate) -> torch.nn.Module:
         """A copy of the original with ``candidate`` applied (calibrated where a step needs data), in eval mode."""
@@ -86,16 +105,29 @@ class Bench:
         except SurgeryError as error:
             return {"reason": " ".join(str(error).split())[:400]}
         x = self.timing_batch
-        timed = time_side_by_side({"original": lambda: self.run_original(x), "candidate": lambda: run(x)}, repeats=self.repeats)
-        return {"speed": timed["original"] / timed["candidate"], "latency_ms": timed["candidate"] * 1e3,
-                "latency_ms_original": timed["original"] * 1e3}
+        timed = time_side_by_side(
+            {"original": lambda: self.run_original(x), "candidate": lambda: run(x)}, repeats=self.repeats
+        )
+        return {
+            "speed": timed["original"] / timed["candidate"],
+            "latency_ms": timed["candidate"] * 1e3,
+            "latency_ms_original": timed["original"] * 1e3,
+        }
 
-    def measure(self, candidate: Candidate, recovery: Callable[[torch.nn.Module], dict[str, Any]] | None,
-                worth_recovering: Callable[[dict[str, Any]], str | None]) -> tuple[dict[str, Any], torch.nn.Module | None]:
+    def measure(
+        self,
+        candidate: Candidate,
+        recovery: Callable[[torch.nn.Module], dict[str, Any]] | None,
+        worth_recovering: Callable[[dict[str, Any]], str | None],
+    ) -> tuple[dict[str, Any], torch.nn.Module | None]:
         """The candidate's record, and its model when it was measured."""
         started = time.perf_counter()
-        record: dict[str, Any] = {"label": candidate.label, "steps": candidate.specs(), "needs_recovery": candidate.needs_recovery,
-                                  "versions": {p: get_host().methods[p].version for p, _ in candidate.steps}}
+        record: dict[str, Any] = {
+            "label": candidate.label,
+            "steps": candidate.specs(),
+            "needs_recovery": candidate.needs_recovery,
+            "versions": {p: get_host().methods[p].version for p, _ in candidate.steps},
+        }
         try:  # options that refuse each other (quantize's int8 attention with weight-only linears): refused
             model = self.rewritten(candidate)
         except SurgeryError as error:
@@ -109,7 +141,9 @@ class Bench:
             return _done(record, started, "export failed", error), None
         record.update(info)
         x = self.timing_batch
-        timed = time_side_by_side({"original": lambda: self.run_original(x), "candidate": lambda: run(x)}, repeats=self.repeats)
+        timed = time_side_by_side(
+            {"original": lambda: self.run_original(x), "candidate": lambda: run(x)}, repeats=self.repeats
+        )
         record["latency_ms"], record["latency_ms_original"] = timed["candidate"] * 1e3, timed["original"] * 1e3
         record["latency_ratio"] = timed["candidate"] / timed["original"]
         hits = correct(run, *self.data.search)

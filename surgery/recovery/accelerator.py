@@ -46,7 +46,7 @@ def has_accelerator() -> bool:
 
 
 def resolve_precision(choice: str) -> str | None:
-    """"auto": the launcher's choice under ``accelerate launch``, else bf16 on GPUs with it, fp16 on
+    """ "auto": the launcher's choice under ``accelerate launch``, else bf16 on GPUs with it, fp16 on
     other GPUs, and none on CPU (CPU autocast would cost accuracy for little speed on most CPUs)."""
     if choice != "auto":
         return choice

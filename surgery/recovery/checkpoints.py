@@ -40,7 +40,6 @@ VERSION = 1
 MANIFEST = "manifest.json"
 
 
-
 def save_checkpoint(accelerator, model: torch.nn.Module, optimizer, schedule, epoch: int, folder: Path) -> Path:
     """Write ``folder/epoch-{epoch}`` from every process (each adds its random state)."""
     final = Path(folder) / f"epoch-{epoch}"
@@ -55,7 +54,9 @@ def save_checkpoint(accelerator, model: torch.nn.Module, optimizer, schedule, ep
     _write_json(partial / f"rng-{rank}.json", values)
     if accelerator.is_main_process:
         state = accelerator.unwrap_model(model).state_dict()
-        save_file({k: v.detach().cpu().contiguous().clone() for k, v in state.items()}, str(partial / "model.safetensors"))
+        save_file(
+            {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}, str(partial / "model.safetensors")
+        )
         tensors, groups = _split_optimizer(optimizer.state_dict())
         save_file(tensors, str(partial / "optimizer.safetensors"))
         _write_json(partial / "optimizer.json", groups)
@@ -65,8 +66,16 @@ def save_checkpoint(accelerator, model: torch.nn.Module, optimizer, schedule, ep
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         files = {p.name: _sha256(p) for p in sorted(partial.iterdir())}
-        _write_json(partial / MANIFEST, {"format": FORMAT, "version": VERSION, "epoch": epoch,
-                                         "processes": accelerator.num_processes, "files": files})
+        _write_json(
+            partial / MANIFEST,
+            {
+                "format": FORMAT,
+                "version": VERSION,
+                "epoch": epoch,
+                "processes": accelerator.num_processes,
+                "files": files,
+            },
+        )
         if final.exists():
             shutil.rmtree(final)
         partial.rename(final)
@@ -79,8 +88,10 @@ def read_manifest(path: Path) -> dict[str, Any]:
     path = Path(path)
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
-        raise CheckpointError(f"{path} is not a surgery recovery checkpoint (no {MANIFEST}); surgery resumes only from "
-                              "checkpoints it wrote itself (older ones were accelerate pickles: start the run again)")
+        raise CheckpointError(
+            f"{path} is not a surgery recovery checkpoint (no {MANIFEST}); surgery resumes only from "
+            "checkpoints it wrote itself (older ones were accelerate pickles: start the run again)"
+        )
     try:
         manifest = json.loads(manifest_path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -93,15 +104,21 @@ def read_manifest(path: Path) -> dict[str, Any]:
     present = {p.name for p in path.iterdir()} - {MANIFEST}
     strangers = sorted(present - set(files))
     if strangers:
-        raise CheckpointError(f"{path} holds files surgery did not write ({', '.join(strangers[:5])}); refusing to resume "
-                              "from it (only safetensors and JSON listed in its manifest are read)")
+        raise CheckpointError(
+            f"{path} holds files surgery did not write ({', '.join(strangers[:5])}); refusing to resume "
+            "from it (only safetensors and JSON listed in its manifest are read)"
+        )
     for name, digest in files.items():
         if not isinstance(name, str) or "/" in name or "\\" in name or not name.endswith((".safetensors", ".json")):
-            raise CheckpointError(f"{manifest_path} lists {name!r}, which is not a safetensors or JSON file of the folder")
+            raise CheckpointError(
+                f"{manifest_path} lists {name!r}, which is not a safetensors or JSON file of the folder"
+            )
         if name not in present:
             raise CheckpointError(f"{path} is incomplete: {name} is missing")
         if _sha256(path / name) != digest:
-            raise CheckpointError(f"{path / name} was changed after surgery wrote it (SHA-256 differs); refusing to resume")
+            raise CheckpointError(
+                f"{path / name} was changed after surgery wrote it (SHA-256 differs); refusing to resume"
+            )
     return manifest
 
 
@@ -110,19 +127,28 @@ def load_checkpoint(accelerator, model: torch.nn.Module, optimizer, schedule, pa
     path = Path(path)
     manifest = read_manifest(path)
     if manifest.get("processes") != accelerator.num_processes:
-        raise CheckpointError(f"{path} was written by {manifest.get('processes')} process(es) and this run has "
-                              f"{accelerator.num_processes}: resume with the same number")
+        raise CheckpointError(
+            f"{path} was written by {manifest.get('processes')} process(es) and this run has "
+            f"{accelerator.num_processes}: resume with the same number"
+        )
     try:
         accelerator.unwrap_model(model).load_state_dict(load_file(str(path / "model.safetensors")), strict=True)
-        optimizer.load_state_dict(_join_optimizer(load_file(str(path / "optimizer.safetensors")),
-                                                  json.loads((path / "optimizer.json").read_text())))
+        optimizer.load_state_dict(
+            _join_optimizer(
+                load_file(str(path / "optimizer.safetensors")), json.loads((path / "optimizer.json").read_text())
+            )
+        )
         schedule.load_state_dict(json.loads((path / "schedule.json").read_text()))
         if (path / "scaler.json").exists() and getattr(accelerator, "scaler", None) is not None:
             accelerator.scaler.load_state_dict(json.loads((path / "scaler.json").read_text()))
         rank = accelerator.process_index
-        _set_rng_state(load_file(str(path / f"rng-{rank}.safetensors")), json.loads((path / f"rng-{rank}.json").read_text()))
+        _set_rng_state(
+            load_file(str(path / f"rng-{rank}.safetensors")), json.loads((path / f"rng-{rank}.json").read_text())
+        )
     except (RuntimeError, ValueError, KeyError, TypeError, OSError) as error:
-        raise CheckpointError(f"{path} does not fit this run: {type(error).__name__}: {str(error).splitlines()[0][:300]}") from error
+        raise CheckpointError(
+            f"{path} does not fit this run: {type(error).__name__}: {str(error).splitlines()[0][:300]}"
+        ) from error
     return manifest["epoch"]
 
 
@@ -157,8 +183,10 @@ def _rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
             tensors[f"cuda.{index}"] = state
     kind, keys, position, has_gauss, cached = np.random.get_state()
     version, internal, gauss = random.getstate()
-    values = {"numpy": [kind, keys.tolist(), int(position), int(has_gauss), float(cached)],
-              "python": [version, list(internal), gauss]}
+    values = {
+        "numpy": [kind, keys.tolist(), int(position), int(has_gauss), float(cached)],
+        "python": [version, list(internal), gauss],
+    }
     return tensors, values
 
 

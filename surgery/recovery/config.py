@@ -111,6 +111,10 @@ class RecoveryResult:
             "accuracy_before": self.teacher_accuracy,
             "accuracy_after_surgery": self.accuracy_before,
             "dataset": dataset,
-            "recovery": {**summary, "teacher": portable_source(teacher), "data": portable_source(data),
-                         "evaluated_on": dataset},
+            "recovery": {
+                **summary,
+                "teacher": portable_source(teacher),
+                "data": portable_source(data),
+                "evaluated_on": dataset,
+            },
         }

@@ -31,7 +31,16 @@ from surgery.recovery.accelerator import make_accelerator, unwrap
 from surgery.recovery.checkpoints import latest_checkpoint, load_checkpoint, prune, save_checkpoint
 from surgery.recovery.config import RecoveryConfig, RecoveryResult
 from surgery.recovery.hooks import step_hooks
-from surgery.recovery.lora import LoraOptions, base_of, canonical, describe, discard, finish, is_adapter_parameter, wrap
+from surgery.recovery.lora import (
+    LoraOptions,
+    base_of,
+    canonical,
+    describe,
+    discard,
+    finish,
+    is_adapter_parameter,
+    wrap,
+)
 from surgery.recovery.losses import loss_terms
 from surgery.recovery.schedule import new_parameter_names, optimizer_and_schedule
 from surgery.toolkit.adapters import is_peft_model
@@ -42,9 +51,21 @@ def evaluate_accuracy(model: nn.Module, loader, accelerator) -> float:
     return loader_accuracy(model, loader, accelerator.autocast, accelerator.gather_for_metrics)
 
 
-def recover(model: nn.Module, teacher: nn.Module | None, train, eval=None, config: RecoveryConfig | None = None, *,
-            lora: LoraOptions | dict | str | bool | None = None, processor=None, checkpoint_dir: str | Path | None = None, resume: bool | str | Path = False,
-            progress: bool = True, accelerator=None, **options: Any) -> RecoveryResult:
+def recover(
+    model: nn.Module,
+    teacher: nn.Module | None,
+    train,
+    eval=None,
+    config: RecoveryConfig | None = None,
+    *,
+    lora: LoraOptions | dict | str | bool | None = None,
+    processor=None,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool | str | Path = False,
+    progress: bool = True,
+    accelerator=None,
+    **options: Any,
+) -> RecoveryResult:
     """Fine-tune the rewritten ``model`` in place with distillation from ``teacher``; return what happened.
 
     ``train``/``eval``: a ``datasets.Dataset`` of images and labels (with ``processor``, the model's
@@ -61,19 +82,27 @@ def recover(model: nn.Module, teacher: nn.Module | None, train, eval=None, confi
     ``PeftModel``). A model the caller already wrapped with PEFT trains as it is (what requires grad).
     """
     if config is not None and options:
-        raise SurgeryError(f"recover: give the options either as config=RecoveryConfig(...) or as keywords, not both "
-                           f"(got config and {sorted(options)})")
+        raise SurgeryError(
+            f"recover: give the options either as config=RecoveryConfig(...) or as keywords, not both "
+            f"(got config and {sorted(options)})"
+        )
     config = config or RecoveryConfig.from_dict(options)
     if teacher is None and (config.distill_weight > 0 or config.feature_weight > 0):
-        raise SurgeryError("recover: without a teacher, set distill_weight=0 and feature_weight=0 (labels only), "
-                           "or pass the original model as teacher")
+        raise SurgeryError(
+            "recover: without a teacher, set distill_weight=0 and feature_weight=0 (labels only), "
+            "or pass the original model as teacher"
+        )
     lora = LoraOptions.parse(lora)
     if checkpoint_dir is not None and Path(checkpoint_dir).exists() and not Path(checkpoint_dir).is_dir():
-        raise SurgeryError(f"recover: checkpoint_dir {checkpoint_dir} is a file; it must be a folder (or not exist yet), "
-                           "found before any training")
+        raise SurgeryError(
+            f"recover: checkpoint_dir {checkpoint_dir} is a file; it must be a folder (or not exist yet), "
+            "found before any training"
+        )
     if lora is not None and is_peft_model(model):
-        raise SurgeryError("recover: this model is already a PeftModel; recover trains its adapters as they are "
-                           "(leave lora out), or pass the model without PEFT to have surgery add them")
+        raise SurgeryError(
+            "recover: this model is already a PeftModel; recover trains its adapters as they are "
+            "(leave lora out), or pass the model without PEFT to have surgery add them"
+        )
     base = base_of(model)
     accelerator = accelerator or make_accelerator(config)
     started = time.perf_counter()
@@ -86,24 +115,34 @@ def recover(model: nn.Module, teacher: nn.Module | None, train, eval=None, confi
     if config.warmup_epochs and not any(p.requires_grad for n, p in model.named_parameters() if n in new):
         if lora is not None:
             discard(model)
-        raise SurgeryError("recover: warmup_epochs needs trainable parameters the surgery added (compared by name "
-                           "with the teacher), and this model has none; set warmup_epochs=0")
+        raise SurgeryError(
+            "recover: warmup_epochs needs trainable parameters the surgery added (compared by name "
+            "with the teacher), and this model has none; set warmup_epochs=0"
+        )
     optimizer, schedule = optimizer_and_schedule(model, new, config, len(train_loader))
-    result = RecoveryResult(config=config.to_dict(), new_parameters=sorted(canonical(n) for n in new),
-                            processes=accelerator.num_processes, mixed_precision=str(accelerator.mixed_precision),
-                            trainable_parameters=sum(p.numel() for g in optimizer.param_groups for p in g["params"]),
-                            parameters=sum(p.numel() for n, p in model.named_parameters() if not is_adapter_parameter(n)))
+    result = RecoveryResult(
+        config=config.to_dict(),
+        new_parameters=sorted(canonical(n) for n in new),
+        processes=accelerator.num_processes,
+        mixed_precision=str(accelerator.mixed_precision),
+        trainable_parameters=sum(p.numel() for g in optimizer.param_groups for p in g["params"]),
+        parameters=sum(p.numel() for n, p in model.named_parameters() if not is_adapter_parameter(n)),
+    )
 
     hooks = step_hooks(base)
     start_epoch = 0
     forward_before = vars(model).get("forward")
-    prepared = accelerator.prepare(model, optimizer, train_loader, schedule, *([eval_loader] if eval_loader is not None else []))
+    prepared = accelerator.prepare(
+        model, optimizer, train_loader, schedule, *([eval_loader] if eval_loader is not None else [])
+    )
     student, optimizer, train_loader, schedule = prepared[:4]
     eval_loader = prepared[4] if eval_loader is not None else None
     completed = False
     # the caller's teacher is frozen and in eval mode while it teaches, and given back as it came (a
     # search copies its original for every candidate: a frozen original would freeze them all)
-    teacher_state = (teacher.training, [(p, p.requires_grad) for p in teacher.parameters()]) if teacher is not None else None
+    teacher_state = (
+        (teacher.training, [(p, p.requires_grad) for p in teacher.parameters()]) if teacher is not None else None
+    )
     try:  # from here on, a failure (a refused resume included) takes the adapters out again
         if teacher is not None:
             teacher = teacher.to(accelerator.device).eval().requires_grad_(False)
@@ -116,8 +155,9 @@ def recover(model: nn.Module, teacher: nn.Module | None, train, eval=None, confi
             if teacher is not None:
                 result.teacher_accuracy = evaluate_accuracy(teacher, eval_loader, accelerator)
         for epoch in range(start_epoch, config.total_epochs):
-            record = _train_epoch(student, teacher, train_loader, optimizer, schedule, hooks, config, accelerator,
-                                  epoch, progress)
+            record = _train_epoch(
+                student, teacher, train_loader, optimizer, schedule, hooks, config, accelerator, epoch, progress
+            )
             if eval_loader is not None:
                 record["accuracy"] = evaluate_accuracy(student, eval_loader, accelerator)
             result.history.append(record)
@@ -161,8 +201,18 @@ def _resume_path(resume: bool | str | Path, checkpoint_dir: str | Path | None) -
     return path
 
 
-def _train_epoch(student, teacher, loader, optimizer, schedule, hooks, config: RecoveryConfig, accelerator,
-                 epoch: int, progress: bool) -> dict[str, Any]:
+def _train_epoch(
+    student,
+    teacher,
+    loader,
+    optimizer,
+    schedule,
+    hooks,
+    config: RecoveryConfig,
+    accelerator,
+    epoch: int,
+    progress: bool,
+) -> dict[str, Any]:
     warmup = epoch < config.warmup_epochs
     student.train()
     if hasattr(loader, "set_epoch"):
@@ -170,8 +220,13 @@ def _train_epoch(student, teacher, loader, optimizer, schedule, hooks, config: R
     totals: dict[str, float] = {}
     started = time.perf_counter()
     steps = len(loader)
-    bar = tqdm(loader, desc=f"recover {'warm-up' if warmup else 'epoch'} {epoch + 1}/{config.total_epochs}",
-               unit="batch", leave=False, disable=not progress or not accelerator.is_local_main_process)
+    bar = tqdm(
+        loader,
+        desc=f"recover {'warm-up' if warmup else 'epoch'} {epoch + 1}/{config.total_epochs}",
+        unit="batch",
+        leave=False,
+        disable=not progress or not accelerator.is_local_main_process,
+    )
     for step, batch in enumerate(bar):
         run_progress = (epoch * steps + step) / (config.total_epochs * steps)
         for hook in hooks:
@@ -186,8 +241,11 @@ def _train_epoch(student, teacher, loader, optimizer, schedule, hooks, config: R
         for key, value in terms.items():
             totals[key] = totals.get(key, 0.0) + float(value.detach())
         bar.set_postfix(loss=f"{float(terms['loss'].detach()):.4f}")
-    record: dict[str, Any] = {"epoch": epoch + 1, "stage": "new parameters" if warmup else "all parameters",
-                              "steps": steps}
+    record: dict[str, Any] = {
+        "epoch": epoch + 1,
+        "stage": "new parameters" if warmup else "all parameters",
+        "steps": steps,
+    }
     record.update({key: value / steps for key, value in totals.items()})
     for hook in hooks:
         record.update(hook.describe((epoch + 1) / config.total_epochs))

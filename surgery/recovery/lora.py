@@ -100,9 +100,15 @@ class LoraOptions(SurgeryConfig):
             return cls.from_dict(value)
         if isinstance(value, str):
             options = parse_options(value, "recover lora", "key=value,... (e.g. r=8,alpha=16,targets=attention+mlp)")
-            lists = {key: tuple(t for t in options.pop(key).split("+") if t) for key in ("targets", "train") if key in options}
+            lists = {
+                key: tuple(t for t in options.pop(key).split("+") if t)
+                for key in ("targets", "train")
+                if key in options
+            }
             return dataclasses.replace(cls.from_strings(options), **lists)
-        raise ConfigError(f"recover: lora must be True, a dict of LoraOptions fields or LoraOptions, got {type(value).__name__}")
+        raise ConfigError(
+            f"recover: lora must be True, a dict of LoraOptions fields or LoraOptions, got {type(value).__name__}"
+        )
 
 
 # -- PEFT's names ------------------------------------------------------------------------------------
@@ -145,13 +151,17 @@ def target_modules(model: nn.Module, anatomy: Anatomy, targets: tuple[str, ...])
             continue
         for name, module in anatomy.find(model, role):
             if type(module) is not nn.Linear and not is_latent(module):
-                raise SurgeryError(f"recover lora: {name} ({role}) is a {type(module).__name__}, not a Linear "
-                                   "whose update can be merged (a plain nn.Linear, or a layer marked LatentWeight); "
-                                   "leave the role out of targets")
+                raise SurgeryError(
+                    f"recover lora: {name} ({role}) is a {type(module).__name__}, not a Linear "
+                    "whose update can be merged (a plain nn.Linear, or a layer marked LatentWeight); "
+                    "leave the role out of targets"
+                )
             names.append(name)
     if not names:
-        raise SurgeryError(f"recover lora: targets {list(targets)} name no Linear in this {anatomy.model_type} model; "
-                           f"its roles are {sorted(layout_roles & set(ROLES))}")
+        raise SurgeryError(
+            f"recover lora: targets {list(targets)} name no Linear in this {anatomy.model_type} model; "
+            f"its roles are {sorted(layout_roles & set(ROLES))}"
+        )
     return names
 
 
@@ -175,12 +185,16 @@ def wrap(model: nn.Module, options: LoraOptions, anatomy: Anatomy, new: set[str]
     names = target_modules(model, anatomy, options.targets)
     latent = [n for n in names if is_latent(model.get_submodule(n))]
     if latent and options.merge and options.dropout > 0:
-        raise options.invalid("dropout", options.dropout, f"0 when merging into binary/int8 layers such as {latent[0]} "
-                                                           "(their update trains inside the layer)")
+        raise options.invalid(
+            "dropout",
+            options.dropout,
+            f"0 when merging into binary/int8 layers such as {latent[0]} (their update trains inside the layer)",
+        )
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
     fully = set(new) | fully_trained(model, anatomy, options)
-    config = LoraConfig(r=options.r, lora_alpha=options.alpha, lora_dropout=options.dropout, target_modules=names,
-                        bias="none")
+    config = LoraConfig(
+        r=options.r, lora_alpha=options.alpha, lora_dropout=options.dropout, target_modules=names, bias="none"
+    )
     if latent and options.merge:
         config._register_custom_module({LatentWeight: latent_lora_class()})
     peft_model = get_peft_model(model, config)
@@ -219,9 +233,13 @@ def describe(peft_model: nn.Module, options: LoraOptions) -> dict[str, Any]:
     """What the card and the log say about the adapters."""
     targets = {canonical(n).split(".lora_")[0] for n, _ in peft_model.named_parameters() if is_adapter_parameter(n)}
     latent = any(is_latent(m) for m in base_of(peft_model).modules())
-    return {**options.to_dict(), "outcome": "merged" if options.merge else "adapter", "modules": len(targets),
-            "latent": latent and options.merge,
-            "adapter_parameters": sum(p.numel() for n, p in peft_model.named_parameters() if is_adapter_parameter(n))}
+    return {
+        **options.to_dict(),
+        "outcome": "merged" if options.merge else "adapter",
+        "modules": len(targets),
+        "latent": latent and options.merge,
+        "adapter_parameters": sum(p.numel() for n, p in peft_model.named_parameters() if is_adapter_parameter(n)),
+    }
 
 
 @functools.cache

@@ -17,8 +17,11 @@ def new_parameter_names(model: nn.Module, teacher: nn.Module) -> list[str]:
     as in ``model``. PEFT's wrapping is seen through on both sides, and adapters (``lora_*``) are not
     new parameters: they change the original weights and train with them."""
     original = {canonical(name): p.shape for name, p in teacher.named_parameters()}
-    return [name for name, p in model.named_parameters()
-            if not is_adapter_parameter(name) and original.get(canonical(name)) != p.shape]
+    return [
+        name
+        for name, p in model.named_parameters()
+        if not is_adapter_parameter(name) and original.get(canonical(name)) != p.shape
+    ]
 
 
 def parameter_groups(model: nn.Module, new: set[str], config: RecoveryConfig) -> list[dict[str, Any]]:
@@ -26,7 +29,11 @@ def parameter_groups(model: nn.Module, new: set[str], config: RecoveryConfig) ->
     groups = []
     for is_new in (True, False):
         for decay in (True, False):
-            params = [p for n, p in model.named_parameters() if (n in new) == is_new and (p.ndim > 1) == decay and _trainable(p)]
+            params = [
+                p
+                for n, p in model.named_parameters()
+                if (n in new) == is_new and (p.ndim > 1) == decay and _trainable(p)
+            ]
             groups.append({"params": params, "weight_decay": config.weight_decay if decay else 0.0, "new": is_new})
     return groups
 

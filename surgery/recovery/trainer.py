@@ -42,23 +42,35 @@ class DistillationTrainer(Trainer):
     ``args`` must train ``warmup_epochs`` plus at least one epoch. Batches are dicts of
     ``pixel_values`` and ``labels``. ``step_terms`` holds every optimisation step's loss terms."""
 
-    def __init__(self, model: Any, teacher: Any, args: TrainingArguments, recovery: RecoveryConfig | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, model: Any, teacher: Any, args: TrainingArguments, recovery: RecoveryConfig | None = None, **kwargs: Any
+    ) -> None:
         recovery = recovery or RecoveryConfig()
         epochs = args.num_train_epochs
         if args.max_steps > 0 or epochs != int(epochs) or int(epochs) <= recovery.warmup_epochs:
-            raise SurgeryError(f"DistillationTrainer: TrainingArguments must train whole epochs, more than the "
-                               f"recovery's warmup_epochs={recovery.warmup_epochs} (got num_train_epochs={epochs}, "
-                               f"max_steps={args.max_steps}); DistillationTrainer.arguments(recovery, ...) builds them")
+            raise SurgeryError(
+                f"DistillationTrainer: TrainingArguments must train whole epochs, more than the "
+                f"recovery's warmup_epochs={recovery.warmup_epochs} (got num_train_epochs={epochs}, "
+                f"max_steps={args.max_steps}); DistillationTrainer.arguments(recovery, ...) builds them"
+            )
         if getattr(args, "save_safetensors", True) is False:  # transformers 4.x offers pickled checkpoints
-            raise SurgeryError("DistillationTrainer: save_safetensors=False is refused; surgery checkpoints load from "
-                               "safetensors only")
+            raise SurgeryError(
+                "DistillationTrainer: save_safetensors=False is refused; surgery checkpoints load from "
+                "safetensors only"
+            )
         if teacher is None and (recovery.distill_weight > 0 or recovery.feature_weight > 0):
-            raise SurgeryError("DistillationTrainer: without a teacher, set distill_weight=0 and feature_weight=0 "
-                               "(labels only), or pass the original model as teacher")
+            raise SurgeryError(
+                "DistillationTrainer: without a teacher, set distill_weight=0 and feature_weight=0 "
+                "(labels only), or pass the original model as teacher"
+            )
         # the recipe as the Trainer runs it: its rate, decay, clipping and epochs
-        self.recovery = dataclasses.replace(recovery, lr=args.learning_rate, weight_decay=args.weight_decay,
-                                            max_grad_norm=args.max_grad_norm, epochs=int(epochs) - recovery.warmup_epochs)
+        self.recovery = dataclasses.replace(
+            recovery,
+            lr=args.learning_rate,
+            weight_decay=args.weight_decay,
+            max_grad_norm=args.max_grad_norm,
+            epochs=int(epochs) - recovery.warmup_epochs,
+        )
         self.teacher = teacher
         self.new_parameters = set(new_parameter_names(model, teacher)) if teacher is not None else set()
         self.hooks = step_hooks(base_of(model))
@@ -72,20 +84,34 @@ class DistillationTrainer(Trainer):
     def arguments(recovery: RecoveryConfig, output_dir: str | Path, **overrides: Any) -> TrainingArguments:
         """``TrainingArguments`` that run ``recovery`` as :func:`surgery.recover` does (epochs, rate, decay,
         clipping, batch size, seed); ``overrides`` go to ``TrainingArguments`` (logging, saving ...)."""
-        values = dict(output_dir=str(output_dir), num_train_epochs=recovery.total_epochs, learning_rate=recovery.lr,
-                      weight_decay=recovery.weight_decay, max_grad_norm=recovery.max_grad_norm,
-                      per_device_train_batch_size=recovery.batch_size, seed=recovery.seed, data_seed=recovery.seed,
-                      report_to=[])  # checkpoints are safetensors (a surgery folder): the quantizer writes them
+        values = dict(
+            output_dir=str(output_dir),
+            num_train_epochs=recovery.total_epochs,
+            learning_rate=recovery.lr,
+            weight_decay=recovery.weight_decay,
+            max_grad_norm=recovery.max_grad_norm,
+            per_device_train_batch_size=recovery.batch_size,
+            seed=recovery.seed,
+            data_seed=recovery.seed,
+            report_to=[],
+        )  # checkpoints are safetensors (a surgery folder): the quantizer writes them
         return TrainingArguments(**{**values, **overrides})
 
     def create_optimizer(self):
         if self.optimizer is None:
-            groups = [dict(g, lr=self.recovery.lr) for g in parameter_groups(self.model, self.new_parameters,
-                                                                             self.recovery) if g["params"]]
+            groups = [
+                dict(g, lr=self.recovery.lr)
+                for g in parameter_groups(self.model, self.new_parameters, self.recovery)
+                if g["params"]
+            ]
             if not groups:
                 raise SurgeryError("DistillationTrainer: the model has no trainable parameters")
-            self.optimizer = torch.optim.AdamW(groups, lr=self.recovery.lr, betas=(self.args.adam_beta1, self.args.adam_beta2),
-                                               eps=self.args.adam_epsilon)
+            self.optimizer = torch.optim.AdamW(
+                groups,
+                lr=self.recovery.lr,
+                betas=(self.args.adam_beta1, self.args.adam_beta2),
+                eps=self.args.adam_epsilon,
+            )
         return self.optimizer
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
@@ -94,7 +120,8 @@ class DistillationTrainer(Trainer):
             per_epoch = max(1, num_training_steps // self.recovery.total_epochs)
             new, original = lr_factors(self.recovery, per_epoch)
             self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
-                optimizer, [new if group["new"] else original for group in optimizer.param_groups])
+                optimizer, [new if group["new"] else original for group in optimizer.param_groups]
+            )
         return self.lr_scheduler
 
     def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):

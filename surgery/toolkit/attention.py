@@ -31,8 +31,16 @@ def unit(x: torch.Tensor, eps: float = NORM_EPS) -> torch.Tensor:
     return x * torch.rsqrt(torch.clamp_min(x.pow(2).sum(dim=-1, keepdim=True), eps * eps))
 
 
-def softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, bias: torch.Tensor | None = None,
-                      dropout: float = 0.0, quant=None, explicit: bool = False) -> torch.Tensor:
+def softmax_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    scale: float,
+    bias: torch.Tensor | None = None,
+    dropout: float = 0.0,
+    quant=None,
+    explicit: bool = False,
+) -> torch.Tensor:
     """softmax(q k^T * scale + bias) v over (B, heads, N, head_dim) inputs.
 
     ``quant`` (a core's ``surgery_attention_quant``, or None): a callable ``quant(role, x)`` that puts
@@ -89,9 +97,15 @@ class AttentionCore(nn.Module):
 
     def surgery_attention_parts(self) -> AttentionParts:
         """The parts this core offers a later step (its projections, heads and calling convention)."""
-        return AttentionParts(core=self, projections=dict(self.surgery_projections), heads=self.num_heads, head_dim=self.head_dim,
-                              dropout=float(getattr(self, "dropout", 0.0) or 0.0), core_returns=self.surgery_returns,
-                              mask_argument=self.surgery_mask)
+        return AttentionParts(
+            core=self,
+            projections=dict(self.surgery_projections),
+            heads=self.num_heads,
+            head_dim=self.head_dim,
+            dropout=float(getattr(self, "dropout", 0.0) or 0.0),
+            core_returns=self.surgery_returns,
+            mask_argument=self.surgery_mask,
+        )
 
     def forward(self, hidden_states, *args, **kwargs):
         context = self.attend(hidden_states)

@@ -34,7 +34,9 @@ def state_key(*tensors: torch.Tensor) -> tuple:
     """What a value computed from ``tensors`` depends on: each one's identity, storage, in-place
     version, dtype and device, and whether inference mode is on (a value built in inference mode
     serves inference mode only)."""
-    return tuple((id(t), t._version, t.data_ptr(), t.dtype, t.device) for t in tensors) + (torch.is_inference_mode_enabled(),)
+    return tuple((id(t), t._version, t.data_ptr(), t.dtype, t.device) for t in tensors) + (
+        torch.is_inference_mode_enabled(),
+    )
 
 
 def remembered(module: nn.Module, key: str, read: Callable[[], Any]) -> Any:

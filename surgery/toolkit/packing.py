@@ -46,7 +46,9 @@ def packed_state_dict(model: nn.Module) -> dict[str, torch.Tensor] | None:
 
 
 def packed_away_keys(model: nn.Module) -> set[str]:
-    return {key for name, module in packed_modules(model) for key in module.surgery_packed_away(f"{name}." if name else "")}
+    return {
+        key for name, module in packed_modules(model) for key in module.surgery_packed_away(f"{name}." if name else "")
+    }
 
 
 def unpack_all(model: nn.Module) -> None:

@@ -146,7 +146,9 @@ def patch_embedding_flops(config, patches: int, width: int) -> float:
     model's config (``num_channels``, ``patch_size``, ``num_labels``)."""
     patch = getattr(config, "patch_size", 16)
     patch = patch[0] * patch[1] if isinstance(patch, (tuple, list)) else patch * patch
-    return 2.0 * patches * width * getattr(config, "num_channels", 3) * patch + 2.0 * width * getattr(config, "num_labels", 0)
+    return 2.0 * patches * width * getattr(config, "num_channels", 3) * patch + 2.0 * width * getattr(
+        config, "num_labels", 0
+    )
 
 
 def token_counts(tokens: int, removals: Sequence[int], cap: Callable[[int, int], int]) -> list[tuple[int, int]]:
@@ -159,8 +161,14 @@ def token_counts(tokens: int, removals: Sequence[int], cap: Callable[[int, int],
     return counts
 
 
-def flops_ratio(costs: Sequence[BlockCost], tokens: int, removals: Sequence[int], cap: Callable[[int, int], int],
-                fixed: float = 0.0, overhead: Callable[[int, int], float] | None = None) -> float:
+def flops_ratio(
+    costs: Sequence[BlockCost],
+    tokens: int,
+    removals: Sequence[int],
+    cap: Callable[[int, int], int],
+    fixed: float = 0.0,
+    overhead: Callable[[int, int], float] | None = None,
+) -> float:
     """The FLOPs with ``removals`` over the FLOPs without: the blocks', the reduction's own work
     (``overhead(tokens in, tokens out)`` in a block that reduces), plus ``fixed`` (what no reduction
     changes: the patch embedding, the head) on both sides."""
@@ -171,9 +179,15 @@ def flops_ratio(costs: Sequence[BlockCost], tokens: int, removals: Sequence[int]
     return total / full
 
 
-def solve_r(target: float, costs: Sequence[BlockCost], tokens: int, inflect: float,
-            cap: Callable[[int, int], int], fixed: float = 0.0,
-            overhead: Callable[[int, int], float] | None = None) -> tuple[int, float]:
+def solve_r(
+    target: float,
+    costs: Sequence[BlockCost],
+    tokens: int,
+    inflect: float,
+    cap: Callable[[int, int], int],
+    fixed: float = 0.0,
+    overhead: Callable[[int, int], float] | None = None,
+) -> tuple[int, float]:
     """The smallest r whose schedule keeps at most ``target`` of the FLOPs, with its ratio.
 
     Raises ValueError with the lowest reachable ratio when no r gets there.

@@ -23,21 +23,21 @@ from surgery.toolkit.reduction import BlockCost, patch_embedding_flops, schedule
 @dataclasses.dataclass(frozen=True)
 class ReductionConfig(SurgeryConfig):
     """Attributes:
-        r: patch tokens removed per block (capped at what a block can remove).
-        inflect: the r schedule as in ToMe's ``parse_r``: 0 constant; -1 decreasing from 2r to 0;
-            1 increasing from 0 to 2r; values between interpolate.
-        r_per_layer: an explicit r for each block (zero-padded to the depth); overrides r/inflect.
-        flops: the fraction of the blocks' FLOPs to keep (in (0, 1]); solves r (overrides it).
-        prop_attn: proportional attention, log(token size) added to the attention logits.
-        unmerge: reduce, compute, unmerge (as ToMe for Stable Diffusion): each block reduces r tokens of
-            its input, runs attention and the MLP on the rest and gives every token back the outputs it
-            went into, so every block keeps its token count and order (backbones, dense features; a
-            pruned token passes the block unchanged). r is per block, not cumulative. False: the reducing
-            blocks. None (default): the family decides: True where it needs its token map (BEiT's
-            relative position bias), else False; the recipe records the value that ran.
-        branches: with ``unmerge=True``, the branches that run on the reduced tokens: "both" (default),
-            "mlp" (attention on every token, only the MLP reduced: ToMe for SD's ``merge_mlp``) or
-            "attention" (ToMe for SD's default, ``merge_attn``); the other branch runs on every token.
+    r: patch tokens removed per block (capped at what a block can remove).
+    inflect: the r schedule as in ToMe's ``parse_r``: 0 constant; -1 decreasing from 2r to 0;
+        1 increasing from 0 to 2r; values between interpolate.
+    r_per_layer: an explicit r for each block (zero-padded to the depth); overrides r/inflect.
+    flops: the fraction of the blocks' FLOPs to keep (in (0, 1]); solves r (overrides it).
+    prop_attn: proportional attention, log(token size) added to the attention logits.
+    unmerge: reduce, compute, unmerge (as ToMe for Stable Diffusion): each block reduces r tokens of
+        its input, runs attention and the MLP on the rest and gives every token back the outputs it
+        went into, so every block keeps its token count and order (backbones, dense features; a
+        pruned token passes the block unchanged). r is per block, not cumulative. False: the reducing
+        blocks. None (default): the family decides: True where it needs its token map (BEiT's
+        relative position bias), else False; the recipe records the value that ran.
+    branches: with ``unmerge=True``, the branches that run on the reduced tokens: "both" (default),
+        "mlp" (attention on every token, only the MLP reduced: ToMe for SD's ``merge_mlp``) or
+        "attention" (ToMe for SD's default, ``merge_attn``); the other branch runs on every token.
     """
 
     r: int = 8
@@ -56,11 +56,21 @@ class ReductionConfig(SurgeryConfig):
         if self.flops is not None and self.r_per_layer is not None:
             raise self.invalid("flops", self.flops, "None when r_per_layer is given (each sets the whole schedule)")
         if self.flops is not None and self.unmerge:
-            raise self.invalid("flops", self.flops, "None with unmerge=True (the FLOPs target solves the reducing "
-                                                    "blocks' schedule); give r, tokens reduced in every block")
+            raise self.invalid(
+                "flops",
+                self.flops,
+                "None with unmerge=True (the FLOPs target solves the reducing "
+                "blocks' schedule); give r, tokens reduced in every block",
+            )
 
-    def removals(self, blocks: list[BlockParts], prefix: int, cap: Callable[[int, int], int], config: Any = None,
-                 overhead: Callable[[int, int], float] | None = None) -> list[int]:
+    def removals(
+        self,
+        blocks: list[BlockParts],
+        prefix: int,
+        cap: Callable[[int, int], int],
+        config: Any = None,
+        overhead: Callable[[int, int], float] | None = None,
+    ) -> list[int]:
         """Tokens removed in each block; ``cap(tokens, r)`` is what a block can remove; ``config``
         (the model's) sizes the patch embedding and head, ``overhead(tokens in, tokens out)`` is the
         reduction's own FLOPs in a block, for the FLOPs target."""
@@ -84,11 +94,19 @@ def unmerging(config: SurgeryConfig) -> bool:
     replay (``SurgeryMethod.resolved``) before a plugin's ``apply`` runs; a direct call must set it. A
     ``branches`` other than "both" needs it True (the reducing blocks reduce between the branches)."""
     if config.unmerge is None:
-        raise config.invalid("unmerge", None, "True or False in a direct call of the plugin's apply (None, the "
-                                              "family's choice, is set by surgery.apply and the recipe's replay)")
+        raise config.invalid(
+            "unmerge",
+            None,
+            "True or False in a direct call of the plugin's apply (None, the "
+            "family's choice, is set by surgery.apply and the recipe's replay)",
+        )
     if not config.unmerge and config.branches != "both":
-        raise config.invalid("branches", config.branches, "'both' with unmerge=False (the reducing blocks reduce "
-                                                          "between attention and MLP); set unmerge=True to reduce one branch")
+        raise config.invalid(
+            "branches",
+            config.branches,
+            "'both' with unmerge=False (the reducing blocks reduce "
+            "between attention and MLP); set unmerge=True to reduce one branch",
+        )
     return config.unmerge
 
 
@@ -109,8 +127,12 @@ def validate_schedule(config: SurgeryConfig) -> None:
     if config.r_per_layer is not None and any(v < 0 for v in config.r_per_layer):
         raise config.invalid("r_per_layer", list(config.r_per_layer), "integers >= 0, one per block")
     if config.branches not in BRANCHES:
-        raise config.invalid("branches", config.branches, f"one of {', '.join(map(repr, BRANCHES))} (with unmerge=True, the "
-                                                          f"branches run on the reduced tokens){did_you_mean(config.branches, BRANCHES)}")
+        raise config.invalid(
+            "branches",
+            config.branches,
+            f"one of {', '.join(map(repr, BRANCHES))} (with unmerge=True, the "
+            f"branches run on the reduced tokens){did_you_mean(config.branches, BRANCHES)}",
+        )
 
 
 MEAN_READOUT = "the head's mean runs over the reduced tokens (unweighted by size: the model's own mean)"

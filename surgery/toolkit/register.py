@@ -28,8 +28,15 @@ from surgery.toolkit.modules import undo
 _UNSET: Any = object()
 
 
-def define_method(module_name: str, *, config_class: type, revert: Any = _UNSET, version: str | None = None,
-                  card_template: str | None | Any = _UNSET, **fields: Any) -> SurgeryMethod:
+def define_method(
+    module_name: str,
+    *,
+    config_class: type,
+    revert: Any = _UNSET,
+    version: str | None = None,
+    card_template: str | None | Any = _UNSET,
+    **fields: Any,
+) -> SurgeryMethod:
     """A :class:`SurgeryMethod` for the plugin package ``module_name`` (pass ``__name__``)."""
     name = getattr(config_class, "plugin", "")
     if not name:
@@ -38,8 +45,12 @@ def define_method(module_name: str, *, config_class: type, revert: Any = _UNSET,
         card = Path(sys.modules[module_name].__file__).with_name("card.md.j2")
         card_template = str(card) if card.is_file() else None
     return SurgeryMethod(
-        name=name, config_class=config_class, revert=undo if revert is _UNSET else revert,
-        version=version or distribution_version(module_name), card_template=card_template, **fields,
+        name=name,
+        config_class=config_class,
+        revert=undo if revert is _UNSET else revert,
+        version=version or distribution_version(module_name),
+        card_template=card_template,
+        **fields,
     )
 
 
@@ -65,8 +76,10 @@ def distribution_version(module_name: str) -> str:
     module = sys.modules.get(top)
     if getattr(module, "__version__", None):
         return module.__version__
-    raise SurgeryError(f"{module_name}: no installed distribution provides '{top}', so its version is unknown; "
-                       "install the plugin's package (pip install -e .) or pass version= to define_method.")
+    raise SurgeryError(
+        f"{module_name}: no installed distribution provides '{top}', so its version is unknown; "
+        "install the plugin's package (pip install -e .) or pass version= to define_method."
+    )
 
 
 @functools.lru_cache(maxsize=1)

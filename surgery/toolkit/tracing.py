@@ -27,7 +27,9 @@ def refuse_trace_by(runtime: str, method: str, reason: str) -> None:
     frame = sys._getframe(1)
     while frame is not None:
         if fragment in frame.f_code.co_filename:
-            raise ExportError(f"{method}: {runtime}'s own PyTorch frontend is tracing this model, and it cannot run "
-                              f"it faithfully: {reason}. Export with surgery (surgery.export / surgery export), "
-                              "which checks every export against PyTorch.")
+            raise ExportError(
+                f"{method}: {runtime}'s own PyTorch frontend is tracing this model, and it cannot run "
+                f"it faithfully: {reason}. Export with surgery (surgery.export / surgery export), "
+                "which checks every export against PyTorch."
+            )
         frame = frame.f_back

@@ -65,8 +65,10 @@ class WindowGrid:
         """(B, H * W, C) to (B * windows, window^2, C): pad, shift, partition (the host's order)."""
         batch, _, channels = hidden.shape
         height_pad, width_pad = self.padded
-        grid = F.pad(hidden.view(batch, self.height, self.width, channels),
-                     (0, 0, 0, width_pad - self.width, 0, height_pad - self.height))
+        grid = F.pad(
+            hidden.view(batch, self.height, self.width, channels),
+            (0, 0, 0, width_pad - self.width, 0, height_pad - self.height),
+        )
         if self.shift:
             grid = torch.roll(grid, shifts=(-self.shift, -self.shift), dims=(1, 2))
         return _partition(grid, self.window)
@@ -79,7 +81,7 @@ class WindowGrid:
         grid = grid.reshape(-1, height_pad, width_pad, channels)
         if self.shift:
             grid = torch.roll(grid, shifts=(self.shift, self.shift), dims=(1, 2))
-        return grid[:, :self.height, :self.width].reshape(-1, self.height * self.width, channels)
+        return grid[:, : self.height, : self.width].reshape(-1, self.height * self.width, channels)
 
     def regions(self, device: torch.device | None = None) -> Regions:
         """The shifted-window region of every position (the host's labels: 3 x 3 strips of the shifted map,
@@ -92,7 +94,7 @@ class WindowGrid:
                 for j, columns in enumerate(strips):
                     label[rows, columns] = 3 * i + j
         padding = torch.ones(height_pad, width_pad, dtype=torch.bool, device=device)
-        padding[:self.height, :self.width] = False
+        padding[: self.height, : self.width] = False
         padding = torch.roll(padding, shifts=(-self.shift, -self.shift), dims=(0, 1)) if self.shift else padding
         labels = _partition(torch.stack([label, padding.long()], dim=-1)[None], self.window)
         return Regions(labels[..., 0], labels[..., 1].bool(), bool(self.shift))
@@ -173,13 +175,17 @@ class WindowUnmergingLayer(ReducingLayer):
             return tokens.reshape(batch, -1, channels)
 
         attention, mlp = reduced_branches(self.reduction_branches)
-        normed, bias = branch_input(parts.attention_input(windows)), block_position_bias(parts, args, kwargs, grid.tokens)
+        normed, bias = (
+            branch_input(parts.attention_input(windows)),
+            block_position_bias(parts, args, kwargs, grid.tokens),
+        )
         if attention:
             mask = regions.reduced_mask(reduction.mean)
             bias = plus(None if bias is None else reduction.bias(bias), mask)
             reduced, size = reduction.apply(normed, None)
             context, _, _ = parts.attention.core.reducing_attention(
-                reduced, size if self.reduction_prop_attn else None, position_bias=bias, explicit=True)
+                reduced, size if self.reduction_prop_attn else None, position_bias=bias, explicit=True
+            )
             branch = reduction.unmerge(parts.attention_output(context), grid.tokens)
         else:  # every token of the window attends, as in the host
             mask = regions.mask(batch, windows.dtype)

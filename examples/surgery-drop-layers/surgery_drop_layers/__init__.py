@@ -46,8 +46,10 @@ def apply(model: nn.Module, config: DropLayersConfig, anatomy: surgery.Anatomy) 
 def revert(model: nn.Module, rewrite: surgery.Rewrite) -> None:
     container, original = rewrite.undo
     if any(p.is_meta for p in original.parameters()):
-        raise RevertError("drop_layers: the dropped blocks' weights are not in the checkpoint; revert works only "
-                          "in the session that applied the step.")
+        raise RevertError(
+            "drop_layers: the dropped blocks' weights are not in the checkpoint; revert works only "
+            "in the session that applied the step."
+        )
     model.set_submodule(container, original)
 
 

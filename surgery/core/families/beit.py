@@ -87,31 +87,59 @@ def _host_signature(kind: type) -> inspect.Signature:
 
 def _no_shared_bias(config) -> str | None:
     if getattr(config, "use_shared_relative_position_bias", False):
-        return ("use_shared_relative_position_bias=True (one bias for every block, passed to each core by the model): "
-                "not described by the parts; fine-tuned checkpoints use a bias per block")
+        return (
+            "use_shared_relative_position_bias=True (one bias for every block, passed to each core by the model): "
+            "not described by the parts; fine-tuned checkpoints use a bias per block"
+        )
     return None
 
 
 _BIAS_TABLE = "relative_position_bias_table"
 
 BEIT_BLOCK_457 = BlockLayout(
-    norm1="layernorm_before", attention="attention.attention", projections={"query": "query", "key": "key", "value": "value"},
-    heads="num_attention_heads", head_dim="attention_head_size", dropout="dropout",
-    output="attention.output.dense", output_dropout="attention.output.dropout",
-    norm2="layernorm_after", mlp_in="intermediate.dense", activation="intermediate.intermediate_act_fn",
-    mlp_out="output.dense", mlp_dropout="output.dropout", layer_scale1="lambda_1", layer_scale2="lambda_2",
-    drop_path="drop_path", mask_argument="head_mask", core_returns="single", position_bias=beit_position_bias,
+    norm1="layernorm_before",
+    attention="attention.attention",
+    projections={"query": "query", "key": "key", "value": "value"},
+    heads="num_attention_heads",
+    head_dim="attention_head_size",
+    dropout="dropout",
+    output="attention.output.dense",
+    output_dropout="attention.output.dropout",
+    norm2="layernorm_after",
+    mlp_in="intermediate.dense",
+    activation="intermediate.intermediate_act_fn",
+    mlp_out="output.dense",
+    mlp_dropout="output.dropout",
+    layer_scale1="lambda_1",
+    layer_scale2="lambda_2",
+    drop_path="drop_path",
+    mask_argument="head_mask",
+    core_returns="single",
+    position_bias=beit_position_bias,
     block_returns="tuple",
     tensors={"position_bias_table": f"attention.attention.relative_position_bias.{_BIAS_TABLE}"},
 )
 
 BEIT_BLOCK_5 = BlockLayout(
-    norm1="layernorm_before", attention="attention",
+    norm1="layernorm_before",
+    attention="attention",
     projections={"query": "q_proj", "key": "k_proj", "value": "v_proj", "output": "o_proj"},
-    heads="num_attention_heads", head_dim="head_dim", dropout="attention_dropout", output_dropout="dropout",
-    norm2="layernorm_after", mlp_in="mlp.fc1", activation="mlp.activation_fn", mlp_out="mlp.fc2", mlp_dropout="dropout",
-    layer_scale1="lambda_1", layer_scale2="lambda_2", drop_path="drop_path",
-    mask_argument="attention_bias", core_returns="pair", host_bias="relative_position_bias", block_bias=beit5_block_bias,
+    heads="num_attention_heads",
+    head_dim="head_dim",
+    dropout="attention_dropout",
+    output_dropout="dropout",
+    norm2="layernorm_after",
+    mlp_in="mlp.fc1",
+    activation="mlp.activation_fn",
+    mlp_out="mlp.fc2",
+    mlp_dropout="dropout",
+    layer_scale1="lambda_1",
+    layer_scale2="lambda_2",
+    drop_path="drop_path",
+    mask_argument="attention_bias",
+    core_returns="pair",
+    host_bias="relative_position_bias",
+    block_bias=beit5_block_bias,
     tensors={"position_bias_table": f"relative_position_bias.{_BIAS_TABLE}"},
 )
 
@@ -132,8 +160,14 @@ def _beit_like(model_type: str, backbone: str, family: str, layout_5: bool) -> A
     prefix_parameters = (f"{backbone}.embeddings.cls_token",)
     layouts = ()
     if layout_5:
-        layouts = (Layout("transformers >= 5", _roles(backbone, backbone, f"{backbone}.layers.*", BEIT_BLOCK_5),
-                          BEIT_BLOCK_5, prefix_parameters),)
+        layouts = (
+            Layout(
+                "transformers >= 5",
+                _roles(backbone, backbone, f"{backbone}.layers.*", BEIT_BLOCK_5),
+                BEIT_BLOCK_5,
+                prefix_parameters,
+            ),
+        )
     return Anatomy(
         model_type=model_type,
         family=family,
@@ -152,5 +186,7 @@ def _beit_like(model_type: str, backbone: str, family: str, layout_5: bool) -> A
 
 
 def beit_anatomies() -> list[Anatomy]:
-    return [_beit_like("beit", "beit", "BEiT", layout_5=True),
-            _beit_like("data2vec-vision", "data2vec_vision", "data2vec-vision", layout_5=False)]
+    return [
+        _beit_like("beit", "beit", "BEiT", layout_5=True),
+        _beit_like("data2vec-vision", "data2vec_vision", "data2vec-vision", layout_5=False),
+    ]

@@ -17,20 +17,40 @@ from __future__ import annotations
 from surgery.core.anatomy import Anatomy, Layout
 from surgery.core.layout import BlockLayout
 
-_RESIDUALS = dict(norm1="norm1", norm2="norm2", layer_scale1="layer_scale1", layer_scale2="layer_scale2",
-                  drop_path="drop_path", mlp_in="mlp.fc1", mlp_out="mlp.fc2")
+_RESIDUALS = dict(
+    norm1="norm1",
+    norm2="norm2",
+    layer_scale1="layer_scale1",
+    layer_scale2="layer_scale2",
+    drop_path="drop_path",
+    mlp_in="mlp.fc1",
+    mlp_out="mlp.fc2",
+)
 
 DINOV2_BLOCK_457 = BlockLayout(
-    attention="attention.attention", projections={"query": "query", "key": "key", "value": "value"},
-    heads="num_attention_heads", head_dim="attention_head_size", dropout="dropout_prob",
-    output="attention.output.dense", output_dropout="attention.output.dropout", activation="mlp.activation",
-    mask_argument="head_mask", core_returns="pair", **_RESIDUALS,
+    attention="attention.attention",
+    projections={"query": "query", "key": "key", "value": "value"},
+    heads="num_attention_heads",
+    head_dim="attention_head_size",
+    dropout="dropout_prob",
+    output="attention.output.dense",
+    output_dropout="attention.output.dropout",
+    activation="mlp.activation",
+    mask_argument="head_mask",
+    core_returns="pair",
+    **_RESIDUALS,
 )
 
 DINOV2_BLOCK_5 = BlockLayout(
-    attention="attention", projections={"query": "q_proj", "key": "k_proj", "value": "v_proj", "output": "o_proj"},
-    heads="num_attention_heads", head_dim="head_dim", dropout="attention_dropout", activation="mlp.activation_fn",
-    mask_argument="none", core_returns="pair", **_RESIDUALS,
+    attention="attention",
+    projections={"query": "q_proj", "key": "k_proj", "value": "v_proj", "output": "o_proj"},
+    heads="num_attention_heads",
+    head_dim="head_dim",
+    dropout="attention_dropout",
+    activation="mlp.activation_fn",
+    mask_argument="none",
+    core_returns="pair",
+    **_RESIDUALS,
 )
 
 
@@ -45,7 +65,9 @@ def _roles(backbone: str, layout: BlockLayout) -> dict[str, tuple[str, ...]]:
 
 
 def _dinov2(model_type: str, backbone: str, registers: bool) -> Anatomy:
-    prefix_parameters = (f"{backbone}.embeddings.cls_token",) + ((f"{backbone}.embeddings.register_tokens",) if registers else ())
+    prefix_parameters = (f"{backbone}.embeddings.cls_token",) + (
+        (f"{backbone}.embeddings.register_tokens",) if registers else ()
+    )
     traits = {"layer_scale", "cls_mean_readout"} | ({"registers"} if registers else set())
     return Anatomy(
         model_type=model_type,
@@ -63,5 +85,7 @@ def _dinov2(model_type: str, backbone: str, registers: bool) -> Anatomy:
 
 
 def dinov2_anatomies() -> list[Anatomy]:
-    return [_dinov2("dinov2", "dinov2", registers=False),
-            _dinov2("dinov2_with_registers", "dinov2_with_registers", registers=True)]
+    return [
+        _dinov2("dinov2", "dinov2", registers=False),
+        _dinov2("dinov2_with_registers", "dinov2_with_registers", registers=True),
+    ]

@@ -33,13 +33,27 @@ def swinv2_position_bias(core: nn.Module, call: Mapping[str, Any]) -> torch.Tens
 
 
 SWINV2_BLOCK = BlockLayout(
-    norm1="layernorm_before", attention="attention.self", projections={"query": "query", "key": "key", "value": "value"},
-    heads="num_attention_heads", head_dim="attention_head_size", dropout="dropout",
-    output="attention.output.dense", output_dropout="attention.output.dropout",
-    norm2="layernorm_after", mlp_in="intermediate.dense", activation="intermediate.intermediate_act_fn",
-    mlp_out="output.dense", mlp_dropout="output.dropout", drop_path="drop_path", residual="post_norm",
-    mask_argument="window_mask", core_returns="single",
-    window_size="window_size", shift_size="shift_size", resolution="input_resolution", window_clamps=False,
+    norm1="layernorm_before",
+    attention="attention.self",
+    projections={"query": "query", "key": "key", "value": "value"},
+    heads="num_attention_heads",
+    head_dim="attention_head_size",
+    dropout="dropout",
+    output="attention.output.dense",
+    output_dropout="attention.output.dropout",
+    norm2="layernorm_after",
+    mlp_in="intermediate.dense",
+    activation="intermediate.intermediate_act_fn",
+    mlp_out="output.dense",
+    mlp_dropout="output.dropout",
+    drop_path="drop_path",
+    residual="post_norm",
+    mask_argument="window_mask",
+    core_returns="single",
+    window_size="window_size",
+    shift_size="shift_size",
+    resolution="input_resolution",
+    window_clamps=False,
     position_bias=swinv2_position_bias,
 )
 
@@ -53,10 +67,17 @@ def swinv2_anatomies() -> list[Anatomy]:
         "pooler": ("swinv2.pooler",),
         "classifier": ("classifier",),
     }
-    return [Anatomy(
-        model_type="swinv2", family="Swinv2", roles=roles, prefix_tokens=0, readout="pool",
-        readout_heads=lambda config: config.num_heads[-1],
-        readout_width=lambda config: int(config.embed_dim * 2 ** (len(config.depths) - 1)),
-        block=SWINV2_BLOCK, name="transformers 4.57 and 5.x",
-        traits=frozenset({"windowed", "relative_position_bias", "cosine_attention", "post_norm", "no_prefix"}),
-    )]
+    return [
+        Anatomy(
+            model_type="swinv2",
+            family="Swinv2",
+            roles=roles,
+            prefix_tokens=0,
+            readout="pool",
+            readout_heads=lambda config: config.num_heads[-1],
+            readout_width=lambda config: int(config.embed_dim * 2 ** (len(config.depths) - 1)),
+            block=SWINV2_BLOCK,
+            name="transformers 4.57 and 5.x",
+            traits=frozenset({"windowed", "relative_position_bias", "cosine_attention", "post_norm", "no_prefix"}),
+        )
+    ]

@@ -18,12 +18,21 @@ _SEPARATE_QKV = {"query": "query", "key": "key", "value": "value"}
 
 # transformers 4.57 ViTLayer / DeiTLayer: pre-norm, the output projection outside the core
 VIT_BLOCK_457 = BlockLayout(
-    norm1="layernorm_before", attention="attention.attention", projections=_SEPARATE_QKV,
-    heads="num_attention_heads", head_dim="attention_head_size", dropout="dropout_prob",
-    output="attention.output.dense", output_dropout="attention.output.dropout",
-    norm2="layernorm_after", mlp_in="intermediate.dense", activation="intermediate.intermediate_act_fn",
-    mlp_out="output.dense", mlp_dropout="output.dropout",
-    mask_argument="head_mask", core_returns="pair",
+    norm1="layernorm_before",
+    attention="attention.attention",
+    projections=_SEPARATE_QKV,
+    heads="num_attention_heads",
+    head_dim="attention_head_size",
+    dropout="dropout_prob",
+    output="attention.output.dense",
+    output_dropout="attention.output.dropout",
+    norm2="layernorm_after",
+    mlp_in="intermediate.dense",
+    activation="intermediate.intermediate_act_fn",
+    mlp_out="output.dense",
+    mlp_dropout="output.dropout",
+    mask_argument="head_mask",
+    core_returns="pair",
 )
 
 
@@ -49,13 +58,25 @@ def swin_position_index(tensors) -> torch.Tensor | None:
 
 # transformers 4.57 SwinLayer: windowed (shifted) attention with a relative position bias, drop path
 SWIN_BLOCK_457 = BlockLayout(
-    norm1="layernorm_before", attention="attention.self", projections=_SEPARATE_QKV,
-    heads="num_attention_heads", head_dim="attention_head_size", dropout="dropout",
-    output="attention.output.dense", output_dropout="attention.output.dropout",
-    norm2="layernorm_after", mlp_in="intermediate.dense", activation="intermediate.intermediate_act_fn",
-    mlp_out="output.dense", mlp_dropout="output.dropout", drop_path="drop_path",
-    mask_argument="window_mask", core_returns="single",
-    window_size="window_size", shift_size="shift_size", resolution="input_resolution",
+    norm1="layernorm_before",
+    attention="attention.self",
+    projections=_SEPARATE_QKV,
+    heads="num_attention_heads",
+    head_dim="attention_head_size",
+    dropout="dropout",
+    output="attention.output.dense",
+    output_dropout="attention.output.dropout",
+    norm2="layernorm_after",
+    mlp_in="intermediate.dense",
+    activation="intermediate.intermediate_act_fn",
+    mlp_out="output.dense",
+    mlp_dropout="output.dropout",
+    drop_path="drop_path",
+    mask_argument="window_mask",
+    core_returns="single",
+    window_size="window_size",
+    shift_size="shift_size",
+    resolution="input_resolution",
     position_bias=swin_position_bias,
     tensors={"position_bias_table": "attention.self.relative_position_bias_table"},
     saved_buffers={"attention.self.relative_position_index": swin_position_index},
@@ -66,27 +87,51 @@ SWIN_BLOCK_457 = BlockLayout(
 # one block-level dropout after the attention and after the MLP; no encoder module (the model loops)
 _CORE_OWNS_OUTPUT = {"query": "q_proj", "key": "k_proj", "value": "v_proj", "output": "o_proj"}
 VIT_BLOCK_59 = BlockLayout(
-    norm1="layernorm_before", attention="attention", projections=_CORE_OWNS_OUTPUT,
-    heads="num_attention_heads", head_dim="head_dim", dropout="attention_dropout", output_dropout="dropout",
-    norm2="layernorm_after", mlp_in="mlp.fc1", activation="mlp.activation_fn", mlp_out="mlp.fc2", mlp_dropout="dropout",
-    mask_argument="none", core_returns="pair",
+    norm1="layernorm_before",
+    attention="attention",
+    projections=_CORE_OWNS_OUTPUT,
+    heads="num_attention_heads",
+    head_dim="head_dim",
+    dropout="attention_dropout",
+    output_dropout="dropout",
+    norm2="layernorm_after",
+    mlp_in="mlp.fc1",
+    activation="mlp.activation_fn",
+    mlp_out="mlp.fc2",
+    mlp_dropout="dropout",
+    mask_argument="none",
+    core_returns="pair",
 )
 
 # transformers >= 5.9 SwinLayer: the same windows and shifts, the core owns its projections and
 # computes the relative position bias in a submodule
 SWIN_BLOCK_59 = BlockLayout(
-    norm1="layernorm_before", attention="attention", projections=_CORE_OWNS_OUTPUT,
-    heads="num_attention_heads", head_dim="head_dim", dropout="attention_dropout", output_dropout="dropout",
-    norm2="layernorm_after", mlp_in="mlp.fc1", activation="mlp.activation_fn", mlp_out="mlp.fc2", mlp_dropout="dropout",
-    drop_path="drop_path", mask_argument="window_mask", core_returns="pair",
-    window_size="window_size", shift_size="shift_size", resolution="input_resolution",
+    norm1="layernorm_before",
+    attention="attention",
+    projections=_CORE_OWNS_OUTPUT,
+    heads="num_attention_heads",
+    head_dim="head_dim",
+    dropout="attention_dropout",
+    output_dropout="dropout",
+    norm2="layernorm_after",
+    mlp_in="mlp.fc1",
+    activation="mlp.activation_fn",
+    mlp_out="mlp.fc2",
+    mlp_dropout="dropout",
+    drop_path="drop_path",
+    mask_argument="window_mask",
+    core_returns="pair",
+    window_size="window_size",
+    shift_size="shift_size",
+    resolution="input_resolution",
     position_bias=lambda core, call: core.relative_position_bias(),
     tensors={"position_bias_table": "attention.relative_position_bias.relative_position_bias_table"},
 )
 
 
-def _vit_roles(backbone: str, encoder: str, block: str, layout: BlockLayout,
-               classifiers: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+def _vit_roles(
+    backbone: str, encoder: str, block: str, layout: BlockLayout, classifiers: tuple[str, ...]
+) -> dict[str, tuple[str, ...]]:
     """ViT / DeiT roles: the same patch embedding, final norm and heads in both layouts; the encoder and
     the blocks where the layout puts them."""
     return {
@@ -110,8 +155,14 @@ def _swin_roles(layout: BlockLayout) -> dict[str, tuple[str, ...]]:
     }
 
 
-def _vit_like(model_type: str, backbone: str, prefix_tokens: int, classifiers: tuple[str, ...],
-              prefix_parameters: tuple[str, ...], family: str) -> Anatomy:
+def _vit_like(
+    model_type: str,
+    backbone: str,
+    prefix_tokens: int,
+    classifiers: tuple[str, ...],
+    prefix_parameters: tuple[str, ...],
+    family: str,
+) -> Anatomy:
     layout_59 = Layout(
         name="transformers >= 5.9",
         roles=_vit_roles(backbone, backbone, f"{backbone}.layers.*", VIT_BLOCK_59, classifiers),
@@ -149,11 +200,29 @@ def _swin() -> Anatomy:
 
 def vit_swin_anatomies() -> list[Anatomy]:
     return [
-        _vit_like("vit", "vit", prefix_tokens=1, classifiers=("classifier",), prefix_parameters=("vit.embeddings.cls_token",),
-                  family="ViT"),
-        _vit_like("vit_msn", "vit", prefix_tokens=1, classifiers=("classifier",), prefix_parameters=("vit.embeddings.cls_token",),
-                  family="ViT-MSN"),
-        _vit_like("deit", "deit", prefix_tokens=2, classifiers=("classifier", "cls_classifier", "distillation_classifier"),
-                  prefix_parameters=("deit.embeddings.cls_token", "deit.embeddings.distillation_token"), family="DeiT"),
+        _vit_like(
+            "vit",
+            "vit",
+            prefix_tokens=1,
+            classifiers=("classifier",),
+            prefix_parameters=("vit.embeddings.cls_token",),
+            family="ViT",
+        ),
+        _vit_like(
+            "vit_msn",
+            "vit",
+            prefix_tokens=1,
+            classifiers=("classifier",),
+            prefix_parameters=("vit.embeddings.cls_token",),
+            family="ViT-MSN",
+        ),
+        _vit_like(
+            "deit",
+            "deit",
+            prefix_tokens=2,
+            classifiers=("classifier", "cls_classifier", "distillation_classifier"),
+            prefix_parameters=("deit.embeddings.cls_token", "deit.embeddings.distillation_token"),
+            family="DeiT",
+        ),
         _swin(),
     ]
