@@ -92,7 +92,11 @@ def test_option_values_a_family_requires_are_held_fixed_in_every_candidate():
         ]
         assert candidates and all(dict(c.steps[0][1])["unmerge"] is True for c in candidates)
         again = space.from_steps(candidates[-1].specs())
-        assert again == candidates[-1] and space.params(again) == {"recipe": "token_merge", "token_merge.r": 8}
+        assert again == candidates[-1] and space.params(again) == {
+            "recipe": "token_merge",
+            "token_merge.r": 8,
+            "token_merge.branches": 0,
+        }
         assert space.describe()["required"] == {"token_merge": {"unmerge": True}}
         surgery.apply(model, candidates[-1].specs())  # the candidate applies
     assert Space.build(tiny("vit"), max_steps=1).required == {}
@@ -653,3 +657,60 @@ def test_a_method_that_does_not_pay_off_on_the_runtime_is_left_out_before_the_se
     )  # the CLI's default is the rule's
     with pytest.raises(ConfigError, match=r"'min_speedup' got -1; allowed: a speed-up >= 0"):
         small(digits[0], None, objective="latency", min_speedup=-1)
+
+
+def test_trait_options_change_a_methods_space_on_a_family_with_the_trait():
+    """``trait_options`` adds, replaces or (with an empty tuple) takes out options on a family with the trait;
+    quiet and fastest may name them and stay only where their option and value remain."""
+    space = SearchSpace(
+        options={"k": (1, 2), "j": ("a", "b")},
+        quiet={"m": "x"},
+        fastest={"k": 2, "m": "y"},
+        trait_options={"windowed": {"m": ("x", "y")}, "registers": {"k": (), "j": ("c",)}},
+    )
+    assert space.for_traits(()) == SearchSpace(options={"k": (1, 2), "j": ("a", "b")}, fastest={"k": 2})
+    on_windows = space.for_traits({"windowed", "cls_token"})
+    assert on_windows.options == {"k": (1, 2), "j": ("a", "b"), "m": ("x", "y")}
+    assert on_windows.quiet == {"m": "x"} and on_windows.fastest_point() == {"k": 2, "j": "a", "m": "y"}
+    both = space.for_traits({"windowed", "registers"})
+    assert both.options == {"j": ("c",), "m": ("x", "y")} and both.fastest == {"m": "y"} and both.size() == 2
+    assert not both.trait_options
+    with pytest.raises(ConfigError, match=r"option 'm' \(on windowed\) has the value \{1: 2\}"):
+        SearchSpace(trait_options={"windowed": {"m": ({1: 2},)}})
+    with pytest.raises(ConfigError, match=r"option 'm' \(on windowed\) lists a value twice"):
+        SearchSpace(trait_options={"windowed": {"m": (1, 1)}})
+    with pytest.raises(ConfigError, match=r"quiet gives 'm' the value 'z', which is not among its values"):
+        SearchSpace(quiet={"m": "z"}, trait_options={"windowed": {"m": ("x", "y")}})
+    with pytest.raises(ConfigError, match=r"its search space names the option 'kk', which _Options lacks"):
+        _method(trait_options={"windowed": {"kk": (1,)}})
+    with pytest.raises(ConfigError, match=r"its search space tries k=0, which the method refuses"):
+        _method(trait_options={"windowed": {"k": (0,)}})
+    with pytest.raises(ConfigError, match=r"trait_options names unknown trait\(s\) windows;.*Did you mean 'windowed'"):
+        _method(trait_options={"windows": {"k": (1,)}})
+
+
+def test_token_reduction_searches_its_branches_where_the_family_keeps_the_token_map():
+    """On Swin and BEiT (unmerge=True only) the search tries which branches run reduced ("mlp" keeps accuracy
+    where "both" loses it on Swin), and r where a FLOPs target is refused in that mode; on ViT neither."""
+    vit = Space.build(tiny("vit"), max_steps=1, include=["token_merge", "token_prune"])
+    assert vit.spaces["token_merge"].options == {"r": (2, 4, 6, 8, 10, 12, 16, 20, 24)}
+    assert vit.spaces["token_prune"].options == {"flops": (0.8, 0.65, 0.5, 0.35)}
+    for arch, methods in (("swin", ["token_merge"]), ("beit", ["token_merge", "token_prune", "token_transform"])):
+        model = tiny(arch)
+        space = Space.build(model, max_steps=1, include=methods)
+        assert sorted(space.methods) == methods, space.left_out
+        for name in methods:
+            assert (
+                space.spaces[name].options["branches"] == ("both", "mlp") and "flops" not in space.spaces[name].options
+            )
+            assert space.probe(name).specs()[0][1]["branches"] == "both"  # the fastest point reduces both branches
+            assert space.describe()["methods"][name]["options"]["branches"] == ["both", "mlp"]
+        mlp = [c for c in space.starting_points() if dict(c.steps[0][1])["branches"] == "mlp"]
+        assert sorted(c.steps[0][0] for c in mlp) == methods
+        for candidate in mlp:
+            assert candidate.label.startswith(f"{candidate.steps[0][0]}(") and "branches=mlp" in candidate.label
+            assert space.from_steps(candidate.specs()) == candidate
+            (step,) = surgery.history(surgery.apply(tiny(arch), candidate.specs()))
+            assert (step.options["branches"], step.options["unmerge"]) == ("mlp", True)
+        quiet = space.probe(methods[0]).label
+        assert "branches" not in quiet and "unmerge=True" in quiet

@@ -10,7 +10,7 @@ from __future__ import annotations
 from surgery.core.searchable import SearchSpace
 from surgery.plugins.token_merge import rewrite
 from surgery.plugins.token_merge.config import ToMeConfig
-from surgery.toolkit.reduction_config import reduction_fields
+from surgery.toolkit.reduction_config import SEARCHED_R, reduction_fields, unmerge_search
 from surgery.toolkit.register import define_method, registration
 
 _NOT_WITH_LINEAR_ATTENTION = (
@@ -41,7 +41,12 @@ METHOD = define_method(
     },
     paper="https://arxiv.org/abs/2210.09461",
     reference="https://github.com/facebookresearch/ToMe (af95e4b)",
-    search=SearchSpace(options={"r": (2, 4, 6, 8, 10, 12, 16, 20, 24)}, fastest={"r": 24}),
+    search=SearchSpace(
+        options={"r": SEARCHED_R},
+        fastest={"r": 24},
+        quiet={"branches": "both"},
+        trait_options=unmerge_search(windows=True),
+    ),
 )
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from surgery.core.searchable import SearchSpace
 from surgery.plugins.token_prune import rewrite
 from surgery.plugins.token_prune.config import TokenPruneConfig
-from surgery.toolkit.reduction_config import reduction_fields
+from surgery.toolkit.reduction_config import reduction_fields, unmerge_search
 from surgery.toolkit.register import define_method, registration
 
 _NOT_WITH_LINEAR_ATTENTION = (
@@ -29,7 +29,12 @@ METHOD = define_method(
     apply=rewrite.apply,
     paper="https://arxiv.org/abs/2506.05709",
     reference="the one-hot case of Token Transforming's reduction matrix; EViT's score (arXiv 2202.07800)",
-    search=SearchSpace(options={"flops": (0.8, 0.65, 0.5, 0.35)}, fastest={"flops": 0.35}),
+    search=SearchSpace(
+        options={"flops": (0.8, 0.65, 0.5, 0.35)},
+        fastest={"flops": 0.35, "r": 24},
+        quiet={"branches": "both"},
+        trait_options=unmerge_search(r_for_flops=True),
+    ),
 )
 
 

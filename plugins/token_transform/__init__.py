@@ -18,7 +18,7 @@ from __future__ import annotations
 from surgery.core.searchable import SearchSpace
 from surgery.plugins.token_transform import rewrite
 from surgery.plugins.token_transform.config import TokenTransformConfig
-from surgery.toolkit.reduction_config import reduction_fields
+from surgery.toolkit.reduction_config import reduction_fields, unmerge_search
 from surgery.toolkit.register import define_method, registration
 
 _NOT_WITH_LINEAR_ATTENTION = (
@@ -36,7 +36,12 @@ METHOD = define_method(
     apply=rewrite.apply,
     paper="https://arxiv.org/abs/2506.05709",
     reference="no official code (AuroraZengfh/TokenTransforming holds a README only); our construction, see the docstring",
-    search=SearchSpace(options={"flops": (0.8, 0.65, 0.5, 0.35)}, fastest={"flops": 0.35}),
+    search=SearchSpace(
+        options={"flops": (0.8, 0.65, 0.5, 0.35)},
+        fastest={"flops": 0.35, "r": 24},
+        quiet={"branches": "both"},
+        trait_options=unmerge_search(r_for_flops=True),
+    ),
 )
 
 

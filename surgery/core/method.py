@@ -154,6 +154,12 @@ class SurgeryMethod:
                 )
         if self.search is not None:
             self.search.check(self.name, self.config_class)
+            unknown = sorted(set(self.search.trait_options) - set(TRAITS))
+            if unknown:
+                raise ConfigError(
+                    f"method '{self.name}': its search space's trait_options names unknown trait(s) "
+                    f"{', '.join(unknown)}; traits: {', '.join(TRAITS)}." + did_you_mean(unknown[0], TRAITS)
+                )
 
     def traits_refused(self, anatomy: Anatomy, config: SurgeryConfig | None = None) -> list[tuple[str, str]]:
         """``(trait, why)`` for each of ``anatomy``'s traits this method refuses, in trait order. A trait it

@@ -17,13 +17,17 @@ largest ``r``); the others count at their first value. A search where latency ma
 point first, and leaves the method out when even it is no faster than the original on the user's
 runtime (it does not pay off there). ``needs_recovery``: the rewritten model must be fine-tuned
 before its accuracy means anything (new parameters, a changed readout), so the search recovers it
-briefly, and only when its measured cost can reach the front.
+briefly, and only when its measured cost can reach the front. ``trait_options`` changes the space on a
+family with an anatomy trait: ``{trait: {option: values}}`` adds or replaces an option there, and an empty
+tuple takes one out (token reduction searches which branches run reduced where its family keeps the token
+map, and r instead of a FLOPs target the mode refuses); :meth:`SearchSpace.for_traits` is the space a
+search uses on a model.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from surgery.errors import ConfigError, did_you_mean
@@ -37,33 +41,48 @@ class SearchSpace:
     needs_recovery: bool = False
     quiet: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     fastest: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    trait_options: Mapping[str, Mapping[str, tuple[Any, ...]]] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "options", {name: tuple(values) for name, values in dict(self.options).items()})
-        for name, values in self.options.items():
-            if not values:
-                raise ConfigError(f"search space: option '{name}' lists no values; give at least one")
-            odd = [v for v in values if not _json_value(v)]
-            if odd:
-                raise ConfigError(
-                    f"search space: option '{name}' has the value {odd[0]!r}; "
-                    "allowed: None, bool, int, float, str, or a tuple of them"
-                )
-            if len(set(map(repr, values))) != len(values):
-                raise ConfigError(f"search space: option '{name}' lists a value twice: {list(values)}")
+        object.__setattr__(self, "options", _checked(self.options, ""))
+        object.__setattr__(
+            self,
+            "trait_options",
+            {trait: _checked(o, f" (on {trait})", dropped=True) for trait, o in dict(self.trait_options).items()},
+        )
+        values_of = dict(self.options)  # every value an option may take, on some family
+        for options in self.trait_options.values():
+            for name, values in options.items():
+                values_of[name] = values_of.get(name, ()) + values
         for field in ("quiet", "fastest"):
             object.__setattr__(self, field, dict(getattr(self, field)))
             for name, value in getattr(self, field).items():
-                if name not in self.options:
+                if name not in values_of:
                     raise ConfigError(
                         f"search space: {field} names '{name}', which is not among its options: "
-                        f"{', '.join(self.options) or 'none'}" + did_you_mean(name, list(self.options))
+                        f"{', '.join(values_of) or 'none'}" + did_you_mean(name, list(values_of))
                     )
-                if not any(_same(value, v) for v in self.options[name]):
+                if not any(_same(value, v) for v in values_of[name]):
                     raise ConfigError(
                         f"search space: {field} gives '{name}' the value {value!r}, which is not among "
-                        f"its values: {list(self.options[name])}"
+                        f"its values: {list(values_of[name])}"
                     )
+
+    def for_traits(self, traits: Iterable[str]) -> SearchSpace:
+        """The space on a family with ``traits``: ``trait_options`` applied (in trait order), ``quiet`` and
+        ``fastest`` kept where their option and value remain."""
+        options = dict(self.options)
+        for trait in sorted(set(traits) & set(self.trait_options)):
+            for name, values in self.trait_options[trait].items():
+                if values:
+                    options[name] = values
+                else:
+                    options.pop(name, None)
+
+        def kept(chosen: Mapping[str, Any]) -> dict[str, Any]:
+            return {k: v for k, v in chosen.items() if k in options and any(_same(v, x) for x in options[k])}
+
+        return SearchSpace(options, self.needs_recovery, kept(self.quiet), kept(self.fastest))
 
     def fastest_point(self) -> dict[str, Any]:
         """The option values of the method's fastest declared point: ``fastest``'s, the rest at their first."""
@@ -80,7 +99,8 @@ class SearchSpace:
     def check(self, method: str, config_class: type) -> None:
         """Refuse option names ``config_class`` lacks and values it rejects, naming the method."""
         fields = [f.name for f in dataclasses.fields(config_class)]
-        for name, values in self.options.items():
+        every = [self.options, *self.trait_options.values()]
+        for name, values in [item for options in every for item in options.items()]:
             if name not in fields:
                 raise ConfigError(
                     f"method '{method}': its search space names the option '{name}', which "
@@ -110,6 +130,23 @@ class SearchSpace:
         for values in self.options.values():
             count *= len(values)
         return count
+
+
+def _checked(options: Mapping[str, Any], where: str, dropped: bool = False) -> dict[str, tuple[Any, ...]]:
+    """``options`` with tuples of JSON values, none twice; an empty tuple only where it takes an option out."""
+    checked = {name: tuple(values) for name, values in dict(options).items()}
+    for name, values in checked.items():
+        if not values and not dropped:
+            raise ConfigError(f"search space: option '{name}' lists no values; give at least one")
+        odd = [v for v in values if not _json_value(v)]
+        if odd:
+            raise ConfigError(
+                f"search space: option '{name}'{where} has the value {odd[0]!r}; "
+                "allowed: None, bool, int, float, str, or a tuple of them"
+            )
+        if len(set(map(repr, values))) != len(values):
+            raise ConfigError(f"search space: option '{name}'{where} lists a value twice: {list(values)}")
+    return checked
 
 
 def _json_value(value: Any) -> bool:

@@ -21,6 +21,7 @@ from torch import nn
 from surgery.core.apply import plan
 from surgery.core.host import get_host
 from surgery.core.method import SurgeryMethod
+from surgery.core.searchable import SearchSpace
 from surgery.errors import ConfigError, SurgeryError, did_you_mean
 from surgery.recipe_search import report
 
@@ -66,6 +67,8 @@ class Space:
     # method -> the option values the model's family requires of it (``SurgeryMethod.options_required``:
     # token reduction's unmerge=True on Swin and BEiT), held fixed in every candidate
     required: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    # method -> its space on the model's family (``SearchSpace.for_traits``: the trait options applied)
+    spaces: dict[str, SearchSpace] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def build(
@@ -94,9 +97,11 @@ class Space:
         anatomy = host.anatomy_of(model, required=False)
         required = {n: declared[n].options_required(anatomy) for n in chosen} if anatomy is not None else {}
         required = {n: options for n, options in required.items() if options}
+        traits = anatomy.traits if anatomy is not None else frozenset()
+        spaces = {name: declared[name].search.for_traits(traits) for name in chosen}
         methods: dict[str, SurgeryMethod] = {}
         for name in chosen:
-            reason = _plan_reason(model, (name,), declared, required)
+            reason = _plan_reason(model, (name,), spaces, required)
             if reason is None:
                 methods[name] = declared[name]
             else:
@@ -106,7 +111,7 @@ class Space:
             for group in itertools.combinations(sorted(methods), size):
                 reasons = []
                 for order in itertools.permutations(group):
-                    reason = _plan_reason(model, order, methods, required)
+                    reason = _plan_reason(model, order, spaces, required)
                     if reason is None:
                         combos[SEP.join(group)] = order
                         break
@@ -118,10 +123,10 @@ class Space:
                 "search: no installed method plans on this model; "
                 + "; ".join(f"{n}: {why}" for n, why in left_out.items())
             )
-        return cls(methods, combos, left_out, required)
+        return cls(methods, combos, left_out, required, {name: spaces[name] for name in methods})
 
     def needs_recovery(self, order: Sequence[str]) -> bool:
-        return any(self.methods[name].search.needs_recovery for name in order)
+        return any(self.spaces[name].needs_recovery for name in order)
 
     def candidate(self, combo: str, values: Mapping[str, Any]) -> Candidate:
         """The candidate of ``combo`` with ``values`` (``{"method.option": value}``)."""
@@ -129,7 +134,7 @@ class Space:
         steps = tuple(
             (
                 name,
-                tuple((option, _plain(values[f"{name}.{option}"])) for option in self.methods[name].search.options)
+                tuple((option, _plain(values[f"{name}.{option}"])) for option in self.spaces[name].options)
                 + tuple((option, _plain(value)) for option, value in self.required.get(name, {}).items()),
             )
             for name in order
@@ -153,7 +158,7 @@ class Space:
         combo = trial.suggest_categorical("recipe", list(self.combos))
         values = {}
         for name in self.combos[combo]:
-            for option, choices in self.methods[name].search.options.items():
+            for option, choices in self.spaces[name].options.items():
                 values[f"{name}.{option}"] = choices[
                     trial.suggest_categorical(f"{name}.{option}", list(range(len(choices))))
                 ]
@@ -165,10 +170,10 @@ class Space:
         return {
             "recipe": combo,
             **{
-                f"{plugin}.{k}": self.methods[plugin].search.index(k, v)
+                f"{plugin}.{k}": self.spaces[plugin].index(k, v)
                 for plugin, options in candidate.steps
                 for k, v in options
-                if k in self.methods[plugin].search.options
+                if k in self.spaces[plugin].options
             },
         }  # not the required ones
 
@@ -180,7 +185,7 @@ class Space:
             if key != "recipe":
                 name, option = key.split(".", 1)
                 out[key] = optuna.distributions.CategoricalDistribution(
-                    list(range(len(self.methods[name].search.options[option])))
+                    list(range(len(self.spaces[name].options[option])))
                 )
         return out
 
@@ -190,16 +195,16 @@ class Space:
         mixtures), taken round-robin across the methods so that a trial cap still reaches every
         method; then each method that needs recovery alone at its first values."""
         sweeps, costly = [], []
-        for name, method in self.methods.items():
+        for name, space in self.spaces.items():
             if name not in self.combos:
                 continue
-            options = method.search.options
+            options = space.options
             first = {option: values[0] for option, values in options.items()}
             settings = [first] + [
                 {**first, option: value} for option, values in options.items() for value in values[1:]
             ]
             candidates = [self.candidate(name, {f"{name}.{k}": v for k, v in s.items()}) for s in settings]
-            if method.search.needs_recovery:
+            if space.needs_recovery:
                 costly.append(candidates[0])
             else:
                 sweeps.append(candidates)
@@ -209,7 +214,7 @@ class Space:
         """How many candidates the set ``combo`` holds."""
         count = 1
         for name in self.combos[combo]:
-            count *= self.methods[name].search.size()
+            count *= self.spaces[name].size()
         return count
 
     def compositions(self, singles: list[dict[str, Any]], objective: str, limit: int = 8) -> list[Candidate]:
@@ -233,7 +238,7 @@ class Space:
 
     def probe(self, name: str) -> Candidate:
         """``name`` alone at its fastest declared point (``SearchSpace.fastest``)."""
-        point = self.methods[name].search.fastest_point()
+        point = self.spaces[name].fastest_point()
         return self.candidate(name, {f"{name}.{option}": value for option, value in point.items()})
 
     def without(self, dropped: Mapping[str, str]) -> Space:
@@ -244,14 +249,15 @@ class Space:
         for combo, order in self.combos.items():
             if combo not in combos and SEP in combo:
                 left_out[combo] = next(f"{n}: {dropped[n]}" for n in order if n in dropped)
-        return Space(methods, combos, left_out, {n: o for n, o in self.required.items() if n in methods})
+        required = {n: o for n, o in self.required.items() if n in methods}
+        return Space(methods, combos, left_out, required, {n: s for n, s in self.spaces.items() if n in methods})
 
     def describe(self) -> dict[str, Any]:
         return {
             "methods": {
                 name: {
-                    "options": {k: [_plain(value) for value in v] for k, v in m.search.options.items()},
-                    "needs_recovery": m.search.needs_recovery,
+                    "options": {k: [_plain(value) for value in v] for k, v in self.spaces[name].options.items()},
+                    "needs_recovery": self.spaces[name].needs_recovery,
                     "version": m.version,
                 }
                 for name, m in self.methods.items()
@@ -271,13 +277,13 @@ def _plain(value: Any) -> Any:
 def _plan_reason(
     model: nn.Module,
     order: Sequence[str],
-    methods: Mapping[str, SurgeryMethod],
+    spaces: Mapping[str, SearchSpace],
     required: Mapping[str, Mapping[str, Any]],
 ) -> str | None:
     """None when ``order`` (each method at the first of its declared values and the values the family
     requires of it) plans on ``model``, else the host's reason."""
     specs = [
-        (name, {**{k: _plain(v[0]) for k, v in methods[name].search.options.items()}, **required.get(name, {})})
+        (name, {**{k: _plain(v[0]) for k, v in spaces[name].options.items()}, **required.get(name, {})})
         for name in order
     ]
     try:

@@ -135,6 +135,19 @@ def validate_schedule(config: SurgeryConfig) -> None:
         )
 
 
+SEARCHED_R = (2, 4, 6, 8, 10, 12, 16, 20, 24)  # r per block (per window on Swin) the search tries
+SEARCHED_BRANCHES = ("both", "mlp")
+
+
+def unmerge_search(windows: bool = False, r_for_flops: bool = False) -> dict[str, dict[str, tuple[Any, ...]]]:
+    """The search's options on the families that take token reduction with ``unmerge=True`` only (a relative position
+    bias; with ``windows``, Swin's windows): which branches run on the reduced tokens (``SEARCHED_BRANCHES``: "mlp"
+    keeps accuracy where "both" loses it on the digits Swin, "both" is the faster) and, with ``r_for_flops``, r
+    instead of the FLOPs target that mode refuses (``SearchSpace.trait_options``)."""
+    options = {"branches": SEARCHED_BRANCHES, **({"flops": (), "r": SEARCHED_R} if r_for_flops else {})}
+    return {trait: options for trait in ("relative_position_bias", *(("windowed",) if windows else ()))}
+
+
 MEAN_READOUT = "the head's mean runs over the reduced tokens (unweighted by size: the model's own mean)"
 ONE_REDUCTION = "one token reduction per model: both reduce the tokens of the same blocks between attention and MLP"
 
