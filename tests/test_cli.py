@@ -42,7 +42,7 @@ def test_list_fits_the_terminal_and_names_every_method_with_its_families(capsys,
         if len(families) == len(every):
             assert rows[name].split()[2:4] == ["all", str(len(every))]
     assert "all but swinv2" in rows["bivit"]  # its one refusal
-    assert "all but swin, swinv2" in rows["token_prune"]  # refused by its windows (BEiT: taken with unmerge=True)
+    assert "all but swinv2" in rows["token_prune"]  # refused by its cosine attention (Swin, BEiT: with unmerge=True)
 
 
 def test_list_json_describes_options(capsys):

@@ -165,14 +165,20 @@ def test_a_third_party_family_gets_the_builtin_methods_it_can_take(host_with, tm
     host = host_with(IJepaPlugin())
     assert "ijepa" in host.anatomies
     table = support_table(surgery.list_methods(), [host.anatomy("ijepa")])
-    assert "| quantize | yes |" in table and "| token_prune | **no** [" in table and "| ggem | **no** [" in table
-    for plugin in ("token_prune", "token_transform", "ggem"):
-        with pytest.raises(UnsupportedModelError, match=rf"{plugin} does not support model_type 'ijepa'"):
-            surgery.plan(_ijepa(), [plugin])
+    assert "| quantize | yes |" in table and "| ggem | **no** [" in table
+    assert "| token_prune | yes (unmerge=True) [" in table  # no cls token: scored by every token's attention
+    with pytest.raises(UnsupportedModelError, match=r"ggem does not support model_type 'ijepa'"):
+        surgery.plan(_ijepa(), ["ggem"])
+    for plugin in ("token_prune", "token_transform"):  # the reducing blocks score by the cls token's attention
+        with pytest.raises(UnsupportedModelError, match=rf"{plugin} does not support model_type 'ijepa'.*no_prefix"):
+            surgery.plan(_ijepa(), [(plugin, {"unmerge": False})])
+        assert surgery.plan(_ijepa(), [plugin]).steps[0].config.unmerge is True
     x = images()
     for spec in [
         ("quantize", {"activations": "none"}),
         ("token_merge", {"r": 4}),
+        ("token_prune", {"r": 4}),
+        ("token_transform", {"r": 4}),
         ("castling", {"init": "paper"}),
         ("agent_attention", {"agents": 4}),
         ("bivit", {}),

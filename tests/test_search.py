@@ -75,9 +75,8 @@ def test_the_space_is_every_declared_method_that_plans_and_no_set_breaks_the_hos
 
 
 def test_a_family_a_method_refuses_leaves_it_out_with_the_reason():
-    space = Space.build(tiny("swin"), max_steps=1)
-    assert "token_prune" not in space.methods and "token_prune" in space.left_out
     space = Space.build(tiny("swinv2"), max_steps=1)
+    assert "token_prune" not in space.methods and "cosine" in space.left_out["token_prune"].lower()
     assert "token_merge" not in space.methods and "cosine" in space.left_out["token_merge"].lower()
 
 
@@ -691,11 +690,13 @@ def test_trait_options_change_a_methods_space_on_a_family_with_the_trait():
 
 def test_token_reduction_searches_its_branches_where_the_family_keeps_the_token_map():
     """On Swin and BEiT (unmerge=True only) the search tries which branches run reduced ("mlp" keeps accuracy
-    where "both" loses it on Swin), and r where a FLOPs target is refused in that mode; on ViT neither."""
+    where "both" loses it on Swin), and r where a FLOPs target is refused in that mode; on ViT neither. (Swin's
+    relative position bias within windows is the trait that brings it there, besides the windows.)"""
     vit = Space.build(tiny("vit"), max_steps=1, include=["token_merge", "token_prune"])
     assert vit.spaces["token_merge"].options == {"r": (2, 4, 6, 8, 10, 12, 16, 20, 24)}
     assert vit.spaces["token_prune"].options == {"flops": (0.8, 0.65, 0.5, 0.35)}
-    for arch, methods in (("swin", ["token_merge"]), ("beit", ["token_merge", "token_prune", "token_transform"])):
+    for arch in ("swin", "beit"):
+        methods = ["token_merge", "token_prune", "token_transform"]
         model = tiny(arch)
         space = Space.build(model, max_steps=1, include=methods)
         assert sorted(space.methods) == methods, space.left_out

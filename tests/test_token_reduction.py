@@ -189,13 +189,18 @@ def test_r_zero_gives_identical_outputs(plugin):
     assert torch.equal(model(pixel_values=x).logits, logits)
 
 
-def test_swin_is_refused_with_the_reason():
+def test_swin_refuses_the_reducing_blocks_with_the_reason_and_takes_unmerge():
+    """Pruning and Token Transforming reduce within Swin's windows (unmerge=True, what an unset option takes
+    there, scored by every token's attention: no cls token); the reducing blocks are refused with the reasons."""
     for plugin in ("token_transform", "token_prune"):
         with pytest.raises(
             UnsupportedModelError,
-            match=rf"{plugin} does not support model_type 'swin'.*windowed: Swin attends within fixed windows",
+            match=rf"{plugin} does not support model_type 'swin'.*no_prefix: the reducing blocks score tokens by the "
+            r"attention the prefix tokens pay them.*windowed: Swin attends within fixed windows.*"
+            r"option 'unmerge' got False; allowed: True on this family",
         ):
-            surgery.plan(tiny("swin"), [plugin])
+            surgery.plan(tiny("swin"), [(plugin, {"unmerge": False})])
+        assert surgery.plan(tiny("swin"), [plugin]).steps[0].config.unmerge is True
 
 
 def test_reductions_do_not_stack_and_refuse_linear_attention():

@@ -21,21 +21,31 @@ from conftest import assert_export_and_compile_match_eager, images, parts, suppo
 WINDOWED = [arch for arch in supported("token_merge", options={"unmerge": True}) if arch.startswith("swin")]
 
 
+REDUCTIONS = [m.name for m in surgery.list_methods() if "token_reduction" in m.provides]
+
+
 def swin(
-    size: str = "demo", image_size: int = 32, r: int = 6, seed: int = 0, branches: str = "both"
+    size: str = "demo",
+    image_size: int = 32,
+    r: int = 6,
+    seed: int = 0,
+    branches: str = "both",
+    plugin: str = "token_merge",
 ) -> torch.nn.Module:
-    """A Swin with a shifted block (demo: depths 2, 2; window 4 on an 8 x 8 map), merged in every window."""
+    """A Swin with a shifted block (demo: depths 2, 2; window 4 on an 8 x 8 map), reduced in every window."""
     from surgery.demo.zoo import build_model
 
     options = {"r": r, "unmerge": True, "branches": branches}
-    return surgery.apply(build_model("swin", size, image_size=image_size, seed=seed), [("token_merge", options)])
+    return surgery.apply(build_model("swin", size, image_size=image_size, seed=seed), [(plugin, options)])
 
 
 class Capture:
     def __init__(self, builder):
         self.builder, self.importance, self.region, self.built = builder, builder.importance, builder.region, []
+        self.seen = []  # (metric, importance) of every call
 
     def __call__(self, metric, importance, r, groups=None):
+        self.seen.append((metric, importance))
         self.built.append(self.builder(metric, importance, r, groups=groups))
         return self.built[-1]
 
@@ -93,23 +103,26 @@ def _reference(
     return h + paste(matrix.transpose(1, 2) @ branch, height_pad, width_pad)
 
 
-@pytest.mark.parametrize(
-    "image_size, index, r, branches",
-    [
-        (32, 0, 6, "both"),
-        (32, 1, 6, "both"),
-        (40, 1, 5, "both"),
-        (40, 0, 8, "both"),
-        (32, 1, 6, "mlp"),
-        (40, 1, 5, "mlp"),
-        (40, 1, 5, "attention"),
-        (32, 0, 6, "attention"),
-    ],
-)
-def test_a_windowed_block_matches_a_float64_reference(image_size, index, r, branches):
+CASES = [
+    (32, 0, 6, "both"),
+    (32, 1, 6, "both"),
+    (40, 1, 5, "both"),
+    (40, 0, 8, "both"),
+    (32, 1, 6, "mlp"),
+    (40, 1, 5, "mlp"),
+    (40, 1, 5, "attention"),
+    (32, 0, 6, "attention"),
+]
+REFERENCE_CASES = [("token_merge", *case) for case in CASES] + [
+    (plugin, *case) for plugin in REDUCTIONS if plugin != "token_merge" for case in CASES[1:4]
+]
+
+
+@pytest.mark.parametrize("plugin, image_size, index, r, branches", REFERENCE_CASES)
+def test_a_windowed_block_matches_a_float64_reference(plugin, image_size, index, r, branches):
     """Blocks 0 (no shift) and 1 (shifted); 40 px: a 10 x 10 map padded to whole 4 x 4 windows; each branch
-    choice (the one left out runs on every token)."""
-    model = swin(image_size=image_size, r=r, branches=branches).double()
+    choice (the one left out runs on every token); every token reduction (the reference takes its matrix)."""
+    model = swin(image_size=image_size, r=r, branches=branches, plugin=plugin).double()
     block = parts(model, index)
     capture = Capture(block.module.reduction_builder)
     block.module.reduction_builder = capture
@@ -121,13 +134,54 @@ def test_a_windowed_block_matches_a_float64_reference(image_size, index, r, bran
         matrix = reduction.matrix(16).to(torch.float64)
         want = _reference(block, hidden, (side, side), matrix, branches)
     assert weights is None and block.window() == (4, 2 * index)
-    assert matrix.shape[1] == 16 - r  # every window merged r of its 16 tokens
+    assert matrix.shape[1] == 16 - r  # every window reduced r of its 16 tokens
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("image_size", [32, 40])
-def test_merges_stay_within_one_shifted_region_and_padding_merges_only_with_padding(image_size):
-    model = swin(image_size=image_size, r=4).double()
+def test_importance_in_a_window_is_the_attention_every_token_of_it_pays(image_size):
+    """No prefix token in a window: pruning and Token Transforming score a token by the attention every token of
+    its window pays it (softmax over the window's keys with the position bias and the shift mask, averaged over
+    heads and queries; float64 from the host's own window functions), padding positions lowest, and the keys
+    averaged over heads as the metric."""
+    from transformers.models.swin import modeling_swin as swin_module
+
+    block = parts(swin(image_size=image_size, r=5, plugin="token_prune").double(), 1)
+    capture = Capture(block.module.reduction_builder)
+    block.module.reduction_builder = capture
+    side = image_size // 4
+    hidden = torch.randn(2, side * side, block.width, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    with torch.no_grad():
+        block.module(hidden, (side, side))
+        x, _ = block.module.maybe_pad(block.part("norm1")(hidden).view(2, side, side, -1), side, side)
+        height_pad, width_pad = x.shape[1], x.shape[2]
+        x = swin_module.window_partition(torch.roll(x, (-2, -2), (1, 2)), 4).view(-1, 16, block.width)
+        heads, d = block.attention.heads, block.attention.head_dim
+        q, k = (
+            block.attention.projection(role)(x).view(x.shape[0], -1, heads, d).transpose(1, 2)
+            for role in ("query", "key")
+        )
+        mask = block.module.get_attn_mask(height_pad, width_pad, torch.float64, None).repeat(2, 1, 1)[:, None]
+        bias = block.attention.position_bias(16).to(torch.float64) + mask
+        want = (q @ k.transpose(-1, -2) / math.sqrt(d) + bias).softmax(-1).mean(dim=(1, 2))
+    ((metric, importance),) = capture.seen
+    padding = WindowGrid(side, side, 4, 2).regions().padding.repeat(2, 1)
+    torch.testing.assert_close(importance[~padding], want[~padding], rtol=1e-10, atol=1e-12)
+    assert bool((importance[padding] == -1.0).all()) and bool(padding.any()) == (image_size == 40)
+    torch.testing.assert_close(metric, k.mean(dim=1), rtol=1e-10, atol=1e-12)
+    (selection,) = capture.built
+    kept = selection.index  # the 11 most important of each window's 16 (ties among the padding either way)
+    assert torch.equal(kept, kept.sort(dim=-1).values)  # in window order
+    top = importance.topk(11, dim=-1).values.sort(dim=-1).values
+    assert torch.equal(importance.gather(1, kept).sort(dim=-1).values, top)
+
+
+@pytest.mark.parametrize("plugin", REDUCTIONS)
+@pytest.mark.parametrize("image_size", [32, 40])
+def test_merges_stay_within_one_shifted_region_and_padding_merges_only_with_padding(image_size, plugin):
+    """Every reduced token's members lie in one group (a region of the shift, or the padding): a merge's, a
+    transformed token's (what it spreads over), a kept one's."""
+    model = swin(image_size=image_size, r=4, plugin=plugin).double()
     block = parts(model, 1)
     capture = Capture(block.module.reduction_builder)
     block.module.reduction_builder = capture

@@ -25,7 +25,7 @@ METHOD = define_method(
     __name__,
     summary="Token pruning: drop the r patch tokens the cls token attends to least, per block, training-free",
     config_class=TokenPruneConfig,
-    **reduction_fields(_NOT_WITH_LINEAR_ATTENTION, _SWIN, needs_prefix=True),
+    **reduction_fields(_NOT_WITH_LINEAR_ATTENTION, _SWIN, needs_prefix=True, windows=True),
     apply=rewrite.apply,
     paper="https://arxiv.org/abs/2506.05709",
     reference="the one-hot case of Token Transforming's reduction matrix; EViT's score (arXiv 2202.07800)",

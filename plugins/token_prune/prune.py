@@ -30,7 +30,10 @@ class PruneBuilder:
     importance: bool = True
     region: str = REGION
 
-    def __call__(self, metric: torch.Tensor, importance: torch.Tensor | None, r: int) -> Selection | None:
+    def __call__(
+        self, metric: torch.Tensor, importance: torch.Tensor | None, r: int, groups: torch.Tensor | None = None
+    ) -> Selection | None:
+        """``groups`` (Swin's shifted-window regions) need nothing here: a kept token is one token of one group."""
         return top_tokens(importance, r, self.prefix)
 
     def describe(self) -> str:

@@ -13,6 +13,7 @@ from surgery.plugins.token_prune.prune import PruneBuilder, overhead
 from surgery.toolkit.reducing import ReducingAttention, ReducingLayer, UnmergingLayer, swap_reducing
 from surgery.toolkit.reduction import removable
 from surgery.toolkit.reduction_config import unmerging
+from surgery.toolkit.windows import WindowUnmergingLayer
 
 
 def apply(model: nn.Module, config: TokenPruneConfig, anatomy: Anatomy) -> Rewrite:
@@ -20,6 +21,7 @@ def apply(model: nn.Module, config: TokenPruneConfig, anatomy: Anatomy) -> Rewri
     blocks = anatomy.blocks(model)
     cost = functools.partial(overhead, prefix=prefix, width=blocks[0].width)
     removals = config.removals(blocks, prefix, functools.partial(removable, prefix=prefix), model.config, cost)
+    unmerging_layer = WindowUnmergingLayer if blocks[0].windowed else UnmergingLayer  # Swin: within each window
     return swap_reducing(
         model,
         anatomy,
@@ -29,6 +31,6 @@ def apply(model: nn.Module, config: TokenPruneConfig, anatomy: Anatomy) -> Rewri
         removals,
         PruneBuilder(prefix=prefix),
         config.prop_attn,
-        classes=(UnmergingLayer if unmerging(config) else ReducingLayer, ReducingAttention),
+        classes=(unmerging_layer if unmerging(config) else ReducingLayer, ReducingAttention),
         branches=config.branches,
     )

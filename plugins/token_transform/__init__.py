@@ -32,7 +32,7 @@ METHOD = define_method(
     __name__,
     summary="Token Transforming: many-to-many reduction of r tokens per block (soft, size-weighted), training-free",
     config_class=TokenTransformConfig,
-    **reduction_fields(_NOT_WITH_LINEAR_ATTENTION, _SWIN, needs_prefix=True),
+    **reduction_fields(_NOT_WITH_LINEAR_ATTENTION, _SWIN, needs_prefix=True, windows=True),
     apply=rewrite.apply,
     paper="https://arxiv.org/abs/2506.05709",
     reference="no official code (AuroraZengfh/TokenTransforming holds a README only); our construction, see the docstring",

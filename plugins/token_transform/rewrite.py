@@ -13,6 +13,7 @@ from surgery.plugins.token_transform.transform import ManyToManyBuilder, overhea
 from surgery.toolkit.reducing import ReducingAttention, ReducingLayer, UnmergingLayer, swap_reducing
 from surgery.toolkit.reduction import removable
 from surgery.toolkit.reduction_config import unmerging
+from surgery.toolkit.windows import WindowUnmergingLayer
 
 
 def apply(model: nn.Module, config: TokenTransformConfig, anatomy: Anatomy) -> Rewrite:
@@ -21,6 +22,7 @@ def apply(model: nn.Module, config: TokenTransformConfig, anatomy: Anatomy) -> R
     cost = functools.partial(overhead, prefix=prefix, width=blocks[0].width, metric_dim=blocks[0].attention.head_dim)
     removals = config.removals(blocks, prefix, functools.partial(removable, prefix=prefix), model.config, cost)
     builder = ManyToManyBuilder(prefix=prefix, temperature=config.temperature, topk=config.topk)
+    unmerging_layer = WindowUnmergingLayer if blocks[0].windowed else UnmergingLayer  # Swin: within each window
     return swap_reducing(
         model,
         anatomy,
@@ -30,6 +32,6 @@ def apply(model: nn.Module, config: TokenTransformConfig, anatomy: Anatomy) -> R
         removals,
         builder,
         config.prop_attn,
-        classes=(UnmergingLayer if unmerging(config) else ReducingLayer, ReducingAttention),
+        classes=(unmerging_layer if unmerging(config) else ReducingLayer, ReducingAttention),
         branches=config.branches,
     )

@@ -54,21 +54,34 @@ class ManyToMany:
         return out.scatter(1, self.sources.unsqueeze(-1).expand(-1, -1, channels), moved)
 
     def matrix(self, n: int) -> torch.Tensor:
+        return self.dense_matrix(n, torch.float64)
+
+    def dense_matrix(self, n: int, dtype: torch.dtype) -> torch.Tensor:
+        """T (B, M, N) in ``dtype``, built out of place (an exported graph keeps no write into a view)."""
         batch, kept = self.targets.shape
-        rows = torch.zeros(batch, self.prefix + kept, n, dtype=torch.float64)
-        rows[:, torch.arange(self.prefix), torch.arange(self.prefix)] = 1.0
-        body = rows[:, self.prefix :]
-        body.scatter_(2, self.targets.unsqueeze(-1), 1.0)
-        body.scatter_add_(
-            2, self.sources.unsqueeze(1).expand(-1, kept, -1), self.weights.transpose(1, 2).to(torch.float64)
+        body = torch.zeros(batch, kept, n, dtype=dtype, device=self.targets.device)
+        body = body.scatter(2, self.targets.unsqueeze(-1), 1.0)
+        body = body.scatter_add(
+            2, self.sources.unsqueeze(1).expand(-1, kept, -1), self.weights.transpose(1, 2).to(dtype)
         )
-        return rows
+        if not self.prefix:
+            return body
+        head = torch.eye(self.prefix, n, dtype=dtype, device=body.device).expand(batch, -1, -1)
+        return torch.cat([head, body], dim=1)
 
 
 def many_to_many(
-    metric: torch.Tensor, importance: torch.Tensor, r: int, prefix: int, temperature: float, topk: int
+    metric: torch.Tensor,
+    importance: torch.Tensor,
+    r: int,
+    prefix: int,
+    temperature: float,
+    topk: int,
+    groups: torch.Tensor | None = None,
 ) -> ManyToMany | None:
-    """The reduction of ``r`` tokens (capped so one patch token stays), or None when nothing is removed."""
+    """The reduction of ``r`` tokens (capped so one patch token stays), or None when nothing is removed. With
+    ``groups`` (B, N), a removed token spreads over kept tokens of its own group only, and one whose group keeps
+    none is dropped (its column zero, as a pruned token's)."""
     split = split_for_removal(importance, r, prefix)
     if split is None:
         return None
@@ -77,11 +90,17 @@ def many_to_many(
         unit = metric / metric.norm(dim=-1, keepdim=True).clamp_min(1e-12)  # a zero key: cosines 0, not NaN
         pick = lambda index: unit.gather(1, index.unsqueeze(-1).expand(-1, -1, unit.shape[-1]))  # noqa: E731
         logits = (pick(sources) @ pick(targets).transpose(1, 2)) / temperature
+        allowed = None
+        if groups is not None:
+            allowed = groups.gather(1, sources)[:, :, None] == groups.gather(1, targets)[:, None, :]  # (B, r, M)
+            logits = logits.masked_fill(~allowed, -torch.inf)
         k = min(topk, targets.shape[1])
         if k < targets.shape[1]:
             best = logits.topk(k, dim=-1).indices
             logits = torch.full_like(logits, -torch.inf).scatter(-1, best, logits.gather(-1, best))
         weights = logits.softmax(dim=-1)
+        if allowed is not None:  # a row with no kept token of its group: all -inf, NaN after the softmax
+            weights = torch.where(allowed.any(dim=-1, keepdim=True), weights, torch.zeros_like(weights))
     return ManyToMany(prefix, targets, sources, weights)
 
 
@@ -95,8 +114,10 @@ class ManyToManyBuilder:
     importance: bool = True
     region: str = REGION
 
-    def __call__(self, metric: torch.Tensor, importance: torch.Tensor | None, r: int) -> ManyToMany | None:
-        return many_to_many(metric, importance, r, self.prefix, self.temperature, self.topk)
+    def __call__(
+        self, metric: torch.Tensor, importance: torch.Tensor | None, r: int, groups: torch.Tensor | None = None
+    ) -> ManyToMany | None:
+        return many_to_many(metric, importance, r, self.prefix, self.temperature, self.topk, groups)
 
     def describe(self) -> str:
         return f"many-to-many, temperature={self.temperature:g}, topk={self.topk}"

@@ -130,7 +130,8 @@ class UnmergingLayer(ReducingLayer):
     ``unmerge(y, n)`` besides ``apply``. A builder without importance scores matches the block's input
     (ToMe for Stable Diffusion's metric); one with them gets the keys and the prefix tokens' attention,
     computed before attention from the normed input (:meth:`ReducingAttention.reduction_scores`: the
-    key projection of every token once more, the price of choosing before attending). A token that
+    key projection of every token once more, the price of choosing before attending); a family with no prefix
+    token scores each token by the attention every token pays it. A token that
     no output holds (pruned) gets no branch: it passes the block unchanged. ``reduction_branches`` "mlp" or
     "attention" reduces one branch only (ToMe for SD's ``merge_mlp`` / ``merge_attn``), the other runs on
     every token as in the host."""
@@ -145,7 +146,7 @@ class UnmergingLayer(ReducingLayer):
         if self.reduction_r > 0:
             with record_function(builder.region):
                 metric, importance = (
-                    core.reduction_scores(normed, self.reduction_prefix, position)
+                    core.reduction_scores(normed, self.reduction_prefix or tokens, position)  # no prefix: all
                     if builder.importance
                     else (hidden_states, None)
                 )

@@ -142,8 +142,8 @@ SEARCHED_BRANCHES = ("both", "mlp")
 def unmerge_search(windows: bool = False, r_for_flops: bool = False) -> dict[str, dict[str, tuple[Any, ...]]]:
     """The search's options on the families that take token reduction with ``unmerge=True`` only (a relative position
     bias; with ``windows``, Swin's windows): which branches run on the reduced tokens (``SEARCHED_BRANCHES``: "mlp"
-    keeps accuracy where "both" loses it on the digits Swin, "both" is the faster) and, with ``r_for_flops``, r
-    instead of the FLOPs target that mode refuses (``SearchSpace.trait_options``)."""
+    keeps accuracy where "both" loses it on the digits and shapes Swins, "both" is the faster) and, with
+    ``r_for_flops``, r instead of the FLOPs target that mode refuses (``SearchSpace.trait_options``)."""
     options = {"branches": SEARCHED_BRANCHES, **({"flops": (), "r": SEARCHED_R} if r_for_flops else {})}
     return {trait: options for trait in ("relative_position_bias", *(("windowed",) if windows else ()))}
 
@@ -157,12 +157,13 @@ def reduction_fields(
 ) -> dict[str, Any]:
     """The method fields a token-reduction plugin shares with the others (for ``define_method``).
 
-    Refused: windows (``windowed``: why not Swin; with ``windows``, the builder takes ``groups`` and windowed
-    families are taken with ``unmerge=True``: :mod:`surgery.toolkit.windows`), a relative position bias
-    (taken with ``unmerge=True``), cosine attention, and with ``needs_prefix`` (importance from the prefix
-    tokens' attention) a family without a cls token. ``unmerge`` left unset takes the value the family
-    needs (``auto_options``). Also the roles the swaps claim, and the conflicts with the linear attentions
-    (``linear_attention``: why) and with every other reduction."""
+        Refused: windows (``windowed``: why not Swin; with ``windows``, the builder takes ``groups`` and windowed
+        families are taken with ``unmerge=True``: :mod:`surgery.toolkit.windows`), a relative position bias
+        (taken with ``unmerge=True``), cosine attention, and with ``needs_prefix`` (importance from the prefix
+        tokens' attention) a family without a cls token in the reducing blocks (taken with ``unmerge=True``, scored by
+    every token's attention). ``unmerge`` left unset takes the value the family
+        needs (``auto_options``). Also the roles the swaps claim, and the conflicts with the linear attentions
+        (``linear_attention``: why) and with every other reduction."""
     refused = {
         "windowed": windowed,
         "relative_position_bias": (
@@ -172,12 +173,16 @@ def reduction_fields(
         "cosine_attention": "the reducing attention computes scaled dot-product logits, not cosine ones",
     }
     if needs_prefix:
-        refused["no_prefix"] = "tokens are scored by the attention the prefix tokens pay them, and there are none"
+        refused["no_prefix"] = (
+            "the reducing blocks score tokens by the attention the prefix tokens pay them, and there are none "
+            "(unmerge=True scores them by the attention every token pays them)"
+        )
     return {
         "refused_traits": refused,
         "trait_options": {
             "relative_position_bias": {"unmerge": True},
             **({"windowed": {"unmerge": True}} if windows else {}),
+            **({"no_prefix": {"unmerge": True}} if needs_prefix else {}),
         },
         "auto_options": {"unmerge": False},  # None: True where a trait above needs it, else the reducing blocks
         "trait_notes": {
@@ -190,14 +195,24 @@ def reduction_fields(
                 "register tokens are prefix tokens: never reduced, kept in front (their attention counts in "
                 "the importance scores, as the cls token's does)"
             ),
+            **(
+                {
+                    "no_prefix": (
+                        "with no cls token, a token's importance is the attention every token (of its window) pays "
+                        "it, averaged over heads and queries, from the block's normed input before attention"
+                    )
+                }
+                if needs_prefix
+                else {}
+            ),
             "cls_mean_readout": MEAN_READOUT,
             "mean_readout": MEAN_READOUT,
             **(
                 {
                     "windowed": (
-                        "every window reduces its own tokens (r per window, at most half of them), and tokens "
-                        "of two shifted-window regions are not reduced together while r leaves pairs within "
-                        "one, so the windows, the shift mask and the patch merging between stages stay"
+                        "every window reduces its own tokens (r per window), and no reduced token mixes two "
+                        "shifted-window regions (a merge: while r leaves pairs within one), so the windows, the "
+                        "shift mask and the patch merging between stages stay"
                     )
                 }
                 if windows

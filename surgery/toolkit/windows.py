@@ -16,10 +16,16 @@ partition and one reverse per block. Attention runs as explicit matmuls, as the 
 window's few tokens they beat PyTorch's CPU SDPA kernel). ``branches`` "mlp" or "attention" reduces one
 branch only; the other runs on every token of the window.
 
-The shifted-window mask keeps the regions a shift brings into one window apart. A builder that takes
-``groups`` (ToMe's matching) never reduces tokens of two regions into one, so the reduced mask is the
-host's exactly: a reduced token lies in one region. Positions added by the padding to whole windows
-form groups of their own (they are zeros in the host's attention too, and no output keeps them).
+A builder that asks for importance scores (pruning, Token Transforming) gets, with no prefix token in a window,
+the attention every token of the window pays each token (averaged over heads and queries, with the position bias
+and the shift mask, from the block's normed input before attention: the query and key projections of every token
+once more) and the keys as the metric; padding positions score lowest.
+
+The shifted-window mask keeps the regions a shift brings into one window apart. A builder takes ``groups`` and
+never reduces tokens of two regions into one (ToMe's matching; Token Transforming spreads a removed token over kept
+tokens of its own group only), so the reduced mask is the host's exactly: a reduced token lies in one region.
+Positions added by the padding to whole windows form groups of their own (they are zeros in the host's attention
+too, and no output keeps them).
 A block with nothing to reduce (r = 0) runs the host's own forward.
 """
 
@@ -156,29 +162,34 @@ class WindowUnmergingLayer(ReducingLayer):
             return super(ReducingLayer, self).forward(hidden_states, input_dimensions, *args, **kwargs)
         grid = self._grid(input_dimensions, args, kwargs)
         batch, _, channels = hidden_states.shape
+        windows = grid.windows(hidden_states)  # the block's input, as ToMe for Stable Diffusion matches it
+        regions = grid.regions(windows.device)
+        padding = regions.padding.repeat(batch, 1)[..., None] if grid.padded_any else None
+
+        def branch_input(normed: torch.Tensor) -> torch.Tensor:  # the host pads its normed map with zeros
+            return normed if padding is None else normed.masked_fill(padding, 0.0)
+
+        normed = branch_input(parts.attention_input(windows))
+        bias = block_position_bias(parts, args, kwargs, grid.tokens)
         with record_function(builder.region):
-            windows = grid.windows(hidden_states)  # the block's input, as ToMe for Stable Diffusion matches it
-            regions = grid.regions(windows.device)
-            padding = regions.padding.repeat(batch, 1)[..., None] if grid.padded_any else None
-            metric = windows if padding is None else windows.masked_fill(padding, 1.0)  # zeros have no direction
             groups = regions.groups(batch) if padding is not None or grid.shift else None
-            reduction = builder(metric, None, self.reduction_r, groups=groups)
+            if builder.importance:  # no prefix in a window: the attention every token of it pays a token
+                scores_bias = plus(bias, regions.mask(batch, windows.dtype))
+                metric, importance = parts.attention.core.reduction_scores(normed, grid.tokens, scores_bias)
+                if padding is not None:  # padding positions go first (no output keeps them)
+                    importance = importance.masked_fill(padding[..., 0], -1.0)
+            else:  # zeros have no direction
+                metric, importance = (windows if padding is None else windows.masked_fill(padding, 1.0)), None
+            reduction = builder(metric, importance, self.reduction_r, groups=groups)
             if reduction is not None:
                 reduction = dense(reduction, grid.tokens, windows.dtype)
         if reduction is None:  # the window is too small to reduce
             return super(ReducingLayer, self).forward(hidden_states, input_dimensions, *args, **kwargs)
 
-        def branch_input(normed: torch.Tensor) -> torch.Tensor:  # the host pads its normed map with zeros
-            return normed if padding is None else normed.masked_fill(padding, 0.0)
-
         def per_image(tokens: torch.Tensor) -> torch.Tensor:  # (B * windows, N, C) as (B, windows * N, C)
             return tokens.reshape(batch, -1, channels)
 
         attention, mlp = reduced_branches(self.reduction_branches)
-        normed, bias = (
-            branch_input(parts.attention_input(windows)),
-            block_position_bias(parts, args, kwargs, grid.tokens),
-        )
         if attention:
             mask = regions.reduced_mask(reduction.mean)
             bias = plus(None if bias is None else reduction.bias(bias), mask)
