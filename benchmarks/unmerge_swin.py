@@ -112,30 +112,16 @@ SHAPES_EPOCHS = 5
 SHAPES_R = (8, 16, 24, 32)  # of 64 tokens per window (Swin-T's r=24 merges about half of its 49)
 
 
-def shapes_swin(epochs: int = SHAPES_EPOCHS, log=print) -> Path:
+def shapes_swin(epochs: int = SHAPES_EPOCHS) -> Path:
     """The proving ground's Swin: the "proving" size (width 64 then 128, depths 2, 4) on the shapes task at patch 4
     with windows of 64 tokens (the shipped shapes ViT's recipe otherwise), trained here once and cached (the
     weights vary across CPUs); its test accuracy is in the folder's eval_results.json."""
-    from surgery.checkpoint.saving import save
-    from surgery.data.tasks import task
-    from surgery.demo.model import EVAL_FILE, RECIPES, cache_dir, train_classifier
-    from surgery.demo.zoo import build_model
-    from surgery.evaluation.accuracy import accuracy
+    from surgery.demo.model import EVAL_FILE, build_task_model, cache_dir
 
     folder = cache_dir() / "models" / f"shapes-swin-w{SHAPES_SWIN['window_size']}-e{epochs}"
-    if (folder / EVAL_FILE).exists():
-        return folder
-    shapes, recipe = task("shapes"), RECIPES["shapes"]
-    processor = image_processor(shapes.image_size)
-    x, y = encode(shapes.split("train"), processor)
-    model = build_model("swin", "proving", image_size=shapes.image_size, labels=shapes.labels, **SHAPES_SWIN)
-    log(f"training the shapes Swin ({epochs} epochs; cached in {folder}) ...")
-    train_classifier(
-        model, x, y, epochs, recipe["batch_size"], recipe["lr"], recipe["warmup"], description="training shapes Swin"
-    )
-    results = {"accuracy": accuracy(model, *encode(shapes.split("test"), processor)), "epochs": epochs}
-    save(model, folder, processor=processor)
-    (folder / EVAL_FILE).write_text(json.dumps(results, indent=2) + "\n")
+    if not (folder / EVAL_FILE).exists():
+        print(f"training the shapes Swin ({epochs} epochs; cached in {folder}) ...", flush=True)
+        build_task_model(folder, "shapes", "swin", epochs=epochs, **SHAPES_SWIN)
     return folder
 
 

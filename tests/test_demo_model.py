@@ -64,6 +64,18 @@ def test_build_digits_model_trains_saves_and_reports(tmp_path):
     assert model.config.id2label[3] == "3"
 
 
+def test_a_task_model_takes_config_values_over_the_recipe(tmp_path):
+    """build_task_model's config values replace the recipe's (the benchmarks' shapes Swin: patch 4, windows of 8)."""
+    from surgery.demo.model import build_task_model
+
+    results = build_task_model(
+        tmp_path, "digits", "swin", size="tiny", epochs=1, limit=64, progress=False, patch_size=2, window_size=2
+    )
+    config = surgery.load(tmp_path).config
+    assert (config.patch_size, config.window_size, config.image_size) == (2, 2, 32)
+    assert json.loads((tmp_path / EVAL_FILE).read_text()) == results and results["architecture"] == "swin"
+
+
 def test_default_model_is_cached(tmp_path, monkeypatch):
     folder = tmp_path / "models" / "digits-vit"
     folder.mkdir(parents=True)

@@ -10,10 +10,10 @@ from surgery.core.anatomy import Anatomy
 from surgery.core.method import Rewrite
 from surgery.plugins.token_prune.config import TokenPruneConfig
 from surgery.plugins.token_prune.prune import PruneBuilder, overhead
-from surgery.toolkit.reducing import ReducingAttention, ReducingLayer, UnmergingLayer, swap_reducing
+from surgery.toolkit.reducing import ReducingAttention, swap_reducing
 from surgery.toolkit.reduction import removable
 from surgery.toolkit.reduction_config import unmerging
-from surgery.toolkit.windows import WindowUnmergingLayer
+from surgery.toolkit.windows import reduction_layer
 
 
 def apply(model: nn.Module, config: TokenPruneConfig, anatomy: Anatomy) -> Rewrite:
@@ -21,7 +21,6 @@ def apply(model: nn.Module, config: TokenPruneConfig, anatomy: Anatomy) -> Rewri
     blocks = anatomy.blocks(model)
     cost = functools.partial(overhead, prefix=prefix, width=blocks[0].width)
     removals = config.removals(blocks, prefix, functools.partial(removable, prefix=prefix), model.config, cost)
-    unmerging_layer = WindowUnmergingLayer if blocks[0].windowed else UnmergingLayer  # Swin: within each window
     return swap_reducing(
         model,
         anatomy,
@@ -31,6 +30,6 @@ def apply(model: nn.Module, config: TokenPruneConfig, anatomy: Anatomy) -> Rewri
         removals,
         PruneBuilder(prefix=prefix),
         config.prop_attn,
-        classes=(unmerging_layer if unmerging(config) else ReducingLayer, ReducingAttention),
+        classes=(reduction_layer(unmerging(config), blocks), ReducingAttention),
         branches=config.branches,
     )

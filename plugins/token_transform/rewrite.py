@@ -10,10 +10,10 @@ from surgery.core.anatomy import Anatomy
 from surgery.core.method import Rewrite
 from surgery.plugins.token_transform.config import TokenTransformConfig
 from surgery.plugins.token_transform.transform import ManyToManyBuilder, overhead
-from surgery.toolkit.reducing import ReducingAttention, ReducingLayer, UnmergingLayer, swap_reducing
+from surgery.toolkit.reducing import ReducingAttention, swap_reducing
 from surgery.toolkit.reduction import removable
 from surgery.toolkit.reduction_config import unmerging
-from surgery.toolkit.windows import WindowUnmergingLayer
+from surgery.toolkit.windows import reduction_layer
 
 
 def apply(model: nn.Module, config: TokenTransformConfig, anatomy: Anatomy) -> Rewrite:
@@ -22,7 +22,6 @@ def apply(model: nn.Module, config: TokenTransformConfig, anatomy: Anatomy) -> R
     cost = functools.partial(overhead, prefix=prefix, width=blocks[0].width, metric_dim=blocks[0].attention.head_dim)
     removals = config.removals(blocks, prefix, functools.partial(removable, prefix=prefix), model.config, cost)
     builder = ManyToManyBuilder(prefix=prefix, temperature=config.temperature, topk=config.topk)
-    unmerging_layer = WindowUnmergingLayer if blocks[0].windowed else UnmergingLayer  # Swin: within each window
     return swap_reducing(
         model,
         anatomy,
@@ -32,6 +31,6 @@ def apply(model: nn.Module, config: TokenTransformConfig, anatomy: Anatomy) -> R
         removals,
         builder,
         config.prop_attn,
-        classes=(unmerging_layer if unmerging(config) else ReducingLayer, ReducingAttention),
+        classes=(reduction_layer(unmerging(config), blocks), ReducingAttention),
         branches=config.branches,
     )

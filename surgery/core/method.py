@@ -138,8 +138,10 @@ class SurgeryMethod:
         return self.revert is not None
 
     def __post_init__(self) -> None:
-        for field in ("refused_traits", "trait_notes", "trait_options"):
-            unknown = sorted(set(getattr(self, field)) - set(TRAITS))
+        named = {field: getattr(self, field) for field in ("refused_traits", "trait_notes", "trait_options")}
+        named["search.trait_options"] = self.search.trait_options if self.search is not None else {}
+        for field, traits in named.items():
+            unknown = sorted(set(traits) - set(TRAITS))
             if unknown:
                 raise ConfigError(
                     f"method '{self.name}': {field} names unknown trait(s) {', '.join(unknown)}; "
@@ -154,12 +156,6 @@ class SurgeryMethod:
                 )
         if self.search is not None:
             self.search.check(self.name, self.config_class)
-            unknown = sorted(set(self.search.trait_options) - set(TRAITS))
-            if unknown:
-                raise ConfigError(
-                    f"method '{self.name}': its search space's trait_options names unknown trait(s) "
-                    f"{', '.join(unknown)}; traits: {', '.join(TRAITS)}." + did_you_mean(unknown[0], TRAITS)
-                )
 
     def traits_refused(self, anatomy: Anatomy, config: SurgeryConfig | None = None) -> list[tuple[str, str]]:
         """``(trait, why)`` for each of ``anatomy``'s traits this method refuses, in trait order. A trait it

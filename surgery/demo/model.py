@@ -106,9 +106,11 @@ def build_task_model(
     seed: int = 0,
     progress: bool = True,
     limit: int | None = None,
+    **config: Any,
 ) -> dict[str, Any]:
     """Train an ``arch`` classifier on ``task_name``'s train split (its first ``limit`` images when
-    given) with the task's recipe, save it to ``out_dir``, return its eval results (test accuracy)."""
+    given) with the task's recipe, save it to ``out_dir``, return its eval results (test accuracy).
+    ``config``: model config values over the recipe's (``patch_size=4, window_size=8``)."""
     out_dir = Path(out_dir)
     chosen = task(task_name)
     recipe = {**RECIPES[task_name], **({"size": size} if size else {}), **({"epochs": epochs} if epochs else {})}
@@ -122,7 +124,7 @@ def build_task_model(
         image_size=chosen.image_size,
         seed=seed,
         labels=chosen.labels,
-        patch_size=recipe["patch_size"],
+        **{"patch_size": recipe["patch_size"], **config},
     )
     started = time.perf_counter()
     train_classifier(

@@ -37,7 +37,14 @@ import torch
 from torch.nn import functional as F
 from torch.profiler import record_function
 
-from surgery.toolkit.reducing import ReducingLayer, block_position_bias, plus, reduced_branches
+from surgery.core.parts import BlockParts
+from surgery.toolkit.reducing import (
+    ReducingLayer,
+    UnmergingLayer,
+    block_position_bias,
+    plus,
+    reduced_branches,
+)
 from surgery.toolkit.reduction import dense
 
 MASKED = -100.0  # the host's additive mask between regions (transformers' SwinLayer.get_attn_mask)
@@ -171,11 +178,13 @@ class WindowUnmergingLayer(ReducingLayer):
 
         normed = branch_input(parts.attention_input(windows))
         bias = block_position_bias(parts, args, kwargs, grid.tokens)
+        attention, mlp = reduced_branches(self.reduction_branches)
+        # the host's bias and shift mask over every token of a window: for the scores, and where every token attends
+        every_token = plus(bias, regions.mask(batch, windows.dtype)) if builder.importance or not attention else None
         with record_function(builder.region):
             groups = regions.groups(batch) if padding is not None or grid.shift else None
             if builder.importance:  # no prefix in a window: the attention every token of it pays a token
-                scores_bias = plus(bias, regions.mask(batch, windows.dtype))
-                metric, importance = parts.attention.core.reduction_scores(normed, grid.tokens, scores_bias)
+                metric, importance = parts.attention.core.reduction_scores(normed, grid.tokens, every_token)
                 if padding is not None:  # padding positions go first (no output keeps them)
                     importance = importance.masked_fill(padding[..., 0], -1.0)
             else:  # zeros have no direction
@@ -189,7 +198,6 @@ class WindowUnmergingLayer(ReducingLayer):
         def per_image(tokens: torch.Tensor) -> torch.Tensor:  # (B * windows, N, C) as (B, windows * N, C)
             return tokens.reshape(batch, -1, channels)
 
-        attention, mlp = reduced_branches(self.reduction_branches)
         if attention:
             mask = regions.reduced_mask(reduction.mean)
             bias = plus(None if bias is None else reduction.bias(bias), mask)
@@ -199,9 +207,9 @@ class WindowUnmergingLayer(ReducingLayer):
             )
             branch = reduction.unmerge(parts.attention_output(context), grid.tokens)
         else:  # every token of the window attends, as in the host
-            mask = regions.mask(batch, windows.dtype)
-            bias = plus(bias, mask)
-            context, _, _ = parts.attention.core.reducing_attention(normed, None, position_bias=bias, explicit=True)
+            context, _, _ = parts.attention.core.reducing_attention(
+                normed, None, position_bias=every_token, explicit=True
+            )
             branch = parts.attention_output(context)
         hidden = parts.add_branch(per_image(windows), per_image(branch), "attention")
         if mlp:
@@ -227,3 +235,11 @@ class WindowUnmergingLayer(ReducingLayer):
     def extra_repr(self) -> str:
         branches = "" if self.reduction_branches == "both" else f", branches={self.reduction_branches}"
         return super().extra_repr() + ", unmerge=True, within windows" + branches
+
+
+def reduction_layer(unmerge: bool, blocks: list[BlockParts]) -> type[ReducingLayer]:
+    """The block class a reduction built from the shared classes swaps in: the reducing blocks, or (``unmerge``)
+    merge-compute-unmerge, within the windows on a windowed family."""
+    if not unmerge:
+        return ReducingLayer
+    return WindowUnmergingLayer if blocks[0].windowed else UnmergingLayer
