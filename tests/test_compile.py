@@ -72,6 +72,26 @@ def test_inductor_lowers_calibrated_int8_to_onednn_int8_kernels():
     torch.testing.assert_close(got.logits, expected, atol=1e-4, rtol=0)
 
 
+def test_inductor_folds_binary_weights_into_constants_it_prepacks():
+    """bivit W1A32 under torch.compile with freezing: the signs of the weights are computed once, at compile time,
+    and the linear runs on the prepacked constant as an fp32 one does (no kernel computes signs at each call)."""
+    import re
+
+    from torch._inductor import config
+    from torch._inductor.utils import run_and_get_code
+
+    torch._dynamo.reset()
+    model = surgery.apply(untie(tiny("vit")), [("bivit", {"activations": "full"})]).eval()
+    layer, x = model.vit.encoder.layer[0].intermediate.dense, torch.randn(2, 5, model.config.hidden_size)
+    with torch.no_grad():
+        expected = layer(x)
+        with config.patch(freezing=True):
+            got, code = run_and_get_code(torch.compile(layer), x)
+    fused = set(re.findall(r"cpp_fused_(\w+?)_\d+\b", "\n".join(code)))
+    assert not any(op in name for name in fused for op in ("where", "copysign", "ge", "sub", "mean")), fused
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
 def test_a_compiled_int8_model_trains_with_the_eager_gradients():
     torch._dynamo.reset()
     model, x = rewritten("quantize", "vit"), images()
