@@ -4,7 +4,8 @@ Quality, training-free, on two Swins trained here (the figures vary a little acr
 built-in demo shape: 32 px, patch 4, an 8 x 8 map, windows of 4 x 4 = 16 tokens, depths 2, 2) and on the proving
 ground's shapes task (64 px, patch 4: windows of 8 x 8 = 64 tokens, closer to Swin-T's 49; trained once, about 16
 minutes on 2 cores, and cached), each on its test split: for each r (tokens reduced per window) and reduced branches
-(both; the MLP only, ``branches="mlp"``) of each token reduction (merging, pruning, Token Transforming), the
+(both; the MLP only, ``branches="mlp"``) of each token reduction (merging, pruning, Token Transforming), and for
+merging both branches in the first or the last stage's blocks only (``r_per_layer``: which stage loses accuracy), the
 measured FLOPs ratio (torch's counter), the accuracy with the paired comparison to the original (bootstrap interval,
 McNemar), and the cosine similarity of the final feature map
 (``last_hidden_state``) to the unmerged model's, averaged over positions and images.
@@ -67,26 +68,36 @@ def quality(
 
     base, reference = run(original)
     base_flops = model_flops(original, x[:1])
-    rows = [["original", "-", "-", "1.00", f"{base.mean():.2%}", "1.0000", "-", "-", "-"]]
-    for plugin, branches, r in itertools.product(REDUCTIONS, ("both", "mlp"), r_values):
-        print(f"quality: {plugin} r={r} {branches} ...", flush=True)
-        options = {"r": r, "unmerge": True, "branches": branches}
-        model = surgery.apply(copy.deepcopy(original), [(plugin, options)]).eval()
+
+    def row(plugin: str, label: str, options: dict) -> list[object]:
+        print(f"quality: {plugin} {label} {options.get('branches', 'both')} ...", flush=True)
+        model = surgery.apply(copy.deepcopy(original), [(plugin, {"unmerge": True, **options})]).eval()
         hits, merged = run(model)
         cosine = float(torch.nn.functional.cosine_similarity(merged, reference, dim=-1).mean())
         flops = model_flops(model, x[:1]) / base_flops
-        rows.append(
-            [
-                plugin,
-                f"r={r}",
-                branches,
-                f"{flops:.2f}",
-                f"{hits.mean():.2%}",
-                f"{cosine:.4f}",
-                *paired_columns(base, hits),
-            ]
-        )
+        branches = options.get("branches", "both")
+        return [
+            plugin,
+            label,
+            branches,
+            f"{flops:.2f}",
+            f"{hits.mean():.2%}",
+            f"{cosine:.4f}",
+            *paired_columns(base, hits),
+        ]
+
+    rows = [["original", "-", "-", "1.00", f"{base.mean():.2%}", "1.0000", "-", "-", "-"]]
+    for plugin, branches, r in itertools.product(REDUCTIONS, ("both", "mlp"), r_values):
+        rows.append(row(plugin, f"r={r}", {"r": r, "branches": branches}))
+    depths = list(original.config.depths)
+    for stage, r in itertools.product(STAGES, r_values[1:]):  # token_merge, both branches, in one stage's blocks only
+        chosen = STAGES[stage] % len(depths)
+        schedule = [r if i == chosen else 0 for i, depth in enumerate(depths) for _ in range(depth)]
+        rows.append(row("token_merge", f"r={r}, {stage} stage only", {"r_per_layer": schedule}))
     return rows
+
+
+STAGES = {"first": 0, "last": -1}  # a schedule that reduces in one stage's blocks (r_per_layer), the others whole
 
 
 def digits_quality() -> list[list[object]]:
