@@ -81,8 +81,11 @@ def test_inductor_folds_binary_weights_into_constants_it_prepacks():
     from torch._inductor.utils import run_and_get_code
 
     torch._dynamo.reset()
+    from surgery.plugins.bivit.layers import BinaryLinear
+
     model = surgery.apply(untie(tiny("vit")), [("bivit", {"activations": "full"})]).eval()
-    layer, x = model.vit.encoder.layer[0].intermediate.dense, torch.randn(2, 5, model.config.hidden_size)
+    layer = next(m for m in model.modules() if isinstance(m, BinaryLinear))
+    x = torch.randn(2, 5, layer.in_features)
     with torch.no_grad():
         expected = layer(x)
         with config.patch(freezing=True):
