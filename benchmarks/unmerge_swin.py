@@ -70,12 +70,12 @@ def quality(
     base_flops = model_flops(original, x[:1])
 
     def row(plugin: str, label: str, options: dict) -> list[object]:
-        print(f"quality: {plugin} {label} {options.get('branches', 'both')} ...", flush=True)
+        branches = options.get("branches", "both")
+        print(f"quality: {plugin} {label} {branches} ...", flush=True)
         model = surgery.apply(copy.deepcopy(original), [(plugin, {"unmerge": True, **options})]).eval()
         hits, merged = run(model)
         cosine = float(torch.nn.functional.cosine_similarity(merged, reference, dim=-1).mean())
         flops = model_flops(model, x[:1]) / base_flops
-        branches = options.get("branches", "both")
         return [
             plugin,
             label,

@@ -80,9 +80,9 @@ def test_inductor_folds_binary_weights_into_constants_it_prepacks():
     from torch._inductor import config
     from torch._inductor.utils import run_and_get_code
 
-    torch._dynamo.reset()
     from surgery.plugins.bivit.layers import BinaryLinear
 
+    torch._dynamo.reset()
     model = surgery.apply(untie(tiny("vit")), [("bivit", {"activations": "full"})]).eval()
     layer = next(m for m in model.modules() if isinstance(m, BinaryLinear))
     x = torch.randn(2, 5, layer.in_features)
